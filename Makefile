@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Both set up .venv when it is missing.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+# One allocator setting for every contender in benchmarks (glibc otherwise returns large
+# activation buffers to the OS and faults them in again every step).
+BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
+
+.PHONY: setup test demo bench bench-setup lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q bayesian_layers tests
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/bayesian-layers demo
+
+bench-setup: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet --no-deps bayesian-torch blitz-bayesian-pytorch
+	$(PY) -m pip list 2>/dev/null | grep -i torch
+
+bench: bench-setup
+	$(BENCH_ENV) $(PY) benchmarks/linear_step.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy bayesian_layers
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

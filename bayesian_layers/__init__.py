@@ -1,0 +1,38 @@
+"""Bayesian Layers for PyTorch: layers that are distributions over functions.
+
+``import bayesian_layers as bl`` and ``from bayesian_layers import layers``.
+"""
+
+from . import initializers, layers, regularizers
+from .distributions import Deterministic as DeterministicDistribution
+from .objectives import elbo_loss, losses
+from .predictive import Predictive, predict
+from .random_variable import RandomVariable
+from .sampling import (
+    bayesian_modules,
+    frozen_sample,
+    posterior_mean,
+    resample,
+    set_sampling,
+    vectorized_samples,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RandomVariable",
+    "DeterministicDistribution",
+    "initializers",
+    "regularizers",
+    "layers",
+    "losses",
+    "elbo_loss",
+    "predict",
+    "Predictive",
+    "bayesian_modules",
+    "set_sampling",
+    "posterior_mean",
+    "frozen_sample",
+    "resample",
+    "vectorized_samples",
+]

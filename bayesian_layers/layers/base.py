@@ -1,0 +1,171 @@
+"""Shared machinery of layers with uncertain parameters: parameters as random
+variables, sampling modes, vectorised function samples and ``losses``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..initializers import TrainableInitializer, get_initializer
+from ..random_variable import RandomVariable
+from ..regularizers import Regularizer, get_regularizer
+
+__all__ = ["BayesianLayer", "SAMPLING_MODES", "as_tensor"]
+
+#: ``"sample"``: a fresh function sample at every call (default, train and eval);
+#: ``"mean"``: posterior means, no sampling; ``"frozen"``: one function sample kept
+#: across calls until :meth:`BayesianLayer.resample`.
+SAMPLING_MODES = ("sample", "mean", "frozen")
+
+
+def as_tensor(x: Any, owner: str) -> Tensor:
+    """Unwrap a random variable to its value; reject non-tensors with a ``TypeError``."""
+    if isinstance(x, RandomVariable):
+        x = x.value
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner} expected a Tensor input, got {type(x).__name__}")
+    return x
+
+
+class BayesianLayer(nn.Module):
+    """Base class of layers whose parameters are random variables.
+
+    A subclass declares each parameter with :meth:`add_param`. A random parameter
+    ``name`` is read as ``layer.<name>``: a :class:`RandomVariable` whose
+    distribution is the current posterior and whose value is the most recent
+    whole draw (the posterior mean before any draw, or for estimators that never
+    draw whole weights). A deterministic one is a plain ``nn.Parameter``.
+
+    Attributes:
+        sampling: one of :data:`SAMPLING_MODES`; set it for a whole model with
+            :func:`bayesian_layers.set_sampling` or the context managers
+            :func:`bayesian_layers.posterior_mean` and
+            :func:`bayesian_layers.frozen_sample`.
+        num_function_samples: K > 1 while inside
+            :func:`bayesian_layers.vectorized_samples`: inputs then carry K
+            function samples folded into their first dimension, sample-major
+            (``(K * B, ...)``), and the layer draws K parameter samples at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampling = "sample"
+        self.num_function_samples = 1
+        self._inits: dict[str, TrainableInitializer] = {}
+        self._random: dict[str, torch.Size] = {}
+        self._frozen_noise: dict[str, Tensor | None] = {}
+        self._last_sample: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------ parameters
+    def add_param(
+        self,
+        name: str,
+        shape: Sequence[int],
+        initializer: str | TrainableInitializer,
+        regularizer: str | Regularizer | None,
+        *,
+        fan_in: int | None = None,
+        fan_out: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TrainableInitializer:
+        """Create the parameters of ``name`` on this layer and remember its penalty."""
+        owner = type(self).__name__
+        init = get_initializer(initializer, owner=f"{owner}({name}_initializer)")
+        reg = get_regularizer(regularizer, owner=f"{owner}({name}_regularizer)")
+        init.build(self, name, shape, fan_in=fan_in, fan_out=fan_out, device=device, dtype=dtype)
+        setattr(self, f"{name}_initializer", init)
+        if reg is not None:
+            reg = reg.to(device=device, dtype=dtype) if dtype is not None else reg.to(device)
+        setattr(self, f"{name}_regularizer", reg)
+        self._inits[name] = init
+        if not init.is_deterministic:
+            self._random[name] = torch.Size(shape)
+        return init
+
+    def __getattr__(self, name: str) -> Any:
+        random = self.__dict__.get("_random")
+        if random is not None and name in random:
+            return self.random_variable(name)
+        return super().__getattr__(name)
+
+    def random_variable(self, name: str) -> RandomVariable:
+        """``name`` as a random variable: posterior distribution, latest draw as value."""
+        init = self._inits[name]
+        q = init.distribution(self, name)
+        value = self._last_sample.get(name)
+        if value is None:
+            return RandomVariable(q, value=init.point(self, name), name=name)
+        sample_shape = value.shape[: value.dim() - len(self._random[name])]
+        return RandomVariable(q, value=value, sample_shape=sample_shape, name=name)
+
+    def point(self, name: str) -> Tensor:
+        """The posterior mean of ``name`` (the parameter itself when deterministic)."""
+        return self._inits[name].point(self, name)
+
+    # -------------------------------------------------------------- sampling
+    def _noise(self, name: str, init: TrainableInitializer, like: Tensor) -> Tensor | None:
+        shape = self._random[name]
+        if self.num_function_samples > 1:
+            shape = torch.Size((self.num_function_samples,)) + shape
+        if self.sampling != "frozen":
+            return init.noise(shape, like)
+        cached = self._frozen_noise.get(name)
+        if cached is None or cached.shape != shape:
+            cached = init.noise(shape, like)
+            self._frozen_noise[name] = cached
+        return cached
+
+    def sample_param(self, name: str) -> Tensor:
+        """A whole draw of parameter ``name`` under the current sampling mode.
+
+        Shape: the parameter's shape, with a leading K in vectorised mode.
+        """
+        init = self._inits[name]
+        if init.is_deterministic or self.sampling == "mean":
+            return init.point(self, name)
+        like = next(iter(init.params(self, name).values()))
+        value = init.transform(self, name, self._noise(name, init, like))
+        self._last_sample[name] = value
+        return value
+
+    def resample(self) -> None:
+        """Forget the frozen function sample; the next frozen call draws a new one."""
+        self._frozen_noise.clear()
+
+    def _check_samples(self, x: Tensor) -> int:
+        k = self.num_function_samples
+        if k > 1 and (x.dim() == 0 or x.shape[0] % k):
+            raise ValueError(
+                f"{type(self).__name__} is drawing {k} function samples at once and expected "
+                f"an input whose first dimension is a multiple of {k} (samples folded into the "
+                f"batch, sample-major), got shape {tuple(x.shape)}"
+            )
+        return k
+
+    # ---------------------------------------------------------------- losses
+    @property
+    def losses(self) -> list[Tensor]:
+        """Regularizer terms (scalars) of the current parameter distributions."""
+        out: list[Tensor] = []
+        for name, init in self._inits.items():
+            reg = self._modules.get(f"{name}_regularizer")
+            if reg is None:
+                continue
+            q = init.distribution(self, name)
+            value = self._last_sample.get(name) if name in self._random else None
+            samples = 1
+            if not reg.needs_sample:
+                rv = RandomVariable(q, value=init.point(self, name))
+            elif value is not None:
+                lead = value.shape[: value.dim() - len(self._random[name])]
+                samples = max(1, lead.numel())
+                rv = RandomVariable(q, value=value, sample_shape=lead)
+            else:
+                rv = RandomVariable(q)
+            term = reg(rv)
+            out.append(term / samples if samples > 1 else term)
+        return out

@@ -1,0 +1,51 @@
+"""Collecting regularizers from a model and the ELBO convention."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["losses", "elbo_loss"]
+
+
+def losses(module: nn.Module) -> list[Tensor]:
+    """Every regularizer term of every submodule of ``module`` (itself included).
+
+    Any module whose class defines a ``losses`` property contributes; a module
+    that appears several times in the tree is counted once.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> layer = bl.layers.LinearReparameterization(3, 2)
+        >>> model = torch.nn.Sequential(layer, torch.nn.ReLU(), layer)
+        >>> len(bl.losses(model))
+        1
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"losses expected an nn.Module, got {type(module).__name__}")
+    out: list[Tensor] = []
+    for m in module.modules():  # modules() visits each module once
+        if isinstance(getattr(type(m), "losses", None), property):
+            out.extend(m.losses)
+    return out
+
+
+def elbo_loss(
+    nll_mean: Tensor, model: nn.Module, num_examples: int, *, kl_weight: float = 1.0
+) -> Tensor:
+    """The negative ELBO per example: ``nll_mean + kl_weight * sum(losses(model)) / num_examples``.
+
+    ``nll_mean`` is the mini-batch mean negative log-likelihood; dividing the KL by
+    the training-set size makes the sum over an epoch's batches the full
+    negative ELBO divided by N. ``kl_weight < 1`` tempers the KL (a "cold"
+    posterior), which often helps small data sets where full-KL variational
+    Bayes is underconfident.
+    """
+    if num_examples <= 0:
+        raise ValueError(f"elbo_loss expected `num_examples` > 0, got {num_examples}")
+    if kl_weight < 0:
+        raise ValueError(f"elbo_loss expected `kl_weight` >= 0, got {kl_weight}")
+    terms = losses(model)
+    if not terms:
+        return nll_mean
+    return nll_mean + (kl_weight / num_examples) * torch.stack(terms).sum()

@@ -1,0 +1,242 @@
+"""``RandomVariable``: a distribution paired with one value that acts as a tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, kl_divergence
+
+__all__ = ["RandomVariable"]
+
+
+def _unwrap(obj: Any) -> Any:
+    """Replace every ``RandomVariable`` inside ``obj`` (lists, tuples, dicts) by its value."""
+    if isinstance(obj, RandomVariable):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        items = [_unwrap(o) for o in obj]
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*items)
+        return type(obj)(items)
+    if isinstance(obj, dict):
+        return {k: _unwrap(v) for k, v in obj.items()}
+    return obj
+
+
+def _draw(distribution: Distribution, sample_shape: torch.Size) -> Tensor:
+    if distribution.has_rsample:
+        return distribution.rsample(sample_shape)
+    return distribution.sample(sample_shape)
+
+
+class RandomVariable:
+    """A ``torch.distributions.Distribution`` together with one value of it.
+
+    Wherever a tensor is accepted (any ``torch`` function, a tensor operator or
+    method, an ``nn.Module``) a random variable is accepted and acts as its
+    ``value``; the result is a plain tensor. Gradients flow through the value: it
+    is drawn with ``rsample`` when the distribution has it.
+
+    Args:
+        distribution: the distribution of the variable.
+        value: an observed or fixed value of shape
+            ``sample_shape + batch_shape + event_shape``; drawn from the
+            distribution when omitted.
+        sample_shape: leading shape of the value when it is drawn.
+        name: an optional name, used by tracing and in the ``repr``.
+
+    Shape:
+        ``value``: ``sample_shape + distribution.batch_shape + distribution.event_shape``.
+
+    Attributes:
+        distribution: the wrapped distribution.
+        name: the name given at construction, or ``None``.
+
+    Note:
+        ``mean``, ``variance`` and ``stddev`` are the distribution's moments
+        (properties), as in ``torch.distributions``; reduce the value with
+        ``torch.mean(rv)`` or ``rv.value.mean()``.
+
+    Example:
+        >>> import torch
+        >>> import bayesian_layers as bl
+        >>> _ = torch.manual_seed(0)
+        >>> rv = bl.RandomVariable(torch.distributions.Normal(torch.zeros(3), 1.0))
+        >>> (rv * 2 + 1).shape, type(torch.exp(rv)).__name__
+        (torch.Size([3]), 'Tensor')
+        >>> rv.log_prob(torch.zeros(3)).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        distribution: Distribution,
+        value: Tensor | float | Sequence[float] | None = None,
+        sample_shape: Sequence[int] | torch.Size = (),
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(distribution, Distribution):
+            raise TypeError(
+                "RandomVariable expected `distribution` to be a torch.distributions."
+                f"Distribution, got {type(distribution).__name__}"
+            )
+        self.distribution = distribution
+        self.name = name
+        self._sample_shape = torch.Size(sample_shape)
+        expected = self._sample_shape + distribution.batch_shape + distribution.event_shape
+        if value is None:
+            self._value = _draw(distribution, self._sample_shape)
+        else:
+            value = _unwrap(value)
+            if not isinstance(value, Tensor):
+                value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            if value.shape != expected:
+                raise ValueError(
+                    f"RandomVariable{'(' + repr(name) + ')' if name else ''} expected `value` of "
+                    f"shape {tuple(expected)} (sample_shape + batch_shape + event_shape), "
+                    f"got {tuple(value.shape)}"
+                )
+            self._value = value
+
+    # ----------------------------------------------------------------- value
+    @property
+    def value(self) -> Tensor:
+        """The variable's value, a tensor."""
+        return self._value
+
+    @property
+    def sample_shape(self) -> torch.Size:
+        return self._sample_shape
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._value.shape
+
+    # --------------------------------------------------------- distribution
+    def sample(self, sample_shape: Sequence[int] | torch.Size = ()) -> Tensor:
+        """Draw new values (``rsample`` when available) of shape ``sample_shape + self.shape``."""
+        return _draw(self.distribution, torch.Size(sample_shape) + self._sample_shape)
+
+    def log_prob(self, value: Tensor | RandomVariable) -> Tensor:
+        """Log-density (or mass) of ``value`` under the distribution."""
+        return self.distribution.log_prob(_unwrap(value))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.distribution.mean
+
+    @property
+    def variance(self) -> Tensor:
+        return self.distribution.variance
+
+    @property
+    def stddev(self) -> Tensor:
+        return self.distribution.stddev
+
+    def entropy(self) -> Tensor:
+        return self.distribution.entropy()
+
+    def kl_divergence(self, other: RandomVariable | Distribution) -> Tensor:
+        """``KL(self || other)`` in closed form (``torch.distributions.kl_divergence``)."""
+        q = other.distribution if isinstance(other, RandomVariable) else other
+        if not isinstance(q, Distribution):
+            raise TypeError(
+                "RandomVariable.kl_divergence expected a RandomVariable or Distribution, "
+                f"got {type(other).__name__}"
+            )
+        return kl_divergence(self.distribution, q)
+
+    # ------------------------------------------------------- tensor protocol
+    @classmethod
+    def __torch_function__(
+        cls,
+        func: Callable[..., Any],
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        return func(*_unwrap(tuple(args)), **_unwrap(kwargs or {}))
+
+    def __getattr__(self, name: str) -> Any:
+        # Tensor attributes and methods (rv.dtype, rv.sum(), rv.view(...)) act on the value.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return getattr(self._value, name)
+        except AttributeError:
+            raise AttributeError(
+                f"'RandomVariable' object (and its value tensor) has no attribute {name!r}"
+            ) from None
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        dist = type(self.distribution).__name__
+        v = self._value
+        return (
+            f"<RandomVariable{name} {dist} shape={tuple(v.shape)} "
+            f"batch_shape={tuple(self.distribution.batch_shape)} "
+            f"event_shape={tuple(self.distribution.event_shape)} "
+            f"dtype={v.dtype} device={v.device}>"
+        )
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __iter__(self) -> Any:
+        return iter(self._value)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return self._value[_unwrap(index)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        arr = self._value.detach().cpu().numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __float__(self) -> float:
+        return float(self._value)
+
+    def __int__(self) -> int:
+        return int(self._value)
+
+    def __index__(self) -> int:
+        return self._value.__index__()
+
+    __hash__ = object.__hash__
+
+
+def _binary(name: str) -> Callable[[RandomVariable, Any], Tensor]:
+    method = getattr(Tensor, name)
+
+    def op(self: RandomVariable, other: Any) -> Tensor:
+        return method(self.value, _unwrap(other))
+
+    op.__name__ = name
+    return op
+
+
+def _unary(name: str) -> Callable[[RandomVariable], Tensor]:
+    method = getattr(Tensor, name)
+
+    def op(self: RandomVariable) -> Tensor:
+        return method(self.value)
+
+    op.__name__ = name
+    return op
+
+
+for _name in (
+    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ "
+    "__floordiv__ __rfloordiv__ __mod__ __rmod__ __pow__ __rpow__ __matmul__ __rmatmul__ "
+    "__and__ __rand__ __or__ __ror__ __xor__ __rxor__ __lt__ __le__ __gt__ __ge__ "
+    "__eq__ __ne__"
+).split():
+    setattr(RandomVariable, _name, _binary(_name))
+for _name in ("__neg__", "__pos__", "__abs__", "__invert__"):
+    setattr(RandomVariable, _name, _unary(_name))
+del _name
