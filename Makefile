@@ -24,13 +24,25 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/bayesian-layers demo
 
-bench-setup: $(VENV)/.installed
+# Peers for benchmarks/. bayesian-torch and blitz declare an unpinned torchvision (which
+# would pull a CUDA build of a newer torch): --no-deps, then check torch was left alone.
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m pip install --quiet --no-deps bayesian-torch blitz-bayesian-pytorch
 	$(PY) -m pip list 2>/dev/null | grep -i torch
+	@! $(PY) -m pip show torchvision >/dev/null 2>&1 || { echo "torchvision got installed"; exit 1; }
+	@$(PY) -c "import sys, torch; t = '$(TORCH)'.partition('=='); \
+		sys.exit(bool(t[2]) and torch.__version__.split('+')[0] != t[2])" \
+		|| { echo "torch changed: expected $(TORCH)"; exit 1; }
+	touch $@
 
-bench: bench-setup
-	$(BENCH_ENV) $(PY) benchmarks/linear_step.py
+bench-setup: $(VENV)/.bench-installed
+
+# BENCH_THREADS pins intra-op threads; BENCH_ARGS passes flags (e.g. BENCH_ARGS=--quick).
+BENCH_THREADS ?= 2
+bench: $(VENV)/.bench-installed
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/linear_step.py --threads $(BENCH_THREADS) $(BENCH_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

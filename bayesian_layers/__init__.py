@@ -3,11 +3,12 @@
 ``import bayesian_layers as bl`` and ``from bayesian_layers import layers``.
 """
 
-from . import initializers, layers, regularizers
+from . import initializers, layers, random_variables, regularizers
 from .distributions import Deterministic as DeterministicDistribution
 from .objectives import elbo_loss, losses
 from .predictive import Predictive, predict
 from .random_variable import RandomVariable
+from .random_variables import *  # noqa: F403 - the constructors, listed in its __all__
 from .sampling import (
     bayesian_modules,
     frozen_sample,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RandomVariable",
+    *random_variables.__all__,
     "DeterministicDistribution",
     "initializers",
     "regularizers",

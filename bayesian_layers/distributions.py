@@ -30,13 +30,18 @@ class Deterministic(Distribution):
     has_rsample = True
 
     def __init__(self, loc: Tensor, validate_args: bool | None = None) -> None:
-        self.loc = torch.as_tensor(loc, dtype=torch.get_default_dtype()) if not isinstance(
-            loc, Tensor
-        ) else loc
+        self.loc = (
+            torch.as_tensor(loc, dtype=torch.get_default_dtype())
+            if not isinstance(loc, Tensor)
+            else loc
+        )
         super().__init__(batch_shape=self.loc.shape, validate_args=validate_args)
 
-    def expand(self, batch_shape: torch.Size, _instance: Deterministic | None = None):
+    def expand(  # type: ignore[override]
+        self, batch_shape: torch.Size | tuple[int, ...], _instance: Deterministic | None = None
+    ) -> Deterministic:
         new = self._get_checked_instance(Deterministic, _instance)
+        batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
         super(Deterministic, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -54,7 +59,7 @@ class Deterministic(Distribution):
     def variance(self) -> Tensor:
         return torch.zeros_like(self.loc)
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:  # type: ignore[override]
         shape = self._extended_shape(torch.Size(sample_shape))
         return self.loc.expand(shape)
 

@@ -105,7 +105,7 @@ class TrainableInitializer(nn.Module):
         super().__init__()
         self.shape = None if shape is None else torch.Size(shape)
         if shape is not None:
-            self.build(self, "", self.shape, device=device, dtype=dtype)
+            self.build(self, "", shape, device=device, dtype=dtype)
 
     # ---------------------------------------------------------------- building
     def build(
@@ -124,13 +124,13 @@ class TrainableInitializer(nn.Module):
         f_in, f_out = fans(shape)
         fan_in = f_in if fan_in is None else fan_in
         fan_out = f_out if fan_out is None else fan_out
-        params = {
+        params: dict[str, Tensor] = {
             s: nn.Parameter(torch.empty(shape, device=device, dtype=dtype)) for s in self.suffixes
         }
         with torch.no_grad():
             self._init_params(params, fan_in, fan_out)
         for s, p in params.items():
-            owner.register_parameter(_pname(prefix, s), p)
+            owner.register_parameter(_pname(prefix, s), p)  # type: ignore[arg-type]
 
     def params(self, owner: nn.Module, prefix: str) -> dict[str, Tensor]:
         return {s: getattr(owner, _pname(prefix, s)) for s in self.suffixes}
@@ -150,6 +150,10 @@ class TrainableInitializer(nn.Module):
     def transform(self, owner: nn.Module, prefix: str, noise: Tensor | None) -> Tensor:
         """A reparameterised draw from the parameters and standard noise."""
         raise NotImplementedError
+
+    def loc_scale(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
+        """``(loc, scale)`` of a normal family (draws are ``loc + scale * N(0, 1)``)."""
+        raise TypeError(f"{type(self).__name__} is not a normal family")
 
     def point(self, owner: nn.Module, prefix: str) -> Tensor:
         """The posterior mean (the location for families without a finite mean)."""
@@ -182,7 +186,7 @@ class TrainableNormal(TrainableInitializer):
     Example:
         >>> q = TrainableNormal((2, 3), scale_init=0.1)
         >>> rv = q()
-        >>> rv.shape, round(float(rv.stddev.mean()), 3)
+        >>> rv.shape, round(rv.stddev.mean().item(), 3)
         (torch.Size([2, 3]), 0.1)
     """
 
@@ -231,7 +235,7 @@ class TrainableNormal(TrainableInitializer):
 
     def transform(self, owner: nn.Module, prefix: str, noise: Tensor | None) -> Tensor:
         loc, scale = self.loc_scale(owner, prefix)
-        return torch.addcmul(loc, scale, noise)
+        return torch.addcmul(loc, scale, noise)  # type: ignore[arg-type]
 
     def point(self, owner: nn.Module, prefix: str) -> Tensor:
         return self.params(owner, prefix)["loc"]
@@ -253,7 +257,7 @@ class TrainableHeNormal(TrainableNormal):
 
 
 class TrainableGlorotNormal(TrainableNormal):
-    """:class:`TrainableNormal` whose ``loc`` starts Glorot-normal: std ``sqrt(2 / (fan_in + fan_out))``.
+    """:class:`TrainableNormal` with a Glorot-normal ``loc``: std ``sqrt(2 / (fan_in + fan_out))``.
 
     Example:
         >>> TrainableGlorotNormal((4, 8))().shape
@@ -308,7 +312,7 @@ class TrainableLogNormal(TrainableInitializer):
 
     def transform(self, owner: nn.Module, prefix: str, noise: Tensor | None) -> Tensor:
         p = self.params(owner, prefix)
-        return torch.exp(torch.addcmul(p["loc"], F.softplus(p["rho"]), noise))
+        return torch.exp(torch.addcmul(p["loc"], F.softplus(p["rho"]), noise))  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"loc_init={self.loc_init}, scale_init={self.scale_init}"
@@ -353,9 +357,7 @@ class TrainableHalfCauchy(TrainableInitializer):
     def distribution(self, owner: nn.Module | None = None, prefix: str = "") -> Distribution:
         p = self.params(self._own(owner), prefix)
         base = HalfCauchy(F.softplus(p["rho"]), validate_args=False)
-        return TransformedDistribution(
-            base, [AffineTransform(p["loc"], 1.0)], validate_args=False
-        )
+        return TransformedDistribution(base, [AffineTransform(p["loc"], 1.0)], validate_args=False)
 
     def noise(self, shape: torch.Size, like: Tensor) -> Tensor:
         # |Cauchy(0, 1)| = tan(pi/2 * U), U ~ Uniform(0, 1)
@@ -364,7 +366,7 @@ class TrainableHalfCauchy(TrainableInitializer):
 
     def transform(self, owner: nn.Module, prefix: str, noise: Tensor | None) -> Tensor:
         p = self.params(owner, prefix)
-        return torch.addcmul(p["loc"], F.softplus(p["rho"]), noise)
+        return torch.addcmul(p["loc"], F.softplus(p["rho"]), noise)  # type: ignore[arg-type]
 
     def point(self, owner: nn.Module, prefix: str) -> Tensor:
         return self.params(owner, prefix)["loc"]
@@ -382,8 +384,8 @@ class TrainableDeterministic(TrainableInitializer):
             ``"zeros"`` or ``"ones"``.
 
     Example:
-        >>> TrainableDeterministic((2,), init="zeros")().value
-        tensor([0., 0.])
+        >>> TrainableDeterministic((2,), init="zeros")().value.tolist()
+        [0.0, 0.0]
     """
 
     suffixes = ("",)
@@ -449,7 +451,9 @@ INITIALIZERS: dict[str, type[TrainableInitializer] | tuple[type[TrainableInitial
 }
 
 
-def get_initializer(spec: str | TrainableInitializer, *, owner: str = "layer") -> TrainableInitializer:
+def get_initializer(
+    spec: str | TrainableInitializer, *, owner: str = "layer"
+) -> TrainableInitializer:
     """Resolve a string alias, an initializer class, or an instance to an instance.
 
     Raises:

@@ -26,7 +26,7 @@ def losses(module: nn.Module) -> list[Tensor]:
     out: list[Tensor] = []
     for m in module.modules():  # modules() visits each module once
         if isinstance(getattr(type(m), "losses", None), property):
-            out.extend(m.losses)
+            out.extend(m.losses)  # type: ignore[arg-type]
     return out
 
 

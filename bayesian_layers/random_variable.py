@@ -92,7 +92,10 @@ class RandomVariable:
         else:
             value = _unwrap(value)
             if not isinstance(value, Tensor):
-                value = torch.as_tensor(value, dtype=torch.get_default_dtype())
+                value = torch.as_tensor(value)
+                support = distribution.support
+                if not value.is_floating_point() and not getattr(support, "is_discrete", False):
+                    value = value.to(torch.get_default_dtype())
             if value.shape != expected:
                 raise ValueError(
                     f"RandomVariable{'(' + repr(name) + ')' if name else ''} expected `value` of "
@@ -207,36 +210,109 @@ class RandomVariable:
     def __index__(self) -> int:
         return self._value.__index__()
 
+    # Operators act on the value and return plain tensors.
+    def __add__(self, other: Any) -> Tensor:
+        return self._value.__add__(_unwrap(other))
+
+    def __radd__(self, other: Any) -> Tensor:
+        return self._value.__radd__(_unwrap(other))
+
+    def __sub__(self, other: Any) -> Tensor:
+        return self._value.__sub__(_unwrap(other))
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return self._value.__rsub__(_unwrap(other))
+
+    def __mul__(self, other: Any) -> Tensor:
+        return self._value.__mul__(_unwrap(other))
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return self._value.__rmul__(_unwrap(other))
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return self._value.__truediv__(_unwrap(other))
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return self._value.__rtruediv__(_unwrap(other))
+
+    def __floordiv__(self, other: Any) -> Tensor:
+        return self._value.__floordiv__(_unwrap(other))
+
+    def __rfloordiv__(self, other: Any) -> Tensor:
+        return self._value.__rfloordiv__(_unwrap(other))
+
+    def __mod__(self, other: Any) -> Tensor:
+        return self._value.__mod__(_unwrap(other))
+
+    def __rmod__(self, other: Any) -> Tensor:
+        return self._value.__rmod__(_unwrap(other))
+
+    def __pow__(self, other: Any) -> Tensor:
+        return self._value.__pow__(_unwrap(other))
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return self._value.__rpow__(_unwrap(other))
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return self._value.__matmul__(_unwrap(other))
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return self._value.__rmatmul__(_unwrap(other))
+
+    def __and__(self, other: Any) -> Tensor:
+        return self._value.__and__(_unwrap(other))
+
+    def __rand__(self, other: Any) -> Tensor:
+        return self._value.__rand__(_unwrap(other))
+
+    def __or__(self, other: Any) -> Tensor:
+        return self._value.__or__(_unwrap(other))
+
+    def __ror__(self, other: Any) -> Tensor:
+        return self._value.__ror__(_unwrap(other))
+
+    def __xor__(self, other: Any) -> Tensor:
+        return self._value.__xor__(_unwrap(other))
+
+    def __rxor__(self, other: Any) -> Tensor:
+        return self._value.__rxor__(_unwrap(other))
+
+    def __lt__(self, other: Any) -> Tensor:
+        return self._value.__lt__(_unwrap(other))
+
+    def __le__(self, other: Any) -> Tensor:
+        return self._value.__le__(_unwrap(other))
+
+    def __gt__(self, other: Any) -> Tensor:
+        return self._value.__gt__(_unwrap(other))
+
+    def __ge__(self, other: Any) -> Tensor:
+        return self._value.__ge__(_unwrap(other))
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return self._value.__eq__(_unwrap(other))
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return self._value.__ne__(_unwrap(other))
+
+    def __neg__(self) -> Tensor:
+        return self._value.__neg__()
+
+    def __pos__(self) -> Tensor:
+        return self._value.__pos__()
+
+    def __abs__(self) -> Tensor:
+        return self._value.__abs__()
+
+    def __invert__(self) -> Tensor:
+        return self._value.__invert__()
+
+    def __format__(self, spec: str) -> str:
+        return self._value.__format__(spec)
+
+    def __round__(self, ndigits: int | None = None) -> Any:
+        return (
+            round(float(self._value), ndigits) if ndigits is not None else round(float(self._value))
+        )
+
     __hash__ = object.__hash__
-
-
-def _binary(name: str) -> Callable[[RandomVariable, Any], Tensor]:
-    method = getattr(Tensor, name)
-
-    def op(self: RandomVariable, other: Any) -> Tensor:
-        return method(self.value, _unwrap(other))
-
-    op.__name__ = name
-    return op
-
-
-def _unary(name: str) -> Callable[[RandomVariable], Tensor]:
-    method = getattr(Tensor, name)
-
-    def op(self: RandomVariable) -> Tensor:
-        return method(self.value)
-
-    op.__name__ = name
-    return op
-
-
-for _name in (
-    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ "
-    "__floordiv__ __rfloordiv__ __mod__ __rmod__ __pow__ __rpow__ __matmul__ __rmatmul__ "
-    "__and__ __rand__ __or__ __ror__ __xor__ __rxor__ __lt__ __le__ __gt__ __ge__ "
-    "__eq__ __ne__"
-).split():
-    setattr(RandomVariable, _name, _binary(_name))
-for _name in ("__neg__", "__pos__", "__abs__", "__invert__"):
-    setattr(RandomVariable, _name, _unary(_name))
-del _name

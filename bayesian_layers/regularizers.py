@@ -105,6 +105,9 @@ class NormalKLDivergence(Regularizer):
         0.0
     """
 
+    prior_loc: Tensor
+    prior_scale: Tensor
+
     def __init__(
         self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0, scale_factor: float = 1.0
     ) -> None:
@@ -191,6 +194,9 @@ class HalfCauchyKLDivergence(Regularizer):
         scale: prior scale, > 0.
         scale_factor: multiplies the result.
     """
+
+    prior_loc: Tensor
+    prior_scale: Tensor
 
     needs_sample = True
 
@@ -292,4 +298,3 @@ def get_regularizer(spec: str | Regularizer | None, *, owner: str = "layer") -> 
     raise TypeError(
         f"{owner} expected a regularizer name, Regularizer or None, got {type(spec).__name__}"
     )
-

@@ -117,5 +117,5 @@ def vectorized_samples(model: nn.Module, num_samples: int) -> Iterator[nn.Module
     try:
         yield model
     finally:
-        for m, p in zip(modules, previous):
+        for m, p in zip(modules, previous, strict=True):
             m.num_function_samples = p

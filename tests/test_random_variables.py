@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -180,7 +181,7 @@ def test_constructor_honours_value(name: str) -> None:
     value = _constructor(name)(*args, **kwargs).distribution.sample()
     rv = _constructor(name)(*args, **kwargs, value=value)
     assert rv.value is value
-    with pytest.raises(ValueError, match=rf"{tuple(shape)}.*\(7,\)"):
+    with pytest.raises(ValueError, match=re.escape(str(tuple(shape))) + r".*\(7,\)"):
         _constructor(name)(*args, **kwargs, value=torch.zeros(7))
 
 
