@@ -53,7 +53,8 @@ class DemoConfig:
         epochs: epochs for every model; ``None`` uses the per-data-set default.
         kl_weight: multiplies the KL term of the ELBO (1.0 = full KL).
         estimator: one of :data:`ESTIMATORS`.
-        hidden: width of the two hidden layers.
+        hidden_digits: widths of the hidden layers of the digits MLP.
+        hidden_diabetes: widths of the hidden layers of the diabetes MLP.
         lr: Adam learning rate.
         batch_size: minibatch size.
         num_samples: K, function samples for the Bayesian predictive.
@@ -67,13 +68,14 @@ class DemoConfig:
     epochs: int | None = None
     kl_weight: float = 1.0
     estimator: str = "Flipout"
-    hidden: int = 128
+    hidden_digits: tuple[int, ...] = (128, 128)
+    hidden_diabetes: tuple[int, ...] = (50,)
     lr: float = 3e-3
     batch_size: int = 64
     num_samples: int = 64
     out_dir: Path = Path("demo_output")
     progress: bool = True
-    threads: int = 2
+    threads: int = 1
 
     def epochs_for(self, dataset: str) -> int:
         if self.epochs is not None:
@@ -120,8 +122,10 @@ class DemoResult:
 
 
 # ----------------------------------------------------------------------------- models
-def make_mlp(in_features: int, out_features: int, config: DemoConfig, bayesian: bool) -> nn.Module:
-    """Two hidden ReLU layers; ``bayesian`` swaps ``nn.Linear`` for the Bayesian layer.
+def make_mlp(
+    in_features: int, hidden: tuple[int, ...], out_features: int, config: DemoConfig, bayesian: bool
+) -> nn.Sequential:
+    """A ReLU MLP; ``bayesian`` swaps every ``nn.Linear`` for ``layers.Linear<Estimator>``.
 
     Both start alike: weights (posterior means) uniform on ``±1/sqrt(fan_in)``, biases 0.
     """
@@ -136,10 +140,11 @@ def make_mlp(in_features: int, out_features: int, config: DemoConfig, bayesian: 
         linear = getattr(layers, f"Linear{config.estimator}")
     else:
         linear = _linear_zero_bias
-    h = config.hidden
-    return nn.Sequential(
-        linear(in_features, h), nn.ReLU(), linear(h, h), nn.ReLU(), linear(h, out_features)
-    )
+    widths = (in_features, *hidden)
+    mods: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+        mods += [linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*mods, linear(widths[-1], out_features))
 
 
 def _linear_zero_bias(in_features: int, out_features: int) -> nn.Linear:
@@ -282,7 +287,7 @@ def _digits(config: DemoConfig, gen: torch.Generator) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for bayesian in (False, True):
         name = "bayesian" if bayesian else "deterministic"
-        model = make_mlp(64, 10, config, bayesian)
+        model = make_mlp(64, config.hidden_digits, 10, config, bayesian)
         train(
             model,
             _cross_entropy,
@@ -296,7 +301,7 @@ def _digits(config: DemoConfig, gen: torch.Generator) -> dict[str, Any]:
         )
         probs, _ = _class_probs(model, x_te, bayesian, k)
         # Out of distribution: a second model of the same kind, trained on digits 0-7 only.
-        ood_model = make_mlp(64, 8, config, bayesian)
+        ood_model = make_mlp(64, config.hidden_digits, 8, config, bayesian)
         train(
             ood_model,
             _cross_entropy,
@@ -334,7 +339,7 @@ def _diabetes(config: DemoConfig, gen: torch.Generator) -> dict[str, Any]:
     out: dict[str, Any] = {"y_test": y_te}
     for bayesian in (False, True):
         name = "bayesian" if bayesian else "deterministic"
-        model = Regressor(make_mlp(x_tr.shape[1], 1, config, bayesian))
+        model = Regressor(make_mlp(x_tr.shape[1], config.hidden_diabetes, 1, config, bayesian))
         train(
             model,
             _gaussian,

@@ -76,6 +76,39 @@ def _check_positive(owner: str, name: str, value: float) -> None:
         raise ValueError(f"{owner} expected `{name}` > 0 and finite, got {value}")
 
 
+def _graph_alive(t: Tensor) -> bool:
+    """Whether autograd can still backpropagate through ``t`` (its saved input not freed)."""
+    node = t.grad_fn
+    if node is None:
+        return True
+    try:
+        node._saved_self  # noqa: B018 - raises once backward has freed the graph
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def cached_softplus(owner: nn.Module, prefix: str, rho: Tensor) -> Tensor:
+    """``softplus(rho)``, computed once per parameter version and autograd graph.
+
+    A forward pass and the ``losses`` that follow it share one scale tensor, so
+    the softplus and its backward run once per step instead of twice. The cache
+    is keyed on the parameter's identity, version counter (bumped by optimizer
+    steps and ``load_state_dict``), ``requires_grad`` and the grad mode, and is
+    dropped once a backward pass has freed the graph it belongs to.
+    """
+    if torch.compiler.is_compiling():
+        return F.softplus(rho)
+    cache = owner.__dict__.setdefault("_softplus_cache", {})
+    key = (id(rho), rho._version, rho.requires_grad, torch.is_grad_enabled())
+    hit = cache.get(prefix)
+    if hit is not None and hit[0] == key and _graph_alive(hit[1]):
+        return hit[1]
+    scale = F.softplus(rho)
+    cache[prefix] = (key, scale)
+    return scale
+
+
 class TrainableInitializer(nn.Module):
     """Base class: a recipe for trainable parameters and the distribution they define.
 
@@ -106,6 +139,11 @@ class TrainableInitializer(nn.Module):
         self.shape = None if shape is None else torch.Size(shape)
         if shape is not None:
             self.build(self, "", shape, device=device, dtype=dtype)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_softplus_cache", None)  # holds an autograd graph
+        return state
 
     # ---------------------------------------------------------------- building
     def build(
@@ -224,7 +262,7 @@ class TrainableNormal(TrainableInitializer):
 
     def loc_scale(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
         p = self.params(owner, prefix)
-        return p["loc"], F.softplus(p["rho"])
+        return p["loc"], cached_softplus(owner, prefix, p["rho"])
 
     def distribution(self, owner: nn.Module | None = None, prefix: str = "") -> Distribution:
         loc, scale = self.loc_scale(self._own(owner), prefix)

@@ -59,6 +59,14 @@ class BayesianLayer(nn.Module):
         self._frozen_noise: dict[str, Tensor | None] = {}
         self._last_sample: dict[str, Tensor] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Draws and cached scales hold autograd graphs, which neither deepcopy nor
+        # pickle accept; a copy starts without them (frozen noise is kept).
+        state = self.__dict__.copy()
+        state["_last_sample"] = {}
+        state.pop("_softplus_cache", None)
+        return state
+
     # ------------------------------------------------------------ parameters
     def add_param(
         self,
@@ -153,8 +161,13 @@ class BayesianLayer(nn.Module):
         out: list[Tensor] = []
         for name, init in self._inits.items():
             reg = self._modules.get(f"{name}_regularizer")
-            if reg is None:
+            if not isinstance(reg, Regularizer):
                 continue
+            if init.is_normal:
+                term = reg.normal_penalty(*init.loc_scale(self, name))
+                if term is not None:
+                    out.append(term)
+                    continue
             q = init.distribution(self, name)
             value = self._last_sample.get(name) if name in self._random else None
             samples = 1
