@@ -3,7 +3,7 @@
 ``import bayesian_layers as bl`` and ``from bayesian_layers import layers``.
 """
 
-from . import initializers, layers, random_variables, regularizers
+from . import initializers, layers, metrics, random_variables, regularizers
 from .distributions import Deterministic as DeterministicDistribution
 from .objectives import elbo_loss, losses
 from .predictive import Predictive, predict
@@ -26,6 +26,7 @@ __all__ = [
     "DeterministicDistribution",
     "initializers",
     "regularizers",
+    "metrics",
     "layers",
     "losses",
     "elbo_loss",

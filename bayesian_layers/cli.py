@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .demo import DemoResult
 
 
 def _positive_float(text: str) -> float:
@@ -27,6 +31,33 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def format_report(result: DemoResult) -> str:
+    """The table, the figure paths and the notes as text."""
+    header = ("dataset", "metric", "goal", "deterministic", "bayesian", "better")
+    body = [
+        (r.dataset, r.metric, r.goal, _fmt(r.deterministic), _fmt(r.bayesian), r.better)
+        for r in result.rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < 3 or i == 5 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "-" * len(line(header))
+    out = [rule, line(header), rule, *map(line, body), rule]
+    out += [f"figure: {p}" for p in result.figures]
+    out += [f"note: {n}" for n in result.notes]
+    out.append(f"wall time: {result.seconds:.1f} s")
+    return "\n".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bayesian-layers`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from .demo import DemoConfig, format_report, run_demo
+        from .demo import DemoConfig, run_demo
 
         config = DemoConfig(
             seed=args.seed,

@@ -10,12 +10,23 @@ Two of scikit-learn's bundled data sets (no download):
   noise scale (a mixture over K function samples for the Bayesian model) and the
   coverage of central 90% predictive intervals, plus an interval plot.
 
-Both models share architecture, initialisation, optimiser, epochs and data; one flag
-(``bayesian``) swaps ``nn.Linear`` for a ``layers.Linear<Estimator>``. The Bayesian
-model is trained on the full-KL ELBO of the package's convention,
+Both models share architecture, initialisation, optimiser, epoch budget and data;
+one flag (``bayesian``) swaps ``nn.Linear`` for a ``layers.Linear<Estimator>``. The
+Bayesian model is trained on the full-KL ELBO of the package's convention,
 ``nll_mean + kl_weight * sum(bl.losses(model)) / num_train_examples``.
 
-Needs scikit-learn and matplotlib (the ``dev`` extra); tqdm is optional.
+Protocol: a fixed 56% / 14% / 30% fit / validation / test split; inputs (and the
+regression target) standardised with the fit part's statistics; every model keeps
+the epoch of its best validation predictive NLL (early stopping, the same rule for
+both models; without it the deterministic regressor overfits badly, its learned
+noise scale collapsing). The defaults (widths, learning rates, budgets, estimator)
+were chosen on the validation NLL of both models, never on the test set: one hidden
+layer of 256 units for digits (two layers of 128 gave the Bayesian model a slightly
+better validation NLL but the deterministic one a much worse one), 50 units for
+diabetes (the usual UCI-regression network). On these small MLPs the three
+estimators reach the same validation NLL within seed-to-seed noise (three seeds);
+the default is Flipout, the paper's dense estimator, whose weight noise is
+decorrelated across a minibatch (``--estimator`` switches).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +44,23 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics
+from .demo_plots import plot_intervals, plot_reliability
 
-__all__ = ["ESTIMATORS", "DemoConfig", "DemoResult", "Row", "format_report", "run_demo"]
+__all__ = [
+    "ESTIMATORS",
+    "DemoConfig",
+    "DemoResult",
+    "Row",
+    "fit",
+    "make_mlp",
+    "mixture_quantile",
+    "run_demo",
+]
 
 #: Weight estimators the demo can use, as in ``layers.Linear<Estimator>``.
 ESTIMATORS = ("Flipout", "Reparameterization", "LocalReparameterization")
 
 _SPLIT_SEED = 0  # the train/test split never changes with --seed
-_Z90 = 1.6448536269514722  # standard normal 95% quantile: central 90% interval
 
 
 @dataclass(frozen=True)
@@ -48,40 +68,57 @@ class DemoConfig:
     """Settings of one demo run (the defaults are the tuned full run).
 
     Attributes:
-        seed: seeds torch and numpy; the same seed gives the same table.
-        quick: a much shorter run (for tests): fewer epochs and samples.
+        seed: seeds torch (initialisation, minibatch order, weight noise); the same
+            seed gives the same table. The data split is fixed and does not depend on it.
+        quick: a much shorter run (for tests): a sixth of the epochs.
         epochs: epochs for every model; ``None`` uses the per-data-set default.
         kl_weight: multiplies the KL term of the ELBO (1.0 = full KL).
         estimator: one of :data:`ESTIMATORS`.
         hidden_digits: widths of the hidden layers of the digits MLP.
         hidden_diabetes: widths of the hidden layers of the diabetes MLP.
-        lr: Adam learning rate.
+        lr: Adam learning rate; ``None`` uses the per-data-set default.
         batch_size: minibatch size.
-        num_samples: K, function samples for the Bayesian predictive.
+        num_samples: K, function samples for the Bayesian predictive on the test set.
+        num_val_samples: K on the validation set, for early stopping.
         out_dir: where the PNG figures go.
         progress: show tqdm bars while training (when tqdm is installed).
-        threads: upper bound on torch's intra-op threads during the run.
+        threads: torch's intra-op threads during the run (restored after). 1 by
+            default: these matmuls are too small to gain from threads, and on a
+            busy 2-core machine spinning workers made a step ~30x slower.
     """
 
     seed: int = 0
     quick: bool = False
     epochs: int | None = None
+    lr: float | None = None
     kl_weight: float = 1.0
     estimator: str = "Flipout"
-    hidden_digits: tuple[int, ...] = (128, 128)
+    hidden_digits: tuple[int, ...] = (256,)
     hidden_diabetes: tuple[int, ...] = (50,)
-    lr: float = 3e-3
     batch_size: int = 64
     num_samples: int = 64
+    num_val_samples: int = 8
     out_dir: Path = Path("demo_output")
     progress: bool = True
     threads: int = 1
 
     def epochs_for(self, dataset: str) -> int:
+        """``epochs`` if set, else the tuned budget of ``dataset`` (a sixth with ``quick``)."""
         if self.epochs is not None:
             return self.epochs
-        full = {"digits": 60, "diabetes": 200}[dataset]
+        full = _TUNED[dataset]["epochs"]
         return max(1, full // 6) if self.quick else full
+
+    def lr_for(self, dataset: str) -> float:
+        """``lr`` if set, else the tuned Adam learning rate of ``dataset``."""
+        return self.lr if self.lr is not None else _TUNED[dataset]["lr"]
+
+
+#: Per-data-set budgets chosen on the validation split (see the module docstring).
+_TUNED: dict[str, dict[str, Any]] = {
+    "digits": {"epochs": 60, "lr": 3e-3},
+    "diabetes": {"epochs": 200, "lr": 1e-2},
+}
 
 
 @dataclass
@@ -175,84 +212,13 @@ def _progress(it: Iterable[int], desc: str, enabled: bool) -> Iterable[int]:
         return it
     try:
         from tqdm import tqdm
-    except ImportError:  # tqdm is optional
+    except ImportError:  # tqdm is optional: train without bars
         return it
-    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+    # disable=None: no bars when stderr is not a terminal (logs, CI, captured output).
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
-def train(
-    model: nn.Module,
-    nll: Callable[[nn.Module, Tensor, Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    config: DemoConfig,
-    *,
-    bayesian: bool,
-    epochs: int,
-    generator: torch.Generator,
-    desc: str,
-) -> None:
-    """Adam on minibatches; the ELBO ``nll_mean + kl_weight * KL / N`` when ``bayesian``."""
-    import bayesian_layers as bl
-
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    n = x.shape[0]
-    bar = _progress(range(epochs), desc, config.progress)
-    for _ in bar:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            loss = nll(model, x[idx], y[idx])
-            if bayesian:
-                loss = bl.elbo_loss(loss, model, n, kl_weight=config.kl_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-
-
-def _cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    return nn.functional.cross_entropy(model(x), y)
-
-
-def _gaussian(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    assert isinstance(model, Regressor)
-    return metrics.gaussian_nll(model(x), model.noise_scale, y)
-
-
-# ------------------------------------------------------------------------------- data
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    mean, std = train.mean(0), train.std(0)
-    std = np.where(std > 0, std, 1.0)
-    return [(a - mean) / std for a in (train, *others)]
-
-
-def _load_digits() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.3, stratify=y, random_state=_SPLIT_SEED
-    )
-    return x_tr, x_te, y_tr, y_te
-
-
-def _load_diabetes() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_diabetes(return_X_y=True)
-    return tuple(train_test_split(x, y, test_size=0.3, random_state=_SPLIT_SEED))
-
-
-def _f32(a: np.ndarray) -> Tensor:
-    return torch.as_tensor(a, dtype=torch.float32)
-
-
-# ----------------------------------------------------------------------- predictions
-def _class_probs(model: nn.Module, x: Tensor, bayesian: bool, k: int) -> tuple[Tensor, Tensor]:
+def class_predictive(model: nn.Module, x: Tensor, bayesian: bool, k: int) -> tuple[Tensor, Tensor]:
     """``(probs_mean (N, C), prob_samples (K, N, C))``; K = 1 for the deterministic model."""
     import bayesian_layers as bl
 
@@ -264,57 +230,183 @@ def _class_probs(model: nn.Module, x: Tensor, bayesian: bool, k: int) -> tuple[T
         return pred.mean, pred.samples
 
 
-def _mixture_quantile(locs: Tensor, scale: Tensor, q: float, iters: int = 60) -> Tensor:
-    """Quantile of the equal mixture of ``N(locs[k], scale²)`` over k, per column, by bisection."""
+def regression_locs(model: nn.Module, x: Tensor, bayesian: bool, k: int) -> Tensor:
+    """Predictive means under K function samples, ``(K, N)``; K = 1 when deterministic."""
+    import bayesian_layers as bl
+
+    with torch.no_grad():
+        if not bayesian:
+            return model(x).unsqueeze(0)
+        return bl.predict(model, x, num_samples=k).samples
+
+
+def posterior_weight_scale(model: nn.Module) -> float:
+    """Mean posterior standard deviation over every weight of the model's Bayesian layers."""
+    from .layers import BayesianLayer
+
+    scales = [
+        m.weight.distribution.stddev.detach().flatten()
+        for m in model.modules()
+        if isinstance(m, BayesianLayer) and hasattr(m, "weight_rho")
+    ]
+    return torch.cat(scales).mean().item() if scales else 0.0
+
+
+def _predictive_nll(model: nn.Module, x: Tensor, y: Tensor, bayesian: bool, k: int) -> float:
+    """NLL of the (Monte Carlo) predictive: what early stopping minimises."""
+    if isinstance(model, Regressor):
+        locs = regression_locs(model, x, bayesian, k)
+        return metrics.mixture_gaussian_nll(locs, model.noise_scale.detach(), y).item()
+    probs, _ = class_predictive(model, x, bayesian, k)
+    return metrics.negative_log_likelihood(probs, y).item()
+
+
+def _batch_nll(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    if isinstance(model, Regressor):
+        return metrics.gaussian_nll(model(x), model.noise_scale, y)
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    config: DemoConfig,
+    *,
+    dataset: str,
+    bayesian: bool,
+    generator: torch.Generator,
+    desc: str,
+) -> tuple[int, float]:
+    """Adam on minibatches, keeping the epoch with the best validation predictive NLL.
+
+    The loss is the mean NLL (cross-entropy, or Gaussian with the learned noise scale);
+    for the Bayesian model the negative ELBO per example,
+    ``nll_mean + kl_weight * sum(bl.losses(model)) / num_train_examples``. After the
+    last epoch the model holds the parameters of its best validation epoch (early
+    stopping, the same protocol for both models); returns that epoch (1-based) and its
+    validation NLL.
+    """
+    import bayesian_layers as bl
+
+    x, y = train
+    n = x.shape[0]
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr_for(dataset))
+    best, best_epoch, best_state = math.inf, 0, None
+    bar = _progress(range(1, config.epochs_for(dataset) + 1), desc, config.progress)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n, config.batch_size):
+            idx = perm[start : start + config.batch_size]
+            loss = _batch_nll(model, x[idx], y[idx])
+            if bayesian:
+                loss = bl.elbo_loss(loss, model, n, kl_weight=config.kl_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        score = _predictive_nll(model, *val, bayesian, config.num_val_samples)
+        if score < best:
+            best, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if hasattr(bar, "set_postfix"):
+            postfix = {"loss": f"{loss.item():.3f}", "val_nll": f"{score:.3f}", "best": best_epoch}
+            bar.set_postfix(postfix, refresh=False)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return best_epoch, best
+
+
+# ------------------------------------------------------------------------------- data
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = train.mean(0), train.std(0)
+    std = np.where(std > 0, std, 1.0)
+    return [(a - mean) / std for a in (train, *others)]
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, classify: bool
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Fixed fit / validation / test split, 56% / 14% / 30% (stratified for classes).
+
+    Returns the inputs as float32 tensors standardised with the fit part's statistics,
+    and the targets as they are.
+    """
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=0.3, stratify=y if classify else None, random_state=_SPLIT_SEED
+    )
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        x_tr, y_tr, test_size=0.2, stratify=y_tr if classify else None, random_state=_SPLIT_SEED
+    )
+    xs = _standardise(x_fit, x_val, x_te)
+    return (_f32(xs[0]), _f32(xs[1]), _f32(xs[2])), (y_fit, y_val, y_te)
+
+
+def _f32(a: np.ndarray) -> Tensor:
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+def mixture_quantile(locs: Tensor, scale: Tensor, q: float, iters: int = 60) -> Tensor:
+    """Quantile ``q`` of the equal mixture of ``N(locs[k], scale²)`` over k, by bisection.
+
+    Args:
+        locs: component means, ``(K, N)``.
+        scale: the common noise standard deviation (a scalar tensor).
+        q: the probability, in (0, 1).
+
+    Returns:
+        ``(N,)`` quantiles, to ``20 * scale / 2**iters`` (bisection on the mixture CDF).
+    """
     normal = torch.distributions.Normal(0.0, 1.0)
     lo = locs.min(0).values - 10 * scale
     hi = locs.max(0).values + 10 * scale
     for _ in range(iters):
         mid = (lo + hi) / 2
-        cdf = normal.cdf((mid - locs) / scale).mean(0)  # (N,)
-        below = cdf < q
+        below = normal.cdf((mid - locs) / scale).mean(0) < q  # (N,)
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
     return (lo + hi) / 2
 
 
 # -------------------------------------------------------------------------- the runs
 def _digits(config: DemoConfig, gen: torch.Generator) -> dict[str, Any]:
-    x_tr, x_te, y_tr, y_te = _load_digits()
-    x_tr, x_te = map(_f32, _standardise(x_tr, x_te))
-    y_tr, y_te = torch.as_tensor(y_tr), torch.as_tensor(y_te)
-    in_tr, in_te = y_tr < 8, y_te < 8
-    epochs, k = config.epochs_for("digits"), config.num_samples
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    (x_fit, x_val, x_te), labels = _split(x, y, classify=True)
+    y_fit, y_val, y_te = (torch.as_tensor(a) for a in labels)
+    k, is_ood = config.num_samples, y_te >= 8
     out: dict[str, Any] = {}
     for bayesian in (False, True):
         name = "bayesian" if bayesian else "deterministic"
         model = make_mlp(64, config.hidden_digits, 10, config, bayesian)
-        train(
+        epoch = fit(
             model,
-            _cross_entropy,
-            x_tr,
-            y_tr,
+            (x_fit, y_fit),
+            (x_val, y_val),
             config,
+            dataset="digits",
             bayesian=bayesian,
-            epochs=epochs,
             generator=gen,
             desc=f"digits {name}",
         )
-        probs, _ = _class_probs(model, x_te, bayesian, k)
+        probs, _ = class_predictive(model, x_te, bayesian, k)
         # Out of distribution: a second model of the same kind, trained on digits 0-7 only.
         ood_model = make_mlp(64, config.hidden_digits, 8, config, bayesian)
-        train(
+        f, v = y_fit < 8, y_val < 8
+        ood_epoch = fit(
             ood_model,
-            _cross_entropy,
-            x_tr[in_tr],
-            y_tr[in_tr],
+            (x_fit[f], y_fit[f]),
+            (x_val[v], y_val[v]),
             config,
+            dataset="digits",
             bayesian=bayesian,
-            epochs=epochs,
             generator=gen,
             desc=f"digits 0-7 {name}",
         )
-        p_mean, p_samples = _class_probs(ood_model, x_te, bayesian, k)
-        is_ood = ~in_te
+        p_mean, p_samples = class_predictive(ood_model, x_te, bayesian, k)
         out[name] = {
             "accuracy": metrics.accuracy(probs, y_te).item(),
             "nll": metrics.negative_log_likelihood(probs, y_te).item(),
@@ -325,43 +417,39 @@ def _digits(config: DemoConfig, gen: torch.Generator) -> dict[str, Any]:
             "auroc_mi": metrics.auroc(metrics.mutual_information(p_samples), is_ood).item()
             if bayesian
             else None,
+            "epochs": (epoch[0], ood_epoch[0]),
+            "weight_scale": posterior_weight_scale(model),
+            "val_nll": (epoch[1], ood_epoch[1]),
         }
     return out
 
 
 def _diabetes(config: DemoConfig, gen: torch.Generator) -> dict[str, Any]:
-    x_tr, x_te, y_tr, y_te = _load_diabetes()
-    x_tr, x_te = map(_f32, _standardise(x_tr, x_te))
-    y_mean, y_std = float(y_tr.mean()), float(y_tr.std())
-    y_tr_s = _f32((y_tr - y_mean) / y_std)
-    y_te = torch.as_tensor(y_te, dtype=torch.float64)  # original units
-    epochs, k = config.epochs_for("diabetes"), config.num_samples
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    (x_fit, x_val, x_te), (t_fit, t_val, t_te) = _split(x, y, classify=False)
+    y_mean, y_std = float(t_fit.mean()), float(t_fit.std())
+    y_fit, y_val = (_f32((t - y_mean) / y_std) for t in (t_fit, t_val))  # standardised
+    y_te = torch.as_tensor(t_te, dtype=torch.float64)  # original units
     out: dict[str, Any] = {"y_test": y_te}
     for bayesian in (False, True):
         name = "bayesian" if bayesian else "deterministic"
-        model = Regressor(make_mlp(x_tr.shape[1], config.hidden_diabetes, 1, config, bayesian))
-        train(
+        model = Regressor(make_mlp(x_fit.shape[1], config.hidden_diabetes, 1, config, bayesian))
+        epoch = fit(
             model,
-            _gaussian,
-            x_tr,
-            y_tr_s,
+            (x_fit, y_fit),
+            (x_val, y_val),
             config,
+            dataset="diabetes",
             bayesian=bayesian,
-            epochs=epochs,
             generator=gen,
             desc=f"diabetes {name}",
         )
-        with torch.no_grad():
-            if bayesian:
-                import bayesian_layers as bl
-
-                locs = bl.predict(model, x_te, num_samples=k).samples  # (K, N)
-            else:
-                locs = model(x_te).unsqueeze(0)  # (1, N)
-            locs = locs.double() * y_std + y_mean  # original units
-            scale = model.noise_scale.double() * y_std
-        lower = _mixture_quantile(locs, scale, 0.05)
-        upper = _mixture_quantile(locs, scale, 0.95)
+        locs = regression_locs(model, x_te, bayesian, config.num_samples)
+        locs = locs.double() * y_std + y_mean  # (K, N), original units
+        scale = model.noise_scale.detach().double() * y_std
+        lower, upper = mixture_quantile(locs, scale, 0.05), mixture_quantile(locs, scale, 0.95)
         mean = locs.mean(0)
         out[name] = {
             "rmse": metrics.rmse(mean, y_te).item(),
@@ -371,6 +459,9 @@ def _diabetes(config: DemoConfig, gen: torch.Generator) -> dict[str, Any]:
             "mean": mean,
             "lower": lower,
             "upper": upper,
+            "epochs": (epoch[0],),
+            "weight_scale": posterior_weight_scale(model),
+            "val_nll": (epoch[1] + math.log(y_std),),  # original units
         }
     out["rmse_mean_prediction"] = metrics.rmse(torch.full_like(y_te, y_mean), y_te).item()
     return out
@@ -385,7 +476,6 @@ def _deterministic_torch(seed: int, threads: int) -> Iterator[torch.Generator]:
     torch.set_num_threads(max(1, min(threads, old_threads)))
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - legacy global, in case anything downstream uses it
     try:
         yield torch.Generator().manual_seed(seed)
     finally:
@@ -396,8 +486,6 @@ def _deterministic_torch(seed: int, threads: int) -> Iterator[torch.Generator]:
 def run_demo(config: DemoConfig | None = None) -> DemoResult:
     """Train the four digits models and two diabetes models; build the table and figures."""
     config = config or DemoConfig()
-    if config.quick:
-        config = replace(config, num_samples=min(config.num_samples, 16))
     start = time.perf_counter()
     with _deterministic_torch(config.seed, config.threads) as gen:
         digits = _digits(config, gen)
@@ -416,8 +504,8 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     ]
     config.out_dir.mkdir(parents=True, exist_ok=True)
     figures = [
-        _plot_reliability(d, b, config.out_dir / "reliability_digits.png"),
-        _plot_intervals(diabetes, config.out_dir / "intervals_diabetes.png"),
+        plot_reliability(d, b, config.out_dir / "reliability_digits.png"),
+        plot_intervals(diabetes, config.out_dir / "intervals_diabetes.png"),
     ]
     result = DemoResult(config, rows, figures, seconds=time.perf_counter() - start)
     result.notes = _notes(result, digits, diabetes)
@@ -427,156 +515,43 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
 def _notes(result: DemoResult, digits: dict[str, Any], diabetes: dict[str, Any]) -> list[str]:
     c = result.config
     kl = "full KL" if c.kl_weight == 1.0 else f"KL x {c.kl_weight:g} (tempered)"
+    d, b = digits["deterministic"], digits["bayesian"]
+    rd, rb = diabetes["deterministic"], diabetes["bayesian"]
     notes = [
-        f"Bayesian model: layers.Linear{c.estimator}, N(0, 1) prior, {kl}, "
+        f"Bayesian model: layers.Linear{c.estimator}, N(0, 1) prior, {kl}; "
         f"K = {c.num_samples} function samples at test time.",
-        f"Both models: MLP with 2 x {c.hidden} ReLU units, Adam lr {c.lr:g}, batch "
-        f"{c.batch_size}, epochs digits {c.epochs_for('digits')} / diabetes "
-        f"{c.epochs_for('diabetes')}, seed {c.seed}.",
-        "OOD: models trained on digits 0-7; positives are test 8s and 9s, negatives test 0-7.",
-        f"Diabetes mean-prediction RMSE (baseline): {diabetes['rmse_mean_prediction']:.1f}; "
-        f"learned noise scale: deterministic {diabetes['deterministic']['noise_scale']:.1f}, "
-        f"bayesian {diabetes['bayesian']['noise_scale']:.1f}.",
+        f"Both models: ReLU MLP, hidden digits {list(c.hidden_digits)} / diabetes "
+        f"{list(c.hidden_diabetes)}; Adam, lr {c.lr_for('digits'):g} / {c.lr_for('diabetes'):g}, "
+        f"batch {c.batch_size}, up to {c.epochs_for('digits')} / {c.epochs_for('diabetes')} "
+        f"epochs, keeping the best validation-NLL epoch; seed {c.seed}.",
+        f"Best epochs (deterministic / bayesian): digits {d['epochs'][0]} / {b['epochs'][0]}, "
+        f"digits 0-7 {d['epochs'][1]} / {b['epochs'][1]}, diabetes {rd['epochs'][0]} / "
+        f"{rb['epochs'][0]}.",
+        "Split: fixed 56% fit / 14% validation / 30% test. OOD: models trained on digits 0-7; "
+        "positives are the test 8s and 9s, negatives the test 0-7s.",
+        f"Diabetes: mean-prediction RMSE {diabetes['rmse_mean_prediction']:.1f}; learned noise "
+        f"scale deterministic {rd['noise_scale']:.1f}, bayesian {rb['noise_scale']:.1f}.",
+        f"Mean posterior weight std of the kept Bayesian models: digits {b['weight_scale']:.3f}, "
+        f"diabetes {rb['weight_scale']:.3f} (initial 0.01, prior 1).",
     ]
     worse = [f"{r.dataset} {r.metric}" for r in result.rows if r.better == "deterministic"]
     if worse:
         notes.append("The Bayesian model is worse on: " + "; ".join(worse) + ".")
-    b = digits["bayesian"]
     if b["confidence"] < b["accuracy"] - 0.01:
         notes.append(
             f"The Bayesian MLP is underconfident on digits: mean top-class probability "
-            f"{b['confidence']:.3f} < accuracy {b['accuracy']:.3f}. Full-KL mean-field VI "
-            "with an N(0, 1) prior overweights the prior on a small data set; "
-            "--kl-weight 0.1 (a tempered posterior) sharpens it."
+            f"{b['confidence']:.3f} < accuracy {b['accuracy']:.3f}. Full-KL mean-field VI pulls "
+            "the posterior towards the broad N(0, 1) prior on a small data set, which inflates "
+            "the predictive spread; --kl-weight 0.1 (a tempered posterior) sharpens it."
         )
-    cov = diabetes["bayesian"]["coverage"]
-    if cov > 0.95:
-        notes.append(f"The Bayesian 90% intervals are too wide on diabetes (coverage {cov:.2f}).")
+    if rb["weight_scale"] < 0.02:
+        notes.append(
+            f"The kept diabetes Bayesian model (epoch {rb['epochs'][0]}) is close to a point "
+            f"estimate: its weight std {rb['weight_scale']:.3f} has barely left the initial 0.01, "
+            "so its intervals are almost all learned observation noise."
+        )
+    if rb["coverage"] > 0.95:
+        notes.append(
+            f"The Bayesian 90% intervals are too wide on diabetes (coverage {rb['coverage']:.2f})."
+        )
     return notes
-
-
-# ------------------------------------------------------------------------------ figures
-def _figure(width: float, height: float, ncols: int) -> tuple[Any, Any]:
-    """A matplotlib figure on the Agg canvas (no pyplot, no global backend state)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - matplotlib is in the dev extra
-        raise ImportError("the demo's figures need matplotlib: pip install matplotlib") from err
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, sharey=True)
-
-
-def _plot_reliability(det: dict[str, Any], bayes: dict[str, Any], path: Path) -> Path:
-    fig, axes = _figure(9.0, 4.2, 2)
-    for ax, (name, res) in zip(
-        axes, (("Deterministic MLP", det), ("Bayesian MLP", bayes)), strict=True
-    ):
-        bins: metrics.ReliabilityBins = res["bins"]
-        edges = bins.edges.numpy()
-        width = np.diff(edges)
-        filled = bins.counts.numpy() > 0
-        acc = np.nan_to_num(bins.accuracy.numpy())
-        conf = np.nan_to_num(bins.confidence.numpy())
-        ax.bar(
-            edges[:-1][filled],
-            acc[filled],
-            width=width[filled],
-            align="edge",
-            color="tab:blue",
-            edgecolor="black",
-            label="accuracy",
-        )
-        ax.bar(
-            edges[:-1][filled],
-            (conf - acc)[filled],
-            bottom=acc[filled],
-            width=width[filled],
-            align="edge",
-            color="tab:red",
-            alpha=0.35,
-            edgecolor="tab:red",
-            label="gap to confidence",
-        )
-        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-        ax.set(
-            xlim=(0, 1),
-            ylim=(0, 1),
-            xlabel="confidence (top-class probability)",
-            title=f"{name}: acc {res['accuracy']:.3f}, ECE {res['ece']:.3f}",
-        )
-        ax.legend(loc="upper left", fontsize=8)
-    axes[0].set_ylabel("accuracy")
-    fig.suptitle("Reliability diagram, digits test set (15 bins)")
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _plot_intervals(diabetes: dict[str, Any], path: Path) -> Path:
-    y = diabetes["y_test"].numpy()
-    order = np.argsort(y)
-    x = np.arange(len(y))
-    fig, axes = _figure(11.0, 4.2, 2)
-    for ax, name in zip(axes, ("deterministic", "bayesian"), strict=True):
-        res = diabetes[name]
-        lo, hi, mean = (res[k].numpy()[order] for k in ("lower", "upper", "mean"))
-        ax.fill_between(
-            x,
-            lo,
-            hi,
-            color="tab:orange" if name == "bayesian" else "tab:blue",
-            alpha=0.3,
-            step="mid",
-            label="90% predictive interval",
-        )
-        ax.plot(x, mean, ".", ms=3, color="black", label="predictive mean")
-        inside = (y[order] >= lo) & (y[order] <= hi)
-        ax.plot(
-            x[inside],
-            y[order][inside],
-            "o",
-            ms=3,
-            mfc="none",
-            color="tab:green",
-            label="target, inside",
-        )
-        ax.plot(x[~inside], y[order][~inside], "x", ms=4, color="tab:red", label="target, outside")
-        ax.set(
-            xlabel="test point (sorted by target)",
-            title=f"{name.capitalize()} MLP: coverage {res['coverage']:.2f}, "
-            f"RMSE {res['rmse']:.1f}",
-        )
-        ax.legend(loc="upper left", fontsize=8)
-    axes[0].set_ylabel("disease progression (original units)")
-    fig.suptitle("Diabetes test set: central 90% predictive intervals")
-    fig.savefig(path, dpi=110)
-    return path
-
-
-# -------------------------------------------------------------------------------- table
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
-
-
-def format_report(result: DemoResult) -> str:
-    """The table, the figure paths and the notes as text."""
-    header = ("dataset", "metric", "goal", "deterministic", "bayesian", "better")
-    body = [
-        (r.dataset, r.metric, r.goal, _fmt(r.deterministic), _fmt(r.bayesian), r.better)
-        for r in result.rows
-    ]
-    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < 3 or i == 5 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    rule = "-" * len(line(header))
-    out = [rule, line(header), rule, *map(line, body), rule]
-    out += [f"figure: {p}" for p in result.figures]
-    out += [f"note: {n}" for n in result.notes]
-    out.append(f"wall time: {result.seconds:.1f} s")
-    return "\n".join(out)

@@ -80,33 +80,42 @@ def _graph_alive(t: Tensor) -> bool:
     """Whether autograd can still backpropagate through ``t`` (its saved input not freed)."""
     node = t.grad_fn
     if node is None:
-        return True
+        return False
     try:
-        node._saved_self  # noqa: B018 - raises once backward has freed the graph
+        node._saved_self  # type: ignore[attr-defined]  # noqa: B018 - raises once freed
     except (RuntimeError, AttributeError):
         return False
     return True
 
 
-def cached_softplus(owner: nn.Module, prefix: str, rho: Tensor) -> Tensor:
-    """``softplus(rho)``, computed once per parameter version and autograd graph.
+def _softplus_key(rho: Tensor) -> tuple:
+    return (id(rho), rho._version, rho.data_ptr(), rho.dtype, rho.device)
 
-    A forward pass and the ``losses`` that follow it share one scale tensor, so
-    the softplus and its backward run once per step instead of twice. The cache
-    is keyed on the parameter's identity, version counter (bumped by optimizer
-    steps and ``load_state_dict``), ``requires_grad`` and the grad mode, and is
-    dropped once a backward pass has freed the graph it belongs to.
+
+def softplus_scale(owner: nn.Module, prefix: str, rho: Tensor, *, reuse: bool = False) -> Tensor:
+    """``softplus(rho)``; a forward pass and the ``losses`` after it share one tensor.
+
+    Every call with ``reuse=False`` (the forward pass) computes the scale and,
+    when it carries an autograd graph, keeps it. ``reuse=True`` (``losses``)
+    returns the kept tensor when it is certainly current: same parameter object,
+    version counter, storage, dtype and device, and its graph not yet freed by a
+    backward pass; otherwise it computes afresh. So one softplus and one
+    softplus-backward run per training step instead of two.
     """
-    if torch.compiler.is_compiling():
-        return F.softplus(rho)
+    compiling = torch.compiler.is_compiling()
     cache = owner.__dict__.setdefault("_softplus_cache", {})
-    key = (id(rho), rho._version, rho.requires_grad, torch.is_grad_enabled())
-    hit = cache.get(prefix)
-    if hit is not None and hit[0] == key and _graph_alive(hit[1]):
-        return hit[1]
+    if reuse and not compiling and torch.is_grad_enabled():
+        hit = cache.get(prefix)
+        if hit is not None and hit[0] == _softplus_key(rho) and _graph_alive(hit[1]):
+            return hit[1]
     scale = F.softplus(rho)
-    cache[prefix] = (key, scale)
+    if not compiling and scale.grad_fn is not None:
+        cache[prefix] = (_softplus_key(rho), scale)
     return scale
+
+
+#: Standard deviation of a standard normal truncated to [-2, 2].
+_TRUNC2_STD = 0.87962566103423978
 
 
 class TrainableInitializer(nn.Module):
@@ -189,8 +198,14 @@ class TrainableInitializer(nn.Module):
         """A reparameterised draw from the parameters and standard noise."""
         raise NotImplementedError
 
-    def loc_scale(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
-        """``(loc, scale)`` of a normal family (draws are ``loc + scale * N(0, 1)``)."""
+    def loc_scale(
+        self, owner: nn.Module, prefix: str, *, reuse: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``(loc, scale)`` of a normal family (draws are ``loc + scale * N(0, 1)``).
+
+        ``reuse=True`` may return the scale computed by the latest forward pass
+        (see :func:`softplus_scale`).
+        """
         raise TypeError(f"{type(self).__name__} is not a normal family")
 
     def point(self, owner: nn.Module, prefix: str) -> Tensor:
@@ -214,9 +229,9 @@ class TrainableNormal(TrainableInitializer):
 
     Args:
         shape: see :class:`TrainableInitializer`.
-        loc_std: ``loc`` starts as a normal truncated at two standard deviations
-            with this std; ``None`` (default) starts it like ``nn.Linear``'s
-            weight, uniform on ``±1/sqrt(fan_in)``.
+        loc_std: ``loc`` starts as a truncated normal (cut at ±2 of its scale,
+            widened so its standard deviation is ``loc_std``); ``None`` (default)
+            starts it like ``nn.Linear``'s weight, uniform on ``±1/sqrt(fan_in)``.
         scale_init: the initial standard deviation (``rho = softplus⁻¹(scale_init)``).
 
     Parameters: ``{prefix}_loc`` and ``{prefix}_rho`` (``scale = softplus(rho)``).
@@ -257,12 +272,16 @@ class TrainableNormal(TrainableInitializer):
             bound = 1.0 / math.sqrt(max(fan_in, 1))
             nn.init.uniform_(params["loc"], -bound, bound)
         else:
-            nn.init.trunc_normal_(params["loc"], 0.0, std, -2 * std, 2 * std)
+            # A normal truncated at ±2 s has std 0.8796 s: widen s so the std is `std`.
+            s = std / _TRUNC2_STD
+            nn.init.trunc_normal_(params["loc"], 0.0, s, -2 * s, 2 * s)
         params["rho"].fill_(inverse_softplus(self.scale_init))
 
-    def loc_scale(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
+    def loc_scale(
+        self, owner: nn.Module, prefix: str, *, reuse: bool = False
+    ) -> tuple[Tensor, Tensor]:
         p = self.params(owner, prefix)
-        return p["loc"], cached_softplus(owner, prefix, p["rho"])
+        return p["loc"], softplus_scale(owner, prefix, p["rho"], reuse=reuse)
 
     def distribution(self, owner: nn.Module | None = None, prefix: str = "") -> Distribution:
         loc, scale = self.loc_scale(self._own(owner), prefix)

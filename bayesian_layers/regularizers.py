@@ -45,10 +45,14 @@ def _as_rv(owner: str, x: RandomVariable | Distribution) -> RandomVariable:
     raise TypeError(f"{owner} expected a RandomVariable or Distribution, got {type(x).__name__}")
 
 
+def _float_buffer(value: float | Tensor) -> Tensor:
+    """A floating-point copy of ``value`` (never an alias of the caller's tensor)."""
+    t = torch.as_tensor(value).detach().clone()
+    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+
+
 def _positive_buffer(owner: str, name: str, value: float | Tensor) -> Tensor:
-    t = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
-    if not torch.is_floating_point(t):
-        t = t.to(torch.get_default_dtype())
+    t = _float_buffer(value)
     if t.device.type != "meta" and not bool((t > 0).all() and torch.isfinite(t).all()):
         raise ValueError(f"{owner} expected `{name}` > 0 and finite, got {value}")
     return t
@@ -59,30 +63,33 @@ class _NormalKLScalarPrior(torch.autograd.Function):
 
     Forward: ``(‖σ‖² + ‖μ - μ_p‖²) / (2σ_p²) - Σ log σ + n (log σ_p - 1/2)``, two dot
     products and one log pass. Backward: ``∂/∂μ = (μ - μ_p)/σ_p²``,
-    ``∂/∂σ = σ/σ_p² - 1/σ`` (the prior is a constant: no gradient).
+    ``∂/∂σ = σ/σ_p² - 1/σ`` (the prior is a constant: no gradient); the backward
+    is built from the saved inputs with differentiable ops, so double backward works.
     """
 
     @staticmethod
-    def forward(ctx, loc: Tensor, scale: Tensor, p_loc: Tensor, p_scale: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(loc: Tensor, scale: Tensor, p_loc: Tensor, p_scale: Tensor) -> Tensor:  # type: ignore[override]
         centred = (loc - p_loc).reshape(-1)
         flat_scale = scale.reshape(-1)
-        inv_var = 1.0 / (p_scale * p_scale)
         quad = torch.dot(flat_scale, flat_scale) + torch.dot(centred, centred)
-        n = loc.numel()
-        kl = 0.5 * inv_var * quad - torch.log(flat_scale).sum() + n * (torch.log(p_scale) - 0.5)
-        ctx.save_for_backward(centred, scale, inv_var)
-        ctx.loc_shape = loc.shape
-        return kl
+        log_p_scale = torch.log(p_scale)
+        return (
+            0.5 * quad * torch.exp(-2 * log_p_scale)
+            - torch.log(flat_scale).sum()
+            + loc.numel() * (log_p_scale - 0.5)
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        loc, scale, p_loc, p_scale = inputs
+        ctx.save_for_backward(loc, scale, p_loc, p_scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        centred, scale, inv_var = ctx.saved_tensors
-        grad_loc = grad_scale = None
-        g = grad * inv_var
-        if ctx.needs_input_grad[0]:
-            grad_loc = (centred * g).reshape(ctx.loc_shape)
-        if ctx.needs_input_grad[1]:
-            grad_scale = scale * g - grad / scale
+        loc, scale, p_loc, p_scale = ctx.saved_tensors
+        g = grad / (p_scale * p_scale)
+        grad_loc = (loc - p_loc) * g if ctx.needs_input_grad[0] else None
+        grad_scale = scale * g - grad / scale if ctx.needs_input_grad[1] else None
         return grad_loc, grad_scale, None, None
 
 
@@ -163,7 +170,7 @@ class NormalKLDivergence(Regularizer):
         self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0, scale_factor: float = 1.0
     ) -> None:
         super().__init__(scale_factor)
-        self.register_buffer("prior_loc", torch.as_tensor(loc, dtype=torch.get_default_dtype()))
+        self.register_buffer("prior_loc", _float_buffer(loc))
         self.register_buffer("prior_scale", _positive_buffer(type(self).__name__, "scale", scale))
 
     def prior(self) -> Normal:
@@ -263,7 +270,7 @@ class HalfCauchyKLDivergence(Regularizer):
         self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0, scale_factor: float = 1.0
     ) -> None:
         super().__init__(scale_factor)
-        self.register_buffer("prior_loc", torch.as_tensor(loc, dtype=torch.get_default_dtype()))
+        self.register_buffer("prior_loc", _float_buffer(loc))
         self.register_buffer("prior_scale", _positive_buffer(type(self).__name__, "scale", scale))
 
     def prior(self) -> Distribution:

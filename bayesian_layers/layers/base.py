@@ -164,7 +164,7 @@ class BayesianLayer(nn.Module):
             if not isinstance(reg, Regularizer):
                 continue
             if init.is_normal:
-                term = reg.normal_penalty(*init.loc_scale(self, name))
+                term = reg.normal_penalty(*init.loc_scale(self, name, reuse=True))
                 if term is not None:
                     out.append(term)
                     continue

@@ -1,0 +1,154 @@
+"""Tests for the ``bayesian-layers demo`` command and its helpers (``bayesian_layers.demo``)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from scipy import optimize, stats
+
+from bayesian_layers import cli, demo
+
+_NUMBER = r"(-?\d+\.\d+|-)"
+_ROW = re.compile(
+    rf"^(digits|diabetes)\s+(.+?)\s{{2,}}(max|min|≈0\.90)\s+{_NUMBER}\s+{_NUMBER}\s+"
+    r"(bayesian|deterministic|tie|-)$"
+)
+
+
+def _parse_table(text: str) -> dict[tuple[str, str], tuple[float | None, float | None, str]]:
+    rows = {}
+    for line in text.splitlines():
+        m = _ROW.match(line)
+        if m:
+            dataset, metric, _, det, bayes, better = m.groups()
+
+            def num(s: str) -> float | None:
+                return None if s == "-" else float(s)
+
+            rows[dataset, metric] = (num(det), num(bayes), better)
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_demo_prints_table_and_writes_figures(tmp_path: Path, capsys) -> None:
+    threads = torch.get_num_threads()
+    deterministic_algorithms = torch.are_deterministic_algorithms_enabled()
+    assert cli.main(["demo", "--quick", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = _parse_table(out)
+    assert len(rows) == 8, out
+    for (dataset, metric), (det, bayes, _) in rows.items():
+        for value in (det, bayes):
+            assert value is None or math.isfinite(value), (dataset, metric, value)
+
+    # Better than chance / the mean prediction, for both models.
+    baseline = float(re.search(r"mean-prediction RMSE (\d+\.\d)", out).group(1))
+    for model in (0, 1):
+        assert rows["digits", "test accuracy"][model] > 0.8  # chance: 0.1
+        assert rows["digits", "test NLL (nats)"][model] < math.log(10)  # uniform prediction
+        assert 0 <= rows["digits", "ECE (15 bins)"][model] < 0.2
+        assert rows["digits", "OOD AUROC, entropy"][model] > 0.6  # chance: 0.5
+        assert rows["diabetes", "test RMSE (original units)"][model] < 0.95 * baseline
+        assert 0.5 < rows["diabetes", "90% interval coverage"][model] <= 1.0
+    assert rows["digits", "OOD AUROC, MI (B) vs entropy (D)"][1] > 0.6
+
+    figures = re.findall(r"^figure: (.+\.png)$", out, flags=re.M)
+    assert len(figures) == 2
+    for path in figures:
+        assert Path(path).parent == tmp_path
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "note: Bayesian model: layers.LinearFlipout" in out
+    assert re.search(r"^wall time: \d+\.\d s$", out, flags=re.M)
+    # Global torch settings are restored.
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic_algorithms
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_same_seed_gives_same_table(tmp_path: Path) -> None:
+    config = demo.DemoConfig(epochs=2, num_samples=4, out_dir=tmp_path, progress=False)
+    first, second = demo.run_demo(config), demo.run_demo(config)
+    assert [(r.deterministic, r.bayesian) for r in first.rows] == [
+        (r.deterministic, r.bayesian) for r in second.rows
+    ]
+
+
+def test_mixture_quantile_matches_scipy() -> None:
+    # K = 1: the Gaussian quantile.
+    locs = torch.tensor([[0.0, 2.0, -1.0]], dtype=torch.float64)
+    scale = torch.tensor(1.5, dtype=torch.float64)
+    got = demo.mixture_quantile(locs, scale, 0.95)
+    torch.testing.assert_close(got, torch.as_tensor(stats.norm.ppf(0.95, locs[0], 1.5)))
+    # K = 3: root of the mixture CDF, found independently with brentq.
+    locs = torch.tensor([[0.0], [1.0], [5.0]], dtype=torch.float64)
+    for q in (0.05, 0.5, 0.95):
+
+        def cdf_gap(t: float, q: float = q) -> float:
+            return stats.norm.cdf(t, locs[:, 0].numpy(), 0.7).mean() - q
+
+        ref = optimize.brentq(cdf_gap, -20, 30, xtol=1e-12)
+        got = demo.mixture_quantile(locs, torch.tensor(0.7, dtype=torch.float64), q)
+        assert got.item() == pytest.approx(ref, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("goal", "det", "bayes", "better"),
+    [
+        ("max", 0.9, 0.95, "bayesian"),
+        ("max", 0.95, 0.9, "deterministic"),
+        ("min", 0.1, 0.2, "deterministic"),
+        ("min", 0.1, 0.1, "tie"),
+        ("≈0.90", 0.80, 0.93, "bayesian"),
+        ("≈0.90", 0.89, 0.99, "deterministic"),
+        ("max", None, 0.9, "-"),
+    ],
+)
+def test_row_better(goal: str, det: float | None, bayes: float | None, better: str) -> None:
+    assert demo.Row("d", "m", goal, det, bayes).better == better
+
+
+@pytest.mark.parametrize("estimator", demo.ESTIMATORS)
+def test_make_mlp_swaps_only_the_linear_layers(estimator: str) -> None:
+    config = demo.DemoConfig(estimator=estimator)
+    det = demo.make_mlp(5, (7, 6), 3, config, bayesian=False)
+    bayes = demo.make_mlp(5, (7, 6), 3, config, bayesian=True)
+    assert [type(m).__name__ for m in det] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in bayes] == [
+        f"Linear{estimator}",
+        "ReLU",
+        f"Linear{estimator}",
+        "ReLU",
+        f"Linear{estimator}",
+    ]
+    x = torch.randn(4, 5)
+    assert det(x).shape == bayes(x).shape == (4, 3)
+
+
+def test_cli_rejects_bad_arguments(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--kl-weight", "-1"])
+    assert "expected a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--estimator", "Dropout"])
+    with pytest.raises(SystemExit):
+        cli.main([])
+
+
+def test_training_runs_without_tqdm(monkeypatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "tqdm", None)  # `import tqdm` now fails
+    it = range(3)
+    assert demo._progress(it, "x", enabled=True) is it
+    config = demo.DemoConfig(epochs=2, progress=True)
+    model = demo.make_mlp(3, (4,), 2, config, bayesian=True)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    gen = torch.Generator().manual_seed(0)
+    epoch, val = demo.fit(
+        model, (x, y), (x, y), config, dataset="digits", bayesian=True, generator=gen, desc="t"
+    )
+    assert epoch in (1, 2) and math.isfinite(val)
