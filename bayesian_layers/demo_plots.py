@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics
+
 __all__ = ["plot_reliability", "plot_intervals"]
 
 
