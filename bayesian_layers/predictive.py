@@ -9,9 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from .random_variable import RandomVariable
-from .sampling import vectorized_samples
+from .sampling import bayesian_modules, vectorized_samples
 
-__all__ = ["Predictive", "predict"]
+__all__ = ["Predictive", "predict", "auto_chunk_size", "CHUNK_BYTES"]
+
+#: Budget for the temporaries of one vectorised call (see :func:`auto_chunk_size`).
+CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -35,6 +38,29 @@ class Predictive:
         return self.samples.shape[0]
 
 
+def _split(total: int, chunk: int) -> list[int]:
+    chunk = max(1, min(chunk, total))
+    sizes = [chunk] * (total // chunk)
+    if total % chunk:
+        sizes.append(total % chunk)
+    return sizes
+
+
+def auto_chunk_size(model: nn.Module, x: Tensor) -> int:
+    """Function samples per vectorised call so one call's temporaries fit :data:`CHUNK_BYTES`.
+
+    Per sample, a layer holds its weight draw and an activation about the size of
+    the input batch, so the estimate is ``itemsize · (largest random parameter +
+    4 · x.numel())`` bytes.
+    """
+    largest = max(
+        (shape.numel() for m in bayesian_modules(model) for shape in m._random.values()),
+        default=0,
+    )
+    per_sample = x.element_size() * (largest + 4 * x.numel())
+    return max(1, CHUNK_BYTES // max(per_sample, 1))
+
+
 def _output(out: object) -> Tensor:
     if isinstance(out, RandomVariable):
         return out.value
@@ -50,6 +76,7 @@ def predict(
     *,
     transform: Callable[[Tensor], Tensor] | None = None,
     vectorized: bool = True,
+    chunk_size: int | None = None,
     grad: bool = False,
 ) -> Predictive:
     """Draw ``num_samples`` function samples of ``model`` at ``x``.
@@ -67,7 +94,11 @@ def predict(
         num_samples: K.
         transform: applied to each output sample before the moments (e.g.
             ``lambda z: z.softmax(-1)`` for class probabilities).
-        vectorized: one batched call (True) or a Python loop.
+        vectorized: batched calls (True) or a Python loop of K calls.
+        chunk_size: function samples per batched call; ``None`` picks the largest
+            count whose per-call temporaries (K weight draws, K activations) stay
+            under :data:`CHUNK_BYTES`: past that, allocating and faulting in fresh
+            memory costs more than vectorising saves.
         grad: keep the autograd graph (default: run under ``torch.no_grad()``).
 
     Returns:
@@ -83,16 +114,22 @@ def predict(
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"predict expected `num_samples` >= 1, got {num_samples!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"predict expected `chunk_size` >= 1 or None, got {chunk_size!r}")
     if isinstance(x, RandomVariable):
         x = x.value
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise TypeError(f"predict expected a batched Tensor input, got {type(x).__name__}")
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         if vectorized:
-            xk = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(-1, *x.shape[1:])
-            with vectorized_samples(model, num_samples):
-                out = _output(model(xk))
-            samples = out.reshape(num_samples, x.shape[0], *out.shape[1:])
+            chunk = auto_chunk_size(model, x) if chunk_size is None else chunk_size
+            parts = []
+            for k in _split(num_samples, chunk):
+                xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
+                with vectorized_samples(model, k):
+                    out = _output(model(xk))
+                parts.append(out.reshape(k, x.shape[0], *out.shape[1:]))
+            samples = parts[0] if len(parts) == 1 else torch.cat(parts)
         else:
             samples = torch.stack([_output(model(x)) for _ in range(num_samples)])
         if transform is not None:

@@ -4,7 +4,7 @@ Run with ``make bench`` (which also installs the peer libraries and fixes the al
 setting), or directly::
 
     .venv/bin/python benchmarks/linear_step.py [--quick] [--threads 2] [--repeats 9]
-        [--batch-sizes 128,1024] [--only NAME,...] [--out PATH]
+        [--batch-sizes 128,1024] [--only NAME,...] [--clock wall|cpu] [--out PATH]
 
 Two measurements:
 
@@ -260,13 +260,20 @@ def _short_error(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------
 
 
+# "wall": elapsed time. "cpu": CPU time of the whole process (all threads), which does not
+# count time spent descheduled by other processes; see README (pair it with OMP_WAIT_POLICY
+# =PASSIVE so idle OpenMP threads sleep instead of spinning).
+CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}
+_clock = CLOCKS["wall"]
+
+
 def _time_calls(fn: Callable[[], object], n: int) -> float:
-    """Median wall time (ms) of n consecutive calls."""
+    """Median time (ms, on the selected clock) of n consecutive calls."""
     ts = []
     for _ in range(n):
-        t0 = time.perf_counter_ns()
+        t0 = _clock()
         fn()
-        ts.append((time.perf_counter_ns() - t0) / 1e6)
+        ts.append((_clock() - t0) / 1e6)
     return statistics.median(ts)
 
 
@@ -297,6 +304,8 @@ def bench_training(
                 if os.environ.get("BENCH_DEBUG"):
                     traceback.print_exc()
                 contenders.remove(c)
+        if not contenders:
+            break
         for c in contenders:
             c.times[batch] = []
         gc.collect()
@@ -305,7 +314,15 @@ def bench_training(
             for r in range(repeats):
                 k = r % len(contenders)
                 for c in contenders[k:] + contenders[:k]:  # rotated round-robin
-                    c.times[batch].append(_time_calls(lambda c=c: c.step(x, y), steps))
+                    try:
+                        t = _time_calls(lambda c=c, x=x, y=y: c.step(x, y), steps)
+                    except Exception as exc:
+                        skipped[c.name] = f"failed at batch {batch}: {_short_error(exc)}"
+                        log(f"  ! {c.name}: {skipped[c.name]}")
+                        contenders.remove(c)
+                        c.times.pop(batch, None)
+                        continue
+                    c.times[batch].append(t)
         finally:
             gc.enable()
         log(f"  batch {batch}: done ({repeats} repeats x {steps} steps)")
@@ -329,10 +346,10 @@ def bench_predict(
         return [], f"bl.predict unavailable: {_short_error(exc)}"
 
     rows: list[dict] = []
-    for estimator, cls_name in (
-        ("reparameterization", "LinearReparameterization"),
-        ("flipout", "LinearFlipout"),
-        ("local_reparameterization", "LinearLocalReparameterization"),
+    for cls_name in (
+        "LinearReparameterization",
+        "LinearFlipout",
+        "LinearLocalReparameterization",
     ):
         cls = getattr(layers, cls_name, None)
         if cls is None:
@@ -405,6 +422,31 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout the layers come from (uncommitted edits are not reflected)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _loadavg() -> float | None:
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _allocator() -> dict[str, str | None]:
@@ -481,13 +523,16 @@ def format_report(
     lines = [
         "Bayesian linear layers: training step of MLP 784-512-512-10 (ReLU), "
         "fwd + CE + KL/N + bwd + Adam",
-        f"torch {meta['torch']} | threads {meta['threads']} | CPU {meta['cpu']} | "
-        f"{meta['date']}",
+        f"torch {meta['torch']} | threads {meta['threads']} | CPU {meta['cpu']} | {meta['date']}",
         "allocator: "
         + (
             ", ".join(f"{k}={v}" for k, v in meta["allocator"].items() if v is not None)
             or "glibc defaults (MALLOC_* unset; `make bench` sets them)"
         ),
+        f"load average (1 min) {meta['loadavg_1min_start']} at start, "
+        f"{meta['loadavg_1min_end']} at end, {meta['cpu_count']} CPUs"
+        + (f"\nWARNING: {meta['warning']}" if "warning" in meta else ""),
+        f"clock {meta['clock']}; "
         f"repeats {meta['repeats']} x median of {meta['steps']} steps, warm-up "
         f"{meta['warmup']} steps; ratio = median of paired per-repeat ratios to nn.Linear",
         "",
@@ -554,7 +599,12 @@ def _int_list(s: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fast smoke run (few repeats/steps)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default 2; quick 1, which stays fast on a busy machine)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="repeats (default 9; quick 3)")
     p.add_argument("--steps", type=int, default=None, help="steps per repeat (default 5)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 3)")
@@ -562,7 +612,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-sizes", type=_int_list, default=[128, 1024], help="training batch sizes"
     )
     p.add_argument(
-        "--predict-batch-sizes", type=_int_list, default=[16, 1024], help="predictive batches"
+        "--predict-batch-sizes",
+        type=_int_list,
+        default=None,
+        help="predictive batch sizes (default 16,1024; quick 16,128)",
     )
     p.add_argument("--num-samples", type=int, default=32, help="function samples for predict")
     p.add_argument("--no-predict", action="store_true", help="skip the predictive benchmark")
@@ -570,6 +623,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         default=None,
         help="comma-separated substrings; run only matching contenders (nn.Linear always)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time (default) or process CPU time (robust on a busy machine)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -580,10 +639,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with --quick linear_step.quick.json)",
     )
     a = p.parse_args(argv)
+    if a.threads is None:
+        a.threads = 1 if a.quick else 2
     if a.repeats is None:
-        a.repeats = 3 if a.quick else 9
+        a.repeats = 2 if a.quick else 9
     if a.steps is None:
-        a.steps = 2 if a.quick else 5
+        a.steps = 1 if a.quick else 5
+    if a.predict_batch_sizes is None:
+        a.predict_batch_sizes = [16, 128] if a.quick else [16, 1024]
     if a.warmup is None:
         a.warmup = 1 if a.quick else 3
     if a.out is None:
@@ -595,6 +658,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
@@ -617,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "git_commit": _git_commit(),
+        "loadavg_1min_start": _loadavg(),
         "model": "MLP " + "-".join(map(str, SIZES)) + " (ReLU)",
         "num_train": NUM_TRAIN,
         "optimizer": "torch.optim.Adam (defaults)",
@@ -625,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         "num_samples": args.num_samples,
         "repeats": args.repeats,
         "steps": args.steps,
+        "clock": args.clock,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "warmup": args.warmup,
         "quick": args.quick,
         "seed": args.seed,
@@ -675,8 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     pred: list[dict] = []
     if not args.no_predict:
         log(f"predictive: batch sizes {args.predict_batch_sizes}, {args.num_samples} samples")
-        pred_repeats = 2 if args.quick else max(3, args.repeats // 2)
-        pred_calls = 1 if args.quick else 3
+        pred_repeats = 2 if args.quick else args.repeats
+        pred_calls = 1
         pred, why = bench_predict(
             args.predict_batch_sizes, args.num_samples, pred_repeats, pred_calls, args.seed, log
         )
@@ -684,6 +753,16 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             skipped["bl.predict"] = why
     checks = check_targets(rows)
+    meta["loadavg_1min_end"] = _loadavg()
+    busy = [v for v in (meta["loadavg_1min_start"], meta["loadavg_1min_end"]) if v is not None]
+    if busy and max(busy) > (os.cpu_count() or 1):
+        meta["warning"] = f"load average {max(busy):.1f} > {os.cpu_count()} CPUs: " + (
+            "other processes competed for the CPUs; absolute times are unreliable, ratios less "
+            "so (a busy machine is better measured with --threads 1 --clock cpu)"
+            if args.clock == "wall"
+            else "other processes competed for the CPUs (CPU time is affected far less than "
+            "wall time, mostly through shared caches)"
+        )
 
     print(format_report(meta, rows, pred, checks, skipped))
     args.out.parent.mkdir(parents=True, exist_ok=True)

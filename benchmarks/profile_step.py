@@ -30,6 +30,7 @@ from torch import nn
 
 SIZES = (784, 512, 512, 10)
 NUM_TRAIN = 60_000
+CLOCK = [time.perf_counter_ns]  # --clock cpu: time.process_time_ns
 
 
 class ReferenceReparameterization(nn.Module):
@@ -38,7 +39,9 @@ class ReferenceReparameterization(nn.Module):
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(in_features)
-        self.weight_loc = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.weight_loc = nn.Parameter(
+            torch.empty(out_features, in_features).uniform_(-bound, bound)
+        )
         self.weight_rho = nn.Parameter(torch.full((out_features, in_features), -5.0))
         self.bias = nn.Parameter(torch.zeros(out_features))
 
@@ -92,9 +95,9 @@ def med(fn: Callable[[], object], n: int) -> float:
         fn()
     ts = []
     for _ in range(n):
-        t0 = time.perf_counter_ns()
+        t0 = CLOCK[0]()
         fn()
-        ts.append((time.perf_counter_ns() - t0) / 1e6)
+        ts.append((CLOCK[0]() - t0) / 1e6)
     return statistics.median(ts)
 
 
@@ -155,12 +158,31 @@ def parts(layer: str, batch: int, n: int) -> None:
     weights = [p for name, p in model.named_parameters() if p.dim() == 2]
     big = max(weights, key=lambda p: p.numel()) if weights else None
     sampled = sum(p.numel() for p in base.parameters() if p.dim() == 2)
+
+    def step_no_kl() -> None:
+        step(model, opt, None)
+
     rows = [
-        ("whole step", med(lambda: step(model, opt, kl_fn), n), med(lambda: step(base, opt_base, None), n)),
+        (
+            "whole step",
+            med(lambda: step(model, opt, kl_fn), n),
+            med(lambda: step(base, opt_base, None), n),
+        ),
+        ("whole step without KL term", med(step_no_kl, n), None),
+    ]
+    if layer not in ("linear", "reference"):
+        import bayesian_layers as bl
+
+        def step_mean() -> None:
+            with bl.posterior_mean(model):
+                step(model, opt, kl_fn)
+
+        rows.append(("whole step, posterior mean", med(step_mean, n), None))
+    rows += [
         ("forward (no_grad)", med(fwd_only, n), med(lambda: _ng(base_fwd), n)),
         ("forward + CE + backward", med(fwd_ce_bwd, n), med(base_fwd_bwd, n)),
-        ("KL forward (no_grad)", med(kl_fwd, n), 0.0),
-        ("KL forward + backward", med(kl_fwd_bwd, n), 0.0),
+        ("KL forward (no_grad)", med(kl_fwd, n), None),
+        ("KL forward + backward", med(kl_fwd_bwd, n), None),
         ("Adam step", med(adam_only, n), med(base_adam, n)),
     ]
     eps = torch.empty(sampled)
@@ -172,12 +194,17 @@ def parts(layer: str, batch: int, n: int) -> None:
         (f"addcmul {sampled}", med(lambda: torch.addcmul(loc, rho, eps), n)),
         (f"log {sampled}", med(lambda: eps.abs().add_(1).log(), n)),
         (f"square().sum() {sampled}", med(lambda: rho.square().sum(), n)),
-        (f"uniform_ / sign {batch}x512 (flipout signs)", med(lambda: torch.empty(batch, 512).bernoulli_(0.5), n)),
+        (
+            f"bernoulli_(0.5) {batch}x512 (signs)",
+            med(lambda: torch.empty(batch, 512).bernoulli_(0.5), n),
+        ),
     ]
-    print(f"layer={layer} batch={batch} threads={torch.get_num_threads()} params {numel} vs {nbase}")
-    print(f"  {'part':<28} {'ours ms':>9} {'nn.Linear ms':>13}")
+    print(
+        f"layer={layer} batch={batch} threads={torch.get_num_threads()} params {numel} vs {nbase}"
+    )
+    print(f"  {'part':<28} {layer[:9]:>9} {'nn.Linear':>13}  (ms, {CLOCK[0].__name__})")
     for name, a, b in rows:
-        print(f"  {name:<28} {a:>9.3f} {b:>13.3f}")
+        print(f"  {name:<28} {a:>9.3f} {'-' if b is None else f'{b:.3f}':>13}")
     print("  micro (whole MLP's weight count):")
     for name, a in micro:
         print(f"    {name:<44} {a:>8.3f} ms")
@@ -191,7 +218,7 @@ def _ng(fn: Callable[[], object]) -> object:
 
 
 def profile(layer: str, batch: int, steps: int, rows: int) -> None:
-    from torch.profiler import ProfilerActivity
+    from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as tprofile
 
     torch.manual_seed(0)
@@ -201,18 +228,42 @@ def profile(layer: str, batch: int, steps: int, rows: int) -> None:
     opt = torch.optim.Adam(model.parameters())
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y) + kl_fn(model) / NUM_TRAIN
-        loss.backward()
-        opt.step()
+        with record_function("## zero_grad"):
+            opt.zero_grad(set_to_none=True)
+        with record_function("## forward + CE"):
+            nll = F.cross_entropy(model(x), y)
+        with record_function("## KL"):
+            loss = nll + kl_fn(model) / NUM_TRAIN
+        with record_function("## backward"):
+            loss.backward()
+        with record_function("## Adam.step"):
+            opt.step()
 
     for _ in range(5):
         step()
     with tprofile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-    print(f"layer={layer} batch={batch}: {steps} steps")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    events = prof.key_averages()
+    phases = sorted((e for e in events if e.key.startswith("## ")), key=lambda e: e.key)
+    total = sum(e.cpu_time_total for e in phases)
+    print(f"layer={layer} batch={batch} threads={torch.get_num_threads()}: {steps} steps")
+    print("  phase              ms/step   share")
+    for e in phases:
+        ms = e.cpu_time_total / 1e3 / steps
+        print(f"  {e.key[3:]:<18} {ms:>7.3f}  {100 * e.cpu_time_total / total:>5.1f}%")
+    print(f"  {'total':<18} {total / 1e3 / steps:>7.3f}")
+    print("top ops by self CPU time (per step):")
+    ops = sorted(
+        (e for e in events if not e.key.startswith("## ")),
+        key=lambda e: e.self_cpu_time_total,
+        reverse=True,
+    )[:rows]
+    for e in ops:
+        print(
+            f"  {e.key:<44} {e.self_cpu_time_total / 1e3 / steps:>7.3f} ms"
+            f"  x{e.count / steps:>5.1f}/step"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,15 +271,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--layer",
         default="reparameterization",
-        choices=["linear", "reference", "reparameterization", "flipout", "local_reparameterization"],
+        choices=[
+            "linear",
+            "reference",
+            "reparameterization",
+            "flipout",
+            "local_reparameterization",
+        ],
     )
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mode", choices=["parts", "profiler"], default="parts")
     p.add_argument("-n", type=int, default=30, help="timed calls per part / profiled steps")
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    if a.clock == "cpu":
+        CLOCK[0] = time.process_time_ns
     if a.mode == "parts":
         parts(a.layer, a.batch, a.n)
     else:

@@ -233,3 +233,38 @@ def test_elbo_scaling_sums_to_the_negative_elbo_over_an_epoch() -> None:
     per_batch = [bl.elbo_loss(chunk.mean(), model, n) for chunk in nll_per_example.chunk(batches)]
     total = torch.stack(per_batch).mean() * n
     torch.testing.assert_close(total, nll_per_example.sum() + kl)
+
+
+def test_chunked_vectorised_predict_matches_one_call_and_the_loop_under_the_mean() -> None:
+    """In posterior-mean mode every chunking gives the same samples as the loop."""
+    import bayesian_layers as bl
+    from bayesian_layers import layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        layers.LinearReparameterization(5, 7), torch.nn.ReLU(), layers.LinearFlipout(7, 3)
+    )
+    x = torch.randn(4, 5)
+    with bl.posterior_mean(model):
+        ref = bl.predict(model, x, 7, vectorized=False).samples
+        for chunk in (1, 2, 3, 7, 100):
+            got = bl.predict(model, x, 7, chunk_size=chunk).samples
+            assert got.shape == (7, 4, 3)
+            torch.testing.assert_close(got, ref)
+
+
+def test_chunks_draw_distinct_functions_and_auto_chunk_respects_budget() -> None:
+    import bayesian_layers as bl
+    from bayesian_layers import layers
+    from bayesian_layers.predictive import CHUNK_BYTES, auto_chunk_size
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(layers.LinearReparameterization(512, 512))
+    x = torch.ones(1, 512)
+    samples = bl.predict(model, x, 6, chunk_size=2).samples[:, 0]  # (6, 512)
+    # every pair of function samples differs (a chunk boundary does not repeat noise)
+    assert torch.cdist(samples, samples).add(torch.eye(6)).min() > 0
+    k = auto_chunk_size(model, x)
+    assert k * 4 * (512 * 512 + 4 * 512) <= CHUNK_BYTES < (k + 1) * 4 * (512 * 512 + 4 * 512)
+    with pytest.raises(ValueError, match="chunk_size"):
+        bl.predict(model, x, 3, chunk_size=0)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
+from ..noise import randn
 from ..regularizers import Regularizer
 from .base import BayesianLayer, as_tensor
 from .linear_kernels import (
@@ -231,11 +232,11 @@ class LinearFlipout(_BayesianLinear):
         sign_in = _rademacher(x.shape, x)
         sign_out = _rademacher(x.shape[:-1] + (self.out_features,), x)
         if k == 1:
-            noise = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)
+            noise = randn(loc.shape, loc)
             return flipout_linear(x, loc, scale, noise, sign_in, sign_out, bias)
-        noise = torch.randn((k,) + loc.shape, dtype=loc.dtype, device=loc.device)
-        perturbation = batched_linear(x * sign_in, scale * noise, None, k) * sign_out
-        return add_sample_bias(F.linear(x, loc) + perturbation, bias, k)
+        noise = randn((k,) + loc.shape, loc)
+        perturbation = batched_linear(x * sign_in, scale * noise, None, k)
+        return add_sample_bias(torch.addcmul(F.linear(x, loc), perturbation, sign_out), bias, k)
 
 
 class LinearLocalReparameterization(_BayesianLinear):
@@ -279,7 +280,7 @@ class LinearLocalReparameterization(_BayesianLinear):
                 bias_loc = self.point("bias")
             else:
                 bias_loc, bias_scale = init.loc_scale(self, "bias")
-        noise = torch.randn(x.shape[:-1] + (self.out_features,), dtype=x.dtype, device=x.device)
+        noise = randn(x.shape[:-1] + (self.out_features,), x)
         return local_reparameterization_linear(x, loc, scale, noise, bias_loc, bias_scale)
 
 

@@ -49,7 +49,7 @@ def flipout_linear(
         x, sign_in: ``(*, in)``; sign_out: ``(*, out)``; weight_*: ``(out, in)``.
     """
     mean = F.linear(x, weight_loc, bias)
-    return mean + F.linear(x * sign_in, weight_scale * weight_noise) * sign_out
+    return torch.addcmul(mean, F.linear(x * sign_in, weight_scale * weight_noise), sign_out)
 
 
 def local_reparameterization_linear(
