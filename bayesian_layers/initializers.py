@@ -32,7 +32,6 @@ from torch.distributions import (
 )
 
 from .distributions import Deterministic
-from .noise import randn
 from .random_variable import RandomVariable
 
 __all__ = [
@@ -289,7 +288,7 @@ class TrainableNormal(TrainableInitializer):
         return Normal(loc, scale, validate_args=False)
 
     def noise(self, shape: torch.Size, like: Tensor) -> Tensor:
-        return randn(shape, like)
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
 
     def transform(self, owner: nn.Module, prefix: str, noise: Tensor | None) -> Tensor:
         loc, scale = self.loc_scale(owner, prefix)
@@ -366,7 +365,7 @@ class TrainableLogNormal(TrainableInitializer):
         return LogNormal(p["loc"], F.softplus(p["rho"]), validate_args=False)
 
     def noise(self, shape: torch.Size, like: Tensor) -> Tensor:
-        return randn(shape, like)
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
 
     def transform(self, owner: nn.Module, prefix: str, noise: Tensor | None) -> Tensor:
         p = self.params(owner, prefix)

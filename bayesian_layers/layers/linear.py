@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
-from ..noise import randn
 from ..regularizers import Regularizer
 from .base import BayesianLayer, as_tensor
 from .linear_kernels import (
@@ -232,9 +231,9 @@ class LinearFlipout(_BayesianLinear):
         sign_in = _rademacher(x.shape, x)
         sign_out = _rademacher(x.shape[:-1] + (self.out_features,), x)
         if k == 1:
-            noise = randn(loc.shape, loc)
+            noise = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)
             return flipout_linear(x, loc, scale, noise, sign_in, sign_out, bias)
-        noise = randn((k,) + loc.shape, loc)
+        noise = torch.randn((k,) + loc.shape, dtype=loc.dtype, device=loc.device)
         perturbation = batched_linear(x * sign_in, scale * noise, None, k)
         return add_sample_bias(torch.addcmul(F.linear(x, loc), perturbation, sign_out), bias, k)
 
@@ -280,7 +279,7 @@ class LinearLocalReparameterization(_BayesianLinear):
                 bias_loc = self.point("bias")
             else:
                 bias_loc, bias_scale = init.loc_scale(self, "bias")
-        noise = randn(x.shape[:-1] + (self.out_features,), x)
+        noise = torch.randn(x.shape[:-1] + (self.out_features,), dtype=x.dtype, device=x.device)
         return local_reparameterization_linear(x, loc, scale, noise, bias_loc, bias_scale)
 
 
