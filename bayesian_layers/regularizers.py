@@ -143,7 +143,21 @@ class Regularizer(nn.Module):
         return out if self.scale_factor == 1.0 else out * self.scale_factor
 
 
-class NormalKLDivergence(Regularizer):
+class _LocScalePrior(Regularizer):
+    """A regularizer whose prior has a location and a positive scale, kept as buffers."""
+
+    prior_loc: Tensor
+    prior_scale: Tensor
+
+    def __init__(
+        self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0, scale_factor: float = 1.0
+    ) -> None:
+        super().__init__(scale_factor)
+        self.register_buffer("prior_loc", _float_buffer(loc))
+        self.register_buffer("prior_scale", _positive_buffer(type(self).__name__, "scale", scale))
+
+
+class NormalKLDivergence(_LocScalePrior):
     """``KL(q || N(loc, scale))`` summed over elements.
 
     Closed form for a normal ``q``: ``log(σ_p/σ) + (σ² + (μ - μ_p)²) / (2σ_p²) - 1/2``
@@ -162,16 +176,6 @@ class NormalKLDivergence(Regularizer):
         >>> float(NormalKLDivergence()(q))
         0.0
     """
-
-    prior_loc: Tensor
-    prior_scale: Tensor
-
-    def __init__(
-        self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0, scale_factor: float = 1.0
-    ) -> None:
-        super().__init__(scale_factor)
-        self.register_buffer("prior_loc", _float_buffer(loc))
-        self.register_buffer("prior_scale", _positive_buffer(type(self).__name__, "scale", scale))
 
     def prior(self) -> Normal:
         return Normal(self.prior_loc, self.prior_scale, validate_args=False)
@@ -248,7 +252,7 @@ class LogUniformKLDivergence(Regularizer):
         return -neg_kl.sum()
 
 
-class HalfCauchyKLDivergence(Regularizer):
+class HalfCauchyKLDivergence(_LocScalePrior):
     """Monte Carlo ``KL(q || HalfCauchy(loc, scale))`` at the variable's value.
 
     The prior is the half-Cauchy on ``[loc, inf)``; pair it with a positive
@@ -261,17 +265,7 @@ class HalfCauchyKLDivergence(Regularizer):
         scale_factor: multiplies the result.
     """
 
-    prior_loc: Tensor
-    prior_scale: Tensor
-
     needs_sample = True
-
-    def __init__(
-        self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0, scale_factor: float = 1.0
-    ) -> None:
-        super().__init__(scale_factor)
-        self.register_buffer("prior_loc", _float_buffer(loc))
-        self.register_buffer("prior_scale", _positive_buffer(type(self).__name__, "scale", scale))
 
     def prior(self) -> Distribution:
         return TransformedDistribution(

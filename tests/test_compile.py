@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from statistics import NormalDist
 
 import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config as inductor_config
+from stats_util import z_bonferroni
 from torch import Tensor, nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -19,17 +19,12 @@ import bayesian_layers as bl
 from bayesian_layers import layers
 
 BACKEND = "inductor"  # works on the CPU machine (needs a C++ compiler); cold start ≈ 20 s
-ALPHA = 1e-3  # family-wise false-failure rate of each statistical test
 
 pytestmark = [
     pytest.mark.slow,
     # importing inductor triggers a deprecation warning inside torch itself
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
 ]
-
-
-def z_bonferroni(k: int, alpha: float = ALPHA) -> float:
-    return NormalDist().inv_cdf(1 - alpha / (2 * k))
 
 
 @pytest.fixture(autouse=True)

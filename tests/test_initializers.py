@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from statistics import NormalDist
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from stats_util import ALPHA, z_bonferroni
 from torch import nn
 from torch.distributions import HalfCauchy, LogNormal, Normal, TransformedDistribution
 
@@ -30,18 +29,6 @@ from bayesian_layers.initializers import (
     get_initializer,
     inverse_softplus,
 )
-
-ALPHA = 1e-3  # family-wise false-failure rate of each statistical test
-
-
-def z_bonferroni(k: int, alpha: float = ALPHA) -> float:
-    return NormalDist().inv_cdf(1 - alpha / (2 * k))
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> Iterator[None]:
-    torch.manual_seed(0)
-    yield
 
 
 def _is_shifted_half_cauchy(d: object) -> bool:

@@ -4,27 +4,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from statistics import NormalDist
 
 import pytest
 import torch
 import torch.nn.functional as F
+from stats_util import z_bonferroni
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 import bayesian_layers as bl
 from bayesian_layers import layers
 
-ALPHA = 1e-3  # family-wise false-failure rate of each statistical test
 ESTIMATORS = [
     layers.LinearReparameterization,
     layers.LinearFlipout,
     layers.LinearLocalReparameterization,
 ]
-
-
-def z_bonferroni(k: int, alpha: float = ALPHA) -> float:
-    return NormalDist().inv_cdf(1 - alpha / (2 * k))
 
 
 @pytest.fixture(autouse=True)

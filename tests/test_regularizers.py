@@ -4,8 +4,7 @@ Carlo, Monte Carlo estimators against numerical integration, priors in state_dic
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from statistics import NormalDist
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
+from stats_util import z_bonferroni
 from torch.autograd.gradcheck import GradcheckError
 from torch.distributions import (
     AffineTransform,
@@ -37,18 +37,6 @@ from bayesian_layers.regularizers import (
     get_regularizer,
     normal_kl_scalar_prior,
 )
-
-ALPHA = 1e-3  # family-wise false-failure rate of each statistical test
-
-
-def z_bonferroni(k: int, alpha: float = ALPHA) -> float:
-    return NormalDist().inv_cdf(1 - alpha / (2 * k))
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> Iterator[None]:
-    torch.manual_seed(0)
-    yield
 
 
 def shifted_half_cauchy(loc: float, scale: float) -> Distribution:

@@ -4,28 +4,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from statistics import NormalDist
 
 import pytest
 import torch
 import torch.nn.functional as F
+from stats_util import z_bonferroni
 from torch import nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-
-ALPHA = 1e-3  # family-wise false-failure rate of each statistical test
-
-
-def z_bonferroni(k: int, alpha: float = ALPHA) -> float:
-    return NormalDist().inv_cdf(1 - alpha / (2 * k))
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> Iterator[None]:
-    torch.manual_seed(0)
-    yield
 
 
 def make_model() -> nn.Sequential:

@@ -16,12 +16,12 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from functools import cache
-from statistics import NormalDist
 from typing import NamedTuple
 
 import pytest
 import torch
 import torch.nn.functional as F
+from stats_util import z_bonferroni
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
@@ -30,13 +30,6 @@ import bayesian_layers as bl
 from bayesian_layers import layers
 from bayesian_layers.layers import linear_kernels as K
 from bayesian_layers.regularizers import MonteCarloKLDivergence, NormalKLDivergence
-
-ALPHA = 1e-3  # family-wise false-failure rate of every statistical test in this file
-
-
-def z_bonferroni(k: int, alpha: float = ALPHA) -> float:
-    """Two-sided normal quantile ``z(1 - α / 2k)`` for ``k`` simultaneous checks."""
-    return NormalDist().inv_cdf(1 - alpha / (2 * k))
 
 
 class Spec(NamedTuple):
