@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -37,223 +36,31 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from contenders import (
+    FACTORIES,
+    NUM_CLASSES,
+    NUM_TRAIN,
+    RESULTS_DIR,
+    SIZES,
+    THREAD_VARS,
+    Contender,
+    dist_version,
+    mlp,
+    short_error,
+)
+from report import (
+    allocator,
+    check_targets,
+    cpu_model,
+    format_report,
+    git_commit,
+    loadavg,
+    training_rows,
+)
 from torch import nn
-
-NUM_TRAIN = 60_000  # N in the ELBO: loss = nll_mean + KL / N
-SIZES = (784, 512, 512, 10)
-NUM_CLASSES = SIZES[-1]
-ALLOCATOR_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-# Which of our estimators each peer contender is the counterpart of.
-OURS = {
-    "reparameterization": "ours: LinearReparameterization",
-    "flipout": "ours: LinearFlipout",
-    "local_reparameterization": "ours: LinearLocalReparameterization",
-}
-
-
-# --------------------------------------------------------------------------------------
-# Contenders
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Contender:
-    """One model + optimizer + the closure that runs one full training step."""
-
-    name: str
-    estimator: str | None  # which of OURS it is compared with (None for nn.Linear)
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    model: nn.Module
-    notes: str = ""
-    times: dict[int, list[float]] = field(default_factory=dict)  # batch -> per-repeat ms
-
-
-def _mlp(make_linear: Callable[[int, int], nn.Module]) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(SIZES[:-1], SIZES[1:], strict=True)):
-        mods.append(make_linear(fan_in, fan_out))
-        if i < len(SIZES) - 2:
-            mods.append(nn.ReLU())
-    return nn.Sequential(*mods)
-
-
-def _adam_step(
-    model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Wrap a loss closure into a full step with the same Adam (default settings) for all."""
-    opt = torch.optim.Adam(model.parameters())
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(x, y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
-
-
-def make_plain() -> Contender:
-    model = _mlp(nn.Linear)
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
-
-    return Contender("nn.Linear", None, _adam_step(model, loss_fn), model, "deterministic")
-
-
-def make_ours(cls_name: str, estimator: str) -> Contender:
-    import bayesian_layers as bl
-    from bayesian_layers import layers
-
-    cls = getattr(layers, cls_name)
-    model = _mlp(lambda i, o: cls(i, o))
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        nll = F.cross_entropy(model(x), y)
-        return nll + sum(bl.losses(model)) / NUM_TRAIN
-
-    return Contender(
-        OURS[estimator],
-        estimator,
-        _adam_step(model, loss_fn),
-        model,
-        "defaults: N(0,1) prior, closed-form KL via bl.losses(model)",
-    )
-
-
-class _BayesianTorchMLP(nn.Module):
-    """bayesian-torch's own pattern: each layer returns (out, kl); the model sums the kls."""
-
-    def __init__(self, cls: type) -> None:
-        super().__init__()
-        self.fcs = nn.ModuleList(cls(i, o) for i, o in zip(SIZES[:-1], SIZES[1:], strict=True))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kl_sum = x.new_zeros(())
-        for i, fc in enumerate(self.fcs):
-            x, kl = fc(x)
-            kl_sum = kl_sum + kl
-            if i < len(self.fcs) - 1:
-                x = F.relu(x)
-        return x, kl_sum
-
-
-def make_bayesian_torch(cls_name: str, estimator: str) -> Contender:
-    from bayesian_torch.layers import LinearFlipout, LinearReparameterization
-
-    cls = {"LinearReparameterization": LinearReparameterization, "LinearFlipout": LinearFlipout}[
-        cls_name
-    ]
-    model = _BayesianTorchMLP(cls)
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out, kl = model(x)
-        return F.cross_entropy(out, y) + kl / NUM_TRAIN
-
-    return Contender(
-        f"bayesian-torch: {cls_name}",
-        estimator,
-        _adam_step(model, loss_fn),
-        model,
-        "defaults: N(0,1) prior, rho_init=-3; KL returned by forward (per-layer mean)",
-    )
-
-
-def make_torchbnn() -> Contender:
-    import torchbnn
-
-    prior_sigma = 0.1  # the value in torchbnn's README/demos; cost does not depend on it
-    model = _mlp(lambda i, o: torchbnn.BayesLinear(0.0, prior_sigma, i, o))
-    kl_loss = torchbnn.BKLLoss(reduction="sum", last_layer_only=False)
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y) + kl_loss(model) / NUM_TRAIN
-
-    return Contender(
-        "torchbnn: BayesLinear",
-        "reparameterization",
-        _adam_step(model, loss_fn),
-        model,
-        f"prior N(0,{prior_sigma}) (README value); KL via BKLLoss(reduction='sum')",
-    )
-
-
-def make_blitz() -> Contender:
-    from blitz.modules import BayesianLinear
-    from blitz.utils import variational_estimator
-
-    @variational_estimator
-    class BlitzMLP(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = _mlp(BayesianLinear)  # library defaults for prior and init
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
-
-    model = BlitzMLP()
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y) + model.nn_kl_divergence() / NUM_TRAIN
-
-    return Contender(
-        "blitz: BayesianLinear",
-        "reparameterization",
-        _adam_step(model, loss_fn),
-        model,
-        "defaults: prior pi=1, sigma1=0.1, sigma2=0.4; Monte Carlo KL via nn_kl_divergence()",
-    )
-
-
-# name, factory, pip distribution (None: ours/torch)
-FACTORIES: list[tuple[str, Callable[[], Contender], str | None]] = [
-    ("nn.Linear", make_plain, None),
-    (
-        OURS["reparameterization"],
-        lambda: make_ours("LinearReparameterization", "reparameterization"),
-        None,
-    ),
-    (OURS["flipout"], lambda: make_ours("LinearFlipout", "flipout"), None),
-    (
-        OURS["local_reparameterization"],
-        lambda: make_ours("LinearLocalReparameterization", "local_reparameterization"),
-        None,
-    ),
-    (
-        "bayesian-torch: LinearReparameterization",
-        lambda: make_bayesian_torch("LinearReparameterization", "reparameterization"),
-        "bayesian-torch",
-    ),
-    (
-        "bayesian-torch: LinearFlipout",
-        lambda: make_bayesian_torch("LinearFlipout", "flipout"),
-        "bayesian-torch",
-    ),
-    ("torchbnn: BayesLinear", make_torchbnn, "torchbnn"),
-    ("blitz: BayesianLinear", make_blitz, "blitz-bayesian-pytorch"),
-]
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _short_error(exc: BaseException) -> str:
-    msg = f"{type(exc).__name__}: {exc}".strip()
-    return msg.splitlines()[0][:160] if msg else type(exc).__name__
-
 
 # --------------------------------------------------------------------------------------
 # Timing
@@ -299,7 +106,7 @@ def bench_training(
                 if not torch.isfinite(loss.detach()).item():
                     c.notes += f"; non-finite loss at batch {batch}"
             except Exception as exc:  # a broken contender must not sink the others
-                skipped[c.name] = f"failed at batch {batch}: {_short_error(exc)}"
+                skipped[c.name] = f"failed at batch {batch}: {short_error(exc)}"
                 log(f"  ! {c.name}: {skipped[c.name]}")
                 if os.environ.get("BENCH_DEBUG"):
                     traceback.print_exc()
@@ -317,7 +124,7 @@ def bench_training(
                     try:
                         t = _time_calls(lambda c=c, x=x, y=y: c.step(x, y), steps)
                     except Exception as exc:
-                        skipped[c.name] = f"failed at batch {batch}: {_short_error(exc)}"
+                        skipped[c.name] = f"failed at batch {batch}: {short_error(exc)}"
                         log(f"  ! {c.name}: {skipped[c.name]}")
                         contenders.remove(c)
                         c.times.pop(batch, None)
@@ -343,7 +150,7 @@ def bench_predict(
 
         predict = bl.predict
     except (ImportError, AttributeError) as exc:
-        return [], f"bl.predict unavailable: {_short_error(exc)}"
+        return [], f"bl.predict unavailable: {short_error(exc)}"
 
     rows: list[dict] = []
     for cls_name in (
@@ -356,7 +163,7 @@ def bench_predict(
             rows.append({"estimator": cls_name, "skipped": "not in bayesian_layers.layers"})
             continue
         torch.manual_seed(seed)
-        model = _mlp(lambda i, o, cls=cls: cls(i, o))
+        model = mlp(lambda i, o, cls=cls: cls(i, o))
         for batch in batch_sizes:
             x = torch.randn(batch, SIZES[0], generator=torch.Generator().manual_seed(seed))
 
@@ -385,8 +192,8 @@ def bench_predict(
                 finally:
                     gc.enable()
             except Exception as exc:
-                rows.append({"estimator": cls_name, "batch": batch, "skipped": _short_error(exc)})
-                log(f"  ! predict {cls_name} batch {batch}: {_short_error(exc)}")
+                rows.append({"estimator": cls_name, "batch": batch, "skipped": short_error(exc)})
+                log(f"  ! predict {cls_name} batch {batch}: {short_error(exc)}")
                 if os.environ.get("BENCH_DEBUG"):
                     traceback.print_exc()
                 continue
@@ -406,179 +213,6 @@ def bench_predict(
             )
         log(f"  predict {cls_name}: done")
     return rows, None
-
-
-# --------------------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    """HEAD of the checkout the layers come from (uncommitted edits are not reflected)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _loadavg() -> float | None:
-    try:
-        with open("/proc/loadavg") as fh:
-            return float(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _allocator() -> dict[str, str | None]:
-    return {v: os.environ.get(v) for v in ALLOCATOR_VARS}
-
-
-def training_rows(contenders: list[Contender], batch_sizes: list[int]) -> list[dict]:
-    base = next((c for c in contenders if c.name == "nn.Linear"), None)
-    rows = []
-    for batch in batch_sizes:
-        for c in contenders:
-            ts = c.times.get(batch)
-            if not ts:
-                continue
-            row: dict = {
-                "contender": c.name,
-                "estimator": c.estimator,
-                "batch": batch,
-                "median_ms": statistics.median(ts),
-                "min_ms": min(ts),
-                "max_ms": max(ts),
-                "repeats_ms": ts,
-                "notes": c.notes,
-            }
-            if base is not None and base.times.get(batch):
-                bt = base.times[batch]
-                row["ratio"] = statistics.median(a / b for a, b in zip(ts, bt, strict=True))
-                row["ratio_of_medians"] = statistics.median(ts) / statistics.median(bt)
-            rows.append(row)
-    return rows
-
-
-TARGETS = (  # (contender, batch, max ratio to nn.Linear)
-    (OURS["reparameterization"], 1024, 1.25),
-    (OURS["reparameterization"], 128, 2.0),
-    (OURS["flipout"], 1024, 2.2),
-    (OURS["local_reparameterization"], 1024, 2.2),
-)
-
-
-def check_targets(rows: list[dict]) -> list[dict]:
-    """Ratio targets, and 'every estimator faster than every peer counterpart'."""
-    by = {(r["contender"], r["batch"]): r for r in rows}
-    out = []
-    for name, batch, limit in TARGETS:
-        r = by.get((name, batch))
-        if r is not None and "ratio" in r:
-            out.append(
-                {
-                    "check": f"{name} @ {batch} <= {limit}x nn.Linear",
-                    "value": round(r["ratio"], 3),
-                    "pass": r["ratio"] <= limit,
-                }
-            )
-    for r in rows:
-        est = r["estimator"]
-        if est is None or r["contender"] != OURS.get(est):
-            continue
-        for p in rows:
-            if p["batch"] == r["batch"] and p["estimator"] == est and p is not r:
-                out.append(
-                    {
-                        "check": f"{r['contender']} faster than {p['contender']} @ {r['batch']}",
-                        "value": round(r["median_ms"] / p["median_ms"], 3),
-                        "pass": r["median_ms"] < p["median_ms"],
-                    }
-                )
-    return out
-
-
-def format_report(
-    meta: dict, rows: list[dict], pred: list[dict], checks: list[dict], skipped: dict
-) -> str:
-    lines = [
-        "Bayesian linear layers: training step of MLP 784-512-512-10 (ReLU), "
-        "fwd + CE + KL/N + bwd + Adam",
-        f"torch {meta['torch']} | threads {meta['threads']} | CPU {meta['cpu']} | {meta['date']}",
-        "allocator: "
-        + (
-            ", ".join(f"{k}={v}" for k, v in meta["allocator"].items() if v is not None)
-            or "glibc defaults (MALLOC_* unset; `make bench` sets them)"
-        ),
-        f"load average (1 min) {meta['loadavg_1min_start']} at start, "
-        f"{meta['loadavg_1min_end']} at end, {meta['cpu_count']} CPUs"
-        + (f"\nWARNING: {meta['warning']}" if "warning" in meta else ""),
-        f"clock {meta['clock']}; "
-        f"repeats {meta['repeats']} x median of {meta['steps']} steps, warm-up "
-        f"{meta['warmup']} steps; ratio = median of paired per-repeat ratios to nn.Linear",
-        "",
-    ]
-    w = max([len(r["contender"]) for r in rows] + [10])
-    for batch in meta["batch_sizes"]:
-        sub = [r for r in rows if r["batch"] == batch]
-        if not sub:
-            continue
-        lines.append(f"batch {batch}")
-        lines.append(f"  {'contender':<{w}}  {'median ms':>10}  {'min..max ms':>15}  {'ratio':>6}")
-        for r in sub:
-            rng = f"{r['min_ms']:.2f}..{r['max_ms']:.2f}"
-            ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
-            lines.append(f"  {r['contender']:<{w}}  {r['median_ms']:>10.2f}  {rng:>15}  {ratio:>6}")
-        lines.append("")
-    if pred:
-        lines.append(
-            f"predictive: bl.predict(model, x, num_samples={meta['num_samples']}) "
-            "vs Python loop under torch.no_grad()"
-        )
-        lines.append(
-            f"  {'estimator':<30}  {'batch':>5}  {'vectorised ms':>13}  {'loop ms':>9}  "
-            f"{'speedup':>7}"
-        )
-        for p in pred:
-            if "skipped" in p:
-                lines.append(f"  {p['estimator']:<30}  {p.get('batch', ''):>5}  {p['skipped']}")
-                continue
-            flag = "  (output requires grad!)" if p["predict_output_requires_grad"] else ""
-            lines.append(
-                f"  {p['estimator']:<30}  {p['batch']:>5}  {p['vectorised_ms']:>13.2f}  "
-                f"{p['loop_ms']:>9.2f}  {p['speedup']:>6.2f}x{flag}"
-            )
-        lines.append("")
-    if checks:
-        lines.append("targets")
-        for c in checks:
-            lines.append(f"  [{'PASS' if c['pass'] else 'FAIL'}] {c['check']}  ({c['value']})")
-        lines.append("")
-    if skipped:
-        lines.append("skipped")
-        for k, v in skipped.items():
-            lines.append(f"  {k}: {v}")
-        lines.append("")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------
@@ -669,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    alloc = _allocator()
+    alloc = allocator()
     meta = {
         "benchmark": "linear_step",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -679,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         "interop_threads": torch.get_num_interop_threads(),
         "thread_env": {v: os.environ.get(v) for v in THREAD_VARS},
         "allocator": alloc,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
-        "git_commit": _git_commit(),
-        "loadavg_1min_start": _loadavg(),
+        "git_commit": git_commit(),
+        "loadavg_1min_start": loadavg(),
         "model": "MLP " + "-".join(map(str, SIZES)) + " (ReLU)",
         "num_train": NUM_TRAIN,
         "optimizer": "torch.optim.Adam (defaults)",
@@ -698,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "seed": args.seed,
         "versions": {
-            d: _version(d)
+            d: dist_version(d)
             for d in ("bayesian-layers", "bayesian-torch", "torchbnn", "blitz-bayesian-pytorch")
         },
     }
@@ -726,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(exc, ModuleNotFoundError)
                 else ("not available" if isinstance(exc, (ImportError, AttributeError)) else "")
             )
-            skipped[name] = f"{reason} ({_short_error(exc)})" if reason else _short_error(exc)
+            skipped[name] = f"{reason} ({short_error(exc)})" if reason else short_error(exc)
             log(f"  skip {name}: {skipped[name]}")
     log(f"training step: {len(contenders)} contenders, batch sizes {args.batch_sizes}")
     contenders = bench_training(
@@ -753,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             skipped["bl.predict"] = why
     checks = check_targets(rows)
-    meta["loadavg_1min_end"] = _loadavg()
+    meta["loadavg_1min_end"] = loadavg()
     busy = [v for v in (meta["loadavg_1min_start"], meta["loadavg_1min_end"]) if v is not None]
     if busy and max(busy) > (os.cpu_count() or 1):
         meta["warning"] = f"load average {max(busy):.1f} > {os.cpu_count()} CPUs: " + (
