@@ -3,6 +3,20 @@
 from .base import SAMPLING_MODES, BayesianLayer
 from .dropout import MCDropout
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
+from .mixtures import MixtureLogistic, MixtureNormal
+from .stochastic_output import (
+    Bernoulli,
+    Categorical,
+    Laplace,
+    LogNormal,
+    MultivariateNormalTriL,
+    NegativeBinomial,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+    StochasticOutput,
+    StudentT,
+)
 
 __all__ = [
     "SAMPLING_MODES",
@@ -11,4 +25,17 @@ __all__ = [
     "LinearFlipout",
     "LinearLocalReparameterization",
     "MCDropout",
+    "StochasticOutput",
+    "Normal",
+    "LogNormal",
+    "StudentT",
+    "Laplace",
+    "Bernoulli",
+    "Categorical",
+    "OneHotCategorical",
+    "Poisson",
+    "NegativeBinomial",
+    "MixtureNormal",
+    "MixtureLogistic",
+    "MultivariateNormalTriL",
 ]
