@@ -6,6 +6,12 @@ uncertainty scores (``predictive_entropy``, ``expected_entropy``,
 ``mutual_information``). Natural logarithms throughout (nats).
 
 Shape conventions: ``N`` examples, ``C`` classes, ``K`` Monte Carlo samples.
+The uncertainty decompositions split total predictive uncertainty into an
+aleatoric part (noise the model's output distribution describes) and an
+epistemic part (disagreement between function samples): entropies for
+classification (:func:`predictive_entropy` = :func:`expected_entropy` +
+:func:`mutual_information`), variances for regression
+(:func:`variance_decomposition`).
 Classification metrics take probabilities of shape ``(*, C)`` (rows sum to one) and
 integer labels of shape ``(*)``; the sample-based uncertainty scores take
 ``(K, *, C)``. Wrong shapes raise ``ValueError`` naming the function, the argument,
@@ -22,6 +28,7 @@ from torch import Tensor
 
 __all__ = [
     "ReliabilityBins",
+    "VarianceDecomposition",
     "accuracy",
     "auroc",
     "brier_score",
@@ -35,6 +42,7 @@ __all__ = [
     "predictive_entropy",
     "reliability_bins",
     "rmse",
+    "variance_decomposition",
 ]
 
 
@@ -315,6 +323,62 @@ def _check_sample_probs(fn: str, prob_samples: Tensor) -> None:
             "a floating tensor of shape (K, *, C)",
             f"{prob_samples.dtype} of shape {tuple(prob_samples.shape)}",
         )
+
+
+class VarianceDecomposition(NamedTuple):
+    """The law of total variance, from :func:`variance_decomposition`.
+
+    Attributes:
+        aleatoric: mean of the per-sample variances, shape ``(*)``.
+        epistemic: variance of the per-sample means, shape ``(*)``.
+        total: ``aleatoric + epistemic``, shape ``(*)``.
+    """
+
+    aleatoric: Tensor
+    epistemic: Tensor
+    total: Tensor
+
+
+def variance_decomposition(means: Tensor, variances: Tensor) -> VarianceDecomposition:
+    r"""Split the predictive variance of a regression model into aleatoric and epistemic parts.
+
+    With :math:`\mu_k, \sigma^2_k` the mean and variance of the output
+    distribution under function sample :math:`k` (e.g. ``layers.Normal`` after
+    Bayesian layers), the predictive :math:`p(y \mid x) = \frac1K\sum_k
+    p(y \mid x, \theta_k)` has, by the law of total variance,
+
+    .. math:: \mathrm{Var}[y \mid x]
+        = \underbrace{\frac1K\sum_k \sigma^2_k}_{\text{aleatoric}}
+        + \underbrace{\frac1K\sum_k \bigl(\mu_k - \bar\mu\bigr)^2}_{\text{epistemic}},
+        \qquad \bar\mu = \frac1K\sum_k \mu_k
+
+    (divisor K: the exact variance of the K-component mixture). The epistemic
+    part is 0 when every function sample predicts the same mean.
+
+    Args:
+        means: output means under K function samples, shape ``(K, *)``.
+        variances: output variances (not standard deviations), the shape of ``means``.
+
+    Returns:
+        :class:`VarianceDecomposition` of tensors of shape ``(*)``.
+
+    Example:
+        >>> variance_decomposition(torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0], [3.0]]))
+        VarianceDecomposition(aleatoric=tensor([2.]), epistemic=tensor([1.]), total=tensor([3.]))
+    """
+    fn = "variance_decomposition"
+    if means.dim() < 1 or not means.is_floating_point():
+        raise _fail(
+            fn, "means", "a floating tensor of shape (K, *)",
+            f"{means.dtype} of shape {tuple(means.shape)}",
+        )  # fmt: skip
+    _check_same(fn, ("means", "variances"), means, variances)
+    _check_nonempty(fn, "means", means)
+    if (variances < 0).any():
+        raise _fail(fn, "variances", "non-negative values (variances)", "a value < 0")
+    aleatoric = variances.mean(0)
+    epistemic = means.var(0, correction=0)
+    return VarianceDecomposition(aleatoric, epistemic, aleatoric + epistemic)
 
 
 # ------------------------------------------------------------------------- ranking

@@ -1,4 +1,11 @@
-"""Monte Carlo predictive distributions, K function samples in one vectorised call."""
+"""Monte Carlo predictive distributions, K function samples in one vectorised call.
+
+When the model ends in a stochastic output layer (it returns a
+:class:`~bayesian_layers.RandomVariable`), :func:`predict` also keeps the output
+distribution's moments under each function sample, and :class:`Predictive`
+splits the predictive uncertainty into an aleatoric part (the noise the output
+layer models) and an epistemic part (disagreement between function samples).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    ContinuousBernoulli,
+    Distribution,
+    Independent,
+    OneHotCategorical,
+)
 
+from . import metrics
 from .random_variable import RandomVariable
 from .sampling import bayesian_modules, vectorized_samples
 
@@ -19,23 +35,126 @@ CHUNK_BYTES = 32 * 2**20
 
 @dataclass
 class Predictive:
-    """K predictive samples and their moments.
+    r"""K predictive samples, their moments, and the uncertainty decomposition.
+
+    ``samples``, ``mean`` and ``variance`` describe the model's output (for a
+    stochastic output layer: its sampled value). The ``output_*`` fields are
+    filled when the model returns a :class:`~bayesian_layers.RandomVariable`:
+    they hold the output *distribution's* moments under each of the K function
+    samples, from which the properties below decompose the uncertainty.
+
+    Regression (an output distribution with a mean and a variance, e.g.
+    ``layers.Normal``), with :math:`\mu_k, \sigma^2_k` the output moments under
+    function sample :math:`k` (law of total variance,
+    :func:`~bayesian_layers.metrics.variance_decomposition`):
+
+    .. math:: \underbrace{\mathrm{Var}[y]}_{\texttt{total}}
+        = \underbrace{\tfrac1K\textstyle\sum_k \sigma^2_k}_{\texttt{aleatoric}}
+        + \underbrace{\tfrac1K\textstyle\sum_k (\mu_k - \bar\mu)^2}_{\texttt{epistemic}}
+
+    Classification (``Categorical``, ``OneHotCategorical`` or ``Bernoulli``
+    outputs), with :math:`p^{(k)}` the class probabilities under sample :math:`k`:
+    ``predictive_entropy`` :math:`= \mathbb H[\bar p]` (total) ``=
+    expected_entropy`` :math:`= \frac1K\sum_k \mathbb H[p^{(k)}]` (aleatoric)
+    ``+ mutual_information`` (epistemic, BALD).
 
     Attributes:
-        samples: ``(K, *output_shape)``: the model's output under K function samples
-            (after ``transform``).
-        mean: ``output_shape``: mean over the samples.
-        variance: ``output_shape``: variance over the samples (divisor K: the
-            plug-in estimate of the predictive variance of the mean function).
+        samples: ``(K, B, *out)``: the model's output under K function samples
+            (after ``transform``); for a random-variable output, its value.
+        mean: ``(B, *out)``: mean over the samples (integer samples, such as class
+            labels, are averaged as floats).
+        variance: ``(B, *out)``: variance over the samples (divisor K: the
+            plug-in estimate of the predictive variance of the mean function; for
+            a random-variable output, a Monte Carlo estimate of ``total``).
+        output_mean: ``(K, B, *event)``: mean of the output distribution under
+            each function sample, or ``None`` (a tensor output, or a distribution
+            without a mean, such as ``Categorical``).
+        output_variance: ``(K, B, *event)``: variance of the output distribution
+            under each function sample, or ``None``.
+        output_probs: ``(K, B, *, C)``: class probabilities of a
+            ``Categorical``/``OneHotCategorical`` output under each function
+            sample; for a ``Bernoulli`` output the two classes ``(1 - p, p)``
+            stacked on a new last dimension, so ``C = 2``; ``None`` otherwise.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> pred = bl.Predictive(torch.zeros(2, 1), torch.zeros(1), torch.zeros(1),
+        ...                      output_mean=torch.tensor([[0.0], [2.0]]),
+        ...                      output_variance=torch.tensor([[1.0], [3.0]]))
+        >>> pred.aleatoric, pred.epistemic, pred.total
+        (tensor([2.]), tensor([1.]), tensor([3.]))
     """
 
     samples: Tensor
     mean: Tensor
     variance: Tensor
+    output_mean: Tensor | None = None
+    output_variance: Tensor | None = None
+    output_probs: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
         return self.samples.shape[0]
+
+    # ------------------------------------------------------------ regression
+    def _moments(self, what: str) -> tuple[Tensor, Tensor]:
+        if self.output_mean is None or self.output_variance is None:
+            raise ValueError(
+                f"Predictive.{what} needs the mean and variance of the output distribution "
+                "under each function sample: the model must return a RandomVariable whose "
+                "distribution has both (e.g. end in layers.Normal); this model returned "
+                + ("a Tensor" if self.output_probs is None else "class probabilities")
+            )
+        return self.output_mean, self.output_variance
+
+    @property
+    def aleatoric(self) -> Tensor:
+        r"""``(B, *event)``: :math:`\frac1K\sum_k \sigma^2_k`, the expected output variance."""
+        return metrics.variance_decomposition(*self._moments("aleatoric")).aleatoric
+
+    @property
+    def epistemic(self) -> Tensor:
+        r"""``(B, *event)``: :math:`\frac1K\sum_k(\mu_k - \bar\mu)^2`, variance of the mean."""
+        return metrics.variance_decomposition(*self._moments("epistemic")).epistemic
+
+    @property
+    def total(self) -> Tensor:
+        """``(B, *event)``: ``aleatoric + epistemic``, the predictive variance (total variance)."""
+        return metrics.variance_decomposition(*self._moments("total")).total
+
+    # -------------------------------------------------------- classification
+    def _probs(self, what: str) -> Tensor:
+        if self.output_probs is None:
+            raise ValueError(
+                f"Predictive.{what} needs class probabilities under each function sample: the "
+                "model must return a RandomVariable with a Categorical, OneHotCategorical or "
+                "Bernoulli distribution (e.g. end in layers.Categorical); for a model returning "
+                "logits use bayesian_layers.metrics on predict(..., transform=softmax).samples"
+            )
+        return self.output_probs
+
+    @property
+    def predictive_probs(self) -> Tensor:
+        r"""``(B, *, C)``: :math:`\bar p = \frac1K\sum_k p^{(k)}`, the predictive probabilities."""
+        return self._probs("predictive_probs").mean(0)
+
+    @property
+    def predictive_entropy(self) -> Tensor:
+        r"""``(B, *)``: :math:`\mathbb H[\bar p]`, total uncertainty in nats
+        (:func:`~bayesian_layers.metrics.predictive_entropy`)."""
+        return metrics.predictive_entropy(self._probs("predictive_entropy").mean(0))
+
+    @property
+    def expected_entropy(self) -> Tensor:
+        r"""``(B, *)``: :math:`\frac1K\sum_k \mathbb H[p^{(k)}]`, the aleatoric part in nats
+        (:func:`~bayesian_layers.metrics.expected_entropy`)."""
+        return metrics.expected_entropy(self._probs("expected_entropy"))
+
+    @property
+    def mutual_information(self) -> Tensor:
+        r"""``(B, *)``: ``predictive_entropy - expected_entropy`` (BALD), the epistemic part
+        in nats (:func:`~bayesian_layers.metrics.mutual_information`)."""
+        return metrics.mutual_information(self._probs("mutual_information"))
 
 
 def _split(total: int, chunk: int) -> list[int]:
@@ -69,6 +188,57 @@ def _output(out: object) -> Tensor:
     return out
 
 
+def _class_probs(distribution: Distribution) -> Tensor | None:
+    """Class probabilities ``(*batch, C)`` of a categorical-type distribution, else ``None``."""
+    base = distribution
+    while isinstance(base, Independent):
+        base = base.base_dist
+    if isinstance(base, (Categorical, OneHotCategorical)):
+        return base.probs
+    if isinstance(base, Bernoulli) and not isinstance(base, ContinuousBernoulli):
+        p = base.probs
+        return torch.stack([1 - p, p], -1)
+    return None
+
+
+def _moments(out: object) -> dict[str, Tensor]:
+    """The output distribution's moments, each with the batch as its first dimension."""
+    if not isinstance(out, RandomVariable):
+        return {}
+    dist = out.distribution
+    probs = _class_probs(dist)
+    if probs is not None:
+        return {"output_probs": probs}
+    try:
+        moments = {"output_mean": dist.mean, "output_variance": dist.variance}
+    except NotImplementedError:  # a family without closed-form moments
+        return {}
+    shape = dist.batch_shape + dist.event_shape
+    return {k: v.expand(shape) for k, v in moments.items()}
+
+
+def _fold(moments: dict[str, Tensor], k: int, b: int) -> dict[str, Tensor]:
+    """``(k * b, ...)`` moments of a vectorised call as ``(k, b, ...)``, sample-major."""
+    folded = {}
+    for name, t in moments.items():
+        if t.dim() == 0 or t.shape[0] != k * b:
+            raise ValueError(
+                f"predict expected the output distribution's {name[7:]} to have the "
+                f"{k} x {b} function-sample-major rows of the vectorised call first, got shape "
+                f"{tuple(t.shape)}; pass vectorized=False for a model that moves the batch"
+            )
+        folded[name] = t.reshape(k, b, *t.shape[1:])  # (K, B, ...)
+    return folded
+
+
+def _stack(parts: list[dict[str, Tensor]], dim_cat: bool) -> dict[str, Tensor]:
+    names = set(parts[0])
+    if any(set(p) != names for p in parts):
+        return {}
+    join = torch.cat if dim_cat else torch.stack
+    return {n: join([p[n] for p in parts]) for n in names}
+
+
 def predict(
     model: nn.Module,
     x: Tensor,
@@ -88,12 +258,22 @@ def predict(
     dense, convolutional, dropout, normalisation-in-eval and activation layers).
     ``vectorized=False`` loops K calls instead, for any model.
 
+    When the model returns a :class:`~bayesian_layers.RandomVariable` (it ends
+    in a stochastic output layer), the moments of its distribution under each
+    function sample are kept too: ``.mean``/``.variance`` for regression,
+    ``.probs`` for ``Categorical``, ``OneHotCategorical`` and ``Bernoulli``.
+    In the vectorised call that distribution has ``K * B`` batch rows; they are
+    read as ``(K, B, ...)``. The returned :class:`Predictive` then decomposes
+    the uncertainty (``aleatoric``/``epistemic``/``total``, or
+    ``predictive_entropy``/``expected_entropy``/``mutual_information``).
+
     Args:
         model: the model; its sampling mode applies (``"mean"`` gives K equal samples).
         x: input batch ``(B, *)``.
         num_samples: K.
         transform: applied to each output sample before the moments (e.g.
-            ``lambda z: z.softmax(-1)`` for class probabilities).
+            ``lambda z: z.softmax(-1)`` for class probabilities); it does not
+            touch the output distribution's moments.
         vectorized: batched calls (True) or a Python loop of K calls.
         chunk_size: function samples per batched call; ``None`` picks the largest
             count whose per-call temporaries (K weight draws, K activations) stay
@@ -102,7 +282,9 @@ def predict(
         grad: keep the autograd graph (default: run under ``torch.no_grad()``).
 
     Returns:
-        A :class:`Predictive` with ``samples`` of shape ``(K, B, *out)``.
+        A :class:`Predictive` with ``samples`` of shape ``(K, B, *out)`` and, for a
+        random-variable output, ``output_mean``/``output_variance`` or
+        ``output_probs`` of shape ``(K, B, ...)``.
 
     Example:
         >>> import torch, bayesian_layers as bl
@@ -123,17 +305,23 @@ def predict(
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         if vectorized:
             chunk = auto_chunk_size(model, x) if chunk_size is None else chunk_size
-            parts = []
+            parts, moment_parts = [], []
             for k in _split(num_samples, chunk):
                 xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
                 with vectorized_samples(model, k):
-                    out = _output(model(xk))
-                parts.append(out.reshape(k, x.shape[0], *out.shape[1:]))
+                    rv = model(xk)
+                out = _output(rv)
+                parts.append(out.reshape(k, x.shape[0], *out.shape[1:]))  # (k, B, *out)
+                moment_parts.append(_fold(_moments(rv), k, x.shape[0]))
             samples = parts[0] if len(parts) == 1 else torch.cat(parts)
+            moments = _stack(moment_parts, dim_cat=True)
         else:
-            samples = torch.stack([_output(model(x)) for _ in range(num_samples)])
+            outs = [model(x) for _ in range(num_samples)]
+            samples = torch.stack([_output(o) for o in outs])
+            moments = _stack([_moments(o) for o in outs], dim_cat=False)
         if transform is not None:
             samples = transform(samples)
-        mean = samples.mean(0)
-        variance = samples.var(0, correction=0)
-    return Predictive(samples, mean, variance)
+        floats = samples if samples.is_floating_point() else samples.to(torch.get_default_dtype())
+        mean = floats.mean(0)
+        variance = floats.var(0, correction=0)
+    return Predictive(samples, mean, variance, **moments)

@@ -350,3 +350,66 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
 def test_bad_input_raises_value_error_naming_function_and_argument(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# -------------------------------------------------------- variance decomposition
+def test_variance_decomposition_is_the_variance_of_the_gaussian_mixture() -> None:
+    """Against the mixture's moments computed independently: E[y²] = mean_k(μ_k² + σ_k²),
+    Var[y] = E[y²] - E[y]²; and against scipy quadrature of the mixture density."""
+    g = torch.Generator().manual_seed(3)
+    means = torch.randn(5, 4, 2, generator=g, dtype=torch.float64)
+    variances = torch.rand(5, 4, 2, generator=g, dtype=torch.float64) + 0.1
+    dec = M.variance_decomposition(means, variances)
+    second = (means.square() + variances).mean(0)
+    torch.testing.assert_close(dec.total, second - means.mean(0).square())
+    torch.testing.assert_close(dec.aleatoric, variances.mean(0))
+    torch.testing.assert_close(dec.epistemic, means.var(0, correction=0))
+    torch.testing.assert_close(dec.total, dec.aleatoric + dec.epistemic, rtol=0, atol=0)
+    # one element by numerical integration of the K-component mixture density
+    mu, sd = means[:, 0, 0].numpy(), variances[:, 0, 0].sqrt().numpy()
+    from scipy import integrate
+
+    def density(y: float) -> float:
+        return float(stats.norm.pdf(y, mu, sd).mean())
+
+    m1 = integrate.quad(lambda y: y * density(y), -30, 30)[0]
+    m2 = integrate.quad(lambda y: (y - m1) ** 2 * density(y), -30, 30)[0]
+    assert math.isclose(float(dec.total[0, 0]), m2, rel_tol=1e-8)
+
+
+def test_variance_decomposition_epistemic_zero_when_samples_agree() -> None:
+    means = torch.full((7, 3), 1.5)
+    variances = torch.tensor([0.5, 1.0, 2.0]).expand(7, 3)
+    dec = M.variance_decomposition(means, variances)
+    assert torch.equal(dec.epistemic, torch.zeros(3))
+    torch.testing.assert_close(dec.aleatoric, torch.tensor([0.5, 1.0, 2.0]))
+    torch.testing.assert_close(dec.total, dec.aleatoric)
+    # a single function sample has no epistemic part either
+    one = M.variance_decomposition(torch.randn(1, 3), torch.ones(1, 3))
+    assert torch.equal(one.epistemic, torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: M.variance_decomposition(torch.zeros(3, 2), torch.zeros(3, 1)),
+            r"variance_decomposition expected variances of shape \(3, 2\).*got \(3, 1\)",
+        ),
+        (
+            lambda: M.variance_decomposition(torch.zeros(3, 2), -torch.ones(3, 2)),
+            r"variance_decomposition expected variances non-negative",
+        ),
+        (
+            lambda: M.variance_decomposition(torch.zeros(3, dtype=torch.long), torch.zeros(3)),
+            r"variance_decomposition expected means a floating tensor of shape \(K, \*\)",
+        ),
+        (
+            lambda: M.variance_decomposition(torch.zeros(0, 2), torch.zeros(0, 2)),
+            r"variance_decomposition expected means at least one element",
+        ),
+    ],
+)
+def test_variance_decomposition_bad_input(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -263,3 +264,266 @@ def test_chunks_draw_distinct_functions_and_auto_chunk_respects_budget() -> None
     assert k * 4 * (512 * 512 + 4 * 512) <= CHUNK_BYTES < (k + 1) * 4 * (512 * 512 + 4 * 512)
     with pytest.raises(ValueError, match="chunk_size"):
         bl.predict(model, x, 3, chunk_size=0)
+
+
+# ===================================================== uncertainty decomposition
+class NormalHead(nn.Module):
+    """(*, 2) -> Normal(loc = h₀, scale = softplus(h₁) + 0.1), a stochastic output head."""
+
+    def forward(self, h: Tensor) -> bl.RandomVariable:
+        return bl.RandomVariable(Normal(h[..., :1], F.softplus(h[..., 1:]) + 0.1))
+
+
+class CategoricalHead(nn.Module):
+    def forward(self, h: Tensor) -> bl.RandomVariable:
+        return bl.RandomVariable(torch.distributions.Categorical(logits=h))
+
+
+class BernoulliHead(nn.Module):
+    def forward(self, h: Tensor) -> bl.RandomVariable:
+        return bl.RandomVariable(
+            torch.distributions.Independent(torch.distributions.Bernoulli(logits=h), 1)
+        )
+
+
+def record_hidden(layer: nn.Module) -> list[Tensor]:
+    """Record every output of ``layer``: the function samples before the head."""
+    seen: list[Tensor] = []
+    layer.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    return seen
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_regression_decomposition_matches_known_function_samples(
+    vectorized: bool, chunk_size: int | None
+) -> None:
+    """With the K hidden outputs h_k recorded, the output distribution under sample k is
+    N(h_k0, (softplus(h_k1) + 0.1)²), so exactly aleatoric = mean_k s_k²,
+    epistemic = var_k h_k0 (divisor K), total = their sum."""
+    bayes = layers.LinearReparameterization(
+        3, 2, weight_initializer=bl.initializers.TrainableNormal(scale_init=0.5)
+    )
+    model = nn.Sequential(bayes, NormalHead()).double()
+    seen = record_hidden(bayes)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    k = 7
+    pred = bl.predict(model, x, k, vectorized=vectorized, chunk_size=chunk_size)
+    h = torch.cat(seen).reshape(k, 4, 2)  # sample-major in both paths
+    loc, scale = h[..., :1], F.softplus(h[..., 1:]) + 0.1
+    assert pred.output_mean is not None and pred.output_variance is not None
+    assert pred.output_mean.shape == pred.output_variance.shape == (k, 4, 1)
+    assert pred.output_probs is None
+    torch.testing.assert_close(pred.output_mean, loc, rtol=0, atol=0)
+    torch.testing.assert_close(pred.output_variance, scale.square())
+    torch.testing.assert_close(pred.aleatoric, scale.square().mean(0))
+    torch.testing.assert_close(pred.epistemic, loc.var(0, correction=0))
+    torch.testing.assert_close(pred.total, pred.aleatoric + pred.epistemic)
+    assert (pred.epistemic > 1e-3).all()  # the function samples do disagree
+    if vectorized and chunk_size is None:  # the K weights of the one call, independently
+        w = bayes.weight.value  # (K, 2, 3)
+        h_w = torch.einsum("bi,koi->kbo", x, w) + bayes.bias  # (K, B, 2)
+        torch.testing.assert_close(pred.output_mean, h_w[..., :1])
+
+
+def test_total_variance_equals_the_monte_carlo_variance_of_y() -> None:
+    """Given the K function samples, y_k = μ_k + σ_k ε_k and D = (1/K) Σ_k (y_k - ȳ)²
+    (``pred.variance``) has E[D | θ] = epistemic + (1 - 1/K) aleatoric = total - aleatoric/K
+    and Var[D | θ] ≈ (1/K²) Σ_k (4 (μ_k - μ̄)² σ_k² + 2 σ_k⁴) (normal ε). Checked per
+    element within z(1 - α/2k)·sqrt(Var): α = 1e-3, k = 5 elements, n = K = 20000."""
+    bayes = layers.LinearFlipout(
+        3, 2, weight_initializer=bl.initializers.TrainableNormal(scale_init=0.7)
+    )
+    model = nn.Sequential(bayes, NormalHead()).double()
+    x = 2 * torch.randn(5, 3, dtype=torch.float64)  # inputs far enough out to spread h
+    k = 20000
+    pred = bl.predict(model, x, k)
+    assert pred.samples.shape == (k, 5, 1)
+    mu, var = pred.output_mean, pred.output_variance
+    assert mu is not None and var is not None
+    expected = pred.total - pred.aleatoric / k
+    se = ((4 * (mu - mu.mean(0)).square() * var + 2 * var.square()).sum(0) / k**2).sqrt()
+    z = z_bonferroni(5)
+    assert ((pred.variance - expected).abs() <= z * se).all()
+    # power: each part exceeds twice the half-width somewhere, so a decomposition that
+    # dropped either part would be off there by more than 2 z·se
+    assert (pred.epistemic > 2 * z * se).any() and (pred.aleatoric > 2 * z * se).any()
+
+
+def test_deterministic_network_has_no_epistemic_uncertainty() -> None:
+    """nn.Linear before the head: K identical function samples, epistemic 0, and the
+    aleatoric part is the output variance itself."""
+    net = nn.Linear(3, 2).double()
+    model = nn.Sequential(net, NormalHead())
+    x = torch.randn(6, 3, dtype=torch.float64)
+    for vectorized in (True, False):
+        pred = bl.predict(model, x, 9, vectorized=vectorized)
+        assert pred.epistemic.abs().max() <= 1e-24
+        with torch.no_grad():
+            scale = F.softplus(net(x)[:, 1:]) + 0.1
+        torch.testing.assert_close(pred.aleatoric, scale.square())
+        torch.testing.assert_close(pred.total, scale.square())
+
+
+def test_posterior_mean_mode_has_no_epistemic_uncertainty() -> None:
+    model = nn.Sequential(make_mlp(), NormalHead())
+    x = torch.randn(4, 2, 3)
+    with bl.posterior_mean(model):
+        pred = bl.predict(model, x, 6)
+        probs = bl.predict(nn.Sequential(make_mlp(), CategoricalHead()), x, 6)
+    assert pred.epistemic.abs().max() < 1e-12
+    assert pred.samples.shape == (6, 4, 1)
+    # the head still samples y: the spread of the samples is aleatoric
+    assert pred.variance.min() > 0
+    assert probs.mutual_information.shape == (4,)
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_classification_decomposition_from_categorical_output(vectorized: bool) -> None:
+    """Probabilities of each function sample are softmax of the recorded logits; the
+    entropy terms equal the metrics on them, and H[p̄] = E_k H[p_k] + MI."""
+    model = make_mlp(scale=0.5)
+    seen = record_hidden(model)
+    full = nn.Sequential(model, CategoricalHead()).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    pred = bl.predict(full, x, 8, vectorized=vectorized)
+    probs = torch.cat(seen).reshape(8, 5, 2).softmax(-1)
+    assert pred.output_mean is None and pred.output_variance is None
+    assert pred.output_probs is not None and pred.output_probs.shape == (8, 5, 2)
+    torch.testing.assert_close(pred.output_probs, probs)
+    torch.testing.assert_close(pred.predictive_probs, probs.mean(0))
+    torch.testing.assert_close(
+        pred.predictive_entropy, bl.metrics.predictive_entropy(probs.mean(0))
+    )
+    torch.testing.assert_close(pred.expected_entropy, bl.metrics.expected_entropy(probs))
+    torch.testing.assert_close(pred.mutual_information, bl.metrics.mutual_information(probs))
+    torch.testing.assert_close(
+        pred.predictive_entropy, pred.expected_entropy + pred.mutual_information
+    )
+    assert (pred.mutual_information > 0).all()
+    # the samples are class labels; their moments are taken as floats
+    assert pred.samples.dtype == torch.long and pred.samples.shape == (8, 5)
+    assert pred.mean.is_floating_point()
+
+
+def test_mutual_information_is_zero_when_all_samples_agree() -> None:
+    """A deterministic network before a Categorical head: every function sample gives the
+    same probabilities, so MI = 0 and the predictive entropy is the expected entropy."""
+    model = nn.Sequential(nn.Linear(3, 4), CategoricalHead()).double()
+    pred = bl.predict(model, torch.randn(6, 3, dtype=torch.float64), 10)
+    assert pred.mutual_information.abs().max() <= 1e-12
+    torch.testing.assert_close(pred.predictive_entropy, pred.expected_entropy)
+    assert (pred.predictive_entropy > 0.1).all()
+
+
+def test_bernoulli_output_gives_two_class_probabilities_per_unit() -> None:
+    """Independent Bernoulli units: probabilities (1 - p, p) per unit, entropies per unit."""
+    layer = layers.LinearFlipout(3, 4)
+    model = nn.Sequential(layer, BernoulliHead())
+    seen = record_hidden(layer)
+    pred = bl.predict(model, torch.randn(5, 3), 6)
+    p = torch.cat(seen).reshape(6, 5, 4).sigmoid()
+    assert pred.output_probs is not None and pred.output_probs.shape == (6, 5, 4, 2)
+    torch.testing.assert_close(pred.output_probs, torch.stack([1 - p, p], -1))
+    assert pred.mutual_information.shape == (5, 4)
+    binary = -(p * p.log() + (1 - p) * (1 - p).log())
+    torch.testing.assert_close(pred.expected_entropy, binary.mean(0))
+
+
+def test_decomposition_needs_the_right_kind_of_output() -> None:
+    x = torch.randn(3, 2, 3)
+    tensor_pred = bl.predict(make_mlp(), x, 4)
+    assert tensor_pred.output_mean is None and tensor_pred.output_probs is None
+    with pytest.raises(ValueError, match=r"Predictive.aleatoric needs.*RandomVariable"):
+        _ = tensor_pred.aleatoric
+    with pytest.raises(ValueError, match=r"Predictive.mutual_information needs.*Categorical"):
+        _ = tensor_pred.mutual_information
+    normal_pred = bl.predict(nn.Sequential(make_mlp(), NormalHead()), x, 4)
+    with pytest.raises(ValueError, match="predictive_entropy"):
+        _ = normal_pred.predictive_entropy
+    cat_pred = bl.predict(nn.Sequential(make_mlp(), CategoricalHead()), x, 4)
+    with pytest.raises(ValueError, match=r"epistemic.*class probabilities"):
+        _ = cat_pred.epistemic
+
+    class NoMoments(nn.Module):  # a family without closed-form moments
+        def forward(self, h: Tensor) -> bl.RandomVariable:
+            base = Normal(h, 1.0)
+            return bl.RandomVariable(
+                torch.distributions.TransformedDistribution(
+                    base, [torch.distributions.transforms.TanhTransform()]
+                )
+            )
+
+    pred = bl.predict(nn.Sequential(make_mlp(), NoMoments()), x, 4)
+    assert pred.output_mean is None and pred.samples.shape == (4, 3, 2)
+
+
+def test_vectorised_call_rejects_a_distribution_without_the_folded_batch() -> None:
+    """A head whose distribution does not carry the K·B rows (here: one distribution shared
+    by the batch, the rows only in the value's sample shape) cannot be read as (K, B, ...)."""
+
+    class SharedHead(nn.Module):
+        def forward(self, h: Tensor) -> bl.RandomVariable:
+            return bl.RandomVariable(Normal(h.mean(0), 1.0), sample_shape=(h.shape[0],))
+
+    model = nn.Sequential(make_mlp(), SharedHead())
+    with pytest.raises(ValueError, match=r"predict expected the output distribution's mean.*"
+                       r"vectorized=False"):  # fmt: skip
+        bl.predict(model, torch.randn(3, 2, 3), 4)
+
+
+# ------------------------------------------- with the library's stochastic output layers
+def test_decomposition_through_layers_normal_after_bayesian_layers() -> None:
+    """Flipout MLP -> layers.Normal(units=1): the vectorised call's distribution (K·B rows,
+    one event dimension) folds to (K, B, 1); with the head's input h_k recorded, the moments
+    are its documented layout ``[loc | scale_raw]``, scale = softplus(scale_raw) + min_scale.
+    Under posterior means the vectorised and looped calls agree and epistemic is 0."""
+    head = layers.Normal(units=1, in_features=8)
+    model = nn.Sequential(
+        layers.LinearFlipout(3, 8), nn.Tanh(), layers.LinearFlipout(8, 8), nn.Tanh(), head
+    ).double()
+    seen: list[Tensor] = []
+    head.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(5, 3, dtype=torch.float64)
+    pred = bl.predict(model, x, 6, chunk_size=4)  # two chunks: 4 + 2 function samples
+    h = torch.cat(seen).reshape(6, 5, 8)
+    assert head.projection is not None
+    raw = head.projection(h).detach()  # (K, B, 2)
+    scale = F.softplus(raw[..., 1:]) + head.min_scale
+    assert pred.output_mean is not None and pred.output_variance is not None
+    torch.testing.assert_close(pred.output_mean, raw[..., :1])
+    torch.testing.assert_close(pred.output_variance, scale.square())
+    assert pred.samples.shape == (6, 5, 1)
+    assert pred.aleatoric.shape == pred.epistemic.shape == pred.total.shape == (5, 1)
+    assert (pred.epistemic > 0).all()
+    with bl.posterior_mean(model):
+        vec = bl.predict(model, x, 3)
+        loop = bl.predict(model, x, 3, vectorized=False)
+    torch.testing.assert_close(vec.output_mean, loop.output_mean)
+    torch.testing.assert_close(vec.aleatoric, loop.aleatoric)
+    assert vec.epistemic.abs().max() < 1e-20
+
+
+@pytest.mark.parametrize("event_dims", [0, 1])
+def test_decomposition_through_layers_categorical_and_bernoulli(event_dims: int) -> None:
+    """layers.Categorical (probabilities over the last input dim) and layers.Bernoulli
+    (two classes per unit), with and without wrapping the event in Independent."""
+    x = torch.randn(4, 3)
+    cat = nn.Sequential(
+        layers.LinearFlipout(3, 6),
+        nn.Unflatten(1, (2, 3)),  # (B, 2, 3): two labels with three classes each
+        layers.Categorical(event_dims=event_dims),
+    )
+    pred = bl.predict(cat, x, 5)
+    assert pred.samples.shape == (5, 4, 2) and pred.samples.dtype == torch.long
+    assert pred.output_probs is not None and pred.output_probs.shape == (5, 4, 2, 3)
+    torch.testing.assert_close(pred.output_probs.sum(-1), torch.ones(5, 4, 2))
+    assert pred.mutual_information.shape == (4, 2) and (pred.mutual_information > 0).all()
+    torch.testing.assert_close(
+        pred.predictive_entropy, pred.expected_entropy + pred.mutual_information
+    )
+    bern = nn.Sequential(layers.LinearFlipout(3, 2), layers.Bernoulli(event_dims=event_dims))
+    pred = bl.predict(bern, x, 5)
+    assert pred.output_probs is not None and pred.output_probs.shape == (5, 4, 2, 2)
+    assert pred.predictive_entropy.shape == (4, 2)
+    assert (pred.predictive_entropy <= math.log(2) + 1e-6).all()
