@@ -26,6 +26,21 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._metric_checks import (
+    _check_labels,
+    _check_nonempty,
+    _check_same,
+    _check_scale,
+    _fail,
+)
+from .uncertainty import (
+    VarianceDecomposition,
+    expected_entropy,
+    mutual_information,
+    predictive_entropy,
+    variance_decomposition,
+)
+
 __all__ = [
     "ReliabilityBins",
     "VarianceDecomposition",
@@ -46,56 +61,6 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- checks
-def _fail(fn: str, arg: str, expected: str, got: object) -> ValueError:
-    return ValueError(f"{fn} expected {arg} {expected}, got {got}")
-
-
-def _check_probs(fn: str, probs: Tensor, arg: str = "probs") -> None:
-    if probs.dim() < 1 or not probs.is_floating_point():
-        raise _fail(
-            fn,
-            arg,
-            "a floating tensor of shape (*, C)",
-            f"{probs.dtype} of shape {tuple(probs.shape)}",
-        )
-
-
-def _check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
-    _check_probs(fn, probs)
-    if labels.is_floating_point() or labels.is_complex():
-        raise _fail(fn, "labels", "an integer tensor", f"dtype {labels.dtype}")
-    if tuple(labels.shape) != tuple(probs.shape[:-1]):
-        raise _fail(
-            fn,
-            "labels",
-            f"of shape {tuple(probs.shape[:-1])} (probs.shape[:-1])",
-            f"shape {tuple(labels.shape)}",
-        )
-    if labels.numel() and (labels.min() < 0 or labels.max() >= probs.shape[-1]):
-        raise _fail(
-            fn,
-            "labels",
-            f"in [0, {probs.shape[-1] - 1}]",
-            f"values in [{int(labels.min())}, {int(labels.max())}]",
-        )
-
-
-def _check_same(fn: str, names: tuple[str, ...], *tensors: Tensor) -> None:
-    shape = tuple(tensors[0].shape)
-    for name, t in zip(names[1:], tensors[1:], strict=True):
-        if tuple(t.shape) != shape:
-            raise _fail(
-                fn, name, f"of shape {shape} (the shape of {names[0]})", f"{tuple(t.shape)}"
-            )
-
-
-def _check_nonempty(fn: str, arg: str, t: Tensor) -> None:
-    if t.numel() == 0:
-        raise _fail(fn, arg, "at least one element", "an empty tensor")
-
-
-# -------------------------------------------------------------------- classification
 def accuracy(probs: Tensor, labels: Tensor) -> Tensor:
     r"""Fraction of examples whose most probable class is the label.
 
@@ -247,141 +212,6 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, num_bins: int = 15
     return (weight * gap).sum()
 
 
-# ----------------------------------------------------------- uncertainty decomposition
-def predictive_entropy(probs_mean: Tensor) -> Tensor:
-    r"""Entropy of the predictive distribution, one value per example.
-
-    .. math:: \mathbb{H}[y \mid x] = -\sum_c \bar p_c \log \bar p_c, \qquad
-        \bar p = \tfrac{1}{K}\textstyle\sum_k p^{(k)}
-
-    Total uncertainty; :math:`0 \le \mathbb{H} \le \log C`, with :math:`0 \log 0 = 0`.
-
-    Args:
-        probs_mean: predictive probabilities, shape ``(*, C)``.
-
-    Returns:
-        Entropies of shape ``(*)``.
-
-    Example:
-        >>> predictive_entropy(torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
-        tensor([0.6931, 0.0000])
-    """
-    _check_probs("predictive_entropy", probs_mean, "probs_mean")
-    # `+ 0.0` turns the -0.0 of a one-hot row into 0.0.
-    return torch.special.entr(probs_mean).sum(-1) + 0.0
-
-
-def expected_entropy(prob_samples: Tensor) -> Tensor:
-    r"""Mean entropy of the per-sample predictive distributions (aleatoric part).
-
-    .. math:: \mathbb{E}_{q(\theta)}\mathbb{H}[y \mid x, \theta]
-        \approx \frac{1}{K}\sum_k \Bigl(-\sum_c p^{(k)}_c \log p^{(k)}_c\Bigr)
-
-    Args:
-        prob_samples: probabilities under K function samples, shape ``(K, *, C)``.
-
-    Returns:
-        Expected entropies of shape ``(*)``.
-
-    Example:
-        >>> expected_entropy(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]))
-        tensor([0.])
-    """
-    _check_sample_probs("expected_entropy", prob_samples)
-    return predictive_entropy(prob_samples).mean(0)
-
-
-def mutual_information(prob_samples: Tensor) -> Tensor:
-    r"""Mutual information between the label and the weights (BALD; epistemic part).
-
-    .. math:: \mathbb{I}[y; \theta \mid x] = \mathbb{H}\Bigl[\tfrac1K\textstyle\sum_k
-        p^{(k)}\Bigr] - \tfrac1K\textstyle\sum_k \mathbb{H}\bigl[p^{(k)}\bigr] \ \ge 0
-
-    Non-negative by concavity of the entropy (Jensen), and zero when all samples
-    agree; values are clamped at 0 to remove rounding error. Houlsby et al. (2011).
-
-    Args:
-        prob_samples: probabilities under K function samples, shape ``(K, *, C)``.
-
-    Returns:
-        Mutual information of shape ``(*)``, in nats.
-
-    Example:
-        >>> mutual_information(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]))
-        tensor([0.6931])
-    """
-    _check_sample_probs("mutual_information", prob_samples)
-    total = predictive_entropy(prob_samples.mean(0))
-    return (total - expected_entropy(prob_samples)).clamp_min(0.0)
-
-
-def _check_sample_probs(fn: str, prob_samples: Tensor) -> None:
-    if prob_samples.dim() < 2 or not prob_samples.is_floating_point():
-        raise _fail(
-            fn,
-            "prob_samples",
-            "a floating tensor of shape (K, *, C)",
-            f"{prob_samples.dtype} of shape {tuple(prob_samples.shape)}",
-        )
-
-
-class VarianceDecomposition(NamedTuple):
-    """The law of total variance, from :func:`variance_decomposition`.
-
-    Attributes:
-        aleatoric: mean of the per-sample variances, shape ``(*)``.
-        epistemic: variance of the per-sample means, shape ``(*)``.
-        total: ``aleatoric + epistemic``, shape ``(*)``.
-    """
-
-    aleatoric: Tensor
-    epistemic: Tensor
-    total: Tensor
-
-
-def variance_decomposition(means: Tensor, variances: Tensor) -> VarianceDecomposition:
-    r"""Split the predictive variance of a regression model into aleatoric and epistemic parts.
-
-    With :math:`\mu_k, \sigma^2_k` the mean and variance of the output
-    distribution under function sample :math:`k` (e.g. ``layers.Normal`` after
-    Bayesian layers), the predictive :math:`p(y \mid x) = \frac1K\sum_k
-    p(y \mid x, \theta_k)` has, by the law of total variance,
-
-    .. math:: \mathrm{Var}[y \mid x]
-        = \underbrace{\frac1K\sum_k \sigma^2_k}_{\text{aleatoric}}
-        + \underbrace{\frac1K\sum_k \bigl(\mu_k - \bar\mu\bigr)^2}_{\text{epistemic}},
-        \qquad \bar\mu = \frac1K\sum_k \mu_k
-
-    (divisor K: the exact variance of the K-component mixture). The epistemic
-    part is 0 when every function sample predicts the same mean.
-
-    Args:
-        means: output means under K function samples, shape ``(K, *)``.
-        variances: output variances (not standard deviations), the shape of ``means``.
-
-    Returns:
-        :class:`VarianceDecomposition` of tensors of shape ``(*)``.
-
-    Example:
-        >>> variance_decomposition(torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0], [3.0]]))
-        VarianceDecomposition(aleatoric=tensor([2.]), epistemic=tensor([1.]), total=tensor([3.]))
-    """
-    fn = "variance_decomposition"
-    if means.dim() < 1 or not means.is_floating_point():
-        raise _fail(
-            fn, "means", "a floating tensor of shape (K, *)",
-            f"{means.dtype} of shape {tuple(means.shape)}",
-        )  # fmt: skip
-    _check_same(fn, ("means", "variances"), means, variances)
-    _check_nonempty(fn, "means", means)
-    if (variances < 0).any():
-        raise _fail(fn, "variances", "non-negative values (variances)", "a value < 0")
-    aleatoric = variances.mean(0)
-    epistemic = means.var(0, correction=0)
-    return VarianceDecomposition(aleatoric, epistemic, aleatoric + epistemic)
-
-
-# ------------------------------------------------------------------------- ranking
 def auroc(scores: Tensor, is_positive: Tensor) -> Tensor:
     r"""Area under the ROC curve from the rank-sum (Mann-Whitney U) statistic.
 
@@ -499,19 +329,6 @@ def mixture_gaussian_nll(locs: Tensor, scale: Tensor | float, target: Tensor) ->
     log_prob = -0.5 * z.square() - scale.log() - 0.5 * math.log(2 * math.pi)
     log_mix = torch.logsumexp(log_prob, dim=0) - math.log(locs.shape[0])  # (*)
     return -log_mix.mean()
-
-
-def _check_scale(fn: str, scale: Tensor | float, like: Tensor) -> Tensor:
-    scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
-    try:
-        torch.broadcast_shapes(scale.shape, like.shape)
-    except RuntimeError:
-        raise _fail(
-            fn, "scale", f"broadcastable to {tuple(like.shape)}", f"shape {tuple(scale.shape)}"
-        ) from None
-    if (scale <= 0).any():
-        raise _fail(fn, "scale", "positive values (a standard deviation)", "a value <= 0")
-    return scale
 
 
 def interval_coverage(lower: Tensor, upper: Tensor, target: Tensor) -> Tensor:
