@@ -4,6 +4,14 @@ from .base import SAMPLING_MODES, BayesianLayer
 from .dropout import MCDropout
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
 from .mixtures import MixtureLogistic, MixtureNormal
+from .recurrent import (
+    GRUCellFlipout,
+    GRUCellReparameterization,
+    LSTMCellFlipout,
+    LSTMCellReparameterization,
+    LSTMFlipout,
+    LSTMReparameterization,
+)
 from .stochastic_output import (
     Bernoulli,
     Categorical,
@@ -25,6 +33,12 @@ __all__ = [
     "LinearFlipout",
     "LinearLocalReparameterization",
     "MCDropout",
+    "LSTMCellReparameterization",
+    "LSTMCellFlipout",
+    "GRUCellReparameterization",
+    "GRUCellFlipout",
+    "LSTMReparameterization",
+    "LSTMFlipout",
     "StochasticOutput",
     "Normal",
     "LogNormal",
