@@ -1,6 +1,21 @@
 """Layers that are distributions over functions. ``from bayesian_layers import layers``."""
 
 from .base import SAMPLING_MODES, BayesianLayer
+from .conv import (
+    Conv1dFlipout,
+    Conv1dReparameterization,
+    Conv2dFlipout,
+    Conv2dLocalReparameterization,
+    Conv2dReparameterization,
+    Conv3dFlipout,
+    Conv3dReparameterization,
+    ConvTranspose1dFlipout,
+    ConvTranspose1dReparameterization,
+    ConvTranspose2dFlipout,
+    ConvTranspose2dReparameterization,
+    ConvTranspose3dFlipout,
+    ConvTranspose3dReparameterization,
+)
 from .dropout import MCDropout
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
 from .mixtures import MixtureLogistic, MixtureNormal
@@ -33,6 +48,19 @@ __all__ = [
     "LinearFlipout",
     "LinearLocalReparameterization",
     "MCDropout",
+    "Conv1dReparameterization",
+    "Conv2dReparameterization",
+    "Conv3dReparameterization",
+    "Conv1dFlipout",
+    "Conv2dFlipout",
+    "Conv3dFlipout",
+    "Conv2dLocalReparameterization",
+    "ConvTranspose1dReparameterization",
+    "ConvTranspose2dReparameterization",
+    "ConvTranspose3dReparameterization",
+    "ConvTranspose1dFlipout",
+    "ConvTranspose2dFlipout",
+    "ConvTranspose3dFlipout",
     "LSTMCellReparameterization",
     "LSTMCellFlipout",
     "GRUCellReparameterization",

@@ -235,7 +235,8 @@ class LinearFlipout(_BayesianLinear):
             return flipout_linear(x, loc, scale, noise, sign_in, sign_out, bias)
         noise = torch.randn((k,) + loc.shape, dtype=loc.dtype, device=loc.device)
         perturbation = batched_linear(x * sign_in, scale * noise, None, k)
-        return add_sample_bias(torch.addcmul(F.linear(x, loc), perturbation, sign_out), bias, k)
+        mean = F.linear(x, loc)
+        return add_sample_bias(torch.addcmul(mean, perturbation, sign_out.to(mean.dtype)), bias, k)
 
 
 class LinearLocalReparameterization(_BayesianLinear):

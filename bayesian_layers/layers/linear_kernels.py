@@ -49,7 +49,9 @@ def flipout_linear(
         x, sign_in: ``(*, in)``; sign_out: ``(*, out)``; weight_*: ``(out, in)``.
     """
     mean = F.linear(x, weight_loc, bias)
-    return torch.addcmul(mean, F.linear(x * sign_in, weight_scale * weight_noise), sign_out)
+    perturbation = F.linear(x * sign_in, weight_scale * weight_noise)
+    # under autocast the matmuls run in lower precision: keep the output in their dtype
+    return torch.addcmul(mean, perturbation, sign_out.to(mean.dtype))
 
 
 def local_reparameterization_linear(
@@ -72,7 +74,8 @@ def local_reparameterization_linear(
     mean = F.linear(x, weight_loc, bias_loc)
     b_var = None if bias_scale is None else bias_scale.square()
     var = F.linear(x.square(), weight_scale.square(), b_var)
-    return torch.addcmul(mean, var.clamp_min(torch.finfo(var.dtype).tiny).sqrt(), noise)
+    std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+    return torch.addcmul(mean, std, noise.to(mean.dtype))  # autocast: keep the matmul dtype
 
 
 def batched_linear(x: Tensor, weight: Tensor, bias: Tensor | None, num_samples: int) -> Tensor:

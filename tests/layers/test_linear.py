@@ -788,3 +788,16 @@ def test_kernels_agree_with_their_definitions() -> None:
     y = torch.randn(k * 4, OUT)
     torch.testing.assert_close(K.add_sample_bias(y, bk, k), y + bk.repeat_interleave(4, 0))
     assert K.add_sample_bias(y, None, k) is y
+
+
+@pytest.mark.parametrize("cls", [layers.LinearReparameterization, layers.LinearFlipout,
+                                 layers.LinearLocalReparameterization])  # fmt: skip
+def test_bfloat16_autocast_output_dtype_matches_nn_linear(cls) -> None:
+    layer, x = cls(4, 3), torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = nn.Linear(4, 3)(x).dtype
+        out = layer(x)
+        with bl.posterior_mean(layer):
+            mean_out = layer(x)
+    assert out.dtype == expected == mean_out.dtype == torch.bfloat16
+    assert torch.isfinite(out.float()).all()
