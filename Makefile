@@ -43,6 +43,8 @@ BENCH_THREADS ?= 2
 bench: $(VENV)/.bench-installed
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/linear_step.py --threads $(BENCH_THREADS) $(BENCH_ARGS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/cnn_lstm_step.py --threads $(BENCH_THREADS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

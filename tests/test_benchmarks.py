@@ -31,3 +31,18 @@ def test_linear_step_quick_writes_ratios(tmp_path: Path) -> None:
     assert min(paired) <= ours["ratio"] <= max(paired)
     assert "LinearReparameterization" in {r["estimator"] for r in data["predict"]}
     assert all(r["speedup"] > 0 for r in data["predict"] if "speedup" in r)
+
+
+@pytest.mark.slow
+def test_cnn_lstm_step_quick_runs(tmp_path: Path) -> None:
+    script = BENCH.parent / "cnn_lstm_step.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "cnn_lstm_step.quick.json").read_text())
+    assert data["cnn"]["nn.Conv2d"]["ratio"] == 1.0 and data["lstm"]["nn.LSTM"]["ratio"] == 1.0
+    for model, ours in (("cnn", "ours: Conv2dReparameterization"),
+                        ("lstm", "ours: LSTMReparameterization")):  # fmt: skip
+        assert data[model][ours]["median_ms"] > 0
