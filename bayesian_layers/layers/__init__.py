@@ -1,5 +1,6 @@
 """Layers that are distributions over functions. ``from bayesian_layers import layers``."""
 
+from .attention import MultiheadAttentionFlipout, MultiheadAttentionReparameterization
 from .base import SAMPLING_MODES, BayesianLayer
 from .conv import (
     Conv1dFlipout,
@@ -17,6 +18,7 @@ from .conv import (
     ConvTranspose3dReparameterization,
 )
 from .dropout import MCDropout
+from .embedding import EmbeddingReparameterization
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
 from .mixtures import MixtureLogistic, MixtureNormal
 from .recurrent import (
@@ -48,6 +50,9 @@ __all__ = [
     "LinearFlipout",
     "LinearLocalReparameterization",
     "MCDropout",
+    "MultiheadAttentionReparameterization",
+    "MultiheadAttentionFlipout",
+    "EmbeddingReparameterization",
     "Conv1dReparameterization",
     "Conv2dReparameterization",
     "Conv3dReparameterization",

@@ -1,0 +1,181 @@
+"""Bayesian embedding: a drop-in replacement for ``nn.Embedding``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..initializers import TrainableInitializer
+from ..random_variable import RandomVariable
+from ..regularizers import Regularizer
+from .base import BayesianLayer
+from .linear import _check_features
+
+__all__ = ["EmbeddingReparameterization"]
+
+
+class EmbeddingReparameterization(BayesianLayer):
+    """Embedding table with a posterior ``q(W) = N(μ, σ²)``, one function per call.
+
+    Drop-in for ``nn.Embedding``. A call is one draw of the whole table, but only
+    the rows it looks up get noise: the call gathers the *unique* indices, draws
+    one noise vector per unique row and then indexes, so every occurrence of a
+    token within a call sees the same vector (one function per call), and
+    distinct tokens are independent. Cost O(U · embedding_dim) for U unique
+    indices, not the table size. ``"frozen"`` mode keeps the noise of the whole
+    table until ``resample()``; ``"mean"`` uses ``μ``. ``layer.losses`` is the
+    KL of the whole table (rows never looked up included).
+
+    Args:
+        num_embeddings, embedding_dim, padding_idx, scale_grad_by_freq: as for
+            ``nn.Embedding``. The ``padding_idx`` row returns its posterior mean
+            (zeros at init), without noise and without a gradient from the output.
+        max_norm, norm_type: looked-up vectors with a larger ``norm_type`` norm
+            are rescaled to norm ``max_norm``. Unlike torch, which renormalises
+            its weight table in place, the rescaling acts on the drawn vectors
+            and is differentiable; the parameters are left untouched.
+        sparse: only ``False``; the KL gradient touches every row anyway.
+        weight_initializer: a normal (or deterministic) posterior family.
+        weight_regularizer: penalty on the table (KL to ``N(0, 1)`` by default).
+        device, dtype: factory arguments.
+
+    Shape:
+        - Input: integer indices ``(*)``.
+        - Output: ``(*, embedding_dim)``.
+
+    Attributes:
+        weight: a :class:`~bayesian_layers.RandomVariable` over the table
+            ``(num_embeddings, embedding_dim)`` (value: the posterior mean, or
+            the frozen draw in ``"frozen"`` mode).
+        weight_loc, weight_rho: the trainable posterior parameters.
+
+    Example:
+        >>> import torch
+        >>> from bayesian_layers.layers.embedding import EmbeddingReparameterization
+        >>> emb = EmbeddingReparameterization(10, 4, padding_idx=0)
+        >>> emb(torch.tensor([[0, 3, 3]])).shape
+        torch.Size([1, 3, 4])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        *,
+        weight_initializer: str | TrainableInitializer = "trainable_normal",
+        weight_regularizer: str | Regularizer | None = "normal_kl_divergence",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_embeddings = _check_features(name, "num_embeddings", num_embeddings)
+        self.embedding_dim = _check_features(name, "embedding_dim", embedding_dim)
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"{name} expected `padding_idx` in [-{num_embeddings}, {num_embeddings}), "
+                    f"got {padding_idx}"
+                )
+            padding_idx = padding_idx % num_embeddings
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"{name} expected `max_norm` > 0, got {max_norm}")
+        if sparse:
+            raise NotImplementedError(
+                f"{name} does not support sparse=True: the KL term's gradient covers the "
+                "whole table, so gradients are dense anyway"
+            )
+        self.padding_idx = padding_idx
+        self.max_norm = max_norm
+        self.norm_type = float(norm_type)
+        self.scale_grad_by_freq = bool(scale_grad_by_freq)
+        self.sparse = False
+        init = self.add_param(
+            "weight", (num_embeddings, embedding_dim), weight_initializer, weight_regularizer,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        if not (init.is_normal or init.is_deterministic):
+            raise ValueError(
+                f"{name} needs a normal (or deterministic) weight posterior, got "
+                f"{type(init).__name__}"
+            )
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.point("weight")[padding_idx].zero_()
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        return s
+
+    def _check_input(self, input: object) -> Tensor:
+        name = type(self).__name__
+        if isinstance(input, RandomVariable):
+            input = input.value
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name} expected a Tensor of indices, got {type(input).__name__}")
+        if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
+            raise TypeError(f"{name} expected integer indices, got {input.dtype}")
+        if input.numel():
+            low, high = int(input.min()), int(input.max())
+            if low < 0 or high >= self.num_embeddings:
+                raise ValueError(
+                    f"{name} expected indices in [0, {self.num_embeddings}), got values in "
+                    f"[{low}, {high}]"
+                )
+        return input
+
+    def forward(self, input: Tensor) -> Tensor:
+        idx = self._check_input(input)
+        k = self._check_samples(idx)
+        init = self._inits["weight"]
+        loc = self.point("weight")
+        if self.sampling == "mean" or init.is_deterministic:
+            out = F.embedding(
+                idx, loc, self.padding_idx, scale_grad_by_freq=self.scale_grad_by_freq
+            )
+            return self._renorm(out)
+        _, scale = init.loc_scale(self, "weight")
+        unique, inverse = torch.unique(idx, return_inverse=True)  # (U,), idx.shape
+        if self.sampling == "frozen":
+            noise = self._noise("weight", init, loc)  # ([K,] V, D), kept across calls
+            noise = noise.index_select(-2, unique)  # type: ignore[union-attr]
+        else:
+            shape = (unique.numel(), self.embedding_dim)
+            noise = torch.randn((k, *shape) if k > 1 else shape, dtype=loc.dtype, device=loc.device)
+        rows = torch.addcmul(loc[unique], scale[unique], noise)  # ([K,] U, D)
+        pad = None
+        if self.padding_idx is not None:
+            is_pad = unique == self.padding_idx
+            rows = torch.where(is_pad.unsqueeze(-1), loc[unique].expand_as(rows), rows)
+            hits = is_pad.nonzero()
+            pad = int(hits[0, 0]) if hits.numel() else None
+        if k > 1:
+            # K draws: block j of the sample-major batch reads rows[j].
+            u = unique.numel()
+            offsets = torch.arange(k, device=idx.device) * u  # (K,)
+            inverse = (inverse.reshape(k, -1) + offsets.unsqueeze(-1)).reshape(idx.shape)
+            rows = rows.reshape(k * u, self.embedding_dim)
+            pad = None  # the padding row repeats per block; its gradient is cut below
+            if self.padding_idx is not None:
+                keep = (idx != self.padding_idx).unsqueeze(-1)
+                out = F.embedding(inverse, rows, scale_grad_by_freq=self.scale_grad_by_freq)
+                out = torch.where(keep, out, out.detach())
+                return self._renorm(out)
+        out = F.embedding(inverse, rows, pad, scale_grad_by_freq=self.scale_grad_by_freq)
+        return self._renorm(out)
+
+    def _renorm(self, out: Tensor) -> Tensor:
+        if self.max_norm is None:
+            return out
+        norm = torch.linalg.vector_norm(out, ord=self.norm_type, dim=-1, keepdim=True)
+        return out * (self.max_norm / (norm + 1e-7)).clamp(max=1.0)
