@@ -4,6 +4,7 @@
 """
 
 from . import initializers, layers, metrics, random_variables, regularizers
+from .convert import to_bayesian
 from .distributions import Deterministic as DeterministicDistribution
 from .objectives import elbo_loss, losses
 from .predictive import Predictive, predict
@@ -29,6 +30,7 @@ __all__ = [
     "metrics",
     "layers",
     "losses",
+    "to_bayesian",
     "elbo_loss",
     "predict",
     "Predictive",

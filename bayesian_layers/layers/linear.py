@@ -63,7 +63,9 @@ class _BayesianLinear(BayesianLayer):
             device=device, dtype=dtype,
         )  # fmt: skip
         self.use_bias = bool(bias)
-        if self.use_bias:
+        if not self.use_bias:
+            self.register_parameter("bias", None)  # as nn.Linear: `layer.bias is None`
+        else:
             self.add_param(
                 "bias", (out_features,), bias_initializer, bias_regularizer,
                 fan_in=in_features, fan_out=out_features, device=device, dtype=dtype,

@@ -801,3 +801,14 @@ def test_bfloat16_autocast_output_dtype_matches_nn_linear(cls) -> None:
             mean_out = layer(x)
     assert out.dtype == expected == mean_out.dtype == torch.bfloat16
     assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("cls", [layers.LinearReparameterization, layers.LinearFlipout,
+                                 layers.LinearLocalReparameterization])  # fmt: skip
+def test_no_bias_reads_as_none_like_nn_linear(cls) -> None:
+    layer = cls(3, 2, bias=False)
+    assert layer.bias is None and nn.Linear(3, 2, bias=False).bias is None
+    assert "bias" not in dict(layer.named_parameters())
+    with bl.posterior_mean(layer):
+        x = torch.randn(4, 3)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight_loc))
