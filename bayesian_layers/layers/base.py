@@ -110,6 +110,25 @@ class BayesianLayer(nn.Module):
         sample_shape = value.shape[: value.dim() - len(self._random[name])]
         return RandomVariable(q, value=value, sample_shape=sample_shape, name=name)
 
+    def load_point_estimates(self, values: dict[str, Tensor | None]) -> None:
+        """Set posterior means (deterministic parameters: the values) from point estimates.
+
+        ``values`` maps parameter names to tensors, e.g. a torch layer's trained
+        weights; ``None`` entries are skipped. Normal and deterministic families
+        only (elsewhere a mean is not a free parameter).
+        """
+        with torch.no_grad():
+            for name, value in values.items():
+                if value is None:
+                    continue
+                init = self._inits[name]
+                if not (init.is_normal or init.is_deterministic):
+                    raise ValueError(
+                        f"{type(self).__name__}: copying point estimates needs normal or "
+                        f"deterministic posteriors, got {type(init).__name__} for {name}"
+                    )
+                self.point(name).copy_(value)
+
     def point(self, name: str) -> Tensor:
         """The posterior mean of ``name`` (the parameter itself when deterministic)."""
         return self._inits[name].point(self, name)

@@ -198,17 +198,7 @@ class BayesianConvNd(BayesianLayer):
         layer = factory(
             module.in_channels, module.out_channels, module.kernel_size, **args, **kwargs
         )
-        with torch.no_grad():
-            for name, src in (("weight", weight), ("bias", bias)):
-                if src is None:
-                    continue
-                init = layer._inits[name]
-                if not (init.is_normal or init.is_deterministic):
-                    raise ValueError(
-                        f"{cls.__name__}.from_module supports normal and deterministic "
-                        f"{name} posteriors, got {type(init).__name__}"
-                    )
-                layer.point(name).copy_(cast(Tensor, src))
+        layer.load_point_estimates({"weight": cast(Tensor, weight), "bias": bias})
         return layer
 
     def extra_repr(self) -> str:

@@ -88,17 +88,7 @@ class _BayesianLinear(BayesianLayer):
             dtype=linear.weight.dtype,
             **kwargs,  # type: ignore[arg-type]
         )
-        with torch.no_grad():
-            for name, src in (("weight", linear.weight), ("bias", linear.bias)):
-                if src is None:
-                    continue
-                init = layer._inits[name]
-                if not (init.is_normal or init.is_deterministic):
-                    raise ValueError(
-                        f"{cls.__name__}.from_linear supports normal and deterministic "
-                        f"{name} posteriors, got {type(init).__name__}"
-                    )
-                layer.point(name).copy_(src)
+        layer.load_point_estimates({"weight": linear.weight, "bias": linear.bias})
         return layer
 
     def extra_repr(self) -> str:

@@ -144,15 +144,7 @@ class _BayesianLSTM(BayesianLayer):
             lstm.dropout, lstm.bidirectional, lstm.proj_size,
             device=like.device, dtype=like.dtype, **kwargs,
         )  # fmt: skip
-        with torch.no_grad():
-            for name in new._flat_names:
-                init = new._inits[name]
-                if not (init.is_normal or init.is_deterministic):
-                    raise ValueError(
-                        f"{cls.__name__}.from_lstm needs normal or deterministic posteriors, "
-                        f"got {type(init).__name__} for {name}"
-                    )
-                new.point(name).copy_(getattr(lstm, name))
+        new.load_point_estimates({name: getattr(lstm, name) for name in new._flat_names})
         return new
 
     def flatten_parameters(self) -> None:

@@ -144,15 +144,7 @@ class _RecurrentCell(BayesianLayer):
             cell.input_size, cell.hidden_size, bias=cell.bias,
             device=cell.weight_ih.device, dtype=cell.weight_ih.dtype, **kwargs,
         )  # fmt: skip
-        with torch.no_grad():
-            for name in new._inits:
-                init = new._inits[name]
-                if not (init.is_normal or init.is_deterministic):
-                    raise ValueError(
-                        f"{cls.__name__}: copying torch weights needs normal or deterministic "
-                        f"posteriors, got {type(init).__name__} for {name}"
-                    )
-                new.point(name).copy_(getattr(cell, name))
+        new.load_point_estimates({name: getattr(cell, name) for name in new._inits})
         return new
 
     def extra_repr(self) -> str:
