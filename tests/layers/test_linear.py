@@ -21,7 +21,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import torch.nn.functional as F
-from stats_util import z_bonferroni
+from stats_util import finite_difference, z_bonferroni
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
@@ -648,23 +648,6 @@ def test_elbo_at_exact_posterior_equals_log_evidence(spec: Spec) -> None:
 
 
 # ============================================================= gradients under reuse
-def _finite_difference(loss_fn: Callable[[], Tensor], params: list[Tensor]) -> list[Tensor]:
-    """Central differences (step 1e-6, float64) of ``loss_fn`` in every parameter element."""
-    eps, grads = 1e-6, []
-    with torch.no_grad():
-        for p in params:
-            grad = torch.zeros_like(p)
-            flat, gflat = p.view(-1), grad.view(-1)
-            for i in range(flat.numel()):
-                orig = flat[i].item()
-                flat[i] = orig + eps
-                plus = loss_fn().item()
-                flat[i] = orig - eps
-                minus = loss_fn().item()
-                flat[i] = orig
-                gflat[i] = (plus - minus) / (2 * eps)
-            grads.append(grad)
-    return grads
 
 
 def _several_samples(layer: nn.Module, x: Tensor) -> Tensor:
@@ -702,7 +685,7 @@ def test_gradients_under_reuse_match_finite_differences(spec: Spec, use: Callabl
 
     loss_fn().backward()
     params = list(layer.parameters())
-    expected = _finite_difference(loss_fn, params)
+    expected = finite_difference(loss_fn, params)
     for (name, p), g in zip(layer.named_parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7, msg=name)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stats_util import z_bonferroni
+from stats_util import finite_difference, z_bonferroni
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -416,28 +416,11 @@ def test_cell_losses_after_50_steps_equal_one_step(spec: CellSpec) -> None:
 
 
 # ======================================================================== gradients
-def _finite_difference(loss_fn: Callable[[], Tensor], params: list[Tensor]) -> list[Tensor]:
-    """Central differences (step 1e-6, float64) of ``loss_fn`` in every parameter element."""
-    eps, grads = 1e-6, []
-    with torch.no_grad():
-        for p in params:
-            grad = torch.zeros_like(p)
-            flat, gflat = p.view(-1), grad.view(-1)
-            for i in range(flat.numel()):
-                orig = flat[i].item()
-                flat[i] = orig + eps
-                plus = loss_fn().item()
-                flat[i] = orig - eps
-                minus = loss_fn().item()
-                flat[i] = orig
-                gflat[i] = (plus - minus) / (2 * eps)
-            grads.append(grad)
-    return grads
 
 
 def _check_gradients(layer: nn.Module, loss_fn: Callable[[], Tensor]) -> None:
     loss_fn().backward()
-    expected = _finite_difference(loss_fn, list(layer.parameters()))
+    expected = finite_difference(loss_fn, list(layer.parameters()))
     for (name, p), g in zip(layer.named_parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7, msg=name)
 
