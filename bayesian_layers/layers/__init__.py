@@ -19,6 +19,7 @@ from .conv import (
 )
 from .dropout import MCDropout
 from .embedding import EmbeddingReparameterization
+from .flows import MADE, ActNorm, InvertibleConv1x1, MaskedAutoregressiveFlow, Permute, RealNVP
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
 from .mixtures import MixtureLogistic, MixtureNormal
 from .recurrent import (
@@ -29,6 +30,7 @@ from .recurrent import (
     LSTMFlipout,
     LSTMReparameterization,
 )
+from .reversible import Reverse, ReversibleLayer, reverse_sequential, sequential_log_det_jacobian
 from .stochastic_output import (
     Bernoulli,
     Categorical,
@@ -50,6 +52,16 @@ __all__ = [
     "LinearFlipout",
     "LinearLocalReparameterization",
     "MCDropout",
+    "ReversibleLayer",
+    "Reverse",
+    "reverse_sequential",
+    "sequential_log_det_jacobian",
+    "MADE",
+    "RealNVP",
+    "MaskedAutoregressiveFlow",
+    "ActNorm",
+    "Permute",
+    "InvertibleConv1x1",
     "MultiheadAttentionReparameterization",
     "MultiheadAttentionFlipout",
     "EmbeddingReparameterization",

@@ -1,0 +1,271 @@
+"""The reversible-layer protocol (paper §2.4).
+
+Tensors in, tensors out; random variables in, random variables out.
+
+A reversible layer is an ``nn.Module`` with three methods:
+
+- ``forward(x)``: the bijection ``y = f(x)``;
+- ``reverse(y)``: its inverse ``x = f^{-1}(y)``;
+- ``log_det_jacobian(x)``: ``log |det df/dx|`` per example, summed over the
+  *event dims*. Vectors ``(..., D)`` have one event dim (the result has shape
+  ``x.shape[:-1]``); images ``(..., C, H, W)`` have three (``x.shape[:-3]``).
+
+Called on a tensor, a layer returns a tensor. Called on a
+:class:`~bayesian_layers.RandomVariable` ``rv`` it returns
+``RandomVariable(TransformedDistribution(rv.distribution, [_LayerTransform(layer)]),
+value=layer(rv.value))``, so ``log_prob`` is exact (through ``reverse`` and
+``log_det_jacobian``) and ``sample``/``rsample`` work. A plain ``nn.Sequential``
+of reversible layers therefore transforms a random variable (Figure 8)::
+
+    model = nn.Sequential(RealNVP(MADE(hidden_dims=[512, 512])), ...)
+    outputs = model(base)                       # base: a RandomVariable
+    loss = -outputs.distribution.log_prob(features).sum()
+
+``reverse_sequential(model, y)`` inverts such a sequence (reverse order), and
+``Reverse(model)`` wraps it as one reversible layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torch.distributions import Transform, TransformedDistribution, constraints
+
+from ..random_variable import RandomVariable
+
+__all__ = [
+    "ReversibleLayer",
+    "Reverse",
+    "reverse_sequential",
+    "sequential_log_det_jacobian",
+]
+
+
+class _LayerTransform(Transform):
+    """A ``torch.distributions.Transform`` backed by a reversible layer.
+
+    ``_call`` is ``layer.forward``, ``_inverse`` is ``layer.reverse`` and
+    ``log_abs_det_jacobian(x, y)`` is ``layer.log_det_jacobian(x)``; domain and
+    codomain are ``independent(real, event_dim)``.
+    """
+
+    bijective = True
+
+    def __init__(self, layer: nn.Module, event_dim: int, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        self.layer = layer
+        self._event_dim = event_dim
+
+    @property
+    def domain(self) -> constraints.Constraint:  # type: ignore[override]
+        return constraints.independent(constraints.real, self._event_dim)
+
+    @property
+    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
+        return constraints.independent(constraints.real, self._event_dim)
+
+    def with_cache(self, cache_size: int = 1) -> _LayerTransform:
+        if self._cache_size == cache_size:
+            return self
+        return _LayerTransform(self.layer, self._event_dim, cache_size=cache_size)
+
+    def _call(self, x: Tensor) -> Tensor:
+        out: Tensor = self.layer.forward(x)
+        return out
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        out: Tensor = self.layer.reverse(y)  # type: ignore[operator]
+        return out
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        out: Tensor = self.layer.log_det_jacobian(x)  # type: ignore[operator]
+        return out
+
+    def __repr__(self) -> str:
+        return f"_LayerTransform({type(self.layer).__name__}, event_dim={self._event_dim})"
+
+
+class ReversibleLayer(nn.Module):
+    """Base class of reversible layers (see the module docstring for the protocol).
+
+    Subclasses implement ``forward``, ``reverse`` and ``log_det_jacobian``, and set
+    ``event_dim`` (1 for vectors ``(..., D)``, 3 for images ``(..., C, H, W)``) or
+    override ``event_dim_for(x)`` when it depends on the input.
+
+    Example:
+        >>> import torch
+        >>> import bayesian_layers as bl
+        >>> from bayesian_layers.layers.reversible import Reverse
+        >>> from bayesian_layers.layers.flows import Permute
+        >>> layer = Permute([2, 0, 1])
+        >>> layer(torch.tensor([[1.0, 2.0, 3.0]]))
+        tensor([[3., 1., 2.]])
+        >>> base = bl.RandomVariable(torch.distributions.Normal(torch.zeros(4, 3), 1.0))
+        >>> out = layer(base)
+        >>> out.distribution.log_prob(torch.zeros(4, 3)).shape
+        torch.Size([4])
+        >>> Reverse(layer)(torch.tensor([[3.0, 1.0, 2.0]]))
+        tensor([[1., 2., 3.]])
+    """
+
+    event_dim: int = 1
+
+    def event_dim_for(self, x: Tensor) -> int:
+        """Number of trailing event dims of ``x`` (those ``log_det_jacobian`` sums over)."""
+        return self.event_dim
+
+    def reverse(self, y: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement `reverse`")
+
+    def log_det_jacobian(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement `log_det_jacobian`")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and isinstance(args[0], RandomVariable):
+            return self.transform_random_variable(args[0])
+        return super().__call__(*args, **kwargs)
+
+    def transform_random_variable(self, rv: RandomVariable) -> RandomVariable:
+        """The random variable ``f(rv)``: a ``TransformedDistribution``, value ``f(rv.value)``."""
+        value = super().__call__(rv.value)
+        event_dim = self.event_dim_for(rv.value)
+        base = rv.distribution
+        have = len(base.event_shape)
+        if have > event_dim:
+            raise ValueError(
+                f"{type(self).__name__} expected a random variable with at most {event_dim} "
+                f"event dims, got event_shape {tuple(base.event_shape)}"
+            )
+        if len(base.batch_shape) + have < event_dim:
+            raise ValueError(
+                f"{type(self).__name__} expected a random variable with at least {event_dim} "
+                f"dims in batch_shape + event_shape, got "
+                f"{tuple(base.batch_shape) + tuple(base.event_shape)}"
+            )
+        dist = TransformedDistribution(base, [_LayerTransform(self, event_dim)])
+        return RandomVariable(dist, value=value, sample_shape=rv.sample_shape, name=rv.name)
+
+
+def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
+    """Invert a ``nn.Sequential`` of reversible layers: ``reverse`` of each, last to first.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from bayesian_layers.layers.flows import Permute
+        >>> seq = nn.Sequential(Permute([1, 2, 0]), Permute([2, 0, 1]), Permute([1, 0, 2]))
+        >>> x = torch.randn(5, 3)
+        >>> torch.equal(reverse_sequential(seq, seq(x)), x)
+        True
+    """
+    for layer in reversed(list(seq)):
+        fn = getattr(layer, "reverse", None)
+        if not callable(fn):
+            raise NotImplementedError(
+                f"reverse_sequential: layer {type(layer).__name__} has no `reverse` method"
+            )
+        y = fn(y)
+    return y
+
+
+def sequential_log_det_jacobian(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """``log |det J|`` of a ``nn.Sequential`` of reversible layers at ``x`` (sum over layers)."""
+    total: Tensor | None = None
+    for layer in seq:
+        ldj_fn = getattr(layer, "log_det_jacobian", None)
+        if not callable(ldj_fn):
+            raise NotImplementedError(
+                f"sequential_log_det_jacobian: layer {type(layer).__name__} has no "
+                "`log_det_jacobian` method"
+            )
+        ldj: Tensor = ldj_fn(x)
+        total = ldj if total is None else total + ldj
+        x = layer.forward(x)
+    if total is None:
+        raise ValueError("sequential_log_det_jacobian expected a non-empty nn.Sequential")
+    return total
+
+
+class Reverse(ReversibleLayer):
+    """Swap a reversible layer's ``forward`` and ``reverse`` (paper §2.4).
+
+    ``Reverse(layer).forward(y) = layer.reverse(y)``,
+    ``Reverse(layer).reverse(x) = layer.forward(x)`` and
+    ``Reverse(layer).log_det_jacobian(y) = -layer.log_det_jacobian(layer.reverse(y))``.
+    ``layer`` may be any module (duck typing): one without ``reverse`` constructs
+    fine and raises ``NotImplementedError`` naming its class only when called. An
+    ``nn.Sequential`` of reversible layers is reversed as a whole
+    (:func:`reverse_sequential`).
+
+    Args:
+        layer: the module to invert.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def _missing(self, method: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"Reverse({type(self.layer).__name__}): the wrapped layer "
+            f"{type(self.layer).__name__} has no `{method}` method, so it cannot be reversed"
+        )
+
+    def _inner_reverse(self, y: Tensor) -> Tensor:
+        if isinstance(self.layer, nn.Sequential):
+            return reverse_sequential(self.layer, y)
+        fn = getattr(self.layer, "reverse", None)
+        if not callable(fn):
+            raise self._missing("reverse")
+        out: Tensor = fn(y)
+        return out
+
+    def _inner_log_det(self, x: Tensor) -> Tensor:
+        if isinstance(self.layer, nn.Sequential):
+            return sequential_log_det_jacobian(self.layer, x)
+        fn = getattr(self.layer, "log_det_jacobian", None)
+        if not callable(fn):
+            raise self._missing("log_det_jacobian")
+        out: Tensor = fn(x)
+        return out
+
+    def event_dim_for(self, x: Tensor) -> int:
+        fn = getattr(self.layer, "event_dim_for", None)
+        if callable(fn):
+            out: int = fn(x)
+            return out
+        if isinstance(self.layer, nn.Sequential) and len(self.layer) > 0:
+            dims = [1]
+            for m in self.layer:
+                sub = getattr(m, "event_dim_for", None)
+                dims.append(int(sub(x)) if callable(sub) else int(getattr(m, "event_dim", 1)))
+            return max(dims)
+        return int(getattr(self.layer, "event_dim", 1))
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self._inner_reverse(y)
+
+    def reverse(self, x: Tensor) -> Tensor:
+        out: Tensor = self.layer(x)
+        return out
+
+    def log_det_jacobian(self, y: Tensor) -> Tensor:
+        return -self._inner_log_det(self._inner_reverse(y))
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def _check_real(layer: nn.Module, x: Any, min_dim: int) -> Tensor:
+    """Validate a reversible layer's input: a floating tensor with at least ``min_dim`` dims."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{type(layer).__name__} expected a Tensor input, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{type(layer).__name__} expected a floating-point input, got {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{type(layer).__name__} expected an input with at least {min_dim} dims, "
+            f"got shape {tuple(x.shape)}"
+        )
+    return x

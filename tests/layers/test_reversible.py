@@ -1,0 +1,444 @@
+"""Reversible layers: round trips, exact log-determinants, autoregressive masks, densities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+from torch import Tensor, nn
+from torch.autograd.functional import jacobian
+from torch.distributions import Normal, TransformedDistribution
+
+import bayesian_layers as bl
+from bayesian_layers.layers.flows import (
+    MADE,
+    ActNorm,
+    InvertibleConv1x1,
+    MaskedAutoregressiveFlow,
+    Permute,
+    RealNVP,
+)
+from bayesian_layers.layers.reversible import (
+    Reverse,
+    ReversibleLayer,
+    reverse_sequential,
+    sequential_log_det_jacobian,
+)
+
+ORDERS = ["left-to-right", "right-to-left", "random"]
+
+
+def _mlp(d_in: int, d_out: int, hidden: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out))
+
+
+def _realnvp_made(d: int, seed: int, flip: bool = False) -> nn.Module:
+    return RealNVP(MADE(hidden_dims=[8, 8], order=ORDERS[seed % 3], seed=seed), flip=flip)
+
+
+def _realnvp_mlp(d: int, seed: int, flip: bool = True) -> nn.Module:
+    k = d // 2
+    n_cond, n_trans = (d - k, k) if flip else (k, d - k)
+    return RealNVP(_mlp(n_cond, 2 * n_trans), flip=flip)
+
+
+def _maf(d: int, seed: int) -> nn.Module:
+    return MaskedAutoregressiveFlow(MADE(hidden_dims=[8, 8], order=ORDERS[seed % 3], seed=seed))
+
+
+def _permute(d: int, seed: int) -> nn.Module:
+    return Permute(d, seed=seed)
+
+
+def _actnorm(d: int, seed: int) -> nn.Module:
+    return ActNorm()
+
+
+def _reverse_seq(d: int, seed: int) -> nn.Module:
+    return Reverse(nn.Sequential(_realnvp_mlp(d, seed), _permute(d, seed), _maf(d, seed)))
+
+
+# Vector layers (..., D): factory(d, seed); MADE needs equal halves, so even d for coupling.
+VECTOR_LAYERS: dict[str, Callable[[int, int], nn.Module]] = {
+    "realnvp_made": _realnvp_made,
+    "realnvp_made_flip": lambda d, s: _realnvp_made(d, s, flip=True),
+    "realnvp_mlp": _realnvp_mlp,
+    "realnvp_mlp_noflip": lambda d, s: _realnvp_mlp(d, s, flip=False),
+    "maf": _maf,
+    "permute": _permute,
+    "actnorm": _actnorm,
+    "reverse_realnvp": lambda d, s: Reverse(_realnvp_mlp(d, s)),
+    "reverse_maf": lambda d, s: Reverse(_maf(d, s)),
+    "reverse_sequential": _reverse_seq,
+}
+
+
+def _image_layer(name: str, c: int, seed: int) -> nn.Module:
+    if name == "conv1x1":
+        return InvertibleConv1x1(c, seed=seed)
+    if name == "actnorm":
+        return ActNorm()
+    return Reverse(InvertibleConv1x1(c, seed=seed))
+
+
+IMAGE_LAYERS = ["conv1x1", "actnorm", "reverse_conv1x1"]
+
+
+def _prime(layer: nn.Module, x: Tensor) -> nn.Module:
+    """Run one forward pass (lazy sizes, ActNorm's data-dependent init), perturb ActNorm."""
+    with torch.no_grad():
+        layer(x)
+        for m in layer.modules():
+            if isinstance(m, ActNorm):
+                assert m.log_scale is not None
+                m.log_scale.add_(0.3)
+    return layer
+
+
+# ---------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("name", sorted(VECTOR_LAYERS))
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(
+    batch=st.integers(1, 5), half=st.integers(1, 3), seed=st.integers(0, 2**16), odd=st.booleans()
+)
+def test_vector_round_trip(name: str, batch: int, half: int, seed: int, odd: bool) -> None:
+    d = 2 * half + (1 if odd and "made" not in name else 0)
+    torch.manual_seed(seed)
+    x = torch.randn(batch, d) * 2
+    layer = _prime(VECTOR_LAYERS[name](d, seed), x)
+    y = layer(x)
+    assert isinstance(y, Tensor) and y.shape == x.shape and y.dtype == torch.float32
+    torch.testing.assert_close(layer.reverse(y), x, atol=1e-5, rtol=1e-5)
+    x2 = torch.randn(3, batch, d)  # extra leading sample dims
+    torch.testing.assert_close(layer.reverse(layer(x2)), x2, atol=1e-5, rtol=1e-5)
+    assert layer.log_det_jacobian(x2).shape == (3, batch)
+
+
+@pytest.mark.parametrize("name", IMAGE_LAYERS)
+@settings(max_examples=5, deadline=None, derandomize=True)
+@given(
+    batch=st.integers(1, 3),
+    c=st.integers(1, 4),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_image_round_trip(name: str, batch: int, c: int, h: int, w: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    x = torch.randn(batch, c, h, w)
+    layer = _prime(_image_layer(name, c, seed), x)
+    y = layer(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(layer.reverse(y), x, atol=1e-5, rtol=1e-5)
+    assert layer.log_det_jacobian(x).shape == (batch,)
+
+
+# ------------------------------------------------------------------- exact log-determinants
+def _autograd_logdet(layer: nn.Module, x: Tensor) -> Tensor:
+    """Per-example ``log|det df/dx|`` from the autograd Jacobian."""
+    out = []
+    for b in range(x.shape[0]):
+        xb = x[b : b + 1]
+        jac = jacobian(lambda z: layer(z), xb)
+        n = xb.numel()
+        out.append(torch.linalg.slogdet(jac.reshape(n, n))[1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_LAYERS))
+@pytest.mark.parametrize("d", [2, 5])
+def test_vector_log_det_matches_autograd(name: str, d: int) -> None:
+    if "made" in name and d % 2:
+        d = 4
+    torch.manual_seed(d)
+    x = torch.randn(3, d, dtype=torch.float64)
+    layer = _prime(VECTOR_LAYERS[name](d, 1).double(), x)
+    torch.testing.assert_close(layer.log_det_jacobian(x), _autograd_logdet(layer, x))
+
+
+@pytest.mark.parametrize("name", IMAGE_LAYERS)
+def test_image_log_det_matches_autograd(name: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+    layer = _prime(_image_layer(name, 3, 0).double(), x)
+    torch.testing.assert_close(layer.log_det_jacobian(x), _autograd_logdet(layer, x))
+
+
+# ---------------------------------------------------------------------------------- MADE
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("units", [1, 2, 3])
+def test_made_jacobian_strictly_triangular_in_order(order: str, units: int) -> None:
+    d = 5
+    made = MADE(units=units, hidden_dims=[16, 16], order=order, activation=nn.Tanh, seed=3)
+    made = made.double()
+    x = torch.randn(d, dtype=torch.float64)
+    out = made(x)
+    assert out.shape == (d, units)
+    deg = made.input_order(d)
+    allowed = deg[None, :] < deg[:, None]  # allowed[i, j]: output i may depend on input j
+    jac = jacobian(made, x)  # (d, units, d)
+    for u in range(units):
+        ju = jac[:, u, :]
+        assert torch.all(ju[~allowed] == 0)
+        assert torch.all(ju[allowed] != 0)  # tanh: every allowed connection is live
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_made_order_and_masks(order: str) -> None:
+    made = MADE(hidden_dims=[4, 4], order=order, input_dim=6, seed=1)
+    deg = made.input_order(6)
+    assert sorted(deg.tolist()) == list(range(1, 7))
+    if order == "left-to-right":
+        assert deg.tolist() == [1, 2, 3, 4, 5, 6]
+    if order == "right-to-left":
+        assert deg.tolist() == [6, 5, 4, 3, 2, 1]
+    masks = [b for n, b in made.named_buffers() if n.startswith("mask_")]
+    assert len(masks) == 3
+    assert "mask_0" in made.state_dict()
+
+
+def test_made_lazy_size_and_errors() -> None:
+    made = MADE(hidden_dims=[512, 512])  # Figure 8, as written
+    assert made.input_dim is None and len(list(made.parameters())) == 0
+    assert made(torch.randn(2, 3, 6)).shape == (2, 3, 6, 2)
+    with pytest.raises(ValueError, match="MADE"):
+        made(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="order"):
+        MADE(order="up")
+    with pytest.raises(ValueError, match="units"):
+        MADE(units=0)
+    with pytest.raises(TypeError, match="MADE"):
+        made(torch.ones(2, 6, dtype=torch.long))
+
+
+def test_maf_jacobian_is_triangular_with_exp_log_scale_diagonal() -> None:
+    torch.manual_seed(0)
+    layer = MaskedAutoregressiveFlow(MADE(hidden_dims=[8], order="random", seed=2)).double()
+    x = torch.randn(4, dtype=torch.float64)
+    jac = jacobian(layer, x)
+    deg = layer.network.input_order(4)
+    upper = deg[None, :] > deg[:, None]
+    assert torch.all(jac[upper] == 0)
+    torch.testing.assert_close(torch.log(torch.diagonal(jac)).sum(), layer.log_det_jacobian(x))
+
+
+# ---------------------------------------------------------------------- random variables
+def _density_on_grid(rv_out: bl.RandomVariable, grid: Tensor) -> Tensor:
+    with torch.no_grad():
+        return rv_out.distribution.log_prob(grid).exp()
+
+
+def test_transformed_density_integrates_to_one_1d() -> None:
+    torch.manual_seed(0)
+    flow = nn.Sequential(
+        ActNorm(),
+        MaskedAutoregressiveFlow(MADE(hidden_dims=[4])),
+        Reverse(ActNorm(1)),
+    ).double()
+    _prime(flow, torch.randn(50, 1, dtype=torch.float64) * 3 + 1)
+    base = bl.RandomVariable(Normal(torch.zeros(1, 1, dtype=torch.float64), 1.0))
+    out = flow(base)
+    assert isinstance(out, bl.RandomVariable)
+
+    def pdf(t: float) -> float:
+        with torch.no_grad():
+            return float(out.distribution.log_prob(torch.tensor([[t]], dtype=torch.float64)).exp())
+
+    centre = float(flow(torch.zeros(1, 1, dtype=torch.float64)).detach())
+    total, _ = integrate.quad(pdf, centre - 60, centre + 60, points=[centre], limit=500)
+    assert abs(total - 1.0) < 1e-6
+
+
+def _flow_2d() -> nn.Sequential:
+    return nn.Sequential(
+        RealNVP(_mlp(1, 2), flip=False),
+        Permute([1, 0]),
+        RealNVP(MADE(hidden_dims=[8, 8]), flip=True),
+        MaskedAutoregressiveFlow(MADE(hidden_dims=[8, 8], order="right-to-left")),
+        ActNorm(2),
+    )
+
+
+def test_transformed_density_integrates_to_one_2d() -> None:
+    torch.manual_seed(1)
+    flow = _flow_2d().double()
+    with torch.no_grad():
+        flow[-1].shift.copy_(torch.tensor([0.5, -0.3]))
+        flow[-1].log_scale.copy_(torch.tensor([0.2, -0.1]))
+        flow[-1].initialized.fill_(True)
+    base = bl.RandomVariable(Normal(torch.zeros(1, 2, dtype=torch.float64), 1.0))
+    out = flow(base)
+    t = torch.linspace(-14.0, 14.0, 701, dtype=torch.float64)
+    g = torch.stack(torch.meshgrid(t, t, indexing="ij"), dim=-1).reshape(-1, 2)
+    dens = _density_on_grid(out, g).reshape(701, 701).numpy()
+    total = integrate.trapezoid(integrate.trapezoid(dens, t.numpy(), axis=1), t.numpy())
+    assert abs(total - 1.0) < 1e-3
+
+
+def test_transformed_density_equals_change_of_variables_by_hand() -> None:
+    torch.manual_seed(2)
+    net = _mlp(2, 4)
+    layer = RealNVP(net, log_scale_bound=2.0).double()
+    net.double()
+    base = bl.RandomVariable(Normal(torch.zeros(6, 4, dtype=torch.float64), 1.0))
+    out = layer(base)
+    y = torch.randn(6, 4, dtype=torch.float64) * 2
+    # by hand: x1 = y1; x2 = (y2 - t(y1)) * exp(-s(y1)); log p = log N(x) - sum s
+    raw = net(y[:, :2])
+    shift, s = raw[:, :2], 2.0 * torch.tanh(raw[:, 2:] / 2.0)
+    x = torch.cat([y[:, :2], (y[:, 2:] - shift) * torch.exp(-s)], dim=-1)
+    expected = Normal(0.0, 1.0).log_prob(x).sum(-1) - s.sum(-1)
+    torch.testing.assert_close(out.distribution.log_prob(y), expected)
+    torch.testing.assert_close(out.log_prob(y), expected)
+
+    # and a whole sequence, with the Jacobian from autograd
+    flow = _flow_2d().double()
+    _prime(flow, torch.randn(20, 2, dtype=torch.float64))
+    out2 = flow(bl.RandomVariable(Normal(torch.zeros(5, 2, dtype=torch.float64), 1.0)))
+    y2 = torch.randn(5, 2, dtype=torch.float64)
+    x2 = reverse_sequential(flow, y2)
+    expected2 = Normal(0.0, 1.0).log_prob(x2).sum(-1) - _autograd_logdet(flow, x2)
+    torch.testing.assert_close(out2.distribution.log_prob(y2), expected2)
+    torch.testing.assert_close(sequential_log_det_jacobian(flow, x2), _autograd_logdet(flow, x2))
+
+
+def test_figure8_sequential_on_random_variables_and_gradients() -> None:
+    torch.manual_seed(0)
+    batch_size, dim = 16, 6
+    features = torch.randn(batch_size, dim) * 0.5 + 1.0
+    model = nn.Sequential(
+        RealNVP(MADE(hidden_dims=[16, 16])),
+        RealNVP(MADE(hidden_dims=[16, 16], order="right-to-left"), flip=True),
+        RealNVP(MADE(hidden_dims=[16, 16])),
+    )
+    base = bl.Normal(torch.zeros([batch_size, dim]), 1.0) if hasattr(bl, "Normal") else None
+    if not isinstance(base, bl.RandomVariable):
+        base = bl.RandomVariable(Normal(torch.zeros([batch_size, dim]), 1.0))
+    outputs = model(base)
+    assert isinstance(outputs, bl.RandomVariable)
+    assert isinstance(outputs.distribution, TransformedDistribution)
+    assert outputs.distribution.transforms[0].bijective
+    assert outputs.distribution.event_shape == (dim,)
+    assert outputs.shape == (batch_size, dim)
+    torch.testing.assert_close(outputs.value, model(base.value))
+    log_prob = outputs.distribution.log_prob(features)
+    assert log_prob.shape == (batch_size,)
+    loss = -torch.sum(log_prob)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if "mask" not in name and name.endswith("weight"):
+            assert p.grad.abs().sum() > 0, name
+    # log_prob agrees with reverse + log-det
+    with torch.no_grad():
+        x = reverse_sequential(model, features)
+        expected = Normal(0.0, 1.0).log_prob(x).sum(-1) - sequential_log_det_jacobian(model, x)
+    torch.testing.assert_close(log_prob.detach(), expected, atol=1e-5, rtol=1e-5)
+    # sample and rsample
+    draws = outputs.distribution.rsample((3,))
+    assert draws.shape == (3, batch_size, dim)
+    model.zero_grad()
+    draws.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert outputs.distribution.sample().shape == (batch_size, dim)
+    assert outputs.sample((2,)).shape == (2, batch_size, dim)
+
+
+def test_random_variable_with_sample_shape_and_image_event() -> None:
+    base = bl.RandomVariable(Normal(torch.zeros(2, 3, 4, 4), 1.0), sample_shape=(5,))
+    layer = InvertibleConv1x1(3)
+    out = layer(base)
+    assert out.sample_shape == (5,) and out.shape == (5, 2, 3, 4, 4)
+    assert out.distribution.event_shape == (3, 4, 4)
+    lp = out.distribution.log_prob(out.value)
+    assert lp.shape == (5, 2)
+    expected = base.distribution.log_prob(base.value).sum((-3, -2, -1))
+    torch.testing.assert_close(lp, expected - layer.log_det_jacobian(base.value))
+
+
+# ------------------------------------------------------------------------------- Reverse
+def test_reverse_swaps_directions_and_negates_log_det() -> None:
+    torch.manual_seed(0)
+    inner = _maf(3, 1).double()
+    layer = Reverse(inner)
+    y = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer(y), inner.reverse(y))
+    torch.testing.assert_close(layer.reverse(y), inner(y))
+    torch.testing.assert_close(layer.log_det_jacobian(y), -inner.log_det_jacobian(inner.reverse(y)))
+    twice = Reverse(Reverse(inner))
+    torch.testing.assert_close(twice(y), inner(y))
+    torch.testing.assert_close(twice.log_det_jacobian(y), inner.log_det_jacobian(y))
+    out = layer(bl.RandomVariable(Normal(torch.zeros(4, 3, dtype=torch.float64), 1.0)))
+    expected = Normal(0.0, 1.0).log_prob(inner(y)).sum(-1) + inner.log_det_jacobian(y)
+    torch.testing.assert_close(out.log_prob(y), expected)
+
+
+def test_reverse_of_layer_without_reverse_raises_only_when_called() -> None:
+    layer = Reverse(nn.Linear(3, 3))  # constructs fine (duck typing)
+    assert isinstance(layer, ReversibleLayer)
+    with pytest.raises(NotImplementedError, match="Linear"):
+        layer(torch.randn(2, 3))
+    with pytest.raises(NotImplementedError, match="Linear"):
+        layer.log_det_jacobian(torch.randn(2, 3))
+    with pytest.raises(NotImplementedError, match="Linear"):
+        layer(bl.RandomVariable(Normal(torch.zeros(2, 3), 1.0)))
+    with pytest.raises(NotImplementedError, match="ReLU"):
+        reverse_sequential(nn.Sequential(Permute(3), nn.ReLU()), torch.randn(2, 3))
+
+
+# ----------------------------------------------------------------- ActNorm, Permute, errors
+@pytest.mark.parametrize("shape", [(64, 3), (16, 3, 4, 5)])
+def test_actnorm_data_dependent_init(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    layer = ActNorm()
+    with pytest.raises(RuntimeError, match="ActNorm"):
+        layer.reverse(torch.randn(*shape))
+    x = torch.randn(*shape) * 4 - 2
+    y = layer(x)
+    cdim = 1
+    dims = [i for i in range(len(shape)) if i != cdim]
+    torch.testing.assert_close(y.mean(dims), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dims, unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    assert bool(layer.initialized)
+    state = layer.state_dict()
+    assert {"shift", "log_scale", "initialized"} <= set(state)
+    y2 = layer(x * 10)  # no re-initialisation
+    torch.testing.assert_close(y2, layer(x * 10))
+    fresh = ActNorm(3)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(x), y)
+
+
+def test_bad_inputs_name_the_layer() -> None:
+    with pytest.raises(ValueError, match="Permute"):
+        Permute([0, 0, 1])
+    with pytest.raises(ValueError, match="Permute"):
+        Permute(3)(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="RealNVP"):
+        RealNVP(_mlp(2, 3))(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="RealNVP"):
+        RealNVP(MADE(hidden_dims=[4]))(torch.randn(2, 5))  # MADE needs equal halves
+    with pytest.raises(ValueError, match="InvertibleConv1x1"):
+        InvertibleConv1x1(3)(torch.randn(2, 4, 2, 2))
+    with pytest.raises(ValueError, match="RealNVP"):
+        RealNVP(_mlp(2, 4))(bl.RandomVariable(Normal(torch.tensor(0.0), 1.0)))
+
+
+def test_tensor_in_tensor_out_and_state_dict_round_trip() -> None:
+    torch.manual_seed(0)
+    flow = nn.Sequential(
+        RealNVP(MADE(hidden_dims=[8], input_dim=2)), Permute(4), ActNorm(4), Reverse(Permute(4))
+    )
+    x = torch.randn(8, 4)
+    y = flow(x)
+    assert type(y) is Tensor
+    fresh = nn.Sequential(
+        RealNVP(MADE(hidden_dims=[8], input_dim=2)), Permute(4), ActNorm(4), Reverse(Permute(4))
+    )
+    fresh.load_state_dict(flow.state_dict())
+    torch.testing.assert_close(fresh(x), y)
+    torch.testing.assert_close(Reverse(flow)(y), x, atol=1e-5, rtol=1e-5)
