@@ -17,6 +17,7 @@ from .conv import (
     ConvTranspose3dFlipout,
     ConvTranspose3dReparameterization,
 )
+from .discretize import Discretize, DiscretizedDistribution
 from .dropout import MCDropout
 from .embedding import EmbeddingReparameterization
 from .flows import MADE, ActNorm, InvertibleConv1x1, MaskedAutoregressiveFlow, Permute, RealNVP
@@ -53,6 +54,8 @@ __all__ = [
     "LinearLocalReparameterization",
     "MCDropout",
     "ReversibleLayer",
+    "Discretize",
+    "DiscretizedDistribution",
     "Reverse",
     "reverse_sequential",
     "sequential_log_det_jacobian",
