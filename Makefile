@@ -26,9 +26,11 @@ demo: $(VENV)/.installed
 
 # Peers for benchmarks/. bayesian-torch and blitz declare an unpinned torchvision (which
 # would pull a CUDA build of a newer torch): --no-deps, then check torch was left alone.
+# nflows declares tensorboard (and matplotlib, tqdm) that its flows do not import: --no-deps.
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m pip install --quiet --no-deps bayesian-torch blitz-bayesian-pytorch
+	$(PY) -m pip install --quiet --no-deps nflows
 	$(PY) -m pip list 2>/dev/null | grep -i torch
 	@! $(PY) -m pip show torchvision >/dev/null 2>&1 || { echo "torchvision got installed"; exit 1; }
 	@$(PY) -c "import sys, torch; t = '$(TORCH)'.partition('=='); \
@@ -45,6 +47,8 @@ bench: $(VENV)/.bench-installed
 		$(PY) benchmarks/linear_step.py --threads $(BENCH_THREADS) $(BENCH_ARGS)
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/cnn_lstm_step.py --threads $(BENCH_THREADS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/flow_step.py --threads $(BENCH_THREADS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -46,3 +46,19 @@ def test_cnn_lstm_step_quick_runs(tmp_path: Path) -> None:
     for model, ours in (("cnn", "ours: Conv2dReparameterization"),
                         ("lstm", "ours: LSTMReparameterization")):  # fmt: skip
         assert data[model][ours]["median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_flow_step_quick_runs(tmp_path: Path) -> None:
+    script = BENCH.parent / "flow_step.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "flow_step.quick.json").read_text())
+    # only ours is asserted on: zuko and nflows are skipped when not importable
+    for kind, ours in (("autoregressive", "ours: MaskedAutoregressiveFlow"),
+                       ("coupling", "ours: RealNVP")):  # fmt: skip
+        assert data[kind][ours]["ratio"] == 1.0 and data[kind][ours]["median_ms"] > 0
+        assert all("ratio" in row for row in data[kind].values())
