@@ -223,15 +223,17 @@ class RealNVP(ReversibleLayer):
 
 
 class MaskedAutoregressiveFlow(ReversibleLayer):
-    """Affine autoregressive flow (Papamakarios et al., 2017).
+    """Affine autoregressive flow (Papamakarios et al., 2017): fast density.
 
-    ``y_i = x_i * exp(s_i(x_<i)) + t_i(x_<i)`` with an autoregressive ``network``
-    (a :class:`MADE` with ``units=2``; any order). ``forward`` and
-    ``log_det_jacobian`` take one network pass (fast density); ``reverse`` takes
-    ``D`` sequential passes.
+    Data ``y`` from base ``x`` by ``y_i = x_i * exp(s_i(y_<i)) + t_i(y_<i)`` with an
+    autoregressive ``network`` (a :class:`MADE` with ``units=2``; any order) read
+    on the *output*. So ``reverse`` (data to base) and the log-density take one
+    network pass, and ``forward`` (sampling) takes ``D`` sequential passes.
+    ``log_det_jacobian_from_output(y) = sum_i s_i(y_<i)`` lets a transformed
+    random variable's ``log_prob`` skip the sequential pass.
 
     Args:
-        network: autoregressive map from ``x`` to shift and raw log-scale (module convention).
+        network: autoregressive map from ``y`` to shift and raw log-scale (module convention).
         log_scale_bound: ``c`` of ``log_scale = c * tanh(raw / c)``.
 
     Shape:
@@ -254,26 +256,30 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
         self.network = network
         self.log_scale_bound = float(log_scale_bound)
 
-    def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = _check_real(self, x, 1)
+    def _params(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        y = _check_real(self, y, 1)
         return _shift_and_log_scale(
-            self, self.network(x), x.shape[-1], self.log_scale_bound, x.dim()
+            self, self.network(y), y.shape[-1], self.log_scale_bound, y.dim()
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        shift, log_scale = self._params(x)
-        return x * torch.exp(log_scale) + shift
+        x = _check_real(self, x, 1)
+        y = torch.zeros_like(x)
+        for _ in range(x.shape[-1]):  # entry i is final after i + 1 passes
+            shift, log_scale = self._params(y)
+            y = x * torch.exp(log_scale) + shift
+        return y
 
     def reverse(self, y: Tensor) -> Tensor:
-        y = _check_real(self, y, 1)
-        x = torch.zeros_like(y)
-        for _ in range(y.shape[-1]):
-            shift, log_scale = self._params(x)
-            x = (y - shift) * torch.exp(-log_scale)
-        return x
+        shift, log_scale = self._params(y)
+        return (y - shift) * torch.exp(-log_scale)
 
     def log_det_jacobian(self, x: Tensor) -> Tensor:
-        return self._params(x)[1].sum(-1)
+        return self.log_det_jacobian_from_output(self.forward(x))
+
+    def log_det_jacobian_from_output(self, y: Tensor) -> Tensor:
+        """``log |det dy/dx|`` from the output ``y``: one network pass."""
+        return self._params(y)[1].sum(-1)
 
     def extra_repr(self) -> str:
         return f"log_scale_bound={self.log_scale_bound}"

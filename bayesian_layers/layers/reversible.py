@@ -79,7 +79,13 @@ class _LayerTransform(Transform):
         return out
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        out: Tensor = self.layer.log_det_jacobian(x)  # type: ignore[operator]
+        # Layers whose log-det is cheap from the output (autoregressive flows conditioned
+        # on y) say so with `log_det_jacobian_from_output`: no extra sequential pass.
+        from_output = getattr(self.layer, "log_det_jacobian_from_output", None)
+        if callable(from_output):
+            out: Tensor = from_output(y)
+        else:
+            out = self.layer.log_det_jacobian(x)  # type: ignore[operator]
         return out
 
     def __repr__(self) -> str:
@@ -251,6 +257,10 @@ class Reverse(ReversibleLayer):
         return out
 
     def log_det_jacobian(self, y: Tensor) -> Tensor:
+        from_output = getattr(self.layer, "log_det_jacobian_from_output", None)
+        if callable(from_output):  # the wrapped layer's output is our input
+            out: Tensor = -from_output(y)
+            return out
         return -self._inner_log_det(self._inner_reverse(y))
 
     def extra_repr(self) -> str:
