@@ -63,7 +63,7 @@ def _cnn(conv: Callable[..., nn.Module]) -> list[nn.Module]:
     ]  # fmt: skip
 
 
-def _step(model: nn.Module, loss_fn: Callable[[], Tensor]) -> Step:
+def adam_step(model: nn.Module, loss_fn: Callable[[], Tensor]) -> Step:
     opt = torch.optim.Adam(model.parameters())
 
     def step() -> Tensor:
@@ -91,7 +91,7 @@ def cnn_contenders(x: Tensor, y: Tensor) -> dict[str, Step]:
             terms = bl.losses(model)
             return nll + sum(terms) / N if terms else nll
 
-        out[name] = _step(model, loss)
+        out[name] = adam_step(model, loss)
     try:
         import bayesian_torch.layers as btl
 
@@ -103,7 +103,7 @@ def cnn_contenders(x: Tensor, y: Tensor) -> dict[str, Step]:
                 logits, kl = peer(x)
                 return F.cross_entropy(logits, y) + kl / N
 
-            out[f"bayesian-torch: Conv2d{name}"] = _step(peer, loss)
+            out[f"bayesian-torch: Conv2d{name}"] = adam_step(peer, loss)
     except ImportError:
         pass
     try:
@@ -120,7 +120,7 @@ def cnn_contenders(x: Tensor, y: Tensor) -> dict[str, Step]:
             kl = sum(c.log_variational_posterior - c.log_prior for c in convs)
             return nll + kl / N
 
-        out["blitz: BayesianConv2d"] = _step(peer, loss)
+        out["blitz: BayesianConv2d"] = adam_step(peer, loss)
     except ImportError:
         pass
     return out
@@ -143,7 +143,7 @@ def lstm_contenders(x: Tensor, y: Tensor) -> dict[str, Step]:
             terms = bl.losses(model)
             return nll + sum(terms) / N if terms else nll
 
-        out[name] = _step(model, loss)
+        out[name] = adam_step(model, loss)
     try:
         import bayesian_torch.layers as btl
 
@@ -154,7 +154,7 @@ def lstm_contenders(x: Tensor, y: Tensor) -> dict[str, Step]:
             seq, _, kl = model["rnn"](x)  # (hidden sequence, (h, c), kl)
             return F.mse_loss(model["head"](seq[:, -1]).squeeze(-1), y) + kl / N
 
-        out["bayesian-torch: LSTMReparameterization"] = _step(model, loss_bt)
+        out["bayesian-torch: LSTMReparameterization"] = adam_step(model, loss_bt)
     except ImportError:
         pass
     try:
@@ -168,7 +168,7 @@ def lstm_contenders(x: Tensor, y: Tensor) -> dict[str, Step]:
             kl = model["rnn"].log_variational_posterior - model["rnn"].log_prior
             return F.mse_loss(model["head"](seq[:, -1]).squeeze(-1), y) + kl / N
 
-        out["blitz: BayesianLSTM"] = _step(model, loss_blitz)
+        out["blitz: BayesianLSTM"] = adam_step(model, loss_blitz)
     except ImportError:
         pass
     return out

@@ -43,32 +43,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from cnn_lstm_step import Step, adam_step, run  # one timing loop and Adam step for all
 from torch import Tensor, nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
 
-Step = Callable[[], Tensor]
 TRANSFORMS = 5
-
-
-def _step(model: nn.Module, loss_fn: Callable[[], Tensor]) -> Step:
-    opt = torch.optim.Adam(model.parameters())
-
-    def step() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
 
 
 def _ours(model: nn.Module, x: Tensor, once: bool) -> Step:
@@ -84,7 +68,7 @@ def _ours(model: nn.Module, x: Tensor, once: bool) -> Step:
         def loss() -> Tensor:
             return -model(base).distribution.log_prob(x).mean()
 
-    return _step(model, loss)
+    return adam_step(model, loss)
 
 
 def _ours_maf(hidden: list[int], d: int) -> nn.Sequential:
@@ -110,7 +94,7 @@ def _zuko(x: Tensor, hidden: list[int], cls_name: str) -> Step | None:
     flow = getattr(zuko.flows, cls_name)(
         features=x.shape[-1], transforms=TRANSFORMS, hidden_features=hidden
     )
-    return _step(flow, lambda: -flow().log_prob(x).mean())
+    return adam_step(flow, lambda: -flow().log_prob(x).mean())
 
 
 def autoregressive_contenders(x: Tensor, hidden: list[int]) -> dict[str, Step]:
@@ -132,7 +116,7 @@ def autoregressive_contenders(x: Tensor, hidden: list[int]) -> dict[str, Step]:
             num_blocks_per_layer=len(hidden) - 1,
             use_residual_blocks=False,
         )
-        out["nflows: MaskedAutoregressiveFlow"] = _step(peer, lambda: -peer.log_prob(x).mean())
+        out["nflows: MaskedAutoregressiveFlow"] = adam_step(peer, lambda: -peer.log_prob(x).mean())
     except ImportError:
         pass
     return out
@@ -147,32 +131,6 @@ def coupling_contenders(x: Tensor, hidden: list[int]) -> dict[str, Step]:
     if (step := _zuko(x, hidden, "RealNVP")) is not None:
         out["zuko: RealNVP"] = step
     return out
-
-
-def run(steps: dict[str, Step], repeats: int, per_repeat: int, warmup: int) -> dict[str, dict]:
-    names = list(steps)
-    for s in steps.values():
-        for _ in range(warmup):
-            s()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            ts = []
-            for _ in range(per_repeat):
-                t0 = time.perf_counter()
-                steps[n]()
-                ts.append((time.perf_counter() - t0) * 1e3)
-            times[n].append(statistics.median(ts))
-    base = names[0]
-    return {
-        n: {
-            "median_ms": statistics.median(v),
-            "ratio": statistics.median(a / b for a, b in zip(v, times[base], strict=True)),
-            "repeats_ms": v,
-        }
-        for n, v in times.items()
-    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:

@@ -27,8 +27,7 @@ import math
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from _image_grid import save_image_grid
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
@@ -121,19 +120,7 @@ def write_grid(encoder: nn.Module, decoder: nn.Module, test: Tensor, path: Path)
         ("prior sample (mean)", expected_intensity(decoder, z)),
         ("prior sample (drawn)", drawn.float()),
     ]
-    fig = Figure(figsize=(n * 0.9, len(rows) * 1.0))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), n)
-    for r, (label, images) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(images[c], cmap="gray_r", vmin=0, vmax=LEVELS - 1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.subplots_adjust(left=0.16, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_image_grid(rows, path, vmax=LEVELS - 1, left=0.16)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

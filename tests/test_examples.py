@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+EXAMPLES = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.py")
+    if not p.stem.startswith("_")
+)  # "_name.py": helpers shared by examples, not examples
 
 
 def test_examples_exist():
