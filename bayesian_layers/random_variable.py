@@ -104,7 +104,56 @@ class RandomVariable:
                 )
             self._value = value
 
+    @classmethod
+    def deferred(
+        cls,
+        distribution: Distribution,
+        compute_value: Callable[[], Tensor],
+        sample_shape: Sequence[int] | torch.Size = (),
+        name: str | None = None,
+    ) -> RandomVariable:
+        """A random variable whose value is computed by ``compute_value()`` on first use.
+
+        For values that are costly and often unneeded: a reversible layer applied to a
+        random variable returns one, so ``model(base).distribution.log_prob(x)`` never
+        runs a sequential sampling pass. The value must have shape
+        ``sample_shape + batch_shape + event_shape`` (checked when it is computed).
+        """
+        rv = cls.__new__(cls)
+        if not isinstance(distribution, Distribution):
+            raise TypeError(
+                "RandomVariable.deferred expected `distribution` to be a torch.distributions."
+                f"Distribution, got {type(distribution).__name__}"
+            )
+        rv.distribution = distribution
+        rv.name = name
+        rv._sample_shape = torch.Size(sample_shape)
+        rv.__dict__["_compute_value"] = compute_value
+        return rv
+
     # ----------------------------------------------------------------- value
+    @property
+    def _value(self) -> Tensor:
+        stored = self.__dict__.get("_stored_value")
+        if stored is None:
+            value = self.__dict__.pop("_compute_value")()
+            expected = self._sample_shape + self.distribution.batch_shape
+            expected = expected + self.distribution.event_shape
+            if not isinstance(value, Tensor) or value.shape != expected:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"RandomVariable{'(' + repr(self.name) + ')' if self.name else ''}: the "
+                    f"deferred value should have shape {tuple(expected)}, got {got}"
+                )
+            self.__dict__["_stored_value"] = value
+            return value
+        return stored  # type: ignore[no-any-return]
+
+    @_value.setter
+    def _value(self, value: Tensor) -> None:
+        self.__dict__["_stored_value"] = value
+        self.__dict__.pop("_compute_value", None)
+
     @property
     def value(self) -> Tensor:
         """The variable's value, a tensor."""
@@ -116,6 +165,9 @@ class RandomVariable:
 
     @property
     def shape(self) -> torch.Size:
+        if "_compute_value" in self.__dict__:  # deferred: known without computing it
+            dist = self.distribution
+            return self._sample_shape + dist.batch_shape + dist.event_shape
         return self._value.shape
 
     # --------------------------------------------------------- distribution

@@ -27,12 +27,13 @@ Density estimation: 64-dim data (standard normal, seed 0), batch 256, one traini
   hidden_features=[256, 256])`` (an unmasked 32 -> 256 -> 256 -> 64 MLP, halves
   alternating).
 
-Our layers define the generative direction (base -> data), so ``log_prob`` runs
-``reverse``: for ``MaskedAutoregressiveFlow`` that is ``D`` = 64 sequential network passes
-per transform (the sampling-fast direction), where zuko's and nflows' MAF take one. The
-``(distribution built once)`` rows reuse one ``TransformedDistribution`` across steps (its
-transforms call the live layers, so this is still exact): they drop the per-step forward
-pass that ``model(base)`` spends on the random variable's value.
+Our ``model(base)`` returns a random variable whose value (a sampling pass, sequential
+for ``MaskedAutoregressiveFlow``) is computed only when read, and ``log_prob`` takes one
+network pass per transform (``reverse_and_log_det`` gives the inverse and its log-det
+together), as zuko's and nflows' flows do. The ``(distribution built once)`` rows reuse
+one ``TransformedDistribution`` across steps (its transforms call the live layers, so
+this is still exact): the difference to the per-step rows is the cost of building the
+random variable.
 
 Contenders run round-robin inside every repeat (the start rotates); a repeat's time is the
 median of a few steps; the ratio is the median of the paired per-repeat ratios to the

@@ -290,3 +290,28 @@ def test_repr_names_variable_and_distribution() -> None:
     text = repr(normal_rv(2, 3, name="weight"))
     assert "'weight'" in text and "Normal" in text and "(2, 3)" in text
     assert "Bernoulli" in repr(RandomVariable(td.Bernoulli(0.5)))
+
+
+# ------------------------------------------------------------------ deferred value
+def test_deferred_value_is_computed_once_on_first_read() -> None:
+    calls: list[int] = []
+    dist = td.Normal(torch.zeros(2, 3), 1.0)
+
+    def compute() -> Tensor:
+        calls.append(1)
+        return torch.full((2, 3), 7.0)
+
+    rv = RandomVariable.deferred(dist, compute, name="y")
+    assert rv.shape == (2, 3) and not calls  # shape is known without computing
+    assert rv.log_prob(torch.zeros(2, 3)).shape == (2, 3) and not calls
+    torch.testing.assert_close(rv + 1, torch.full((2, 3), 8.0))
+    torch.testing.assert_close(rv.value, torch.full((2, 3), 7.0))
+    assert len(calls) == 1
+
+
+def test_deferred_value_of_wrong_shape_raises_naming_the_variable() -> None:
+    rv = RandomVariable.deferred(td.Normal(torch.zeros(3), 1.0), lambda: torch.zeros(4), name="z")
+    with pytest.raises(ValueError, match=r"RandomVariable\('z'\).*\(3,\), got \(4,\)"):
+        _ = rv.value
+    with pytest.raises(TypeError, match="Distribution"):
+        RandomVariable.deferred(torch.zeros(3), lambda: torch.zeros(3))  # type: ignore[arg-type]

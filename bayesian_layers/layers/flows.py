@@ -218,6 +218,12 @@ class RealNVP(ReversibleLayer):
         cond, trans = self._split(x)
         return self._params(cond, trans.shape[-1])[1].sum(-1)
 
+    def reverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(reverse(y), log_det_jacobian(reverse(y)))`` from one network pass."""
+        cond, trans = self._split(y)
+        shift, log_scale = self._params(cond, trans.shape[-1])
+        return self._join(cond, (trans - shift) * torch.exp(-log_scale)), log_scale.sum(-1)
+
     def extra_repr(self) -> str:
         return f"flip={self.flip}, log_scale_bound={self.log_scale_bound}"
 
@@ -280,6 +286,11 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
     def log_det_jacobian_from_output(self, y: Tensor) -> Tensor:
         """``log |det dy/dx|`` from the output ``y``: one network pass."""
         return self._params(y)[1].sum(-1)
+
+    def reverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(reverse(y), log_det_jacobian(reverse(y)))`` from one network pass."""
+        shift, log_scale = self._params(y)
+        return (y - shift) * torch.exp(-log_scale), log_scale.sum(-1)
 
     def extra_repr(self) -> str:
         return f"log_scale_bound={self.log_scale_bound}"
@@ -365,7 +376,10 @@ class ActNorm(ReversibleLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         x = _check_real(self, x, 1)
-        if not bool(self.initialized):
+        if torch.compiler.is_compiling():
+            # a data-dependent branch cannot be compiled: initialise with one eager call
+            torch._assert_async(self.initialized, "ActNorm: call it once before compiling")
+        elif not bool(self.initialized):
             self._initialize(x)
         shift, log_scale = self._params(x)
         return x * torch.exp(log_scale) + shift
@@ -380,6 +394,10 @@ class ActNorm(ReversibleLayer):
         ed = self.event_dim_for(x)
         per_example = log_scale.sum() * (x.shape[-1] * x.shape[-2] if ed == 3 else 1)
         return per_example.expand(x.shape[: x.dim() - ed])
+
+    @property
+    def defers_value(self) -> bool:
+        return bool(self.initialized)  # the first forward pass initialises from data
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}"

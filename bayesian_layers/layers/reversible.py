@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Transform, TransformedDistribution, constraints
 
@@ -56,6 +57,7 @@ class _LayerTransform(Transform):
         super().__init__(cache_size=cache_size)
         self.layer = layer
         self._event_dim = event_dim
+        self._pending: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def domain(self) -> constraints.Constraint:  # type: ignore[override]
@@ -75,10 +77,23 @@ class _LayerTransform(Transform):
         return out
 
     def _inverse(self, y: Tensor) -> Tensor:
+        # Layers that get the log-det as a by-product of `reverse` (one network pass for
+        # both) offer `reverse_and_log_det`; `TransformedDistribution.log_prob` asks for
+        # the log-det at exactly the (x, y) pair returned here, so it is kept for that.
+        both = getattr(self.layer, "reverse_and_log_det", None)
+        if callable(both):
+            x, log_det = both(y)
+            self._pending = (x, y, log_det)
+            return x  # type: ignore[no-any-return]
         out: Tensor = self.layer.reverse(y)  # type: ignore[operator]
         return out
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            if pending[0] is x and pending[1] is y:
+                return pending[2]
         # Layers whose log-det is cheap from the output (autoregressive flows conditioned
         # on y) say so with `log_det_jacobian_from_output`: no extra sequential pass.
         from_output = getattr(self.layer, "log_det_jacobian_from_output", None)
@@ -117,6 +132,17 @@ class ReversibleLayer(nn.Module):
 
     event_dim: int = 1
 
+    @property
+    def defers_value(self) -> bool:
+        """Whether ``layer(rv)`` computes its value ``layer(rv.value)`` only when it is read.
+
+        True by default, so ``model(base).distribution.log_prob(x)`` runs no forward
+        (sampling) pass; the value then uses the parameters at the time it is first
+        read. A layer that must see its input first (data-dependent initialisation)
+        returns False until it has.
+        """
+        return True
+
     def event_dim_for(self, x: Tensor) -> int:
         """Number of trailing event dims of ``x`` (those ``log_det_jacobian`` sums over)."""
         return self.event_dim
@@ -134,8 +160,8 @@ class ReversibleLayer(nn.Module):
 
     def transform_random_variable(self, rv: RandomVariable) -> RandomVariable:
         """The random variable ``f(rv)``: a ``TransformedDistribution``, value ``f(rv.value)``."""
-        value = super().__call__(rv.value)
-        event_dim = self.event_dim_for(rv.value)
+        # Shape-only stand-in: reading the event dims must not compute a deferred value.
+        event_dim = self.event_dim_for(torch.empty(rv.shape, device="meta"))
         base = rv.distribution
         have = len(base.event_shape)
         if have > event_dim:
@@ -150,7 +176,15 @@ class ReversibleLayer(nn.Module):
                 f"{tuple(base.batch_shape) + tuple(base.event_shape)}"
             )
         dist = TransformedDistribution(base, [_LayerTransform(self, event_dim)])
-        return RandomVariable(dist, value=value, sample_shape=rv.sample_shape, name=rv.name)
+        if not self.defers_value:
+            value = nn.Module.__call__(self, rv.value)
+            return RandomVariable(dist, value=value, sample_shape=rv.sample_shape, name=rv.name)
+        return RandomVariable.deferred(
+            dist,
+            lambda: nn.Module.__call__(self, rv.value),
+            sample_shape=rv.sample_shape,
+            name=rv.name,
+        )
 
 
 def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
@@ -248,6 +282,13 @@ class Reverse(ReversibleLayer):
                 dims.append(int(sub(x)) if callable(sub) else int(getattr(m, "event_dim", 1)))
             return max(dims)
         return int(getattr(self.layer, "event_dim", 1))
+
+    @property
+    def defers_value(self) -> bool:
+        # A wrapped layer without `reverse` must raise when called, not when read.
+        if isinstance(self.layer, nn.Sequential):
+            return all(callable(getattr(m, "reverse", None)) for m in self.layer)
+        return callable(getattr(self.layer, "reverse", None))
 
     def forward(self, y: Tensor) -> Tensor:
         return self._inner_reverse(y)

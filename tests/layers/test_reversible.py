@@ -442,3 +442,42 @@ def test_tensor_in_tensor_out_and_state_dict_round_trip() -> None:
     fresh.load_state_dict(flow.state_dict())
     torch.testing.assert_close(fresh(x), y)
     torch.testing.assert_close(Reverse(flow)(y), x, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------- one network pass per log_prob
+class _CountingMADE(MADE):
+    calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        type(self).calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("kind", ["maf", "realnvp"])
+def test_transformed_log_prob_takes_one_network_pass_and_no_sampling_pass(kind: str) -> None:
+    torch.manual_seed(0)
+    d, n_layers = 6, 3
+    orders = ("left-to-right", "right-to-left")
+
+    def build(i: int) -> nn.Module:
+        if kind == "maf":
+            return MaskedAutoregressiveFlow(_CountingMADE(hidden_dims=[16], order=orders[i % 2]))
+        return RealNVP(_CountingMADE(hidden_dims=[16]), flip=bool(i % 2))
+
+    model = nn.Sequential(*[build(i) for i in range(n_layers)]).double()
+    x = torch.randn(5, d, dtype=torch.float64)
+    model(x)  # build the lazily sized networks
+    base = bl.Normal(torch.zeros(5, d, dtype=torch.float64), 1.0)
+    _CountingMADE.calls = 0
+    out = model(base)
+    lp = out.distribution.log_prob(x)
+    assert _CountingMADE.calls == n_layers  # one pass per layer: no sampling, no 2nd pass
+    # The same density by the change of variables written out layer by layer.
+    z, log_det = x, torch.zeros(5, dtype=torch.float64)
+    for layer in reversed(list(model)):
+        z = layer.reverse(z)
+        log_det = log_det + layer.log_det_jacobian(z)
+    expected = Normal(0.0, 1.0).log_prob(z).sum(-1) - log_det
+    torch.testing.assert_close(lp, expected)
+    # The value is computed only when read, and then equals the eager forward pass.
+    torch.testing.assert_close(out.value, model(base.value))
