@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # activation buffers to the OS and faults them in again every step).
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
 
-.PHONY: setup test demo bench bench-setup lint clean
+.PHONY: setup test demo bench bench-setup bench-uci bench-dist lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,23 @@ bench: $(VENV)/.bench-installed
 		$(PY) benchmarks/cnn_lstm_step.py --threads $(BENCH_THREADS)
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/flow_step.py --threads $(BENCH_THREADS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/exact_gp_step.py --threads $(BENCH_THREADS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/svgp_step.py --threads $(BENCH_THREADS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/compile_step.py --threads $(BENCH_THREADS)
+
+# The Bayesian Transformer at 1, 2 and 4 processes (gloo, CPU), tensor- and data-parallel:
+# step time and per-rank parameter memory (benchmarks/bench_dist.py; DIST_ARGS=--quick).
+bench-dist: $(VENV)/.installed
+	$(BENCH_ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/bench_dist.py $(DIST_ARGS)
+
+# UCI regression against the published tables (benchmarks/uci.py; ~50 min on one thread,
+# every method in turn; docs/uci.md shows how to split methods over processes).
+# UCI_ARGS passes flags (e.g. UCI_ARGS=--quick, or UCI_ARGS="--methods sparse_gp,deep_gp").
+bench-uci: $(VENV)/.installed
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/uci.py $(UCI_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

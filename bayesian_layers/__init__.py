@@ -3,9 +3,10 @@
 ``import bayesian_layers as bl`` and ``from bayesian_layers import layers``.
 """
 
-from . import initializers, layers, metrics, random_variables, regularizers
+from . import initializers, layers, metrics, random_variables, regularizers, tracing
 from .convert import to_bayesian
 from .distributions import Deterministic as DeterministicDistribution
+from .inference import make_log_joint_fn, program_elbo
 from .objectives import elbo_loss, losses
 from .predictive import Predictive, predict
 from .random_variable import RandomVariable
@@ -18,8 +19,19 @@ from .sampling import (
     set_sampling,
     vectorized_samples,
 )
+from .tracing import condition, tape, trace, traceable
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # `bl.distributed` imports torch.distributed.tensor on first use (slow; absent on some builds)
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.distributed")
+    raise AttributeError(f"module 'bayesian_layers' has no attribute {name!r}")
+
 
 __all__ = [
     "RandomVariable",
@@ -40,4 +52,11 @@ __all__ = [
     "frozen_sample",
     "resample",
     "vectorized_samples",
+    "tracing",
+    "trace",
+    "traceable",
+    "tape",
+    "condition",
+    "make_log_joint_fn",
+    "program_elbo",
 ]

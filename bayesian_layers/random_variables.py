@@ -28,6 +28,7 @@ import torch.distributions as td
 from torch import Tensor
 
 from . import distributions as _bl_distributions
+from . import tracing as _tracing
 from .random_variable import RandomVariable
 
 __all__ = [
@@ -95,7 +96,15 @@ def _make(
     value: Value,
     sample_shape: Shape,
 ) -> RandomVariable:
-    """Build ``dist_cls(**args)`` and wrap it: the one place every constructor goes through."""
+    """Build ``dist_cls(**args)`` and wrap it: the one place every constructor goes through.
+
+    While a tracer is active (:func:`bayesian_layers.trace`) the call goes to the
+    tracers as ``tracer(<public constructor>, **args, name=, value=, sample_shape=)``.
+    """
+    if _tracing._active and _tracing.is_tracing():
+        constructor = globals()[dist_cls.__name__]
+        kwargs = {**args, "name": name, "value": value, "sample_shape": sample_shape}
+        return _tracing._dispatch(constructor, (), kwargs)
     kwargs = {}
     for key, arg in args.items():
         if isinstance(arg, RandomVariable):

@@ -21,8 +21,29 @@ from .discretize import Discretize, DiscretizedDistribution
 from .dropout import MCDropout
 from .embedding import EmbeddingReparameterization
 from .flows import MADE, ActNorm, InvertibleConv1x1, MaskedAutoregressiveFlow, Permute, RealNVP
+from .gaussian_process import GaussianProcess
+from .gp_distribution import MultivariateNormalColumns
+from .gp_numerics import NotPositiveDefiniteError, cholesky_with_jitter
+from .kernels import (
+    ConstantKernel,
+    ExponentiatedQuadratic,
+    Kernel,
+    LinearKernel,
+    Matern12,
+    Matern32,
+    Matern52,
+    Periodic,
+    ProductKernel,
+    RationalQuadratic,
+    StationaryKernel,
+    SumKernel,
+    WhiteNoise,
+)
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
+from .mean_functions import Constant, LinearMean, Zeros
 from .mixtures import MixtureLogistic, MixtureNormal
+from .point_process import PointSetVariable, PoissonProcess, PoissonProcessDistribution
+from .random_fourier_features import RandomFourierFeatures
 from .recurrent import (
     GRUCellFlipout,
     GRUCellReparameterization,
@@ -32,6 +53,7 @@ from .recurrent import (
     LSTMReparameterization,
 )
 from .reversible import Reverse, ReversibleLayer, reverse_sequential, sequential_log_det_jacobian
+from .sparse_gaussian_process import SparseGaussianProcess
 from .stochastic_output import (
     Bernoulli,
     Categorical,
@@ -100,4 +122,29 @@ __all__ = [
     "MixtureNormal",
     "MixtureLogistic",
     "MultivariateNormalTriL",
+    "PoissonProcess",
+    "PoissonProcessDistribution",
+    "PointSetVariable",
+    "GaussianProcess",
+    "SparseGaussianProcess",
+    "RandomFourierFeatures",
+    "MultivariateNormalColumns",
+    "cholesky_with_jitter",
+    "NotPositiveDefiniteError",
+    "Kernel",
+    "SumKernel",
+    "ProductKernel",
+    "StationaryKernel",
+    "ExponentiatedQuadratic",
+    "Matern12",
+    "Matern32",
+    "Matern52",
+    "RationalQuadratic",
+    "Periodic",
+    "LinearKernel",
+    "WhiteNoise",
+    "ConstantKernel",
+    "Zeros",
+    "Constant",
+    "LinearMean",
 ]

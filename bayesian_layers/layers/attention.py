@@ -401,7 +401,7 @@ class MultiheadAttentionFlipout(_BayesianMultiheadAttention):
             )
 
     def _per_example(self) -> bool:
-        return self.sampling == "sample"
+        return self.per_example_noise()
 
     def _draw(self) -> dict[str, Tensor | None]:
         if not self._per_example():

@@ -33,7 +33,8 @@ def flipout_project(
     mean = F.linear(x, loc, bias)
     if delta is None:
         return mean
-    return torch.addcmul(mean, F.linear(x * sign_in, delta), sign_out)
+    # under autocast the matmuls run in lower precision: keep the output in their dtype
+    return torch.addcmul(mean, F.linear(x * sign_in, delta), sign_out.to(mean.dtype))
 
 
 def attention_core(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import tracing as _tracing
 from ..initializers import TrainableInitializer, get_initializer
 from ..random_variable import RandomVariable
 from ..regularizers import Regularizer, get_regularizer
@@ -58,6 +59,7 @@ class BayesianLayer(nn.Module):
         self._random: dict[str, torch.Size] = {}
         self._frozen_noise: dict[str, Tensor | None] = {}
         self._last_sample: dict[str, Tensor] = {}
+        self._pending_noise: Tensor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Draws and cached scales hold autograd graphs, which neither deepcopy nor
@@ -149,15 +151,80 @@ class BayesianLayer(nn.Module):
     def sample_param(self, name: str) -> Tensor:
         """A whole draw of parameter ``name`` under the current sampling mode.
 
+        While a tracer is active (:func:`bayesian_layers.trace`) the draw is the
+        random variable :func:`bayesian_layers.tracing.layer_parameter` named by
+        module path, and the value the tracers leave is used.
+
         Shape: the parameter's shape, with a leading K in vectorised mode.
         """
         init = self._inits[name]
         if init.is_deterministic or self.sampling == "mean":
             return init.point(self, name)
+        if _tracing._active and _tracing.is_tracing():
+            return self._traced_draw(name, None)
         like = next(iter(init.params(self, name).values()))
         value = init.transform(self, name, self._noise(name, init, like))
         self._last_sample[name] = value
         return value
+
+    def draw_param(self, name: str, noise: Tensor) -> Tensor:
+        """The draw of random parameter ``name`` made from standard ``noise`` (traced
+        like :meth:`sample_param` while a tracer is active)."""
+        if _tracing._active and _tracing.is_tracing():
+            return self._traced_draw(name, noise)
+        value = self._inits[name].transform(self, name, noise)
+        self._last_sample[name] = value
+        return value
+
+    def per_example_noise(self) -> bool:
+        """Whether an estimator may skip whole weight draws (Flipout, local
+        reparameterization): only in ``"sample"`` mode with no tracer active, since a
+        tracer must see each weight as one random variable."""
+        return self.sampling == "sample" and not (_tracing._active and _tracing.is_tracing())
+
+    def _traced_draw(self, name: str, noise: Tensor | None) -> Tensor:
+        self._pending_noise = noise
+        try:
+            path = _tracing.module_path(self, name)
+            rv = _tracing.layer_parameter(self, name, name=path)
+        finally:
+            self._pending_noise = None
+        value = rv.value if isinstance(rv, RandomVariable) else rv
+        self._last_sample[name] = value
+        return value
+
+    def param_draw(
+        self, name: str, value: Tensor | None = None
+    ) -> tuple[torch.distributions.Distribution, Tensor, torch.Size]:
+        """``(q, value, sample_shape)`` of one draw of ``name`` (for tracing).
+
+        Without ``value`` the draw follows the sampling mode (fresh noise, or the
+        frozen sample); a given value must have the parameter's shape (then shared
+        by all K function samples) or ``(K, *shape)``.
+        """
+        init = self._inits[name]
+        shape = self._random[name]
+        k = self.num_function_samples
+        like = next(iter(init.params(self, name).values()))
+        if value is None:
+            noise = self.__dict__.get("_pending_noise")
+            if noise is None:
+                noise = self._noise(name, init, like)
+            value = init.transform(self, name, noise)
+        else:
+            if isinstance(value, RandomVariable):
+                value = value.value
+            value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+            full = torch.Size((k,)) + shape if k > 1 else shape
+            if value.shape == shape and k > 1:
+                value = value.expand(full)
+            if value.shape != full:
+                raise ValueError(
+                    f"{type(self).__name__} expected a value for {name!r} of shape "
+                    f"{tuple(full)}, got {tuple(value.shape)}"
+                )
+        lead = value.shape[: value.dim() - len(shape)]
+        return init.distribution(self, name), value, lead
 
     def resample(self) -> None:
         """Forget the frozen function sample; the next frozen call draws a new one."""

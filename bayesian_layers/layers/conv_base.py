@@ -282,7 +282,7 @@ class BayesianConvNd(BayesianLayer):
             bias = self.point("bias") if self.use_bias else None
             return K.conv(x, self.point("weight"), bias, spec)
         init = self._inits["weight"]
-        if self._estimator == "reparameterization" or self.sampling == "frozen":
+        if self._estimator == "reparameterization" or not self.per_example_noise():
             return self._whole_weight(x, spec)
         if init.is_deterministic:
             return self._whole_weight(x, spec)
@@ -308,7 +308,7 @@ class BayesianConvNd(BayesianLayer):
                 bias_loc = self.point("bias")
             else:
                 bias_loc, bias_scale = bias_init.loc_scale(self, "bias")
-        noise = _standard_normal(out_shape, x)
+        noise = _standard_normal(out_shape, loc)  # parameter dtype (float32 under autocast)
         return K.local_reparameterization_conv(x, loc, scale, noise, bias_loc, bias_scale, spec)
 
     def _whole_weight(self, x: Tensor, spec: K.ConvSpec) -> Tensor:

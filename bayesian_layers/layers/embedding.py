@@ -23,9 +23,12 @@ class EmbeddingReparameterization(BayesianLayer):
     one noise vector per unique row and then indexes, so every occurrence of a
     token within a call sees the same vector (one function per call), and
     distinct tokens are independent. Cost O(U · embedding_dim) for U unique
-    indices, not the table size. ``"frozen"`` mode keeps the noise of the whole
-    table until ``resample()``; ``"mean"`` uses ``μ``. ``layer.losses`` is the
-    KL of the whole table (rows never looked up included).
+    indices, not the table size (under ``torch.compile``, where ``unique`` cannot be
+    traced, the whole table gets noise: O(num_embeddings · embedding_dim), same law,
+    and an index out of range raises ``RuntimeError`` when the graph runs).
+    ``"frozen"`` mode keeps the noise of the whole table until ``resample()``;
+    ``"mean"`` uses ``μ``. ``layer.losses`` is the KL of the whole table (rows
+    never looked up included).
 
     Args:
         num_embeddings, embedding_dim, padding_idx, scale_grad_by_freq: as for
@@ -125,7 +128,12 @@ class EmbeddingReparameterization(BayesianLayer):
             raise TypeError(f"{name} expected a Tensor of indices, got {type(input).__name__}")
         if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
             raise TypeError(f"{name} expected integer indices, got {input.dtype}")
-        if input.numel():
+        if input.numel() and torch.compiler.is_compiling():
+            # no data-dependent Python branch in a compiled graph: a device-side check
+            # (it raises RuntimeError, with this message, when the graph runs)
+            in_range = (input.min() >= 0) & (input.max() < self.num_embeddings)
+            torch._assert_async(in_range, f"{name} expected indices in [0, {self.num_embeddings})")
+        elif input.numel():
             low, high = int(input.min()), int(input.max())
             if low < 0 or high >= self.num_embeddings:
                 raise ValueError(
@@ -145,7 +153,13 @@ class EmbeddingReparameterization(BayesianLayer):
             )
             return self._renorm(out)
         _, scale = init.loc_scale(self, "weight")
-        unique, inverse = torch.unique(idx, return_inverse=True)  # (U,), idx.shape
+        compiling = torch.compiler.is_compiling()
+        if compiling:
+            # unique() has a data-dependent size, which torch.compile cannot trace: draw
+            # every row instead (the same law for the rows looked up, more noise drawn)
+            unique, inverse = torch.arange(self.num_embeddings, device=idx.device), idx
+        else:
+            unique, inverse = torch.unique(idx, return_inverse=True)  # (U,), idx.shape
         if self.sampling == "frozen":
             noise = self._noise("weight", init, loc)  # ([K,] V, D), kept across calls
             noise = noise.index_select(-2, unique)  # type: ignore[union-attr]
@@ -157,8 +171,11 @@ class EmbeddingReparameterization(BayesianLayer):
         if self.padding_idx is not None:
             is_pad = unique == self.padding_idx
             rows = torch.where(is_pad.unsqueeze(-1), loc[unique].expand_as(rows), rows)
-            hits = is_pad.nonzero()
-            pad = int(hits[0, 0]) if hits.numel() else None
+            if compiling:
+                pad = self.padding_idx  # every row is present: row index == token index
+            else:
+                hits = is_pad.nonzero()
+                pad = int(hits[0, 0]) if hits.numel() else None
         if k > 1:
             # K draws: block j of the sample-major batch reads rows[j].
             u = unique.numel()

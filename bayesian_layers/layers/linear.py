@@ -216,7 +216,7 @@ class LinearFlipout(_BayesianLinear):
         if self.sampling == "mean":
             return self._mean_forward(x)
         loc, scale = self._normal_weight()
-        if self.sampling == "frozen" or scale is None:
+        if not self.per_example_noise() or scale is None:  # frozen or traced: whole weights
             return self._whole_weight_forward(x)
         k = self._check_samples(x)
         bias = self._bias_sample()
@@ -262,7 +262,7 @@ class LinearLocalReparameterization(_BayesianLinear):
         if self.sampling == "mean":
             return self._mean_forward(x)
         loc, scale = self._normal_weight()
-        if self.sampling == "frozen" or scale is None:
+        if not self.per_example_noise() or scale is None:  # frozen or traced: whole weights
             return self._whole_weight_forward(x)
         self._check_samples(x)
         bias_loc, bias_scale = None, None
@@ -272,7 +272,8 @@ class LinearLocalReparameterization(_BayesianLinear):
                 bias_loc = self.point("bias")
             else:
                 bias_loc, bias_scale = init.loc_scale(self, "bias")
-        noise = torch.randn(x.shape[:-1] + (self.out_features,), dtype=x.dtype, device=x.device)
+        # noise in the parameter dtype: float32 under autocast, cast after the matmuls
+        noise = torch.randn(x.shape[:-1] + (self.out_features,), dtype=loc.dtype, device=x.device)
         return local_reparameterization_linear(x, loc, scale, noise, bias_loc, bias_scale)
 
 

@@ -39,7 +39,7 @@ import torch.distributions as td
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import is_lazy
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from ..random_variable import RandomVariable
 from . import output_distributions as od
@@ -63,6 +63,14 @@ def _check_optional_count(owner: str, name: str, value: object) -> int | None:
 def inverse_softplus(value: float) -> float:
     """``x`` with ``softplus(x) = value`` (``value > 0``)."""
     return value + math.log(-math.expm1(-value))
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _is_lazy(param: object) -> bool:
+    # an isinstance test, not torch.nn.parameter.is_lazy: torch.compile traces it
+    return isinstance(param, (UninitializedParameter, UninitializedBuffer))
 
 
 class StochasticOutput(LazyModuleMixin, nn.Module):
@@ -177,7 +185,7 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     def _materialize(self, features: int) -> None:
         for attr, shape in self._feature_shapes(features).items():
             param = getattr(self, attr)
-            if is_lazy(param):
+            if _is_lazy(param):
                 param.materialize(shape)
         self.reset_feature_parameters()
 
@@ -191,10 +199,10 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     def _expected_last_dim(self) -> int | None:
         if self.projection is not None:
             weight = getattr(self.projection, "weight", None)
-            return None if weight is None or is_lazy(weight) else int(weight.shape[-1])
+            return None if weight is None or _is_lazy(weight) else int(weight.shape[-1])
         for attr in self._feature_shapes(1):
             param = getattr(self, attr)
-            if not is_lazy(param):
+            if not _is_lazy(param):
                 return int(param.shape[-1])
         return self.in_features
 
@@ -227,6 +235,10 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
         raw = (
             self._split(self.projection(x)) if self.projection is not None else self._from_input(x)
         )
+        if torch.is_autocast_enabled(x.device.type):
+            # the projection ran in lower precision; the distribution (sampling, log_prob,
+            # KL) runs in float32, as autocast runs losses
+            raw = {k: v.float() if v.dtype in _HALF else v for k, v in raw.items()}
         params = {
             k: self.constrain_positive(v) if k in self.positive else v for k, v in raw.items()
         }

@@ -232,7 +232,7 @@ class _BayesianLSTM(BayesianLayer):
 
     def _per_example(self) -> bool:
         """Flipout's per-example path: sampling mode ``"sample"`` and random weights."""
-        return self._flipout and self.sampling == "sample" and "weight_ih_l0" in self._random
+        return self._flipout and self.per_example_noise() and "weight_ih_l0" in self._random
 
     def _flat_weights(self) -> list[Tensor]:
         """Whole draws (``"sample"``/``"frozen"``) or posterior means, in torch's order."""
@@ -312,7 +312,8 @@ class _BayesianLSTM(BayesianLayer):
                 # input projections of every step at once: (B, T, 4H)
                 gx = flipout_matmul(xb, *ih, s_in_x[:, None], s_out_x[:, None], b_ih, k)
                 gx_steps = gx.unbind(1)  # one backward node (indexing gx[:, t] would make T)
-                h, c = h0[index], c0[index]
+                # autocast: the recurrence runs in the matmul dtype, as torch's fused LSTM
+                h, c = h0[index].to(gx.dtype), c0[index].to(gx.dtype)
                 out: list[Tensor] = [h] * steps
                 for t in range(steps - 1, -1, -1) if direction else range(steps):
                     gates = gx_steps[t] + flipout_matmul(h, *hh, s_in_h, s_out_h, b_hh, k)

@@ -192,7 +192,7 @@ class _RecurrentCell(BayesianLayer):
         self._cache = None
 
     def _needs_signs(self) -> bool:
-        return self._flipout and self.sampling == "sample" and "weight_ih" in self._random
+        return self._flipout and self.per_example_noise() and "weight_ih" in self._random
 
     def _sequence_draw(self, x: Tensor, k: int) -> _Draw:
         """The current sequence's draw, made now if there is none for this mode/K/dtype."""
@@ -230,10 +230,15 @@ class _RecurrentCell(BayesianLayer):
             return tuple(None if n is None else self.point(n) for n in self._names()), None
         draw = self._sequence_draw(x, k)
         signs = draw.signs or None
-        key = (torch.is_grad_enabled(), *[_version(p) for p in self._parameters.values()])
-        hit = self._cache
-        if hit is not None and hit[0] is draw and hit[1] == key and all(map(graph_alive, hit[3])):
-            return hit[2], signs
+        key: tuple | None = None
+        if not torch.compiler.is_compiling():  # (compiled: no version counters; rebuild)
+            key = (torch.is_grad_enabled(), *[_version(p) for p in self._parameters.values()])
+            hit = self._cache
+            if (
+                hit is not None and hit[0] is draw and hit[1] == key
+                and all(map(graph_alive, hit[3]))
+            ):  # fmt: skip
+                return hit[2], signs
         built: list[Tensor] = []
 
         def whole(name: str | None) -> Tensor | None:
@@ -242,8 +247,7 @@ class _RecurrentCell(BayesianLayer):
             noise = draw.noise.get(name)
             if noise is None:
                 return self.point(name)
-            value = self._inits[name].transform(self, name, noise)
-            self._last_sample[name] = value
+            value = self.draw_param(name, noise)  # traced while a tracer is active
             built.append(value)
             return value
 
@@ -255,7 +259,8 @@ class _RecurrentCell(BayesianLayer):
         w_ih, w_hh, b_ih, b_hh = self._names()
         mats = (loc_delta(w_ih), loc_delta(w_hh)) if signs else (whole(w_ih), whole(w_hh))
         weights = (*mats, whole(b_ih), whole(b_hh))
-        self._cache = (draw, key, weights, built)
+        if key is not None:
+            self._cache = (draw, key, weights, built)
         return weights, signs
 
     def get_initial_state(self, x: Tensor) -> Any:

@@ -34,11 +34,13 @@ def flipout_matmul(
         ``(out, in)`` or ``(K, out, in)`` with ``N = K * B`` sample-major; sign_out:
         broadcastable to ``(N, *, out)``; bias: ``(out,)``, ``(K, out)`` or None.
     """
+    # (sign_out.to: under autocast the matmuls run in lower precision; keep their dtype)
     if num_samples == 1:
-        return torch.addcmul(F.linear(x, loc, bias), F.linear(x * sign_in, delta), sign_out)
+        mean = F.linear(x, loc, bias)
+        return torch.addcmul(mean, F.linear(x * sign_in, delta), sign_out.to(mean.dtype))
     perturbation = batched_linear(x * sign_in, delta, None, num_samples)
     mean = add_sample_bias(F.linear(x, loc), bias, num_samples)
-    return torch.addcmul(mean, perturbation, sign_out)
+    return torch.addcmul(mean, perturbation, sign_out.to(mean.dtype))
 
 
 def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,7 +62,8 @@ def gru_pointwise(gi: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     h_r, h_z, h_n = gh.chunk(3, -1)
     r, z = (i_r + h_r).sigmoid(), (i_z + h_z).sigmoid()
     n = torch.addcmul(i_n, r, h_n).tanh()
-    return torch.lerp(n, h, z)  # (1 - z) n + z h
+    # (1 - z) n + z h; autocast: gates may be lower precision than the state (lerp won't mix)
+    return torch.lerp(n.to(h.dtype), h, z.to(h.dtype))
 
 
 def _matmul(x: Tensor, w: Tensor, b: Tensor | None, num_samples: int) -> Tensor:

@@ -1,0 +1,335 @@
+"""Exact Gaussian-process layer (paper §2.2): a distribution over functions whose
+output is the prior, or the posterior given conditioning data, at the inputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..random_variable import RandomVariable
+from .base import as_tensor
+from .gp_distribution import MultivariateNormalColumns
+from .gp_iterative import gaussian_log_marginal_likelihood_cg
+from .gp_numerics import cholesky_with_jitter, gaussian_log_marginal_likelihood
+from .kernel_base import inverse_softplus
+from .kernels import ExponentiatedQuadratic
+from .mean_functions import Zeros
+
+__all__ = ["GaussianProcess"]
+
+Fn = Callable[..., Tensor]
+
+
+class GaussianProcess(nn.Module):
+    r"""Exact Gaussian process over ``units`` independent output functions.
+
+    Each unit ``f_u ~ GP(m_u, k)`` shares the covariance function ``k`` and is
+    observed with Gaussian noise of variance ``observation_noise``. Called on
+    inputs ``X`` it returns a :class:`~bayesian_layers.RandomVariable` over the
+    function values ``f(X)``: the prior ``N(m(X), k(X, X))`` without conditioning
+    data, otherwise the posterior predictive
+
+    .. math::
+        \mu = m(X) + K_{X c} (K_{cc} + \sigma^2 I)^{-1} (Y_c - m(X_c)),\quad
+        \Sigma = K_{XX} - K_{Xc} (K_{cc} + \sigma^2 I)^{-1} K_{cX}
+
+    (noise-free function values, as scikit-learn's ``GaussianProcessRegressor.predict``).
+    Its distribution is joint over the batch (one multivariate normal per unit,
+    :class:`MultivariateNormalColumns`); its value is one draw, computed on first
+    use. No regularizer: ``losses`` is empty. Fit hyperparameters by maximising
+    :meth:`log_marginal_likelihood` (type-II maximum likelihood).
+
+    Cost: O(N³) for the Cholesky factor of the ``N × N`` conditioning matrix
+    (cached while no gradient is recorded and the parameters are unchanged),
+    plus O(N² B + N B²) per call for ``B`` inputs; O(N²) memory.
+
+    Args:
+        units: number of output functions.
+        mean_fn: callable ``(*, B, D) -> (*, B, units)`` or ``(*, B, 1)``; default
+            a fresh :class:`Zeros`.
+        covariance_fn: callable ``(x1 (*, N, D), x2 (*, M, D)) -> (*, N, M)``, e.g.
+            a :class:`Kernel` or a dense wrapper of another library's kernel;
+            default a fresh :class:`ExponentiatedQuadratic`. It is called with
+            the same tensor object for both arguments on ``k(X, X)``.
+        conditional_inputs: ``(N, D)`` observed inputs, or ``None`` for the prior.
+        conditional_outputs: ``(N, units)`` (or ``(N,)`` when ``units == 1``)
+            observed outputs.
+        observation_noise: noise *variance* ``σ² > 0`` added to ``K_cc``;
+            trainable (stored as ``observation_noise_rho``, softplus) unless
+            ``trainable_noise=False``. The default 1e-6 suits near-noiseless data;
+            raise it (or learn it) for noisy data.
+        trainable_noise: learn ``observation_noise`` with the other parameters.
+        trainable_conditioning: make the conditioning data ``nn.Parameter``s.
+        solver: how :meth:`log_marginal_likelihood` handles ``K_cc + σ² I``:
+            ``"cholesky"`` (exact; O(N³)) or ``"cg"`` (stochastic estimate by
+            preconditioned conjugate gradients and Lanczos quadrature,
+            :func:`~bayesian_layers.layers.gp_iterative.gaussian_log_marginal_likelihood_cg`;
+            O(J N² t) for J iterations and t probes, for large N). Predictions always
+            use the (cached) Cholesky factor.
+        solver_options: keyword arguments of the ``"cg"`` solver (``num_probes``,
+            ``max_iterations``, ``tolerance``, ``preconditioner_rank``).
+        device, dtype: where and in which dtype to create parameters and data.
+
+    Shape:
+        - Input: ``(B, D)`` or ``(*, B, D)``, a tensor or a ``RandomVariable``.
+        - Output value and mean: ``(*, B, units)``; ``distribution.covariance_matrix``
+          ``(*, B, B)`` (shared by the units).
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> x = torch.linspace(0, 1, 8, dtype=torch.float64)[:, None]
+        >>> gp = bl.layers.GaussianProcess(
+        ...     1, conditional_inputs=x, conditional_outputs=torch.sin(6 * x),
+        ...     observation_noise=1e-4, dtype=torch.float64)
+        >>> f = gp(torch.rand(5, 1, dtype=torch.float64))
+        >>> f.shape, f.distribution.covariance_matrix.shape
+        (torch.Size([5, 1]), torch.Size([5, 5]))
+        >>> gp.log_marginal_likelihood().shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        units: int,
+        *,
+        mean_fn: Fn | None = None,
+        covariance_fn: Fn | None = None,
+        conditional_inputs: Tensor | None = None,
+        conditional_outputs: Tensor | None = None,
+        observation_noise: float | Tensor = 1e-6,
+        trainable_noise: bool = True,
+        trainable_conditioning: bool = False,
+        solver: str = "cholesky",
+        solver_options: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            raise ValueError(f"GaussianProcess expected a positive int `units`, got {units!r}")
+        for name, fn in (("mean_fn", mean_fn), ("covariance_fn", covariance_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"GaussianProcess expected a callable {name}, got {type(fn)}")
+        if solver not in ("cholesky", "cg"):
+            raise ValueError(f"GaussianProcess expected solver 'cholesky' or 'cg', got {solver!r}")
+        self.units = units
+        self.solver = solver
+        self.solver_options = dict(solver_options or {})
+        allowed = {"num_probes", "max_iterations", "tolerance", "preconditioner_rank"}
+        if not set(self.solver_options) <= allowed:
+            raise ValueError(
+                f"GaussianProcess expected solver_options among {sorted(allowed)}, "
+                f"got {sorted(self.solver_options)}"
+            )
+        dtype = dtype or torch.get_default_dtype()
+        self.mean_fn = mean_fn if mean_fn is not None else Zeros()
+        if covariance_fn is None:
+            covariance_fn = ExponentiatedQuadratic(device=device, dtype=dtype)
+        self.covariance_fn = covariance_fn
+        noise = torch.as_tensor(observation_noise, device=device, dtype=dtype).detach().clone()
+        if noise.dim() != 0 or not bool(torch.isfinite(noise) & (noise > 0)):
+            raise ValueError(
+                f"GaussianProcess expected a positive scalar observation_noise (a variance), "
+                f"got {observation_noise}"
+            )
+        rho = inverse_softplus(noise)
+        if trainable_noise:
+            self.observation_noise_rho = nn.Parameter(rho)
+        else:
+            self.register_buffer("observation_noise_rho", rho)
+        self.trainable_conditioning = trainable_conditioning
+        self.conditional_inputs: Tensor | None
+        self.conditional_outputs: Tensor | None
+        self.register_buffer("conditional_inputs", None)
+        self.register_buffer("conditional_outputs", None)
+        self._cache: tuple[tuple[Any, ...], tuple[Tensor, Tensor]] | None = None
+        if (conditional_inputs is None) != (conditional_outputs is None):
+            raise ValueError(
+                "GaussianProcess expected both conditional_inputs and conditional_outputs "
+                "or neither"
+            )
+        if conditional_inputs is not None and conditional_outputs is not None:
+            self.condition_on(conditional_inputs, conditional_outputs)
+
+    @property
+    def observation_noise(self) -> Tensor:
+        """Positive scalar tensor: the observation noise variance ``σ²``."""
+        return F.softplus(self.observation_noise_rho)
+
+    @property
+    def losses(self) -> list[Tensor]:
+        """Regularizer terms: none (type-II maximum likelihood needs no penalty)."""
+        return []
+
+    # ------------------------------------------------------------- data
+    def condition_on(self, conditional_inputs: Tensor, conditional_outputs: Tensor) -> None:
+        """Set (or replace) the conditioning data ``(N, D)`` inputs and ``(N, units)`` outputs."""
+        xc, yc = conditional_inputs, conditional_outputs
+        for name, t in (("conditional_inputs", xc), ("conditional_outputs", yc)):
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                raise TypeError(f"GaussianProcess expected a floating Tensor {name}, got {type(t)}")
+        if yc.dim() == 1 and self.units == 1:
+            yc = yc[:, None]
+        if xc.dim() != 2:
+            raise ValueError(
+                "GaussianProcess expected conditional_inputs of shape (N, D), "
+                f"got {tuple(xc.shape)}"
+            )
+        if yc.dim() != 2 or yc.shape[1] != self.units:
+            raise ValueError(
+                f"GaussianProcess expected conditional_outputs of shape (N, {self.units}), "
+                f"got {tuple(conditional_outputs.shape)}"
+            )
+        if xc.shape[0] != yc.shape[0]:
+            raise ValueError(
+                f"GaussianProcess expected conditional_inputs and conditional_outputs of the same "
+                f"length N, got {xc.shape[0]} inputs and {yc.shape[0]} outputs"
+            )
+        dtype = self.observation_noise_rho.dtype
+        xc = xc.detach().to(dtype=dtype, copy=True)
+        yc = yc.detach().to(dtype=dtype, copy=True)
+        for name, t in (("conditional_inputs", xc), ("conditional_outputs", yc)):
+            if self.trainable_conditioning:
+                setattr(self, name, nn.Parameter(t))  # replaces a buffer of that name
+            else:
+                self._parameters.pop(name, None)
+                self.register_buffer(name, t)
+        self._cache = None
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # a layer built without data accepts a checkpoint's conditioning data
+        xc, yc = (
+            state_dict.get(prefix + "conditional_inputs"),
+            state_dict.get(prefix + "conditional_outputs"),
+        )
+        if self.conditional_inputs is None and xc is not None and yc is not None:
+            self.condition_on(xc, yc)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------- math
+    def _check_inputs(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(
+                f"GaussianProcess expected input of shape (*, B, D), got {tuple(x.shape)}"
+            )
+        xc = self.conditional_inputs
+        if xc is not None and x.shape[-1] != xc.shape[-1]:
+            raise ValueError(
+                f"GaussianProcess expected input of shape (*, B, {xc.shape[-1]}) like its "
+                f"conditional_inputs, got {tuple(x.shape)}"
+            )
+
+    def _mean(self, x: Tensor) -> Tensor:
+        m = self.mean_fn(x)
+        if not isinstance(m, Tensor) or m.shape[-1] not in (1, self.units) or m.dim() < 2:
+            got = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+            raise ValueError(
+                f"GaussianProcess expected mean_fn to return (*, B, {self.units}) or (*, B, 1), "
+                f"got {got}"
+            )
+        return m
+
+    def _cache_key(self) -> tuple[Any, ...] | None:
+        tensors = [self.conditional_inputs, self.conditional_outputs, self.observation_noise_rho]
+        for fn in (self.mean_fn, self.covariance_fn):
+            if not isinstance(fn, nn.Module):
+                return None  # an opaque callable may hold state we cannot see: never cache
+            tensors.extend(fn.parameters())
+            tensors.extend(fn.buffers())
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return None  # a cached factor would carry a stale (or freed) autograd graph
+        return tuple(
+            (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+            for t in tensors
+            if t is not None
+        ) + (id(self.mean_fn), id(self.covariance_fn))
+
+    def _kernel_matrix(self) -> Tensor:
+        """``K_cc``, shape ``(N, N)``."""
+        xc = self.conditional_inputs
+        assert xc is not None
+        kcc = self.covariance_fn(xc, xc)  # (N, N)
+        n = xc.shape[0]
+        if kcc.shape != (n, n):
+            raise ValueError(
+                f"GaussianProcess expected covariance_fn(x, x) of shape ({n}, {n}), "
+                f"got {tuple(kcc.shape)}"
+            )
+        return kcc
+
+    def _conditioning_matrix(self) -> Tensor:
+        """``K_cc + σ² I``, shape ``(N, N)``."""
+        kcc = self._kernel_matrix()
+        n = kcc.shape[-1]
+        noise = self.observation_noise.to(kcc.dtype)
+        return kcc + noise * torch.eye(n, dtype=kcc.dtype, device=kcc.device)
+
+    def _factor(self) -> tuple[Tensor, Tensor]:
+        """Cholesky factor ``L`` of ``K_cc + σ² I`` and ``α = (K_cc + σ² I)⁻¹ (Y_c - m(X_c))``."""
+        key = self._cache_key()
+        if key is not None and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        xc, yc = self.conditional_inputs, self.conditional_outputs
+        assert xc is not None and yc is not None
+        chol = cholesky_with_jitter(self._conditioning_matrix(), layer="GaussianProcess")
+        resid = yc - self._mean(xc)  # (N, units)
+        alpha = torch.cholesky_solve(resid, chol)  # (N, units)
+        result = (chol, alpha)
+        self._cache = (key, result) if key is not None else None
+        return result
+
+    def log_marginal_likelihood(self) -> Tensor:
+        r"""``log p(Y_c | X_c)`` summed over units: a scalar to maximise (type-II ML).
+
+        ``-½ Σ_u r_uᵀ (K_cc + σ² I)⁻¹ r_u - units · ½ log|K_cc + σ² I| - units · N/2 · log 2π``
+        with ``r = Y_c - m(X_c)``, as scikit-learn's ``log_marginal_likelihood`` for
+        multi-output ``y``.
+        """
+        xc, yc = self.conditional_inputs, self.conditional_outputs
+        if xc is None or yc is None:
+            raise ValueError("GaussianProcess.log_marginal_likelihood needs conditioning data")
+        resid = yc - self._mean(xc)  # (N, units)
+        key = self._cache_key()
+        if key is not None and self._cache is not None and self._cache[0] == key:
+            chol, alpha = self._cache[1]  # no gradient needed: reuse the factor
+            n = chol.shape[-1]
+            half_log_det = chol.diagonal().log().sum()
+            quad = (resid * alpha).sum()
+            return -0.5 * quad - self.units * (half_log_det + 0.5 * n * math.log(2 * math.pi))
+        kcc = self._kernel_matrix()  # (N, N)
+        noise = self.observation_noise.to(kcc.dtype)
+        if self.solver == "cg":
+            return gaussian_log_marginal_likelihood_cg(kcc, noise, resid, **self.solver_options)
+        return gaussian_log_marginal_likelihood(kcc, resid, layer="GaussianProcess", noise=noise)
+
+    def forward(self, inputs: Tensor | RandomVariable) -> RandomVariable:
+        x = as_tensor(inputs, "GaussianProcess")
+        self._check_inputs(x)
+        b = x.shape[-2]
+        mean = self._mean(x)  # (*, B, units) or (*, B, 1)
+        kxx = self.covariance_fn(x, x)  # (*, B, B)
+        if kxx.shape[-2:] != (b, b):
+            raise ValueError(
+                f"GaussianProcess expected covariance_fn(x, x) of shape (*, {b}, {b}), "
+                f"got {tuple(kxx.shape)}"
+            )
+        if self.conditional_inputs is not None:
+            chol, alpha = self._factor()
+            kxc = self.covariance_fn(x, self.conditional_inputs)  # (*, B, N)
+            mean = mean + kxc @ alpha  # (*, B, units)
+            v = torch.linalg.solve_triangular(chol, kxc.mT, upper=False)  # (*, N, B)
+            kxx = kxx - v.mT @ v
+        mean = mean.to(torch.result_type(mean, kxx)).expand(kxx.shape[:-2] + (b, self.units))
+        dist = MultivariateNormalColumns(mean, kxx, layer="GaussianProcess")
+        return RandomVariable.deferred(dist, dist.rsample)
+
+    def extra_repr(self) -> str:
+        n = 0 if self.conditional_inputs is None else self.conditional_inputs.shape[0]
+        return f"units={self.units}, num_conditioning={n}"

@@ -1,0 +1,322 @@
+"""Base class of covariance functions (kernels), their sums and products, and the
+stable distance helpers the concrete kernels share (``layers/kernels.py``)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "Kernel",
+    "SumKernel",
+    "ProductKernel",
+    "inverse_softplus",
+    "squared_distance",
+    "exponentiated_quadratic",
+    "distance",
+]
+
+_SOFTPLUS_THRESHOLD = 20.0  # torch's default: softplus(x) = x above it
+
+
+def inverse_softplus(value: Tensor) -> Tensor:
+    """``raw`` with ``softplus(raw) == value`` (to rounding) for positive ``value``."""
+    return torch.where(value > _SOFTPLUS_THRESHOLD, value, torch.expm1(value).log())
+
+
+def _centred(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    shift = x1.detach().mean(dim=-2, keepdim=True)  # (*, 1, D); distances do not move
+    return x1 - shift, x2 - shift
+
+
+def _half_sq_norms(a: Tensor, b: Tensor) -> Tensor:
+    """``-½|a_i|² - ½|b_j|²`` as ``(*, N, M)``."""
+    return (-0.5 * a.pow(2).sum(-1))[..., :, None] + (-0.5 * b.pow(2).sum(-1))[..., None, :]
+
+
+def _distance_grads(h: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of ``Σ h_ij · (-½|a_i - b_j|²)`` in ``a`` and ``b`` (summed to their shapes)."""
+    grad_a = h @ b - h.sum(-1, keepdim=True) * a  # (*, N, D)
+    grad_b = h.mT @ a - h.sum(-2).unsqueeze(-1) * b  # (*, M, D)
+    return grad_a.sum_to_size(a.shape), grad_b.sum_to_size(b.shape)
+
+
+class _SquaredDistance(torch.autograd.Function):
+    """``|a_i - b_j|²`` by one matrix product; backward by two (no broadcast reductions)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        neg_half = _half_sq_norms(a, b).add_(a @ b.mT)  # -½|a - b|²
+        return neg_half.clamp_max_(0.0).mul_(-2.0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = ctx.saved_tensors
+        return _distance_grads(-2.0 * grad, a, b)
+
+
+class _ExponentiatedQuadratic(torch.autograd.Function):
+    """``amp² · exp(-½|a_i - b_j|²)`` fused: three elementwise passes forward, four back."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, amp2: Tensor) -> Tensor:
+        log_amp2 = amp2.log()
+        out = _half_sq_norms(a, b).add_(a @ b.mT)  # -½|a - b|²
+        out = out.clamp_max_(0.0).add_(log_amp2).exp_()
+        ctx.save_for_backward(a, b, amp2, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, b, amp2, out = ctx.saved_tensors
+        h = grad * out  # (*, N, M)
+        grad_amp2 = (h.sum() / amp2).reshape(amp2.shape)
+        grad_a, grad_b = _distance_grads(h, a, b)
+        return grad_a, grad_b, grad_amp2
+
+
+def squared_distance(x1: Tensor, x2: Tensor) -> Tensor:
+    """Squared Euclidean distances ``(*, N, M)`` between rows of ``(*, N, D)`` and ``(*, M, D)``.
+
+    Uses one matrix product (fast for large N, M) on inputs centred at the mean of
+    ``x1`` (which removes most of the cancellation of the ``|a|² + |b|² - 2a·b``
+    expansion), clamped at zero; a closed-form backward (first order only).
+    """
+    a, b = _centred(x1, x2)
+    return _SquaredDistance.apply(a, b)
+
+
+def exponentiated_quadratic(x1: Tensor, x2: Tensor, amplitude: Tensor) -> Tensor:
+    """``amplitude² · exp(-½|x1_i - x2_j|²)``, ``(*, N, M)``, fused forward and backward.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0]])
+        >>> exponentiated_quadratic(x, x, torch.tensor(2.0))[0].tolist()  # 4 exp(-1/2)
+        [4.0, 2.4261226654052734]
+    """
+    a, b = _centred(x1, x2)
+    amp2 = amplitude.pow(2)
+    if a.dtype != amp2.dtype:
+        dtype = torch.promote_types(a.dtype, amp2.dtype)
+        a, b, amp2 = a.to(dtype), b.to(dtype), amp2.to(dtype)
+    return _ExponentiatedQuadratic.apply(a, b, amp2)
+
+
+def distance(x1: Tensor, x2: Tensor) -> Tensor:
+    """Euclidean distances ``(*, N, M)`` computed directly from differences.
+
+    Exact zero on coincident points (no ``sqrt`` of a rounding error), with a zero
+    (sub)gradient there instead of the NaN of ``sqrt(0)``'s derivative.
+    """
+    return torch.cdist(x1, x2, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _positive_tensor(owner: str, name: str, value: Any, scalar: bool, **factory: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        tensor = value.detach().to(**{k: v for k, v in factory.items() if v is not None})
+    else:
+        tensor = torch.as_tensor(value, **factory)
+    if not tensor.is_floating_point():
+        tensor = tensor.to(factory.get("dtype") or torch.get_default_dtype())
+    if tensor.dim() > (0 if scalar else 1):
+        expected = "a scalar" if scalar else "a scalar or 1-d"
+        raise ValueError(f"{owner} expected {name} to be {expected}, got {tuple(tensor.shape)}")
+    if tensor.device.type != "meta" and not bool((torch.isfinite(tensor) & (tensor > 0)).all()):
+        raise ValueError(f"{owner} expected {name} > 0 (finite), got {value}")
+    return tensor
+
+
+class Kernel(nn.Module):
+    r"""A covariance function ``k(x, x')``: an ``nn.Module`` with trainable hyperparameters.
+
+    Positive hyperparameters ``h`` are stored unconstrained as ``h_rho``
+    (``nn.Parameter``) with ``h = softplus(h_rho)`` read through a property, so any
+    optimiser keeps them positive. Kernels compose: ``k1 + k2`` is a
+    :class:`SumKernel`, ``k1 * k2`` a :class:`ProductKernel`, and a positive number
+    ``c`` gives ``c * k`` (a product with a trainable ``ConstantKernel(c)``).
+
+    Shape:
+        - ``forward(x1, x2=None)``: ``x1`` ``(*, N, D)``, ``x2`` ``(*, M, D)`` (batch
+          dimensions broadcast; ``None`` means ``x1``) -> ``(*, N, M)``.
+        - ``diag(x)``: ``(*, N, D)`` -> ``(*, N)``, ``k(x_i, x_i)`` in O(N D).
+
+    Subclasses implement ``_matrix(x1, x2)`` and ``_diag(x)`` on validated inputs.
+    """
+
+    def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+        """Kernel matrix ``(*, N, M)`` between the rows of ``x1`` and of ``x2``."""
+        self._check(x1, "x1")
+        if x2 is None:
+            x2 = x1
+        elif x2 is not x1:
+            self._check(x2, "x2")
+            if x1.shape[-1] != x2.shape[-1]:
+                raise ValueError(
+                    f"{type(self).__name__} expected x1 (*, N, D) and x2 (*, M, D) with the same "
+                    f"D, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+                )
+        return self._matrix(x1, x2)
+
+    def diag(self, x: Tensor) -> Tensor:
+        """Diagonal ``k(x_i, x_i)`` of ``k(x, x)``, shape ``(*, N)``, in O(N D)."""
+        self._check(x, "x")
+        return self._diag(x)
+
+    def _matrix(self, x1: Tensor, x2: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _diag(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ helpers
+    def _check(self, x: Any, arg: str) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} expected {arg} to be a Tensor, got {type(x)}")
+        if x.dim() < 2 or not x.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__} expected a floating {arg} of shape (*, N, D), "
+                f"got {x.dtype} of shape {tuple(x.shape)}"
+            )
+
+    def _add_positive(self, name: str, value: Any, *, scalar: bool = False, **factory: Any) -> None:
+        """Register ``{name}_rho`` holding ``inverse_softplus(value)``; ``value`` must be > 0."""
+        tensor = _positive_tensor(type(self).__name__, name, value, scalar, **factory)
+        self.register_parameter(f"{name}_rho", nn.Parameter(inverse_softplus(tensor)))
+
+    def _positive(self, name: str) -> Tensor:
+        return F.softplus(getattr(self, f"{name}_rho"))
+
+    def _factory(self) -> dict[str, Any]:
+        for p in self.parameters():
+            return {"device": p.device, "dtype": p.dtype}
+        return {}
+
+    def _as_kernel(self, other: Any) -> Kernel | None:
+        if isinstance(other, Kernel):
+            return other
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            from .kernels import ConstantKernel
+
+            return ConstantKernel(float(other), **self._factory())
+        return None
+
+    # ------------------------------------------------------------ algebra
+    def __add__(self, other: Any) -> Kernel:
+        kernel = self._as_kernel(other)
+        if kernel is None:
+            return NotImplemented
+        return SumKernel(self, kernel)
+
+    def __radd__(self, other: Any) -> Kernel:
+        if isinstance(other, numbers.Real) and other == 0:  # sum([k1, k2, ...]) starts at 0
+            return self
+        kernel = self._as_kernel(other)
+        if kernel is None:
+            return NotImplemented
+        return SumKernel(kernel, self)
+
+    def __mul__(self, other: Any) -> Kernel:
+        kernel = self._as_kernel(other)
+        if kernel is None:
+            return NotImplemented
+        return ProductKernel(self, kernel)
+
+    def __rmul__(self, other: Any) -> Kernel:
+        kernel = self._as_kernel(other)
+        if kernel is None:
+            return NotImplemented
+        return ProductKernel(kernel, self)
+
+
+class _Combination(Kernel):
+    _op = ""
+    kernels: nn.ModuleList
+
+    def __init__(self, *kernels: Kernel) -> None:
+        super().__init__()
+        flat: list[Kernel] = []
+        for k in kernels:
+            if not isinstance(k, Kernel):
+                raise TypeError(f"{type(self).__name__} expected Kernel terms, got {type(k)}")
+            flat.extend(k.terms() if isinstance(k, type(self)) else [k])
+        if len(flat) < 2:
+            raise ValueError(
+                f"{type(self).__name__} expected at least two kernels, got {len(flat)}"
+            )
+        self.kernels = nn.ModuleList(flat)
+
+    def terms(self) -> list[Kernel]:
+        """The summands or factors, in order."""
+        return [cast(Kernel, k) for k in self.kernels]
+
+    def extra_repr(self) -> str:
+        return f"{self._op!r} of {len(self.kernels)} kernels"
+
+
+class SumKernel(_Combination):
+    """``k(x, x') = Σ_i k_i(x, x')``; built by ``k1 + k2``.
+
+    Args:
+        *kernels: two or more :class:`Kernel` terms (nested sums are flattened).
+
+    Example:
+        >>> from bayesian_layers.layers import ExponentiatedQuadratic, WhiteNoise
+        >>> k = ExponentiatedQuadratic() + WhiteNoise(0.1)
+        >>> x = torch.randn(5, 2)
+        >>> k(x).shape, k.diag(x).shape
+        (torch.Size([5, 5]), torch.Size([5]))
+    """
+
+    _op = "+"
+
+    def _matrix(self, x1: Tensor, x2: Tensor) -> Tensor:
+        first, *rest = self.terms()
+        out = first(x1, x2)
+        for k in rest:
+            out = out + k(x1, x2)
+        return out
+
+    def _diag(self, x: Tensor) -> Tensor:
+        first, *rest = self.terms()
+        out = first.diag(x)
+        for k in rest:
+            out = out + k.diag(x)
+        return out
+
+
+class ProductKernel(_Combination):
+    """``k(x, x') = Π_i k_i(x, x')`` (elementwise); built by ``k1 * k2`` or ``c * k``.
+
+    Args:
+        *kernels: two or more :class:`Kernel` factors (nested products are flattened).
+
+    Example:
+        >>> from bayesian_layers.layers import ExponentiatedQuadratic, Periodic
+        >>> k = Periodic(period=1.0) * ExponentiatedQuadratic(length_scale=10.0)
+        >>> k(torch.zeros(1, 1), torch.ones(1, 1)).item() > 0.99
+        True
+    """
+
+    _op = "*"
+
+    def _matrix(self, x1: Tensor, x2: Tensor) -> Tensor:
+        first, *rest = self.terms()
+        out = first(x1, x2)
+        for k in rest:
+            out = out * k(x1, x2)
+        return out
+
+    def _diag(self, x: Tensor) -> Tensor:
+        first, *rest = self.terms()
+        out = first.diag(x)
+        for k in rest:
+            out = out * k.diag(x)
+        return out

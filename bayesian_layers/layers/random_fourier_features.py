@@ -1,0 +1,325 @@
+"""Random Fourier features: a GP layer as a Bayesian linear model on random cosines.
+
+Bochner's theorem writes a stationary kernel as ``k(x, x') = amplitude² · E_ω[cos(ωᵀ(x -
+x')/ℓ)]`` with ``ω`` drawn from its spectral density; ``M`` fixed draws give features
+``φ(x) = amplitude · √(2/M) · cos(ωᵀ x/ℓ + b)`` with ``E[φ(x)ᵀ φ(x')] = k(x, x')``
+(Rahimi & Recht 2007). A linear output layer on ``φ`` with weights ``w ~ N(0, I)`` is
+then a GP with (approximately) that kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from ..initializers import TrainableInitializer
+from ..random_variable import RandomVariable
+from ..regularizers import Regularizer
+from .base import BayesianLayer, as_tensor
+from .gp_numerics import cholesky_with_jitter
+from .kernels import (
+    ExponentiatedQuadratic,
+    Matern12,
+    Matern32,
+    Matern52,
+    RationalQuadratic,
+    StationaryKernel,
+)
+from .linear_kernels import batched_linear
+
+__all__ = ["RandomFourierFeatures", "sample_spectral_frequencies"]
+
+_KERNELS: dict[str, type[StationaryKernel]] = {
+    "exponentiated_quadratic": ExponentiatedQuadratic,
+    "matern12": Matern12,
+    "matern32": Matern32,
+    "matern52": Matern52,
+    "rational_quadratic": RationalQuadratic,
+}
+_MATERN_NU = {Matern12: 0.5, Matern32: 1.5, Matern52: 2.5}
+
+
+def sample_spectral_frequencies(
+    kernel: StationaryKernel, in_features: int, num_features: int, **factory
+) -> Tensor:
+    """``(in_features, num_features)`` draws from the unit-length-scale spectral density.
+
+    Exponentiated quadratic: ``N(0, I)``. Matérn-ν: multivariate Student-t with
+    ``2ν`` degrees of freedom, ``z · √(2ν / g)`` with ``g ~ χ²(2ν)``. Rational
+    quadratic (shape ``α``, read now): ``z · √τ`` with ``τ ~ Gamma(α, rate α)``, the
+    scale mixture of squared exponentials it is.
+    """
+    z = torch.randn(in_features, num_features, **factory)
+    kind = type(kernel)
+    if kind is ExponentiatedQuadratic:
+        return z
+    if kind in _MATERN_NU:
+        nu = _MATERN_NU[kind]
+        g = torch.distributions.Chi2(torch.tensor(2 * nu, **factory)).sample((num_features,))
+        return z * torch.sqrt(2 * nu / g)
+    if kind is RationalQuadratic:
+        alpha = kernel.alpha.detach().to(**factory)  # type: ignore[operator]
+        tau = torch.distributions.Gamma(alpha, alpha).sample((num_features,))
+        return z * tau.sqrt()
+    raise TypeError(
+        f"RandomFourierFeatures supports {', '.join(k.__name__ for k in _KERNELS.values())} "
+        f"kernels, got {kind.__name__}"
+    )
+
+
+class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
+    r"""GP layer by random Fourier features: ``f(x) = W φ(x) + b`` with a posterior over ``W``.
+
+    ``φ(x) = amplitude · √(2/M) · cos(ωᵀ (x/ℓ) + b_φ)``, ``M = num_features``, with
+    frequencies ``ω`` (``(D, M)``) from the kernel's spectral density and phases
+    ``b_φ ~ U(0, 2π)`` drawn once and kept as buffers. ``amplitude`` and ``ℓ`` are read
+    from the kernel at every call (trainable there). Cost ``O(B·D·M + B·M·units)``
+    per call (``posterior="laplace"`` adds ``O(M³)`` once per precision update).
+
+    Two posteriors over the output weights ``W`` (``(units, M)``), prior ``N(0, I)``:
+
+    * ``posterior="variational"`` (default; the paper's): mean-field normal ``q(W)``
+      as in :class:`~bayesian_layers.layers.LinearReparameterization`, one whole draw
+      per call (so the value is one coherent function sample), its KL in ``losses``.
+      The returned distribution is the exact marginal ``N(Wμ φ + b, (σ_W²) φ²)``
+      per point.
+    * ``posterior="laplace"`` (SNGP, Liu et al. 2020): deterministic ``W`` trained
+      normally (``losses`` holds the prior's ``½‖W‖²/prior_scale²``, i.e. MAP), and a
+      precision matrix ``P = I/prior_scale² + Σ_n φ(x_n) φ(x_n)ᵀ`` (``(M, M)``, a
+      buffer) that every forward pass in training mode adds its batch to. Call
+      :meth:`reset_precision` at the start of each epoch, so that ``P`` comes from one
+      pass over the data with the final weights (or at the start of one extra
+      deterministic pass after training); :meth:`update_precision` adds features
+      with per-example weights (e.g. ``p(1-p)`` for a logistic likelihood) after
+      setting the attribute ``layer.accumulate_precision = False``. The value is the MAP
+      output; the distribution is ``N(W φ + b, φᵀ P⁻¹ φ)`` per point (Gaussian
+      likelihood with unit noise, standardised targets).
+
+    Args:
+        units: number of outputs.
+        num_features: number of random features ``M``.
+        in_features: input size ``D``; ``None`` reads it on the first call (a lazy
+            buffer, as in ``nn.LazyBatchNorm1d``: deep-copy it after that call).
+        kernel: ``"exponentiated_quadratic"`` (default), ``"matern12"``,
+            ``"matern32"``, ``"matern52"``, ``"rational_quadratic"``, or an instance
+            of those kernel classes (its hyperparameters are used and trained; a
+            rational quadratic's ``alpha`` is read once, when frequencies are drawn).
+        amplitude, length_scale: hyperparameters of a kernel given by name
+            (``length_scale`` a scalar or ``(D,)``); default 1.
+        posterior: ``"variational"`` or ``"laplace"``.
+        bias: whether to add a deterministic bias.
+        weight_initializer, weight_regularizer: the variational posterior and its
+            penalty (see :class:`~bayesian_layers.layers.LinearReparameterization`).
+        prior_scale: prior standard deviation of ``W`` for ``"laplace"``.
+        device, dtype: factory arguments.
+
+    Shape:
+        - Input: ``(*, D)`` tensor or random variable (its value is used).
+        - Output: :class:`~bayesian_layers.RandomVariable` ``(*, units)`` with a
+          ``Normal`` distribution of batch shape ``(*, units)``.
+
+    Example:
+        >>> import torch
+        >>> from bayesian_layers import layers
+        >>> layer = layers.RandomFourierFeatures(2, num_features=64, kernel="matern32")
+        >>> out = layer(torch.randn(5, 3))
+        >>> out.shape, out.distribution.stddev.shape, len(layer.losses)
+        (torch.Size([5, 2]), torch.Size([5, 2]), 1)
+    """
+
+    cls_to_become = None
+
+    def __init__(
+        self,
+        units: int,
+        num_features: int,
+        *,
+        in_features: int | None = None,
+        kernel: str | StationaryKernel = "exponentiated_quadratic",
+        amplitude: float | Tensor | None = None,
+        length_scale: float | Tensor | None = None,
+        posterior: str = "variational",
+        bias: bool = True,
+        weight_initializer: str | TrainableInitializer = "trainable_normal",
+        weight_regularizer: str | Regularizer | None = "normal_kl_divergence",
+        prior_scale: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for arg, value in (("units", units), ("num_features", num_features), ("in_features",
+                           in_features)):  # fmt: skip
+            if value is None and arg == "in_features":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} expected `{arg}` to be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} expected `{arg}` >= 1, got {value}")
+        if posterior not in ("variational", "laplace"):
+            raise ValueError(f"{name} expected `posterior` 'variational' or 'laplace', "
+                             f"got {posterior!r}")  # fmt: skip
+        if not prior_scale > 0:
+            raise ValueError(f"{name} expected `prior_scale` > 0, got {prior_scale}")
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        if isinstance(kernel, str):
+            if kernel not in _KERNELS:
+                raise ValueError(f"{name} expected `kernel` in {sorted(_KERNELS)} or a kernel "
+                                 f"instance, got {kernel!r}")  # fmt: skip
+            kernel = _KERNELS[kernel](
+                1.0 if amplitude is None else amplitude,
+                1.0 if length_scale is None else length_scale,
+                **factory,
+            )
+        elif isinstance(kernel, StationaryKernel):
+            if type(kernel) not in _KERNELS.values():
+                sample_spectral_frequencies(kernel, 1, 1)  # raises the TypeError
+            if amplitude is not None or length_scale is not None:
+                raise ValueError(f"{name}: give `amplitude`/`length_scale` to the kernel "
+                                 "instance, not to the layer")  # fmt: skip
+        else:
+            raise TypeError(f"{name} expected `kernel` to be a name or a StationaryKernel, "
+                            f"got {type(kernel).__name__}")  # fmt: skip
+        ls = kernel.length_scale
+        if ls.dim() == 1:
+            if in_features is not None and ls.shape[0] != in_features:
+                raise ValueError(f"{name} got {ls.shape[0]} length scales for in_features="
+                                 f"{in_features}")  # fmt: skip
+            in_features = ls.shape[0]
+        self.kernel = kernel
+        self.units, self.num_features, self.in_features = units, num_features, in_features
+        self.posterior = posterior
+        self.prior_scale = float(prior_scale)
+        self.accumulate_precision = True
+        self.use_bias = bool(bias)
+        laplace = posterior == "laplace"
+        self.add_param(
+            "weight", (units, num_features),
+            "trainable_deterministic" if laplace else weight_initializer,
+            None if laplace else weight_regularizer, fan_in=num_features, **factory,
+        )  # fmt: skip
+        if self.use_bias:
+            self.bias = nn.Parameter(torch.zeros(units, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.frequencies: Tensor
+        self.phases: Tensor
+        if in_features is None:
+            self.register_buffer("frequencies", nn.UninitializedBuffer(**factory))
+        else:
+            omega = sample_spectral_frequencies(kernel, in_features, num_features, **factory)
+            self.register_buffer("frequencies", omega)  # (D, M)
+        self.register_buffer("phases", 2 * math.pi * torch.rand(num_features, **factory))
+        if laplace:
+            self.precision: Tensor
+            eye = torch.eye(num_features, **factory) / self.prior_scale**2
+            self.register_buffer("precision", eye)
+        self._chol_cache: tuple[int, Tensor] | None = None
+        self._precision_version = 0
+
+    def extra_repr(self) -> str:
+        return (f"units={self.units}, num_features={self.num_features}, "
+                f"in_features={self.in_features}, posterior={self.posterior!r}")  # fmt: skip
+
+    def initialize_parameters(self, x: object) -> None:  # type: ignore[override]
+        """Draw the frequencies once the input size is known (first call)."""
+        if isinstance(self.frequencies, nn.UninitializedBuffer):
+            x = as_tensor(x, type(self).__name__)
+            self.in_features = x.shape[-1]
+            self.frequencies.materialize((self.in_features, self.num_features))
+            with torch.no_grad():
+                self.frequencies.copy_(sample_spectral_frequencies(
+                    self.kernel, self.in_features, self.num_features,
+                    dtype=self.frequencies.dtype, device=self.frequencies.device))  # fmt: skip
+
+    # ------------------------------------------------------------ features
+    def features(self, x: Tensor | RandomVariable) -> Tensor:
+        """``φ(x)``: ``(*, D) -> (*, num_features)``."""
+        x = as_tensor(x, type(self).__name__)
+        if self.in_features is None and not isinstance(self.frequencies, nn.UninitializedBuffer):
+            self.in_features = self.frequencies.shape[0]  # loaded from a state dict
+        if x.dim() == 0 or x.shape[-1] != self.in_features or not x.is_floating_point():
+            raise ValueError(f"{type(self).__name__} expected a floating input of shape (*, "
+                             f"{self.in_features}), got {x.dtype} {tuple(x.shape)}")  # fmt: skip
+        proj = (x / self.kernel.length_scale) @ self.frequencies + self.phases  # (*, M)
+        return self.kernel.amplitude * math.sqrt(2.0 / self.num_features) * torch.cos(proj)
+
+    # ----------------------------------------------------------- laplace
+    def reset_precision(self) -> None:
+        """Set the precision back to the prior's ``I / prior_scale²`` (e.g. each epoch)."""
+        self._require_laplace("reset_precision")
+        with torch.no_grad():
+            self.precision.copy_(
+                torch.eye(self.num_features).to(self.precision) / self.prior_scale**2
+            )
+        self._precision_version += 1
+
+    def update_precision(self, features: Tensor, weights: Tensor | None = None) -> None:
+        """``P += Σ_n w_n φ_n φ_nᵀ`` for features ``(N, M)`` and optional weights ``(N,)``."""
+        self._require_laplace("update_precision")
+        with torch.no_grad():
+            phi = features.detach().reshape(-1, self.num_features).to(self.precision)
+            weighted = phi if weights is None else phi * weights.detach().reshape(-1, 1)
+            self.precision.add_(weighted.mT @ phi)
+        self._precision_version += 1
+
+    def posterior_covariance_tril(self) -> Tensor:
+        """Cholesky factor ``(M, M)`` of ``P`` (cached until the precision changes)."""
+        self._require_laplace("posterior_covariance_tril")
+        cache = self._chol_cache
+        if cache is None or cache[0] != self._precision_version:
+            chol = cholesky_with_jitter(self.precision, layer=type(self).__name__)
+            self._chol_cache = cache = (self._precision_version, chol)
+        return cache[1]
+
+    def _require_laplace(self, what: str) -> None:
+        if self.posterior != "laplace":
+            raise RuntimeError(f"{type(self).__name__}.{what} needs posterior='laplace'")
+
+    # --------------------------------------------------------------- losses
+    @property
+    def losses(self) -> list[Tensor]:
+        """Variational: the weight KL. Laplace: the prior penalty ``½‖W‖²/prior_scale²``."""
+        if self.posterior == "laplace":
+            return [0.5 * self.point("weight").square().sum() / self.prior_scale**2]
+        return super().losses
+
+    # -------------------------------------------------------------- forward
+    def forward(self, x: Tensor | RandomVariable) -> RandomVariable:
+        phi = self.features(x)  # (*, M)
+        if self.posterior == "laplace":
+            return self._laplace_forward(phi)
+        init = self._inits["weight"]
+        if init.is_deterministic:
+            mean = F.linear(phi, self.point("weight"), self.bias)
+            return RandomVariable(torch.distributions.Normal(mean, torch.zeros_like(mean).add_(
+                torch.finfo(mean.dtype).tiny), validate_args=False), value=mean)  # fmt: skip
+        loc, scale = init.loc_scale(self, "weight")
+        mean = F.linear(phi, loc, self.bias)
+        std = F.linear(phi.square(), scale.square()).clamp_min(torch.finfo(phi.dtype).tiny).sqrt()
+        dist = torch.distributions.Normal(mean, std, validate_args=False)
+        if self.sampling == "mean":
+            return RandomVariable(dist, value=mean)
+        k = self._check_samples(phi)
+        weight = self.sample_param("weight")
+        value = F.linear(phi, weight, self.bias) if k == 1 else batched_linear(
+            phi, weight, self.bias, k)  # fmt: skip
+        return RandomVariable(dist, value=value)
+
+    def _laplace_forward(self, phi: Tensor) -> RandomVariable:
+        if self.training and self.accumulate_precision:
+            self.update_precision(phi)
+        mean = F.linear(phi, self.point("weight"), self.bias)  # (*, units)
+        chol = self.posterior_covariance_tril()
+        flat = phi.reshape(-1, self.num_features).to(chol)  # (N, M)
+        a = torch.linalg.solve_triangular(chol, flat.mT, upper=False)  # (M, N)
+        var = a.square().sum(0).clamp_min(torch.finfo(a.dtype).tiny)  # (N,)
+        std = var.sqrt().to(mean).reshape(*phi.shape[:-1], 1).expand_as(mean)
+        return RandomVariable(
+            torch.distributions.Normal(mean, std, validate_args=False), value=mean
+        )

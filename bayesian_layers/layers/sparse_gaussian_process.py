@@ -1,0 +1,364 @@
+"""Sparse variational Gaussian-process layer (Titsias 2009; Hensman et al. 2013).
+
+``SparseGaussianProcess(units, num_inducing)`` is the GP counterpart of
+``nn.Linear(in_features, units)``: ``units`` independent functions with one shared
+kernel, each summarised by ``M = num_inducing`` inducing outputs ``u = f(Z)`` at
+learned inducing inputs ``Z``. The layer returns the marginal predictive
+distribution at every input as a :class:`~bayesian_layers.RandomVariable` whose
+value is a reparameterised sample, so stacking layers in ``nn.Sequential`` gives
+the doubly stochastic deep GP of Salimbeni & Deisenroth (2017). The math lives in
+:mod:`bayesian_layers.layers.sparse_gp_kernels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from ..random_variable import RandomVariable
+from .base import BayesianLayer, as_tensor
+from .gp_numerics import cholesky_with_jitter
+from .kernel_base import inverse_softplus
+from .kernels import ExponentiatedQuadratic, StationaryKernel
+from .sparse_gp_kernels import svgp_kl, svgp_predictive_moments
+
+__all__ = ["SparseGaussianProcess"]
+
+
+def _positive_int(owner: str, name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner} expected `{name}` to be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{owner} expected `{name}` >= 1, got {value}")
+    return value
+
+
+def _linear_mean_init(x: Tensor, units: int) -> Tensor:
+    """``(units, D)``: identity when ``D == units``; else the top principal directions of
+    ``x`` (``units < D``) or the identity padded with zero rows (``units > D``)."""
+    d = x.shape[-1]
+    eye = torch.eye(units, d, dtype=x.dtype, device=x.device)
+    if units >= d or x.shape[0] < 2:
+        return eye
+    centred = x - x.mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # (min(N, D), D)
+    if vh.shape[0] < units:
+        return eye
+    return vh[:units]
+
+
+class _MarginalNormal(torch.distributions.Normal):
+    """``Normal(loc, √variance)`` that returns the given ``variance`` (no sqrt-square trip)."""
+
+    def __init__(self, loc: Tensor, variance: Tensor) -> None:
+        super().__init__(loc, variance.sqrt(), validate_args=False)
+        self._variance = variance
+
+    @property
+    def variance(self) -> Tensor:
+        return self._variance
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> _MarginalNormal:
+        shape = torch.Size(batch_shape)
+        return _MarginalNormal(self.loc.expand(shape), self._variance.expand(shape))
+
+
+class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
+    r"""Sparse variational GP layer: ``units`` functions of the input, ``M`` inducing points.
+
+    Each output unit ``f_k = m_k + g_k`` has a mean function ``m_k`` and a GP
+    ``g_k ~ GP(0, k)`` (one kernel shared by the units). With inducing inputs
+    ``Z`` (``(M, D)``, trainable) and ``L = chol(K_ZZ + jitter·I)``, the inducing
+    outputs are ``u_k = L v_k`` and, whitened (the default), ``q(v_k) = N(m_k,
+    S_k S_kᵀ)`` with a full lower-triangular ``S_k`` (positive diagonal through a
+    softplus); the prior is ``p(v_k) = N(0, I)``. ``whiten=False`` parameterises
+    ``q(u_k)`` directly against ``p(u_k) = N(0, K_ZZ)``.
+
+    A call returns, for every input row, the marginal ``q(f(x)) = N(μ(x), σ²(x))``
+    with ``μ = m(x) + K_xZ K_ZZ⁻¹ E[u]`` and ``σ² = k(x, x) - q_xx + s_xx``, together
+    with one reparameterised sample of it (independent across rows) as the value.
+    **Cost O(B·M² + M³) per call** (times ``units`` for the ``S_k`` terms); the
+    ``B × B`` covariance is never formed. A :class:`~bayesian_layers.RandomVariable`
+    input is consumed as its value (its sample), which makes a stack of these
+    layers a doubly stochastic deep GP. Sampling modes (:func:`bl.posterior_mean
+    <bayesian_layers.posterior_mean>`, ...): ``"mean"`` returns ``μ`` as the value;
+    ``"frozen"`` reuses one standard-normal draw per output shape (the same quantile
+    of each marginal, not one joint function sample: the layer samples marginals).
+
+    ``layer.losses`` is ``[Σ_k KL(q(u_k) ‖ p(u_k))]`` in closed form (``O(U·M²)``
+    whitened, ``O(U·M³)`` otherwise); with the ELBO convention
+    ``loss = nll_mean + sum(bl.losses(model)) / N``. For a Gaussian likelihood use
+    the closed-form variational expectation
+    :func:`~bayesian_layers.layers.sparse_gp_kernels.gaussian_expected_log_likelihood`
+    of the returned mean and variance.
+
+    **Mean function.** The default ``mean_fn="linear"`` is a trainable affine map
+    ``W x + b`` initialised, on the first call, to the identity when ``D == units``,
+    to the projection onto the top ``units`` principal directions of the first batch
+    when ``units < D``, and to the identity padded with zeros when ``units > D``
+    (Salimbeni & Deisenroth 2017). Inner layers of a deep GP then start as (near)
+    identity maps plus a GP residual; with zero means a stack collapses to the
+    constant predictor. ``mean_fn="zeros"`` (or ``layers.Zeros()``) asks for the
+    zero mean; any callable ``(N, D) -> (N, units)`` or ``(N, 1)`` is accepted.
+
+    Args:
+        units: number of output functions.
+        num_inducing: number of inducing points ``M`` (>= 1).
+        in_features: input dimension ``D``; ``None`` reads it on the first call
+            (a lazy module: its uninitialised parameters are materialised in place,
+            so an optimizer built before the first call still sees them).
+        mean_fn: ``"linear"`` (default, see above), ``"zeros"`` or a callable.
+        covariance_fn: the kernel, a callable ``(N, D), (M, D) -> (N, M)``;
+            default ``ExponentiatedQuadratic()``. Its ``diag(x)`` is used when present.
+        inducing_inputs: ``(M, D)`` initial ``Z``; default: ``M`` rows of the first
+            batch (a random subset; jittered copies when the batch is smaller).
+        whiten: use the whitened parameterisation (recommended).
+        inducing_scale_init: initial diagonal of ``S_k`` (whitened: ``1`` starts
+            ``q`` at the prior; small values start the layer nearly deterministic).
+        jitter: added to the diagonal of ``K_ZZ`` always (``cholesky_with_jitter``
+            adds more only if the factorisation fails).
+        kl_scale_factor: multiplies the KL in ``losses``.
+        device, dtype: factory arguments.
+
+    Shape:
+        - Input: ``(*, D)`` tensor or random variable.
+        - Output: a :class:`~bayesian_layers.RandomVariable` of shape ``(*, units)``;
+          ``.distribution`` is ``Normal(μ, σ)`` with batch shape ``(*, units)``.
+
+    Attributes:
+        inducing_inputs: ``(M, D)`` parameter ``Z``.
+        inducing_loc: ``(units, M)`` parameter ``m``.
+        inducing_scale_tril: ``(units, M, M)`` lower factor ``S`` (property), from
+            the parameters ``inducing_scale_offdiag`` and ``inducing_scale_rho``.
+        mean_weight, mean_bias: ``(units, D)``, ``(units,)`` with the default mean.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> from bayesian_layers import layers
+        >>> model = torch.nn.Sequential(
+        ...     layers.SparseGaussianProcess(4, num_inducing=8),
+        ...     layers.SparseGaussianProcess(1, num_inducing=8))
+        >>> out = model(torch.randn(16, 3))
+        >>> out.shape, out.distribution.variance.shape, len(bl.losses(model))
+        (torch.Size([16, 1]), torch.Size([16, 1]), 2)
+    """
+
+    cls_to_become = None
+
+    def __init__(
+        self,
+        units: int,
+        num_inducing: int,
+        *,
+        in_features: int | None = None,
+        mean_fn: str | Callable[[Tensor], Tensor] = "linear",
+        covariance_fn: Callable[..., Tensor] | None = None,
+        inducing_inputs: Tensor | None = None,
+        whiten: bool = True,
+        inducing_scale_init: float = 1.0,
+        jitter: float = 1e-6,
+        kl_scale_factor: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.units: int = _positive_int(name, "units", units)
+        self.num_inducing: int = _positive_int(name, "num_inducing", num_inducing)
+        if in_features is not None:
+            in_features = _positive_int(name, "in_features", in_features)
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        if inducing_inputs is not None:
+            if not isinstance(inducing_inputs, Tensor) or inducing_inputs.dim() != 2:
+                raise ValueError(
+                    f"{name} expected `inducing_inputs` of shape (num_inducing, in_features), "
+                    f"got {getattr(inducing_inputs, 'shape', type(inducing_inputs).__name__)}"
+                )
+            m, d = inducing_inputs.shape
+            if m != num_inducing or (in_features is not None and d != in_features):
+                raise ValueError(
+                    f"{name} expected `inducing_inputs` of shape ({num_inducing}, "
+                    f"{in_features if in_features is not None else 'D'}), got {(m, d)}"
+                )
+            in_features = d
+        if not inducing_scale_init > 0:
+            raise ValueError(
+                f"{name} expected `inducing_scale_init` > 0, got {inducing_scale_init}"
+            )
+        if not jitter >= 0:
+            raise ValueError(f"{name} expected `jitter` >= 0, got {jitter}")
+        if isinstance(mean_fn, str):
+            if mean_fn not in ("linear", "zeros"):
+                raise ValueError(f"{name} expected `mean_fn` 'linear', 'zeros' or a callable, "
+                                 f"got {mean_fn!r}")  # fmt: skip
+        elif not callable(mean_fn):
+            raise TypeError(f"{name} expected a callable `mean_fn`, got {type(mean_fn).__name__}")
+        if covariance_fn is None:
+            covariance_fn = ExponentiatedQuadratic(**factory)
+        elif not callable(covariance_fn):
+            raise TypeError(
+                f"{name} expected a callable `covariance_fn`, got {type(covariance_fn).__name__}"
+            )
+        self.in_features = in_features
+        self.whiten = bool(whiten)
+        self.jitter = float(jitter)
+        self.kl_scale_factor = float(kl_scale_factor)
+        self.covariance_fn = covariance_fn
+        self.mean_fn = mean_fn
+        u, m = self.units, self.num_inducing
+        self.inducing_loc = nn.Parameter(torch.zeros(u, m, **factory))
+        self.inducing_scale_offdiag = nn.Parameter(torch.zeros(u, m, m, **factory))
+        rho = inverse_softplus(torch.tensor(float(inducing_scale_init), dtype=torch.float64))
+        self.inducing_scale_rho = nn.Parameter(torch.full((u, m), float(rho), **factory))
+        self.inducing_inputs = self._maybe_lazy((m, in_features), **factory)
+        if mean_fn == "linear":
+            self.mean_weight = self._maybe_lazy((u, in_features), **factory)
+            self.mean_bias = nn.Parameter(torch.zeros(u, **factory))
+        self._inducing_from_data = inducing_inputs is None
+        self.initialized: Tensor
+        self.register_buffer("initialized", torch.tensor(False, device=device))
+        if inducing_inputs is not None:
+            with torch.no_grad():
+                self.inducing_inputs.copy_(inducing_inputs)
+
+    @staticmethod
+    def _maybe_lazy(shape: tuple[int, int | None], **factory: Any) -> nn.Parameter:
+        if shape[1] is None:
+            return nn.UninitializedParameter(**factory)  # type: ignore[return-value]
+        return nn.Parameter(torch.zeros(shape, **factory))  # type: ignore[arg-type]
+
+    def extra_repr(self) -> str:
+        return (f"units={self.units}, num_inducing={self.num_inducing}, "
+                f"in_features={self.in_features}, whiten={self.whiten}")  # fmt: skip
+
+    # -------------------------------------------------------------- building
+    def initialize_parameters(self, x: object) -> None:  # type: ignore[override]
+        """Materialise the lazy parameters from the first input's last dimension."""
+        if not isinstance(self.inducing_inputs, nn.UninitializedParameter):
+            self.in_features = self.inducing_inputs.shape[-1]  # given, or loaded
+        x = self._check_input(x, check_dim=self.in_features is not None)
+        d = x.shape[-1]
+        self.in_features = d
+        for name, rows in (("inducing_inputs", self.num_inducing), ("mean_weight", self.units)):
+            param = getattr(self, name, None)
+            if isinstance(param, nn.UninitializedParameter):
+                param.materialize((rows, d))
+
+    def _data_init(self, x: Tensor) -> None:
+        """First-call initialisation: ``Z`` from the batch, the mean's identity/PCA map."""
+        with torch.no_grad():
+            x = x.detach().to(self.inducing_loc.dtype)
+            if self._inducing_from_data:
+                n, m = x.shape[0], self.num_inducing
+                rows = x[torch.randperm(n, device=x.device)[: min(n, m)]]
+                if n < m:  # jittered copies of the batch fill the rest
+                    extra = x[torch.randint(n, (m - n,), device=x.device)]
+                    spread = x.std(0, keepdim=True) if n > 1 else torch.ones_like(x[:1])
+                    extra = extra + 0.1 * spread.nan_to_num(1.0) * torch.randn_like(extra)
+                    rows = torch.cat([rows, extra])
+                self.inducing_inputs.copy_(rows)
+            if self.mean_fn == "linear":
+                self.mean_weight.copy_(_linear_mean_init(x, self.units))
+            self.initialized.fill_(True)
+
+    # ------------------------------------------------------------- posterior
+    @property
+    def inducing_scale_tril(self) -> Tensor:
+        """``(units, M, M)`` lower-triangular ``S`` with a positive diagonal."""
+        diag = F.softplus(self.inducing_scale_rho)  # (U, M)
+        return torch.tril(self.inducing_scale_offdiag, -1) + torch.diag_embed(diag)
+
+    def chol_kzz(self) -> Tensor:
+        """``(M, M)`` Cholesky factor of ``K_ZZ + jitter·I`` (retried with more jitter)."""
+        z = self.inducing_inputs
+        return self._chol(self.covariance_fn(z, z))
+
+    def _chol(self, kzz: Tensor) -> Tensor:
+        if self.jitter:
+            kzz = kzz + self.jitter * torch.eye(kzz.shape[-1], dtype=kzz.dtype, device=kzz.device)
+        return cholesky_with_jitter(kzz, layer=type(self).__name__)
+
+    @property
+    def losses(self) -> list[Tensor]:
+        """``[Σ_units KL(q(u) ‖ p(u))]``, closed form, times ``kl_scale_factor``."""
+        if self.whiten:  # from the parts of S: no (U, M, M) assembly
+            loc, diag = self.inducing_loc, F.softplus(self.inducing_scale_rho)  # (U, M) each
+            off = torch.tril(self.inducing_scale_offdiag, -1).square().sum()
+            sq = off + diag.square().sum() + loc.square().sum()
+            kl = 0.5 * (sq - loc.numel()) - diag.log().sum()
+        else:
+            kl = svgp_kl(self.inducing_loc, self.inducing_scale_tril, self.chol_kzz())
+        return [kl * self.kl_scale_factor if self.kl_scale_factor != 1.0 else kl]
+
+    # --------------------------------------------------------------- forward
+    def _check_input(self, x: object, check_dim: bool = True) -> Tensor:
+        name = type(self).__name__
+        x = as_tensor(x, name)
+        if x.dim() == 0 or not x.is_floating_point():
+            raise ValueError(f"{name} expected a floating input of shape (*, D), got "
+                             f"{x.dtype} of shape {tuple(x.shape)}")  # fmt: skip
+        if check_dim and x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{name} expected input of shape (*, {self.in_features}) to match its "
+                f"inducing inputs ({self.num_inducing}, {self.in_features}), got {tuple(x.shape)}"
+            )
+        return x
+
+    def _kxx_diag(self, x: Tensor) -> Tensor:
+        diag = getattr(self.covariance_fn, "diag", None)
+        if callable(diag):
+            return diag(x)
+        return self.covariance_fn(x.unsqueeze(-2), x.unsqueeze(-2))[..., 0, 0]  # (N,)
+
+    def _mean(self, x: Tensor) -> Tensor:
+        if self.mean_fn == "linear":
+            return F.linear(x, self.mean_weight, self.mean_bias)
+        if self.mean_fn == "zeros":
+            return x.new_zeros(())
+        out = self.mean_fn(x)  # type: ignore[operator]
+        if out.shape[-1] not in (1, self.units) or out.shape[:-1] != x.shape[:-1]:
+            raise ValueError(
+                f"{type(self).__name__}: mean_fn returned shape {tuple(out.shape)}, "
+                f"expected ({x.shape[0]}, {self.units}) or ({x.shape[0]}, 1)"
+            )
+        return out
+
+    def predictive_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Marginal mean and variance ``(N, units)`` of ``q(f(x))`` at ``x`` ``(N, D)``."""
+        z = self.inducing_inputs
+        if isinstance(self.covariance_fn, StationaryKernel):  # one call: k(Z, [Z; X])
+            k = self.covariance_fn(z, torch.cat([z, x.to(z.dtype)]))  # (M, M + N)
+            kzz, kzx = k.split([z.shape[0], x.shape[0]], dim=-1)  # one cat in backward
+            chol = self._chol(kzz)
+        else:  # e.g. WhiteNoise tells k(Z, Z) from k(Z, X) by identity
+            chol, kzx = self.chol_kzz(), self.covariance_fn(z, x)  # (M, M), (M, N)
+        mean, var = svgp_predictive_moments(
+            self._kxx_diag(x), kzx, chol, self.inducing_loc, self.inducing_scale_tril,
+            whiten=self.whiten,
+        )  # fmt: skip
+        return mean + self._mean(x), var.clamp_min(torch.finfo(var.dtype).eps)
+
+    def forward(self, x: Tensor | RandomVariable) -> RandomVariable:
+        x = self._check_input(x)
+        if not bool(self.initialized):
+            self._data_init(x.reshape(-1, x.shape[-1]))
+        lead = x.shape[:-1]
+        mean, var = self.predictive_moments(x.reshape(-1, x.shape[-1]))  # (N, U) each
+        mean, var = mean.reshape(*lead, self.units), var.reshape(*lead, self.units)
+        dist = _MarginalNormal(mean, var)
+        scale = dist.scale
+        if self.sampling == "mean":
+            return RandomVariable(dist, value=mean)
+        if self.sampling == "frozen":
+            noise = self._frozen_noise.get("f")
+            if noise is None or noise.shape != mean.shape:
+                noise = torch.randn_like(mean)
+                self._frozen_noise["f"] = noise
+        else:
+            noise = torch.randn_like(mean)
+        return RandomVariable(dist, value=mean + scale * noise)

@@ -1,0 +1,429 @@
+"""Tracing: intercept every random-variable construction in a program.
+
+A *program* is any Python callable that builds random variables: with the
+constructors of :mod:`bayesian_layers.random_variables` (``bl.Normal(...)``), by
+calling Bayesian layers (each whole weight draw is a random variable named by its
+module path, ``"encoder.0.weight"``), or with a :func:`traceable` function of your
+own. Inside ``with trace(tracer):`` every such construction ``f(*args, **kwargs)``
+becomes ``tracer(f, *args, **kwargs)``; the tracer may change the arguments (for
+example set ``kwargs["value"]``), call ``f``, and return a random variable.
+
+Nesting order: tracers form a thread-local stack and the *innermost* (most
+recently entered) runs first; while a tracer runs it is taken off the stack, so
+the ``f`` it calls goes to the next tracer out, and the outermost tracer's ``f``
+builds the variable. ``with tape() as t, condition(z=0.0):`` therefore records the
+conditioned value; and when two tracers set the same argument, the outer one, acting
+last before construction, wins (``with condition(...), trace(mean_weights):`` keeps
+the conditioned weights). Each context restores the stack as it found it on exit, also
+when the program raises.
+
+Layer weights are named by their module path relative to the outermost module
+called inside the trace (``model(x)`` names the weights of ``model.encoder[0]``
+``"encoder.0.weight"``; a layer called on its own names them ``"weight"``). The
+names come from ``named_modules()`` of that outermost module, found with global
+module hooks that exist only while some thread traces. While a tracer is active
+every layer draws whole weights, one per call (Flipout and local
+reparameterization draw a whole weight too, so the tracer sees one random
+variable per weight); layers in ``"mean"`` sampling mode draw nothing and are not
+traced. Cells of recurrent layers trace their weights once per sequence, at the
+draw. With no tracer active nothing changes: layers check one counter.
+
+Not traced (yet): ``EmbeddingReparameterization`` (it draws the rows it looks up,
+never a whole table), and the output random variables of stochastic-output and
+GP layers, which are built directly rather than through a constructor; wrap such
+a distribution in :func:`variable` to make it traceable.
+
+Example:
+    >>> import torch, bayesian_layers as bl
+    >>> def program():
+    ...     z = bl.Normal(0.0, 1.0, name="z")
+    ...     return bl.Normal(z, 0.5, name="x")
+    >>> with bl.tape() as t, bl.condition(z=torch.tensor(1.0)):
+    ...     x = program()
+    >>> list(t), float(t["z"])
+    (['z', 'x'], 1.0)
+    >>> log_joint = bl.make_log_joint_fn(program)
+    >>> round(float(log_joint(z=torch.tensor(0.0), x=torch.tensor(0.0))), 4)
+    -1.1447
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from .random_variable import RandomVariable
+
+__all__ = [
+    "trace",
+    "traceable",
+    "tape",
+    "condition",
+    "is_tracing",
+    "module_names",
+    "mean_weights",
+    "layer_parameter",
+    "variable",
+    "LayerParameter",
+    "Tracer",
+]
+
+Tracer = Callable[..., Any]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_local = threading.local()
+_lock = threading.Lock()
+_active = 0  # trace contexts open in any thread: the layers' fast path reads this first
+_hooks: list[Any] = []
+
+
+def _stack() -> list[Tracer]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def is_tracing() -> bool:
+    """True when a tracer is active in this thread (one global read when none is)."""
+    return _active != 0 and bool(getattr(_local, "stack", None))
+
+
+# ------------------------------------------------------------------ module paths
+def _frames() -> list[tuple[nn.Module, dict[nn.Module, str]]]:
+    frames = getattr(_local, "frames", None)
+    if frames is None:
+        frames = _local.frames = []
+    return frames
+
+
+def _enter_module(module: nn.Module, args: Any) -> None:
+    if not getattr(_local, "stack", None):
+        return
+    frames = _frames()
+    if frames:
+        frames.append((module, frames[-1][1]))
+    else:  # the outermost module called in the trace names every module below it
+        frames.append((module, {m: n for n, m in module.named_modules()}))
+
+
+def _exit_module(module: nn.Module, args: Any, output: Any) -> None:
+    frames = getattr(_local, "frames", None)
+    if frames and frames[-1][0] is module:
+        frames.pop()
+
+
+def module_path(module: nn.Module, param: str) -> str:
+    """``param``'s traced name: ``"<path of module>.<param>"``, the path taken in the
+    innermost :func:`module_names` root holding ``module``, else from the outermost
+    module called in the trace."""
+    for names in reversed(getattr(_local, "roots", ())):
+        prefix = names.get(module)
+        if prefix is not None:
+            return f"{prefix}.{param}" if prefix else param
+    frames = getattr(_local, "frames", None)
+    if frames:
+        prefix = frames[0][1].get(module)
+        if prefix is not None:
+            return f"{prefix}.{param}" if prefix else param
+    return param
+
+
+@contextmanager
+def module_names(root: nn.Module, prefix: str = "") -> Iterator[None]:
+    """Context: name layer weights by their path in ``root`` (plus ``prefix``).
+
+    For programs that call several top-level modules (an encoder, then a decoder),
+    whose weights would otherwise each be named from their own root
+    (``"0.weight"`` twice).
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> model = torch.nn.ModuleDict({
+        ...     "encoder": torch.nn.Sequential(bl.layers.LinearReparameterization(3, 2)),
+        ...     "decoder": torch.nn.Sequential(bl.layers.LinearReparameterization(2, 3))})
+        >>> with bl.tracing.module_names(model), bl.tape() as t:
+        ...     _ = model["decoder"](model["encoder"](torch.randn(1, 3)))
+        >>> list(t)
+        ['encoder.0.weight', 'decoder.0.weight']
+    """
+    if not isinstance(root, nn.Module):
+        raise TypeError(f"module_names expected an nn.Module, got {type(root).__name__}")
+    roots = getattr(_local, "roots", None)
+    if roots is None:
+        roots = _local.roots = []
+    head = f"{prefix}." if prefix else ""
+    names = {m: (head + n if n else prefix) for n, m in root.named_modules()}
+    saved = list(roots)
+    roots.append(names)
+    try:
+        yield
+    finally:
+        roots[:] = saved
+
+
+def _activate() -> None:
+    global _active
+    with _lock:
+        if _active == 0:
+            reg = nn.modules.module
+            _hooks.append(reg.register_module_forward_pre_hook(_enter_module))
+            _hooks.append(reg.register_module_forward_hook(_exit_module, always_call=True))
+        _active += 1
+
+
+def _deactivate() -> None:
+    global _active
+    with _lock:
+        _active -= 1
+        if _active == 0:
+            while _hooks:
+                _hooks.pop().remove()
+
+
+# ------------------------------------------------------------------------ core
+@contextmanager
+def trace(tracer: Tracer) -> Iterator[None]:
+    """Context: route every traceable call ``f(*args, **kwargs)`` through ``tracer``.
+
+    Args:
+        tracer: ``tracer(f, *args, **kwargs)`` returns what the call returns; it may
+            change the arguments, call ``f`` (the next tracer out, or the real
+            constructor), or return something else.
+
+    The innermost tracer runs first; the stack is thread-local and restored on exit,
+    exceptions included.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> def double_scale(f, *args, **kwargs):
+        ...     kwargs["scale"] = 2 * kwargs["scale"]
+        ...     return f(*args, **kwargs)
+        >>> with bl.trace(double_scale):
+        ...     bl.Normal(loc=0.0, scale=1.5).stddev
+        tensor(3.)
+    """
+    if not callable(tracer):
+        raise TypeError(f"trace expected a callable tracer, got {type(tracer).__name__}")
+    stack = _stack()
+    saved = list(stack)
+    if not saved:
+        _local.frames = []  # a fresh outermost trace: no module call is open yet
+    _activate()
+    stack.append(tracer)
+    try:
+        yield
+    finally:
+        stack[:] = saved
+        if not saved:
+            _local.frames = []
+        _deactivate()
+
+
+def _dispatch(f: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Call the innermost tracer on ``f``, with that tracer off the stack meanwhile."""
+    stack = _local.stack
+    tracer = stack.pop()
+    try:
+        return tracer(f, *args, **kwargs)
+    finally:
+        stack.append(tracer)
+
+
+def traceable(fn: F) -> F:
+    """Make ``fn`` visible to tracers: under :func:`trace` its calls go through the tracers.
+
+    Example:
+        >>> import bayesian_layers as bl
+        >>> @bl.traceable
+        ... def coin(p, *, name=None, value=None):
+        ...     return bl.Bernoulli(probs=p, name=name, value=value)
+        >>> with bl.tape() as t:
+        ...     _ = coin(0.5, name="c")
+        >>> list(t)
+        ['c']
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if _active and getattr(_local, "stack", None):
+            return _dispatch(wrapped, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+@traceable
+def variable(
+    distribution: Distribution,
+    *,
+    name: str | None = None,
+    value: Tensor | None = None,
+    sample_shape: torch.Size | tuple[int, ...] = (),
+) -> RandomVariable:
+    """A traceable ``RandomVariable(distribution, value, sample_shape, name)`` for any
+    distribution (the ``bl.Normal``-style constructors are traceable already)."""
+    return RandomVariable(distribution, value=value, sample_shape=sample_shape, name=name)
+
+
+class LayerParameter(RandomVariable):
+    """A whole draw of a layer's parameter, as a random variable (what tracers see).
+
+    Its distribution is the layer's current posterior ``q``; ``layer`` and ``param``
+    say whose parameter it is. Program inference (:func:`bayesian_layers.program_elbo`)
+    scores these through the layers' ``losses`` (the KL), not by their log-density.
+
+    Shape:
+        the parameter's shape, with a leading K inside
+        :func:`~bayesian_layers.vectorized_samples`.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> layer = bl.layers.LinearFlipout(3, 2)
+        >>> with bl.tape() as t:
+        ...     _ = layer(torch.randn(4, 3))
+        >>> w = t["weight"]
+        >>> type(w).__name__, w.layer is layer, w.param, w.shape
+        ('LayerParameter', True, 'weight', torch.Size([2, 3]))
+    """
+
+    layer: nn.Module
+    param: str
+
+
+@traceable
+def layer_parameter(
+    layer: nn.Module, param: str, *, name: str, value: Tensor | None = None
+) -> LayerParameter:
+    """The random variable of one draw of ``layer``'s parameter ``param``.
+
+    Layers call this (through the tracers) for each whole weight draw while a tracer
+    is active. Without ``value`` it draws as the layer's sampling mode says (fresh, or
+    the frozen sample); a given ``value`` must have the parameter's shape (used for
+    all K function samples in vectorised mode) or ``(K, *shape)``.
+    """
+    distribution, value, sample_shape = layer.param_draw(param, value)  # type: ignore[operator]
+    rv = LayerParameter(distribution, value=value, sample_shape=sample_shape, name=name)
+    rv.layer = layer
+    rv.param = param
+    return rv
+
+
+# --------------------------------------------------------------------- tracers
+def mean_weights(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Tracer: every layer weight takes its posterior mean (what ``"mean"`` mode uses).
+
+    Other random variables pass unchanged. ``with bl.trace(bl.tracing.mean_weights):
+    model(x)`` equals ``with bl.posterior_mean(model): model(x)``.
+    """
+    if f is layer_parameter:
+        layer, param = args[0], args[1]
+        kwargs["value"] = layer.point(param)
+    return f(*args, **kwargs)
+
+
+@contextmanager
+def tape() -> Iterator[OrderedDict[str, RandomVariable]]:
+    """Context yielding an ordered dict: every named random variable created inside.
+
+    Keys are names in order of first creation; a name created again (a layer
+    called twice) keeps its place and holds the latest variable. Unnamed variables
+    are not recorded.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> layer = bl.layers.LinearReparameterization(3, 2)
+        >>> model = torch.nn.Sequential(layer, torch.nn.ReLU())
+        >>> with bl.tape() as t:
+        ...     _ = model(torch.randn(4, 3))
+        >>> list(t), t["0.weight"].shape
+        (['0.weight'], torch.Size([2, 3]))
+    """
+    record: OrderedDict[str, RandomVariable] = OrderedDict()
+
+    def recorder(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        rv = f(*args, **kwargs)
+        name = getattr(rv, "name", None) if isinstance(rv, RandomVariable) else None
+        if name is not None:
+            record[name] = rv
+        return rv
+
+    with trace(recorder):
+        yield record
+
+
+def _as_value(name: str, value: Any) -> Any:
+    if isinstance(value, RandomVariable):
+        return value.value
+    if isinstance(value, Tensor) or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return value
+    raise TypeError(
+        f"condition expected a tensor, number or RandomVariable for {name!r}, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _collect_values(owner: str, positional: tuple, named: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for item in positional:
+        if isinstance(item, RandomVariable):
+            if item.name is None:
+                raise ValueError(
+                    f"{owner} got a RandomVariable without a name ({item!r}); give it "
+                    "name=... or pass it as a keyword: condition(z=rv)"
+                )
+            values[item.name] = item.value
+        elif isinstance(item, Mapping):
+            for key, val in item.items():
+                if not isinstance(key, str):
+                    raise TypeError(f"{owner} expected str names, got {type(key).__name__}")
+                values[key] = _as_value(key, val)
+        else:
+            raise TypeError(
+                f"{owner} expected named RandomVariables or a mapping of names to values "
+                f"as positional arguments, got {type(item).__name__}"
+            )
+    for key, val in named.items():
+        values[key] = _as_value(key, val)
+    return values
+
+
+@contextmanager
+def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> Iterator[None]:
+    """Context: random variables with these names take these values.
+
+    Args:
+        variables: named random variables (each fixes its name to its value) or
+            mappings ``{name: value}`` (names like ``"encoder.0.weight"`` that are not
+            Python identifiers go here).
+        values: ``name=value`` pairs (tensors, numbers or random variables).
+
+    Layer weights are conditioned by module path: ``condition({"0.weight": w})``
+    substitutes ``w`` for every draw of that weight.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> with bl.condition(z=torch.tensor(2.0)):
+        ...     float(bl.Normal(0.0, 1.0, name="z"))
+        2.0
+    """
+    fixed = _collect_values("condition", variables, values)
+
+    def conditioner(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        name = kwargs.get("name")
+        if name is not None and name in fixed:
+            kwargs["value"] = fixed[name]
+        return f(*args, **kwargs)
+
+    with trace(conditioner):
+        yield

@@ -1,0 +1,145 @@
+"""Training-step time of Bayesian models under ``torch.compile`` against eager mode.
+
+Run by ``make bench`` after ``flow_step.py`` (same allocator setting), or directly::
+
+    .venv/bin/python benchmarks/compile_step.py [--quick] [--threads 2] [--repeats 9]
+        [--backend inductor]
+
+* MLP: 784-512-512-10 (ReLU), batch 128, the dense estimators (``benchmarks/contenders.py``).
+* CNN: 32x32x3 input, batch 128, the three-convolution network of ``cnn_lstm_step.py``.
+
+A step is forward + cross-entropy + ``sum(bl.losses(model)) / N`` + backward + Adam. The
+compiled contender compiles the loss closure (forward, NLL and KL in one graph, its
+backward through AOTAutograd, ``fullgraph=True``) and keeps the optimizer step eager;
+the deterministic model (``nn.Linear``/``nn.Conv2d``) is timed the same two ways as the
+reference. Compilation happens in the warm-up steps and is reported separately (the
+first call's time, cold cache). Contenders run round-robin in every repeat (``run`` of
+``cnn_lstm_step.py``); "vs eager" is the median over repeats of the paired ratio of the
+compiled step to the eager step of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from cnn_lstm_step import Step, _cnn, run  # one timing loop for all benchmarks
+from contenders import NUM_TRAIN, mlp
+from torch import Tensor, nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+
+MLP_LAYERS = ("nn.Linear", "LinearReparameterization", "LinearFlipout",
+              "LinearLocalReparameterization")  # fmt: skip
+CNN_LAYERS = ("nn.Conv2d", "Conv2dReparameterization", "Conv2dFlipout",
+              "Conv2dLocalReparameterization")  # fmt: skip
+
+
+def _layer(name: str) -> Callable[..., nn.Module]:
+    return getattr(nn, name[3:]) if name.startswith("nn.") else getattr(layers, name)
+
+
+def _step(model: nn.Module, x: Tensor, y: Tensor, backend: str | None) -> tuple[Step, float]:
+    """A training step, and the seconds its first call took (compilation, if any)."""
+
+    def loss_fn() -> Tensor:
+        nll = F.cross_entropy(model(x), y)
+        terms = bl.losses(model)
+        return nll + sum(terms) / NUM_TRAIN if terms else nll
+
+    loss = loss_fn if backend is None else torch.compile(loss_fn, backend=backend, fullgraph=True)
+    opt = torch.optim.Adam(model.parameters())
+
+    def step() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        out = loss()
+        out.backward()
+        opt.step()
+        return out
+
+    t0 = time.perf_counter()
+    step()
+    return step, time.perf_counter() - t0
+
+
+def contenders(
+    kind: str, x: Tensor, y: Tensor, backend: str, names: tuple[str, ...]
+) -> tuple[dict[str, Step], dict[str, float]]:
+    steps: dict[str, Step] = {}
+    first: dict[str, float] = {}
+    for name in names:
+        for mode in ("eager", "compiled"):
+            torch.manual_seed(0)
+            if kind == "mlp":
+                model: nn.Module = mlp(_layer(name))
+            else:
+                model = nn.Sequential(*_cnn(_layer(name)), nn.Linear(128, 10))
+            key = f"{name} {mode}"
+            steps[key], first[key] = _step(model, x, y, None if mode == "eager" else backend)
+    return steps, first
+
+
+def paired_ratios(result: dict[str, dict]) -> dict[str, float]:
+    """Compiled over eager of the same model, median of paired per-repeat ratios."""
+    out = {}
+    for key, row in result.items():
+        if key.endswith(" compiled"):
+            eager = result[key.replace(" compiled", " eager")]["repeats_ms"]
+            pairs = zip(row["repeats_ms"], eager, strict=True)
+            out[key] = statistics.median(c / e for c, e in pairs)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run, for tests")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    # every contender compiles the same loss closure's code for another model: one cache
+    # entry each (the default limit of 8 would refuse the later ones)
+    torch._dynamo.config.recompile_limit = 64
+    repeats, per, warm = (2, 1, 1) if args.quick else (args.repeats, 3, 2)
+    batch = 8 if args.quick else 128
+    mlp_names = MLP_LAYERS[:2] if args.quick else MLP_LAYERS
+    cnn_names = CNN_LAYERS[:2] if args.quick else CNN_LAYERS
+    results: dict[str, dict] = {}
+    torch.manual_seed(0)
+    for kind, x, names in (
+        ("mlp", torch.randn(batch, 784), mlp_names),
+        ("cnn", torch.randn(batch, 3, 32, 32), cnn_names),
+    ):
+        y = torch.randint(0, 10, (batch,))
+        steps, first = contenders(kind, x, y, args.backend, names)
+        rows = run(steps, repeats, per, warm)
+        ratios = paired_ratios(rows)
+        for key, row in rows.items():
+            row["first_call_s"] = first[key]
+            if key in ratios:
+                row["vs_eager"] = ratios[key]
+        results[kind] = rows
+    for kind, rows in results.items():
+        print(f"{kind}: training step, batch {batch}, {args.threads} threads, backend "
+              f"{args.backend}, median of {repeats} repeats")  # fmt: skip
+        print(f"  {'model':48s} {'step ms':>9s} {'vs eager':>9s} {'1st call s':>11s}")
+        for key, row in rows.items():
+            vs = f"{row['vs_eager']:8.2f}x" if "vs_eager" in row else f"{'':9s}"
+            print(f"  {key:48s} {row['median_ms']:9.2f} {vs} {row['first_call_s']:11.1f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = ".quick" if args.quick else ""
+    (args.out / f"compile_step{suffix}.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""program_elbo: exact at the true posterior, unbiased elsewhere, layer KLs, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from stats_util import z_bonferroni
+from torch import nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+
+F64 = torch.float64
+X = torch.tensor([0.8, 1.9, 0.4, 1.1], dtype=F64)
+
+
+def model():
+    """z ~ N(0, 1); x_i ~ N(z, 1), i = 1..4."""
+    z = bl.Normal(torch.tensor(0.0, dtype=F64), 1.0, name="z")
+    return bl.Normal(z, 1.0, sample_shape=(len(X),), name="x")
+
+
+def make_posterior(loc, scale):
+    def posterior():
+        return bl.Normal(loc, scale, name="z")
+
+    return posterior
+
+
+def closed_form_elbo(m: float, s: float) -> float:
+    n = len(X)
+    expected_loglik = -0.5 * n * math.log(2 * math.pi) - 0.5 * float(
+        ((X - m) ** 2).sum() + n * s**2
+    )
+    expected_logprior = -0.5 * math.log(2 * math.pi) - 0.5 * (m**2 + s**2)
+    entropy = 0.5 * math.log(2 * math.pi * math.e * s**2)
+    return expected_loglik + expected_logprior + entropy
+
+
+def test_elbo_at_the_exact_posterior_is_the_log_evidence():
+    """Conjugate model: at q = p(z | x) the ELBO has zero variance and equals log p(x),
+    with p(x) = N(0, I + 11ᵀ) (scipy)."""
+    n = len(X)
+    m, s = float(X.sum()) / (n + 1), 1 / math.sqrt(n + 1)
+    posterior = make_posterior(torch.tensor(m, dtype=F64), torch.tensor(s, dtype=F64))
+    evidence = stats.multivariate_normal(np.zeros(n), np.eye(n) + np.ones((n, n))).logpdf(X)
+    for _ in range(3):
+        elbo = bl.program_elbo(model, posterior, observed={"x": X})
+        assert float(elbo) == pytest.approx(evidence, rel=1e-12)
+
+
+def test_elbo_is_unbiased_elsewhere():
+    """num_samples = 1000 draws at q = N(0.3, 0.8²): the per-draw mean is within
+    z(1 - α/2) sd/sqrt(1000) of the closed-form ELBO (α = 1e-3, one check)."""
+    loc, scale = torch.tensor(0.3, dtype=F64), torch.tensor(0.8, dtype=F64)
+    posterior = make_posterior(loc, scale)
+    draws = torch.stack([bl.program_elbo(model, posterior, observed={"x": X}) for _ in range(1000)])
+    half_width = z_bonferroni(1) * float(draws.std()) / math.sqrt(len(draws))
+    assert abs(float(draws.mean()) - closed_form_elbo(0.3, 0.8)) < half_width
+
+
+def test_maximising_the_elbo_finds_the_posterior():
+    loc = torch.zeros((), dtype=F64, requires_grad=True)
+    rho = torch.zeros((), dtype=F64, requires_grad=True)
+    posterior = lambda: bl.Normal(loc, nn.functional.softplus(rho), name="z")  # noqa: E731
+    opt = torch.optim.Adam([loc, rho], lr=0.1)
+    for _ in range(100):
+        opt.zero_grad()
+        (-bl.program_elbo(model, posterior, observed={"x": X}, num_samples=2)).backward()
+        opt.step()
+    n = len(X)
+    assert float(loc.detach()) == pytest.approx(float(X.sum()) / (n + 1), abs=0.1)
+    assert float(nn.functional.softplus(rho.detach())) == pytest.approx(
+        1 / math.sqrt(n + 1), abs=0.1
+    )
+
+
+class Figure9Posterior(nn.Module):
+    """The posterior program of Figure 9: returns the sparse-GP intensity."""
+
+    def __init__(self):
+        super().__init__()
+        self.rate = nn.Sequential(
+            layers.SparseGaussianProcess(1, num_inducing=4, in_features=1, dtype=F64),
+            nn.Softplus(),
+        )
+
+    def forward(self):
+        return self.rate
+
+
+def figure9_model(rate):
+    return layers.PoissonProcess(rate, [(0.0, 1.0)], name="events")()
+
+
+def test_layer_kls_enter_through_losses_and_weights_are_not_scored():
+    """A posterior module holding a sparse GP (Figure 9): with the function at its mean the
+    ELBO is exactly log p(events | rate) - KL(q(u) || p(u)), the KL taken from bl.losses of
+    the posterior by default; a Bayesian weight of a posterior is scored by its KL only."""
+    posterior = Figure9Posterior()
+    events = torch.tensor([[0.2], [0.5], [0.6]], dtype=F64)
+    posterior.rate(events)  # the first call initialises the inducing inputs from data
+    with torch.no_grad():
+        posterior.rate[0].inducing_loc.fill_(0.5)  # away from the prior: KL > 0
+    with bl.posterior_mean(posterior):
+        elbo = bl.program_elbo(
+            figure9_model, posterior, observed={"events": events}, pass_posterior=True
+        )
+        log_lik = layers.PoissonProcess(posterior.rate, [(0.0, 1.0)])(events).log_prob(events)
+    kl = posterior.rate[0].losses[0]
+    assert float(kl.detach()) > 0
+    torch.testing.assert_close(elbo, log_lik - kl)
+    elbo.backward()
+    assert posterior.rate[0].inducing_loc.grad.abs().sum() > 0
+
+    # a posterior with a Bayesian weight: its draw is on the tape but scored by KL only
+    net = layers.LinearReparameterization(1, 1, dtype=F64)
+
+    def weighted_posterior():
+        shift = net(torch.ones(1, 1, dtype=F64))[0, 0]
+        return bl.Normal(shift, 1.0, name="z")
+
+    torch.manual_seed(1)
+    got = bl.program_elbo(model, weighted_posterior, observed={"x": X}, kl_modules=net)
+    torch.manual_seed(1)
+    with bl.tape() as q:
+        weighted_posterior()
+    joint = bl.make_log_joint_fn(model)(x=X, z=q["z"].value)
+    expected = joint - q["z"].log_prob(q["z"].value) - net.losses[0]
+    assert list(q) == ["weight", "z"]
+    torch.testing.assert_close(got, expected)
+
+
+def test_program_elbo_rejects_mismatched_programs():
+    posterior = make_posterior(torch.tensor(0.0, dtype=F64), 1.0)
+    with pytest.raises(ValueError, match="no random variable named \\['y'\\]"):
+        bl.program_elbo(model, posterior, observed={"x": X, "y": X})
+
+    def stray():
+        bl.Normal(0.0, 1.0, name="stray")
+        return posterior()
+
+    with pytest.raises(ValueError, match="'stray'"):
+        bl.program_elbo(model, stray, observed={"x": X})
+    with pytest.raises(ValueError, match="both observed and drawn"):
+        bl.program_elbo(model, posterior, observed={"z": 0.0, "x": X})
+    with pytest.raises(ValueError, match="num_samples"):
+        bl.program_elbo(model, posterior, observed={"x": X}, num_samples=0)
+    with pytest.raises(TypeError, match="`posterior` to be callable"):
+        bl.program_elbo(model, None, observed={"x": X})

@@ -1,0 +1,446 @@
+"""trace / traceable / tape / condition / make_log_joint_fn, and layer weights as traced RVs."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from torch import nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers, tracing
+
+# ------------------------------------------------------------------ programs
+
+
+def hierarchical(num_groups: int = 3):
+    """mu ~ N(0, 2); sigma ~ HalfNormal(1); theta_j ~ N(mu, sigma); y_j ~ N(theta_j, 0.5)."""
+    mu = bl.Normal(torch.tensor(0.0, dtype=torch.float64), 2.0, name="mu")
+    sigma = bl.HalfNormal(torch.tensor(1.0, dtype=torch.float64), name="sigma")
+    theta = bl.Normal(mu, sigma, sample_shape=(num_groups,), name="theta")
+    return bl.Normal(theta, 0.5, name="y")
+
+
+def small():
+    z = bl.Normal(0.0, 1.0, name="z")
+    w = bl.Normal(z, 2.0, sample_shape=(2,), name="w")
+    return bl.Normal(w.sum(), 0.5, name="x")
+
+
+def test_log_joint_equals_scipy_sum_of_log_densities():
+    mu, sigma = 0.3, 0.7
+    theta = np.array([-0.2, 0.5, 1.1])
+    y = np.array([0.1, 0.4, 2.0])
+    log_joint = bl.make_log_joint_fn(hierarchical)
+    f64 = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    got = log_joint(mu=f64(mu), sigma=f64(sigma), theta=f64(theta), y=f64(y))
+    expected = (
+        stats.norm.logpdf(mu, 0.0, 2.0)
+        + stats.halfnorm.logpdf(sigma, scale=1.0)
+        + stats.norm.logpdf(theta, mu, sigma).sum()
+        + stats.norm.logpdf(y, theta, 0.5).sum()
+    )
+    assert got.dtype == torch.float64
+    assert float(got) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_log_joint_program_arguments_and_gradients():
+    """Arguments named like the program's parameters go to it (here 4 groups); the log
+    joint's gradient in mu is the analytic -mu/4 + Σ_j (theta_j - mu)/sigma²."""
+    log_joint = bl.make_log_joint_fn(hierarchical)
+    mu = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor(0.8, dtype=torch.float64)
+    theta = torch.tensor([0.1, -0.4, 0.9, 1.2], dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.float64)
+    log_joint(num_groups=4, mu=mu, sigma=sigma, theta=theta, y=y).backward()
+    expected = -0.3 / 4 + float((theta - 0.3).sum()) / 0.8**2
+    assert float(mu.grad) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="shape"):  # 4 groups given, 3 expected
+        log_joint(mu=mu, sigma=sigma, theta=theta, y=y)
+
+
+def test_log_joint_rejects_unknown_names():
+    with pytest.raises(ValueError, match="no random variable named \\['nope'\\]"):
+        bl.make_log_joint_fn(small)(nope=torch.tensor(0.0))
+    with pytest.raises(TypeError, match="callable"):
+        bl.make_log_joint_fn(3)
+
+
+# ------------------------------------------------------------------ condition / tape
+
+
+def test_condition_fixes_values_and_downstream_parameters():
+    z = torch.tensor(1.5)
+    with bl.tape() as t, bl.condition(z=z):
+        small()
+    assert torch.equal(t["z"].value, z)
+    assert torch.equal(t["w"].distribution.loc, z)  # w's loc is the fixed z
+    x = torch.tensor(-3.0)
+    with bl.condition(t["w"], {"x": x}):  # a named RV and a mapping, positionally
+        out = small()
+    assert torch.equal(out.value, x)
+
+
+def test_tape_records_names_in_creation_order():
+    def program():
+        a = bl.Normal(0.0, 1.0, name="a")
+        bl.Normal(0.0, 1.0)  # unnamed: not recorded
+        c = bl.Bernoulli(probs=0.5, name="c")
+        b = bl.Normal(a + c, 1.0, name="b")
+        return bl.Normal(b, 1.0, name="a")  # "a" again: keeps its place, latest value
+
+    with bl.tape() as t:
+        last = program()
+    assert list(t) == ["a", "c", "b"]
+    assert t["a"] is last
+
+
+def test_tracers_nest_innermost_first():
+    calls = []
+
+    def logger(tag):
+        def tracer(f, *args, **kwargs):
+            calls.append(tag)
+            return f(*args, **kwargs)
+
+        return tracer
+
+    with bl.trace(logger("outer")), bl.trace(logger("inner")):
+        bl.Normal(0.0, 1.0)
+    assert calls == ["inner", "outer"]
+
+
+def test_tracer_changes_arguments_and_traceable_functions():
+    @bl.traceable
+    def shifted(loc, *, name=None, value=None):
+        return bl.Normal(loc, 1.0, name=name, value=value)
+
+    seen = []
+
+    def tracer(f, *args, **kwargs):
+        seen.append(f)
+        if f is shifted:
+            args = (args[0] + 10.0,)
+        return f(*args, **kwargs)
+
+    with bl.trace(tracer):
+        rv = shifted(torch.tensor(0.0), name="s")
+    assert float(rv.distribution.loc) == 10.0
+    # while a tracer runs it is off the stack: what its `f` builds goes to outer tracers only
+    assert seen == [shifted]
+
+
+def test_every_constructor_survives_a_pass_through_tracer():
+    """Each public constructor's arguments round-trip through the tracer hook by name."""
+    with bl.trace(lambda f, *a, **k: f(*a, **k)), bl.tape() as t:
+        bl.Bernoulli(probs=0.3, name="b")
+        bl.Categorical(logits=torch.zeros(4), name="c")
+        bl.MultivariateNormal(torch.zeros(2), scale_tril=torch.eye(2), name="m")
+        bl.Independent(bl.Normal(torch.zeros(3), 1.0), 1, name="i")
+        bl.StudentT(3.0, name="t")
+        bl.Deterministic(torch.tensor(2.0), name="d")
+    assert list(t) == ["b", "c", "m", "i", "t", "d"]
+    assert float(t["d"]) == 2.0
+
+
+def test_stack_restored_after_exception():
+    def failing():
+        bl.Normal(0.0, 1.0, name="z")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with bl.tape(), bl.condition(z=0.0):
+            failing()
+    assert tracing._stack() == [] and tracing._active == 0 and tracing._hooks == []
+    assert not tracing.is_tracing()
+
+    def bad_tracer(f, *args, **kwargs):
+        raise KeyError("tracer failed")
+
+    with bl.tape() as outer:
+        with pytest.raises(KeyError):
+            with bl.trace(bad_tracer):
+                bl.Normal(0.0, 1.0, name="lost")
+        bl.Normal(0.0, 1.0, name="kept")  # the outer tape still works
+    assert list(outer) == ["kept"]
+    assert tracing._stack() == [] and tracing._active == 0
+
+
+def test_condition_rejects_bad_input():
+    with pytest.raises(ValueError, match="without a name"):
+        with bl.condition(bl.Normal(0.0, 1.0)):
+            pass
+    with pytest.raises(TypeError, match="str names"):
+        with bl.condition({1: 0.0}):
+            pass
+    with pytest.raises(TypeError, match="for 'z'"):
+        with bl.condition(z="zero"):
+            pass
+    with pytest.raises(TypeError, match="callable tracer"):
+        with bl.trace(None):
+            pass
+
+
+def test_tracing_is_thread_local():
+    recorded = {}
+
+    def other_thread():
+        recorded["traced"] = tracing.is_tracing()
+        with bl.tape() as t:
+            bl.Normal(0.0, 1.0, name="other")
+        recorded["names"] = list(t)
+
+    with bl.tape() as t:
+        bl.Normal(0.0, 1.0, name="main")
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert list(t) == ["main"]
+    assert recorded == {"traced": False, "names": ["other"]}
+
+
+# ------------------------------------------------------------------ properties
+
+NAMES = ("z", "w", "x")
+SHAPES = {"z": (), "w": (2,), "x": ()}
+
+
+@st.composite
+def value_sets(draw):
+    names = draw(st.sets(st.sampled_from(NAMES)))
+    out = {}
+    for n in sorted(names):
+        values = draw(
+            st.lists(
+                st.floats(-5, 5, allow_nan=False),
+                min_size=max(1, int(np.prod(SHAPES[n]))),
+                max_size=max(1, int(np.prod(SHAPES[n]))),
+            )
+        )
+        out[n] = torch.tensor(values).reshape(SHAPES[n])
+    return out
+
+
+def _run(*contexts):
+    torch.manual_seed(1)
+    with bl.tape() as t:
+        for c in contexts:
+            c.__enter__()
+        try:
+            small()
+        finally:
+            for c in reversed(contexts):
+                c.__exit__(None, None, None)
+    return {n: (rv.value, rv.log_prob(rv.value)) for n, rv in t.items()}
+
+
+def _same(a, b):
+    return list(a) == list(b) and all(
+        torch.equal(a[n][0], b[n][0]) and torch.equal(a[n][1], b[n][1]) for n in a
+    )
+
+
+@settings(derandomize=True, database=None, max_examples=25, deadline=None)
+@given(values=value_sets())
+def test_conditioning_twice_is_idempotent(values):
+    once = _run(bl.condition(values))
+    twice = _run(bl.condition(values), bl.condition(values))
+    assert _same(once, twice)
+    for n, v in values.items():
+        assert torch.equal(once[n][0], v)
+
+
+@settings(derandomize=True, database=None, max_examples=25, deadline=None)
+@given(values=value_sets())
+def test_tracing_commutes_with_conditioning(values):
+    """A tape outside or inside ``condition`` records the same variables and values."""
+    torch.manual_seed(1)
+    with bl.tape() as outer, bl.condition(values):
+        small()
+    torch.manual_seed(1)
+    with bl.condition(values), bl.tape() as inner:
+        small()
+    a = {n: (rv.value, rv.log_prob(rv.value)) for n, rv in outer.items()}
+    b = {n: (rv.value, rv.log_prob(rv.value)) for n, rv in inner.items()}
+    assert _same(a, b)
+    # and the log joint agrees with the conditioned run when every value is given
+    full = {n: rv.value for n, rv in outer.items()}
+    expected = sum(rv.log_prob(rv.value).sum() for rv in outer.values())
+    assert torch.allclose(bl.make_log_joint_fn(small)(**full), expected)
+
+
+# ------------------------------------------------------------------ layer weights
+
+
+def _models():
+    torch.manual_seed(3)
+    linear_stack = nn.Sequential(
+        layers.LinearFlipout(3, 5),
+        nn.ReLU(),
+        nn.Sequential(
+            layers.LinearLocalReparameterization(5, 4, bias_initializer="trainable_normal")
+        ),
+        layers.LinearReparameterization(4, 2),
+    )
+    conv = nn.Sequential(
+        layers.Conv2dFlipout(2, 3, 3), nn.ReLU(), layers.Conv2dReparameterization(3, 1, 1)
+    )
+    return [
+        (linear_stack, torch.randn(6, 3), ["0.weight", "2.0.weight", "2.0.bias", "3.weight"]),
+        (conv, torch.randn(2, 2, 6, 6), ["0.weight", "2.weight"]),
+        (layers.LSTMFlipout(3, 4), torch.randn(5, 2, 3), None),
+        (layers.MultiheadAttentionFlipout(4, 2), torch.randn(3, 2, 4), None),
+    ]
+
+
+def _out(model, x):
+    if isinstance(model, layers.MultiheadAttentionFlipout):
+        return model(x, x, x)[0]
+    y = model(x)
+    return y[0] if isinstance(y, tuple) else y
+
+
+@pytest.mark.parametrize("index", range(4), ids=["linear", "conv", "lstm", "attention"])
+def test_layer_weights_are_traced_by_module_path(index):
+    model, x, names = _models()[index]
+    with bl.tape() as t:
+        y = _out(model, x)
+    assert t, "every whole weight draw is recorded"
+    if names is not None:
+        assert list(t) == names
+    for n, rv in t.items():
+        assert isinstance(rv, tracing.LayerParameter), n
+        module_name, _, param = n.rpartition(".")
+        owner = model.get_submodule(module_name) if module_name else model
+        assert rv.layer is owner and rv.param == param
+        assert rv.shape == owner.random_variable(param).distribution.mean.shape
+    # substituting the recorded draws reproduces the output exactly
+    with bl.condition({n: rv.value.detach() for n, rv in t.items()}):
+        again = _out(model, x)
+    torch.testing.assert_close(again, y.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("index", range(4), ids=["linear", "conv", "lstm", "attention"])
+def test_posterior_mean_tracer_equals_posterior_mean_mode(index):
+    model, x, _ = _models()[index]
+    with bl.trace(tracing.mean_weights):
+        a, b = _out(model, x), _out(model, x)
+    with bl.posterior_mean(model):
+        expected = _out(model, x)
+    assert torch.equal(a, b)  # deterministic
+    torch.testing.assert_close(a, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_substituted_weights_are_used():
+    layer = layers.LinearFlipout(3, 2)
+    w = torch.randn(2, 3)
+    x = torch.randn(4, 3)
+    with bl.condition({"weight": w}):
+        y = layer(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, layer.bias))
+    assert torch.equal(layer.weight.value, w)  # the layer's latest draw is the substitute
+    with pytest.raises(ValueError, match="LinearFlipout expected a value for 'weight' of shape"):
+        with bl.condition({"weight": torch.zeros(3, 2)}):
+            layer(x)
+
+
+def test_vectorized_samples_share_a_substituted_weight():
+    layer = layers.LinearReparameterization(3, 2)
+    w = torch.randn(2, 3)
+    x = torch.randn(4, 3)
+    with bl.vectorized_samples(layer, 3), bl.tape() as t:
+        layer(x.repeat(3, 1))
+    assert t["weight"].shape == (3, 2, 3)
+    with bl.vectorized_samples(layer, 3), bl.condition({"weight": w}):
+        y = layer(x.repeat(3, 1)).view(3, 4, 2)
+    for k in range(3):
+        torch.testing.assert_close(y[k], torch.nn.functional.linear(x, w, layer.bias))
+
+
+def test_recurrent_cell_traces_once_per_sequence():
+    cell = layers.LSTMCellFlipout(3, 4)
+    xs = torch.randn(5, 2, 3)
+    with bl.tape() as t:
+        state = cell.get_initial_state(xs[0])
+        for x in xs:
+            state = cell(x, state)
+        first = t["weight_ih"]
+        for x in xs:  # the same sequence continues: no new draw
+            state = cell(x, state)
+    assert t["weight_ih"] is first
+    assert set(t) == {"weight_ih", "weight_hh"}
+    with bl.condition({n: rv.value.detach() for n, rv in t.items()}), bl.tape() as t2:
+        cell.get_initial_state(xs[0])
+        cell(xs[0])
+    assert all(torch.equal(t2[n].value, t[n].value) for n in t)
+
+
+def test_frozen_mode_under_tracing_keeps_its_sample():
+    layer = layers.LinearFlipout(3, 2)
+    x = torch.randn(4, 3)
+    with bl.frozen_sample(layer), bl.tape() as t:
+        a = layer(x)
+        w = t["weight"].value
+        b = layer(x)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(t["weight"].value, w)
+
+
+def test_fast_path_without_tracer():
+    """No tracer: no global hooks, Flipout keeps its per-example noise (rows differ)."""
+    layer = layers.LinearFlipout(
+        3, 2, weight_initializer=bl.initializers.TrainableNormal(scale_init=1.0)
+    )
+    assert tracing._hooks == [] and not tracing.is_tracing()
+    assert layer.per_example_noise()
+    x = torch.ones(2, 3)
+    y = layer(x)
+    assert not torch.allclose(y[0], y[1])  # two examples, two weight draws
+    with bl.tape():
+        assert not layer.per_example_noise()
+        y = layer(x)
+    torch.testing.assert_close(y[0], y[1])  # one whole draw shared by the batch
+    assert tracing._hooks == []
+
+
+def test_mean_mode_layers_draw_nothing_to_trace():
+    layer = layers.LinearReparameterization(3, 2)
+    with bl.posterior_mean(layer), bl.tape() as t:
+        layer(torch.randn(2, 3))
+    assert list(t) == []
+
+
+def test_module_names_root_names_weights_of_several_top_level_modules():
+    encoder = nn.Sequential(layers.LinearReparameterization(3, 2))
+    decoder = nn.Sequential(layers.LinearReparameterization(2, 3))
+    x = torch.randn(2, 3)
+    with bl.tape() as t:
+        decoder(encoder(x))
+    assert list(t) == ["0.weight"]  # each module named from itself: the names collide
+    both = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
+    with tracing.module_names(both, prefix="vae"), bl.tape() as t:
+        decoder(encoder(x))
+    assert list(t) == ["vae.encoder.0.weight", "vae.decoder.0.weight"]
+    with pytest.raises(TypeError, match="nn.Module"):
+        with tracing.module_names("model"):
+            pass
+
+
+def test_mean_tracer_composes_with_tape_and_condition():
+    """Inner tracers act first, so when two set the value the outer one, acting last
+    before construction, wins; a tape outside records what the inner tracers chose."""
+    layer = layers.LinearReparameterization(3, 2)
+    w = torch.randn(2, 3)
+    x = torch.randn(1, 3)
+    with bl.tape() as t, bl.trace(tracing.mean_weights):
+        layer(x)
+    assert torch.equal(t["weight"].value, layer.weight_loc)
+    with bl.trace(tracing.mean_weights), bl.condition({"weight": w}):
+        assert torch.equal(layer(x), nn.functional.linear(x, layer.weight_loc, layer.bias))
+    with bl.condition({"weight": w}), bl.trace(tracing.mean_weights):
+        assert torch.equal(layer(x), nn.functional.linear(x, w, layer.bias))

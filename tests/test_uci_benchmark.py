@@ -1,0 +1,193 @@
+"""The UCI regression benchmark: its protocol pieces, and a --quick run on bundled data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "uci.py"
+DATA = ROOT / "tests" / "data" / "uci"
+
+_spec = importlib.util.spec_from_file_location("uci_benchmark", SCRIPT)
+uci = importlib.util.module_from_spec(_spec)
+sys.modules["uci_benchmark"] = uci  # dataclasses look their module up by name
+_spec.loader.exec_module(uci)
+
+
+def test_standardise_uses_the_training_part_only():
+    rng = np.random.default_rng(0)
+    x_train = rng.normal(3.0, 2.0, size=(50, 3))
+    x_train[:, 2] = 7.0  # a constant column is left at scale 1, not divided by zero
+    y_train = rng.normal(-5.0, 4.0, size=50)
+    x_test = rng.normal(100.0, 10.0, size=(10, 3))  # far away: must not move the statistics
+    y_test = rng.normal(100.0, 10.0, size=10)
+    s = uci.standardise(x_train, y_train, x_test, y_test)
+    np.testing.assert_allclose(s.x_train[:, :2].mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(s.x_train[:, :2].std(0), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(s.x_train[:, 2], 0.0)
+    np.testing.assert_allclose(s.x_test, (x_test - x_train.mean(0)) / np.where(
+        x_train.std(0) > 0, x_train.std(0), 1.0))  # fmt: skip
+    assert s.y_mean == pytest.approx(y_train.mean()) and s.y_std == pytest.approx(y_train.std())
+    np.testing.assert_allclose(s.y_train, (y_train - y_train.mean()) / y_train.std())
+    np.testing.assert_array_equal(s.y_test, y_test)  # kept in original units
+
+
+def test_validation_split_comes_from_the_training_part():
+    x = np.arange(40.0).reshape(20, 2)
+    y = np.arange(20.0)
+    train, test = np.arange(10), np.arange(10, 20)
+    s = uci.make_split(x, y, train, test, validation=True)
+    np.testing.assert_array_equal(s.y_test, [9.0])  # last 10% of the 10 training rows
+    assert len(s.y_train) == 9 and s.y_mean == pytest.approx(4.0)
+
+
+def test_predictive_scores_in_original_units_match_scipy():
+    rng = np.random.default_rng(1)
+    y_mean, y_std = 12.0, 3.5
+    y = rng.normal(y_mean, y_std, size=30)
+    loc = rng.normal(size=(1, 30))
+    scale = rng.uniform(0.3, 1.5, size=(1, 30))
+    rmse, ll = uci.predictive_scores(loc, scale, y, y_mean, y_std)
+    expect = stats.norm.logpdf(y, loc[0] * y_std + y_mean, scale[0] * y_std).mean()
+    assert ll == pytest.approx(expect, rel=1e-12)
+    assert rmse == pytest.approx(np.sqrt(np.mean((loc[0] * y_std + y_mean - y) ** 2)))
+    # K samples: log-mean-exp of the component densities; RMSE of the mean prediction
+    loc = rng.normal(size=(4, 30))
+    scale = rng.uniform(0.3, 1.5, size=(4, 30))
+    rmse, ll = uci.predictive_scores(loc, scale, y, y_mean, y_std)
+    dens = stats.norm.logpdf(y, loc * y_std + y_mean, scale * y_std)
+    assert ll == pytest.approx(np.mean(logsumexp(dens, axis=0) - np.log(4)), rel=1e-12)
+    assert rmse == pytest.approx(np.sqrt(np.mean((loc.mean(0) * y_std + y_mean - y) ** 2)))
+
+
+def test_predictive_scores_stays_finite_far_in_the_tails():
+    rng = np.random.default_rng(2)
+    loc = rng.normal(size=(3, 5))
+    y = np.full(5, 1e3)  # every component density underflows in float64
+    rmse, ll = uci.predictive_scores(loc, np.full((3, 5), 1e-2), y, 0.0, 1.0)
+    assert math.isfinite(ll) and ll < -1e9 and math.isfinite(rmse)
+
+
+def test_predictive_scores_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"predictive_scores expected loc and scale.*\(K, 3\)"):
+        uci.predictive_scores(np.zeros((2, 3)), np.ones((2, 4)), np.zeros(3), 0.0, 1.0)
+    with pytest.raises(ValueError, match="predictive_scores"):
+        uci.predictive_scores(np.zeros(3), np.ones(3), np.zeros(3), 0.0, 1.0)
+
+
+def test_mean_se():
+    mean, se = uci.mean_se([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert uci.mean_se([3.0]) == (3.0, 0.0)
+    with pytest.raises(ValueError, match="mean_se"):
+        uci.mean_se([])
+
+
+def test_load_dataset_and_bad_names(tmp_path: Path):
+    x, y, n = uci.load_dataset(DATA, "yacht")
+    assert x.shape == (308, 6) and y.shape == (308,) and n == 20
+    train, test = uci.split_indices(DATA, "yacht", 0)
+    assert len(set(train) & set(test)) == 0 and len(train) + len(test) == 308
+    with pytest.raises(ValueError, match="yacht has no split 5"):
+        uci.split_indices(DATA, "yacht", 5)  # the bundled copy keeps only 3 of the 20
+    with pytest.raises(ValueError, match="no data set 'nope'"):
+        uci.load_dataset(tmp_path, "nope")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--datasets", "yachtt"], ["--methods", "vi_magic"], ["--splits", "0"]]
+)
+def test_cli_rejects_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exc:
+        uci.parse_args(["--data-dir", str(DATA), *argv])
+    assert exc.value.code == 2 and argv[1] in capsys.readouterr().err
+
+
+def test_cli_quick_defaults():
+    args = uci.parse_args(["--quick", "--data-dir", str(DATA)])
+    assert tuple(args.datasets) == ("yacht", "energy")
+    assert args.splits == 3 and args.methods == list(uci.NN_METHODS)
+    assert args.out_dir.name == "uci_quick"  # never overwrites a full run's results
+
+
+def _record(name: str, method: str, ll: list[float]) -> dict:
+    return {"dataset": name, "method": method, "rmse": [1.0] * len(ll), "ll": ll,
+            "seconds": [1.0] * len(ll)}  # fmt: skip
+
+
+def test_table_merges_separate_runs_and_counts_targets():
+    """Records written by separate processes end up side by side; the summary counts."""
+    results = {
+        # beats published VI (-3.43) and is within one SE of published MC dropout (-1.55)
+        ("yacht", "vi_flipout"): _record("yacht", "vi_flipout", [-1.5, -1.7]),
+        ("yacht", "deterministic"): _record("yacht", "deterministic", [-9.0, -8.0]),
+        # worse than published VI (-2.90) and MC dropout (-2.46) on boston
+        ("bostonHousing", "vi_flipout"): _record("bostonHousing", "vi_flipout", [-3.0, -3.0]),
+    }
+    results[("yacht", "vi_reparameterization")] = _record("yacht", "vi_reparameterization", [-2.0])
+    table = uci.build_table(results)
+    assert "| yacht | 2 |" in table and "| boston | 2 |" in table
+    assert "-2.00 ± 0.00 (1 of 2 splits)" in table  # a row run on fewer splits says so
+    assert "VI Flipout" in table and "deterministic (MAP)" in table
+    assert "beats published VI on 1 of 2 sets: yacht." in table
+    assert "published MC dropout on 1 of 2 sets: yacht (VI Flipout)." in table
+    assert "-1.60 ± 0.10" in table  # mean ± SE of [-1.5, -1.7]
+
+
+@pytest.mark.slow
+def test_quick_run_beats_the_training_mean(tmp_path: Path):
+    out, table = tmp_path / "json", tmp_path / "uci.md"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--data-dir", str(DATA), "--out-dir", str(out),
+         "--table", str(table)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert {(r["dataset"], r["method"]) for r in records} == {
+        (d, m) for d in ("yacht", "energy") for m in uci.NN_METHODS
+    }
+    for r in records:
+        assert r["splits"] == [0, 1, 2]
+        values = r["rmse"] + r["ll"] + r["baseline_rmse"] + r["baseline_ll"]
+        assert all(math.isfinite(v) for v in values)
+        # far better than N(train mean, train std²) on these near-deterministic sets
+        assert np.mean(r["rmse"]) < 0.5 * np.mean(r["baseline_rmse"]), r["method"]
+        assert np.mean(r["ll"]) > np.mean(r["baseline_ll"]) + 0.5, r["method"]
+    text = table.read_text()
+    for col in ("published VI", "published PBP", "published MC dropout"):
+        assert col in text
+    assert "| yacht | 3 |" in text and "| energy | 3 |" in text
+    assert "6.89" in text and "-1.55" in text  # published yacht VI RMSE, MC dropout LL
+
+
+@pytest.mark.parametrize("method", ["sparse_gp", "deep_gp"])
+def test_gp_methods_learn_yacht(method: str):
+    """The GP rows: closed-form expected log-likelihood training, Gaussian predictive."""
+    x, y, _ = uci.load_dataset(DATA, "yacht")
+    split = uci.make_split(x, y, *uci.split_indices(DATA, "yacht", 0), validation=False)
+    rmse, ll, _, _ = uci.run_split("yacht", method, split, 200, seed=0, d=uci.DEFAULTS)
+    base_rmse, base_ll = uci.train_mean_baseline(split)
+    assert math.isfinite(ll) and rmse < 0.5 * base_rmse and ll > base_ll + 0.5
+
+
+def test_gp_predictive_adds_the_noise_variance():
+    torch = pytest.importorskip("torch")
+    model = uci.METHODS["sparse_gp"].build(3, 50, uci.DEFAULTS)
+    x = torch.randn(7, 3)
+    f, noise = model(x)
+    loc, scale = uci.METHODS["sparse_gp"].predictive(model, x, 1)
+    assert loc.shape == scale.shape == (1, 7)
+    torch.testing.assert_close(scale.square(), (f.variance + noise.square()).reshape(1, 7))
+    torch.testing.assert_close(loc, f.mean.reshape(1, 7))
