@@ -438,7 +438,9 @@ def _fmt(mean: float, se: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
-def _digits(name: str) -> int:
+def _digits(name: str, metric: str) -> int:
+    if name == "naval-propulsion-plant" and metric == "rmse":
+        return 4
     return 3 if name in ("kin8nm", "naval-propulsion-plant") else 2
 
 
@@ -480,7 +482,7 @@ def build_table(results: dict[tuple[str, str], dict], *, validation: bool = Fals
             row = [SHORT_NAMES.get(name, name), str(full)]
             for m in methods:
                 s = scores.get((name, m))
-                cell = _fmt(*s[metric], _digits(name)) if s else "-"
+                cell = _fmt(*s[metric], _digits(name, metric)) if s else "-"
                 if s and ns[m] != full:  # a row run on fewer splits says so
                     cell += f" ({ns[m]} of {full} splits)"
                 row.append(cell)
