@@ -1,4 +1,4 @@
-"""torch.compile on the Gaussian-process layers: compiled equals eager.
+"""torch.compile on the GP layers and the PoissonProcess: compiled equals eager.
 
 ``RandomFourierFeatures`` compiles in one graph; ``GaussianProcess`` and
 ``SparseGaussianProcess`` compile with graph breaks at the Cholesky jitter check
@@ -39,10 +39,15 @@ def test_random_fourier_features_compile_in_one_graph() -> None:
         torch.testing.assert_close(compiled(x), eager)
 
 
-# Dynamo itself warns while it traces our custom autograd Functions across the graph
-# breaks (it instantiates them and reads `.grad` of non-leaf tensors): torch's
-# warnings, not ours, and they do not change the result checked here.
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+# Torch 2.13's Dynamo warns while it resumes across graph breaks (it instantiates
+# autograd Functions and reads `.grad` of non-leaf tensors): torch's warnings, not
+# ours, and they do not change the results checked here.
+DYNAMO_RESUME_WARNINGS = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning"
+)
+
+
+@DYNAMO_RESUME_WARNINGS
 @pytest.mark.parametrize("kind", ["sparse", "exact"])
 def test_gp_layers_compiled_match_eager_moments_and_gradients(kind: str) -> None:
     torch.manual_seed(0)
@@ -68,3 +73,26 @@ def test_gp_layers_compiled_match_eager_moments_and_gradients(kind: str) -> None
     assert len(grads[0]) == len(grads[1]) > 0
     for g, w in zip(*grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@DYNAMO_RESUME_WARNINGS
+def test_poisson_process_log_prob_compiled_matches_eager() -> None:
+    # Compiles with graph breaks at the host-side checks (events inside the domain,
+    # a non-negative rate), which raise clear errors in eager and compiled code alike.
+    torch.manual_seed(0)
+    rate = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1), nn.Softplus(), nn.Flatten(0))
+    process = layers.PoissonProcess(rate, domain=[(0.0, 1.0)])
+    events = torch.rand(7, 1)
+
+    def log_prob(x: torch.Tensor) -> torch.Tensor:
+        return process(x).distribution.log_prob(x)
+
+    compiled = torch.compile(log_prob, backend="aot_eager")
+    got, want = compiled(events), log_prob(events)
+    torch.testing.assert_close(got, want)
+    g_got = torch.autograd.grad(got, list(rate.parameters()))
+    g_want = torch.autograd.grad(log_prob(events), list(rate.parameters()))
+    for g, w in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(g, w)
+    with pytest.raises(ValueError, match="domain"):
+        compiled(events + 2.0)
