@@ -78,15 +78,7 @@ class RandomVariable:
         sample_shape: Sequence[int] | torch.Size = (),
         name: str | None = None,
     ) -> None:
-        if not isinstance(distribution, Distribution):
-            raise TypeError(
-                "RandomVariable expected `distribution` to be a torch.distributions."
-                f"Distribution, got {type(distribution).__name__}"
-            )
-        self.distribution = distribution
-        self.name = name
-        self._sample_shape = torch.Size(sample_shape)
-        expected = self._sample_shape + distribution.batch_shape + distribution.event_shape
+        self._set_distribution(distribution, sample_shape, name, "RandomVariable")
         if value is None:
             self._value = _draw(distribution, self._sample_shape)
         else:
@@ -96,11 +88,11 @@ class RandomVariable:
                 support = distribution.support
                 if not value.is_floating_point() and not getattr(support, "is_discrete", False):
                     value = value.to(torch.get_default_dtype())
+            expected = self._expected_shape()
             if value.shape != expected:
                 raise ValueError(
-                    f"RandomVariable{'(' + repr(name) + ')' if name else ''} expected `value` of "
-                    f"shape {tuple(expected)} (sample_shape + batch_shape + event_shape), "
-                    f"got {tuple(value.shape)}"
+                    f"{self._label()} expected `value` of shape {tuple(expected)} "
+                    f"(sample_shape + batch_shape + event_shape), got {tuple(value.shape)}"
                 )
             self._value = value
 
@@ -120,16 +112,33 @@ class RandomVariable:
         ``sample_shape + batch_shape + event_shape`` (checked when it is computed).
         """
         rv = cls.__new__(cls)
-        if not isinstance(distribution, Distribution):
-            raise TypeError(
-                "RandomVariable.deferred expected `distribution` to be a torch.distributions."
-                f"Distribution, got {type(distribution).__name__}"
-            )
-        rv.distribution = distribution
-        rv.name = name
-        rv._sample_shape = torch.Size(sample_shape)
+        rv._set_distribution(distribution, sample_shape, name, "RandomVariable.deferred")
         rv.__dict__["_compute_value"] = compute_value
         return rv
+
+    def _set_distribution(
+        self,
+        distribution: Distribution,
+        sample_shape: Sequence[int] | torch.Size,
+        name: str | None,
+        caller: str,
+    ) -> None:
+        if not isinstance(distribution, Distribution):
+            raise TypeError(
+                f"{caller} expected `distribution` to be a torch.distributions."
+                f"Distribution, got {type(distribution).__name__}"
+            )
+        self.distribution = distribution
+        self.name = name
+        self._sample_shape = torch.Size(sample_shape)
+
+    def _expected_shape(self) -> torch.Size:
+        """``sample_shape + batch_shape + event_shape``: the shape of every value."""
+        dist = self.distribution
+        return self._sample_shape + dist.batch_shape + dist.event_shape
+
+    def _label(self) -> str:
+        return f"RandomVariable({self.name!r})" if self.name else "RandomVariable"
 
     # ----------------------------------------------------------------- value
     @property
@@ -137,13 +146,12 @@ class RandomVariable:
         stored = self.__dict__.get("_stored_value")
         if stored is None:
             value = self.__dict__.pop("_compute_value")()
-            expected = self._sample_shape + self.distribution.batch_shape
-            expected = expected + self.distribution.event_shape
+            expected = self._expected_shape()
             if not isinstance(value, Tensor) or value.shape != expected:
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ValueError(
-                    f"RandomVariable{'(' + repr(self.name) + ')' if self.name else ''}: the "
-                    f"deferred value should have shape {tuple(expected)}, got {got}"
+                    f"{self._label()}: the deferred value should have shape "
+                    f"{tuple(expected)}, got {got}"
                 )
             self.__dict__["_stored_value"] = value
             return value
@@ -166,8 +174,7 @@ class RandomVariable:
     @property
     def shape(self) -> torch.Size:
         if "_compute_value" in self.__dict__:  # deferred: known without computing it
-            dist = self.distribution
-            return self._sample_shape + dist.batch_shape + dist.event_shape
+            return self._expected_shape()
         return self._value.shape
 
     # --------------------------------------------------------- distribution

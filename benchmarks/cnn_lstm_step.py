@@ -17,15 +17,13 @@ default priors; their forward passes return or store the KL as their docs descri
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_cli import parse_and_pin, step_parser, write_results
 from torch import Tensor, nn
 
 import bayesian_layers as bl
@@ -201,14 +199,8 @@ def run(steps: dict[str, Step], repeats: int, per_repeat: int, warmup: int) -> d
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run, for tests")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    parser = step_parser(__doc__)
+    args = parse_and_pin(parser, argv)
     repeats, per, warm = (2, 1, 1) if args.quick else (args.repeats, 3, 2)
     cnn_batch, lstm_batch, seq = (8, 4, 5) if args.quick else (128, 64, 50)
     results = {}
@@ -220,9 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         print(f"{model}: training step, {args.threads} threads, median of {repeats} repeats")
         for name, r in rows.items():
             print(f"  {name:42s} {r['median_ms']:9.2f} ms  {r['ratio']:5.2f}x")
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = ".quick" if args.quick else ""
-    (args.out / f"cnn_lstm_step{suffix}.json").write_text(json.dumps(results, indent=1))
+    write_results(args, "cnn_lstm_step", results)
     return results
 
 

@@ -20,15 +20,13 @@ compiled step to the eager step of the same model.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_cli import parse_and_pin, step_parser, write_results
 from cnn_lstm_step import Step, _cnn, run  # one timing loop for all benchmarks
 from contenders import NUM_TRAIN, mlp
 from torch import Tensor, nn
@@ -98,14 +96,9 @@ def paired_ratios(result: dict[str, dict]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run, for tests")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser = step_parser(__doc__)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_and_pin(parser, argv)
     # every contender compiles the same loss closure's code for another model: one cache
     # entry each (the default limit of 8 would refuse the later ones)
     torch._dynamo.config.recompile_limit = 64
@@ -135,9 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         for key, row in rows.items():
             vs = f"{row['vs_eager']:8.2f}x" if "vs_eager" in row else f"{'':9s}"
             print(f"  {key:48s} {row['median_ms']:9.2f} {vs} {row['first_call_s']:11.1f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = ".quick" if args.quick else ""
-    (args.out / f"compile_step{suffix}.json").write_text(json.dumps(results, indent=1))
+    write_results(args, "compile_step", results)
     return results
 
 

@@ -30,14 +30,12 @@ the median of a few steps; ratios are medians of paired per-repeat ratios to our
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from bench_cli import parse_and_pin, step_parser, write_results
 from cnn_lstm_step import run
 from torch import Tensor
 
@@ -125,17 +123,11 @@ def gpytorch_steps(x: Tensor, y: Tensor, lr: float) -> dict[str, Step]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run, for tests")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = step_parser(__doc__, repeats=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per repeat (median taken)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = parse_and_pin(parser, argv)
     repeats, per, warm = (2, 1, 1) if args.quick else (args.repeats, args.steps, 1)
     sizes = [64, 128] if args.quick else args.sizes
     results: dict[str, dict] = {}
@@ -153,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     for n, rows in results.items():
         for name, r in rows.items():
             print(f"  {n:>5s}  {name:36s} {r['median_ms']:8.1f} ms  {r['ratio']:5.2f}x")
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = ".quick" if args.quick else ""
-    (args.out / f"exact_gp_step{suffix}.json").write_text(json.dumps(results, indent=1))
+    write_results(args, "exact_gp_step", results)
     return results
 
 

@@ -42,11 +42,8 @@ first contender (ours). Peers are used when importable.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
+from bench_cli import parse_and_pin, step_parser, write_results
 from cnn_lstm_step import Step, adam_step, run  # one timing loop and Adam step for all
 from torch import Tensor, nn
 
@@ -135,14 +132,8 @@ def coupling_contenders(x: Tensor, hidden: list[int]) -> dict[str, Step]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run, for tests")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    parser = step_parser(__doc__)
+    args = parse_and_pin(parser, argv)
     repeats, per, warm = (2, 1, 1) if args.quick else (args.repeats, 3, 2)
     batch, dim, hidden = (16, 8, [16, 16]) if args.quick else (256, 64, [256, 256])
     x = torch.randn(batch, dim)
@@ -154,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         print(f"{kind}: training step, {args.threads} threads, median of {repeats} repeats")
         for name, r in rows.items():
             print(f"  {name:42s} {r['median_ms']:9.2f} ms  {r['ratio']:5.2f}x")
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = ".quick" if args.quick else ""
-    (args.out / f"flow_step{suffix}.json").write_text(json.dumps(results, indent=1))
+    write_results(args, "flow_step", results)
     return results
 
 

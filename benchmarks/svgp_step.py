@@ -24,11 +24,8 @@ GPyTorch is skipped when not importable.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
+from bench_cli import parse_and_pin, step_parser, write_results
 from cnn_lstm_step import Step, adam_step, run  # one timing loop and Adam step for all
 from torch import Tensor, nn
 
@@ -91,14 +88,8 @@ def gpytorch_svgp(x: Tensor, y: Tensor, z: Tensor) -> Step | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny run, for tests")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    parser = step_parser(__doc__)
+    args = parse_and_pin(parser, argv)
     repeats, per, warm = (2, 1, 1) if args.quick else (args.repeats, 5, 3)
     batch, dim = (32, 8) if args.quick else (256, 8)
     sizes = (16,) if args.quick else (128, 512)
@@ -116,9 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
               f"median of {repeats} repeats")  # fmt: skip
         for name, r in rows.items():
             print(f"  {name:48s} {r['median_ms']:9.2f} ms  {r['ratio']:5.2f}x")
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = ".quick" if args.quick else ""
-    (args.out / f"svgp_step{suffix}.json").write_text(json.dumps(results, indent=1))
+    write_results(args, "svgp_step", results)
     return results
 
 

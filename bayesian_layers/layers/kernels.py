@@ -40,6 +40,11 @@ __all__ = [
 ]
 
 
+def _constant_diag(value: Tensor, x: Tensor) -> Tensor:
+    """``(*, N)`` diagonal of a kernel whose every ``k(x_i, x_i)`` is the scalar ``value``."""
+    return value.expand(x.shape[:-1]).to(torch.result_type(x, value))
+
+
 class StationaryKernel(Kernel):
     r"""``k(x, x') = amplitude² · f(r)`` with ``r = ‖(x - x')/length_scale‖``.
 
@@ -87,8 +92,7 @@ class StationaryKernel(Kernel):
 
     def _diag(self, x: Tensor) -> Tensor:
         self._scaled(x[..., :1, :])  # validate D
-        amp2 = self.amplitude.pow(2)
-        return amp2.expand(x.shape[:-1]).to(torch.result_type(x, amp2))
+        return _constant_diag(self.amplitude.pow(2), x)
 
     def extra_repr(self) -> str:
         return f"amplitude={self.amplitude.tolist()}, length_scale={self.length_scale.tolist()}"
@@ -250,8 +254,7 @@ class Periodic(Kernel):
         return self.amplitude.pow(2) * torch.exp(-2.0 * s.pow(2) / self.length_scale.pow(2))
 
     def _diag(self, x: Tensor) -> Tensor:
-        amp2 = self.amplitude.pow(2)
-        return amp2.expand(x.shape[:-1]).to(torch.result_type(x, amp2))
+        return _constant_diag(self.amplitude.pow(2), x)
 
 
 class LinearKernel(Kernel):
@@ -364,8 +367,7 @@ class WhiteNoise(Kernel):
         return (var * torch.zeros((), dtype=dtype, device=x1.device)).expand(*batch, n, m)
 
     def _diag(self, x: Tensor) -> Tensor:
-        var = self.variance
-        return var.expand(x.shape[:-1]).to(torch.result_type(x, var))
+        return _constant_diag(self.variance, x)
 
     def extra_repr(self) -> str:
         return f"variance={self.variance.item():.4g}, match={self.match!r}"
@@ -404,5 +406,4 @@ class ConstantKernel(Kernel):
         return var.to(torch.result_type(x1, var)).expand(*batch, x1.shape[-2], x2.shape[-2])
 
     def _diag(self, x: Tensor) -> Tensor:
-        var = self.variance
-        return var.expand(x.shape[:-1]).to(torch.result_type(x, var))
+        return _constant_diag(self.variance, x)
