@@ -25,7 +25,7 @@ from .base import BayesianLayer, as_tensor
 from .gp_numerics import cholesky_with_jitter
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
-from .sparse_gp_kernels import svgp_kl, svgp_predictive_moments
+from .sparse_gp_kernels import svgp_kl, svgp_predictive_moments, whitened_predictive_moments
 
 __all__ = ["SparseGaussianProcess"]
 
@@ -334,13 +334,15 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         if isinstance(self.covariance_fn, StationaryKernel):  # one call: k(Z, [Z; X])
             k = self.covariance_fn(z, torch.cat([z, x.to(z.dtype)]))  # (M, M + N)
             kzz, kzx = k.split([z.shape[0], x.shape[0]], dim=-1)  # one cat in backward
-            chol = self._chol(kzz)
         else:  # e.g. WhiteNoise tells k(Z, Z) from k(Z, X) by identity
-            chol, kzx = self.chol_kzz(), self.covariance_fn(z, x)  # (M, M), (M, N)
-        mean, var = svgp_predictive_moments(
-            self._kxx_diag(x), kzx, chol, self.inducing_loc, self.inducing_scale_tril,
-            whiten=self.whiten,
-        )  # fmt: skip
+            kzz, kzx = self.covariance_fn(z, z), self.covariance_fn(z, x)  # (M, M), (M, N)
+        kxx, loc, scale = self._kxx_diag(x), self.inducing_loc, self.inducing_scale_tril
+        if self.whiten:
+            mean, var = whitened_predictive_moments(
+                kxx, kzz, kzx, loc, scale, jitter=self.jitter, layer=type(self).__name__
+            )
+        else:
+            mean, var = svgp_predictive_moments(kxx, kzx, self._chol(kzz), loc, scale, whiten=False)
         return mean + self._mean(x), var.clamp_min(torch.finfo(var.dtype).eps)
 
     def forward(self, x: Tensor | RandomVariable) -> RandomVariable:
