@@ -3,6 +3,7 @@ stable distance helpers the concrete kernels share (``layers/kernels.py``)."""
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, cast
 
@@ -63,24 +64,47 @@ class _SquaredDistance(torch.autograd.Function):
 
 
 class _ExponentiatedQuadratic(torch.autograd.Function):
-    """``amp² · exp(-½|a_i - b_j|²)`` fused: three elementwise passes forward, four back."""
+    """``amp² · exp(-½|x1_i/ℓ - x2_j/ℓ|²)`` fused: one matrix product and two elementwise
+    passes forward (the squared norms and ``log amp²`` ride in two extra columns of the
+    product), one elementwise pass and two products back."""
 
     @staticmethod
-    def forward(ctx: Any, a: Tensor, b: Tensor, amp2: Tensor) -> Tensor:
-        log_amp2 = amp2.log()
-        out = _half_sq_norms(a, b).add_(a @ b.mT)  # -½|a - b|²
-        out = out.clamp_max_(0.0).add_(log_amp2).exp_()
-        ctx.save_for_backward(a, b, amp2, out)
+    def forward(  # type: ignore[override]
+        ctx: Any, x1: Tensor, x2: Tensor, amp: Tensor, length_scale: Tensor | None
+    ) -> Tensor:
+        a, b = (x1, x2) if length_scale is None else (x1 / length_scale, x2 / length_scale)
+        shift = a.mean(dim=-2, keepdim=True)  # (*, 1, D); distances do not move
+        a, b = a - shift, b - shift
+        log_amp2 = amp.log().mul_(2.0)
+        one_a, one_b = a.new_ones(a.shape[:-1] + (1,)), b.new_ones(b.shape[:-1] + (1,))
+        norm_a = a.square().sum(-1, keepdim=True).mul_(-0.5).add_(log_amp2)
+        norm_b = b.square().sum(-1, keepdim=True).mul_(-0.5)
+        a_aug = torch.cat([a, norm_a, one_a], -1)  # (*, N, D + 2)
+        b_aug = torch.cat([b, one_b, norm_b], -1)  # (*, M, D + 2)
+        out = (a_aug @ b_aug.mT).clamp_max_(log_amp2).exp_()  # log amp² - ½|a - b|² ≤ log amp²
+        ctx.save_for_backward(a_aug, b_aug, shift, amp, length_scale, out)
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, b, amp2, out = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        a_aug, b_aug, shift, amp, length_scale, out = ctx.saved_tensors
+        d = a_aug.shape[-1] - 2
         h = grad * out  # (*, N, M)
-        grad_amp2 = (h.sum() / amp2).reshape(amp2.shape)
-        grad_a, grad_b = _distance_grads(h, a, b)
-        return grad_a, grad_b, grad_amp2
+        ha = h @ b_aug  # (*, N, D + 2): [h b, row sums of h, h norm_b]
+        hb = h.mT @ a_aug  # (*, M, D + 2): [hᵀ a, hᵀ norm_a, column sums of h]
+        a, b = a_aug[..., :d], b_aug[..., :d]
+        grad_a = ha[..., :d] - ha[..., d : d + 1] * a  # ∂/∂a of Σ h (-½|a - b|²)
+        grad_b = hb[..., :d] - hb[..., d + 1 :] * b
+        grad_amp = (ha[..., d].sum() * 2.0 / amp).reshape(amp.shape)
+        grad_x1, grad_x2, grad_ls = grad_a, grad_b, None
+        if length_scale is not None:
+            grad_x1, grad_x2 = grad_a / length_scale, grad_b / length_scale
+            if ctx.needs_input_grad[3]:  # a = x1/ℓ - shift: ∂a/∂ℓ = -(a + shift)/ℓ
+                per_dim = (grad_a * (a + shift)).flatten(0, -2).sum(0)
+                per_dim = per_dim + (grad_b * (b + shift)).flatten(0, -2).sum(0)
+                grad_ls = (-per_dim / length_scale).sum_to_size(length_scale.shape)
+        return grad_x1, grad_x2, grad_amp, grad_ls
 
 
 def squared_distance(x1: Tensor, x2: Tensor) -> Tensor:
@@ -94,20 +118,30 @@ def squared_distance(x1: Tensor, x2: Tensor) -> Tensor:
     return _SquaredDistance.apply(a, b)
 
 
-def exponentiated_quadratic(x1: Tensor, x2: Tensor, amplitude: Tensor) -> Tensor:
-    """``amplitude² · exp(-½|x1_i - x2_j|²)``, ``(*, N, M)``, fused forward and backward.
+def exponentiated_quadratic(
+    x1: Tensor, x2: Tensor, amplitude: Tensor, length_scale: Tensor | None = None
+) -> Tensor:
+    """``amplitude² · exp(-½|x1_i/ℓ - x2_j/ℓ|²)``, ``(*, N, M)``, fused forward and backward.
+
+    ``length_scale`` ``ℓ`` is a scalar or ``(D,)`` tensor (``None``: 1). Inputs are
+    centred at the mean of ``x1/ℓ`` (which removes most of the cancellation of the
+    ``|a|² + |b|² - 2a·b`` expansion) and the exponent is clamped at ``log amplitude²``;
+    first-order gradients only.
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0]])
         >>> exponentiated_quadratic(x, x, torch.tensor(2.0))[0].tolist()  # 4 exp(-1/2)
         [4.0, 2.4261226654052734]
     """
-    a, b = _centred(x1, x2)
-    amp2 = amplitude.pow(2)
-    if a.dtype != amp2.dtype:
-        dtype = torch.promote_types(a.dtype, amp2.dtype)
-        a, b, amp2 = a.to(dtype), b.to(dtype), amp2.to(dtype)
-    return _ExponentiatedQuadratic.apply(a, b, amp2)
+    tensors = [x1, x2, amplitude] + ([] if length_scale is None else [length_scale])
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    if any(t.dtype != dtype for t in tensors):
+        x1, x2, amplitude = x1.to(dtype), x2.to(dtype), amplitude.to(dtype)
+        length_scale = None if length_scale is None else length_scale.to(dtype)
+    if x1.shape[:-2] != x2.shape[:-2]:  # broadcast the batch dimensions up front
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+        x1, x2 = x1.expand(batch + x1.shape[-2:]), x2.expand(batch + x2.shape[-2:])
+    return _ExponentiatedQuadratic.apply(x1, x2, amplitude, length_scale)
 
 
 def distance(x1: Tensor, x2: Tensor) -> Tensor:

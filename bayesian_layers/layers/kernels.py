@@ -81,17 +81,20 @@ class StationaryKernel(Kernel):
         """Positive tensor, ``()`` or ``(D,)``."""
         return self._positive("length_scale")
 
-    def _scaled(self, x: Tensor) -> Tensor:
+    def _checked_length_scale(self, x: Tensor) -> Tensor:
         ls = self.length_scale
         if ls.dim() == 1 and ls.shape[0] != x.shape[-1]:
             raise ValueError(
                 f"{type(self).__name__} has {ls.shape[0]} length scales (ARD) but got inputs "
                 f"with D = {x.shape[-1]} (shape {tuple(x.shape)})"
             )
-        return x / ls
+        return ls
+
+    def _scaled(self, x: Tensor) -> Tensor:
+        return x / self._checked_length_scale(x)
 
     def _diag(self, x: Tensor) -> Tensor:
-        self._scaled(x[..., :1, :])  # validate D
+        self._checked_length_scale(x)
         return _constant_diag(self.amplitude.pow(2), x)
 
     def extra_repr(self) -> str:
@@ -114,7 +117,8 @@ class ExponentiatedQuadratic(StationaryKernel):
     """
 
     def _matrix(self, x1: Tensor, x2: Tensor) -> Tensor:
-        return exponentiated_quadratic(self._scaled(x1), self._scaled(x2), self.amplitude)
+        ls = self._checked_length_scale(x1)
+        return exponentiated_quadratic(x1, x2, self.amplitude, ls)
 
 
 class Matern12(StationaryKernel):

@@ -25,7 +25,12 @@ from .base import BayesianLayer, as_tensor
 from .gp_numerics import cholesky_with_jitter
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
-from .sparse_gp_kernels import svgp_kl, svgp_predictive_moments, whitened_predictive_moments
+from .sparse_gp_kernels import (
+    svgp_kl,
+    svgp_predictive_moments,
+    whitened_kl,
+    whitened_predictive_moments,
+)
 
 __all__ = ["SparseGaussianProcess"]
 
@@ -287,10 +292,8 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
     def losses(self) -> list[Tensor]:
         """``[Σ_units KL(q(u) ‖ p(u))]``, closed form, times ``kl_scale_factor``."""
         if self.whiten:  # from the parts of S: no (U, M, M) assembly
-            loc, diag = self.inducing_loc, F.softplus(self.inducing_scale_rho)  # (U, M) each
-            off = torch.tril(self.inducing_scale_offdiag, -1).square().sum()
-            sq = off + diag.square().sum() + loc.square().sum()
-            kl = 0.5 * (sq - loc.numel()) - diag.log().sum()
+            diag = F.softplus(self.inducing_scale_rho)
+            kl = whitened_kl(self.inducing_loc, self.inducing_scale_offdiag, diag)
         else:
             kl = svgp_kl(self.inducing_loc, self.inducing_scale_tril, self.chol_kzz())
         return [kl * self.kl_scale_factor if self.kl_scale_factor != 1.0 else kl]
@@ -336,13 +339,15 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
             kzz, kzx = k.split([z.shape[0], x.shape[0]], dim=-1)  # one cat in backward
         else:  # e.g. WhiteNoise tells k(Z, Z) from k(Z, X) by identity
             kzz, kzx = self.covariance_fn(z, z), self.covariance_fn(z, x)  # (M, M), (M, N)
-        kxx, loc, scale = self._kxx_diag(x), self.inducing_loc, self.inducing_scale_tril
+        kxx, loc = self._kxx_diag(x), self.inducing_loc
         if self.whiten:
+            off, diag = self.inducing_scale_offdiag, F.softplus(self.inducing_scale_rho)
             mean, var = whitened_predictive_moments(
-                kxx, kzz, kzx, loc, scale, jitter=self.jitter, layer=type(self).__name__
+                kxx, kzz, kzx, loc, off, diag, jitter=self.jitter, layer=type(self).__name__
             )
         else:
-            mean, var = svgp_predictive_moments(kxx, kzx, self._chol(kzz), loc, scale, whiten=False)
+            chol, scale = self._chol(kzz), self.inducing_scale_tril
+            mean, var = svgp_predictive_moments(kxx, kzx, chol, loc, scale, whiten=False)
         return mean + self._mean(x), var.clamp_min(torch.finfo(var.dtype).eps)
 
     def forward(self, x: Tensor | RandomVariable) -> RandomVariable:

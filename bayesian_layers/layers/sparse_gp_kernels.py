@@ -23,6 +23,7 @@ __all__ = [
     "svgp_predictive_moments",
     "whitened_predictive_moments",
     "svgp_kl",
+    "whitened_kl",
     "gaussian_expected_log_likelihood",
 ]
 
@@ -62,6 +63,13 @@ def _lower_inverse(chol: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(chol, eye, upper=False, left=False)
 
 
+def _lower_plus_diag(offdiag: Tensor, diag: Tensor) -> Tensor:
+    """``tril(offdiag, -1) + diag(diag)``: ``(U, M, M)`` from ``(U, M, M)`` and ``(U, M)``."""
+    out = offdiag.tril(-1)
+    out.diagonal(dim1=-2, dim2=-1).copy_(diag)
+    return out
+
+
 class _WhitenedPredictive(torch.autograd.Function):
     """Whitened SVGP marginals from ``K_ZZ`` with a closed-form backward.
 
@@ -75,35 +83,39 @@ class _WhitenedPredictive(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, kxx_diag: Tensor, kzz: Tensor, kzx: Tensor, q_loc: Tensor,
-        q_scale_tril: Tensor, jitter: float, layer: str,
+        q_scale_offdiag: Tensor, q_scale_diag: Tensor, jitter: float, layer: str,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         if jitter:
-            kzz = kzz + jitter * torch.eye(kzz.shape[-1], dtype=kzz.dtype, device=kzz.device)
+            kzz = kzz.clone()
+            kzz.diagonal().add_(jitter)
         chol_inv = _lower_inverse(cholesky_with_jitter(kzz, layer=layer))  # (M, M)
+        scale = _lower_plus_diag(q_scale_offdiag, q_scale_diag)  # S, (U, M, M)
         a = chol_inv @ kzx  # (M, N)
-        sb = q_scale_tril.mT @ a  # (U, M, N)
+        sb = scale.mT @ a  # (U, M, N)
         mean = a.mT @ q_loc.mT  # (N, U)
         var = (kxx_diag - a.square().sum(0)).unsqueeze(-1) + sb.square().sum(-2).mT
-        ctx.save_for_backward(chol_inv, a, sb, q_loc, q_scale_tril)
+        ctx.save_for_backward(chol_inv, a, sb, q_loc, scale)
         return mean, var
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_mean: Tensor, grad_var: Tensor) -> tuple[Tensor | None, ...]:
-        chol_inv, a, sb, q_loc, q_scale_tril = ctx.saved_tensors
-        need_kxx, need_kzz, need_kzx, need_loc, need_scale = ctx.needs_input_grad[:5]
-        g_kxx = g_kzz = g_kzx = g_loc = g_scale = None
+        chol_inv, a, sb, q_loc, scale = ctx.saved_tensors
+        need_kxx, need_kzz, need_kzx, need_loc, need_off, need_diag = ctx.needs_input_grad[:6]
+        g_kxx = g_kzz = g_kzx = g_loc = g_off = g_diag = None
         gv = grad_var.mT.unsqueeze(-2)  # (U, 1, N)
         h = sb * gv  # (U, M, N): ½ ∂/∂(Sᵀ A)
         if need_kxx:
             g_kxx = grad_var.sum(-1)
         if need_loc:
             g_loc = (a @ grad_mean).mT  # (U, M)
-        if need_scale:
+        if need_off or need_diag:
             g_scale = 2.0 * a @ h.mT  # (U, M, M)
+            g_diag = g_scale.diagonal(dim1=-2, dim2=-1).clone() if need_diag else None
+            g_off = g_scale.tril_(-1) if need_off else None
         if need_kzz or need_kzx:
             g_a = torch.addmm(
-                (q_scale_tril @ h).sum(0).sub_(a * gv.sum(0)).mul_(2.0), q_loc.mT, grad_mean.mT
+                (scale @ h).sum(0).sub_(a * gv.sum(0)).mul_(2.0), q_loc.mT, grad_mean.mT
             )  # (M, N)
             if need_kzx:
                 g_kzx = chol_inv.mT @ g_a
@@ -112,7 +124,7 @@ class _WhitenedPredictive(torch.autograd.Function):
                 phi.diagonal().mul_(0.5)
                 g = chol_inv.mT @ phi @ chol_inv
                 g_kzz = (g + g.mT).mul_(-0.5)
-        return g_kxx, g_kzz, g_kzx, g_loc, g_scale, None, None
+        return g_kxx, g_kzz, g_kzx, g_loc, g_off, g_diag, None, None
 
 
 def whitened_predictive_moments(
@@ -120,34 +132,68 @@ def whitened_predictive_moments(
     kzz: Tensor,
     kzx: Tensor,
     q_loc: Tensor,
-    q_scale_tril: Tensor,
+    q_scale_offdiag: Tensor,
+    q_scale_diag: Tensor,
     *,
     jitter: float = 0.0,
     layer: str = "SparseGaussianProcess",
 ) -> tuple[Tensor, Tensor]:
     """:func:`svgp_predictive_moments` (whitened) from ``K_ZZ`` itself, with a fast gradient.
 
-    Factorises ``K_ZZ + jitter·I`` with :func:`~bayesian_layers.layers.gp_numerics.
-    cholesky_with_jitter` (more jitter only if that fails), inverts the factor once and
-    works with matrix products, which on CPU run several times faster than LAPACK's
-    triangular solves at these sizes. The backward is closed form (first order only):
-    the same marginals and gradients as autograd through ``svgp_predictive_moments``.
-    Cost ``O(M³ + U M² N)``.
+    ``S = tril(q_scale_offdiag, -1) + diag(q_scale_diag)`` (the upper triangle of
+    ``q_scale_offdiag`` is ignored and gets a zero gradient). Factorises ``K_ZZ +
+    jitter·I`` with :func:`~bayesian_layers.layers.gp_numerics.cholesky_with_jitter`
+    (more jitter only if that fails), inverts the factor once and works with matrix
+    products, which on CPU run several times faster than LAPACK's triangular solves at
+    these sizes. The backward is closed form (first order only): the same marginals and
+    gradients as autograd through ``svgp_predictive_moments``. Cost ``O(M³ + U M² N)``.
 
     Shape:
         kxx_diag: ``(N,)``; kzz: ``(M, M)``; kzx: ``(M, N)``; q_loc: ``(U, M)``;
-        q_scale_tril: ``(U, M, M)`` lower; returns mean and variance, each ``(N, U)``.
+        q_scale_offdiag: ``(U, M, M)``; q_scale_diag: ``(U, M)``; returns mean and
+        variance, each ``(N, U)``.
 
     Example:
         >>> z, x = torch.randn(4, 2), torch.randn(6, 2)
         >>> k = lambda a, b: torch.exp(-0.5 * torch.cdist(a, b).square())
         >>> mean, var = whitened_predictive_moments(
-        ...     torch.ones(6), k(z, z), k(z, x), torch.zeros(1, 4), torch.eye(4)[None],
-        ...     jitter=1e-6)
+        ...     torch.ones(6), k(z, z), k(z, x), torch.zeros(1, 4), torch.zeros(1, 4, 4),
+        ...     torch.ones(1, 4), jitter=1e-6)
         >>> torch.allclose(var, torch.ones(6, 1), atol=1e-4)  # q(v) = p(v): the prior
         True
     """
-    return _WhitenedPredictive.apply(kxx_diag, kzz, kzx, q_loc, q_scale_tril, jitter, layer)
+    return _WhitenedPredictive.apply(
+        kxx_diag, kzz, kzx, q_loc, q_scale_offdiag, q_scale_diag, jitter, layer
+    )
+
+
+class _WhitenedKL(torch.autograd.Function):
+    """``Σ_u KL(N(m_u, S_u S_uᵀ) ‖ N(0, I))`` from the parts of ``S``; closed-form backward."""
+
+    @staticmethod
+    def forward(ctx: Any, loc: Tensor, offdiag: Tensor, diag: Tensor) -> Tensor:  # type: ignore[override]
+        lower = offdiag.tril(-1)
+        sq = lower.square().sum() + diag.square().sum() + loc.square().sum()
+        ctx.save_for_backward(loc, lower, diag)
+        return 0.5 * (sq - loc.numel()) - diag.log().sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        loc, lower, diag = ctx.saved_tensors
+        return grad * loc, grad * lower, grad * (diag - diag.reciprocal())
+
+
+def whitened_kl(q_loc: Tensor, q_scale_offdiag: Tensor, q_scale_diag: Tensor) -> Tensor:
+    """:func:`svgp_kl` of the whitened case from the parts of ``S`` (no ``(U, M, M)`` assembly).
+
+    ``½ [‖tril(offdiag, -1)‖² + ‖diag‖² + ‖m‖² - U M] - Σ log diag``; one autograd node.
+
+    Shape:
+        q_loc: ``(U, M)``; q_scale_offdiag: ``(U, M, M)``; q_scale_diag: ``(U, M)``
+        (positive); returns a scalar.
+    """
+    return _WhitenedKL.apply(q_loc, q_scale_offdiag, q_scale_diag)
 
 
 def svgp_kl(q_loc: Tensor, q_scale_tril: Tensor, chol_kzz: Tensor | None = None) -> Tensor:
@@ -174,20 +220,55 @@ def svgp_kl(q_loc: Tensor, q_scale_tril: Tensor, chol_kzz: Tensor | None = None)
     return 0.5 * (trace + maha - units * m) + log_det_p - log_det_s
 
 
+class _GaussianExpectedLogLikelihood(torch.autograd.Function):
+    """The closed form below as one autograd node (its gradient is closed form too)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, mean: Tensor, variance: Tensor, target: Tensor, noise: Tensor
+    ) -> Tensor:
+        residual = target - mean
+        inv_noise = noise.reciprocal()
+        scaled = (residual.square() + variance) * inv_noise  # ((y - μ)² + v) / σ²
+        ctx.save_for_backward(residual, scaled, inv_noise)
+        ctx.shapes = mean.shape, variance.shape, target.shape, noise.shape
+        return scaled.add(noise.log() + math.log(2 * math.pi)).mul_(-0.5)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        residual, scaled, inv_noise = ctx.saved_tensors
+        shapes, needs = ctx.shapes, ctx.needs_input_grad
+        g_mean = g_var = g_target = g_noise = None
+        if needs[0] or needs[2]:
+            g_res = grad * residual * inv_noise  # ∂/∂μ; ∂/∂y is its negative
+            g_mean = g_res.sum_to_size(shapes[0]) if needs[0] else None
+            g_target = (-g_res).sum_to_size(shapes[2]) if needs[2] else None
+        if needs[1]:
+            g_var = (-0.5 * grad * inv_noise).expand_as(grad).sum_to_size(shapes[1])
+        if needs[3]:
+            g_noise = (0.5 * grad * (scaled - 1.0) * inv_noise).sum_to_size(shapes[3])
+        return g_mean, g_var, g_target, g_noise
+
+
 def gaussian_expected_log_likelihood(
     mean: Tensor, variance: Tensor, target: Tensor, noise_variance: Tensor | float
 ) -> Tensor:
     """``E_{f ~ N(mean, variance)} log N(y | f, σ²)`` per element, in closed form.
 
     ``= -½ log(2π σ²) - ((y - mean)² + variance) / (2 σ²)``: the variational
-    expectation of a Gaussian likelihood, the data term of the SVGP ELBO.
+    expectation of a Gaussian likelihood, the data term of the SVGP ELBO. One autograd
+    node with a closed-form gradient (first order only).
 
     Shape:
-        mean, variance, target: broadcastable; returns their broadcast shape.
+        mean, variance, target, noise_variance: broadcastable; returns their broadcast
+        shape.
+
+    Example:
+        >>> ell = gaussian_expected_log_likelihood(
+        ...     torch.zeros(2), torch.ones(2), torch.ones(2), 1.0)
+        >>> torch.allclose(ell, torch.full((2,), -0.5 * math.log(2 * math.pi) - 1.0))
+        True
     """
     noise_variance = torch.as_tensor(noise_variance, dtype=mean.dtype, device=mean.device)
-    return -0.5 * (
-        math.log(2 * math.pi)
-        + noise_variance.log()
-        + ((target - mean).square() + variance) / noise_variance
-    )
+    return _GaussianExpectedLogLikelihood.apply(mean, variance, target, noise_variance)

@@ -150,11 +150,13 @@ def test_gradcheck_broadcast_batches(kernel_cls: type[L.Kernel]):
     x1 = torch.randn(2, 1, 4, 2, **D64, requires_grad=True)
     x2 = torch.randn(3, 5, 2, **D64, requires_grad=True)
     amp = kernel.amplitude_rho.detach().clone().requires_grad_(True)
+    ls = kernel.length_scale_rho.detach().clone().requires_grad_(True)
 
-    def f(a: torch.Tensor, b: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        return functional_call(kernel, {"amplitude_rho": rho}, (a, b))
+    def f(a: torch.Tensor, b: torch.Tensor, rho: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
+        params = {"amplitude_rho": rho, "length_scale_rho": ls}
+        return functional_call(kernel, params, (a, b))
 
-    assert torch.autograd.gradcheck(f, (x1, x2, amp))
+    assert torch.autograd.gradcheck(f, (x1, x2, amp, ls))
 
 
 @pytest.mark.parametrize("kernel_cls", [L.Matern12, L.Matern32, L.Matern52, L.Periodic])

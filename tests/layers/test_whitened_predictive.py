@@ -1,5 +1,6 @@
-"""whitened_predictive_moments: the fused forward and closed-form backward of the whitened
-SVGP marginals equal autograd through the plain formulas (svgp_predictive_moments)."""
+"""The fused SVGP functions (whitened marginals, whitened KL, Gaussian expected
+log-likelihood): values and closed-form gradients equal autograd through the plain
+formulas (svgp_predictive_moments, svgp_kl, the written-out expectation); gradcheck."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import torch
 from bayesian_layers import layers
 from bayesian_layers.layers.gp_numerics import NotPositiveDefiniteError, cholesky_with_jitter
 from bayesian_layers.layers.sparse_gp_kernels import (
+    gaussian_expected_log_likelihood,
+    svgp_kl,
     svgp_predictive_moments,
+    whitened_kl,
     whitened_predictive_moments,
 )
 
@@ -23,13 +27,14 @@ def _problem(m: int, n: int, units: int, dtype: torch.dtype = F64, seed: int = 0
     x = torch.randn(n, 3, generator=g, dtype=dtype)
     loc = torch.randn(units, m, generator=g, dtype=dtype)
     diag = 0.5 + torch.rand(units, m, generator=g, dtype=dtype)
-    tril = 0.3 * torch.randn(units, m, m, generator=g, dtype=dtype).tril(-1) + diag.diag_embed()
+    offdiag = 0.3 * torch.randn(units, m, m, generator=g, dtype=dtype)  # upper part unused
     with torch.no_grad():
-        return kern.diag(x), kern(z, z), kern(z, x), loc, tril
+        return kern.diag(x), kern(z, z), kern(z, x), loc, offdiag, diag
 
 
-def _reference(kxx, kzz, kzx, loc, tril, jitter):
+def _reference(kxx, kzz, kzx, loc, offdiag, diag, jitter):
     eye = torch.eye(kzz.shape[-1], dtype=kzz.dtype)
+    tril = offdiag.tril(-1) + diag.diag_embed()
     chol = cholesky_with_jitter(kzz + jitter * eye, layer="Reference")
     return svgp_predictive_moments(kxx, kzx, chol, loc, tril, whiten=True)
 
@@ -45,7 +50,7 @@ def _vjp(fn, inputs, grads):
 @pytest.mark.parametrize("units", [1, 3])
 @pytest.mark.parametrize(
     "needs",
-    [(True,) * 5, (False, True, True, False, False), (False, False, False, True, True)],
+    [(True,) * 6, (False, True, True, False, False, False), (False,) * 3 + (True,) * 3],
     ids=["all", "kernel-only", "q-only"],
 )
 def test_values_and_gradients_equal_autograd_through_the_formulas(units, needs):
@@ -65,25 +70,22 @@ def test_values_and_gradients_equal_autograd_through_the_formulas(units, needs):
 
 
 def test_gradcheck_float64():
-    kxx, kzz, kzx, loc, tril = _problem(5, 4, 2)
-    inputs = [t.clone().requires_grad_() for t in (kxx, kzz, kzx, loc, tril)]
+    inputs = [t.clone().requires_grad_() for t in _problem(5, 4, 2)]
 
-    def fn(kxx, kzz, kzx, loc, tril):  # K_ZZ symmetric and S lower, as the layer passes them
-        return whitened_predictive_moments(
-            kxx, 0.5 * (kzz + kzz.mT), kzx, loc, tril.tril(), jitter=1e-3
-        )
+    def fn(kxx, kzz, kzx, *q):  # K_ZZ symmetric, as the layer passes it
+        return whitened_predictive_moments(kxx, 0.5 * (kzz + kzz.mT), kzx, *q, jitter=1e-3)
 
     assert torch.autograd.gradcheck(fn, inputs)
 
 
 def test_extra_jitter_when_the_factorisation_fails():
     # duplicated inducing inputs: K_ZZ is singular, cholesky_with_jitter adds more jitter
-    kxx, kzz, kzx, loc, tril = _problem(6, 5, 1)
+    kxx, kzz, kzx, *q = _problem(6, 5, 1)
     kzz = kzz[:3, :3].repeat(2, 2)  # K_ZZ of [z1, z2, z3, z1, z2, z3]: rank 3
     kzx = kzx[:3].repeat(2, 1)
     assert int(torch.linalg.cholesky_ex(kzz)[1]) != 0
-    got = whitened_predictive_moments(kxx, kzz, kzx, loc, tril)
-    want = _reference(kxx, kzz, kzx, loc, tril, 0.0)  # the same jitter retries
+    got = whitened_predictive_moments(kxx, kzz, kzx, *q)
+    want = _reference(kxx, kzz, kzx, *q, 0.0)  # the same jitter retries
     for a, b in zip(got, want, strict=True):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
@@ -101,9 +103,9 @@ def test_float32_agrees_with_float64():
 
 
 def test_not_positive_definite_names_the_layer():
-    kxx, kzz, kzx, loc, tril = _problem(4, 3, 1)
+    kxx, kzz, kzx, *q = _problem(4, 3, 1)
     with pytest.raises(NotPositiveDefiniteError, match="MyLayer"):
-        whitened_predictive_moments(kxx, -kzz, kzx, loc, tril, layer="MyLayer")
+        whitened_predictive_moments(kxx, -kzz, kzx, *q, layer="MyLayer")
 
 
 def test_layer_parameter_gradients_equal_the_unfused_formulas():
@@ -128,3 +130,54 @@ def test_layer_parameter_gradients_equal_the_unfused_formulas():
     torch.testing.assert_close(mean, m.detach())
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_whitened_kl_equals_svgp_kl_with_gradients():
+    _, _, _, loc, offdiag, diag = _problem(6, 1, 3)
+    leaves = [t.clone().requires_grad_() for t in (loc, offdiag, diag)]
+    got = whitened_kl(*leaves)
+    want = svgp_kl(leaves[0], leaves[1].tril(-1) + leaves[2].diag_embed())
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(whitened_kl, leaves)
+    # zero at the prior
+    prior = whitened_kl(torch.zeros(2, 4), torch.randn(2, 4, 4).triu(), torch.ones(2, 4))
+    assert float(prior) == 0.0
+
+
+@pytest.mark.parametrize("noise_shape", [(), (1, 2)])
+def test_gaussian_expected_log_likelihood_closed_form_and_gradients(noise_shape):
+    g = torch.Generator().manual_seed(2)
+    mean = torch.randn(5, 2, generator=g, dtype=F64, requires_grad=True)
+    var = torch.rand(5, 2, generator=g, dtype=F64).add(0.1).requires_grad_()
+    target = torch.randn(5, 1, generator=g, dtype=F64, requires_grad=True)  # broadcast
+    noise = torch.rand(noise_shape, generator=g, dtype=F64).add(0.2).requires_grad_()
+    inputs = (mean, var, target, noise)
+    got = gaussian_expected_log_likelihood(*inputs)
+    # written out: E log N(y | f, σ²) = log N(y | μ, σ²) - v / (2σ²)
+    want = torch.distributions.Normal(mean, noise.sqrt()).log_prob(target) - var / (2 * noise)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    cot = torch.randn(5, 2, generator=g, dtype=F64)
+    for a, b in zip(
+        torch.autograd.grad((got * cot).sum(), inputs),
+        torch.autograd.grad((want * cot).sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(gaussian_expected_log_likelihood, inputs)
+
+
+def test_gaussian_expected_log_likelihood_matches_monte_carlo():
+    g = torch.Generator().manual_seed(3)
+    mean, var, y, noise = 0.4, 0.7, -0.2, 0.3
+    f = mean + var**0.5 * torch.randn(400_000, generator=g, dtype=F64)
+    samples = torch.distributions.Normal(f, noise**0.5).log_prob(torch.tensor(y, dtype=F64))
+    closed = gaussian_expected_log_likelihood(
+        torch.tensor(mean, dtype=F64), torch.tensor(var, dtype=F64), torch.tensor(y, dtype=F64),
+        noise,
+    )  # fmt: skip
+    se = samples.std() / samples.numel() ** 0.5
+    assert abs(float(closed - samples.mean())) < 5 * float(se)
