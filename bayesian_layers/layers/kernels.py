@@ -81,20 +81,23 @@ class StationaryKernel(Kernel):
         """Positive tensor, ``()`` or ``(D,)``."""
         return self._positive("length_scale")
 
-    def _checked_length_scale(self, x: Tensor) -> Tensor:
-        ls = self.length_scale
-        if ls.dim() == 1 and ls.shape[0] != x.shape[-1]:
+    def _check_dim(self, x: Tensor) -> None:
+        rho = self.length_scale_rho
+        if rho.dim() == 1 and rho.shape[0] != x.shape[-1]:
             raise ValueError(
-                f"{type(self).__name__} has {ls.shape[0]} length scales (ARD) but got inputs "
+                f"{type(self).__name__} has {rho.shape[0]} length scales (ARD) but got inputs "
                 f"with D = {x.shape[-1]} (shape {tuple(x.shape)})"
             )
-        return ls
+
+    def _checked_length_scale(self, x: Tensor) -> Tensor:
+        self._check_dim(x)
+        return self.length_scale
 
     def _scaled(self, x: Tensor) -> Tensor:
         return x / self._checked_length_scale(x)
 
     def _diag(self, x: Tensor) -> Tensor:
-        self._checked_length_scale(x)
+        self._check_dim(x)
         return _constant_diag(self.amplitude.pow(2), x)
 
     def extra_repr(self) -> str:

@@ -7,7 +7,9 @@ learned inducing inputs ``Z``. The layer returns the marginal predictive
 distribution at every input as a :class:`~bayesian_layers.RandomVariable` whose
 value is a reparameterised sample, so stacking layers in ``nn.Sequential`` gives
 the doubly stochastic deep GP of Salimbeni & Deisenroth (2017). The math lives in
-:mod:`bayesian_layers.layers.sparse_gp_kernels`.
+:mod:`bayesian_layers.layers.sparse_gp_kernels`; whitened (the default), a call is one
+kernel evaluation ``k(Z, [Z; X])``, one fused marginals function (Cholesky, one
+triangular inverse, matrix products, closed-form backward) and the mean function.
 """
 
 from __future__ import annotations
