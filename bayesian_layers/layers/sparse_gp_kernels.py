@@ -110,13 +110,13 @@ class _WhitenedPredictive(torch.autograd.Function):
         if need_loc:
             g_loc = (a @ grad_mean).mT  # (U, M)
         if need_off or need_diag:
-            g_scale = 2.0 * a @ h.mT  # (U, M, M)
+            g_scale = (a @ h.mT).mul_(2.0)  # (U, M, M)
             g_diag = g_scale.diagonal(dim1=-2, dim2=-1).clone() if need_diag else None
             g_off = g_scale.tril_(-1) if need_off else None
         if need_kzz or need_kzx:
-            g_a = torch.addmm(
-                (scale @ h).sum(0).sub_(a * gv.sum(0)).mul_(2.0), q_loc.mT, grad_mean.mT
-            )  # (M, N)
+            s_h = scale @ h  # (U, M, N)
+            s_h = s_h[0] if s_h.shape[0] == 1 else s_h.sum(0)
+            g_a = torch.addmm(s_h.sub_(a * gv.sum(0)).mul_(2.0), q_loc.mT, grad_mean.mT)  # (M, N)
             if need_kzx:
                 g_kzx = chol_inv.mT @ g_a
             if need_kzz:
