@@ -123,15 +123,6 @@ def cholesky_with_jitter(
     )
 
 
-def _inverse_from_cholesky(chol: Tensor) -> Tensor:
-    """``(L Lᵀ)⁻¹`` by LAPACK's ``potri`` (``cholesky_inverse``, 2N³/3 flops): on quiet
-    cores 2.3 times faster than two triangular solves on the identity (``potrs``, 2N³
-    flops) at N = 1000 and 4000. With many more runnable threads than cores, MKL's
-    threaded ``potri`` slows down more than ``potrs`` does (about 2 times slower than it
-    with 8 busy processes on 2 cores)."""
-    return torch.cholesky_inverse(chol)
-
-
 class _LogMarginalLikelihood(torch.autograd.Function):
     """Forward: one Cholesky. Backward: the closed form ``½(ααᵀ - U K⁻¹)``, one
     ``cholesky_inverse``; about 1 N³ flops in all instead of autograd through the
@@ -157,7 +148,10 @@ class _LogMarginalLikelihood(torch.autograd.Function):
         chol, alpha = ctx.saved_tensors
         grad_matrix = grad_noise = grad_residual = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            inverse = _inverse_from_cholesky(chol)  # (N, N)
+            # LAPACK potri, 2N³/3 flops: 2.3x faster than potrs on the identity (2N³) on
+            # quiet cores at N = 1000 and 4000; slower than it only when many more threads
+            # than cores are busy (about 2x with 8 busy processes on 2 cores)
+            inverse = torch.cholesky_inverse(chol)  # (N, N)
             units = alpha.shape[-1]
             grad_matrix = torch.addmm(inverse, alpha, alpha.mT, beta=-units).mul_(0.5 * grad)
             grad_noise = grad_matrix.diagonal().sum().reshape(ctx.noise_shape)
