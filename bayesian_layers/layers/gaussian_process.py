@@ -15,7 +15,11 @@ from ..random_variable import RandomVariable
 from .base import as_tensor
 from .gp_distribution import MultivariateNormalColumns
 from .gp_iterative import gaussian_log_marginal_likelihood_cg
-from .gp_numerics import cholesky_with_jitter, gaussian_log_marginal_likelihood
+from .gp_numerics import (
+    cholesky_with_jitter,
+    full_precision,
+    gaussian_log_marginal_likelihood,
+)
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic
 from .mean_functions import Zeros
@@ -290,11 +294,15 @@ class GaussianProcess(nn.Module):
 
         ``-½ Σ_u r_uᵀ (K_cc + σ² I)⁻¹ r_u - units · ½ log|K_cc + σ² I| - units · N/2 · log 2π``
         with ``r = Y_c - m(X_c)``, as scikit-learn's ``log_marginal_likelihood`` for
-        multi-output ``y``.
+        multi-output ``y``. Computed with autocast off, in the layer's dtype.
         """
         xc, yc = self.conditional_inputs, self.conditional_outputs
         if xc is None or yc is None:
             raise ValueError("GaussianProcess.log_marginal_likelihood needs conditioning data")
+        with full_precision(xc.device):
+            return self._log_marginal_likelihood(xc, yc)
+
+    def _log_marginal_likelihood(self, xc: Tensor, yc: Tensor) -> Tensor:
         resid = yc - self._mean(xc)  # (N, units)
         key = self._cache_key()
         if key is not None and self._cache is not None and self._cache[0] == key:
@@ -312,6 +320,10 @@ class GaussianProcess(nn.Module):
     def forward(self, inputs: Tensor | RandomVariable) -> RandomVariable:
         x = as_tensor(inputs, "GaussianProcess")
         self._check_inputs(x)
+        with full_precision(x.device):  # in the layer's dtype, whatever autocast says
+            return self._posterior(x.to(self.observation_noise_rho.dtype))
+
+    def _posterior(self, x: Tensor) -> RandomVariable:
         b = x.shape[-2]
         mean = self._mean(x)  # (*, B, units) or (*, B, 1)
         kxx = self.covariance_fn(x, x)  # (*, B, B)

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
-from .gp_numerics import cholesky_with_jitter
+from .gp_numerics import cholesky_with_jitter, full_precision
 
 __all__ = ["MultivariateNormalColumns"]
 
@@ -104,7 +104,8 @@ class MultivariateNormalColumns(Distribution):
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + self._matmul_tril(eps)
+        with full_precision(self.loc.device):  # a bf16 product would round the sample
+            return self.loc + self._matmul_tril(eps)
 
     def _whiten(self, diff: Tensor) -> Tensor:
         """``L⁻¹ diff`` column by column; ``diff`` ``(S, *, B, units)``."""

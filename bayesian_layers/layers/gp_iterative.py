@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .gp_numerics import full_precision
+
 __all__ = ["pivoted_cholesky", "gaussian_log_marginal_likelihood_cg"]
 
 
@@ -244,4 +246,5 @@ def gaussian_log_marginal_likelihood_cg(
             f"{preconditioner_rank}, {tolerance}"
         )
     options = (num_probes, max_iterations, float(tolerance), preconditioner_rank)
-    return _CGLogMarginalLikelihood.apply(kernel_matrix, noise, residual, options)
+    with full_precision(kernel_matrix.device):
+        return _CGLogMarginalLikelihood.apply(kernel_matrix, noise, residual, options)

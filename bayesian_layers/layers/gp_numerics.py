@@ -1,8 +1,10 @@
 """Numerics shared by the Gaussian-process layers: a Cholesky factorisation that
-retries with growing jitter and fails with a clear message."""
+retries with growing jitter and fails with a clear message, the exact log marginal
+likelihood with a closed-form gradient, and full precision under autocast."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -15,7 +17,22 @@ __all__ = [
     "cholesky_with_jitter",
     "default_jitter",
     "gaussian_log_marginal_likelihood",
+    "full_precision",
 ]
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off for ``device`` while it is on (a no-op context otherwise).
+
+    Kernel matrices and their Cholesky factors need float32 at least: under bfloat16
+    autocast a kernel's matrix product rounds distances to 3 significant digits, and
+    the marginals of a GP layer came out wrong by about 0.1 on a unit prior. The GP
+    layers compute inside this context, in their parameters' dtype, and return that
+    dtype (as autocast does for ``softmax`` and losses).
+    """
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class NotPositiveDefiniteError(torch.linalg.LinAlgError, ValueError):
@@ -195,4 +212,5 @@ def gaussian_log_marginal_likelihood(
             f"(N, U), got {tuple(matrix.shape)} and {tuple(residual.shape)}"
         )
     noise_t = torch.as_tensor(noise, dtype=matrix.dtype, device=matrix.device)
-    return _LogMarginalLikelihood.apply(matrix, noise_t, residual, layer)
+    with full_precision(matrix.device):
+        return _LogMarginalLikelihood.apply(matrix, noise_t, residual, layer)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .gp_numerics import full_precision
+
 __all__ = [
     "Kernel",
     "SumKernel",
@@ -115,7 +117,8 @@ def squared_distance(x1: Tensor, x2: Tensor) -> Tensor:
     expansion), clamped at zero; a closed-form backward (first order only).
     """
     a, b = _centred(x1, x2)
-    return _SquaredDistance.apply(a, b)
+    with full_precision(a.device):
+        return _SquaredDistance.apply(a, b)
 
 
 def exponentiated_quadratic(
@@ -141,7 +144,8 @@ def exponentiated_quadratic(
     if x1.shape[:-2] != x2.shape[:-2]:  # broadcast the batch dimensions up front
         batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
         x1, x2 = x1.expand(batch + x1.shape[-2:]), x2.expand(batch + x2.shape[-2:])
-    return _ExponentiatedQuadratic.apply(x1, x2, amplitude, length_scale)
+    with full_precision(x1.device):
+        return _ExponentiatedQuadratic.apply(x1, x2, amplitude, length_scale)
 
 
 def distance(x1: Tensor, x2: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..random_variable import RandomVariable
 from .base import BayesianLayer, as_tensor
-from .gp_numerics import cholesky_with_jitter
+from .gp_numerics import cholesky_with_jitter, full_precision
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
 from .sparse_gp_kernels import (
@@ -283,7 +283,8 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
     def chol_kzz(self) -> Tensor:
         """``(M, M)`` Cholesky factor of ``K_ZZ + jitter·I`` (retried with more jitter)."""
         z = self.inducing_inputs
-        return self._chol(self.covariance_fn(z, z))
+        with full_precision(z.device):
+            return self._chol(self.covariance_fn(z, z))
 
     def _chol(self, kzz: Tensor) -> Tensor:
         if self.jitter:
@@ -334,10 +335,17 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         return out
 
     def predictive_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Marginal mean and variance ``(N, units)`` of ``q(f(x))`` at ``x`` ``(N, D)``."""
+        """Marginal mean and variance ``(N, units)`` of ``q(f(x))`` at ``x`` ``(N, D)``.
+
+        Computed in the parameters' dtype (``x`` is cast to it), with autocast off.
+        """
         z = self.inducing_inputs
+        with full_precision(z.device):
+            return self._predictive_moments(x.to(z.dtype), z)
+
+    def _predictive_moments(self, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(self.covariance_fn, StationaryKernel):  # one call: k(Z, [Z; X])
-            k = self.covariance_fn(z, torch.cat([z, x.to(z.dtype)]))  # (M, M + N)
+            k = self.covariance_fn(z, torch.cat([z, x]))  # (M, M + N)
             kzz, kzx = k.split([z.shape[0], x.shape[0]], dim=-1)  # one cat in backward
         else:  # e.g. WhiteNoise tells k(Z, Z) from k(Z, X) by identity
             kzz, kzx = self.covariance_fn(z, z), self.covariance_fn(z, x)  # (M, M), (M, N)

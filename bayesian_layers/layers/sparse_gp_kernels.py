@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .gp_numerics import cholesky_with_jitter
+from .gp_numerics import cholesky_with_jitter, full_precision
 
 __all__ = [
     "svgp_predictive_moments",
@@ -162,9 +162,10 @@ def whitened_predictive_moments(
         >>> torch.allclose(var, torch.ones(6, 1), atol=1e-4)  # q(v) = p(v): the prior
         True
     """
-    return _WhitenedPredictive.apply(
-        kxx_diag, kzz, kzx, q_loc, q_scale_offdiag, q_scale_diag, jitter, layer
-    )
+    with full_precision(kzz.device):
+        return _WhitenedPredictive.apply(
+            kxx_diag, kzz, kzx, q_loc, q_scale_offdiag, q_scale_diag, jitter, layer
+        )
 
 
 class _WhitenedKL(torch.autograd.Function):
