@@ -82,7 +82,7 @@ class StationaryKernel(Kernel):
         return self._positive("length_scale")
 
     def _check_dim(self, x: Tensor) -> None:
-        rho = self.length_scale_rho
+        rho: Tensor = self.length_scale_rho  # type: ignore[assignment]
         if rho.dim() == 1 and rho.shape[0] != x.shape[-1]:
             raise ValueError(
                 f"{type(self).__name__} has {rho.shape[0]} length scales (ARD) but got inputs "
