@@ -193,6 +193,10 @@ def whitened_kl(q_loc: Tensor, q_scale_offdiag: Tensor, q_scale_diag: Tensor) ->
     Shape:
         q_loc: ``(U, M)``; q_scale_offdiag: ``(U, M, M)``; q_scale_diag: ``(U, M)``
         (positive); returns a scalar.
+
+    Example:
+        >>> float(whitened_kl(torch.zeros(1, 3), torch.zeros(1, 3, 3), torch.ones(1, 3)))  # q = p
+        0.0
     """
     return _WhitenedKL.apply(q_loc, q_scale_offdiag, q_scale_diag)
 
