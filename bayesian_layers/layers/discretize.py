@@ -39,8 +39,9 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..random_variable import RandomVariable
+from .binned import BinnedMoments, location_scale_bin_log_mass
 from .logistic import Logistic, _log1mexp, log_sigmoid_diff
-from .output_distributions import _Size
+from .output_distributions import _Size, _strip_independent
 
 __all__ = ["Discretize", "DiscretizedDistribution"]
 
@@ -102,7 +103,7 @@ def _check_family(d: td.Distribution) -> None:
         ) from None
 
 
-class DiscretizedDistribution(td.Distribution):
+class DiscretizedDistribution(BinnedMoments, td.Distribution):
     """A scalar continuous distribution integrated over bins (see the module docstring).
 
     Args:
@@ -146,10 +147,6 @@ class DiscretizedDistribution(td.Distribution):
         self.low, self.high, self.num_bins = float(low), float(high), int(num_bins)
         super().__init__(batch_shape=base.batch_shape, validate_args=validate_args)
 
-    @property
-    def bin_width(self) -> float:
-        return (self.high - self.low) / (self.num_bins - 1)
-
     @constraints.dependent_property(is_discrete=True, event_dim=0)
     def support(self) -> constraints.Constraint:
         return _Grid(self.low, self.bin_width, self.num_bins)
@@ -175,9 +172,6 @@ class DiscretizedDistribution(td.Distribution):
         return new
 
     # ------------------------------------------------------------ bin masses
-    def _bin_index(self, value: Tensor) -> Tensor:
-        return ((value - self.low) / self.bin_width).round().clamp(0, self.num_bins - 1)
-
     def _log_mass(self, d: td.Distribution, idx: Tensor) -> Tensor:
         """Log mass of bin ``idx`` (float bin indices broadcasting with ``d.batch_shape``)."""
         if isinstance(d, td.MixtureSameFamily):
@@ -186,16 +180,16 @@ class DiscretizedDistribution(td.Distribution):
                 log_w + self._log_mass(d.component_distribution, idx[..., None]), -1
             )
         w = self.bin_width
+        if isinstance(d, (Logistic, td.Normal)):
+            fns = (
+                (F.logsigmoid, log_sigmoid_diff)
+                if isinstance(d, Logistic)
+                else (torch.special.log_ndtr, _log_ndtr_diff)
+            )
+            grid = (self.low, w, self.num_bins)
+            return location_scale_bin_log_mass(idx, *grid, d.loc, d.scale, *fns)
         center = self.low + idx * w
         first, last = idx == 0, idx == self.num_bins - 1
-        if isinstance(d, (Logistic, td.Normal)):
-            z_lo = (center - w / 2 - d.loc) / d.scale
-            z_up = (center + w / 2 - d.loc) / d.scale
-            if isinstance(d, Logistic):
-                log_cdf, inner = F.logsigmoid, log_sigmoid_diff(z_lo, z_up)
-            else:
-                log_cdf, inner = torch.special.log_ndtr, _log_ndtr_diff(z_lo, z_up)
-            return torch.where(first, log_cdf(z_up), torch.where(last, log_cdf(-z_lo), inner))
         cdf_lo, cdf_up = d.cdf(center - w / 2), d.cdf(center + w / 2)
         mass = torch.where(first, cdf_up, torch.where(last, 1 - cdf_lo, cdf_up - cdf_lo))
         return mass.clamp_min(torch.finfo(mass.dtype).tiny).log()
@@ -233,22 +227,8 @@ class DiscretizedDistribution(td.Distribution):
         )
 
     @property
-    def mean(self) -> Tensor:
-        return (self.bin_probs() * self.bin_centers).sum(-1)
-
-    @property
     def mode(self) -> Tensor:
         return self.bin_centers[self.bin_probs().argmax(-1)]
-
-    @property
-    def variance(self) -> Tensor:
-        p, c = self.bin_probs(), self.bin_centers
-        mean = (p * c).sum(-1, keepdim=True)
-        return (p * (c - mean).square()).sum(-1)
-
-    def entropy(self) -> Tensor:
-        p = self.bin_probs()
-        return -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1)
 
     def snap(self, x: Tensor) -> Tensor:
         """Round continuous values to the nearest bin centre, clamped to ``[low, high]``."""
@@ -276,14 +256,6 @@ def _param_tensors(d: td.Distribution) -> list[Tensor]:
         return _param_tensors(d.component_distribution)
     found = (getattr(d, name, None) for name in ("loc", "scale"))
     return [t for t in found if isinstance(t, Tensor)]
-
-
-def _strip_independent(d: td.Distribution) -> tuple[td.Distribution, int]:
-    n = 0
-    while isinstance(d, td.Independent):
-        n += d.reinterpreted_batch_ndims
-        d = d.base_dist
-    return d, n
 
 
 class Discretize(nn.Module):

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+from .binned import BinnedMoments, location_scale_bin_log_mass
 from .output_distributions import _no_rsample, _Size
 
 __all__ = ["Logistic", "DiscretizedLogisticMixture", "log_sigmoid_diff"]
@@ -109,7 +110,7 @@ def log_sigmoid_diff(a: Tensor, b: Tensor) -> Tensor:
     return log_hi + _log1mexp(F.logsigmoid(lo) - log_hi)
 
 
-class DiscretizedLogisticMixture(td.Distribution):
+class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
     """A mixture of ``K`` logistics discretized to ``num_bins`` values in ``[low, high]``.
 
     The values are the bin centres ``c_i = low + i·w``, ``w = (high - low) /
@@ -198,17 +199,10 @@ class DiscretizedLogisticMixture(td.Distribution):
         return constraints.interval(self.low, self.high)
 
     @property
-    def bin_width(self) -> float:
-        return (self.high - self.low) / (self.num_bins - 1)
-
-    @property
     def bin_centers(self) -> Tensor:
         """The ``num_bins`` values, ``low + i · bin_width``."""
         i = torch.arange(self.num_bins, dtype=self.loc.dtype, device=self.loc.device)
         return self.low + i * self.bin_width
-
-    def _bin_index(self, value: Tensor) -> Tensor:
-        return ((value - self.low) / self.bin_width).round().clamp(0, self.num_bins - 1)
 
     def _check_on_grid(self, value: Tensor) -> None:
         if not isinstance(value, Tensor):
@@ -227,16 +221,10 @@ class DiscretizedLogisticMixture(td.Distribution):
 
     def _component_log_mass(self, value: Tensor) -> Tensor:
         idx = self._bin_index(value).unsqueeze(-1)  # (*sample, *batch, 1)
-        center = self.low + idx * self.bin_width
-        z_lo = (center - self.bin_width / 2 - self.loc) / self.scale  # (*, K)
-        z_up = (center + self.bin_width / 2 - self.loc) / self.scale
-        return torch.where(
-            idx == 0,
-            F.logsigmoid(z_up),
-            torch.where(
-                idx == self.num_bins - 1, F.logsigmoid(-z_lo), log_sigmoid_diff(z_lo, z_up)
-            ),
-        )
+        grid = (self.low, self.bin_width, self.num_bins)
+        return location_scale_bin_log_mass(
+            idx, *grid, self.loc, self.scale, F.logsigmoid, log_sigmoid_diff
+        )  # (*, K)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -251,20 +239,6 @@ class DiscretizedLogisticMixture(td.Distribution):
         log_weights = self.logits.log_softmax(-1)
         log_p = torch.logsumexp(log_weights + self._component_log_mass(centers), dim=-1)
         return log_p.movedim(0, -1).exp()
-
-    @property
-    def mean(self) -> Tensor:
-        return (self.bin_probs() * self.bin_centers).sum(-1)
-
-    @property
-    def variance(self) -> Tensor:
-        p, c = self.bin_probs(), self.bin_centers
-        mean = (p * c).sum(-1, keepdim=True)
-        return (p * (c - mean).square()).sum(-1)
-
-    def entropy(self) -> Tensor:
-        p = self.bin_probs()
-        return -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1)
 
     def sample(self, sample_shape: _Size = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
