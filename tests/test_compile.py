@@ -24,6 +24,7 @@ BACKEND = "inductor"  # works on the CPU machine (needs a C++ compiler); cold st
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.usefixtures("checks_off_as_dynamo_sets_them"),
     # importing inductor triggers a deprecation warning inside torch itself
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
 ]

@@ -15,7 +15,7 @@ from torch import nn
 import bayesian_layers as bl
 from bayesian_layers import layers
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("checks_off_as_dynamo_sets_them")]
 
 
 @pytest.fixture(autouse=True)
