@@ -33,32 +33,51 @@ def test_linear_step_quick_writes_ratios(tmp_path: Path) -> None:
     assert all(r["speedup"] > 0 for r in data["predict"] if "speedup" in r)
 
 
-@pytest.mark.slow
-def test_cnn_lstm_step_quick_runs(tmp_path: Path) -> None:
-    script = BENCH.parent / "cnn_lstm_step.py"
+def _run_quick(script: str, tmp_path: Path, *args: str) -> dict:
+    """Run ``benchmarks/<script>.py --quick`` and return its ``<script>.quick.json``."""
     proc = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(BENCH.parent / f"{script}.py"), "--quick", "--out", str(tmp_path),
+         *args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads((tmp_path / "cnn_lstm_step.quick.json").read_text())
-    assert data["cnn"]["nn.Conv2d"]["ratio"] == 1.0 and data["lstm"]["nn.LSTM"]["ratio"] == 1.0
-    for model, ours in (("cnn", "ours: Conv2dReparameterization"),
-                        ("lstm", "ours: LSTMReparameterization")):  # fmt: skip
-        assert data[model][ours]["median_ms"] > 0
+    return json.loads((tmp_path / f"{script}.quick.json").read_text())
+
+
+def _assert_paired(rows: dict[str, dict], base: str) -> None:
+    """``base`` has ratio 1; every ratio is the median of the paired per-repeat ratios to
+    ``base``, so it lies within their range (peers that are not installed are absent)."""
+    assert rows[base]["ratio"] == 1.0 and rows[base]["median_ms"] > 0
+    for name, row in rows.items():
+        paired = [t / b for t, b in zip(row["repeats_ms"], rows[base]["repeats_ms"], strict=True)]
+        assert min(paired) <= row["ratio"] <= max(paired), name
+
+
+@pytest.mark.slow
+def test_cnn_lstm_step_quick_runs(tmp_path: Path) -> None:
+    data = _run_quick("cnn_lstm_step", tmp_path)
+    _assert_paired(data["cnn"], "nn.Conv2d")
+    _assert_paired(data["lstm"], "nn.LSTM")
+    assert "ours: Conv2dReparameterization" in data["cnn"]
+    assert "ours: LSTMReparameterization" in data["lstm"]
 
 
 @pytest.mark.slow
 def test_flow_step_quick_runs(tmp_path: Path) -> None:
-    script = BENCH.parent / "flow_step.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads((tmp_path / "flow_step.quick.json").read_text())
-    # only ours is asserted on: zuko and nflows are skipped when not importable
-    for kind, ours in (("autoregressive", "ours: MaskedAutoregressiveFlow"),
-                       ("coupling", "ours: RealNVP")):  # fmt: skip
-        assert data[kind][ours]["ratio"] == 1.0 and data[kind][ours]["median_ms"] > 0
-        assert all("ratio" in row for row in data[kind].values())
+    data = _run_quick("flow_step", tmp_path)
+    _assert_paired(data["autoregressive"], "ours: MaskedAutoregressiveFlow")
+    _assert_paired(data["coupling"], "ours: RealNVP")
+
+
+@pytest.mark.slow
+def test_svgp_step_quick_runs(tmp_path: Path) -> None:
+    data = _run_quick("svgp_step", tmp_path, "--threads", "1")
+    _assert_paired(data["M=16"], "ours: SparseGaussianProcess")
+
+
+@pytest.mark.slow
+def test_exact_gp_step_quick_runs(tmp_path: Path) -> None:
+    data = _run_quick("exact_gp_step", tmp_path, "--threads", "1")
+    for rows in data.values():
+        _assert_paired(rows, "ours: GaussianProcess")
+        assert "ours: GaussianProcess(solver='cg')" in rows
