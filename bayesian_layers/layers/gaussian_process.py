@@ -16,6 +16,7 @@ from .base import as_tensor
 from .gp_distribution import MultivariateNormalColumns
 from .gp_iterative import gaussian_log_marginal_likelihood_cg
 from .gp_numerics import (
+    add_to_diagonal,
     cholesky_with_jitter,
     full_precision,
     gaussian_log_marginal_likelihood,
@@ -271,9 +272,7 @@ class GaussianProcess(nn.Module):
     def _conditioning_matrix(self) -> Tensor:
         """``K_cc + σ² I``, shape ``(N, N)``."""
         kcc = self._kernel_matrix()
-        n = kcc.shape[-1]
-        noise = self.observation_noise.to(kcc.dtype)
-        return kcc + noise * torch.eye(n, dtype=kcc.dtype, device=kcc.device)
+        return add_to_diagonal(kcc, self.observation_noise.to(kcc.dtype))
 
     def _factor(self) -> tuple[Tensor, Tensor]:
         """Cholesky factor ``L`` of ``K_cc + σ² I`` and ``α = (K_cc + σ² I)⁻¹ (Y_c - m(X_c))``."""

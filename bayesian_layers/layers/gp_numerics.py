@@ -18,6 +18,7 @@ __all__ = [
     "default_jitter",
     "gaussian_log_marginal_likelihood",
     "full_precision",
+    "add_to_diagonal",
 ]
 
 
@@ -33,6 +34,14 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     if torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def add_to_diagonal(matrix: Tensor, value: Tensor | float) -> Tensor:
+    """``matrix + value · I`` for ``(*, N, N)`` matrices, as a copy with the diagonal
+    added in place (no ``N × N`` identity; differentiable in both arguments)."""
+    out = matrix.clone()
+    out.diagonal(dim1=-2, dim2=-1).add_(value)
+    return out
 
 
 class NotPositiveDefiniteError(torch.linalg.LinAlgError, ValueError):
@@ -147,7 +156,7 @@ class _LogMarginalLikelihood(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, matrix: Tensor, noise: Tensor, residual: Tensor, layer: str) -> Tensor:
-        matrix = matrix + torch.diag_embed(noise.expand(matrix.shape[-1]))  # K + σ² I
+        matrix = add_to_diagonal(matrix, noise)  # K + σ² I
         chol = cholesky_with_jitter(matrix, layer=layer)
         alpha = torch.cholesky_solve(residual, chol)  # (N, U)
         n, units = residual.shape

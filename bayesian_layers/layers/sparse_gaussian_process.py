@@ -24,7 +24,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..random_variable import RandomVariable
 from .base import BayesianLayer, as_tensor
-from .gp_numerics import cholesky_with_jitter, full_precision
+from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
 from .sparse_gp_kernels import (
@@ -288,7 +288,7 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
 
     def _chol(self, kzz: Tensor) -> Tensor:
         if self.jitter:
-            kzz = kzz + self.jitter * torch.eye(kzz.shape[-1], dtype=kzz.dtype, device=kzz.device)
+            kzz = add_to_diagonal(kzz, self.jitter)
         return cholesky_with_jitter(kzz, layer=type(self).__name__)
 
     @property

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .gp_numerics import cholesky_with_jitter, full_precision
+from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision
 
 __all__ = [
     "svgp_predictive_moments",
@@ -86,8 +86,7 @@ class _WhitenedPredictive(torch.autograd.Function):
         q_scale_offdiag: Tensor, q_scale_diag: Tensor, jitter: float, layer: str,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         if jitter:
-            kzz = kzz.clone()
-            kzz.diagonal().add_(jitter)
+            kzz = add_to_diagonal(kzz, jitter)
         chol_inv = _lower_inverse(cholesky_with_jitter(kzz, layer=layer))  # (M, M)
         scale = _lower_plus_diag(q_scale_offdiag, q_scale_diag)  # S, (U, M, M)
         a = chol_inv @ kzx  # (M, N)
