@@ -32,16 +32,18 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ParallelStyle
 
 from .layers.attention import _BayesianMultiheadAttention
 from .layers.base import BayesianLayer
-from .objectives import losses
 from .tensor_parallel import (
     TP_ATTR,
     BayesianColwiseParallel,
     BayesianRowwiseParallel,
+    _is_sharded,
+    _param_names,
     derive_seed,
     local_view,
     reduce_from_parallel,
@@ -124,9 +126,7 @@ def kl_divergence(model: nn.Module) -> Tensor:
                     terms = layer.losses
                     if not terms:
                         continue
-                    is_sharded = any(
-                        placed[p] for p in placed if p == name or p.startswith(f"{name}_")
-                    )
+                    is_sharded = any(placed.get(p, False) for p in _param_names(layer, name))
                     target = sharded.setdefault(mesh, []) if is_sharded else replicated
                     target.extend(terms)
             finally:
@@ -196,6 +196,8 @@ def elbo_loss(
 class WithKL(nn.Module):
     """Wraps a model so that its forward returns ``(output, KL)``.
 
+    The KL is :func:`kl_divergence`'s: tensor-parallel shards are counted once.
+
     Under FSDP2 the parameters are whole only inside the forward pass, so the KL
     must be computed there; under DDP it is equivalent to computing it after.
     Wrap first, then shard: ``fully_shard(WithKL(model))``; inner FSDP units need
@@ -221,9 +223,7 @@ class WithKL(nn.Module):
 
     def forward(self, *args: object, **kwargs: object) -> tuple[object, Tensor]:
         out = self.model(*args, **kwargs)
-        terms = losses(self.model)
-        kl = torch.stack(terms).sum() if terms else torch.zeros(())
-        return out, kl
+        return out, kl_divergence(self.model)
 
 
 def transformer_plan(
@@ -276,25 +276,25 @@ def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
         The total gradient norm before clipping (a scalar, the same on every rank).
     """
     grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.zeros((), dtype=torch.float64)
-    sharded: dict[object, Tensor] = {}
-    for g in grads:
-        if isinstance(g, DTensor):
-            local = g.to_local().double().square().sum()
-            if any(pl.is_shard() or type(pl).__name__ == "_StridedShard" for pl in g.placements):
-                sharded[g.device_mesh] = sharded.get(g.device_mesh, 0) + local
-                continue
-            total += local
+    locals_ = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    device = locals_[0].device if locals_ else torch.device("cpu")
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    sharded: dict[DeviceMesh, Tensor] = {}
+    for g, local in zip(grads, locals_, strict=True):
+        square = local.double().square().sum()
+        if isinstance(g, DTensor) and _is_sharded(g.placements):
+            mesh = g.device_mesh
+            sharded[mesh] = sharded[mesh] + square if mesh in sharded else square
         else:
-            total += g.double().square().sum()
-    for mesh, part in sharded.items():
-        dist.all_reduce(part, group=mesh.get_group())  # type: ignore[attr-defined]
+            total += square
+    for group_mesh, part in sharded.items():
+        dist.all_reduce(part, group=group_mesh.get_group())
         total += part
     norm = total.sqrt()
-    factor = min(1.0, float(max_norm) / (float(norm) + 1e-6))
-    if factor < 1.0:
-        for g in grads:
-            (g.to_local() if isinstance(g, DTensor) else g).mul_(factor)
+    # as torch's clip_grad_norm_: a clamped factor, no host synchronisation
+    factor = (float(max_norm) / (norm + 1e-6)).clamp(max=1.0)
+    for local in locals_:
+        local.mul_(factor.to(local.device, local.dtype))
     return norm.float()
 
 

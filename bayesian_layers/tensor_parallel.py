@@ -65,6 +65,8 @@ __all__ = [
 
 #: set on every module a Bayesian style has parallelised: ``(style name, mesh)``.
 TP_ATTR = "_bayesian_tensor_parallel"
+#: the local (per-shard) shapes of a parallelised module's random parameters.
+LOCAL_SHAPES_ATTR = TP_ATTR + "_local_shapes"
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -107,6 +109,14 @@ def reduce_from_parallel(x: Tensor, group: Any) -> Tensor:
     return _ReduceFromParallel.apply(x, group)
 
 
+def _is_sharded(placements: tuple[Any, ...] | list[Any]) -> bool:
+    """Whether a DTensor with ``placements`` is split over its mesh (strided shards included).
+
+    (``_StridedShard.is_shard()`` is False on some torch versions, hence the type check.)
+    """
+    return any(isinstance(pl, (Shard, _StridedShard)) for pl in placements)
+
+
 @contextmanager
 def local_view(module: nn.Module) -> Iterator[dict[str, bool]]:
     """Within the context, ``module``'s DTensor parameters read as their local shards.
@@ -118,7 +128,7 @@ def local_view(module: nn.Module) -> Iterator[dict[str, bool]]:
     sharded: dict[str, bool] = {}
     for name, p in module._parameters.items():
         if isinstance(p, DTensor):
-            sharded[name] = any(isinstance(pl, (Shard, _StridedShard)) for pl in p.placements)
+            sharded[name] = _is_sharded(p.placements)
             module.__dict__[name] = p.to_local()
     try:
         yield sharded
@@ -142,7 +152,15 @@ def _shard_params(module: nn.Module, mesh: DeviceMesh, placement: dict[str, Any]
         module.register_parameter(name, nn.Parameter(dp, requires_grad=p.requires_grad))
 
 
-def _param_names(layer: _BayesianLinear, name: str) -> list[str]:
+def _store_local_shapes(module: BayesianLayer) -> None:
+    """Record the local shapes of ``module``'s random parameters (fixed once sharded)."""
+    with local_view(module):
+        shapes = {k: module.point(k).shape for k in module._random}
+    module.__dict__[LOCAL_SHAPES_ATTR] = shapes
+
+
+def _param_names(layer: BayesianLayer, name: str) -> list[str]:
+    """The parameter tensors of ``layer`` that hold the posterior of ``name``."""
     init = layer._inits.get(name)
     if init is None:
         return []
@@ -170,6 +188,7 @@ class _BayesianLinearParallel(ParallelStyle):
         placement = {p: Shard(self._dim) for p in _param_names(module, "weight")}
         self._check_bias(module, placement)
         _shard_params(module, mesh, placement)
+        _store_local_shapes(module)
         setattr(module, TP_ATTR, (style, mesh))
         module.register_forward_pre_hook(self._pre_hook)
         module.register_forward_hook(self._post_hook, always_call=True)
@@ -290,7 +309,12 @@ class BayesianRowwiseParallel(_BayesianLinearParallel):
 
 
 class _ForkedCall:
-    """Local views, local noise shapes and a per-shard generator for one call."""
+    """Local views, local noise shapes and a per-shard generator for one call.
+
+    Only the generator of the parameters' device is reseeded (and restored after
+    the call); the integer that seeds it comes from the default CPU generator,
+    which the ranks of a tensor-parallel group keep in step.
+    """
 
     def __init__(self, mesh: DeviceMesh, modules: tuple[BayesianLayer, ...]) -> None:
         self.attrs: dict[str, Any] = {}
@@ -300,14 +324,48 @@ class _ForkedCall:
         self.randoms = []
         for m in modules:
             self.randoms.append((m, m._random))
-            m.__dict__["_random"] = {k: m.point(k).shape for k in m._random}
+            m.__dict__["_random"] = m.__dict__[LOCAL_SHAPES_ATTR]
         base = int(torch.randint(0, 2**62, (1,)).item())
-        self.rng = torch.get_rng_state()
-        torch.manual_seed(derive_seed(base, mesh.get_local_rank()))
+        self.device = _param_device(modules)
+        self.rng = _get_rng_state(self.device)
+        _seed_device(self.device, derive_seed(base, mesh.get_local_rank()))
 
     def restore(self) -> None:
-        torch.set_rng_state(self.rng)
+        _set_rng_state(self.device, self.rng)
         for m, random in self.randoms:
             m.__dict__["_random"] = random
         for v in self.views:
             v.__exit__(None, None, None)
+
+
+def _param_device(modules: tuple[nn.Module, ...]) -> torch.device:
+    """The device of the first parameter of ``modules`` (CPU when there is none)."""
+    for m in modules:
+        for p in m.parameters(recurse=False):
+            return p.to_local().device if isinstance(p, DTensor) else p.device
+    return torch.device("cpu")
+
+
+def _get_rng_state(device: torch.device) -> Tensor:
+    """The state of the default generator of ``device``."""
+    if device.type == "cpu":
+        return torch.get_rng_state()
+    return torch.get_device_module(device.type).get_rng_state(device)
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    """Restore the default generator of ``device`` to ``state``."""
+    if device.type == "cpu":
+        torch.set_rng_state(state)
+    else:
+        torch.get_device_module(device.type).set_rng_state(state, device)
+
+
+def _seed_device(device: torch.device, seed: int) -> None:
+    """Seed the default generator of ``device`` only (``torch.manual_seed`` seeds all)."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+        return
+    module = torch.get_device_module(device.type)
+    with module.device(device):
+        module.manual_seed(seed)

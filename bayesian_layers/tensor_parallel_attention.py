@@ -26,6 +26,7 @@ from .tensor_parallel import (
     _mesh_1d,
     _param_names,
     _shard_params,
+    _store_local_shapes,
     reduce_from_parallel,
 )
 
@@ -84,6 +85,7 @@ class BayesianAttentionParallel(ParallelStyle):
         _shard_params(module, mesh, placement)
         _shard_params(proj, mesh, {p: Shard(1) for p in _param_names(proj, "weight")})
         for m in (module, proj):
+            _store_local_shapes(m)
             setattr(m, TP_ATTR, (style, mesh))
         module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         module.register_forward_hook(self._post_hook, always_call=True)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from stats_util import z_bonferroni
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import parallelize_module
 
 import bayesian_layers as bl
 from bayesian_layers import distributed as bld
@@ -32,6 +33,10 @@ from bayesian_layers import layers
 WORLD = 2
 N_TRAIN = 100  # training-set size in the ELBO
 SEED = 5
+# float32 rounding: sums of at most 16 terms (the feed-forward width) regrouped over the
+# shards, relative to the largest gradient
+GRAD_RTOL = 16 * torch.finfo(torch.float32).eps
+ATTN_DRAWS = 4000  # independent draws of the sampled head-parallel attention
 
 
 def _free_port() -> int:
@@ -151,11 +156,7 @@ def _check_fsdp(rank: int, res: dict[str, Any]) -> None:
 
 def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import (
-        ColwiseParallel,
-        RowwiseParallel,
-        parallelize_module,
-    )
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
     mesh = init_device_mesh("cpu", (WORLD,))
     x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2))
@@ -180,6 +181,7 @@ def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
             .item()
             for p, q in zip(model.parameters(), ref.parameters(), strict=True)
         )
+        res[f"tp_grad_scale_{name}"] = max(q.grad.abs().max().item() for q in ref.parameters())
         if linear is layers.LinearFlipout:  # clipping a mix of DTensor and plain gradients
             norm = bld.clip_grad_norm_(model.parameters(), 0.5)
             norm_ref = torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
@@ -191,11 +193,9 @@ def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
                 .item()
                 for p, q in zip(model.parameters(), ref.parameters(), strict=True)
             )
-        # sampled: a forward pass and its gradient run; the ranks agree on the output
+        # sampled: a forward pass and its gradient run
         bld.manual_seed(SEED, rank=0)
-        sampled = model(x)
-        sampled.sum().backward()
-        res[f"tp_sample_agree_{name}"] = torch.equal(*_gather(sampled.detach()))
+        model(x).sum().backward()
         with torch.no_grad(), bl.frozen_sample(model):
             res[f"tp_frozen_{name}"] = torch.equal(model(x), model(x))
         with torch.no_grad():
@@ -258,6 +258,7 @@ def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
         for p, q_ in zip(mha.parameters(), mha_ref.parameters(), strict=True)
         if isinstance(p.grad, DTensor)
     )
+    res["tp_attention_grad_scale"] = max(q_.grad.abs().max().item() for q_ in mha_ref.parameters())
     res["tp_attention_local_rows"] = mha.in_proj_weight_loc.to_local().shape[0]
     bld.manual_seed(SEED, rank=0)
     mha(q, kv, kv)
@@ -265,6 +266,7 @@ def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
         w = mha._last_sample["in_proj_weight"]
         eps = (w - mha.in_proj_weight_loc) / F.softplus(mha.in_proj_weight_rho)
     res["tp_attention_noise_shards"] = _gather(eps.detach())
+    _check_head_parallel_flipout_draws(rank, mesh, res)
 
     # torch's own styles on our layers raise; ours on the wrong layer raise
     errors = {}
@@ -290,6 +292,26 @@ def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
         res["tp_row_wrong_input"] = None
     except ValueError as e:
         res["tp_row_wrong_input"] = str(e)
+
+
+def _check_head_parallel_flipout_draws(rank: int, mesh: Any, res: dict[str, Any]) -> None:
+    """Sampled head-parallel Flipout self-attention: ``ATTN_DRAWS`` outputs, one per call
+    (calls draw independent weights; the examples of one call share them), and as many
+    from the single-process layer (rank 0, another seed)."""
+    torch.manual_seed(0)
+    wide = bl.initializers.TrainableNormal(scale_init=0.3)
+    mha = layers.MultiheadAttentionFlipout(8, 2, weight_initializer=wide)
+    mha_ref = copy.deepcopy(mha)
+    parallelize_module(mha, mesh, bld.BayesianAttentionParallel())
+    x = torch.randn(3, 1, 8, generator=torch.Generator().manual_seed(4))  # (L, N, E)
+    with torch.no_grad():
+        bld.manual_seed(SEED, rank=0)
+        res["tp_attention_draws"] = torch.stack([mha(x, x, x)[0] for _ in range(ATTN_DRAWS)])
+        if rank == 0:
+            bld.manual_seed(SEED + 1, rank=0)
+            res["tp_attention_draws_ref"] = torch.stack(
+                [mha_ref(x, x, x)[0] for _ in range(ATTN_DRAWS)]
+            )
 
 
 def _worker(rank: int, port: int, outdir: str) -> None:
@@ -352,8 +374,7 @@ def test_tensor_parallel_posterior_mean_forward_kl_and_grad(results, name):
         assert r[f"tp_out_err_{name}"] < 1e-5
         kl, kl_ref = r[f"tp_kl_{name}"]
         assert kl == pytest.approx(kl_ref, rel=1e-6)
-        assert r[f"tp_grad_err_{name}"] < 1e-4
-        assert r[f"tp_sample_agree_{name}"]  # the replicated output agrees across ranks
+        assert r[f"tp_grad_err_{name}"] < GRAD_RTOL * max(1.0, r[f"tp_grad_scale_{name}"])
         assert r[f"tp_frozen_{name}"] and r[f"tp_fresh_{name}"]  # sampling modes hold
         # every parameter of the block is sharded in halves except the replicated
         # row-wise biases: per-rank parameter memory about 1/2
@@ -389,10 +410,32 @@ def test_head_parallel_attention_equals_single_process(results):
     for r in results:
         assert r["tp_attention_out_err"] < 1e-5
         assert r["tp_attention_weights_err"] < 1e-6
-        assert r["tp_attention_grad_err"] < 1e-4
+        assert r["tp_attention_grad_err"] < GRAD_RTOL * max(1.0, r["tp_attention_grad_scale"])
         assert r["tp_attention_local_rows"] == 3 * 8 // WORLD  # q, k, v rows of one head
     shards = results[0]["tp_attention_noise_shards"]
     assert not torch.allclose(shards[0], shards[1], atol=0.1)
+
+
+def _moments(draws: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-output mean, variance and the standard errors of both (n draws on dim 0)."""
+    n = draws.shape[0]
+    mean, var = draws.mean(0), draws.var(0)
+    m4 = (draws - mean).pow(4).mean(0)
+    # Var(s²) = (μ4 - σ⁴ (n - 3) / (n - 1)) / n
+    return mean, var, (var / n).sqrt(), ((m4 - var.square() * (n - 3) / (n - 1)) / n).sqrt()
+
+
+def test_head_parallel_flipout_attention_sampled_moments(results):
+    """Sampled head-parallel Flipout self-attention has the single-process output
+    distribution: per output, the means and the variances of two independent samples
+    of ATTN_DRAWS draws agree (two-sample z-tests). 3 x 8 outputs, 2 moments: k = 48
+    checks at family-wise alpha = 1e-3. Shards sharing their noise fail it."""
+    r = results[0]
+    mean, var, se_mean, se_var = _moments(r["tp_attention_draws"].double())
+    mean_1, var_1, se_mean_1, se_var_1 = _moments(r["tp_attention_draws_ref"].double())
+    z = z_bonferroni(2 * mean.numel())
+    assert torch.all((mean - mean_1).abs() <= z * (se_mean.square() + se_mean_1.square()).sqrt())
+    assert torch.all((var - var_1).abs() <= z * (se_var.square() + se_var_1.square()).sqrt())
 
 
 def test_torch_styles_raise_and_ours_validate(results):

@@ -312,8 +312,10 @@ class _BayesianLSTM(BayesianLayer):
                 # input projections of every step at once: (B, T, 4H)
                 gx = flipout_matmul(xb, *ih, s_in_x[:, None], s_out_x[:, None], b_ih, k)
                 gx_steps = gx.unbind(1)  # one backward node (indexing gx[:, t] would make T)
-                # autocast: the recurrence runs in the matmul dtype, as torch's fused LSTM
+                # autocast: the recurrence runs in the matmul dtype, as torch's fused LSTM;
+                # the signs (±1, exact in any dtype) are cast once, not at every step
                 h, c = h0[index].to(gx.dtype), c0[index].to(gx.dtype)
+                s_in_h, s_out_h = s_in_h.to(gx.dtype), s_out_h.to(gx.dtype)
                 out: list[Tensor] = [h] * steps
                 for t in range(steps - 1, -1, -1) if direction else range(steps):
                     gates = gx_steps[t] + flipout_matmul(h, *hh, s_in_h, s_out_h, b_hh, k)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .attention_kernels import flipout_project
 from .linear_kernels import add_sample_bias, batched_linear
 
 __all__ = ["flipout_matmul", "lstm_pointwise", "gru_pointwise", "lstm_cell", "gru_cell"]
@@ -36,8 +37,7 @@ def flipout_matmul(
     """
     # (sign_out.to: under autocast the matmuls run in lower precision; keep their dtype)
     if num_samples == 1:
-        mean = F.linear(x, loc, bias)
-        return torch.addcmul(mean, F.linear(x * sign_in, delta), sign_out.to(mean.dtype))
+        return flipout_project(x, loc, delta, bias, sign_in, sign_out)
     perturbation = batched_linear(x * sign_in, delta, None, num_samples)
     mean = add_sample_bias(F.linear(x, loc), bias, num_samples)
     return torch.addcmul(mean, perturbation, sign_out.to(mean.dtype))
