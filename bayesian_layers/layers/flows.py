@@ -158,7 +158,8 @@ class RealNVP(ReversibleLayer):
     ``x2 = x[..., D//2:]``. With ``flip=False`` ``x1`` is kept and conditions
     ``y2 = x2 * exp(s(x1)) + t(x1)``; with ``flip=True`` the roles swap. ``network``
     follows the module's convention (``MADE`` needs equal halves: even ``D``).
-    ``log_det_jacobian(x) = sum(s)``.
+    ``log_det_jacobian(x) = sum(s)``; ``log_det_jacobian_from_output(y)`` is the same
+    sum read on the output (its conditioning part is the input's).
 
     Args:
         network: maps the conditioning part to shift and raw log-scale.
@@ -210,13 +211,19 @@ class RealNVP(ReversibleLayer):
         return self._join(cond, trans * torch.exp(log_scale) + shift)
 
     def reverse(self, y: Tensor) -> Tensor:
-        cond, trans = self._split(y)
-        shift, log_scale = self._params(cond, trans.shape[-1])
-        return self._join(cond, (trans - shift) * torch.exp(-log_scale))
+        return self.reverse_and_log_det(y)[0]
 
     def log_det_jacobian(self, x: Tensor) -> Tensor:
         cond, trans = self._split(x)
         return self._params(cond, trans.shape[-1])[1].sum(-1)
+
+    def log_det_jacobian_from_output(self, y: Tensor) -> Tensor:
+        """``log |det dy/dx|`` from the output ``y``: one network pass.
+
+        The conditioning part passes through unchanged and alone sets the log-scale,
+        so this is ``log_det_jacobian`` read on ``y``.
+        """
+        return self.log_det_jacobian(y)
 
     def reverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(reverse(y), log_det_jacobian(reverse(y)))`` from one network pass."""
@@ -277,8 +284,7 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
         return y
 
     def reverse(self, y: Tensor) -> Tensor:
-        shift, log_scale = self._params(y)
-        return (y - shift) * torch.exp(-log_scale)
+        return self.reverse_and_log_det(y)[0]
 
     def log_det_jacobian(self, x: Tensor) -> Tensor:
         return self.log_det_jacobian_from_output(self.forward(x))

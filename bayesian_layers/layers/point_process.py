@@ -16,6 +16,7 @@ layer drawing a function per call) is scored and sampled as one function.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -49,6 +50,20 @@ def _box(owner: str, domain: object) -> tuple[tuple[float, float], ...]:
                 f"({lo}, {hi}) in dimension {d}"
             )
     return pairs
+
+
+@functools.lru_cache(maxsize=16)
+def _leggauss(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes and weights on ``[-1, 1]`` (read-only; cached per ``n``)."""
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    nodes.setflags(write=False)
+    weights.setflags(write=False)
+    return nodes, weights
+
+
+def _tensor_grid(axes: Sequence[Tensor]) -> Tensor:
+    """The tensor-product grid ``[prod(len(a)), D]`` of ``D`` one-dimensional node sets."""
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
 
 
 class PoissonProcessDistribution(Distribution):
@@ -166,12 +181,12 @@ class PoissonProcessDistribution(Distribution):
             u = torch.rand((n, self.dim), dtype=like.dtype, device=like.device)
             weights = torch.full((n,), self.volume / n, dtype=like.dtype, device=like.device)
             return low + (high - low) * u, weights
-        t_np, w_np = np.polynomial.legendre.leggauss(n)  # on [-1, 1]
-        t = torch.as_tensor(t_np, dtype=like.dtype, device=like.device)
-        w = torch.as_tensor(w_np, dtype=like.dtype, device=like.device)
+        t_np, w_np = _leggauss(n)  # on [-1, 1]
+        t = torch.tensor(t_np, dtype=like.dtype, device=like.device)
+        w = torch.tensor(w_np, dtype=like.dtype, device=like.device)
         axes = [(lo + hi) / 2 + (hi - lo) / 2 * t for lo, hi in zip(low, high, strict=True)]
         scales = [(hi - lo) / 2 * w for lo, hi in zip(low, high, strict=True)]
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.dim)
+        grid = _tensor_grid(axes)
         weight = scales[0]
         for s in scales[1:]:
             weight = (weight.unsqueeze(-1) * s).reshape(-1)
@@ -250,28 +265,34 @@ class PoissonProcessDistribution(Distribution):
 
     # ----------------------------------------------------------------- sampling
     def _bound_grid(self) -> Tensor:
-        n = self.num_points
-        axes = [torch.linspace(lo, hi, n, dtype=self.dtype) for lo, hi in self.domain]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.dim)
+        """A uniform grid of ``num_points`` nodes per dimension (corners included)."""
+        n, low = self.num_points, self.low
+        axes = [
+            torch.linspace(lo, hi, n, dtype=low.dtype, device=low.device) for lo, hi in self.domain
+        ]
+        return _tensor_grid(axes)
 
     @torch.no_grad()
     def _sample_one(self) -> Tensor:
         owner = type(self).__name__
         low, high = self.low, self.high
-        grid = self._bound_grid().to(low)
+        grid = self._bound_grid()
         bound = self.upper_bound
         if bound is None:
             bound = self.bound_factor * float(self.intensity(grid).max())
+        if bound <= 0.0:  # a rate zero on the whole grid: no points
+            return low.new_zeros(0, self.dim)
         for _ in range(30):
-            if bound <= 0.0:
-                return low.new_zeros(0, self.dim)
-            count = int(torch.poisson(torch.tensor(bound * self.volume, dtype=torch.float64)))
-            candidates = low + (high - low) * torch.rand(count, self.dim, dtype=low.dtype)
+            mean_count = torch.tensor(bound * self.volume, dtype=torch.float64, device="cpu")
+            count = int(torch.poisson(mean_count))  # a host-side size
+            u = torch.rand(count, self.dim, dtype=low.dtype, device=low.device)
+            candidates = low + (high - low) * u
             # one rate call: the candidates and the grid see the same function sample
             rates = self.intensity(torch.cat([candidates, grid], 0))
             peak = float(rates.max()) if rates.numel() else 0.0
             if peak <= bound:
-                keep = torch.rand(count, dtype=low.dtype) * bound < rates[:count]
+                keep = torch.rand(count, dtype=low.dtype, device=low.device) * bound
+                keep = keep < rates[:count]
                 return candidates[keep]
             if self.upper_bound is not None:
                 raise ValueError(
@@ -296,7 +317,7 @@ class PoissonProcessDistribution(Distribution):
         sets = self.sample((num_samples,))
         n_max = max((len(s) for s in sets), default=0)
         points = self.low.expand(num_samples, n_max, self.dim).clone()
-        mask = torch.zeros(num_samples, n_max, dtype=torch.bool)
+        mask = torch.zeros(num_samples, n_max, dtype=torch.bool, device=points.device)
         for i, s in enumerate(sets):
             points[i, : len(s)] = s
             mask[i, : len(s)] = True
@@ -324,13 +345,8 @@ class PointSetVariable(RandomVariable):
     def __init__(
         self, distribution: PoissonProcessDistribution, value: Tensor, name: str | None = None
     ) -> None:
-        self.distribution = distribution
-        self.name = name
-        self._sample_shape = torch.Size()
+        self._set_distribution(distribution, (), name, "PointSetVariable")
         self._value = distribution.check_points(value)
-
-    def sample(self, sample_shape: Sequence[int] | torch.Size = ()) -> Tensor | list:  # type: ignore[override]
-        return self.distribution.sample(torch.Size(sample_shape))
 
 
 @traceable
@@ -411,26 +427,38 @@ class PoissonProcess(nn.Module):
         }
         self.process()  # validates domain and options now
 
-    def process(self, *, dtype: torch.dtype | None = None) -> PoissonProcessDistribution:
-        """The process as a distribution over point sets."""
+    def process(
+        self, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> PoissonProcessDistribution:
+        """The process as a distribution over point sets (box and draws in ``dtype`` on
+        ``device``)."""
         options = self._options
-        return PoissonProcessDistribution(self.rate, self.domain, dtype=dtype, **options)  # type: ignore[arg-type]
+        return PoissonProcessDistribution(
+            self.rate,
+            self.domain,
+            dtype=dtype,
+            device=device,
+            **options,  # type: ignore[arg-type]
+        )
 
     def forward(self, x: Tensor | None = None) -> PointSetVariable:
         if isinstance(x, RandomVariable):
             x = x.value
-        dtype = x.dtype if isinstance(x, Tensor) and x.is_floating_point() else self._rate_dtype()
-        distribution = self.process(dtype=dtype)
-        if x is not None:
-            distribution.check_points(x)
-        return point_set(distribution, name=self.name, value=x)
+        param = self._rate_parameter()
+        dtype = param.dtype if param is not None else None
+        device = param.device if param is not None else None
+        if isinstance(x, Tensor):
+            dtype = x.dtype if x.is_floating_point() else dtype
+            device = x.device
+        # the points are checked (also a value substituted by conditioning) by PointSetVariable
+        return point_set(self.process(dtype=dtype, device=device), name=self.name, value=x)
 
-    def _rate_dtype(self) -> torch.dtype | None:
-        """The dtype of the rate module's floating parameters (points drawn in it)."""
+    def _rate_parameter(self) -> Tensor | None:
+        """A floating parameter of the rate module: its dtype and device are the points'."""
         if isinstance(self.rate, nn.Module):
             for p in self.rate.parameters():
                 if p.is_floating_point() and not isinstance(p, nn.UninitializedParameter):
-                    return p.dtype
+                    return p
         return None
 
     def extra_repr(self) -> str:

@@ -94,14 +94,7 @@ class _LayerTransform(Transform):
             self._pending = None
             if pending[0] is x and pending[1] is y:
                 return pending[2]
-        # Layers whose log-det is cheap from the output (autoregressive flows conditioned
-        # on y) say so with `log_det_jacobian_from_output`: no extra sequential pass.
-        from_output = getattr(self.layer, "log_det_jacobian_from_output", None)
-        if callable(from_output):
-            out: Tensor = from_output(y)
-        else:
-            out = self.layer.log_det_jacobian(x)  # type: ignore[operator]
-        return out
+        return _layer_log_det(self.layer, x, y, "_LayerTransform")
 
     def __repr__(self) -> str:
         return f"_LayerTransform({type(self.layer).__name__}, event_dim={self._event_dim})"
@@ -210,21 +203,75 @@ def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
 
 
 def sequential_log_det_jacobian(seq: nn.Sequential, x: Tensor) -> Tensor:
-    """``log |det J|`` of a ``nn.Sequential`` of reversible layers at ``x`` (sum over layers)."""
-    total: Tensor | None = None
-    for layer in seq:
-        ldj_fn = getattr(layer, "log_det_jacobian", None)
-        if not callable(ldj_fn):
-            raise NotImplementedError(
-                f"sequential_log_det_jacobian: layer {type(layer).__name__} has no "
-                "`log_det_jacobian` method"
-            )
-        ldj: Tensor = ldj_fn(x)
-        total = ldj if total is None else total + ldj
-        x = layer.forward(x)
-    if total is None:
-        raise ValueError("sequential_log_det_jacobian expected a non-empty nn.Sequential")
-    return total
+    """``log |det J|`` of a ``nn.Sequential`` of reversible layers at ``x`` (sum over layers).
+
+    One forward sweep; each layer's log-det is read from its output when it offers
+    ``log_det_jacobian_from_output`` (a masked autoregressive flow then takes no
+    second sequential pass).
+    """
+    return _forward_and_log_det(seq, x, "sequential_log_det_jacobian")[1]
+
+
+def _missing_method(owner: str, layer: nn.Module, method: str) -> NotImplementedError:
+    return NotImplementedError(f"{owner}: layer {type(layer).__name__} has no `{method}` method")
+
+
+def _layer_log_det(layer: nn.Module, x: Tensor, y: Tensor, owner: str) -> Tensor:
+    """``layer.log_det_jacobian(x)`` where ``y = layer(x)``, by the cheapest route.
+
+    Layers whose log-det is cheap from the output (autoregressive flows conditioned
+    on ``y``, coupling layers) say so with ``log_det_jacobian_from_output``.
+    """
+    from_output = getattr(layer, "log_det_jacobian_from_output", None)
+    if callable(from_output):
+        out: Tensor = from_output(y)
+        return out
+    fn = getattr(layer, "log_det_jacobian", None)
+    if not callable(fn):
+        raise _missing_method(owner, layer, "log_det_jacobian")
+    out = fn(x)
+    return out
+
+
+def _add(total: Tensor | None, ldj: Tensor) -> Tensor:
+    return ldj if total is None else total + ldj
+
+
+def _forward_and_log_det(layer: nn.Module, x: Tensor, owner: str) -> tuple[Tensor, Tensor]:
+    """``(layer(x), log |det J|(x))``; an ``nn.Sequential`` is swept first to last."""
+    if isinstance(layer, nn.Sequential):
+        total: Tensor | None = None
+        for sub in layer:
+            x, ldj = _forward_and_log_det(sub, x, owner)
+            total = _add(total, ldj)
+        if total is None:
+            raise ValueError(f"{owner} expected a non-empty nn.Sequential")
+        return x, total
+    y: Tensor = layer(x)
+    return y, _layer_log_det(layer, x, y, owner)
+
+
+def _reverse_and_log_det(layer: nn.Module, y: Tensor, owner: str) -> tuple[Tensor, Tensor]:
+    """``(x, log |det J|(x))`` with ``x = layer.reverse(y)``; an ``nn.Sequential`` is
+    swept last to first. Layers that get the log-det with the inverse offer
+    ``reverse_and_log_det``."""
+    if isinstance(layer, nn.Sequential):
+        total: Tensor | None = None
+        for sub in reversed(list(layer)):
+            y, ldj = _reverse_and_log_det(sub, y, owner)
+            total = _add(total, ldj)
+        if total is None:
+            raise ValueError(f"{owner} expected a non-empty nn.Sequential")
+        return y, total
+    both = getattr(layer, "reverse_and_log_det", None)
+    if callable(both):
+        x, ldj = both(y)
+        return x, ldj
+    fn = getattr(layer, "reverse", None)
+    if not callable(fn):
+        raise _missing_method(owner, layer, "reverse")
+    x = fn(y)
+    return x, _layer_log_det(layer, x, y, owner)
 
 
 class Reverse(ReversibleLayer):
@@ -237,6 +284,11 @@ class Reverse(ReversibleLayer):
     fine and raises ``NotImplementedError`` naming its class only when called. An
     ``nn.Sequential`` of reversible layers is reversed as a whole
     (:func:`reverse_sequential`).
+
+    ``log_det_jacobian`` takes one reverse sweep of ``layer`` and
+    ``reverse_and_log_det`` one forward sweep, each layer's log-det read along the
+    way (``reverse_and_log_det`` or ``log_det_jacobian_from_output`` where a layer
+    offers them), so ``Reverse(layer)(rv).log_prob`` takes a single sweep.
 
     Args:
         layer: the module to invert.
@@ -259,15 +311,6 @@ class Reverse(ReversibleLayer):
         if not callable(fn):
             raise self._missing("reverse")
         out: Tensor = fn(y)
-        return out
-
-    def _inner_log_det(self, x: Tensor) -> Tensor:
-        if isinstance(self.layer, nn.Sequential):
-            return sequential_log_det_jacobian(self.layer, x)
-        fn = getattr(self.layer, "log_det_jacobian", None)
-        if not callable(fn):
-            raise self._missing("log_det_jacobian")
-        out: Tensor = fn(x)
         return out
 
     def event_dim_for(self, x: Tensor) -> int:
@@ -298,11 +341,17 @@ class Reverse(ReversibleLayer):
         return out
 
     def log_det_jacobian(self, y: Tensor) -> Tensor:
-        from_output = getattr(self.layer, "log_det_jacobian_from_output", None)
-        if callable(from_output):  # the wrapped layer's output is our input
-            out: Tensor = -from_output(y)
-            return out
-        return -self._inner_log_det(self._inner_reverse(y))
+        # one reverse sweep of the wrapped layer, its log-det read along the way
+        return -_reverse_and_log_det(self.layer, y, self._owner())[1]
+
+    def reverse_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(reverse(x), log_det_jacobian(reverse(x)))`` from one forward sweep of the
+        wrapped layer (no reverse sweep to recover ``x``)."""
+        y, ldj = _forward_and_log_det(self.layer, x, self._owner())
+        return y, -ldj
+
+    def _owner(self) -> str:
+        return f"Reverse({type(self.layer).__name__})"
 
     def extra_repr(self) -> str:
         return ""

@@ -63,6 +63,7 @@ def test_known_rate_matches_exact_integral():
 def test_monte_carlo_integral_is_unbiased():
     """R = 200 estimates of ∫λ with n = 256 nodes each; their mean is within
     z(1 - α/2) · sd / sqrt(R) of the exact integral (α = 1e-3, one check)."""
+    torch.manual_seed(4)
     process = PoissonProcessDistribution(
         exp_rate(3.0, 0.5), [(0.0, 2.0)], integration="monte_carlo", num_points=256, dtype=F64
     )
@@ -202,3 +203,42 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="outside the domain"):
         with bl.condition(events=torch.tensor([[2.0]])):
             layers.PoissonProcess(constant(1.0), [(0.0, 1.0)], name="events")()
+
+
+@pytest.mark.parametrize("domain", BOXES[:2], ids=["1d", "2d"])
+def test_tensors_are_made_on_the_distributions_device(domain):
+    """With another default device (meta), every tensor the process makes for a CPU box
+    must still land on the CPU: sampling, padding and scoring run unchanged."""
+    dist = PoissonProcessDistribution(lambda x: 1.0 + x.sum(-1) ** 2, domain, dtype=F64)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        points, mask = dist.sample_padded(3)
+        log_prob = dist.log_prob(points, mask=mask)
+    assert points.device == mask.device == log_prob.device == torch.device("cpu")
+    assert torch.isfinite(log_prob).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rate_on_cuda_samples_and_scores_on_its_device():
+    torch.manual_seed(0)
+    rate = nn.Sequential(nn.Linear(1, 1), nn.Softplus()).cuda()
+    process = layers.PoissonProcess(rate, [(0.0, 2.0)], name="events")
+    drawn = process()  # thinning on the rate's device
+    assert drawn.value.device.type == "cuda"
+    log_prob = drawn.log_prob(drawn)
+    assert log_prob.device.type == "cuda" and bool(torch.isfinite(log_prob))
+    points, mask = process.process(device="cuda").sample_padded(2)
+    assert points.device.type == mask.device.type == "cuda"
+
+
+def test_points_are_checked_once_per_call(monkeypatch):
+    calls = []
+    check = PoissonProcessDistribution.check_points
+
+    def counting(self, x, what="events"):
+        calls.append(x.shape)
+        return check(self, x, what)
+
+    monkeypatch.setattr(PoissonProcessDistribution, "check_points", counting)
+    layers.PoissonProcess(constant(1.0), [(0.0, 1.0)])(torch.rand(3, 1))
+    assert len(calls) == 1
