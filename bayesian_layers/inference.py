@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .objectives import losses as _losses
 from .random_variable import RandomVariable
-from .tracing import LayerParameter, _collect_values, condition, tape, trace
+from .tracing import LayerParameter, _collect_values, _conditioner, condition, tape, trace
 
 __all__ = ["program_elbo", "make_log_joint_fn"]
 
@@ -122,9 +122,9 @@ def program_elbo(
         terms += [-_log_density(rv) for rv in latents.values()]
         estimates.append(torch.stack(terms).sum() if terms else torch.zeros(()))
     elbo = torch.stack(estimates).mean()
-    kl = [t for m in kl_modules for t in _losses(m)]
+    kl = _losses(nn.ModuleList(kl_modules))  # a module listed twice, or nested, counts once
     if kl:
-        elbo = elbo - torch.stack([t.to(elbo.dtype) for t in kl]).sum()
+        elbo = elbo - torch.stack(kl).sum()
     return elbo
 
 
@@ -133,10 +133,7 @@ def _split_kwargs(program: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[
         params = inspect.signature(program).parameters
     except (TypeError, ValueError):
         return {}, kwargs
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        names = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    else:
-        names = set(params)
+    names = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
     program_kwargs = {k: v for k, v in kwargs.items() if k in names}
     value_kwargs = {k: v for k, v in kwargs.items() if k not in names}
     return program_kwargs, value_kwargs
@@ -175,16 +172,15 @@ def make_log_joint_fn(program: Callable[..., Any]) -> Callable[..., Tensor]:
         used: set[str] = set()
 
         def scorer(f: Callable[..., Any], *f_args: Any, **f_kwargs: Any) -> Any:
-            name = f_kwargs.get("name")
-            if name is not None and name in fixed:
-                f_kwargs["value"] = fixed[name]
-                used.add(name)
+            if f_kwargs.get("name") in fixed:
+                used.add(f_kwargs["name"])
             rv = f(*f_args, **f_kwargs)
             if isinstance(rv, RandomVariable) and not isinstance(rv, LayerParameter):
-                terms.append(rv.distribution.log_prob(rv.value).sum())
+                terms.append(_log_density(rv))
             return rv
 
-        with trace(scorer):
+        # the conditioner (innermost) sets the given values; the scorer sees every call
+        with trace(scorer), trace(_conditioner(fixed)):
             program(*args, **program_kwargs)
         unused = sorted(set(fixed) - used)
         if unused:
@@ -194,6 +190,6 @@ def make_log_joint_fn(program: Callable[..., Any]) -> Callable[..., Tensor]:
             )
         if not terms:
             return torch.zeros(())
-        return torch.stack([t.to(terms[0].dtype) for t in terms]).sum()
+        return torch.stack(terms).sum()
 
     return log_joint

@@ -98,26 +98,26 @@ def is_tracing() -> bool:
 
 
 # ------------------------------------------------------------------ module paths
-def _frames() -> list[tuple[nn.Module, dict[nn.Module, str]]]:
-    frames = getattr(_local, "frames", None)
-    if frames is None:
-        frames = _local.frames = []
-    return frames
+# ``_local.frames``: the modules whose calls are open in the trace, outermost first;
+# ``_local.frame_names``: the paths of every module under ``frames[0]``.
+def _reset_frames() -> None:
+    _local.frames = []
+    _local.frame_names = {}
 
 
 def _enter_module(module: nn.Module, args: Any) -> None:
     if not getattr(_local, "stack", None):
         return
-    frames = _frames()
-    if frames:
-        frames.append((module, frames[-1][1]))
-    else:  # the outermost module called in the trace names every module below it
-        frames.append((module, {m: n for n, m in module.named_modules()}))
+    frames = getattr(_local, "frames", None)
+    if not frames:  # the outermost module called in the trace names every module below it
+        _local.frame_names = {m: n for n, m in module.named_modules()}
+        frames = _local.frames = []
+    frames.append(module)
 
 
 def _exit_module(module: nn.Module, args: Any, output: Any) -> None:
     frames = getattr(_local, "frames", None)
-    if frames and frames[-1][0] is module:
+    if frames and frames[-1] is module:
         frames.pop()
 
 
@@ -129,9 +129,8 @@ def module_path(module: nn.Module, param: str) -> str:
         prefix = names.get(module)
         if prefix is not None:
             return f"{prefix}.{param}" if prefix else param
-    frames = getattr(_local, "frames", None)
-    if frames:
-        prefix = frames[0][1].get(module)
+    if getattr(_local, "frames", None):
+        prefix = _local.frame_names.get(module)
         if prefix is not None:
             return f"{prefix}.{param}" if prefix else param
     return param
@@ -216,7 +215,7 @@ def trace(tracer: Tracer) -> Iterator[None]:
     stack = _stack()
     saved = list(stack)
     if not saved:
-        _local.frames = []  # a fresh outermost trace: no module call is open yet
+        _reset_frames()  # a fresh outermost trace: no module call is open yet
     _activate()
     stack.append(tracer)
     try:
@@ -224,7 +223,7 @@ def trace(tracer: Tracer) -> Iterator[None]:
     finally:
         stack[:] = saved
         if not saved:
-            _local.frames = []
+            _reset_frames()
         _deactivate()
 
 
@@ -301,16 +300,24 @@ class LayerParameter(RandomVariable):
 
 @traceable
 def layer_parameter(
-    layer: nn.Module, param: str, *, name: str, value: Tensor | None = None
+    layer: nn.Module,
+    param: str,
+    *,
+    name: str,
+    value: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> LayerParameter:
     """The random variable of one draw of ``layer``'s parameter ``param``.
 
     Layers call this (through the tracers) for each whole weight draw while a tracer
-    is active. Without ``value`` it draws as the layer's sampling mode says (fresh, or
+    is active. Without ``value`` it draws from ``noise`` (standard noise the layer
+    has drawn already) or, without that, as the layer's sampling mode says (fresh, or
     the frozen sample); a given ``value`` must have the parameter's shape (used for
     all K function samples in vectorised mode) or ``(K, *shape)``.
     """
-    distribution, value, sample_shape = layer.param_draw(param, value)  # type: ignore[operator]
+    distribution, value, sample_shape = layer.param_draw(  # type: ignore[operator]
+        param, value, noise=noise
+    )
     rv = LayerParameter(distribution, value=value, sample_shape=sample_shape, name=name)
     rv.layer = layer
     rv.param = param
@@ -363,9 +370,7 @@ def tape() -> Iterator[OrderedDict[str, RandomVariable]]:
 def _as_value(name: str, value: Any) -> Any:
     if isinstance(value, RandomVariable):
         return value.value
-    if isinstance(value, Tensor) or isinstance(value, (int, float)):
-        return value
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (Tensor, int, float, list, tuple)):
         return value
     raise TypeError(
         f"condition expected a tensor, number or RandomVariable for {name!r}, "
@@ -417,7 +422,12 @@ def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> 
         ...     float(bl.Normal(0.0, 1.0, name="z"))
         2.0
     """
-    fixed = _collect_values("condition", variables, values)
+    with trace(_conditioner(_collect_values("condition", variables, values))):
+        yield
+
+
+def _conditioner(fixed: Mapping[str, Any]) -> Tracer:
+    """Tracer: a call named like a key of ``fixed`` gets that value."""
 
     def conditioner(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         name = kwargs.get("name")
@@ -425,5 +435,4 @@ def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> 
             kwargs["value"] = fixed[name]
         return f(*args, **kwargs)
 
-    with trace(conditioner):
-        yield
+    return conditioner

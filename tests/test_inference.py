@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from stats_util import z_bonferroni
+from stats_util import ALPHA, z_bonferroni
 from torch import nn
 
 import bayesian_layers as bl
@@ -63,20 +63,78 @@ def test_elbo_is_unbiased_elsewhere():
     assert abs(float(draws.mean()) - closed_form_elbo(0.3, 0.8)) < half_width
 
 
+def test_elbo_gradients_are_unbiased():
+    """1000 single-draw gradients at q = N(0.3, 0.8²): their means are within
+    z(1 - α/4) sd/sqrt(1000) of the closed-form ELBO's gradient,
+    ∂/∂m = Σx - (n + 1) m and ∂/∂s = 1/s - (n + 1) s (two checks)."""
+    n, m, s = len(X), 0.3, 0.8
+    loc = torch.tensor(m, dtype=F64, requires_grad=True)
+    scale = torch.tensor(s, dtype=F64, requires_grad=True)
+    posterior = make_posterior(loc, scale)
+    torch.manual_seed(0)
+    grads = torch.stack(
+        [
+            torch.stack(
+                torch.autograd.grad(
+                    bl.program_elbo(model, posterior, observed={"x": X}), [loc, scale]
+                )
+            )
+            for _ in range(1000)
+        ]
+    )
+    expected = torch.tensor([float(X.sum()) - (n + 1) * m, 1 / s - (n + 1) * s], dtype=F64)
+    half_width = z_bonferroni(2) * grads.std(dim=0) / math.sqrt(len(grads))
+    assert (grads.mean(dim=0) - expected).abs().lt(half_width).all()
+
+
 def test_maximising_the_elbo_finds_the_posterior():
+    """Fit q = N(m, s²) by L-BFGS on program_elbo with K = 256 draws z_k = m + s ε_k,
+    the same ε at every step (common random numbers). The maximiser of that objective
+    puts the draws' mean at the posterior mean μ = Σx / (n + 1) and their variance
+    (divisor K) at the posterior variance 1 / (n + 1): ∂/∂m = (n + 1)(μ - z̄) and, there,
+    ∂/∂s = (1 - (n + 1) var(z)) / s, so |gradient| < 1e-8 leaves both within 1e-8.
+    Hence m - μ = -s ε̄ = -sqrt(1 / (n + 1)) T / sqrt(K - 1) with T ~ Student t(K - 1),
+    and K (1 / (n + 1)) / s² ~ χ²(K - 1): two exact checks at level α / 2 each."""
+    n, num, seed = len(X), 256, 0
+    mu, var = float(X.sum()) / (n + 1), 1 / (n + 1)
     loc = torch.zeros((), dtype=F64, requires_grad=True)
     rho = torch.zeros((), dtype=F64, requires_grad=True)
     posterior = lambda: bl.Normal(loc, nn.functional.softplus(rho), name="z")  # noqa: E731
-    opt = torch.optim.Adam([loc, rho], lr=0.1)
-    for _ in range(100):
-        opt.zero_grad()
-        (-bl.program_elbo(model, posterior, observed={"x": X}, num_samples=2)).backward()
-        opt.step()
-    n = len(X)
-    assert float(loc.detach()) == pytest.approx(float(X.sum()) / (n + 1), abs=0.1)
-    assert float(nn.functional.softplus(rho.detach())) == pytest.approx(
-        1 / math.sqrt(n + 1), abs=0.1
+    opt = torch.optim.LBFGS(
+        [loc, rho],
+        max_iter=100,
+        tolerance_grad=1e-10,
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
     )
+
+    def closure():
+        opt.zero_grad()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            loss = -bl.program_elbo(model, posterior, observed={"x": X}, num_samples=num)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    closure()
+    assert max(abs(float(loc.grad)), abs(float(rho.grad))) < 1e-8
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        draws = []
+        for _ in range(num):
+            with bl.tape() as q:
+                posterior()
+            draws.append(q["z"].value)
+    z = torch.stack(draws)
+    assert abs(float(z.mean()) - mu) < 1e-8
+    assert abs(float(z.var(unbiased=False)) - var) < 1e-8
+
+    m, s = float(loc.detach()), float(nn.functional.softplus(rho.detach()))
+    t_bound = stats.t(num - 1).ppf(1 - ALPHA / 4) * math.sqrt(var / (num - 1))
+    assert abs(m - mu) < t_bound
+    chi2 = stats.chi2(num - 1)
+    assert chi2.ppf(ALPHA / 4) < num * var / s**2 < chi2.ppf(1 - ALPHA / 4)
 
 
 class Figure9Posterior(nn.Module):
@@ -133,6 +191,48 @@ def test_layer_kls_enter_through_losses_and_weights_are_not_scored():
     expected = joint - q["z"].log_prob(q["z"].value) - net.losses[0]
     assert list(q) == ["weight", "z"]
     torch.testing.assert_close(got, expected)
+
+
+def test_overlapping_kl_modules_count_each_kl_once():
+    """kl_modules=[net, net[0]] names one layer twice: its KL enters once."""
+    net = nn.Sequential(layers.LinearReparameterization(1, 1, dtype=F64))
+    posterior = make_posterior(torch.tensor(0.3, dtype=F64), 0.8)
+    kl = net[0].losses[0]
+    assert float(kl.detach()) > 0
+    elbos = []
+    for kl_modules in ([], net, [net, net[0]]):
+        torch.manual_seed(2)
+        elbos.append(bl.program_elbo(model, posterior, observed={"x": X}, kl_modules=kl_modules))
+    assert torch.equal(elbos[2], elbos[1])
+    assert torch.equal(elbos[1], elbos[0] - kl)
+
+
+def test_mixed_precision_terms_add_up_in_the_wider_dtype():
+    """A float32 and a float64 variable: the joint and the ELBO keep float64, the float32
+    terms promoted (not the sum cast to the first term's dtype)."""
+
+    def mixed():
+        bl.Normal(torch.tensor(0.0), 1.0, name="a")
+        return bl.Normal(torch.tensor(0.0, dtype=F64), 1.0, name="b")
+
+    a, b = torch.tensor(0.1), torch.tensor(1 / 3, dtype=F64)
+    log_a = torch.distributions.Normal(0.0, 1.0).log_prob(a)
+    log_b = torch.distributions.Normal(torch.tensor(0.0, dtype=F64), 1.0).log_prob(b)
+    joint = bl.make_log_joint_fn(mixed)(a=a, b=b)
+    assert joint.dtype == F64
+    assert torch.equal(joint, log_a.to(F64) + log_b)
+
+    # a float32 program whose posterior holds a float64 layer: its KL is not truncated
+    net = layers.LinearReparameterization(1, 1, dtype=F64)
+    kl = net.losses[0]
+    posterior = make_posterior(torch.tensor(0.3), 0.8)
+    model32 = lambda: bl.Normal(bl.Normal(0.0, 1.0, name="z"), 1.0, name="x")  # noqa: E731
+    torch.manual_seed(2)
+    elbo = bl.program_elbo(model32, posterior, observed={"x": a}, kl_modules=net)
+    torch.manual_seed(2)
+    without_kl = bl.program_elbo(model32, posterior, observed={"x": a}, kl_modules=[])
+    assert without_kl.dtype == torch.float32 and elbo.dtype == F64
+    assert torch.equal(elbo, without_kl.to(F64) - kl)
 
 
 def test_program_elbo_rejects_mismatched_programs():

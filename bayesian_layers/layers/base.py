@@ -59,7 +59,6 @@ class BayesianLayer(nn.Module):
         self._random: dict[str, torch.Size] = {}
         self._frozen_noise: dict[str, Tensor | None] = {}
         self._last_sample: dict[str, Tensor] = {}
-        self._pending_noise: Tensor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Draws and cached scales hold autograd graphs, which neither deepcopy nor
@@ -183,31 +182,27 @@ class BayesianLayer(nn.Module):
         return self.sampling == "sample" and not (_tracing._active and _tracing.is_tracing())
 
     def _traced_draw(self, name: str, noise: Tensor | None) -> Tensor:
-        self._pending_noise = noise
-        try:
-            path = _tracing.module_path(self, name)
-            rv = _tracing.layer_parameter(self, name, name=path)
-        finally:
-            self._pending_noise = None
+        path = _tracing.module_path(self, name)
+        rv = _tracing.layer_parameter(self, name, name=path, noise=noise)
         value = rv.value if isinstance(rv, RandomVariable) else rv
         self._last_sample[name] = value
         return value
 
     def param_draw(
-        self, name: str, value: Tensor | None = None
+        self, name: str, value: Tensor | None = None, *, noise: Tensor | None = None
     ) -> tuple[torch.distributions.Distribution, Tensor, torch.Size]:
         """``(q, value, sample_shape)`` of one draw of ``name`` (for tracing).
 
-        Without ``value`` the draw follows the sampling mode (fresh noise, or the
-        frozen sample); a given value must have the parameter's shape (then shared
-        by all K function samples) or ``(K, *shape)``.
+        Without ``value`` the draw is made from standard ``noise`` when given, else it
+        follows the sampling mode (fresh noise, or the frozen sample); a given value
+        must have the parameter's shape (then shared by all K function samples) or
+        ``(K, *shape)``.
         """
         init = self._inits[name]
         shape = self._random[name]
         k = self.num_function_samples
         like = next(iter(init.params(self, name).values()))
         if value is None:
-            noise = self.__dict__.get("_pending_noise")
             if noise is None:
                 noise = self._noise(name, init, like)
             value = init.transform(self, name, noise)
