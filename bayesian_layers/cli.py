@@ -5,7 +5,7 @@ Example:
 
         $ bayesian-layers demo                  # full run, figures in demo_output/
         $ bayesian-layers demo --quick --out-dir /tmp/demo
-        $ bayesian-layers demo --kl-weight 0.1 --estimator Reparameterization
+        $ bayesian-layers demo --kl-weight 0.1 --estimator reparameterization
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _fmt(value: float | None) -> str:
@@ -68,13 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayesian-layers", description="Bayesian Layers for PyTorch."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
         help="deterministic vs Bayesian MLP on digits and diabetes (scikit-learn data)",
         description="Train a deterministic MLP and the same MLP with Bayesian layers on "
         "scikit-learn's digits (accuracy, NLL, ECE, OOD AUROC) and diabetes (RMSE, NLL, "
-        "90%% interval coverage); print one table and write two PNG figures.",
+        "90% interval coverage); print one table and write two PNG figures.",
     )
     demo.add_argument("--seed", type=int, default=default.seed, help="random seed (default 0)")
     demo.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics
+from .convert import ESTIMATORS as _CONVERT_ESTIMATORS
 from .demo_plots import plot_intervals, plot_reliability
 
 __all__ = [
@@ -57,8 +59,35 @@ __all__ = [
     "run_demo",
 ]
 
-#: Weight estimators the demo can use, as in ``layers.Linear<Estimator>``.
-ESTIMATORS = ("Flipout", "Reparameterization", "LocalReparameterization")
+#: Weight estimators the demo can use: the spellings of :func:`bayesian_layers.to_bayesian`
+#: (``"flipout"`` uses ``layers.LinearFlipout``, and so on).
+ESTIMATORS = tuple(_CONVERT_ESTIMATORS)
+
+
+
+def _class_suffix(estimator: str) -> str:
+    """``"local_reparameterization"`` -> ``"LocalReparameterization"``."""
+    return "".join(word.capitalize() for word in estimator.split("_"))
+
+
+def canonical_estimator(estimator: str) -> str:
+    """The estimator's spelling in :data:`ESTIMATORS`.
+
+    The class-suffix spellings of earlier versions (``"Flipout"``) still work with a
+    ``DeprecationWarning``; anything else raises ``ValueError``.
+    """
+    if estimator in ESTIMATORS:
+        return estimator
+    for name in ESTIMATORS:
+        if estimator == _class_suffix(name):
+            warnings.warn(
+                f"estimator {estimator!r} is deprecated: spell it {name!r}, as to_bayesian does",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return name
+    raise ValueError(f"demo expected `estimator` in {ESTIMATORS}, got {estimator!r}")
+
 
 _SPLIT_SEED = 0  # the train/test split never changes with --seed
 
@@ -92,7 +121,7 @@ class DemoConfig:
     epochs: int | None = None
     lr: float | None = None
     kl_weight: float = 1.0
-    estimator: str = "Flipout"
+    estimator: str = "flipout"
     hidden_digits: tuple[int, ...] = (256,)
     hidden_diabetes: tuple[int, ...] = (50,)
     batch_size: int = 64
@@ -170,11 +199,8 @@ def make_mlp(
     if bayesian:
         from . import layers
 
-        if config.estimator not in ESTIMATORS:
-            raise ValueError(
-                f"make_mlp expected estimator in {ESTIMATORS}, got {config.estimator!r}"
-            )
-        linear = getattr(layers, f"Linear{config.estimator}")
+        estimator = canonical_estimator(config.estimator)
+        linear = getattr(layers, f"Linear{_class_suffix(estimator)}")
     else:
         linear = _linear_zero_bias
     widths = (in_features, *hidden)
@@ -518,7 +544,7 @@ def _notes(result: DemoResult, digits: dict[str, Any], diabetes: dict[str, Any])
     d, b = digits["deterministic"], digits["bayesian"]
     rd, rb = diabetes["deterministic"], diabetes["bayesian"]
     notes = [
-        f"Bayesian model: layers.Linear{c.estimator}, N(0, 1) prior, {kl}; "
+        f"Bayesian model: layers.Linear{_class_suffix(canonical_estimator(c.estimator))}, N(0, 1) prior, {kl}; "
         f"K = {c.num_samples} function samples at test time.",
         f"Both models: ReLU MLP, hidden digits {list(c.hidden_digits)} / diabetes "
         f"{list(c.hidden_diabetes)}; Adam, lr {c.lr_for('digits'):g} / {c.lr_for('diabetes'):g}, "

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from scipy import optimize, stats
 
+import bayesian_layers as bl
 from bayesian_layers import cli, demo
 
 _NUMBER = r"(-?\d+\.\d+|-)"
@@ -118,16 +121,47 @@ def test_make_mlp_swaps_only_the_linear_layers(estimator: str) -> None:
     config = demo.DemoConfig(estimator=estimator)
     det = demo.make_mlp(5, (7, 6), 3, config, bayesian=False)
     bayes = demo.make_mlp(5, (7, 6), 3, config, bayesian=True)
+    suffix = "".join(w.capitalize() for w in estimator.split("_"))
     assert [type(m).__name__ for m in det] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert [type(m).__name__ for m in bayes] == [
-        f"Linear{estimator}",
+        f"Linear{suffix}",
         "ReLU",
-        f"Linear{estimator}",
+        f"Linear{suffix}",
         "ReLU",
-        f"Linear{estimator}",
+        f"Linear{suffix}",
     ]
     x = torch.randn(4, 5)
     assert det(x).shape == bayes(x).shape == (4, 3)
+
+
+def test_demo_estimators_are_spelled_as_to_bayesian_spells_them() -> None:
+    assert set(demo.ESTIMATORS) == set(bl.convert.ESTIMATORS)
+    with pytest.warns(DeprecationWarning, match="'flipout'"):
+        model = demo.make_mlp(5, (7,), 3, demo.DemoConfig(estimator="Flipout"), bayesian=True)
+    assert type(model[0]).__name__ == "LinearFlipout"
+    with pytest.raises(ValueError, match="estimator"):
+        demo.make_mlp(5, (7,), 3, demo.DemoConfig(estimator="dropout"), bayesian=True)
+
+
+def test_cli_help_version_and_module_entry_point(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["demo", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "90% interval" in text and "%%" not in text
+    assert "local_reparameterization" in text
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"bayesian-layers {bl.__version__}"
+    run = subprocess.run(
+        [sys.executable, "-m", "bayesian_layers", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert run.stdout.strip() == f"bayesian-layers {bl.__version__}"
 
 
 def test_cli_rejects_bad_arguments(capsys) -> None:
