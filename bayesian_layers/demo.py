@@ -64,7 +64,6 @@ __all__ = [
 ESTIMATORS = tuple(_CONVERT_ESTIMATORS)
 
 
-
 def _class_suffix(estimator: str) -> str:
     """``"local_reparameterization"`` -> ``"LocalReparameterization"``."""
     return "".join(word.capitalize() for word in estimator.split("_"))
@@ -543,8 +542,9 @@ def _notes(result: DemoResult, digits: dict[str, Any], diabetes: dict[str, Any])
     kl = "full KL" if c.kl_weight == 1.0 else f"KL x {c.kl_weight:g} (tempered)"
     d, b = digits["deterministic"], digits["bayesian"]
     rd, rb = diabetes["deterministic"], diabetes["bayesian"]
+    layer = f"layers.Linear{_class_suffix(canonical_estimator(c.estimator))}"
     notes = [
-        f"Bayesian model: layers.Linear{_class_suffix(canonical_estimator(c.estimator))}, N(0, 1) prior, {kl}; "
+        f"Bayesian model: {layer}, N(0, 1) prior, {kl}; "
         f"K = {c.num_samples} function samples at test time.",
         f"Both models: ReLU MLP, hidden digits {list(c.hidden_digits)} / diabetes "
         f"{list(c.hidden_diabetes)}; Adam, lr {c.lr_for('digits'):g} / {c.lr_for('diabetes'):g}, "
