@@ -14,7 +14,7 @@ from ..initializers import TrainableInitializer, get_initializer
 from ..random_variable import RandomVariable
 from ..regularizers import Regularizer, get_regularizer
 
-__all__ = ["BayesianLayer", "SAMPLING_MODES", "as_tensor"]
+__all__ = ["BayesianLayer", "SAMPLING_MODES", "as_tensor", "check_input"]
 
 #: ``"sample"``: a fresh function sample at every call (default, train and eval);
 #: ``"mean"``: posterior means, no sampling; ``"frozen"``: one function sample kept
@@ -29,6 +29,54 @@ def as_tensor(x: Any, owner: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner} expected a Tensor input, got {type(x).__name__}")
     return x
+
+
+def check_input(
+    x: Any, owner: str, argument: str = "input", *, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Unwrap a random variable and check that ``x`` is a tensor of the expected dtype.
+
+    Args:
+        x: the value passed to a layer (a Tensor or a RandomVariable).
+        owner: the layer's name for messages, e.g. ``type(self).__name__``.
+        argument: the argument's name for messages (``"input"``, ``"hx"``, ``"query"``).
+        dtype: the floating dtype the layer computes in (its parameters' dtype);
+            ``None`` checks only that ``x`` is a tensor. Under ``torch.autocast``
+            for ``x``'s device the autocast dtype is accepted as well, so a
+            lower-precision output of one layer may feed the next.
+
+    Returns:
+        ``x`` as a plain tensor.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or its dtype is neither ``dtype`` nor
+            (under autocast) the autocast dtype. The message names the layer, the
+            argument, the expected and the received dtype.
+
+    Example:
+        >>> check_input(torch.zeros(2, 3), "Linear", dtype=torch.float32).shape
+        torch.Size([2, 3])
+        >>> check_input(torch.zeros(2, 3, dtype=torch.float64), "Linear", dtype=torch.float32)
+        Traceback (most recent call last):
+        ...
+        TypeError: Linear expected `input` of dtype torch.float32, got torch.float64
+    """
+    if isinstance(x, RandomVariable):
+        x = x.value
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner} expected `{argument}` to be a Tensor, got {type(x).__name__}")
+    if dtype is None or x.dtype == dtype:
+        return x
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        fast = torch.get_autocast_dtype(device)
+        if x.dtype == fast:
+            return x
+        raise TypeError(
+            f"{owner} expected `{argument}` of dtype {dtype} (or {fast} under autocast), "
+            f"got {x.dtype}"
+        )
+    raise TypeError(f"{owner} expected `{argument}` of dtype {dtype}, got {x.dtype}")
 
 
 class BayesianLayer(nn.Module):
@@ -133,6 +181,37 @@ class BayesianLayer(nn.Module):
     def point(self, name: str) -> Tensor:
         """The posterior mean of ``name`` (the parameter itself when deterministic)."""
         return self._inits[name].point(self, name)
+
+    def param_dtype(self) -> torch.dtype | None:
+        """The dtype of this layer's floating parameters (``None`` when it has none)."""
+        for p in self._parameters.values():
+            if p is not None and p.is_floating_point():
+                return p.dtype
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
+
+    def check_input(self, x: Any, argument: str = "input", *, floating: bool = True) -> Tensor:
+        """``x`` as a plain tensor, checked against this layer's parameter dtype.
+
+        Call it first in ``forward`` on every tensor argument. A random variable
+        gives its value; a non-tensor, or (with ``floating=True``) a tensor whose
+        dtype is not the parameters' dtype (nor the autocast dtype under
+        ``torch.autocast``), raises ``TypeError`` naming the layer, ``argument``,
+        the expected and the received dtype. Pass ``floating=False`` for index
+        inputs (embeddings): then only the tensor check runs.
+
+        Example:
+            >>> import bayesian_layers as bl
+            >>> layer = bl.layers.LinearReparameterization(3, 2)
+            >>> layer.check_input(torch.zeros(1, 3, dtype=torch.float64), "x")
+            Traceback (most recent call last):
+            ...
+            TypeError: LinearReparameterization expected `x` of dtype torch.float32, got ...
+        """
+        dtype = self.param_dtype() if floating else None
+        return check_input(x, type(self).__name__, argument, dtype=dtype)
 
     # -------------------------------------------------------------- sampling
     def _noise(self, name: str, init: TrainableInitializer, like: Tensor) -> Tensor | None:

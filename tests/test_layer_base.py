@@ -1,0 +1,74 @@
+"""BayesianLayer's shared input check: ``check_input`` unwraps random variables and
+rejects non-tensors and wrong dtypes with a TypeError naming the layer, the argument,
+the expected and the received dtype; under autocast the autocast dtype is accepted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+from bayesian_layers.layers.base import check_input
+
+
+def _layer(dtype: torch.dtype = torch.float32) -> layers.LinearReparameterization:
+    torch.manual_seed(0)
+    return layers.LinearReparameterization(3, 2, dtype=dtype)
+
+
+@pytest.mark.parametrize("wrong", [torch.float64, torch.bfloat16, torch.float16])
+def test_check_input_wrong_dtype_names_layer_argument_and_dtypes(wrong: torch.dtype) -> None:
+    layer = _layer()
+    with pytest.raises(TypeError) as info:
+        layer.check_input(torch.zeros(4, 3, dtype=wrong), "input")
+    msg = str(info.value)
+    for part in ("LinearReparameterization", "`input`", "torch.float32", str(wrong)):
+        assert part in msg
+
+
+def test_check_input_follows_the_parameter_dtype() -> None:
+    layer = _layer(torch.float64)
+    x = torch.zeros(4, 3, dtype=torch.float64)
+    assert layer.check_input(x) is x
+    with pytest.raises(TypeError, match=r"expected `hx` of dtype torch.float64, got torch.float32"):
+        layer.check_input(torch.zeros(4, 3), "hx")
+
+
+def test_check_input_unwraps_random_variables_and_rejects_non_tensors() -> None:
+    layer = _layer()
+    rv = bl.Normal(torch.zeros(4, 3), 1.0)
+    out = layer.check_input(rv)
+    assert type(out) is torch.Tensor and torch.equal(out, rv.value)
+    with pytest.raises(
+        TypeError, match=r"LinearReparameterization expected `input` to be a Tensor, got list"
+    ):
+        layer.check_input([[0.0, 1.0, 2.0]])
+
+
+def test_check_input_index_inputs_skip_the_dtype_check() -> None:
+    layer = _layer()
+    idx = torch.arange(3)
+    assert layer.check_input(idx, "indices", floating=False) is idx
+
+
+def test_check_input_accepts_the_autocast_dtype_only_under_autocast() -> None:
+    layer = _layer()
+    x16 = torch.zeros(4, 3, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.check_input(x16) is x16
+        assert layer.check_input(torch.zeros(4, 3)).dtype == torch.float32
+        with pytest.raises(
+            TypeError,
+            match=r"torch.float32 \(or torch.bfloat16 under autocast\), got torch.float64",
+        ):
+            layer.check_input(torch.zeros(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError):
+        layer.check_input(x16)
+
+
+def test_check_input_function_without_dtype_only_unwraps() -> None:
+    x = torch.zeros(2, dtype=torch.int64)
+    assert check_input(x, "Owner") is x
+    with pytest.raises(TypeError, match="Owner expected `query` to be a Tensor, got int"):
+        check_input(3, "Owner", "query")
