@@ -138,6 +138,7 @@ class PoissonProcessDistribution(Distribution):
         self.low = torch.tensor(lows, dtype=self.dtype, device=self.device)  # (D,)
         self.high = torch.tensor(highs, dtype=self.dtype, device=self.device)  # (D,)
         super().__init__(batch_shape=torch.Size(), validate_args=False)
+        self._owner = owner  # the name in messages about points (the layer's, when it made this)
 
     # ----------------------------------------------------------------- geometry
     @property
@@ -151,7 +152,7 @@ class PoissonProcessDistribution(Distribution):
 
     def check_points(self, x: Tensor, what: str = "events") -> Tensor:
         """Validate a point set ``[..., N, D]`` inside the box; return it as a tensor."""
-        owner = type(self).__name__
+        owner = self._owner
         if isinstance(x, RandomVariable):
             x = x.value
         if not isinstance(x, Tensor):
@@ -164,6 +165,13 @@ class PoissonProcessDistribution(Distribution):
             raise TypeError(f"{owner} expected floating-point {what}, got {x.dtype}")
         if x.numel():
             low, high = self.low.to(x), self.high.to(x)
+            finite = torch.isfinite(x).all(-1)
+            if not bool(finite.all()):  # NaN compares false with both ends of the box
+                bad = x[~finite][0].tolist()
+                raise ValueError(
+                    f"{owner} expected finite `{what}` (points inside {list(self.domain)}), "
+                    f"got {int((~finite).sum())} non-finite point(s), e.g. {bad}"
+                )
             outside = ((x < low) | (x > high)).any(-1)
             if bool(outside.any()):
                 bad = x[outside][0].tolist()
@@ -433,13 +441,15 @@ class PoissonProcess(nn.Module):
         """The process as a distribution over point sets (box and draws in ``dtype`` on
         ``device``)."""
         options = self._options
-        return PoissonProcessDistribution(
+        law = PoissonProcessDistribution(
             self.rate,
             self.domain,
             dtype=dtype,
             device=device,
             **options,  # type: ignore[arg-type]
         )
+        law._owner = type(self).__name__  # errors about the points name this layer
+        return law
 
     def forward(self, x: Tensor | None = None) -> PointSetVariable:
         if isinstance(x, RandomVariable):

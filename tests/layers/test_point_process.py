@@ -242,3 +242,21 @@ def test_points_are_checked_once_per_call(monkeypatch):
     monkeypatch.setattr(PoissonProcessDistribution, "check_points", counting)
     layers.PoissonProcess(constant(1.0), [(0.0, 1.0)])(torch.rand(3, 1))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_event_times_are_a_value_error_naming_layer_and_argument(bad):
+    """A NaN time compares false with both ends of the box: it must not be scored as an
+    event (it was: log λ(NaN) entered the sum)."""
+    process = layers.PoissonProcess(constant(1.0), [(0.0, 1.0)], name="events")
+    x = torch.tensor([[0.25], [bad], [0.75]])
+    with pytest.raises(ValueError, match=r"PoissonProcess expected .*finite.*`events`"):
+        process(x)
+    dist = PoissonProcessDistribution(constant(1.0), [(0.0, 1.0)])
+    with pytest.raises(ValueError, match=r"PoissonProcessDistribution expected .*finite"):
+        dist.log_prob(x)
+    with pytest.raises(ValueError, match=r"finite"):
+        dist.log_prob([torch.tensor([[0.5]]), x])
+    padded, mask = x.unsqueeze(0), torch.tensor([[True, False, True]])
+    with pytest.raises(ValueError, match=r"finite"):  # masked-out rows must still be points
+        dist.log_prob(padded, mask=mask)
