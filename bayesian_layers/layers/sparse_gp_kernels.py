@@ -82,9 +82,9 @@ class _WhitenedPredictive(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, kxx_diag: Tensor, kzz: Tensor, kzx: Tensor, q_loc: Tensor,
+        kxx_diag: Tensor, kzz: Tensor, kzx: Tensor, q_loc: Tensor,
         q_scale_offdiag: Tensor, q_scale_diag: Tensor, jitter: float, layer: str,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         if jitter:
             kzz = add_to_diagonal(kzz, jitter)
         chol_inv = _lower_inverse(cholesky_with_jitter(kzz, layer=layer))  # (M, M)
@@ -93,12 +93,19 @@ class _WhitenedPredictive(torch.autograd.Function):
         sb = scale.mT @ a  # (U, M, N)
         mean = a.mT @ q_loc.mT  # (N, U)
         var = (kxx_diag - a.square().sum(0)).unsqueeze(-1) + sb.square().sum(-2).mT
-        ctx.save_for_backward(chol_inv, a, sb, q_loc, scale)
-        return mean, var
+        return mean, var, chol_inv, a, sb, scale  # the last four saved for backward
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        _, _, chol_inv, a, sb, scale = output
+        ctx.mark_non_differentiable(chol_inv, a, sb, scale)
+        ctx.save_for_backward(chol_inv, a, sb, inputs[3], scale)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_mean: Tensor, grad_var: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_mean: Tensor, grad_var: Tensor, *_unused: Tensor
+    ) -> tuple[Tensor | None, ...]:
         chol_inv, a, sb, q_loc, scale = ctx.saved_tensors
         need_kxx, need_kzz, need_kzx, need_loc, need_off, need_diag = ctx.needs_input_grad[:6]
         g_kxx = g_kzz = g_kzx = g_loc = g_off = g_diag = None
@@ -162,26 +169,30 @@ def whitened_predictive_moments(
         True
     """
     with full_precision(kzz.device):
-        return _WhitenedPredictive.apply(
+        mean, var, *_ = _WhitenedPredictive.apply(
             kxx_diag, kzz, kzx, q_loc, q_scale_offdiag, q_scale_diag, jitter, layer
         )
+        return mean, var
 
 
 class _WhitenedKL(torch.autograd.Function):
     """``Σ_u KL(N(m_u, S_u S_uᵀ) ‖ N(0, I))`` from the parts of ``S``; closed-form backward."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, loc: Tensor, offdiag: Tensor, diag: Tensor) -> Tensor:  # type: ignore[override]
-        lower = offdiag.tril(-1)
-        sq = lower.square().sum() + diag.square().sum() + loc.square().sum()
-        ctx.save_for_backward(loc, lower, diag)
+    def forward(loc: Tensor, offdiag: Tensor, diag: Tensor) -> Tensor:  # type: ignore[override]
+        sq = offdiag.tril(-1).square().sum() + diag.square().sum() + loc.square().sum()
         return 0.5 * (sq - loc.numel()) - diag.log().sum()
 
     @staticmethod
-    @once_differentiable
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        loc, lower, diag = ctx.saved_tensors
-        return grad * loc, grad * lower, grad * (diag - diag.reciprocal())
+        loc, offdiag, diag = ctx.saved_tensors  # plain ops: differentiable again
+        return grad * loc, grad * offdiag.tril(-1), grad * (diag - diag.reciprocal())
 
 
 def whitened_kl(q_loc: Tensor, q_scale_offdiag: Tensor, q_scale_diag: Tensor) -> Tensor:
@@ -229,18 +240,24 @@ class _GaussianExpectedLogLikelihood(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, mean: Tensor, variance: Tensor, target: Tensor, noise: Tensor
-    ) -> Tensor:
+        mean: Tensor, variance: Tensor, target: Tensor, noise: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         residual = target - mean
         inv_noise = noise.reciprocal()
         scaled = (residual.square() + variance) * inv_noise  # ((y - μ)² + v) / σ²
+        out = scaled.add(noise.log() + math.log(2 * math.pi)).mul_(-0.5)
+        return out, residual, scaled, inv_noise
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        _, residual, scaled, inv_noise = output
+        ctx.mark_non_differentiable(residual, scaled, inv_noise)
         ctx.save_for_backward(residual, scaled, inv_noise)
-        ctx.shapes = mean.shape, variance.shape, target.shape, noise.shape
-        return scaled.add(noise.log() + math.log(2 * math.pi)).mul_(-0.5)
+        ctx.shapes = tuple(t.shape for t in inputs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad: Tensor, *_unused: Tensor) -> tuple[Tensor | None, ...]:
         residual, scaled, inv_noise = ctx.saved_tensors
         shapes, needs = ctx.shapes, ctx.needs_input_grad
         g_mean = g_var = g_target = g_noise = None
@@ -275,4 +292,4 @@ def gaussian_expected_log_likelihood(
         True
     """
     noise_variance = torch.as_tensor(noise_variance, dtype=mean.dtype, device=mean.device)
-    return _GaussianExpectedLogLikelihood.apply(mean, variance, target, noise_variance)
+    return _GaussianExpectedLogLikelihood.apply(mean, variance, target, noise_variance)[0]

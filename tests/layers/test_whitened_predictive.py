@@ -181,3 +181,63 @@ def test_gaussian_expected_log_likelihood_matches_monte_carlo():
     )  # fmt: skip
     se = samples.std() / samples.numel() ** 0.5
     assert abs(float(closed - samples.mean())) < 5 * float(se)
+
+
+def test_torch_func_grad_and_jacrev_equal_autograd():
+    """``torch.func.grad`` / ``jacrev`` through the three fused functions (setup_context form)
+    give the ordinary autograd gradients."""
+    kxx, kzz, kzx, loc, offdiag, diag = _problem(5, 4, 2)
+    kzz = 0.5 * (kzz + kzz.mT)
+    target = torch.randn(4, 2, dtype=F64)
+
+    def loss(loc, offdiag, diag, kzx):
+        mean, var = whitened_predictive_moments(kxx, kzz, kzx, loc, offdiag, diag, jitter=1e-4)
+        ell = gaussian_expected_log_likelihood(mean, var, target, 0.3)
+        return whitened_kl(loc, offdiag, diag) - ell.sum()
+
+    args = (loc, offdiag, diag, kzx)
+    got = torch.func.grad(loss, argnums=(0, 1, 2, 3))(*args)
+    leaves = [t.clone().requires_grad_() for t in args]
+    want = torch.autograd.grad(loss(*leaves), leaves)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    batched = torch.func.vmap(whitened_kl)(
+        loc.expand(3, 2, 5) * torch.arange(3.0, dtype=F64)[:, None, None],
+        offdiag.expand(3, 2, 5, 5),
+        diag.expand(3, 2, 5),
+    )
+    for i in range(3):
+        torch.testing.assert_close(batched[i], whitened_kl(loc * i, offdiag, diag))
+    jac = torch.func.jacrev(lambda k: whitened_predictive_moments(
+        kxx, kzz, k, loc, offdiag, diag, jitter=1e-4)[1])(kzx)  # fmt: skip  # (N, U, M, N)
+    for i in range(4):
+        for u in range(2):
+            leaf = kzx.clone().requires_grad_()
+            _, var = whitened_predictive_moments(kxx, kzz, leaf, loc, offdiag, diag, jitter=1e-4)
+            (row,) = torch.autograd.grad(var[i, u], leaf)
+            torch.testing.assert_close(jac[i, u], row, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_func_grad_through_the_layer_with_functional_call():
+    """The layer's own fused functions under ``torch.func`` (a plain-torch kernel, so only
+    this module's autograd Functions are involved)."""
+    torch.manual_seed(0)
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 1.5 * torch.exp(-0.5 * (a.unsqueeze(-2) - b.unsqueeze(-3)).square().sum(-1))
+
+    layer = layers.SparseGaussianProcess(2, 5, in_features=3, covariance_fn=kernel, dtype=F64)
+    x = torch.randn(7, 3, dtype=F64)
+    layer(x)  # data-dependent initialisation
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def objective(p):
+        out = torch.func.functional_call(layer, p, (x,))
+        d = out.distribution
+        return (d.mean.sin() + d.variance).sum()
+
+    got = torch.func.grad(objective)(params)
+    out = layer(x).distribution
+    want = torch.autograd.grad((out.mean.sin() + out.variance).sum(), list(layer.parameters()))
+    for (name, _), b in zip(layer.named_parameters(), want, strict=True):
+        torch.testing.assert_close(got[name], b, rtol=1e-9, atol=1e-11)
