@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,60 @@ def _unwrap(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _unwrap(v) for k, v in obj.items()}
     return obj
+
+
+class _Moment(Tensor):
+    """A moment of the distribution (``rv.mean``) that is also the tensor method of
+    the same name on the value: ``rv.mean`` acts as ``rv.distribution.mean`` (a tensor
+    in every torch function, operator and method, results plain tensors, gradients
+    included) and ``rv.mean(*args, **kwargs)`` is ``rv.value.mean(*args, **kwargs)``.
+    """
+
+    _owner: RandomVariable
+    _method: str
+
+    @classmethod
+    def wrap(cls, moment: Tensor, owner: RandomVariable, method: str) -> _Moment:
+        out = moment.as_subclass(cls)  # shares data and stays in the autograd graph
+        out._owner, out._method = owner, method
+        return out
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return getattr(self._owner.value, self._method)(*args, **kwargs)  # type: ignore[no-any-return]
+
+    @classmethod
+    def __torch_function__(
+        cls,
+        func: Callable[..., Any],
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))  # plain tensors out
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:
+        return repr(self.as_subclass(Tensor))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # pickles and copies as a plain tensor
+        return self.as_subclass(Tensor).__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Tensor:
+        return copy.deepcopy(self.as_subclass(Tensor), memo)
+
+
+class _MissingMoment:
+    """``rv.mean`` where the distribution has no mean: callable as the tensor method,
+    and any other use raises the distribution's own error."""
+
+    def __init__(self, owner: RandomVariable, method: str, error: NotImplementedError) -> None:
+        self._owner, self._method, self._error = owner, method, error
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return getattr(self._owner.value, self._method)(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        raise self._error
 
 
 def _draw(distribution: Distribution, sample_shape: torch.Size) -> Tensor:
@@ -56,9 +111,13 @@ class RandomVariable:
         name: the name given at construction, or ``None``.
 
     Note:
-        ``mean``, ``variance`` and ``stddev`` are the distribution's moments
-        (properties), as in ``torch.distributions``; reduce the value with
-        ``torch.mean(rv)`` or ``rv.value.mean()``.
+        ``rv.mean``, ``rv.variance`` and ``rv.stddev`` are the distribution's moments,
+        as in ``torch.distributions``, and they are also callable as the tensor
+        methods of the value: ``rv.mean()`` and ``rv.mean(dim)`` are
+        ``rv.value.mean(...)`` (so ``model(x).mean()`` works as for a tensor),
+        ``rv.variance(...)`` is ``rv.value.var(...)`` and ``rv.stddev(...)`` is
+        ``rv.value.std(...)``. ``rv.distribution.mean`` is the unambiguous route
+        to the distribution's mean, a plain tensor.
 
     Example:
         >>> import torch
@@ -69,6 +128,8 @@ class RandomVariable:
         (torch.Size([3]), 'Tensor')
         >>> rv.log_prob(torch.zeros(3)).shape
         torch.Size([3])
+        >>> rv.mean, rv.mean() == rv.value.mean()  # the distribution's mean; the value's
+        (tensor([0., 0., 0.]), tensor(True))
     """
 
     def __init__(
@@ -186,17 +247,27 @@ class RandomVariable:
         """Log-density (or mass) of ``value`` under the distribution."""
         return self.distribution.log_prob(_unwrap(value))
 
+    def _moment(self, name: str, method: str) -> Any:
+        try:
+            moment = getattr(self.distribution, name)
+        except NotImplementedError as error:
+            return _MissingMoment(self, method, error)
+        return _Moment.wrap(moment, self, method)
+
     @property
     def mean(self) -> Tensor:
-        return self.distribution.mean
+        """The distribution's mean (a tensor); called, ``value.mean(...)``."""
+        return self._moment("mean", "mean")  # type: ignore[no-any-return]
 
     @property
     def variance(self) -> Tensor:
-        return self.distribution.variance
+        """The distribution's variance (a tensor); called, ``value.var(...)``."""
+        return self._moment("variance", "var")  # type: ignore[no-any-return]
 
     @property
     def stddev(self) -> Tensor:
-        return self.distribution.stddev
+        """The distribution's standard deviation (a tensor); called, ``value.std(...)``."""
+        return self._moment("stddev", "std")  # type: ignore[no-any-return]
 
     def entropy(self) -> Tensor:
         return self.distribution.entropy()

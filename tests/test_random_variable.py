@@ -315,3 +315,61 @@ def test_deferred_value_of_wrong_shape_raises_naming_the_variable() -> None:
         _ = rv.value
     with pytest.raises(TypeError, match="Distribution"):
         RandomVariable.deferred(torch.zeros(3), lambda: torch.zeros(3))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------- moments that are also tensor methods
+class TestMomentsAreCallable:
+    """``rv.mean`` is the distribution's mean as a tensor; ``rv.mean(...)`` reduces the
+    value, as ``Tensor.mean`` does (``model(x).mean()`` is ordinary tensor code)."""
+
+    def test_mean_call_reduces_the_value(self) -> None:
+        rv = normal_rv(4, 3)
+        torch.testing.assert_close(rv.mean(), rv.value.mean())
+        torch.testing.assert_close(rv.mean(0), rv.value.mean(0))
+        torch.testing.assert_close(rv.mean(dim=-1, keepdim=True), rv.value.mean(-1, keepdim=True))
+        torch.testing.assert_close(rv.variance(0), rv.value.var(0))
+        torch.testing.assert_close(rv.stddev(), rv.value.std())
+        torch.testing.assert_close(rv.std(), rv.value.std())
+
+    def test_moments_act_as_the_distribution_moments(self) -> None:
+        dist = td.Normal(torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0]))
+        rv = RandomVariable(dist)
+        assert torch.equal(rv.mean, dist.mean) and torch.equal(rv.stddev, dist.stddev)
+        assert torch.equal(rv.variance, dist.variance)
+        assert rv.mean.shape == (2,) and rv.mean.dtype == torch.float32
+        out = rv.mean * 2 + rv.variance
+        assert type(out) is Tensor
+        torch.testing.assert_close(out, torch.tensor([2.25, 5.0]))
+        assert type(torch.exp(rv.mean)) is Tensor and type(rv.mean[0]) is Tensor
+        assert rv.mean.tolist() == [1.0, -2.0]
+        np.testing.assert_allclose(np.asarray(rv.stddev), [0.5, 3.0])
+        torch.testing.assert_close(rv.distribution.mean, dist.mean)
+
+    def test_gradients_flow_through_the_moment_and_its_call(self) -> None:
+        loc = torch.tensor([0.3, -0.1], requires_grad=True)
+        rv = RandomVariable(td.Normal(loc, 1.0))
+        (rv.mean.sin().sum() + rv.mean()).backward()
+        torch.testing.assert_close(loc.grad, loc.detach().cos() + 0.5)
+
+    def test_a_deferred_value_is_computed_only_when_called(self) -> None:
+        calls = []
+
+        def compute() -> Tensor:
+            calls.append(1)
+            return torch.full((3,), 2.0)
+
+        rv = RandomVariable.deferred(td.Normal(torch.zeros(3), 1.0), compute)
+        assert torch.equal(rv.mean, torch.zeros(3)) and not calls
+        assert float(rv.mean()) == 2.0 and calls == [1]
+
+    def test_copies_and_pickles_are_plain_tensors(self) -> None:
+        rv = normal_rv(2)
+        for out in (copy.deepcopy(rv.mean), pickle.loads(pickle.dumps(rv.variance))):
+            assert type(out) is Tensor and torch.equal(out, torch.zeros(2) + (out != 0))
+        assert repr(rv.mean) == "tensor([0., 0.])"
+
+    def test_a_distribution_without_the_moment_still_reduces_the_value(self) -> None:
+        rv = RandomVariable(td.LKJCholesky(3, 1.0))
+        torch.testing.assert_close(rv.mean(), rv.value.mean())
+        with pytest.raises(NotImplementedError):
+            rv.mean.shape  # noqa: B018
