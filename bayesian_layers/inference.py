@@ -22,6 +22,16 @@ hands the model what the posterior returns, or share the modules), and their
 posterior, when it is an ``nn.Module``). Layer
 weight draws seen on either tape (:class:`~bayesian_layers.tracing.LayerParameter`)
 are therefore never scored by log-density, which would count them twice.
+
+A named latent of the model that the posterior never draws (and that is not
+observed) is drawn from its prior by the model itself and scored by neither side:
+its ``log p − log q`` is zero with ``q = p``, i.e. the posterior program is
+completed with the model's own conditional for it.
+
+The estimate depends on the posterior's draws and ``observed=`` only: a
+``bl.condition`` around :func:`program_elbo` that sets one of the names it draws
+or observes raises ``ValueError``. Values given explicitly to a
+:func:`make_log_joint_fn` function likewise win over a surrounding condition.
 """
 
 from __future__ import annotations
@@ -35,9 +45,15 @@ from torch import Tensor, nn
 
 from .objectives import losses as _losses
 from .random_variable import RandomVariable
-from .tracing import LayerParameter, _collect_values, _conditioner, condition, tape, trace
+from .tracing import LayerParameter, _collect_values, _Conditioner, _shield, tape, trace
 
 __all__ = ["program_elbo", "make_log_joint_fn"]
+
+
+_SHIELD_HINT = (
+    "the estimate takes latents from the posterior and observations from `observed=`; "
+    "call program_elbo outside that condition"
+)
 
 
 def _log_density(rv: RandomVariable) -> Tensor:
@@ -73,9 +89,15 @@ def program_elbo(
         a scalar tensor, differentiable with respect to the posterior's (and the
         model's) parameters; maximise it (minimise ``-elbo``).
 
+    A named model latent that the posterior does not draw and that is not observed
+    is drawn from its prior (its conditional given the other variables) and adds
+    nothing: the ELBO of the posterior completed by the model's prior for it.
+
     Raises:
         ValueError: a posterior variable the model never creates, an observed name
-            the model never creates, or an observed name the posterior also draws.
+            the model never creates, an observed name the posterior also draws, or
+            a surrounding ``bl.condition`` that sets a name the posterior draws or
+            the model observes.
 
     Example:
         >>> import torch, bayesian_layers as bl
@@ -100,32 +122,54 @@ def program_elbo(
         kl_modules = [posterior] if isinstance(posterior, nn.Module) else []
     elif isinstance(kl_modules, nn.Module):
         kl_modules = [kl_modules]
-    estimates = []
-    for _ in range(num_samples):
-        with tape() as q_tape:
-            output = posterior(*args, **kwargs)
-        model_args = (output, *args) if pass_posterior else args
-        latents = {n: rv for n, rv in q_tape.items() if not isinstance(rv, LayerParameter)}
-        clash = sorted(set(latents) & set(observed))
-        if clash:
-            raise ValueError(f"program_elbo: {clash} are both observed and drawn by the posterior")
-        fixed = {**{n: rv.value for n, rv in latents.items()}, **observed}
-        with tape() as p_tape, condition(fixed):
-            model(*model_args, **kwargs)
-        missing = sorted(set(fixed) - set(p_tape))
-        if missing:
-            raise ValueError(
-                f"program_elbo: the model program created no random variable named {missing} "
-                f"(it created {list(p_tape)})"
-            )
-        terms = [_log_density(rv) for rv in p_tape.values() if not isinstance(rv, LayerParameter)]
-        terms += [-_log_density(rv) for rv in latents.values()]
-        estimates.append(torch.stack(terms).sum() if terms else torch.zeros(()))
+    estimates = [
+        _one_draw(model, posterior, args, kwargs, observed, pass_posterior)
+        for _ in range(num_samples)
+    ]
     elbo = torch.stack(estimates).mean()
     kl = _losses(nn.ModuleList(kl_modules))  # a module listed twice, or nested, counts once
     if kl:
         elbo = elbo - torch.stack(kl).sum()
     return elbo
+
+
+def _one_draw(
+    model: Callable[..., Any],
+    posterior: Callable[..., Any],
+    args: tuple,
+    kwargs: dict[str, Any],
+    observed: dict[str, Any],
+    pass_posterior: bool,
+) -> Tensor:
+    """``log p(observed, z) − log q(z)`` at one draw ``z ~ q`` (no layer KLs)."""
+    with _shield(None, "program_elbo", _SHIELD_HINT), tape() as q_tape:
+        output = posterior(*args, **kwargs)
+    model_args = (output, *args) if pass_posterior else args
+    latents = {n: rv for n, rv in q_tape.items() if not isinstance(rv, LayerParameter)}
+    clash = sorted(set(latents) & set(observed))
+    if clash:
+        raise ValueError(f"program_elbo: {clash} are both observed and drawn by the posterior")
+    fixed = {**{n: rv.value for n, rv in latents.items()}, **observed}
+    with (
+        _shield(None, "program_elbo", _SHIELD_HINT),
+        tape() as p_tape,
+        trace(_Conditioner(fixed)),
+    ):
+        model(*model_args, **kwargs)
+    missing = sorted(set(fixed) - set(p_tape))
+    if missing:
+        raise ValueError(
+            f"program_elbo: the model program created no random variable named {missing} "
+            f"(it created {list(p_tape)})"
+        )
+    # model latents the posterior does not draw are prior draws: log p - log q = 0
+    terms = [
+        _log_density(rv)
+        for n, rv in p_tape.items()
+        if n in fixed and not isinstance(rv, LayerParameter)
+    ]
+    terms += [-_log_density(rv) for rv in latents.values()]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def _split_kwargs(program: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[dict, dict]:
@@ -146,7 +190,8 @@ def make_log_joint_fn(program: Callable[..., Any]) -> Callable[..., Tensor]:
     named like the program's parameters go to it, the others fix the random
     variables of those names (pass names that are not identifiers as
     ``**{"0.weight": w}``); naming a variable the program never creates raises
-    ``ValueError``. It returns
+    ``ValueError``. Values given here win over a ``bl.condition`` around the call,
+    which still sets the variables not given here. It returns
     ``Σ log p(value)`` over every random variable the program creates, summed over
     all elements; variables without a given value are drawn and scored. Layer
     weights (:class:`LayerParameter`) can be fixed but are not scored: their
@@ -168,21 +213,20 @@ def make_log_joint_fn(program: Callable[..., Any]) -> Callable[..., Tensor]:
     def log_joint(*args: Any, **kwargs: Any) -> Tensor:
         program_kwargs, value_kwargs = _split_kwargs(program, kwargs)
         fixed = _collect_values("make_log_joint_fn", (), value_kwargs)
+        conditioner = _Conditioner(fixed)
         terms: list[Tensor] = []
-        used: set[str] = set()
 
         def scorer(f: Callable[..., Any], *f_args: Any, **f_kwargs: Any) -> Any:
-            if f_kwargs.get("name") in fixed:
-                used.add(f_kwargs["name"])
             rv = f(*f_args, **f_kwargs)
             if isinstance(rv, RandomVariable) and not isinstance(rv, LayerParameter):
                 terms.append(_log_density(rv))
             return rv
 
-        # the conditioner (innermost) sets the given values; the scorer sees every call
-        with trace(scorer), trace(_conditioner(fixed)):
+        # the conditioner (innermost) sets the given values, which conditioners around
+        # the call leave alone (the shield); the scorer sees every call
+        with _shield(frozenset(fixed), "make_log_joint_fn"), trace(scorer), trace(conditioner):
             program(*args, **program_kwargs)
-        unused = sorted(set(fixed) - used)
+        unused = sorted(set(fixed) - conditioner.used)
         if unused:
             raise ValueError(
                 f"make_log_joint_fn: the program created no random variable named {unused}; "

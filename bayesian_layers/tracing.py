@@ -19,9 +19,15 @@ when the program raises.
 
 Layer weights are named by their module path relative to the outermost module
 called inside the trace (``model(x)`` names the weights of ``model.encoder[0]``
-``"encoder.0.weight"``; a layer called on its own names them ``"weight"``). The
-names come from ``named_modules()`` of that outermost module, found with global
-module hooks that exist only while some thread traces. While a tracer is active
+``"encoder.0.weight"``; a layer called on its own names them ``"weight"``), after
+the prefixes of any :func:`name_scope` around the call. The names come from
+``named_modules()`` of that outermost module, found with global module hooks that
+exist only while some thread traces. One name means one random variable: a layer
+drawing again (called twice, or a cell per sequence) reuses its name, but if two
+*different* layers reach the same name in one trace (``dec(enc(x))`` with two
+``nn.Sequential`` models, both ``"0.weight"``) the second draw raises ``ValueError``;
+call them in ``name_scope("enc")`` / ``name_scope("dec")`` blocks, from one parent
+module, or inside :func:`module_names`. While a tracer is active
 every layer draws whole weights, one per call (Flipout and local
 reparameterization draw a whole weight too, so the tracer sees one random
 variable per weight); layers in ``"mean"`` sampling mode draw nothing and are not
@@ -32,6 +38,11 @@ Not traced (yet): ``EmbeddingReparameterization`` (it draws the rows it looks up
 never a whole table), and the output random variables of stochastic-output and
 GP layers, which are built directly rather than through a constructor; wrap such
 a distribution in :func:`variable` to make it traceable.
+
+A :func:`condition` warns when it exits if a name it was given reached no random
+variable during the whole context (a misspelling); values given explicitly to a
+:func:`~bayesian_layers.make_log_joint_fn` function win over a surrounding
+``condition``.
 
 Example:
     >>> import torch, bayesian_layers as bl
@@ -51,6 +62,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -69,6 +81,7 @@ __all__ = [
     "condition",
     "is_tracing",
     "module_names",
+    "name_scope",
     "mean_weights",
     "layer_parameter",
     "variable",
@@ -99,10 +112,12 @@ def is_tracing() -> bool:
 
 # ------------------------------------------------------------------ module paths
 # ``_local.frames``: the modules whose calls are open in the trace, outermost first;
-# ``_local.frame_names``: the paths of every module under ``frames[0]``.
+# ``_local.frame_names``: the paths of every module under ``frames[0]``;
+# ``_local.drawn``: traced weight name -> (layer, param), for the outermost trace.
 def _reset_frames() -> None:
     _local.frames = []
     _local.frame_names = {}
+    _local.drawn = {}
 
 
 def _enter_module(module: nn.Module, args: Any) -> None:
@@ -121,19 +136,88 @@ def _exit_module(module: nn.Module, args: Any, output: Any) -> None:
         frames.pop()
 
 
-def module_path(module: nn.Module, param: str) -> str:
-    """``param``'s traced name: ``"<path of module>.<param>"``, the path taken in the
-    innermost :func:`module_names` root holding ``module``, else from the outermost
-    module called in the trace."""
+def _relative_path(module: nn.Module) -> str | None:
+    """``module``'s path in the innermost :func:`module_names` root holding it, else
+    under the outermost module called in the trace; None when neither holds it."""
     for names in reversed(getattr(_local, "roots", ())):
         prefix = names.get(module)
         if prefix is not None:
-            return f"{prefix}.{param}" if prefix else param
+            return prefix
     if getattr(_local, "frames", None):
-        prefix = _local.frame_names.get(module)
-        if prefix is not None:
-            return f"{prefix}.{param}" if prefix else param
-    return param
+        return _local.frame_names.get(module)
+    return None
+
+
+def module_path(module: nn.Module, param: str) -> str:
+    """``param``'s traced name: the :func:`name_scope` prefixes, then the path of
+    ``module`` (see :func:`module_names`), then ``param``, joined by dots.
+
+    Within one trace a name belongs to one ``(module, param)``: a different layer's
+    draw reaching a name already drawn raises ``ValueError`` (two random variables
+    would be recorded and conditioned as one).
+    """
+    parts = list(getattr(_local, "scopes", ()))
+    prefix = _relative_path(module)
+    if prefix:
+        parts.append(prefix)
+    parts.append(param)
+    name = ".".join(parts)
+    drawn = getattr(_local, "drawn", None)
+    if drawn is not None and getattr(_local, "stack", None):
+        owner, owner_param = drawn.setdefault(name, (module, param))
+        if owner is not module or owner_param != param:
+            raise ValueError(
+                f"{type(module).__name__} draws its {param!r} under the traced name {name!r}, "
+                f"which another layer ({type(owner).__name__}, its {owner_param!r}) already "
+                "drew in this trace: two random variables cannot share a name. Call the "
+                'modules inside `with bl.tracing.name_scope("encoder"):`-style blocks, '
+                "from one parent module, or under `bl.tracing.module_names(parent)`"
+            )
+    return name
+
+
+@contextmanager
+def name_scope(prefix: str) -> Iterator[None]:
+    """Context: the traced names of layer weights drawn inside start with ``prefix.``.
+
+    For programs that call several top-level modules whose module paths coincide
+    (two ``nn.Sequential`` models both name their first weight ``"0.weight"``).
+    Scopes nest (``"outer.inner.0.weight"``) and are thread-local; names given to
+    random variables explicitly (``bl.Normal(..., name="z")``) are left as given.
+
+    Args:
+        prefix: a non-empty name, dots allowed inside (``"vae.encoder"``).
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> enc = torch.nn.Sequential(bl.layers.LinearReparameterization(3, 2))
+        >>> dec = torch.nn.Sequential(bl.layers.LinearReparameterization(2, 3))
+        >>> with bl.tape() as t:
+        ...     with bl.tracing.name_scope("enc"):
+        ...         h = enc(torch.randn(1, 3))
+        ...     with bl.tracing.name_scope("dec"):
+        ...         _ = dec(h)
+        >>> list(t)
+        ['enc.0.weight', 'dec.0.weight']
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(
+            f"name_scope expected `prefix` to be a non-empty str, got {type(prefix).__name__}"
+        )
+    if not prefix or prefix.startswith(".") or prefix.endswith("."):
+        raise ValueError(
+            "name_scope expected `prefix` to be a non-empty name without leading or "
+            f"trailing dots, got {prefix!r}"
+        )
+    scopes = getattr(_local, "scopes", None)
+    if scopes is None:
+        scopes = _local.scopes = []
+    saved = list(scopes)
+    scopes.append(prefix)
+    try:
+        yield
+    finally:
+        scopes[:] = saved
 
 
 @contextmanager
@@ -414,7 +498,11 @@ def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> 
         values: ``name=value`` pairs (tensors, numbers or random variables).
 
     Layer weights are conditioned by module path: ``condition({"0.weight": w})``
-    substitutes ``w`` for every draw of that weight.
+    substitutes ``w`` for every draw of that weight. The context may wrap many
+    calls; when it exits normally it warns (``UserWarning``, once) about the names
+    that no random variable took during the whole context, listing the names it
+    saw: a misspelt name does nothing, and so does a name whose value an inner call
+    gives explicitly (:func:`~bayesian_layers.make_log_joint_fn` arguments win).
 
     Example:
         >>> import torch, bayesian_layers as bl
@@ -422,17 +510,76 @@ def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> 
         ...     float(bl.Normal(0.0, 1.0, name="z"))
         2.0
     """
-    with trace(_conditioner(_collect_values("condition", variables, values))):
+    conditioner = _Conditioner(_collect_values("condition", variables, values))
+    with trace(conditioner):
         yield
+    unused = sorted(set(conditioner.fixed) - conditioner.used)
+    if unused:
+        warnings.warn(
+            f"condition: no random variable took the value given for {unused} (the names "
+            f"seen were {sorted(conditioner.seen)}); check the spelling, or whether an "
+            "explicit value given inside won",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
-def _conditioner(fixed: Mapping[str, Any]) -> Tracer:
-    """Tracer: a call named like a key of ``fixed`` gets that value."""
+class _Conditioner:
+    """Tracer: a call named like a key of ``fixed`` gets that value, unless a
+    :func:`_shield` opened inside this tracer holds the name.
 
-    def conditioner(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    ``seen`` collects every name passing through, ``used`` the names it set.
+    """
+
+    def __init__(self, fixed: Mapping[str, Any]) -> None:
+        self.fixed = fixed
+        self.seen: set[str] = set()
+        self.used: set[str] = set()
+
+    def __call__(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         name = kwargs.get("name")
-        if name is not None and name in fixed:
-            kwargs["value"] = fixed[name]
+        if name is not None:
+            self.seen.add(name)
+            if name in self.fixed and not _shielded(name):
+                kwargs["value"] = self.fixed[name]
+                self.used.add(name)
         return f(*args, **kwargs)
 
-    return conditioner
+
+# ``_local.shields``: (stack depth, names or None for all, owner, hint), innermost last.
+@contextmanager
+def _shield(names: frozenset[str] | None, owner: str, hint: str = "") -> Iterator[None]:
+    """Context: conditioners already on the tracer stack leave ``names`` alone.
+
+    Tracers entered inside are not affected. ``names=None`` shields every name, and a
+    surrounding conditioner that tries to set one raises ``ValueError`` (from
+    ``owner``, with ``hint``) instead of being skipped.
+    """
+    shields = getattr(_local, "shields", None)
+    if shields is None:
+        shields = _local.shields = []
+    saved = list(shields)
+    shields.append((len(_stack()), names, owner, hint))
+    try:
+        yield
+    finally:
+        shields[:] = saved
+
+
+def _shielded(name: str) -> bool:
+    """Whether the running conditioner must leave ``name`` alone (raises for a shield
+    of every name). While a tracer runs it is off the stack, so the stack's length
+    is its depth."""
+    shields = getattr(_local, "shields", None)
+    if not shields:
+        return False
+    depth = len(_stack())
+    for level, names, owner, hint in shields:
+        if depth < level and (names is None or name in names):
+            if names is None:
+                raise ValueError(
+                    f"{owner} sets {name!r} itself, but a surrounding `condition` gives it "
+                    f"a value too; {hint}"
+                )
+            return True
+    return False

@@ -252,3 +252,41 @@ def test_program_elbo_rejects_mismatched_programs():
         bl.program_elbo(model, posterior, observed={"x": X}, num_samples=0)
     with pytest.raises(TypeError, match="`posterior` to be callable"):
         bl.program_elbo(model, None, observed={"x": X})
+
+
+def test_model_latents_the_posterior_never_draws_are_prior_draws():
+    """z ~ N(0, 1), x | z ~ N(z, 1), x = 1, and a posterior that draws nothing: z is drawn
+    from its prior and scored by neither side, so the ELBO is the one with q = prior,
+    E[log N(1; z, 1)] = -log(2π)/2 - (1 + 1)/2 = -1.919 per element. Each draw's term has
+    variance Var((1 - z)²)/4 = 6/4; n = 20000 elements in one call, one check at α."""
+    n = 20000
+
+    def prior_model():
+        z = bl.Normal(torch.zeros(n, dtype=F64), 1.0, name="z")
+        return bl.Normal(z, 1.0, name="x")
+
+    ones = torch.ones(n, dtype=F64)
+    torch.manual_seed(0)
+    elbo = bl.program_elbo(prior_model, lambda: None, observed={"x": ones})
+    expected = n * (-0.5 * math.log(2 * math.pi) - 1.0)
+    assert abs(float(elbo) - expected) < z_bonferroni(1) * math.sqrt(1.5 * n)
+    torch.manual_seed(0)  # the same draw of z: the ELBO is log p(x | z) alone
+    with bl.tape() as t, bl.condition(x=ones):
+        prior_model()
+    torch.testing.assert_close(elbo, t["x"].log_prob(ones).sum(), rtol=1e-12, atol=0)
+
+
+def test_a_surrounding_condition_cannot_change_the_estimate():
+    """The ELBO averages over q with the observations given: a surrounding condition
+    naming a latent or an observation raises; one naming something else warns at exit."""
+    posterior = make_posterior(torch.tensor(0.0, dtype=F64), 0.5)
+    for name in ("z", "x"):
+        with pytest.raises(ValueError, match=f"program_elbo.*'{name}'.*surrounding"):
+            with bl.condition({name: torch.tensor(3.0, dtype=F64)}):
+                bl.program_elbo(model, posterior, observed={"x": X})
+    torch.manual_seed(3)
+    expected = bl.program_elbo(model, posterior, observed={"x": X})
+    torch.manual_seed(3)
+    with pytest.warns(UserWarning, match=r"\['y'\]"), bl.condition(y=0.0):
+        got = bl.program_elbo(model, posterior, observed={"x": X})
+    assert torch.equal(got, expected)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -443,9 +445,9 @@ def test_module_names_root_names_weights_of_several_top_level_modules():
     encoder = nn.Sequential(layers.LinearReparameterization(3, 2))
     decoder = nn.Sequential(layers.LinearReparameterization(2, 3))
     x = torch.randn(2, 3)
-    with bl.tape() as t:
-        decoder(encoder(x))
-    assert list(t) == ["0.weight"]  # each module named from itself: the names collide
+    with pytest.raises(ValueError, match="already drew"):  # both would be "0.weight"
+        with bl.tape():
+            decoder(encoder(x))
     both = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
     with tracing.module_names(both, prefix="vae"), bl.tape() as t:
         decoder(encoder(x))
@@ -468,3 +470,173 @@ def test_mean_tracer_composes_with_tape_and_condition():
         assert torch.equal(layer(x), nn.functional.linear(x, layer.weight_loc, layer.bias))
     with bl.condition({"weight": w}), bl.trace(tracing.mean_weights):
         assert torch.equal(layer(x), nn.functional.linear(x, w, layer.bias))
+
+
+# ------------------------------------------------------------------ name collisions
+
+
+def _encoder_decoder():
+    torch.manual_seed(5)
+    enc = nn.Sequential(layers.LinearReparameterization(4, 4))
+    dec = nn.Sequential(layers.LinearReparameterization(4, 4))
+    return enc, dec
+
+
+def test_weights_of_different_layers_never_share_a_name():
+    """``dec(enc(x))``: each top-level module names its weight ``"0.weight"``. Recording
+    or conditioning them under one name would merge two random variables: it raises,
+    naming the layer and the fix; ``name_scope`` gives distinct names."""
+    enc, dec = _encoder_decoder()
+    x, w = torch.randn(2, 4), torch.randn(4, 4)
+    with pytest.raises(ValueError, match=r"LinearReparameterization.*'0\.weight'.*name_scope"):
+        with bl.tape():
+            dec(enc(x))
+    with pytest.raises(ValueError, match=r"'0\.weight'"):
+        with bl.condition({"0.weight": w}):
+            dec(enc(x))
+    with bl.condition({"dec.0.weight": w}), bl.tape() as t:
+        with tracing.name_scope("enc"):
+            h = enc(x)
+        with tracing.name_scope("dec"):
+            y = dec(h)
+    assert list(t) == ["enc.0.weight", "dec.0.weight"]
+    assert t["enc.0.weight"].layer is enc[0] and t["dec.0.weight"].layer is dec[0]
+    assert torch.equal(t["dec.0.weight"].value, w)  # only the decoder's weight replaced
+    assert not torch.equal(t["enc.0.weight"].value, w)
+    torch.testing.assert_close(y, nn.functional.linear(h, w, dec[0].bias), rtol=0, atol=0)
+
+
+def test_one_layer_called_twice_keeps_one_name():
+    layer = layers.LinearReparameterization(4, 4)
+    model = nn.Sequential(layer, nn.ReLU(), layer)  # a shared layer: one path, "0"
+    x = torch.randn(2, 4)
+    with bl.tape() as t:
+        layer(layer(x))
+        first = t["weight"]
+        layer(x)
+    assert list(t) == ["weight"] and t["weight"] is not first
+    with bl.tape() as t:
+        model(x)
+    assert list(t) == ["0.weight"]
+
+
+def test_name_scopes_nest_and_prefix_module_paths():
+    enc, dec = _encoder_decoder()
+    both = nn.ModuleDict({"enc": enc, "dec": dec})
+    x = torch.randn(2, 4)
+    with bl.tape() as t, tracing.name_scope("vae"):
+        with tracing.name_scope("a.b"):
+            enc(x)
+        with tracing.module_names(both):
+            dec(x)
+    assert list(t) == ["vae.a.b.0.weight", "vae.dec.0.weight"]
+    with pytest.raises(ValueError, match="name_scope expected `prefix`.*non-empty.*got ''"):
+        with tracing.name_scope(""):
+            pass
+    with pytest.raises(TypeError, match="name_scope expected `prefix`.*str.*got int"):
+        with tracing.name_scope(3):
+            pass
+
+
+# ------------------------------------------------------------------ explicit values, unused names
+
+
+def two_normals():
+    """z ~ N(0, 1); x ~ N(z, 1)."""
+    z = bl.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0, name="z")
+    return bl.Normal(z, 1.0, name="x")
+
+
+def test_explicit_log_joint_values_win_over_a_surrounding_condition():
+    """log N(0; 0, 1) + log N(0; 0, 1) = -log 2π whatever a surrounding condition says
+    about z; a name the call leaves out still takes the surrounding value."""
+    log_joint = bl.make_log_joint_fn(two_normals)
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"\['z'\]"), bl.condition(z=5.0), bl.tape() as t:
+        got = log_joint(z=zero, x=zero)
+    assert float(got) == pytest.approx(-math.log(2 * math.pi), rel=1e-12)
+    assert float(t["z"].value) == 0.0  # a surrounding tape records the explicit value
+    with bl.condition(z=5.0):
+        got = log_joint(x=zero)
+    expected = stats.norm.logpdf(5.0) + stats.norm.logpdf(0.0, 5.0)
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_condition_warns_once_about_names_no_variable_took():
+    """A misspelt name warns once when the context exits, listing the names seen; a
+    name used by any of the calls inside does not warn; an exception does not warn."""
+    with pytest.warns(UserWarning) as record:
+        with bl.condition(zz=1.0, z=0.5):
+            small()
+            small()
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "['zz']" in message and "['w', 'x', 'z']" in message and "condition" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with bl.condition(z=0.5, x=1.0):
+            bl.Normal(0.0, 1.0, name="z")
+            bl.Normal(0.0, 1.0, name="x")
+        with pytest.raises(RuntimeError, match="boom"):
+            with bl.condition(nope=1.0):
+                raise RuntimeError("boom")
+
+
+# ------------------------------------------------------------------ threads and exceptions
+
+
+class _Fails(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+def test_tracing_state_is_restored_when_a_traced_call_raises():
+    """A module that raises inside a scoped, conditioned trace, then a name collision:
+    afterwards no tracer, hook, scope, open module call or recorded name is left, so
+    the next traces name weights from their own outermost module again."""
+    enc, dec = _encoder_decoder()
+    x = torch.randn(2, 4)
+    broken = nn.Sequential(enc, _Fails())
+    w = torch.zeros(4, 4)
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracing.name_scope("s"), bl.tape() as t, bl.condition({"s.0.0.weight": w}):
+            broken(x)
+    assert list(t) == ["s.0.0.weight"]
+    with pytest.raises(ValueError, match="name_scope"):
+        with bl.tape():
+            dec(enc(x))
+    assert tracing._stack() == [] and tracing._active == 0 and tracing._hooks == []
+    for make in (lambda: dec(x), lambda: enc(x)):  # one trace each: no collision
+        with bl.tape() as t:
+            make()
+        assert list(t) == ["0.weight"]
+
+
+def test_module_paths_and_scopes_are_thread_local():
+    """Two threads trace at once, each pausing inside its outermost module call until
+    the other is inside its own: each names its weight from its own module and scope."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Pause(nn.Module):
+        def forward(self, x):
+            barrier.wait()
+            return x
+
+    results = {}
+
+    def run(tag):
+        model = nn.Sequential(Pause(), nn.Sequential(layers.LinearReparameterization(3, 3)))
+        try:
+            with tracing.name_scope(tag), bl.tape() as t:
+                model(torch.randn(1, 3))
+            results[tag] = (list(t), t[f"{tag}.1.0.weight"].layer is model[1][0])
+        except Exception as error:  # reported below, not lost in the thread
+            results[tag] = error
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"a": (["a.1.0.weight"], True), "b": (["b.1.0.weight"], True)}
+    assert tracing._active == 0 and tracing._hooks == []
