@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
 from .attention_kernels import attention_core, flipout_project
-from .base import BayesianLayer, as_tensor
+from .base import BayesianLayer
 from .linear import LinearFlipout, LinearReparameterization, _BayesianLinear, _rademacher
 
 __all__ = ["MultiheadAttentionReparameterization", "MultiheadAttentionFlipout"]
@@ -138,7 +138,8 @@ class _BayesianMultiheadAttention(BayesianLayer):
     ) -> tuple[Tensor, Tensor, Tensor]:
         name = type(self).__name__
         q, k, v = (
-            as_tensor(t, f"{name} ({w})") for t, w in zip((query, key, value), "qkv", strict=True)
+            self.check_input(t, what)
+            for t, what in zip((query, key, value), ("query", "key", "value"), strict=True)
         )
         for what, t in (("query", q), ("key", k), ("value", v)):
             if t.dim() not in (2, 3) or t.shape[-1] != self.embed_dim:
@@ -146,8 +147,6 @@ class _BayesianMultiheadAttention(BayesianLayer):
                     f"{name} expected {what} of shape (L, {self.embed_dim}) or 3-d with last "
                     f"dimension embed_dim={self.embed_dim}, got {tuple(t.shape)}"
                 )
-            if not t.is_floating_point():
-                raise TypeError(f"{name} expected a floating-point {what}, got {t.dtype}")
         if not q.dim() == k.dim() == v.dim():
             raise ValueError(
                 f"{name} expected query, key and value of equal rank, got shapes "

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..initializers import TrainableInitializer, fans
 from ..regularizers import Regularizer
 from . import conv_kernels as K
-from .base import BayesianLayer, as_tensor
+from .base import BayesianLayer
 from .linear import _check_features, _rademacher
 
 __all__: list[str] = []
@@ -224,15 +224,13 @@ class BayesianConvNd(BayesianLayer):
     def _check_input(self, x: object) -> tuple[Tensor, bool]:
         """``x`` batched (``(N, C, *S)``), and whether it came unbatched (``(C, *S)``)."""
         name, n, c = type(self).__name__, self._dims, self.in_channels
-        x = as_tensor(x, name)
+        x = self.check_input(x)  # a Tensor of the parameters' (or autocast's) dtype
         if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != c:
             spatial = _SPATIAL[n]
             raise ValueError(
                 f"{name} expected input of shape (N, {c}, {spatial}) or ({c}, {spatial}) "
                 f"(in_channels={c}), got {tuple(x.shape)}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"{name} expected a floating-point input, got {x.dtype}")
         unbatched = x.dim() == n + 1
         if unbatched and self.num_function_samples > 1:
             raise ValueError(

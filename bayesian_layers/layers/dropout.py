@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BayesianLayer, as_tensor
+from .base import BayesianLayer
 
 __all__ = ["MCDropout"]
 
@@ -48,7 +48,9 @@ class MCDropout(BayesianLayer):
         return f"p={self.p}"
 
     def forward(self, x: Tensor) -> Tensor:
-        x = as_tensor(x, "MCDropout")
+        x = self.check_input(x, floating=False)  # any floating dtype: no parameters
+        if not x.is_floating_point():
+            raise TypeError(f"MCDropout expected `input` of a floating-point dtype, got {x.dtype}")
         if self.sampling == "mean" or self.p == 0.0:
             return x
         if self.sampling != "frozen":

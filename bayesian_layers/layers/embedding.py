@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..initializers import TrainableInitializer
-from ..random_variable import RandomVariable
 from ..regularizers import Regularizer
 from .base import BayesianLayer
 from .linear import _check_features
@@ -122,12 +121,9 @@ class EmbeddingReparameterization(BayesianLayer):
 
     def _check_input(self, input: object) -> Tensor:
         name = type(self).__name__
-        if isinstance(input, RandomVariable):
-            input = input.value
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{name} expected a Tensor of indices, got {type(input).__name__}")
+        input = self.check_input(input, floating=False)  # a Tensor (indices: any dtype yet)
         if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
-            raise TypeError(f"{name} expected integer indices, got {input.dtype}")
+            raise TypeError(f"{name} expected `input` of integer indices, got {input.dtype}")
         if input.numel() and torch.compiler.is_compiling():
             # no data-dependent Python branch in a compiled graph: a device-side check
             # (it raises RuntimeError, with this message, when the graph runs)

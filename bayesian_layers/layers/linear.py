@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
-from .base import BayesianLayer, as_tensor
+from .base import BayesianLayer
 from .linear_kernels import (
     add_sample_bias,
     batched_linear,
@@ -98,14 +98,12 @@ class _BayesianLinear(BayesianLayer):
         )
 
     def _check_input(self, x: object) -> Tensor:
-        x = as_tensor(x, type(self).__name__)
+        x = self.check_input(x)  # a Tensor of the parameters' (or autocast's) dtype
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expected input of shape (*, {self.in_features}), "
                 f"got {tuple(x.shape)}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__} expected a floating-point input, got {x.dtype}")
         return x
 
     def _bias_sample(self) -> Tensor | None:
@@ -284,8 +282,13 @@ def _rademacher(shape: torch.Size, like: Tensor) -> Tensor:
     """Random signs ±1 of ``shape`` with ``like``'s dtype and device.
 
     Eight signs come from each random byte through a (256, 8) lookup table: about
-    40x faster on CPU than ``bernoulli_`` (one generator call per sign).
+    40x faster on CPU than ``bernoulli_`` (one generator call per sign). Under
+    ``torch.compile`` the signs come from ``randint`` instead: a cache filled while
+    tracing would be guarded on and force a recompilation at the next call.
     """
+    if torch.compiler.is_compiling():
+        bits = torch.randint(0, 2, shape, dtype=like.dtype, device=like.device)
+        return bits * 2 - 1
     key = (like.dtype, like.device)
     table = _SIGN_TABLES.get(key)
     if table is None:

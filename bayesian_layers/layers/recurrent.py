@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
-from .base import BayesianLayer, as_tensor
+from .base import BayesianLayer
 from .linear import _check_features, _rademacher
 from .recurrent_cells import (
     GRUCellFlipout,
@@ -167,15 +167,13 @@ class _BayesianLSTM(BayesianLayer):
     # ---------------------------------------------------------------- validation
     def _check_input(self, x: object) -> Tensor:
         name = type(self).__name__
-        x = as_tensor(x, name)
+        x = self.check_input(x)  # a Tensor of the parameters' (or autocast's) dtype
         layout = "(B, T, {0}) or (T, {0})" if self.batch_first else "(T, B, {0}) or (T, {0})"
         if x.dim() not in (2, 3) or x.shape[-1] != self.input_size:
             raise ValueError(
                 f"{name} expected input of shape {layout.format(self.input_size)}, "
                 f"got {tuple(x.shape)}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"{name} expected a floating-point input, got {x.dtype}")
         return x
 
     def _initial_state(self, hx: object, x: Tensor, batch: int, batched: bool) -> State:
@@ -189,7 +187,7 @@ class _BayesianLSTM(BayesianLayer):
         expected = (stack, batch, self.hidden_size) if batched else (stack, self.hidden_size)
         out = []
         for what, t in zip(("h_0", "c_0"), hx, strict=True):
-            t = as_tensor(t, f"{name} ({what})")
+            t = self.check_input(t, "hx")
             if tuple(t.shape) != expected:
                 raise ValueError(
                     f"{name} expected {what} of shape {expected} for input of shape "

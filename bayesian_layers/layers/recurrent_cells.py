@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
-from .base import BayesianLayer, as_tensor
+from .base import BayesianLayer
 from .linear import _check_features, _rademacher
 from .recurrent_kernels import flipout_matmul, gru_cell, gru_pointwise, lstm_cell, lstm_pointwise
 
@@ -154,19 +154,17 @@ class _RecurrentCell(BayesianLayer):
     # ---------------------------------------------------------------- validation
     def _check_input(self, x: object) -> Tensor:
         name = type(self).__name__
-        x = as_tensor(x, name)
+        x = self.check_input(x)  # a Tensor of the parameters' (or autocast's) dtype
         if x.dim() not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(
                 f"{name} expected input of shape (B, {self.input_size}) or "
                 f"({self.input_size},), got {tuple(x.shape)}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"{name} expected a floating-point input, got {x.dtype}")
         return x
 
     def _check_hidden(self, h: object, what: str, batch: int, batched: bool) -> Tensor:
         name = type(self).__name__
-        h = as_tensor(h, f"{name} ({what})")
+        h = self.check_input(h, "hx")
         expected = (batch, self.hidden_size) if batched else (self.hidden_size,)
         if tuple(h.shape) != expected:
             raise ValueError(

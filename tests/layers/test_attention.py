@@ -255,7 +255,9 @@ def test_bad_input_raises(cls) -> None:
         layer(q, k, v, attn_mask=torch.zeros(L, L, dtype=torch.bool))
     with pytest.raises(ValueError, match="is_causal"):
         layer(q, k, v, is_causal=True)
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(
+        TypeError, match=r"expected `query` of dtype torch.float32, got torch.int64"
+    ):
         layer(q.long(), k, v)
 
 
