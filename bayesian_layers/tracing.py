@@ -27,17 +27,18 @@ drawing again (called twice, or a cell per sequence) reuses its name, but if two
 *different* layers reach the same name in one trace (``dec(enc(x))`` with two
 ``nn.Sequential`` models, both ``"0.weight"``) the second draw raises ``ValueError``;
 call them in ``name_scope("enc")`` / ``name_scope("dec")`` blocks, from one parent
-module, or inside :func:`module_names`. While a tracer is active
-every layer draws whole weights, one per call (Flipout and local
-reparameterization draw a whole weight too, so the tracer sees one random
-variable per weight); layers in ``"mean"`` sampling mode draw nothing and are not
-traced. Cells of recurrent layers trace their weights once per sequence, at the
-draw. With no tracer active nothing changes: layers check one counter.
+module, or inside :func:`module_names`. While a tracer is active every layer draws
+whole weights, one per call (Flipout and local reparameterization draw a whole
+weight too, so the tracer sees one random variable per weight); layers in
+``"mean"`` sampling mode draw nothing and are not traced. Cells of recurrent layers
+trace their weights once per sequence, at the draw. With no tracer active nothing
+changes: layers check one counter. ``EmbeddingReparameterization`` is not traced
+(it draws the rows it looks up, never a whole table).
 
-Not traced (yet): ``EmbeddingReparameterization`` (it draws the rows it looks up,
-never a whole table), and the output random variables of stochastic-output and
-GP layers, which are built directly rather than through a constructor; wrap such
-a distribution in :func:`variable` to make it traceable.
+Layers that *return* random variables under a ``name=`` (stochastic outputs, GP
+layers, point processes) reach the tracers by building them with :func:`variable`
+(any distribution) or a :func:`traceable` function: the one hook, as
+``bl.Normal``'s constructors use; their names are taken as given (no scope).
 
 A :func:`condition` warns when it exits if a name it was given reached no random
 variable during the whole context (a misspelling); values given explicitly to a
