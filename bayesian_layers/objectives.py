@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor, nn
 
@@ -26,8 +28,21 @@ def losses(module: nn.Module) -> list[Tensor]:
     out: list[Tensor] = []
     for m in module.modules():  # modules() visits each module once
         if isinstance(getattr(type(m), "losses", None), property):
+            _refuse_sharded(m)
             out.extend(m.losses)  # type: ignore[arg-type]
     return out
+
+
+def _refuse_sharded(module: nn.Module) -> None:
+    """A module with sharded (DTensor) parameters has per-shard terms: name the fix."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    if dtensor is not None and any(isinstance(p, dtensor) for p in module.parameters(False)):
+        raise TypeError(
+            f"losses found sharded (DTensor) parameters on {type(module).__name__} (FSDP2 "
+            "or tensor parallelism), whose terms cannot join a plain loss; use "
+            "bl.distributed.kl_divergence(model), which reduces the KL over the shards, "
+            "or wrap the model in bl.distributed.WithKL"
+        )
 
 
 def elbo_loss(

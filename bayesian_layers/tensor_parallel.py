@@ -32,7 +32,9 @@ from that integer and the shard index. Shards get independent noise, the run
 is reproducible from one seed (for a given number of shards), and the
 generator state after the call is the same on every rank. Ranks of a
 tensor-parallel group must therefore start from the same seed
-(:func:`bayesian_layers.distributed.manual_seed` with their data-parallel rank).
+(:func:`bayesian_layers.distributed.manual_seed` with ``mesh=`` the data-parallel
+mesh); a parallelised layer checks it at its first call (one all-gather of the
+drawn integer) and raises ``RuntimeError`` otherwise.
 
 The KL. :func:`bayesian_layers.distributed.kl_divergence` computes every
 layer's regularizer on its local shards, sums them and reduces once.
@@ -67,6 +69,8 @@ __all__ = [
 TP_ATTR = "_bayesian_tensor_parallel"
 #: the local (per-shard) shapes of a parallelised module's random parameters.
 LOCAL_SHAPES_ATTR = TP_ATTR + "_local_shapes"
+#: set once a parallelised module has checked that its group shares one random stream.
+STREAM_CHECKED_ATTR = TP_ATTR + "_stream_checked"
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -317,6 +321,9 @@ class _ForkedCall:
     """
 
     def __init__(self, mesh: DeviceMesh, modules: tuple[BayesianLayer, ...]) -> None:
+        base = int(torch.randint(0, 2**62, (1,)).item())
+        self.device = _param_device(modules)
+        _check_one_stream(modules[0], mesh, base, self.device)
         self.attrs: dict[str, Any] = {}
         self.views = [local_view(m) for m in modules]
         for v in self.views:
@@ -325,8 +332,6 @@ class _ForkedCall:
         for m in modules:
             self.randoms.append((m, m._random))
             m.__dict__["_random"] = m.__dict__[LOCAL_SHAPES_ATTR]
-        base = int(torch.randint(0, 2**62, (1,)).item())
-        self.device = _param_device(modules)
         self.rng = _get_rng_state(self.device)
         _seed_device(self.device, derive_seed(base, mesh.get_local_rank()))
 
@@ -336,6 +341,29 @@ class _ForkedCall:
             m.__dict__["_random"] = random
         for v in self.views:
             v.__exit__(None, None, None)
+
+
+def _check_one_stream(module: nn.Module, mesh: DeviceMesh, base: int, device: torch.device) -> None:
+    """At a layer's first call: every rank of its group drew the same ``base`` (one stream).
+
+    Ranks seeded apart would still give independent shards here, but Bayesian layers
+    replicated over the group would draw different noise and drift apart.
+    """
+    if module.__dict__.get(STREAM_CHECKED_ATTR) or torch.compiler.is_compiling():
+        return
+    mine = torch.tensor([base], dtype=torch.int64, device=device)
+    drawn = [torch.empty_like(mine) for _ in range(mesh.size())]
+    dist.all_gather(drawn, mine, group=mesh.get_group())
+    if any(not torch.equal(d, mine) for d in drawn):
+        style = getattr(module, TP_ATTR)[0]
+        raise RuntimeError(
+            f"{type(module).__name__} under {style} expected the ranks of its tensor-parallel "
+            "group to share one random stream, got differently seeded ranks: Bayesian layers "
+            "replicated over the group would draw different noise and drift apart. Seed every "
+            "rank with bl.distributed.manual_seed(seed, mesh=dp_mesh), the data-parallel "
+            "device mesh (or rank=0 under pure tensor parallelism)"
+        )
+    module.__dict__[STREAM_CHECKED_ATTR] = True
 
 
 def _param_device(modules: tuple[nn.Module, ...]) -> torch.device:

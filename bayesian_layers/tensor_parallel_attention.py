@@ -1,10 +1,13 @@
-"""Head-parallel tensor parallelism for the Bayesian multi-head attention layers.
+"""Head-parallel tensor parallelism for the Bayesian multi-head attention layers, and a
+plan for whole transformer blocks (:func:`transformer_plan`).
 
 See :mod:`bayesian_layers.tensor_parallel` for storage, noise and the KL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -18,9 +21,11 @@ from torch.distributed.tensor.placement_types import _StridedShard
 
 from .layers.attention import _BayesianMultiheadAttention
 from .layers.attention_kernels import attention_core, flipout_project
-from .layers.linear import _rademacher
+from .layers.linear import _BayesianLinear, _rademacher
 from .tensor_parallel import (
     TP_ATTR,
+    BayesianColwiseParallel,
+    BayesianRowwiseParallel,
     _CopyToParallel,
     _ForkedCall,
     _mesh_1d,
@@ -30,7 +35,7 @@ from .tensor_parallel import (
     reduce_from_parallel,
 )
 
-__all__ = ["BayesianAttentionParallel"]
+__all__ = ["BayesianAttentionParallel", "transformer_plan"]
 
 
 class BayesianAttentionParallel(ParallelStyle):
@@ -190,3 +195,134 @@ def _head_parallel_attend(
     if weights is not None:
         weights = reduce_from_parallel(weights, mesh.get_group()) / n
     return out, weights
+
+
+# ------------------------------------------------------------------ the plan
+def _patterns(kind: str, paths: object) -> tuple[str, ...]:
+    if isinstance(paths, str):
+        return (paths,)
+    if not isinstance(paths, Sequence) or not all(isinstance(p, str) for p in paths):
+        raise TypeError(f"transformer_plan expected `{kind}` to be a tuple of str, got {paths!r}")
+    return tuple(paths)
+
+
+def _dense_layers(block: nn.Module) -> dict[str, _BayesianLinear]:
+    """The Bayesian dense layers of ``block`` by relative path, outside its attention layers."""
+    attention = [n for n, m in block.named_modules() if isinstance(m, _BayesianMultiheadAttention)]
+    return {
+        n: m
+        for n, m in block.named_modules()
+        if isinstance(m, _BayesianLinear) and not any(n.startswith(f"{a}.") for a in attention)
+    }
+
+
+def _match(
+    dense: dict[str, _BayesianLinear], patterns: tuple[str, ...], used: set[str]
+) -> dict[str, _BayesianLinear]:
+    out = {}
+    for pattern in patterns:
+        hits = {n: m for n, m in dense.items() if fnmatchcase(n, pattern)}
+        used.update([pattern] if hits else [])
+        out.update(hits)
+    return out
+
+
+def _check_pairs(
+    block: str, col: dict[str, _BayesianLinear], row: dict[str, _BayesianLinear]
+) -> None:
+    """Every column-wise layer needs a row-wise one that takes its sharded output, and back."""
+    both = sorted(col.keys() & row.keys())
+    if both:
+        raise ValueError(
+            f"transformer_plan matched {both} in block {block!r} as both colwise and rowwise"
+        )
+    outs = sorted(m.out_features for m in col.values())
+    ins = sorted(m.in_features for m in row.values())
+    for size in set(outs) | set(ins):
+        if outs.count(size) == ins.count(size):
+            continue
+        lonely, kind, partner, attr = (
+            (col, "column-wise", "row-wise", "out_features")
+            if outs.count(size) > ins.count(size)
+            else (row, "row-wise", "column-wise", "in_features")
+        )
+        name = next(n for n, m in lonely.items() if getattr(m, attr) == size)
+        raise ValueError(
+            f"transformer_plan found the {kind} layer {name!r} ({attr}={size}) in block "
+            f"{block!r} without a {partner} partner of matching size: a column-wise layer "
+            "returns a shard of its features, which only a row-wise layer takes"
+        )
+
+
+def transformer_plan(
+    model: nn.Module,
+    *,
+    colwise: Sequence[str] = ("ff.0",),
+    rowwise: Sequence[str] = ("ff.2",),
+) -> dict[str, ParallelStyle]:
+    """A tensor-parallel plan for every transformer block of ``model``.
+
+    Every Bayesian attention layer gets :class:`BayesianAttentionParallel`; in each
+    block (a module that holds one), the Bayesian dense layers whose relative
+    paths match ``colwise`` get :class:`BayesianColwiseParallel` and those
+    matching ``rowwise`` :class:`BayesianRowwiseParallel` (the feed-forward pair).
+    Paths may be shell-style patterns (``"mlp.fc*"``, ``"experts.*.w1"``).
+
+    Args:
+        model: the model; its attention layers mark the blocks.
+        colwise: relative paths or patterns of the first feed-forward layers.
+        rowwise: relative paths or patterns of the second ones.
+
+    Returns:
+        ``{module path: style}`` for ``parallelize_module(model, mesh, plan)``.
+
+    Raises:
+        ValueError: no Bayesian attention layer; a path or pattern that matches no
+            Bayesian dense layer in any block (the message lists the block's);
+            a layer matched as both; a column-wise layer without a row-wise layer
+            of matching size in its block, or the reverse.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> class Block(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attn = bl.layers.MultiheadAttentionFlipout(8, 2)
+        ...         self.fc1 = bl.layers.LinearFlipout(8, 32)
+        ...         self.fc2 = bl.layers.LinearFlipout(32, 8)
+        >>> model = torch.nn.Sequential(Block(), Block())
+        >>> plan = bl.distributed.transformer_plan(model, colwise=("fc1",), rowwise=("fc2",))
+        >>> sorted(plan)[:3]
+        ['0.attn', '0.fc1', '0.fc2']
+    """
+    col_patterns, row_patterns = _patterns("colwise", colwise), _patterns("rowwise", rowwise)
+    plan: dict[str, ParallelStyle] = {}
+    blocks: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _BayesianMultiheadAttention):
+            plan[name] = BayesianAttentionParallel()
+            block = name.rpartition(".")[0]
+            blocks.setdefault(block, model.get_submodule(block) if block else model)
+    if not plan:
+        raise ValueError("transformer_plan found no Bayesian attention layer in the model")
+    used: set[str] = set()
+    seen: dict[str, None] = {}
+    matched = {}
+    for block, parent in blocks.items():
+        dense = _dense_layers(parent)
+        seen.update(dict.fromkeys(dense))
+        matched[block] = _match(dense, col_patterns, used), _match(dense, row_patterns, used)
+    for kind, patterns in (("colwise", col_patterns), ("rowwise", row_patterns)):
+        for pattern in patterns:
+            if pattern not in used:
+                raise ValueError(
+                    f"transformer_plan expected every `{kind}` path to match a Bayesian dense "
+                    f"layer of a block, got {pattern!r}, which matches none; the blocks' "
+                    f"dense layers are {list(seen)}"
+                )
+    for block, (col, row) in matched.items():
+        _check_pairs(block, col, row)
+        prefix = f"{block}." if block else ""
+        plan.update({prefix + n: BayesianColwiseParallel() for n in col})
+        plan.update({prefix + n: BayesianRowwiseParallel() for n in row})
+    return plan
