@@ -19,7 +19,7 @@ from .sampling import (
     set_sampling,
     vectorized_samples,
 )
-from .tracing import condition, tape, trace, traceable
+from .tracing import condition, name_scope, tape, trace, traceable
 
 __version__ = "0.1.0"
 
@@ -57,6 +57,7 @@ __all__ = [
     "traceable",
     "tape",
     "condition",
+    "name_scope",
     "make_log_joint_fn",
     "program_elbo",
 ]
