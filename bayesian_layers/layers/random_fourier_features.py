@@ -32,7 +32,12 @@ from .kernels import (
 )
 from .linear_kernels import batched_linear
 
-__all__ = ["RandomFourierFeatures", "sample_spectral_frequencies"]
+__all__ = [
+    "RandomFourierFeatures",
+    "sample_spectral_frequencies",
+    "fourier_features",
+    "has_spectral_sampler",
+]
 
 _KERNELS: dict[str, type[StationaryKernel]] = {
     "exponentiated_quadratic": ExponentiatedQuadratic,
@@ -42,6 +47,25 @@ _KERNELS: dict[str, type[StationaryKernel]] = {
     "rational_quadratic": RationalQuadratic,
 }
 _MATERN_NU = {Matern12: 0.5, Matern32: 1.5, Matern52: 2.5}
+
+
+def has_spectral_sampler(kernel: object) -> bool:
+    """Whether :func:`sample_spectral_frequencies` can draw frequencies for ``kernel``."""
+    return type(kernel) in _KERNELS.values()
+
+
+def fourier_features(
+    x: Tensor, frequencies: Tensor, phases: Tensor, amplitude: Tensor, length_scale: Tensor
+) -> Tensor:
+    """``φ(x) = amplitude · √(2/M) · cos((x/ℓ) ω + b)`` with ``E[φ(x)ᵀ φ(x')] = k(x, x')``.
+
+    Shape:
+        x: ``(*, N, D)``; frequencies ``ω``: ``(*, D, M)`` (unit length scale);
+        phases ``b``: ``(*, 1, M)`` or ``(M,)``; amplitude: scalar; length_scale: ``()``
+        or ``(D,)``; returns ``(*, N, M)``.
+    """
+    proj = (x / length_scale) @ frequencies + phases  # (*, N, M)
+    return amplitude * math.sqrt(2.0 / frequencies.shape[-1]) * torch.cos(proj)
 
 
 def sample_spectral_frequencies(
@@ -246,8 +270,10 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         if x.dim() == 0 or x.shape[-1] != self.in_features or not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expected a floating input of shape (*, "
                              f"{self.in_features}), got {x.dtype} {tuple(x.shape)}")  # fmt: skip
-        proj = (x / self.kernel.length_scale) @ self.frequencies + self.phases  # (*, M)
-        return self.kernel.amplitude * math.sqrt(2.0 / self.num_features) * torch.cos(proj)
+        kernel = self.kernel
+        return fourier_features(
+            x, self.frequencies, self.phases, kernel.amplitude, kernel.length_scale
+        )  # (*, M)
 
     # ----------------------------------------------------------- laplace
     def reset_precision(self) -> None:

@@ -14,6 +14,7 @@ triangular inverse, matrix products, closed-form backward) and the mean function
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,11 +24,18 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..random_variable import RandomVariable
+from ._gp_io import check_input_dtype, check_name, function_output
 from .base import BayesianLayer, as_tensor
 from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
+from .random_fourier_features import (
+    fourier_features,
+    has_spectral_sampler,
+    sample_spectral_frequencies,
+)
 from .sparse_gp_kernels import (
+    pathwise_conditional,
     svgp_kl,
     svgp_predictive_moments,
     whitened_kl,
@@ -43,6 +51,17 @@ def _positive_int(owner: str, name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{owner} expected `{name}` >= 1, got {value}")
     return value
+
+
+def _finite(owner: str, name: str, value: object, *, positive: bool) -> float:
+    """``float(value)`` if it is a finite real number, ``> 0`` (``positive``) or ``>= 0``."""
+    what = "a finite positive" if positive else "a finite non-negative"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner} expected `{name}` to be {what} number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"{owner} expected `{name}` to be {what} number, got {value!r}")
+    return number
 
 
 def _linear_mean_init(x: Tensor, units: int) -> Tensor:
@@ -92,10 +111,29 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
     **Cost O(B·M² + M³) per call** (times ``units`` for the ``S_k`` terms); the
     ``B × B`` covariance is never formed. A :class:`~bayesian_layers.RandomVariable`
     input is consumed as its value (its sample), which makes a stack of these
-    layers a doubly stochastic deep GP. Sampling modes (:func:`bl.posterior_mean
-    <bayesian_layers.posterior_mean>`, ...): ``"mean"`` returns ``μ`` as the value;
-    ``"frozen"`` reuses one standard-normal draw per output shape (the same quantile
-    of each marginal, not one joint function sample: the layer samples marginals).
+    layers a doubly stochastic deep GP. The output is marked as a distribution over
+    function values, so :func:`bl.predict <bayesian_layers.predict>` reports its
+    variance as epistemic; with ``name=`` it reaches the tracers (``bl.tape``,
+    ``bl.condition``) like ``bl.Normal(..., name=)``.
+
+    **Sampling modes.** ``"sample"`` (default): the value holds an independent draw of
+    each marginal (rows are not one function). ``"mean"`` (:func:`bl.posterior_mean
+    <bayesian_layers.posterior_mean>`): the value is ``μ``. ``"frozen"``
+    (:func:`bl.frozen_sample <bayesian_layers.frozen_sample>`): the value is one
+    function sample kept until :func:`bl.resample <bayesian_layers.resample>`, drawn
+    by pathwise conditioning (Wilson et al. 2020): ``f(x) = m(x) + f₀(x) + K_xZ
+    K_ZZ⁻¹ (u - f₀(Z))`` with ``u ~ q(u)`` and ``f₀`` a prior draw from
+    ``num_prior_features`` random Fourier features of the kernel. So ``f(x)`` depends
+    on ``x`` alone (batch order, duplicates, batch size and repeated calls do not
+    change it) and, over resamples, has exactly the mean and covariance of ``q(f)``
+    (the random-feature prior is Gaussian only as ``num_prior_features`` grows). This
+    needs a kernel with a spectral sampler (``ExponentiatedQuadratic``, ``Matern12/32/52``,
+    ``RationalQuadratic``); for any other kernel ``f₀ = 0``: ``f(x) = m(x) + E[f(x) |
+    u]``, still one function but without the conditional variance ``k(x, x) -
+    K_xZ K_ZZ⁻¹ K_Zx``. In :func:`bl.vectorized_samples
+    <bayesian_layers.vectorized_samples>` frozen mode keeps ``K`` such functions.
+    A frozen call costs ``O(M³ + B·M·(D + U) + (B + M)·L·(D + U))`` more, ``L =
+    num_prior_features``.
 
     ``layer.losses`` is ``[Σ_k KL(q(u_k) ‖ p(u_k))]`` in closed form (``O(U·M²)``
     whitened, ``O(U·M³)`` otherwise); with the ELBO convention
@@ -129,11 +167,15 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
             ``q`` at the prior; small values start the layer nearly deterministic).
         jitter: added to the diagonal of ``K_ZZ`` always (``cholesky_with_jitter``
             adds more only if the factorisation fails).
-        kl_scale_factor: multiplies the KL in ``losses``.
-        device, dtype: factory arguments.
+        kl_scale_factor: multiplies the KL in ``losses`` (finite, >= 0).
+        num_prior_features: random Fourier features ``L`` of the prior draw in
+            ``"frozen"`` mode (see above).
+        name: name of the returned random variable (for the tracers).
+        device, dtype: factory arguments; inputs must have the layer's dtype (or
+            autocast's, under autocast): other dtypes raise ``TypeError``.
 
     Shape:
-        - Input: ``(*, D)`` tensor or random variable.
+        - Input: ``(*, D)`` tensor or random variable (``*`` may hold zero rows).
         - Output: a :class:`~bayesian_layers.RandomVariable` of shape ``(*, units)``;
           ``.distribution`` is ``Normal(μ, σ)`` with batch shape ``(*, units)``.
 
@@ -170,51 +212,43 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         inducing_scale_init: float = 1.0,
         jitter: float = 1e-6,
         kl_scale_factor: float = 1.0,
+        num_prior_features: int = 1024,
+        name: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.units: int = _positive_int(name, "units", units)
-        self.num_inducing: int = _positive_int(name, "num_inducing", num_inducing)
+        owner = type(self).__name__
+        self.units: int = _positive_int(owner, "units", units)
+        self.num_inducing: int = _positive_int(owner, "num_inducing", num_inducing)
         if in_features is not None:
-            in_features = _positive_int(name, "in_features", in_features)
+            in_features = _positive_int(owner, "in_features", in_features)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if inducing_inputs is not None:
-            if not isinstance(inducing_inputs, Tensor) or inducing_inputs.dim() != 2:
-                raise ValueError(
-                    f"{name} expected `inducing_inputs` of shape (num_inducing, in_features), "
-                    f"got {getattr(inducing_inputs, 'shape', type(inducing_inputs).__name__)}"
-                )
-            m, d = inducing_inputs.shape
-            if m != num_inducing or (in_features is not None and d != in_features):
-                raise ValueError(
-                    f"{name} expected `inducing_inputs` of shape ({num_inducing}, "
-                    f"{in_features if in_features is not None else 'D'}), got {(m, d)}"
-                )
-            in_features = d
-        if not inducing_scale_init > 0:
-            raise ValueError(
-                f"{name} expected `inducing_scale_init` > 0, got {inducing_scale_init}"
-            )
-        if not jitter >= 0:
-            raise ValueError(f"{name} expected `jitter` >= 0, got {jitter}")
+            in_features = self._check_inducing_inputs(inducing_inputs, in_features)
+        inducing_scale_init = _finite(
+            owner, "inducing_scale_init", inducing_scale_init, positive=True
+        )
+        self.jitter = _finite(owner, "jitter", jitter, positive=False)
+        self.kl_scale_factor = _finite(owner, "kl_scale_factor", kl_scale_factor, positive=False)
+        self.num_prior_features = _positive_int(owner, "num_prior_features", num_prior_features)
+        if not isinstance(whiten, bool):
+            raise TypeError(f"{owner} expected `whiten` to be a bool, got {whiten!r}")
+        self.name = check_name(owner, name)
         if isinstance(mean_fn, str):
             if mean_fn not in ("linear", "zeros"):
-                raise ValueError(f"{name} expected `mean_fn` 'linear', 'zeros' or a callable, "
+                raise ValueError(f"{owner} expected `mean_fn` 'linear', 'zeros' or a callable, "
                                  f"got {mean_fn!r}")  # fmt: skip
         elif not callable(mean_fn):
-            raise TypeError(f"{name} expected a callable `mean_fn`, got {type(mean_fn).__name__}")
+            raise TypeError(f"{owner} expected a callable `mean_fn`, got {type(mean_fn).__name__}")
         if covariance_fn is None:
             covariance_fn = ExponentiatedQuadratic(**factory)
         elif not callable(covariance_fn):
             raise TypeError(
-                f"{name} expected a callable `covariance_fn`, got {type(covariance_fn).__name__}"
+                f"{owner} expected a callable `covariance_fn`, got {type(covariance_fn).__name__}"
             )
         self.in_features = in_features
-        self.whiten = bool(whiten)
-        self.jitter = float(jitter)
-        self.kl_scale_factor = float(kl_scale_factor)
+        self.whiten = whiten
         self.covariance_fn = covariance_fn
         self.mean_fn = mean_fn
         u, m = self.units, self.num_inducing
@@ -233,6 +267,24 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
             with torch.no_grad():
                 self.inducing_inputs.copy_(inducing_inputs)
 
+    def _check_inducing_inputs(self, z: object, in_features: int | None) -> int:
+        """The ``D`` of given inducing inputs ``(num_inducing, D)``, checked."""
+        owner = type(self).__name__
+        if not isinstance(z, Tensor) or z.dim() != 2:
+            raise ValueError(
+                f"{owner} expected `inducing_inputs` of shape (num_inducing, in_features), "
+                f"got {getattr(z, 'shape', type(z).__name__)}"
+            )
+        m, d = z.shape
+        if m != self.num_inducing or (in_features is not None and d != in_features):
+            raise ValueError(
+                f"{owner} expected `inducing_inputs` of shape ({self.num_inducing}, "
+                f"{in_features if in_features is not None else 'D'}), got {(m, d)}"
+            )
+        if not z.is_floating_point() or not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{owner} expected finite floating `inducing_inputs`, got {z!r}")
+        return d
+
     @staticmethod
     def _maybe_lazy(shape: tuple[int, int | None], **factory: Any) -> nn.Parameter:
         if shape[1] is None:
@@ -240,8 +292,9 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         return nn.Parameter(torch.zeros(shape, **factory))  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
-        return (f"units={self.units}, num_inducing={self.num_inducing}, "
+        text = (f"units={self.units}, num_inducing={self.num_inducing}, "
                 f"in_features={self.in_features}, whiten={self.whiten}")  # fmt: skip
+        return text if self.name is None else f"{text}, name={self.name!r}"
 
     # -------------------------------------------------------------- building
     def initialize_parameters(self, x: object) -> None:  # type: ignore[override]
@@ -303,14 +356,14 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
 
     # --------------------------------------------------------------- forward
     def _check_input(self, x: object, check_dim: bool = True) -> Tensor:
-        name = type(self).__name__
-        x = as_tensor(x, name)
-        if x.dim() == 0 or not x.is_floating_point():
-            raise ValueError(f"{name} expected a floating input of shape (*, D), got "
-                             f"{x.dtype} of shape {tuple(x.shape)}")  # fmt: skip
+        owner = type(self).__name__
+        x = as_tensor(x, owner)
+        check_input_dtype(owner, x, self.inducing_loc.dtype)
+        if x.dim() == 0:
+            raise ValueError(f"{owner} expected an input of shape (*, D), got a scalar")
         if check_dim and x.shape[-1] != self.in_features:
             raise ValueError(
-                f"{name} expected input of shape (*, {self.in_features}) to match its "
+                f"{owner} expected input of shape (*, {self.in_features}) to match its "
                 f"inducing inputs ({self.num_inducing}, {self.in_features}), got {tuple(x.shape)}"
             )
         return x
@@ -362,20 +415,73 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
 
     def forward(self, x: Tensor | RandomVariable) -> RandomVariable:
         x = self._check_input(x)
+        lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])  # (N, D)
+        if flat.shape[0] == 0:  # an empty batch: an empty result, no initialisation
+            empty = self.inducing_loc.new_zeros(*lead, self.units)
+            return function_output(_MarginalNormal(empty, empty + 1.0), empty, self.name)
         if not bool(self.initialized):
-            self._data_init(x.reshape(-1, x.shape[-1]))
-        lead = x.shape[:-1]
-        mean, var = self.predictive_moments(x.reshape(-1, x.shape[-1]))  # (N, U) each
-        mean, var = mean.reshape(*lead, self.units), var.reshape(*lead, self.units)
-        dist = _MarginalNormal(mean, var)
-        scale = dist.scale
+            self._data_init(flat)
+        mean, var = self.predictive_moments(flat)  # (N, U) each
         if self.sampling == "mean":
-            return RandomVariable(dist, value=mean)
-        if self.sampling == "frozen":
-            noise = self._frozen_noise.get("f")
-            if noise is None or noise.shape != mean.shape:
-                noise = torch.randn_like(mean)
-                self._frozen_noise["f"] = noise
+            value = mean
+        elif self.sampling == "frozen":
+            value = self._frozen_function(flat)
         else:
-            noise = torch.randn_like(mean)
-        return RandomVariable(dist, value=mean + scale * noise)
+            value = torch.addcmul(mean, var.sqrt(), torch.randn_like(mean))
+        mean, var = mean.reshape(*lead, self.units), var.reshape(*lead, self.units)
+        value = value.reshape(*lead, self.units)
+        return function_output(_MarginalNormal(mean, var), value, self.name)
+
+    # ------------------------------------------------------ frozen function
+    def _frozen_draws(self, k: int, like: Tensor) -> dict[str, Tensor]:
+        """The standard draws of ``k`` frozen functions, made on first use and kept until
+        :meth:`resample`: ``"u"`` ``(K, U, M)`` for ``q(u)``, the prior's random features
+        (``"freq"`` ``(K, D, L)``, ``"phase"`` ``(K, 1, L)``, ``"weight"`` ``(K, L, U)``) and
+        ``"jitter"`` ``(K, M, U)``. None depends on the batch."""
+        draws = self._frozen_noise
+        u = draws.get("u")
+        if u is not None and u.shape[0] == k and u.dtype == like.dtype and u.device == like.device:
+            return draws  # type: ignore[return-value]
+        factory: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+        units, m, feats, d = self.units, self.num_inducing, self.num_prior_features, like.shape[-1]
+        draws.clear()
+        draws["u"] = torch.randn(k, units, m, **factory)
+        draws["jitter"] = torch.randn(k, m, units, **factory)
+        if has_spectral_sampler(self.covariance_fn):
+            freq = sample_spectral_frequencies(self.covariance_fn, d, k * feats, **factory)
+            draws["freq"] = freq.reshape(d, k, feats).transpose(0, 1)  # independent columns
+            draws["phase"] = 2 * math.pi * torch.rand(k, 1, feats, **factory)
+            draws["weight"] = torch.randn(k, feats, units, **factory)
+        return draws  # type: ignore[return-value]
+
+    def _prior_paths(self, x: Tensor, z: Tensor, draws: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """Prior function draws ``f₀`` at ``x`` ``(K, B, D)`` and ``z`` ``(M, D)``: ``(K, B, U)``,
+        ``(K, M, U)``; zeros when the kernel has no spectral sampler."""
+        k = x.shape[0]
+        if "freq" not in draws:
+            return x.new_zeros(k, x.shape[1], self.units), z.new_zeros(k, z.shape[0], self.units)
+        kern, freq, phase = self.covariance_fn, draws["freq"], draws["phase"]
+        amp, ls = kern.amplitude, kern.length_scale  # type: ignore[union-attr]
+        phi = fourier_features(torch.cat([z.expand(k, *z.shape), x], 1), freq, phase, amp, ls)
+        paths = phi @ draws["weight"]  # (K, M + B, U)
+        return paths[:, z.shape[0] :], paths[:, : z.shape[0]]
+
+    def _frozen_function(self, x: Tensor) -> Tensor:
+        """``(N, U)`` values at ``x`` ``(N, D)`` (``N = K·B``, sample-major) of the frozen
+        functions ``f = m(x) + f₀(x) + K_xZ K_ZZ⁻¹ (u - f₀(Z) - √jitter·ε)``."""
+        k = self._check_samples(x)
+        z = self.inducing_inputs
+        with full_precision(z.device):
+            x = x.to(z.dtype)
+            draws = self._frozen_draws(k, z)
+            prior_x, prior_z = self._prior_paths(x.reshape(k, -1, x.shape[-1]), z, draws)
+            if self.jitter:
+                prior_z = prior_z + math.sqrt(self.jitter) * draws["jitter"]
+            chol = self.chol_kzz()  # (M, M)
+            u = self.inducing_loc + (self.inducing_scale_tril @ draws["u"].unsqueeze(-1))[..., 0]
+            white = u.mT  # (K, M, U): v = L⁻¹ u; whitened, q is over v already
+            if not self.whiten:
+                white = torch.linalg.solve_triangular(chol, white, upper=False)
+            kxz = self.covariance_fn(x, z).reshape(k, -1, z.shape[0])  # (K, B, M)
+            f = pathwise_conditional(kxz, chol, white, prior_x, prior_z)  # (K, B, U)
+            return f.reshape(x.shape[0], self.units) + self._mean(x)

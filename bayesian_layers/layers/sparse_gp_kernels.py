@@ -21,6 +21,7 @@ from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision
 
 __all__ = [
     "svgp_predictive_moments",
+    "pathwise_conditional",
     "whitened_predictive_moments",
     "svgp_kl",
     "whitened_kl",
@@ -54,6 +55,34 @@ def svgp_predictive_moments(
     sb = q_scale_tril.mT @ b  # (U, M, N)
     var = (kxx_diag - a.square().sum(0)).unsqueeze(-1) + sb.square().sum(-2).mT  # (N, U)
     return mean, var
+
+
+def pathwise_conditional(
+    kxz: Tensor, chol_kzz: Tensor, inducing_white: Tensor, prior_x: Tensor, prior_z: Tensor
+) -> Tensor:
+    """Function values by pathwise conditioning (Wilson et al. 2020), whitened.
+
+    ``f(X) = f₀(X) + K_XZ K_ZZ⁻¹ (u - f₀(Z)) = f₀(X) + K_XZ L⁻ᵀ (v - L⁻¹ f₀(Z))`` with
+    ``u = L v``: given a prior draw ``f₀ ~ GP(0, k)`` at ``X`` and ``Z`` and inducing
+    values ``u ~ q(u)``, ``f`` is a draw of the posterior function; its mean and
+    covariance are those of :func:`svgp_predictive_moments` whenever ``f₀`` has
+    covariance ``K`` (exact prior draws, or random features averaged over their
+    frequencies). Cost ``O(K (M² U + B M U))``.
+
+    Shape:
+        kxz: ``(K, B, M)``; chol_kzz: ``(M, M)`` lower; inducing_white ``v``: ``(K, M, U)``;
+        prior_x: ``(K, B, U)``; prior_z: ``(K, M, U)``; returns ``(K, B, U)``.
+
+    Example:
+        >>> chol = torch.eye(2)
+        >>> f = pathwise_conditional(torch.ones(1, 3, 2), chol, torch.ones(1, 2, 1),
+        ...                          torch.zeros(1, 3, 1), torch.zeros(1, 2, 1))
+        >>> f.squeeze()
+        tensor([2., 2., 2.])
+    """
+    rhs = inducing_white - torch.linalg.solve_triangular(chol_kzz, prior_z, upper=False)
+    coef = torch.linalg.solve_triangular(chol_kzz.mT, rhs, upper=True)  # (K, M, U)
+    return prior_x + kxz @ coef
 
 
 def _lower_inverse(chol: Tensor) -> Tensor:

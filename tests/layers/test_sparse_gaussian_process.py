@@ -340,3 +340,62 @@ def test_any_callable_kernel_is_accepted():
         # white noise: K_ZZ + 0.3 I, k(x, x) + 0.3, K_ZX unchanged (Z and X differ)
         c_mean, c_var = composite.predictive_moments(x)
     assert not torch.allclose(c_mean, mean) and bool((c_var > 0).all())
+
+
+def test_empty_batch_gives_an_empty_result_first_call_included():
+    layer = layers.SparseGaussianProcess(2, 4)
+    out = layer(torch.randn(0, 3))  # first call: nothing to initialise Z from
+    assert out.shape == (0, 2) and out.distribution.mean.shape == (0, 2)
+    assert not bool(layer.initialized)
+    x = torch.randn(6, 3)
+    assert layer(x).shape == (6, 2) and bool(layer.initialized)
+    assert layer(torch.randn(2, 0, 3)).shape == (2, 0, 2)
+    with bl.frozen_sample(layer):
+        assert layer(torch.randn(0, 3)).shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"kl_scale_factor": -1.0}, ValueError, "kl_scale_factor` to be a finite non-negative"),
+        ({"kl_scale_factor": math.inf}, ValueError, "kl_scale_factor"),
+        ({"jitter": math.nan}, ValueError, "jitter` to be a finite non-negative number, got nan"),
+        ({"jitter": -1e-6}, ValueError, "jitter"),
+        ({"inducing_scale_init": math.inf}, ValueError, "inducing_scale_init` to be a finite"),
+        ({"inducing_scale_init": 0.0}, ValueError, "inducing_scale_init"),
+        ({"inducing_scale_init": "1"}, TypeError, "inducing_scale_init"),
+        ({"num_prior_features": 0}, ValueError, "num_prior_features` >= 1"),
+        ({"whiten": "yes"}, TypeError, "whiten` to be a bool"),
+        ({"name": 3}, TypeError, "name` to be a str or None"),
+        ({"inducing_inputs": torch.full((3, 2), math.nan)}, ValueError, "finite.*inducing"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=f"SparseGaussianProcess expected `?{match}"):
+        layers.SparseGaussianProcess(2, 3, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.int64])
+def test_wrong_input_dtype_raises_type_error(dtype):
+    layer = layers.SparseGaussianProcess(2, 4, in_features=3)
+    x = torch.ones(5, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=f"SparseGaussianProcess expected .*`x`.*got {dtype}"):
+        layer(x)
+    with pytest.raises(TypeError, match=f"SparseGaussianProcess.*float32.*got {dtype}"):
+        layer(bl.RandomVariable(torch.distributions.Normal(x.float(), 1.0), value=x))
+
+
+def test_named_output_is_traced_recorded_conditioned_and_marked_epistemic():
+    from bayesian_layers._function_space import is_function_space
+
+    layer = layers.SparseGaussianProcess(2, 4, name="f")
+    x = torch.randn(5, 3)
+    out = layer(x)
+    assert out.name == "f" and is_function_space(out)
+    with bl.tape() as t:
+        out = layer(x)
+    assert list(t) == ["f"] and t["f"] is out
+    fixed = torch.zeros(5, 2)
+    with bl.condition(f=fixed):
+        torch.testing.assert_close(layer(x).value, fixed)
+    assert "name='f'" in repr(layer)

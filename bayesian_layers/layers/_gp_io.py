@@ -1,0 +1,55 @@
+"""Input checks and output random variables shared by the sparse and random-feature GP layers.
+
+Private: no stability promise. ``check_input_dtype`` is the dtype rule of the GP
+layers (a floating input in the layer's dtype, or autocast's lower-precision dtype
+while autocast is on); ``function_output`` builds the returned random variable through
+the tracers (so it can be named, recorded and conditioned like ``bl.Normal``) and marks
+it as a distribution over function values (epistemic variance).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from .. import tracing as _tracing
+from .._function_space import mark_function_space
+from ..random_variable import RandomVariable
+
+__all__ = ["check_input_dtype", "check_name", "function_output"]
+
+
+def check_input_dtype(owner: str, x: Tensor, dtype: torch.dtype) -> None:
+    """Raise ``TypeError`` unless ``x`` is floating and in ``dtype`` (or, under autocast on
+    ``x``'s device, in autocast's dtype: the layer then computes in ``dtype``)."""
+    if x.dtype == dtype:
+        return
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner} expected a floating-point input `x` of dtype {dtype}, got {x.dtype}"
+        )
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype == torch.get_autocast_dtype(device):
+        return
+    raise TypeError(
+        f"{owner} expected input `x` of dtype {dtype} (the layer's dtype; convert the input "
+        f"or the layer with .to(...)), got {x.dtype}"
+    )
+
+
+def check_name(owner: str, name: object) -> str | None:
+    """``name`` if it is a ``str`` or ``None``; else ``TypeError``."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"{owner} expected `name` to be a str or None, got {type(name).__name__}")
+    return name
+
+
+def function_output(dist: Distribution, value: Tensor, name: str | None) -> RandomVariable:
+    """``RandomVariable(dist, value, name)``, through the tracers when one is active, marked
+    with :func:`~bayesian_layers._function_space.mark_function_space`."""
+    if _tracing._active and _tracing.is_tracing():
+        rv = _tracing.variable(dist, name=name, value=value)
+    else:
+        rv = RandomVariable(dist, value=value, name=name)
+    return mark_function_space(rv)
