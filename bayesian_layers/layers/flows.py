@@ -13,13 +13,16 @@ stabilised as ``log_scale = c * tanh(r / c)`` with ``c = log_scale_bound``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
-from .reversible import ReversibleLayer, _check_real
+from .made import MADE
+from .reversible import ReversibleLayer, _check_real, _is_lazy, _param_dtype
 
 __all__ = [
     "MADE",
@@ -30,109 +33,13 @@ __all__ = [
     "InvertibleConv1x1",
 ]
 
-_ORDERS = ("left-to-right", "right-to-left", "random")
 
-
-class MADE(nn.Module):
-    """Masked autoencoder for distribution estimation (Germain et al., 2015).
-
-    A masked MLP whose output for input dimension ``i`` depends only on the inputs
-    before ``i`` in the chosen ``order``. The input size is read on the first call
-    (Figure 8's ``MADE(hidden_dims=[512, 512])``) unless ``input_dim`` is given;
-    create optimizers after that first call. Masks are buffers.
-
-    Args:
-        units: outputs per input dimension (2: a shift and a log-scale).
-        hidden_dims: widths of the hidden layers.
-        order: ``"left-to-right"``, ``"right-to-left"`` or ``"random"``.
-        activation: a module class (``nn.ReLU``) or a tensor function.
-        input_dim: the input size, to build the layers now.
-        seed: seed of the ``"random"`` order.
-
-    Shape:
-        input ``(..., D)``; output ``(..., D, units)``.
-
-    Example:
-        >>> import torch
-        >>> made = MADE(units=2, hidden_dims=[8, 8])
-        >>> made(torch.randn(4, 3)).shape
-        torch.Size([4, 3, 2])
-    """
-
-    def __init__(
-        self,
-        units: int = 2,
-        hidden_dims: Sequence[int] = (64, 64),
-        order: str = "left-to-right",
-        activation: type[nn.Module] | Callable[[Tensor], Tensor] = nn.ReLU,
-        *,
-        input_dim: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if not isinstance(units, int) or units < 1:
-            raise ValueError(f"MADE expected `units` a positive int, got {units!r}")
-        hidden_dims = [int(h) for h in hidden_dims]
-        if any(h < 1 for h in hidden_dims):
-            raise ValueError(f"MADE expected positive `hidden_dims`, got {hidden_dims}")
-        if order not in _ORDERS:
-            raise ValueError(f"MADE expected `order` one of {_ORDERS}, got {order!r}")
-        self.units = units
-        self.hidden_dims = hidden_dims
-        self.order = order
-        self.seed = seed
-        self.activation: Callable[[Tensor], Tensor] = (
-            activation() if isinstance(activation, type) else activation
+def _check_bound(owner: str, bound: object) -> float:
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < math.inf:
+        raise ValueError(
+            f"{owner} expected `log_scale_bound` to be a finite positive number, got {bound!r}"
         )
-        self.input_dim: int | None = None
-        self.layers = nn.ModuleList()
-        if input_dim is not None:
-            self._build(int(input_dim), torch.device("cpu"), torch.get_default_dtype())
-
-    def input_order(self, input_dim: int) -> Tensor:
-        """Degrees (1..D) of the input dimensions: input ``i`` is the ``degree[i]``-th in order."""
-        if self.order == "left-to-right":
-            return torch.arange(1, input_dim + 1)
-        if self.order == "right-to-left":
-            return torch.arange(input_dim, 0, -1)
-        gen = torch.Generator().manual_seed(self.seed)
-        return torch.randperm(input_dim, generator=gen) + 1
-
-    def _build(self, d: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.input_dim = d
-        degrees = [self.input_order(d)]
-        for h in self.hidden_dims:
-            degrees.append(torch.arange(h) % max(1, d - 1) + 1)
-        sizes = [d, *self.hidden_dims]
-        for k, h in enumerate(self.hidden_dims):
-            mask = (degrees[k + 1][:, None] >= degrees[k][None, :]).to(dtype)
-            self.layers.append(nn.Linear(sizes[k], h, device=device, dtype=dtype))
-            self.register_buffer(f"mask_{k}", mask.to(device))
-        out_deg = degrees[0].repeat_interleave(self.units)
-        mask = (out_deg[:, None] > degrees[-1][None, :]).to(dtype)
-        self.layers.append(nn.Linear(sizes[-1], d * self.units, device=device, dtype=dtype))
-        self.register_buffer(f"mask_{len(self.hidden_dims)}", mask.to(device))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 1)
-        d = x.shape[-1]
-        if self.input_dim is None:
-            self._build(d, x.device, x.dtype)
-        elif d != self.input_dim:
-            raise ValueError(
-                f"MADE expected input of last dim {self.input_dim}, got shape {tuple(x.shape)}"
-            )
-        h = x
-        for k, linear in enumerate(self.layers):
-            mask: Tensor = getattr(self, f"mask_{k}")
-            assert isinstance(linear, nn.Linear)
-            h = F.linear(h, linear.weight * mask, linear.bias)
-            if k < len(self.layers) - 1:
-                h = self.activation(h)
-        return h.reshape(*x.shape[:-1], d, self.units)
-
-    def extra_repr(self) -> str:
-        return f"units={self.units}, hidden_dims={self.hidden_dims}, order={self.order!r}"
+    return float(bound)
 
 
 def _shift_and_log_scale(
@@ -185,14 +92,12 @@ class RealNVP(ReversibleLayer):
         super().__init__()
         if not callable(network):
             raise TypeError(f"RealNVP expected `network` a module, got {type(network).__name__}")
-        if log_scale_bound <= 0:
-            raise ValueError(f"RealNVP expected `log_scale_bound` > 0, got {log_scale_bound}")
         self.network = network
         self.flip = flip
-        self.log_scale_bound = float(log_scale_bound)
+        self.log_scale_bound = _check_bound(type(self).__name__, log_scale_bound)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = _check_real(self, x, 1)
+        x = _check_real(self, x, 1, dtype=_param_dtype(self.network))
         if x.shape[-1] < 2:
             raise ValueError(f"RealNVP expected at least 2 features, got shape {tuple(x.shape)}")
         k = x.shape[-1] // 2
@@ -262,21 +167,17 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
                 "MaskedAutoregressiveFlow expected `network` a module, "
                 f"got {type(network).__name__}"
             )
-        if log_scale_bound <= 0:
-            raise ValueError(
-                f"MaskedAutoregressiveFlow expected `log_scale_bound` > 0, got {log_scale_bound}"
-            )
         self.network = network
-        self.log_scale_bound = float(log_scale_bound)
+        self.log_scale_bound = _check_bound(type(self).__name__, log_scale_bound)
 
     def _params(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        y = _check_real(self, y, 1)
+        y = _check_real(self, y, 1, dtype=_param_dtype(self.network))
         return _shift_and_log_scale(
             self, self.network(y), y.shape[-1], self.log_scale_bound, y.dim()
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 1)
+        x = _check_real(self, x, 1, dtype=_param_dtype(self.network))
         y = torch.zeros_like(x)
         for _ in range(x.shape[-1]):  # entry i is final after i + 1 passes
             shift, log_scale = self._params(y)
@@ -302,22 +203,35 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
         return f"log_scale_bound={self.log_scale_bound}"
 
 
-class ActNorm(ReversibleLayer):
+def _check_eps(owner: str, eps: object) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ValueError(f"{owner} expected `eps` to be a finite positive number, got {eps!r}")
+    return float(eps)
+
+
+class ActNorm(LazyModuleMixin, ReversibleLayer):
     """Per-channel affine map with data-dependent initialisation (Kingma & Dhariwal, 2018).
 
     ``y = x * exp(log_scale) + shift`` per channel: the last dim of vectors
     ``(B, D)``, dim ``-3`` of images ``(B, C, H, W)`` (inputs with 4 or more dims).
     The first ``forward`` sets ``shift`` and ``log_scale`` so that its output has
     zero mean and unit variance per channel (a single value per channel sets only
-    the shift); the ``initialized`` buffer records it (saved in ``state_dict``). A
-    ``reverse`` before any ``forward`` (as in ``Reverse(ActNorm(C))``) keeps the
-    current parameters and ends the initialisation phase, so a later ``forward``
-    from ``log_prob`` never re-initialises. Parameters are created then when ``num_features`` is
-    not given.
+    the shift); the ``initialized`` buffer records it (saved in ``state_dict``). That
+    first batch must be non-empty and finite: otherwise a ``ValueError`` and the
+    layer stays uninitialised. A ``reverse`` before any ``forward`` (as in
+    ``Reverse(ActNorm(C))``) keeps the current parameters and ends the
+    initialisation phase, so a later ``forward`` from ``log_prob`` never
+    re-initialises. Without ``num_features`` the parameters are torch's lazy
+    parameters until the first ``forward`` (sized, typed and placed like its input),
+    so an optimizer built first trains them and a checkpoint loads into a fresh twin.
 
     Args:
-        num_features: channels; read on the first call when ``None``.
-        eps: added to the standard deviation at initialisation.
+        num_features: channels ``C``; read on the first call when ``None``.
+        eps: added to the standard deviation at initialisation (finite, > 0).
+
+    Shape:
+        ``(..., C)`` or ``(..., C, H, W)`` (4 or more dims) to the same shape; event
+        dims 1 or 3.
 
     Example:
         >>> import torch
@@ -330,21 +244,29 @@ class ActNorm(ReversibleLayer):
 
     def __init__(self, num_features: int | None = None, *, eps: float = 1e-6) -> None:
         super().__init__()
+        owner = type(self).__name__
+        if num_features is not None and (
+            isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1
+        ):
+            raise ValueError(
+                f"{owner} expected `num_features` to be a positive int or None, "
+                f"got {num_features!r}"
+            )
+        self.eps = _check_eps(owner, eps)
         self.num_features = num_features
-        self.eps = eps
-        self.shift: nn.Parameter | None
-        self.log_scale: nn.Parameter | None
-        self.register_parameter("shift", None)
-        self.register_parameter("log_scale", None)
+        self.shift = UninitializedParameter()
+        self.log_scale = UninitializedParameter()
         self.initialized: Tensor
         self.register_buffer("initialized", torch.tensor(False))
         if num_features is not None:
             self._make(num_features, torch.device("cpu"), torch.get_default_dtype())
 
     def _make(self, c: int, device: torch.device, dtype: torch.dtype) -> None:
+        with torch.no_grad():
+            for p in (self.shift, self.log_scale):
+                p.materialize((c,), device=device, dtype=dtype)
+                p.zero_()
         self.num_features = c
-        self.shift = nn.Parameter(torch.zeros(c, device=device, dtype=dtype))
-        self.log_scale = nn.Parameter(torch.zeros(c, device=device, dtype=dtype))
 
     def event_dim_for(self, x: Tensor) -> int:
         return 3 if x.dim() >= 4 else 1
@@ -355,24 +277,61 @@ class ActNorm(ReversibleLayer):
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         return p.view(-1, 1, 1) if self.event_dim_for(x) == 3 else p
 
-    def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = _check_real(self, x, 1)
+    def _check(self, x: Tensor) -> Tensor:
+        """A floating input in the parameters' dtype with ``num_features`` channels."""
+        dtype = None if _is_lazy(self.shift) else self.shift.dtype
+        x = _check_real(self, x, 1, dtype=dtype)
         c = x.shape[self._channel_dim(x)]
-        if self.shift is None or self.log_scale is None:
-            raise RuntimeError("ActNorm: call forward once (data-dependent init) before reverse")
-        if c != self.num_features:
+        expected = self.num_features
+        if (expected is None and c < 1) or (expected is not None and c != expected):
             raise ValueError(
-                f"ActNorm expected {self.num_features} channels at dim {self._channel_dim(x)}, "
-                f"got shape {tuple(x.shape)}"
+                f"{type(self).__name__} expected `input` with {expected or 'at least 1'} "
+                f"channels at dim {self._channel_dim(x)}, got shape {tuple(x.shape)}"
             )
+        return x
+
+    def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self._check(x)
+        if _is_lazy(self.shift):
+            raise RuntimeError("ActNorm: call forward once (data-dependent init) before reverse")
         return self._view(self.shift, x), self._view(self.log_scale, x)
+
+    def _check_first_batch(self, x: Tensor) -> Tensor:
+        """The batch that sets the parameters: checked before any state changes."""
+        x = self._check(x)
+        owner = type(self).__name__
+        if x.numel() == 0:
+            raise ValueError(
+                f"{owner} expected a non-empty first `input` (it sets the data-dependent "
+                f"initialisation), got shape {tuple(x.shape)}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"{owner} expected a finite first `input` (it sets the data-dependent "
+                f"initialisation), got {int((~torch.isfinite(x)).sum())} non-finite value(s)"
+            )
+        return x
+
+    def initialize_parameters(self, x: Tensor) -> None:  # type: ignore[override]
+        """Size the lazy parameters from the first input (lazy hook); state unchanged
+        when the batch is bad."""
+        if _is_lazy(self.shift) and not torch.compiler.is_compiling():
+            x = self._check_first_batch(x)
+            self._make(x.shape[self._channel_dim(x)], x.device, x.dtype)
+
+    def _lazy_load_hook(  # type: ignore[override]
+        self, state_dict: dict[str, Tensor], prefix: str, *args: object
+    ) -> None:
+        super()._lazy_load_hook(state_dict, prefix, *args)
+        if self.num_features is None and not _is_lazy(self.shift):
+            self.num_features = self.shift.shape[0]
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
+        x = self._check_first_batch(x)
+        if _is_lazy(self.shift):  # called without the hook (e.g. `layer.forward(x)`)
+            self._make(x.shape[self._channel_dim(x)], x.device, x.dtype)
         cdim = x.dim() + self._channel_dim(x)
-        if self.shift is None:
-            self._make(x.shape[cdim], x.device, x.dtype)
-        assert self.shift is not None and self.log_scale is not None
         flat = x.detach().movedim(cdim, -1).reshape(-1, x.shape[cdim])
         mean = flat.mean(0)
         std = flat.std(0, unbiased=False) + self.eps if flat.shape[0] > 1 else torch.ones_like(mean)
@@ -381,7 +340,6 @@ class ActNorm(ReversibleLayer):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 1)
         if torch.compiler.is_compiling():
             # a data-dependent branch cannot be compiled: initialise with one eager call
             torch._assert_async(self.initialized, "ActNorm: call it once before compiling")
@@ -406,7 +364,37 @@ class ActNorm(ReversibleLayer):
         return bool(self.initialized)  # the first forward pass initialises from data
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}"
+        return f"num_features={self.num_features}, eps={self.eps:g}"
+
+
+_REPR_MAX = 8  # a longer permutation is shown as its first three entries and its last
+
+
+def _permutation(owner: str, permutation: object, seed: int) -> Tensor:
+    """A permutation of ``range(D)`` as a long tensor, or a random one for an int ``D``."""
+    if isinstance(permutation, int) and not isinstance(permutation, bool):
+        if permutation < 1:
+            raise ValueError(
+                f"{owner} expected `permutation` to be a positive size or a permutation, "
+                f"got {permutation}"
+            )
+        return torch.randperm(permutation, generator=torch.Generator().manual_seed(seed))
+    try:
+        perm = torch.as_tensor(permutation)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{owner} expected `permutation` to be an int or a sequence of ints, "
+            f"got {permutation!r}"
+        ) from None
+    if perm.dtype == torch.bool or perm.is_floating_point() or perm.is_complex():
+        raise TypeError(f"{owner} expected `permutation` of ints, got dtype {perm.dtype}")
+    perm = perm.to(torch.long).flatten()
+    if perm.numel() == 0 or not torch.equal(perm.sort().values, torch.arange(perm.numel())):
+        raise ValueError(
+            f"{owner} expected `permutation` to be a permutation of range(D), D >= 1, "
+            f"got {perm.tolist()}"
+        )
+    return perm
 
 
 class Permute(ReversibleLayer):
@@ -425,26 +413,25 @@ class Permute(ReversibleLayer):
 
     def __init__(self, permutation: Sequence[int] | Tensor | int, *, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(permutation, int):
-            if permutation < 1:
-                raise ValueError(f"Permute expected a positive size, got {permutation}")
-            perm = torch.randperm(permutation, generator=torch.Generator().manual_seed(seed))
-        else:
-            perm = torch.as_tensor(permutation, dtype=torch.long).flatten()
-            if not torch.equal(perm.sort().values, torch.arange(perm.numel())):
-                raise ValueError(
-                    f"Permute expected a permutation of range({perm.numel()}), got {perm.tolist()}"
-                )
+        perm = _permutation(type(self).__name__, permutation, seed)
         self.permutation: Tensor
         self.inverse_permutation: Tensor
         self.register_buffer("permutation", perm)
         self.register_buffer("inverse_permutation", torch.argsort(perm))
 
+    def extra_repr(self) -> str:
+        perm = self.permutation.tolist()
+        if len(perm) <= _REPR_MAX:
+            return f"permutation={perm}"
+        head = ", ".join(str(i) for i in perm[:3])
+        return f"permutation=[{head}, ..., {perm[-1]}], D={len(perm)}"
+
     def _check(self, x: Tensor) -> Tensor:
         x = _check_real(self, x, 1)
         if x.shape[-1] != self.permutation.numel():
             raise ValueError(
-                f"Permute expected last dim {self.permutation.numel()}, got shape {tuple(x.shape)}"
+                f"Permute expected `input` of shape (..., {self.permutation.numel()}), "
+                f"got {tuple(x.shape)}"
             )
         return x
 
@@ -476,7 +463,7 @@ class InvertibleConv1x1(ReversibleLayer):
 
     def __init__(self, num_channels: int, *, seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(num_channels, int) or num_channels < 1:
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
             raise ValueError(
                 f"InvertibleConv1x1 expected `num_channels` a positive int, got {num_channels!r}"
             )
@@ -486,7 +473,7 @@ class InvertibleConv1x1(ReversibleLayer):
         self.weight = nn.Parameter(q.to(torch.get_default_dtype()))
 
     def _check(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 3)
+        x = _check_real(self, x, 3, dtype=self.weight.dtype)
         if x.shape[-3] != self.num_channels:
             raise ValueError(
                 f"InvertibleConv1x1 expected {self.num_channels} channels at dim -3, "

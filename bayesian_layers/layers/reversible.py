@@ -32,8 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform, TransformedDistribution, constraints
+from torch.nn.parameter import UninitializedTensorMixin
 
 from ..random_variable import RandomVariable
+from .base import check_input
 
 __all__ = [
     "ReversibleLayer",
@@ -357,15 +359,36 @@ class Reverse(ReversibleLayer):
         return ""
 
 
-def _check_real(layer: nn.Module, x: Any, min_dim: int) -> Tensor:
-    """Validate a reversible layer's input: a floating tensor with at least ``min_dim`` dims."""
+def _check_real(layer: nn.Module, x: Any, min_dim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate a reversible layer's input: a floating tensor with at least ``min_dim`` dims.
+
+    ``dtype`` is the layer's parameter dtype (``None``: any floating dtype); under
+    autocast the autocast dtype is accepted too (:func:`~.base.check_input`).
+    """
+    owner = type(layer).__name__
     if not isinstance(x, Tensor):
-        raise TypeError(f"{type(layer).__name__} expected a Tensor input, got {type(x).__name__}")
+        raise TypeError(f"{owner} expected `input` to be a Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{type(layer).__name__} expected a floating-point input, got {x.dtype}")
+        expected = dtype if dtype is not None else "a floating-point dtype"
+        raise TypeError(f"{owner} expected `input` of dtype {expected}, got {x.dtype}")
+    check_input(x, owner, "input", dtype=dtype)
     if x.dim() < min_dim:
         raise ValueError(
-            f"{type(layer).__name__} expected an input with at least {min_dim} dims, "
-            f"got shape {tuple(x.shape)}"
+            f"{owner} expected `input` with at least {min_dim} dims, got shape {tuple(x.shape)}"
         )
     return x
+
+
+def _is_lazy(p: object) -> bool:
+    """Whether ``p`` is a lazy parameter or buffer (an isinstance test: torch.compile traces it)."""
+    return isinstance(p, UninitializedTensorMixin)
+
+
+def _param_dtype(module: object) -> torch.dtype | None:
+    """The dtype of a module's first materialised floating parameter (``None``: none yet)."""
+    if not isinstance(module, nn.Module):
+        return None
+    for p in module.parameters():
+        if p.is_floating_point() and not _is_lazy(p):
+            return p.dtype
+    return None

@@ -189,7 +189,7 @@ def test_made_jacobian_strictly_triangular_in_order(order: str, units: int) -> N
 
 @pytest.mark.parametrize("order", ORDERS)
 def test_made_order_and_masks(order: str) -> None:
-    made = MADE(hidden_dims=[4, 4], order=order, input_dim=6, seed=1)
+    made = MADE(hidden_dims=[4, 4], order=order, in_features=6, seed=1)
     deg = made.input_order(6)
     assert sorted(deg.tolist()) == list(range(1, 7))
     if order == "left-to-right":
@@ -203,7 +203,7 @@ def test_made_order_and_masks(order: str) -> None:
 
 def test_made_lazy_size_and_errors() -> None:
     made = MADE(hidden_dims=[512, 512])  # Figure 8, as written
-    assert made.input_dim is None and len(list(made.parameters())) == 0
+    assert made.in_features is None and made.has_uninitialized_params()
     assert made(torch.randn(2, 3, 6)).shape == (2, 3, 6, 2)
     with pytest.raises(ValueError, match="MADE"):
         made(torch.randn(2, 5))
@@ -434,13 +434,13 @@ def test_bad_inputs_name_the_layer() -> None:
 def test_tensor_in_tensor_out_and_state_dict_round_trip() -> None:
     torch.manual_seed(0)
     flow = nn.Sequential(
-        RealNVP(MADE(hidden_dims=[8], input_dim=2)), Permute(4), ActNorm(4), Reverse(Permute(4))
+        RealNVP(MADE(hidden_dims=[8], in_features=2)), Permute(4), ActNorm(4), Reverse(Permute(4))
     )
     x = torch.randn(8, 4)
     y = flow(x)
     assert type(y) is Tensor
     fresh = nn.Sequential(
-        RealNVP(MADE(hidden_dims=[8], input_dim=2)), Permute(4), ActNorm(4), Reverse(Permute(4))
+        RealNVP(MADE(hidden_dims=[8], in_features=2)), Permute(4), ActNorm(4), Reverse(Permute(4))
     )
     fresh.load_state_dict(flow.state_dict())
     torch.testing.assert_close(fresh(x), y)
@@ -517,3 +517,159 @@ def test_reverse_of_sequential_log_prob_takes_one_sweep() -> None:
     ldj = layer.log_det_jacobian(y)  # one reverse sweep: one pass per layer
     assert _CountingMADE.calls == 2
     torch.testing.assert_close(ldj, -_autograd_logdet(seq, x))
+
+
+# ------------------------------------------- sizes read on the first call, bad arguments
+def _lazy_flow() -> nn.Sequential:
+    return nn.Sequential(
+        ActNorm(),
+        RealNVP(MADE(hidden_dims=[8])),
+        MaskedAutoregressiveFlow(MADE(hidden_dims=[8], order="right-to-left")),
+    )
+
+
+def test_optimizer_built_before_the_first_call_trains_every_parameter() -> None:
+    """The sizes are read on the first call, yet an optimizer built before it holds
+    every parameter (torch's lazy parameters, materialised in place)."""
+    torch.manual_seed(0)
+    flow = _lazy_flow()
+    params = list(flow.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    x = torch.randn(16, 4) * 2 + 1
+    base = bl.Normal(torch.zeros(16, 4), 1.0)
+    before: list[Tensor] = []
+    for step in range(2):  # the first call sizes the layers and initialises ActNorm
+        if step == 1:
+            before = [p.detach().clone() for p in params]
+        opt.zero_grad()
+        (-flow(base).distribution.log_prob(x).mean()).backward()
+        opt.step()
+    assert {id(p) for p in flow.parameters()} == {id(p) for p in params}
+    assert len(params) == 2 + 2 * 2 + 2 * 2  # ActNorm 2; each MADE 2 linears x (weight, bias)
+    for p, b in zip(params, before, strict=True):
+        assert not torch.equal(p.detach(), b)
+
+
+def test_checkpoint_loads_into_a_freshly_built_twin() -> None:
+    torch.manual_seed(0)
+    flow = _lazy_flow()
+    x = torch.randn(8, 4)
+    y = flow(x)
+    twin = _lazy_flow()
+    twin.load_state_dict(flow.state_dict())  # strict: no unexpected keys
+    torch.testing.assert_close(twin(x), y)
+    assert twin[1].network.in_features == 2 and twin[0].num_features == 4
+    assert bool(twin[0].initialized)  # no second data-dependent initialisation
+    assert list(twin.state_dict()) == list(flow.state_dict())
+
+
+def test_made_in_features_builds_now_and_input_dim_is_a_deprecated_alias() -> None:
+    made = MADE(hidden_dims=[4], in_features=3)
+    assert made.in_features == 3 and len(list(made.parameters())) == 4
+    with pytest.warns(DeprecationWarning, match="in_features"):
+        old = MADE(hidden_dims=[4], input_dim=3)
+    assert old.in_features == 3
+    with pytest.raises(ValueError, match="MADE.*in_features"):
+        MADE(hidden_dims=[4], in_features=3, input_dim=4)
+
+
+@pytest.mark.parametrize(
+    ("build", "argument"),
+    [
+        (lambda: MADE(in_features=0), "in_features"),
+        (lambda: MADE(in_features=-2), "in_features"),
+        (lambda: MADE(in_features=2.5), "in_features"),
+        (lambda: MADE(hidden_dims=[8, 0]), "hidden_dims"),
+        (lambda: MADE(hidden_dims=[8, -1]), "hidden_dims"),
+        (lambda: MADE(hidden_dims=[2.5]), "hidden_dims"),
+        (lambda: MADE(hidden_dims=8), "hidden_dims"),
+        (lambda: MADE(order=3), "order"),
+        (lambda: MADE(units=True), "units"),
+        (lambda: ActNorm(0), "num_features"),
+        (lambda: ActNorm(-3), "num_features"),
+        (lambda: ActNorm(2.0), "num_features"),
+        (lambda: ActNorm(True), "num_features"),
+        (lambda: ActNorm(3, eps=0.0), "eps"),
+        (lambda: ActNorm(3, eps=-1e-6), "eps"),
+        (lambda: ActNorm(3, eps=float("nan")), "eps"),
+        (lambda: ActNorm(3, eps=float("inf")), "eps"),
+        (lambda: Permute(0), "permutation"),
+        (lambda: Permute([]), "permutation"),
+        (lambda: InvertibleConv1x1(0), "num_channels"),
+    ],
+)
+def test_bad_constructor_arguments_name_the_layer_and_argument(build, argument) -> None:
+    with pytest.raises((ValueError, TypeError)) as info:
+        build()
+    message = str(info.value)
+    assert argument in message
+    assert message.split(" ")[0] in {"MADE", "ActNorm", "Permute", "InvertibleConv1x1"}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("num_features", [None, 3])
+def test_actnorm_rejects_a_non_finite_first_batch_and_stays_uninitialised(
+    bad: float, num_features: int | None
+) -> None:
+    torch.manual_seed(0)
+    layer = ActNorm(num_features)
+    x = torch.randn(8, 3) * 2 + 1
+    x_bad = x.clone()
+    x_bad[3, 1] = bad
+    with pytest.raises(ValueError, match="ActNorm.*finite"):
+        layer(x_bad)
+    assert not bool(layer.initialized)
+    y = layer(x)  # a clean batch then initialises as if the bad one never came
+    reference = ActNorm(num_features)
+    torch.testing.assert_close(y, reference(x))
+    assert torch.isfinite(y).all()
+
+
+def test_actnorm_rejects_an_empty_first_batch() -> None:
+    layer = ActNorm(3)
+    with pytest.raises(ValueError, match="ActNorm.*empty"):
+        layer(torch.randn(0, 3))
+    assert not bool(layer.initialized)
+    layer(torch.randn(4, 3))
+    assert layer(torch.randn(0, 3)).shape == (0, 3)  # after initialisation: an empty result
+
+
+def test_permute_repr_shows_the_permutation() -> None:
+    assert "permutation=[2, 0, 1]" in repr(Permute([2, 0, 1]))
+    long = repr(Permute(100, seed=1))
+    perm = Permute(100, seed=1).permutation.tolist()
+    assert f"[{perm[0]}, {perm[1]}, {perm[2]}, ..., {perm[-1]}]" in long and "D=100" in long
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        MADE(hidden_dims=[4], in_features=3),
+        ActNorm(3),
+        InvertibleConv1x1(3),
+        RealNVP(MADE(hidden_dims=[4], in_features=1)),
+        MaskedAutoregressiveFlow(MADE(hidden_dims=[4], in_features=3)),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.long])
+def test_wrong_dtype_input_is_a_type_error_naming_layer_and_dtypes(
+    layer: nn.Module, dtype: torch.dtype
+) -> None:
+    shape = (2, 3, 2, 2) if isinstance(layer, InvertibleConv1x1) else (2, 3)
+    if isinstance(layer, RealNVP):
+        shape = (2, 2)
+    x = torch.ones(shape, dtype=dtype)
+    with pytest.raises(TypeError) as info:
+        layer(x)
+    message = str(info.value)
+    assert message.startswith(type(layer).__name__)
+    assert "input" in message and "torch.float32" in message and str(dtype) in message
+
+
+def test_lazy_made_is_built_in_the_first_inputs_dtype() -> None:
+    made = MADE(hidden_dims=[4])
+    assert made(torch.randn(2, 3, dtype=torch.float64)).dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in made.parameters())
+    with pytest.raises(TypeError, match="MADE expected `input` of dtype torch.float64"):
+        made(torch.randn(2, 3))
