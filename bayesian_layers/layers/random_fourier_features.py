@@ -20,6 +20,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from ..initializers import TrainableInitializer
 from ..random_variable import RandomVariable
 from ..regularizers import Regularizer
+from ._gp_io import check_input_dtype, check_name, function_output
 from .base import BayesianLayer, as_tensor
 from .gp_numerics import cholesky_with_jitter
 from .kernels import (
@@ -115,7 +116,10 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
     * ``posterior="laplace"`` (SNGP, Liu et al. 2020): deterministic ``W`` trained
       normally (``losses`` holds the prior's ``½‖W‖²/prior_scale²``, i.e. MAP), and a
       precision matrix ``P = I/prior_scale² + Σ_n φ(x_n) φ(x_n)ᵀ`` (``(M, M)``, a
-      buffer) that every forward pass in training mode adds its batch to. Call
+      buffer) that every training step adds its batch to: a call in training mode with
+      gradients enabled, sampling and one function sample per call (see
+      :meth:`is_training_step`; evaluation, ``torch.no_grad()``, ``bl.posterior_mean``,
+      ``bl.vectorized_samples`` and ``bl.predict`` leave it alone). Call
       :meth:`reset_precision` at the start of each epoch, so that ``P`` comes from one
       pass over the data with the final weights (or at the start of one extra
       deterministic pass after training); :meth:`update_precision` adds features
@@ -123,6 +127,10 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
       setting the attribute ``layer.accumulate_precision = False``. The value is the MAP
       output; the distribution is ``N(W φ + b, φᵀ P⁻¹ φ)`` per point (Gaussian
       likelihood with unit noise, standardised targets).
+
+    The output is marked as a distribution over function values, so :func:`bl.predict
+    <bayesian_layers.predict>` reports its variance as epistemic; with ``name=`` it
+    reaches the tracers (``bl.tape``, ``bl.condition``) like ``bl.Normal(..., name=)``.
 
     Args:
         units: number of outputs.
@@ -139,11 +147,14 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         bias: whether to add a deterministic bias.
         weight_initializer, weight_regularizer: the variational posterior and its
             penalty (see :class:`~bayesian_layers.layers.LinearReparameterization`).
-        prior_scale: prior standard deviation of ``W`` for ``"laplace"``.
-        device, dtype: factory arguments.
+        prior_scale: prior standard deviation of ``W`` for ``"laplace"`` (finite, > 0).
+        name: name of the returned random variable (for the tracers).
+        device, dtype: factory arguments; inputs must have the layer's dtype (or
+            autocast's, under autocast): other dtypes raise ``TypeError``.
 
     Shape:
-        - Input: ``(*, D)`` tensor or random variable (its value is used).
+        - Input: ``(*, D)`` tensor or random variable (its value is used; ``*`` may
+          hold zero rows).
         - Output: :class:`~bayesian_layers.RandomVariable` ``(*, units)`` with a
           ``Normal`` distribution of batch shape ``(*, units)``.
 
@@ -172,28 +183,41 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         weight_initializer: str | TrainableInitializer = "trainable_normal",
         weight_regularizer: str | Regularizer | None = "normal_kl_divergence",
         prior_scale: float = 1.0,
+        name: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
+        owner = type(self).__name__
         for arg, value in (("units", units), ("num_features", num_features), ("in_features",
                            in_features)):  # fmt: skip
             if value is None and arg == "in_features":
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} expected `{arg}` to be an int, got {type(value).__name__}")
+                raise TypeError(
+                    f"{owner} expected `{arg}` to be an int, got {type(value).__name__}"
+                )
             if value < 1:
-                raise ValueError(f"{name} expected `{arg}` >= 1, got {value}")
+                raise ValueError(f"{owner} expected `{arg}` >= 1, got {value}")
         if posterior not in ("variational", "laplace"):
-            raise ValueError(f"{name} expected `posterior` 'variational' or 'laplace', "
+            raise ValueError(f"{owner} expected `posterior` 'variational' or 'laplace', "
                              f"got {posterior!r}")  # fmt: skip
-        if not prior_scale > 0:
-            raise ValueError(f"{name} expected `prior_scale` > 0, got {prior_scale}")
+        if (
+            isinstance(prior_scale, bool)
+            or not isinstance(prior_scale, (int, float))
+            or not (math.isfinite(prior_scale) and prior_scale > 0)
+        ):
+            raise ValueError(
+                f"{owner} expected `prior_scale` to be a finite positive number, "
+                f"got {prior_scale!r}"
+            )
+        if not isinstance(bias, bool):
+            raise TypeError(f"{owner} expected `bias` to be a bool, got {bias!r}")
+        self.name = check_name(owner, name)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if isinstance(kernel, str):
             if kernel not in _KERNELS:
-                raise ValueError(f"{name} expected `kernel` in {sorted(_KERNELS)} or a kernel "
+                raise ValueError(f"{owner} expected `kernel` in {sorted(_KERNELS)} or a kernel "
                                  f"instance, got {kernel!r}")  # fmt: skip
             kernel = _KERNELS[kernel](
                 1.0 if amplitude is None else amplitude,
@@ -204,15 +228,15 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             if type(kernel) not in _KERNELS.values():
                 sample_spectral_frequencies(kernel, 1, 1)  # raises the TypeError
             if amplitude is not None or length_scale is not None:
-                raise ValueError(f"{name}: give `amplitude`/`length_scale` to the kernel "
+                raise ValueError(f"{owner}: give `amplitude`/`length_scale` to the kernel "
                                  "instance, not to the layer")  # fmt: skip
         else:
-            raise TypeError(f"{name} expected `kernel` to be a name or a StationaryKernel, "
+            raise TypeError(f"{owner} expected `kernel` to be a name or a StationaryKernel, "
                             f"got {type(kernel).__name__}")  # fmt: skip
         ls = kernel.length_scale
         if ls.dim() == 1:
             if in_features is not None and ls.shape[0] != in_features:
-                raise ValueError(f"{name} got {ls.shape[0]} length scales for in_features="
+                raise ValueError(f"{owner} got {ls.shape[0]} length scales for in_features="
                                  f"{in_features}")  # fmt: skip
             in_features = ls.shape[0]
         self.kernel = kernel
@@ -247,8 +271,9 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         self._precision_version = 0
 
     def extra_repr(self) -> str:
-        return (f"units={self.units}, num_features={self.num_features}, "
+        text = (f"units={self.units}, num_features={self.num_features}, "
                 f"in_features={self.in_features}, posterior={self.posterior!r}")  # fmt: skip
+        return text if self.name is None else f"{text}, name={self.name!r}"
 
     def initialize_parameters(self, x: object) -> None:  # type: ignore[override]
         """Draw the frequencies once the input size is known (first call)."""
@@ -265,9 +290,10 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
     def features(self, x: Tensor | RandomVariable) -> Tensor:
         """``φ(x)``: ``(*, D) -> (*, num_features)``."""
         x = as_tensor(x, type(self).__name__)
+        check_input_dtype(type(self).__name__, x, self.phases.dtype)
         if self.in_features is None and not isinstance(self.frequencies, nn.UninitializedBuffer):
             self.in_features = self.frequencies.shape[0]  # loaded from a state dict
-        if x.dim() == 0 or x.shape[-1] != self.in_features or not x.is_floating_point():
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__} expected a floating input of shape (*, "
                              f"{self.in_features}), got {x.dtype} {tuple(x.shape)}")  # fmt: skip
         kernel = self.kernel
@@ -286,13 +312,42 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         self._precision_version += 1
 
     def update_precision(self, features: Tensor, weights: Tensor | None = None) -> None:
-        """``P += Σ_n w_n φ_n φ_nᵀ`` for features ``(N, M)`` and optional weights ``(N,)``."""
+        """``P += Σ_n w_n φ_n φ_nᵀ`` for features ``(*, M)`` and optional weights ``(*,)``.
+
+        Raises ``ValueError`` (and leaves ``P`` as it was) unless the features are finite
+        and the weights finite and non-negative, so that ``P`` stays positive definite.
+        """
         self._require_laplace("update_precision")
+        phi = self._checked_features(features)
+        w = None if weights is None else self._checked_weights(weights, phi.shape[0])
         with torch.no_grad():
-            phi = features.detach().reshape(-1, self.num_features).to(self.precision)
-            weighted = phi if weights is None else phi * weights.detach().reshape(-1, 1)
+            weighted = phi if w is None else phi * w.unsqueeze(-1)
             self.precision.add_(weighted.mT @ phi)
         self._precision_version += 1
+
+    def _checked_features(self, features: Tensor) -> Tensor:
+        where = f"{type(self).__name__}.update_precision"
+        if not isinstance(features, Tensor) or features.shape[-1:] != (self.num_features,):
+            got = getattr(features, "shape", type(features).__name__)
+            raise ValueError(
+                f"{where} expected `features` of shape (*, {self.num_features}), got {got}"
+            )
+        phi = features.detach().reshape(-1, self.num_features).to(self.precision)  # (N, M)
+        if not bool(torch.isfinite(phi).all()):
+            bad = int((~torch.isfinite(phi)).any(-1).sum())
+            raise ValueError(f"{where} expected finite `features` (from finite inputs), got "
+                             f"{bad} of {phi.shape[0]} rows with NaN or inf")  # fmt: skip
+        return phi
+
+    def _checked_weights(self, weights: Tensor, rows: int) -> Tensor:
+        where = f"{type(self).__name__}.update_precision"
+        w = torch.as_tensor(weights).detach().reshape(-1).to(self.precision)  # (N,)
+        if w.shape[0] != rows:
+            raise ValueError(f"{where} expected one weight per feature row ({rows}), got "
+                             f"{tuple(torch.as_tensor(weights).shape)}")  # fmt: skip
+        if not bool((torch.isfinite(w) & (w >= 0)).all()):
+            raise ValueError(f"{where} expected finite non-negative `weights`, got {weights!r}")
+        return w
 
     def posterior_covariance_tril(self) -> Tensor:
         """Cholesky factor ``(M, M)`` of ``P`` (cached until the precision changes)."""
@@ -319,33 +374,49 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
     def forward(self, x: Tensor | RandomVariable) -> RandomVariable:
         phi = self.features(x)  # (*, M)
         if self.posterior == "laplace":
-            return self._laplace_forward(phi)
+            dist, value = self._laplace_forward(phi)
+        else:
+            dist, value = self._variational_forward(phi)
+        return function_output(dist, value, self.name)
+
+    def _variational_forward(self, phi: Tensor) -> tuple[torch.distributions.Normal, Tensor]:
         init = self._inits["weight"]
         if init.is_deterministic:
             mean = F.linear(phi, self.point("weight"), self.bias)
-            return RandomVariable(torch.distributions.Normal(mean, torch.zeros_like(mean).add_(
-                torch.finfo(mean.dtype).tiny), validate_args=False), value=mean)  # fmt: skip
+            tiny = torch.zeros_like(mean).add_(torch.finfo(mean.dtype).tiny)
+            return torch.distributions.Normal(mean, tiny, validate_args=False), mean
         loc, scale = init.loc_scale(self, "weight")
         mean = F.linear(phi, loc, self.bias)
         std = F.linear(phi.square(), scale.square()).clamp_min(torch.finfo(phi.dtype).tiny).sqrt()
         dist = torch.distributions.Normal(mean, std, validate_args=False)
         if self.sampling == "mean":
-            return RandomVariable(dist, value=mean)
+            return dist, mean
         k = self._check_samples(phi)
         weight = self.sample_param("weight")
         value = F.linear(phi, weight, self.bias) if k == 1 else batched_linear(
             phi, weight, self.bias, k)  # fmt: skip
-        return RandomVariable(dist, value=value)
+        return dist, value
 
-    def _laplace_forward(self, phi: Tensor) -> RandomVariable:
-        if self.training and self.accumulate_precision:
-            self.update_precision(phi)
+    def is_training_step(self) -> bool:
+        """Whether a call now adds its features to the Laplace precision: in training mode
+        with ``accumulate_precision``, gradients enabled, sampling (not ``"mean"``) and one
+        function sample per call. So evaluation, ``torch.no_grad()``, ``bl.posterior_mean``,
+        ``bl.vectorized_samples`` and ``bl.predict`` leave the precision alone."""
+        return (
+            self.training
+            and self.accumulate_precision
+            and torch.is_grad_enabled()
+            and self.sampling != "mean"
+            and self.num_function_samples == 1
+        )
+
+    def _laplace_forward(self, phi: Tensor) -> tuple[torch.distributions.Normal, Tensor]:
+        if self.is_training_step():
+            self.update_precision(phi)  # checks first: NaN features raise, P unchanged
         mean = F.linear(phi, self.point("weight"), self.bias)  # (*, units)
         chol = self.posterior_covariance_tril()
         flat = phi.reshape(-1, self.num_features).to(chol)  # (N, M)
         a = torch.linalg.solve_triangular(chol, flat.mT, upper=False)  # (M, N)
         var = a.square().sum(0).clamp_min(torch.finfo(a.dtype).tiny)  # (N,)
         std = var.sqrt().to(mean).reshape(*phi.shape[:-1], 1).expand_as(mean)
-        return RandomVariable(
-            torch.distributions.Normal(mean, std, validate_args=False), value=mean
-        )
+        return torch.distributions.Normal(mean, std, validate_args=False), mean

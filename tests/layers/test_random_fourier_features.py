@@ -167,3 +167,100 @@ def test_bad_input_raises_clear_errors():
         layer(torch.randn(5, 3))
     with pytest.raises(RuntimeError, match="reset_precision needs posterior='laplace'"):
         layer.reset_precision()
+
+
+def _laplace(**kw) -> layers.RandomFourierFeatures:
+    torch.manual_seed(0)
+    return layers.RandomFourierFeatures(2, 16, in_features=3, posterior="laplace", **kw)
+
+
+def test_laplace_precision_changes_only_in_training_steps():
+    """Train-mode calls under no_grad, posterior_mean, vectorized_samples or bl.predict
+    leave P alone; a training forward (grad enabled, sampling) adds its batch once."""
+    layer = _laplace()
+    model = nn.Sequential(layer)
+    x = torch.randn(5, 3)
+    prior = layer.precision.clone()
+    with torch.no_grad():
+        layer(x)
+    with bl.posterior_mean(model):
+        layer(x)
+    with bl.vectorized_samples(model, 4):
+        layer(x.repeat(4, 1))
+    bl.predict(model, x, 8)
+    bl.predict(model, x, 3, vectorized=False)
+    torch.testing.assert_close(layer.precision, prior, rtol=0, atol=0)
+    out = layer(x)  # a training step
+    phi = layer.features(x).detach()
+    torch.testing.assert_close(layer.precision, prior + phi.mT @ phi)
+    layer.eval()
+    layer(x)
+    torch.testing.assert_close(layer.precision, prior + phi.mT @ phi)
+    assert out.value.requires_grad
+
+
+@pytest.mark.parametrize("posterior", ["variational", "laplace"])
+def test_output_is_marked_as_function_values_named_and_traced(posterior):
+    from bayesian_layers._function_space import is_function_space
+
+    layer = layers.RandomFourierFeatures(2, 16, posterior=posterior, name="g")
+    x = torch.randn(5, 3)
+    out = layer(x)
+    assert is_function_space(out) and out.name == "g"
+    with bl.tape() as t:
+        out = layer(x)
+    assert "g" in t and t["g"] is out
+    fixed = torch.ones(5, 2)
+    with bl.condition(g=fixed):
+        torch.testing.assert_close(layer(x).value, fixed)
+    assert "name='g'" in repr(layer)
+    pred = bl.predict(nn.Sequential(layer), x, 4)  # the GP variance is epistemic
+    assert pred.samples.shape == (4, 5, 2)
+
+
+def test_nan_features_raise_before_the_precision_changes():
+    layer = _laplace()
+    x = torch.randn(5, 3)
+    before = layer.precision.clone()
+    with pytest.raises(ValueError, match="RandomFourierFeatures.update_precision expected finite"):
+        layer.update_precision(torch.full((2, 16), math.nan))
+    with pytest.raises(ValueError, match="RandomFourierFeatures.*finite.*weights"):
+        layer.update_precision(layer.features(x).detach(), torch.tensor([1.0, -1, 1, 1, 1]))
+    with pytest.raises(ValueError, match="RandomFourierFeatures.*finite"):
+        layer(torch.full((4, 3), math.nan))  # a training step on NaN input
+    torch.testing.assert_close(layer.precision, before, rtol=0, atol=0)
+    assert torch.isfinite(layer(x).distribution.variance).all()  # later calls still work
+
+
+@pytest.mark.parametrize("posterior", ["variational", "laplace"])
+def test_empty_batch_gives_an_empty_result(posterior):
+    layer = layers.RandomFourierFeatures(2, 16, posterior=posterior)  # lazy: first call
+    out = layer(torch.randn(0, 3))
+    assert out.shape == (0, 2) and out.distribution.mean.shape == (0, 2)
+    assert layer(torch.randn(4, 3)).shape == (4, 2)
+    with bl.vectorized_samples(layer, 3):
+        assert layer(torch.randn(0, 3)).shape == (0, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.int64])
+def test_wrong_input_dtype_raises_type_error(dtype):
+    layer = layers.RandomFourierFeatures(2, 16, in_features=3)
+    with pytest.raises(TypeError, match=f"RandomFourierFeatures expected .*`x`.*got {dtype}"):
+        layer(torch.ones(4, 3, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's dtype is accepted
+        if dtype == torch.bfloat16:
+            assert torch.isfinite(layer(torch.ones(4, 3, dtype=dtype)).value).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"prior_scale": math.inf}, ValueError, "prior_scale` to be a finite positive"),
+        ({"prior_scale": math.nan}, ValueError, "prior_scale"),
+        ({"name": 1}, TypeError, "name` to be a str or None"),
+        ({"bias": "no"}, TypeError, "bias` to be a bool"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=f"RandomFourierFeatures expected `{match}"):
+        layers.RandomFourierFeatures(2, 8, **kwargs)
