@@ -43,6 +43,7 @@ __all__ = [
     "TrainableHalfCauchy",
     "TrainableDeterministic",
     "get_initializer",
+    "log_softplus",
     "INITIALIZERS",
 ]
 
@@ -76,42 +77,42 @@ def _check_positive(owner: str, name: str, value: float) -> None:
         raise ValueError(f"{owner} expected `{name}` > 0 and finite, got {value}")
 
 
-def _graph_alive(t: Tensor) -> bool:
-    """Whether autograd can still backpropagate through ``t`` (its saved input not freed)."""
-    node = t.grad_fn
-    if node is None:
-        return False
-    try:
-        node._saved_self  # type: ignore[attr-defined]  # noqa: B018 - raises once freed
-    except (RuntimeError, AttributeError):
-        return False
-    return True
+#: Below this ``rho``, ``log(softplus(rho)) = rho + log1p(-exp(rho) / 2)`` to within
+#: ``exp(2 rho) / 3 < 1e-26``; above it ``softplus(rho)`` is a normal float in float32
+#: and float64, so its logarithm is accurate.
+_LOG_SOFTPLUS_CUT = -30.0
 
 
-def _softplus_key(rho: Tensor) -> tuple:
-    return (id(rho), rho._version, rho.data_ptr(), rho.dtype, rho.device)
+def log_softplus(rho: Tensor) -> Tensor:
+    """``log(softplus(rho))``, finite with a finite gradient for every finite ``rho``.
 
+    ``softplus(rho)`` underflows to 0 in float32 below ``rho ≈ -104`` (and loses
+    precision below ``≈ -87``), where ``log`` would give ``-inf`` and its gradient
+    ``inf``. For very negative ``rho``, ``softplus(rho) = exp(rho) (1 - exp(rho)/2 + ...)``,
+    so the logarithm is ``rho + log1p(-exp(rho)/2)``; each branch only sees inputs
+    where it is finite, so the gradient (``sigmoid(rho) / softplus(rho)``, ``→ 1``)
+    has no NaN from the branch not taken.
 
-def softplus_scale(owner: nn.Module, prefix: str, rho: Tensor, *, reuse: bool = False) -> Tensor:
-    """``softplus(rho)``; a forward pass and the ``losses`` after it share one tensor.
-
-    Every call with ``reuse=False`` (the forward pass) computes the scale and,
-    when it carries an autograd graph, keeps it. ``reuse=True`` (``losses``)
-    returns the kept tensor when it is certainly current: same parameter object,
-    version counter, storage, dtype and device, and its graph not yet freed by a
-    backward pass; otherwise it computes afresh. So one softplus and one
-    softplus-backward run per training step instead of two.
+    Example:
+        >>> log_softplus(torch.tensor([-200.0, 0.0])).tolist()
+        [-200.0, -0.3665129...]
     """
-    compiling = torch.compiler.is_compiling()
-    cache = owner.__dict__.setdefault("_softplus_cache", {})
-    if reuse and not compiling and torch.is_grad_enabled():
-        hit = cache.get(prefix)
-        if hit is not None and hit[0] == _softplus_key(rho) and _graph_alive(hit[1]):
-            return hit[1]
-    scale = F.softplus(rho)
-    if not compiling and scale.grad_fn is not None:
-        cache[prefix] = (_softplus_key(rho), scale)
-    return scale
+    low = rho.clamp(max=_LOG_SOFTPLUS_CUT)
+    high = rho.clamp(min=_LOG_SOFTPLUS_CUT)
+    tail = low + torch.log1p(-0.5 * torch.exp(low))
+    return torch.where(rho < _LOG_SOFTPLUS_CUT, tail, torch.log(F.softplus(high)))
+
+
+def softplus_scale(owner: nn.Module, prefix: str, rho: Tensor) -> Tensor:
+    """``softplus(rho)``: the scale of a softplus-parameterised family.
+
+    Computed afresh at every call, so each forward pass and each ``losses`` query
+    owns its graph: two losses, gradient accumulation over several forward passes,
+    threads sharing one model and ``torch.func`` transforms all work as with
+    ``nn.Linear``. (``owner`` and ``prefix`` are kept for subclasses that want to
+    know whose scale they compute.)
+    """
+    return F.softplus(rho)
 
 
 #: Standard deviation of a standard normal truncated to [-2, 2].
@@ -148,11 +149,6 @@ class TrainableInitializer(nn.Module):
         self.shape = None if shape is None else torch.Size(shape)
         if shape is not None:
             self.build(self, "", shape, device=device, dtype=dtype)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_softplus_cache", None)  # holds an autograd graph
-        return state
 
     # ---------------------------------------------------------------- building
     def build(
@@ -198,14 +194,13 @@ class TrainableInitializer(nn.Module):
         """A reparameterised draw from the parameters and standard noise."""
         raise NotImplementedError
 
-    def loc_scale(
-        self, owner: nn.Module, prefix: str, *, reuse: bool = False
-    ) -> tuple[Tensor, Tensor]:
-        """``(loc, scale)`` of a normal family (draws are ``loc + scale * N(0, 1)``).
+    def loc_scale(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
+        """``(loc, scale)`` of a normal family (draws are ``loc + scale * N(0, 1)``)."""
+        raise TypeError(f"{type(self).__name__} is not a normal family")
 
-        ``reuse=True`` may return the scale computed by the latest forward pass
-        (see :func:`softplus_scale`).
-        """
+    def loc_rho(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
+        """``(loc, rho)`` of a normal family with ``scale = softplus(rho)``: the raw
+        parameters, from which regularizers compute ``log(scale)`` stably."""
         raise TypeError(f"{type(self).__name__} is not a normal family")
 
     def point(self, owner: nn.Module, prefix: str) -> Tensor:
@@ -277,11 +272,13 @@ class TrainableNormal(TrainableInitializer):
             nn.init.trunc_normal_(params["loc"], 0.0, s, -2 * s, 2 * s)
         params["rho"].fill_(inverse_softplus(self.scale_init))
 
-    def loc_scale(
-        self, owner: nn.Module, prefix: str, *, reuse: bool = False
-    ) -> tuple[Tensor, Tensor]:
+    def loc_scale(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
         p = self.params(owner, prefix)
-        return p["loc"], softplus_scale(owner, prefix, p["rho"], reuse=reuse)
+        return p["loc"], softplus_scale(owner, prefix, p["rho"])
+
+    def loc_rho(self, owner: nn.Module, prefix: str) -> tuple[Tensor, Tensor]:
+        p = self.params(owner, prefix)
+        return p["loc"], p["rho"]
 
     def distribution(self, owner: nn.Module | None = None, prefix: str = "") -> Distribution:
         loc, scale = self.loc_scale(self._own(owner), prefix)

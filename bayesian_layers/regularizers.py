@@ -13,6 +13,7 @@ that never draw whole weights). Closed-form ones ignore the value.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import (
     AffineTransform,
@@ -24,6 +25,7 @@ from torch.distributions import (
 )
 
 from .distributions import Deterministic
+from .initializers import log_softplus
 from .random_variable import RandomVariable
 
 __all__ = [
@@ -58,50 +60,83 @@ def _positive_buffer(owner: str, name: str, value: float | Tensor) -> Tensor:
     return t
 
 
-class _NormalKLScalarPrior(torch.autograd.Function):
-    """``sum KL(N(μ, σ) || N(μ_p, σ_p))`` for a scalar prior, with an analytic backward.
+def _dlog_softplus(rho: Tensor) -> Tensor:
+    """``d log(softplus(rho)) / d rho = sigmoid(rho) / softplus(rho)``, stable (``→ 1``
+    as ``rho → -inf``, ``→ 0`` as ``rho → +inf``)."""
+    return torch.exp(F.logsigmoid(rho) - log_softplus(rho))
 
-    Forward: ``(‖σ‖² + ‖μ - μ_p‖²) / (2σ_p²) - Σ log σ + n (log σ_p - 1/2)``, two dot
-    products and one log pass. Backward: ``∂/∂μ = (μ - μ_p)/σ_p²``,
-    ``∂/∂σ = σ/σ_p² - 1/σ`` (the prior is a constant: no gradient); the backward
-    is built from the saved inputs with differentiable ops, so double backward works.
+
+class _NormalKLScalarPrior(torch.autograd.Function):
+    """``sum KL(N(μ, softplus(ρ)) || N(μ_p, σ_p))`` for a scalar prior, analytic derivatives.
+
+    Forward: ``(‖σ‖² + ‖μ - μ_p‖²) / (2σ_p²) - Σ log σ + n (log σ_p - 1/2)`` with
+    ``σ = softplus(ρ)`` and ``log σ`` from :func:`log_softplus` (finite for every
+    finite ``ρ``), two dot products. Backward: ``∂/∂μ = (μ - μ_p)/σ_p²``,
+    ``∂/∂ρ = sigmoid(ρ) σ/σ_p² - sigmoid(ρ)/σ`` (the second factor computed in log
+    space, so it tends to ``-1`` rather than overflowing for very negative ``ρ``);
+    the prior is a constant. The backward is built from differentiable ops (double
+    backward works), ``jvp`` gives forward mode and ``vmap`` uses the generated
+    rule, so every ``torch.func`` transform applies.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(loc: Tensor, scale: Tensor, p_loc: Tensor, p_scale: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(loc: Tensor, rho: Tensor, p_loc: Tensor, p_scale: Tensor) -> Tensor:  # type: ignore[override]
         centred = (loc - p_loc).reshape(-1)
-        flat_scale = scale.reshape(-1)
+        flat_scale = F.softplus(rho).reshape(-1)
         quad = torch.dot(flat_scale, flat_scale) + torch.dot(centred, centred)
         log_p_scale = torch.log(p_scale)
         return (
             0.5 * quad * torch.exp(-2 * log_p_scale)
-            - torch.log(flat_scale).sum()
+            - log_softplus(rho).sum()
             + loc.numel() * (log_p_scale - 0.5)
         )
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        loc, scale, p_loc, p_scale = inputs
-        ctx.save_for_backward(loc, scale, p_loc, p_scale)
+        loc, rho, p_loc, p_scale = inputs
+        ctx.save_for_backward(loc, rho, p_loc, p_scale)
+        ctx.save_for_forward(loc, rho, p_loc, p_scale)
+
+    @staticmethod
+    def _partials(
+        loc: Tensor, rho: Tensor, p_loc: Tensor, p_scale: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        inv_var = 1.0 / (p_scale * p_scale)
+        d_loc = (loc - p_loc) * inv_var
+        d_rho = torch.sigmoid(rho) * F.softplus(rho) * inv_var - _dlog_softplus(rho)
+        return d_loc, d_rho
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        loc, scale, p_loc, p_scale = ctx.saved_tensors
-        g = grad / (p_scale * p_scale)
-        grad_loc = (loc - p_loc) * g if ctx.needs_input_grad[0] else None
-        grad_scale = scale * g - grad / scale if ctx.needs_input_grad[1] else None
-        return grad_loc, grad_scale, None, None
+        d_loc, d_rho = _NormalKLScalarPrior._partials(*ctx.saved_tensors)
+        grad_loc = d_loc * grad if ctx.needs_input_grad[0] else None
+        grad_rho = d_rho * grad if ctx.needs_input_grad[1] else None
+        return grad_loc, grad_rho, None, None
+
+    @staticmethod
+    def jvp(ctx, t_loc, t_rho, t_p_loc, t_p_scale):  # type: ignore[override]
+        d_loc, d_rho = _NormalKLScalarPrior._partials(*ctx.saved_tensors)
+        out = torch.zeros((), dtype=d_loc.dtype, device=d_loc.device)
+        if t_loc is not None:
+            out = out + (d_loc * t_loc).sum()
+        if t_rho is not None:
+            out = out + (d_rho * t_rho).sum()
+        return out
 
 
-def normal_kl_scalar_prior(
-    loc: Tensor, scale: Tensor, prior_loc: Tensor, prior_scale: Tensor
+def softplus_normal_kl_scalar_prior(
+    loc: Tensor, rho: Tensor, prior_loc: Tensor, prior_scale: Tensor
 ) -> Tensor:
-    """``sum KL(N(loc, scale) || N(prior_loc, prior_scale))`` for 0-d prior tensors.
+    """``sum KL(N(loc, softplus(rho)) || N(prior_loc, prior_scale))`` for 0-d priors.
 
-    ``loc`` and ``scale`` have the same shape. Fused: a few passes over the
-    parameters forward and backward instead of autograd's dozen.
+    ``loc`` and ``rho`` have the same shape. Fused: a few passes over the
+    parameters forward and backward instead of autograd's dozen; finite value
+    and gradient for every finite ``rho`` (the gradient tends to ``-1`` as
+    ``rho → -inf``, where ``-log σ ≈ -rho``).
     """
-    return _NormalKLScalarPrior.apply(loc, scale, prior_loc, prior_scale)
+    return _NormalKLScalarPrior.apply(loc, rho, prior_loc, prior_scale)
 
 
 def monte_carlo_kl(q: Distribution, p: Distribution, value: Tensor) -> Tensor:
@@ -137,6 +172,16 @@ class Regularizer(nn.Module):
         distribution and a random variable on the training hot path.
         """
         return None
+
+    def softplus_normal_penalty(self, loc: Tensor, rho: Tensor) -> Tensor | None:
+        """The scaled penalty of ``N(loc, softplus(rho))`` from the raw parameters, or ``None``.
+
+        Layers call this for normal posteriors; a regularizer that needs
+        ``log(scale)`` overrides it to use :func:`~bayesian_layers.initializers.log_softplus`,
+        which stays finite where ``softplus(rho)`` underflows. The default defers
+        to :meth:`normal_penalty`.
+        """
+        return self.normal_penalty(loc, F.softplus(rho))
 
     def forward(self, rv: RandomVariable | Distribution) -> Tensor:
         out = self.penalty(_as_rv(type(self).__name__, rv))
@@ -195,14 +240,31 @@ class NormalKLDivergence(_LocScalePrior):
         out = self.normal_kl(loc, scale)
         return out if self.scale_factor == 1.0 else out * self.scale_factor
 
+    def softplus_normal_penalty(self, loc: Tensor, rho: Tensor) -> Tensor | None:
+        out = self.softplus_normal_kl(loc, rho)
+        return out if self.scale_factor == 1.0 else out * self.scale_factor
+
     def normal_kl(self, loc: Tensor, scale: Tensor) -> Tensor:
         """Closed-form ``KL(N(loc, scale) || prior)`` summed over elements."""
+        return self._elementwise_kl(loc, scale, scale.log())
+
+    def softplus_normal_kl(self, loc: Tensor, rho: Tensor) -> Tensor:
+        """Closed-form ``KL(N(loc, softplus(rho)) || prior)`` summed over elements.
+
+        ``log softplus(rho)`` is computed stably, so the value and gradient are
+        finite for every finite ``rho`` (float32 ``softplus`` underflows below -104).
+        """
         p_loc, p_scale = self.prior_loc, self.prior_scale
         if p_loc.numel() == 1 and p_scale.numel() == 1:
-            return normal_kl_scalar_prior(loc, scale, p_loc.reshape(()), p_scale.reshape(()))
+            return softplus_normal_kl_scalar_prior(loc, rho, p_loc.reshape(()), p_scale.reshape(()))
+        return self._elementwise_kl(loc, F.softplus(rho), log_softplus(rho))
+
+    def _elementwise_kl(self, loc: Tensor, scale: Tensor, log_scale: Tensor) -> Tensor:
+        p_loc, p_scale = self.prior_loc, self.prior_scale
         var_ratio = (scale / p_scale).square()
         t1 = ((loc - p_loc) / p_scale).square()
-        return 0.5 * (var_ratio + t1 - 1 - var_ratio.log()).sum()
+        log_ratio = log_scale - p_scale.log()
+        return (0.5 * (var_ratio + t1 - 1) - log_ratio).sum()
 
     def extra_repr(self) -> str:
         return (
@@ -242,8 +304,16 @@ class LogUniformKLDivergence(Regularizer):
         out = self.log_uniform_kl(loc, scale)
         return out if self.scale_factor == 1.0 else out * self.scale_factor
 
+    def softplus_normal_penalty(self, loc: Tensor, rho: Tensor) -> Tensor | None:
+        out = self._kl_from_log_scale(loc, log_softplus(rho))
+        return out if self.scale_factor == 1.0 else out * self.scale_factor
+
     def log_uniform_kl(self, loc: Tensor, scale: Tensor) -> Tensor:
-        log_alpha = 2 * torch.log(scale) - torch.log(loc.square() + 1e-16)
+        """The approximate KL summed over elements."""
+        return self._kl_from_log_scale(loc, torch.log(scale))
+
+    def _kl_from_log_scale(self, loc: Tensor, log_scale: Tensor) -> Tensor:
+        log_alpha = 2 * log_scale - torch.log(loc.square() + 1e-16)
         neg_kl = (
             self.K1 * torch.sigmoid(self.K2 + self.K3 * log_alpha)
             - 0.5 * nn.functional.softplus(-log_alpha)

@@ -4,16 +4,17 @@ Carlo, Monte Carlo estimators against numerical integration, priors in state_dic
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 from stats_util import z_bonferroni
-from torch.autograd.gradcheck import GradcheckError
 from torch.distributions import (
     AffineTransform,
     Distribution,
@@ -35,7 +36,7 @@ from bayesian_layers.regularizers import (
     NormalKLDivergence,
     Regularizer,
     get_regularizer,
-    normal_kl_scalar_prior,
+    softplus_normal_kl_scalar_prior,
 )
 
 
@@ -114,39 +115,112 @@ def test_normal_kl_other_families() -> None:
 
 def _kl_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     loc = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    scale = (torch.rand(3, 4, dtype=torch.float64) + 0.2).requires_grad_()
-    return loc, scale, torch.tensor(0.3, dtype=torch.float64), torch.tensor(1.7).double()
+    rho = torch.randn(3, 4, dtype=torch.float64).requires_grad_()
+    return loc, rho, torch.tensor(0.3, dtype=torch.float64), torch.tensor(1.7).double()
 
 
 def test_fused_scalar_prior_kl_value_and_gradcheck() -> None:
     """The custom autograd function behind the scalar-prior closed form: value equals
-    torch's KL, and ``gradcheck`` (float64) passes; the general (tensor prior) path too."""
-    loc, scale, p_loc, p_scale = _kl_inputs()
-    expected = kl_divergence(Normal(loc, scale), Normal(p_loc, p_scale)).sum()
-    torch.testing.assert_close(normal_kl_scalar_prior(loc, scale, p_loc, p_scale), expected)
+    torch's KL of ``N(loc, softplus(rho))``, and ``gradcheck`` (float64) passes; the
+    general (tensor prior) path too."""
+    loc, rho, p_loc, p_scale = _kl_inputs()
+    expected = kl_divergence(Normal(loc, F.softplus(rho)), Normal(p_loc, p_scale)).sum()
+    fused = softplus_normal_kl_scalar_prior(loc, rho, p_loc, p_scale)
+    torch.testing.assert_close(fused, expected)
     assert torch.autograd.gradcheck(
-        lambda a, b: normal_kl_scalar_prior(a, b, p_loc, p_scale), (loc, scale)
+        lambda a, b: softplus_normal_kl_scalar_prior(a, b, p_loc, p_scale), (loc, rho)
     )
     tensor_prior = NormalKLDivergence(torch.full((3, 1), 0.3), torch.full((4,), 1.7)).double()
-    assert torch.autograd.gradcheck(tensor_prior.normal_kl, (loc, scale))
-    assert torch.autograd.gradgradcheck(tensor_prior.normal_kl, (loc, scale))
+    for kl in (tensor_prior.softplus_normal_kl, tensor_prior.normal_kl):
+        args = (loc, rho) if kl == tensor_prior.softplus_normal_kl else (loc, F.softplus(rho))
+        assert torch.autograd.gradcheck(kl, args)
+        assert torch.autograd.gradgradcheck(kl, args)
     # float32 parameters against the float32 default-dtype prior buffers
     reg = NormalKLDivergence(0.3, 1.7)
-    loc32, scale32 = loc.detach().float(), scale.detach().float()
-    torch.testing.assert_close(reg.normal_kl(loc32, scale32), expected.float())
+    loc32, rho32 = loc.detach().float(), rho.detach().float()
+    torch.testing.assert_close(reg.softplus_normal_kl(loc32, rho32), expected.float())
+    torch.testing.assert_close(reg.normal_kl(loc32, F.softplus(rho32)), expected.float())
 
 
-def test_fused_scalar_prior_kl_second_derivatives() -> None:
-    """Second derivatives are right, or refused with an error; never silently wrong."""
-    loc, scale, p_loc, p_scale = _kl_inputs()
-    try:
-        torch.autograd.gradgradcheck(
-            lambda a, b: normal_kl_scalar_prior(a, b, p_loc, p_scale), (loc, scale)
-        )
-    except GradcheckError:
-        raise
-    except RuntimeError as error:  # an explicit refusal (once_differentiable) is fine
-        assert "differentiable" in str(error) or "backward" in str(error)
+def test_fused_scalar_prior_kl_second_derivatives_and_forward_mode() -> None:
+    """Second derivatives are right (gradgradcheck), and forward mode (jvp, as
+    ``torch.func.jacfwd`` uses) equals reverse mode."""
+    loc, rho, p_loc, p_scale = _kl_inputs()
+
+    def fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return softplus_normal_kl_scalar_prior(a, b, p_loc, p_scale)
+
+    assert torch.autograd.gradgradcheck(fn, (loc, rho))
+    rev = torch.func.jacrev(fn, argnums=(0, 1))(loc.detach(), rho.detach())
+    with warnings.catch_warnings():  # torch's forward-AD setup scripts its decompositions
+        warnings.simplefilter("ignore", DeprecationWarning)
+        fwd = torch.func.jacfwd(fn, argnums=(0, 1))(loc.detach(), rho.detach())
+    for r, f in zip(rev, fwd, strict=True):
+        torch.testing.assert_close(r, f)
+
+
+#: rho values spanning softplus's float32 underflow (below ≈ -104) and its
+#: subnormal range (below ≈ -87), the linear regime and the origin.
+EXTREME_RHO = (-200.0, -105.0, -90.0, -50.0, 0.0, 20.0)
+
+
+def _softplus_kl_reference(loc: float, rho: float, p_loc: float, p_scale: float):
+    """Value and d/d(rho) of ``KL(N(loc, softplus(rho)) || N(p_loc, p_scale))`` in
+    mpmath at 50 digits: the independent reference."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+    r = mp.mpf(rho)
+    s = mp.log1p(mp.exp(r))
+    sig = 1 / (1 + mp.exp(-r))
+    kl = mp.log(p_scale / s) + (s**2 + (loc - p_loc) ** 2) / (2 * p_scale**2) - mp.mpf(1) / 2
+    d_rho = sig * s / p_scale**2 - sig / s
+    return float(kl), float(d_rho)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("prior", ["scalar", "tensor"])
+def test_softplus_kl_is_finite_and_exact_for_extreme_rho(dtype: torch.dtype, prior: str) -> None:
+    """Value and gradient of the KL at rho in EXTREME_RHO equal mpmath's (float32: the
+    KL's gradient was -inf below -89 and the KL inf below -104)."""
+    loc = torch.full((len(EXTREME_RHO),), 0.25, dtype=dtype, requires_grad=True)
+    rho = torch.tensor(EXTREME_RHO, dtype=dtype, requires_grad=True)
+    p = (0.125, 1.5) if prior == "scalar" else (torch.full((6,), 0.125), torch.full((6,), 1.5))
+    reg = NormalKLDivergence(*p).to(dtype)
+    total = reg.softplus_normal_kl(loc, rho)
+    total.backward()
+    refs = [_softplus_kl_reference(0.25, r, 0.125, 1.5) for r in EXTREME_RHO]
+    rtol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert torch.isfinite(total) and torch.isfinite(rho.grad).all()
+    torch.testing.assert_close(total.item(), sum(v for v, _ in refs), rtol=rtol, atol=0.0)
+    expected_grad = torch.tensor([g for _, g in refs], dtype=torch.float64)
+    torch.testing.assert_close(rho.grad.double(), expected_grad, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("rho", EXTREME_RHO)
+def test_layer_losses_finite_for_extreme_rho(rho: float) -> None:
+    """The KL a float32 layer reports, and its gradient, for a very small posterior scale."""
+    layer = bl.layers.LinearReparameterization(2, 3)
+    with torch.no_grad():
+        layer.weight_loc.fill_(0.25)
+        layer.weight_rho.fill_(rho)
+    kl = sum(layer.losses)
+    kl.backward()
+    value, grad = _softplus_kl_reference(0.25, rho, 0.0, 1.0)
+    torch.testing.assert_close(kl.item(), 6 * value, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(
+        layer.weight_rho.grad, torch.full((3, 2), grad), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_log_uniform_kl_finite_for_extreme_rho() -> None:
+    reg = LogUniformKLDivergence()
+    loc = torch.full((6,), 0.5, requires_grad=True)
+    rho = torch.tensor(EXTREME_RHO, requires_grad=True)
+    reg.softplus_normal_penalty(loc, rho).backward()
+    assert torch.isfinite(rho.grad).all() and torch.isfinite(loc.grad).all()
+    with torch.no_grad():
+        mid = reg.softplus_normal_penalty(loc[3:], rho[3:])
+        torch.testing.assert_close(mid, reg.log_uniform_kl(loc[3:], F.softplus(rho[3:])))
 
 
 def test_normal_kl_is_zero_at_the_prior() -> None:

@@ -109,11 +109,10 @@ class BayesianLayer(nn.Module):
         self._last_sample: dict[str, Tensor] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        # Draws and cached scales hold autograd graphs, which neither deepcopy nor
-        # pickle accept; a copy starts without them (frozen noise is kept).
+        # Draws hold autograd graphs, which neither deepcopy nor pickle accept; a
+        # copy starts without them (frozen noise is kept).
         state = self.__dict__.copy()
         state["_last_sample"] = {}
-        state.pop("_softplus_cache", None)
         return state
 
     # ------------------------------------------------------------ parameters
@@ -324,7 +323,7 @@ class BayesianLayer(nn.Module):
             if not isinstance(reg, Regularizer):
                 continue
             if init.is_normal:
-                term = reg.normal_penalty(*init.loc_scale(self, name, reuse=True))
+                term = reg.softplus_normal_penalty(*init.loc_rho(self, name))
                 if term is not None:
                     out.append(term)
                     continue

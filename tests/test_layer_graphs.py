@@ -1,0 +1,245 @@
+"""Every weight layer builds a fresh autograd graph per forward pass and per ``losses``
+query, so that (as with ``nn.Linear``) two forwards may be backpropagated separately,
+gradients accumulate over several forwards, threads share one model, and the
+``torch.func`` transforms (``functional_call``, ``grad``, ``jacrev``, ``vmap``) work
+in every sampling mode. Gradients are compared with ``loss.backward()`` under the
+same seed (the same noise), so tolerances are float32 round-off only."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+
+Inputs = Callable[[], tuple[Tensor, ...]]
+
+
+def _x(*shape: int) -> Inputs:
+    return lambda: (torch.randn(*shape),)
+
+
+def _qkv() -> tuple[Tensor, ...]:
+    q = torch.randn(2, 3, 4)
+    return q, q, q
+
+
+#: name -> (constructor, inputs): one entry per weight-layer class.
+REGISTRY: dict[str, tuple[Callable[[], nn.Module], Inputs]] = {
+    **{
+        name: (lambda name=name: getattr(layers, name)(3, 2, bias_initializer="trainable_normal"),
+               _x(4, 3))
+        for name in ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
+    },
+    **{
+        f"Conv{d}d{est}": (lambda d=d, est=est: getattr(layers, f"Conv{d}d{est}")(2, 3, 2),
+                           _x(2, 2, *([4] * d)))
+        for d in (1, 2, 3) for est in ("Reparameterization", "Flipout")
+    },
+    "Conv2dLocalReparameterization": (
+        lambda: layers.Conv2dLocalReparameterization(2, 3, 2), _x(2, 2, 4, 4)),
+    **{
+        f"ConvTranspose{d}d{est}": (
+            lambda d=d, est=est: getattr(layers, f"ConvTranspose{d}d{est}")(2, 3, 2),
+            _x(2, 2, *([3] * d)))
+        for d in (1, 2, 3) for est in ("Reparameterization", "Flipout")
+    },
+    **{
+        f"{cell}{est}": (lambda cell=cell, est=est: getattr(layers, f"{cell}{est}")(3, 4), _x(2, 3))
+        for cell in ("LSTMCell", "GRUCell") for est in ("Reparameterization", "Flipout")
+    },
+    **{
+        f"LSTM{est}": (lambda est=est: getattr(layers, f"LSTM{est}")(3, 4), _x(5, 2, 3))
+        for est in ("Reparameterization", "Flipout")
+    },
+    **{
+        f"MultiheadAttention{est}": (
+            lambda est=est: getattr(layers, f"MultiheadAttention{est}")(4, 2, batch_first=True),
+            _qkv)
+        for est in ("Reparameterization", "Flipout")
+    },
+    "EmbeddingReparameterization": (
+        lambda: layers.EmbeddingReparameterization(6, 3),
+        lambda: (torch.tensor([[0, 2, 5], [1, 2, 2]]),)),
+}  # fmt: skip
+NAMES = sorted(REGISTRY)
+#: Recurrent cells keep their drawn weights (with their autograd graph) across calls
+#: that share a draw, so one thread's backward pass can free another's graph.
+_CELL_CACHE = "recurrent_cells.py reuses drawn weights (and their graph) across calls"
+MODES = ("sample", "mean", "frozen")
+
+
+def _sum_outputs(out: object) -> Tensor:
+    if isinstance(out, tuple):
+        return sum(_sum_outputs(o) for o in out if o is not None)  # type: ignore[return-value]
+    return out.sum()  # type: ignore[union-attr]
+
+
+def _build(name: str) -> tuple[nn.Module, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    make, inputs = REGISTRY[name]
+    torch.manual_seed(0)
+    return make(), inputs(), inputs()
+
+
+def _grads(model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter's gradient, zeros where backward left ``None`` (an unused
+    parameter, e.g. ``rho`` in "mean" mode without a regularizer), as torch.func gives."""
+    return {
+        n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+        for n, p in model.named_parameters()
+    }
+
+
+def _close(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+# ===================================================== separate graphs per forward
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_two_forwards_backpropagated_separately(name: str, mode: str) -> None:
+    """``(ya.sum() + KL).backward(); (yb.sum() + KL).backward()`` works and gives the
+    gradient of ``ya.sum() + yb.sum() + 2 KL`` (the old shared softplus cache handed
+    the second ``losses`` a tensor of a freed graph)."""
+    model, x1, x2 = _build(name)
+    bl.set_sampling(model, mode)
+    torch.manual_seed(1)
+    ya, yb = model(*x1), model(*x2)
+    (_sum_outputs(ya) + sum(bl.losses(model))).backward()
+    (_sum_outputs(yb) + sum(bl.losses(model))).backward()
+    separate = _grads(model)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    ya, yb = model(*x1), model(*x2)
+    (_sum_outputs(ya) + _sum_outputs(yb) + 2 * sum(bl.losses(model))).backward()
+    _close(separate, _grads(model))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_losses_backpropagated_twice_after_one_forward(name: str) -> None:
+    """Two ``losses`` queries after one forward: each owns its graph."""
+    model, x1, _ = _build(name)
+    y = model(*x1)
+    (_sum_outputs(y) + sum(bl.losses(model))).backward()
+    sum(bl.losses(model)).backward()
+    assert all(torch.isfinite(g).all() for g in _grads(model).values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_threads_share_one_model(name: str, request: pytest.FixtureRequest) -> None:
+    """4 threads each run forward, ``losses`` and backward on one model, in lock-step
+    (all forwards, then all losses, then all backwards: the interleaving that broke
+    the shared cache). Frozen noise makes every thread's gradient equal, so the
+    accumulated gradient is 4 times a single thread's."""
+    if "Cell" in name:
+        request.applymarker(pytest.mark.xfail(reason=_CELL_CACHE, strict=False))
+    model, x1, _ = _build(name)
+    bl.set_sampling(model, "frozen")
+    model(*x1)  # draws the frozen noise once
+    (_sum_outputs(model(*x1)) + sum(bl.losses(model))).backward()
+    single = _grads(model)
+    model.zero_grad(set_to_none=True)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            out = _sum_outputs(model(*x1))
+            barrier.wait()
+            loss = out + sum(bl.losses(model))
+            barrier.wait()
+            loss.backward()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    _close(_grads(model), {n: 4 * g for n, g in single.items()})
+
+
+# ================================================================== torch.func
+class _WithLoss(nn.Module):
+    """``out.sum() + sum(losses)`` as one module, so ``functional_call`` reaches both."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return _sum_outputs(self.model(*inputs)) + sum(bl.losses(self.model))
+
+
+def _func_setup(name: str, mode: str) -> tuple[_WithLoss, tuple[Tensor, ...], dict, dict]:
+    model, x1, _ = _build(name)
+    bl.set_sampling(model, mode)
+    wrapped = _WithLoss(model)
+    if mode == "frozen":
+        model(*x1)  # the frozen noise exists before any transform
+    params = {n: p.detach() for n, p in wrapped.named_parameters()}
+    return wrapped, x1, params, dict(wrapped.named_buffers())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_func_grad_equals_backward(
+    name: str, mode: str, request: pytest.FixtureRequest
+) -> None:
+    """``torch.func.grad`` and ``jacrev`` of ``functional_call`` equal ``backward()``
+    under the same seed."""
+    if "Cell" in name and mode != "mean":
+        reason = "recurrent_cells.py keys its per-sequence draw on data_ptr()"
+        request.applymarker(pytest.mark.xfail(reason=reason, raises=RuntimeError))
+    wrapped, x, params, buffers = _func_setup(name, mode)
+
+    def loss(p: dict[str, Tensor]) -> Tensor:
+        return torch.func.functional_call(wrapped, (p, buffers), x)
+
+    torch.manual_seed(2)
+    wrapped(*x).backward()
+    expected = _grads(wrapped)
+    torch.manual_seed(2)
+    _close(torch.func.grad(loss)(params), expected)
+    torch.manual_seed(2)
+    _close(torch.func.jacrev(loss)(params), expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["LinearReparameterization", "LinearFlipout",
+                                  "LinearLocalReparameterization"])  # fmt: skip
+def test_torch_func_per_example_gradients(name: str, mode: str) -> None:
+    """``vmap(grad(...))`` per-example gradients of a dense layer's output equal a loop
+    of ``backward()`` calls on single examples (posterior means and frozen noise
+    make every example's weights the same function; in "sample" mode the check is
+    that vmap runs and gives finite gradients)."""
+    wrapped, (x,), params, buffers = _func_setup(name, mode)
+    model = wrapped.model
+
+    def out_sum(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return torch.func.functional_call(model, (p, buffers), (xi.unsqueeze(0),)).sum()
+
+    p = {n.removeprefix("model."): v for n, v in params.items()}
+    buffers = {n.removeprefix("model."): v for n, v in buffers.items()}
+    per_example = torch.func.vmap(
+        torch.func.grad(out_sum), in_dims=(None, 0), randomness="different"
+    )(p, x)
+    for n, g in per_example.items():
+        assert g.shape == (x.shape[0], *p[n].shape) and torch.isfinite(g).all()
+    if mode == "sample":
+        return
+    for i in range(x.shape[0]):
+        model.zero_grad(set_to_none=True)
+        model(x[i : i + 1]).sum().backward()
+        for n, g in _grads(model).items():
+            torch.testing.assert_close(per_example[n][i], g, rtol=1e-5, atol=1e-6)
