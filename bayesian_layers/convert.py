@@ -10,7 +10,10 @@ the posterior mean and samples stay close to it.
 
 The mapping is one table (``_FAMILIES``): a family whose Bayesian class is not
 defined in :mod:`bayesian_layers.layers` (or its family submodule) is skipped and
-reported, unless ``include`` asks for one of its layers, which raises. A class is
+reported, unless ``include`` asks for one of its layers, which raises. Modules with
+parameters of their own and no counterpart (``nn.GRU``, ``nn.LayerNorm``, ...) are
+left as they are and listed in the report's ``unsupported``; a call that converts
+nothing warns. Estimator names have one spelling, :data:`ESTIMATORS`. A class is
 built by its ``from_linear``/``from_module``/``from_lstm``/... classmethod, or, where
 it has none, from the torch layer's constructor arguments and parameters as
 listed in the table.
@@ -19,6 +22,7 @@ listed in the table.
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -29,15 +33,24 @@ from torch import Tensor, nn
 
 from .layers.base import BayesianLayer
 
-__all__ = ["to_bayesian", "ConversionReport", "SwappedLayer", "SkippedLayer", "ESTIMATORS"]
+__all__ = [
+    "to_bayesian",
+    "canonical_estimator",
+    "ConversionReport",
+    "SwappedLayer",
+    "SkippedLayer",
+    "UnsupportedLayer",
+    "ESTIMATORS",
+]
 
-#: The estimator names accepted by :func:`to_bayesian` and their class suffixes.
-ESTIMATORS = {
-    "reparameterization": "Reparameterization",
-    "flipout": "Flipout",
-    "local_reparameterization": "LocalReparameterization",
-}
+#: The estimator names, one spelling each, used by :func:`to_bayesian`, the CLI and
+#: the examples.
+ESTIMATORS = ("reparameterization", "flipout", "local_reparameterization")
 _REP, _FLIP, _LOCAL = ESTIMATORS
+#: Class-name suffix of each estimator (``layers.Linear<suffix>``).
+_SUFFIX = {_REP: "Reparameterization", _FLIP: "Flipout", _LOCAL: "LocalReparameterization"}
+#: Older spellings, accepted with a DeprecationWarning: the class suffixes and "local".
+_DEPRECATED = {**{suffix: name for name, suffix in _SUFFIX.items()}, "local": _LOCAL}
 #: Smallest posterior standard deviation ``pretrained_scale`` sets (a zero weight gets it).
 MIN_SCALE = 1e-12
 
@@ -130,14 +143,27 @@ class SkippedLayer:
 
 
 @dataclass(frozen=True)
+class UnsupportedLayer:
+    """A module with parameters of its own that no Bayesian layer replaces (``nn.GRU``,
+    ``nn.LayerNorm``, a subclass of ``nn.Linear`` with its own forward, ...): it is left
+    as it is, a point estimate."""
+
+    name: str
+    type: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ConversionReport:
-    """What :func:`to_bayesian` did: ``swapped`` and ``skipped`` layers, in module order.
+    """What :func:`to_bayesian` did: ``swapped`` and ``skipped`` layers, and the
+    ``unsupported`` modules it left as they are, each in module order.
 
     ``len(report)`` and iteration go over the swapped layers; ``str(report)`` is a table.
     """
 
     swapped: tuple[SwappedLayer, ...]
     skipped: tuple[SkippedLayer, ...]
+    unsupported: tuple[UnsupportedLayer, ...] = ()
 
     def __len__(self) -> int:
         return len(self.swapped)
@@ -146,13 +172,61 @@ class ConversionReport:
         return iter(self.swapped)
 
     def __str__(self) -> str:
-        lines = [f"{len(self.swapped)} layer(s) swapped, {len(self.skipped)} skipped"]
+        head = f"{len(self.swapped)} layer(s) swapped, {len(self.skipped)} skipped"
+        if self.unsupported:
+            head += f", {len(self.unsupported)} unsupported left as they are"
+        lines = [head]
         lines += [
             f"  {s.name or '<root>'}: {s.source} -> {s.target} ({s.estimator})"
             for s in self.swapped
         ]
         lines += [f"  {s.name or '<root>'}: {s.type} kept ({s.reason})" for s in self.skipped]
+        lines += [
+            f"  {u.name or '<root>'}: {u.type} left as it is ({u.reason})" for u in self.unsupported
+        ]
         return "\n".join(lines)
+
+
+def canonical_estimator(estimator: str) -> str:
+    """The canonical spelling (one of :data:`ESTIMATORS`) of an estimator name.
+
+    Older spellings (the class suffixes ``"Flipout"``, ``"Reparameterization"``,
+    ``"LocalReparameterization"``, and ``"local"``) still work, with a
+    ``DeprecationWarning``; anything else raises.
+
+    Raises:
+        TypeError: ``estimator`` is not a string.
+        ValueError: it is none of the canonical or deprecated spellings.
+
+    Example:
+        >>> canonical_estimator("flipout")
+        'flipout'
+    """
+    if not isinstance(estimator, str):
+        raise TypeError(
+            f"to_bayesian expected `estimator` to be one of {ESTIMATORS}, got {estimator!r}"
+        )
+    if estimator in ESTIMATORS:
+        return estimator
+    canonical = _DEPRECATED.get(estimator)
+    if canonical is None:
+        raise ValueError(f"to_bayesian expected `estimator` in {ESTIMATORS}, got {estimator!r}")
+    warnings.warn(
+        f"estimator {estimator!r} is deprecated; use {canonical!r} (one of {ESTIMATORS})",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return canonical
+
+
+def _unsupported_reason(module: nn.Module) -> str | None:
+    """Why a module with parameters of its own is left alone (None: it has none)."""
+    if next(module.parameters(recurse=False), None) is None:
+        return None
+    for cls in type(module).__mro__[1:]:
+        if cls in _BY_TYPE:
+            return f"subclass of nn.{cls.__name__} with its own forward"
+    return "no Bayesian counterpart"
 
 
 def _family(module: nn.Module) -> _Family | None:
@@ -172,7 +246,7 @@ def _bayesian_class(family: _Family, estimator: str) -> tuple[type | None, str]:
     not defined (yet) in :mod:`bayesian_layers.layers`.
     """
     used = estimator if estimator in family.estimators else _REP
-    name = family.stem + ESTIMATORS[used]
+    name = family.stem + _SUFFIX[used]
     layers = importlib.import_module(f"{__package__}.layers")
     cls = getattr(layers, name, None)
     if cls is None:
@@ -385,7 +459,9 @@ def to_bayesian(
 
     Args:
         module: any module; a torch layer passed directly is replaced and returned.
-        estimator: ``"reparameterization"``, ``"flipout"`` or ``"local_reparameterization"``.
+        estimator: one of :data:`ESTIMATORS`: ``"reparameterization"``, ``"flipout"``
+            or ``"local_reparameterization"`` (older spellings such as ``"Flipout"``
+            work with a ``DeprecationWarning``; see :func:`canonical_estimator`).
         include: glob pattern(s) (:func:`fnmatch.fnmatchcase`) on qualified module
             names (``"features.*"``, ``"fc"``); a layer is converted when its name or
             an ancestor's matches. ``None``: every supported layer. A pattern that
@@ -399,13 +475,20 @@ def to_bayesian(
             standard deviation starts at ``max(s·|w|, 1e-12)`` elementwise
             (``rho = softplus⁻¹(...)``), so sampled networks stay close to the
             trained one. ``None``: the initializer's default scale.
-        return_report: also return a :class:`ConversionReport`.
+        return_report: also return a :class:`ConversionReport`: the swapped and
+            skipped layers, and the ``unsupported`` modules (with their paths) left
+            as they are.
         **layer_kwargs: constructor keywords for every new layer
             (``weight_initializer=``, ``weight_regularizer=``, ...).
 
     Returns:
         ``module`` (or its replacement when it is itself converted), and the report
         when ``return_report=True``.
+
+    Warns:
+        UserWarning: nothing was converted (and ``module`` holds no Bayesian layer
+            yet, so converting twice stays silent); the message lists what was
+            left as it is and why.
 
     Example:
         >>> import torch
@@ -418,10 +501,7 @@ def to_bayesian(
         >>> [s.name for s in report]
         ['0']
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(
-            f"to_bayesian expected `estimator` in {tuple(ESTIMATORS)}, got {estimator!r}"
-        )
+    estimator = canonical_estimator(estimator)
     if not isinstance(module, nn.Module):
         raise TypeError(f"to_bayesian expected an nn.Module, got {type(module).__name__}")
     if pretrained_scale is not None:
@@ -443,14 +523,19 @@ def to_bayesian(
     plan: dict[int, tuple[_Entry, _Family, type, str]] = {}  # id -> (entry, family, class, est.)
     swapped: list[SwappedLayer] = []
     skipped: list[SkippedLayer] = []
+    unsupported: list[UnsupportedLayer] = []
     for e in entries:
-        if e.family is None and not e.bayesian:
-            continue
         kind = type(e.module).__name__
         requested = inc is None or _selected(e.name, inc)
         if not requested:
             continue
-        if exc is not None and _selected(e.name, exc):
+        excluded = exc is not None and _selected(e.name, exc)
+        if e.family is None and not e.bayesian:
+            reason = None if excluded else _unsupported_reason(e.module)
+            if reason is not None:
+                unsupported.append(UnsupportedLayer(e.name, kind, reason))
+            continue
+        if excluded:
             skipped.append(SkippedLayer(e.name, kind, "excluded"))
             continue
         if e.bayesian:
@@ -460,7 +545,7 @@ def to_bayesian(
         if family is None:
             continue
         cls, used = _bayesian_class(family, estimator)
-        missing = f"{family.stem}{ESTIMATORS[used]}"
+        missing = f"{family.stem}{_SUFFIX[used]}"
         if cls is None:
             if inc is not None:
                 raise ValueError(
@@ -485,6 +570,30 @@ def to_bayesian(
             if child is not None and id(child) in built:
                 e.module._modules[k] = built[id(child)]
     result = built.get(id(module), module)
+    report = ConversionReport(tuple(swapped), tuple(skipped), tuple(unsupported))
+    if not swapped and not any(e.bayesian for e in entries):
+        _warn_nothing_converted(report)
     if return_report:
-        return result, ConversionReport(tuple(swapped), tuple(skipped))
+        return result, report
     return result
+
+
+def _listing(items: Sequence[UnsupportedLayer | SkippedLayer], limit: int = 8) -> str:
+    shown = [f"{i.name or '<root>'} ({i.type}: {i.reason})" for i in items[:limit]]
+    more = [f"... ({len(items) - limit} more)"] if len(items) > limit else []
+    return ", ".join(shown + more)
+
+
+def _warn_nothing_converted(report: ConversionReport) -> None:
+    parts = []
+    if report.unsupported:
+        parts.append(f"left as they are: {_listing(report.unsupported)}")
+    if report.skipped:
+        parts.append(f"skipped: {_listing(report.skipped)}")
+    supported = ", ".join(f"nn.{f.torch_cls.__name__}" for f in _FAMILIES)
+    warnings.warn(
+        f"to_bayesian converted no layer; {'; '.join(parts) or 'the module has no layers'}. "
+        f"Supported types: {supported}",
+        UserWarning,
+        stacklevel=3,
+    )

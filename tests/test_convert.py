@@ -36,6 +36,12 @@ class _Net(nn.Module):
         return self.head(self.blocks["b"](self.blocks["a"](h)))
 
 
+def _suffix(estimator: str) -> str:
+    """The class-name suffix of an estimator: ``"local_reparameterization"`` ->
+    ``"LocalReparameterization"``."""
+    return "".join(word.capitalize() for word in estimator.split("_"))
+
+
 def _means_equal(new: nn.Module, old: nn.Module, names: tuple[str, ...]) -> None:
     assert isinstance(new, layers.BayesianLayer)
     for name in names:
@@ -182,7 +188,8 @@ def test_fallback_rule_for_estimators_without_counterpart() -> None:
 def test_missing_counterpart_is_skipped_or_raises_when_requested(monkeypatch) -> None:
     family = convert._BY_TYPE[nn.Linear]
     monkeypatch.setitem(convert._BY_TYPE, nn.Linear, dataclasses.replace(family, stem="Nope"))
-    net, report = to_bayesian(_mlp(), return_report=True)
+    with pytest.warns(UserWarning, match=r"converted no layer; skipped: 0 \(Linear: layers.Nope"):
+        net, report = to_bayesian(_mlp(), return_report=True)
     assert len(report) == 0 and type(net[0]) is nn.Linear
     assert [s.reason for s in report.skipped] == [
         "layers.NopeReparameterization is not available"
@@ -297,7 +304,7 @@ _CONVS = [
 @pytest.mark.parametrize(("conv", "shape"), _CONVS, ids=lambda c: type(c).__name__)
 def test_conv_conversion_reproduces_outputs(conv: nn.Module, shape: tuple, estimator: str) -> None:
     local = estimator == "local_reparameterization" and type(conv) is nn.Conv2d
-    suffix = convert.ESTIMATORS[estimator if local else "reparameterization"]
+    suffix = _suffix(estimator if local else "reparameterization")
     if estimator == "flipout":
         suffix = "Flipout"
     _bayesian_class_or_skip(type(conv).__name__ + suffix)
@@ -322,7 +329,7 @@ def test_recurrent_cell_conversion_reproduces_outputs(cell: nn.Module, estimator
     torch.manual_seed(0)
     x = torch.randn(6, 2, 3)
     new = to_bayesian(nn.ModuleList([cell]), estimator)[0]
-    assert type(new).__name__ == type(cell).__name__ + convert.ESTIMATORS[estimator]
+    assert type(new).__name__ == type(cell).__name__ + _suffix(estimator)
 
     def run(c: nn.Module) -> torch.Tensor:
         state = None
@@ -341,7 +348,7 @@ def test_lstm_conversion_reproduces_outputs(estimator: str) -> None:
     x = torch.randn(2, 7, 3)
     ref, _ = lstm(x)
     net = to_bayesian(nn.Sequential(lstm), estimator)
-    assert type(net[0]).__name__ == "LSTM" + convert.ESTIMATORS[estimator]
+    assert type(net[0]).__name__ == "LSTM" + _suffix(estimator)
     with torch.no_grad(), bl.posterior_mean(net):
         torch.testing.assert_close(net[0](x)[0], ref, rtol=1e-6, atol=1e-6)
 
@@ -363,7 +370,7 @@ def test_attention_and_embedding_conversion_if_available(estimator: str) -> None
     # Embedding has no Flipout counterpart: it falls back to reparameterization.
     assert [(s.target, s.estimator) for s in report] == [
         ("EmbeddingReparameterization", "reparameterization"),
-        ("MultiheadAttention" + convert.ESTIMATORS[estimator], estimator),
+        ("MultiheadAttention" + _suffix(estimator), estimator),
     ]
     out_proj = net["attn"].out_proj  # a nested Bayesian layer also gets MOPED scales
     torch.testing.assert_close(
@@ -411,3 +418,82 @@ def test_follows_the_device(device: str) -> None:
 def test_report_type() -> None:
     _, report = to_bayesian(_mlp(), return_report=True)
     assert isinstance(report, ConversionReport) and len(report) == 2
+
+
+# ------------------------------------------------------- unsupported layers, estimators
+class _WithGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(3, 4)
+        self.head = nn.Sequential(nn.LayerNorm(4), nn.ReLU())
+
+
+def test_unsupported_layers_are_reported_with_their_paths_and_nothing_converted_warns() -> None:
+    net = _WithGRU()
+    with pytest.warns(UserWarning, match=r"to_bayesian converted no layer.*rnn \(GRU: no Bayes"):
+        out, report = to_bayesian(net, return_report=True)
+    assert out is net and isinstance(net.rnn, nn.GRU)
+    assert [(u.name, u.type) for u in report.unsupported] == [
+        ("rnn", "GRU"),
+        ("head.0", "LayerNorm"),
+    ]
+    text = str(report)
+    assert text.splitlines()[0] == "0 layer(s) swapped, 0 skipped, 2 unsupported left as they are"
+    assert "rnn: GRU left as it is (no Bayesian counterpart)" in text
+
+
+def test_unsupported_layers_listed_beside_converted_ones_without_a_warning() -> None:
+    net = nn.Sequential(nn.Linear(3, 4), nn.GRUCell(4, 4), nn.BatchNorm1d(4))
+    net, report = to_bayesian(net, return_report=True)  # filterwarnings=error: no warning
+    assert [s.name for s in report.swapped] == ["0", "1"]
+    assert [(u.name, u.type) for u in report.unsupported] == [("2", "BatchNorm1d")]
+    assert isinstance(net[1], layers.GRUCellReparameterization)
+
+
+def test_subclass_with_its_own_forward_is_reported_unsupported() -> None:
+    class Scaled(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    net = nn.Sequential(Scaled(3, 3), nn.Linear(3, 2))
+    _, report = to_bayesian(net, return_report=True)
+    assert [(u.name, u.type) for u in report.unsupported] == [("0", "Scaled")]
+    assert "own forward" in report.unsupported[0].reason
+
+
+def test_converting_a_bayesian_model_again_does_not_warn() -> None:
+    net = to_bayesian(_mlp())
+    again, report = to_bayesian(net, return_report=True)  # filterwarnings=error
+    assert again is net and len(report) == 0
+
+
+def test_estimator_names_are_one_canonical_tuple() -> None:
+    assert convert.ESTIMATORS == ("reparameterization", "flipout", "local_reparameterization")
+    assert bl.convert.ESTIMATORS is convert.ESTIMATORS
+    for name in convert.ESTIMATORS:
+        assert convert.canonical_estimator(name) == name
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [
+        ("Reparameterization", "reparameterization"),
+        ("Flipout", "flipout"),
+        ("LocalReparameterization", "local_reparameterization"),
+        ("local", "local_reparameterization"),
+    ],
+)
+def test_old_estimator_spellings_work_with_a_deprecation_warning(
+    spelling: str, canonical: str
+) -> None:
+    with pytest.warns(DeprecationWarning, match=rf"'{spelling}'.*'{canonical}'"):
+        net, report = to_bayesian(_mlp(), spelling, return_report=True)
+    assert {s.estimator for s in report} == {canonical}
+    assert all(type(net[i]).__name__.startswith("Linear") for i in (0, 2))
+
+
+@pytest.mark.parametrize("spelling", ["flip_out", "lrt", "", 3])
+def test_unknown_estimator_names_the_canonical_ones(spelling: object) -> None:
+    error = TypeError if not isinstance(spelling, str) else ValueError
+    with pytest.raises(error, match=r"to_bayesian expected `estimator`.*'flipout'"):
+        to_bayesian(_mlp(), spelling)  # type: ignore[arg-type]
