@@ -9,7 +9,8 @@ layer models) and an epistemic part (disagreement between function samples).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from torch.distributions import (
 )
 
 from . import metrics
+from ._function_space import is_function_space
 from .random_variable import RandomVariable
 from .sampling import bayesian_modules, vectorized_samples
 
@@ -58,6 +60,10 @@ class Predictive:
     expected_entropy`` :math:`= \frac1K\sum_k \mathbb H[p^{(k)}]` (aleatoric)
     ``+ mutual_information`` (epistemic, BALD).
 
+    When the output is a distribution over function values (a Gaussian-process
+    layer's output, marked by it: ``function_space``), its whole variance is
+    uncertainty about the function: ``epistemic = total`` and ``aleatoric = 0``.
+
     Attributes:
         samples: ``(K, B, *out)``: the model's output under K function samples
             (after ``transform``); for a random-variable output, its value.
@@ -75,6 +81,8 @@ class Predictive:
             ``Categorical``/``OneHotCategorical`` output under each function
             sample; for a ``Bernoulli`` output the two classes ``(1 - p, p)``
             stacked on a new last dimension, so ``C = 2``; ``None`` otherwise.
+        function_space: the output random variable is over function values (its
+            variance is epistemic).
 
     Example:
         >>> import torch, bayesian_layers as bl
@@ -91,6 +99,7 @@ class Predictive:
     output_mean: Tensor | None = None
     output_variance: Tensor | None = None
     output_probs: Tensor | None = None
+    function_space: bool = False
 
     @property
     def num_samples(self) -> int:
@@ -109,13 +118,19 @@ class Predictive:
 
     @property
     def aleatoric(self) -> Tensor:
-        r"""``(B, *event)``: :math:`\frac1K\sum_k \sigma^2_k`, the expected output variance."""
-        return metrics.variance_decomposition(*self._moments("aleatoric")).aleatoric
+        r"""``(B, *event)``: :math:`\frac1K\sum_k \sigma^2_k`, the expected output variance
+        (0 for a distribution over function values)."""
+        parts = metrics.variance_decomposition(*self._moments("aleatoric"))
+        if self.function_space:
+            return torch.zeros_like(parts.total)
+        return parts.aleatoric
 
     @property
     def epistemic(self) -> Tensor:
-        r"""``(B, *event)``: :math:`\frac1K\sum_k(\mu_k - \bar\mu)^2`, variance of the mean."""
-        return metrics.variance_decomposition(*self._moments("epistemic")).epistemic
+        r"""``(B, *event)``: :math:`\frac1K\sum_k(\mu_k - \bar\mu)^2`, variance of the mean
+        (``total`` for a distribution over function values)."""
+        parts = metrics.variance_decomposition(*self._moments("epistemic"))
+        return parts.total if self.function_space else parts.epistemic
 
     @property
     def total(self) -> Tensor:
@@ -239,6 +254,43 @@ def _stack(parts: list[dict[str, Tensor]], dim_cat: bool) -> dict[str, Tensor]:
     return {n: join([p[n] for p in parts]) for n in names}
 
 
+def _joint_modules(model: nn.Module) -> list[nn.Module]:
+    """Submodules whose class says ``joint_over_batch = True``."""
+    return [m for m in model.modules() if getattr(type(m), "joint_over_batch", False)]
+
+
+@contextmanager
+def _marginal_samples(modules: list[nn.Module]) -> Iterator[None]:
+    """Joint-over-the-batch layers draw each row from its marginal meanwhile."""
+    previous = [m.marginal_samples for m in modules]  # type: ignore[attr-defined]
+    for m in modules:
+        m.marginal_samples = True  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for m, p in zip(modules, previous, strict=True):
+            m.marginal_samples = p  # type: ignore[attr-defined]
+
+
+def _vectorized(
+    model: nn.Module, x: Tensor, num_samples: int, chunk_size: int | None
+) -> tuple[Tensor, dict[str, Tensor], bool]:
+    """K samples in chunks of folded calls: ``(K, B, *out)``, the output moments, and
+    whether every output was marked as over function values."""
+    chunk = auto_chunk_size(model, x) if chunk_size is None else chunk_size
+    parts, moment_parts, marked = [], [], True
+    for k in _split(num_samples, chunk):
+        xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
+        with vectorized_samples(model, k):
+            rv = model(xk)
+        out = _output(rv)
+        parts.append(out.reshape(k, x.shape[0], *out.shape[1:]))  # (k, B, *out)
+        moment_parts.append(_fold(_moments(rv), k, x.shape[0]))
+        marked = marked and is_function_space(rv)
+    samples = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return samples, _stack(moment_parts, dim_cat=True), marked
+
+
 def predict(
     model: nn.Module,
     x: Tensor,
@@ -302,26 +354,23 @@ def predict(
         x = x.value
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise TypeError(f"predict expected a batched Tensor input, got {type(x).__name__}")
-    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+    joint = _joint_modules(model)
+    if vectorized and any(not hasattr(m, "marginal_samples") for m in joint):
+        vectorized = False  # a joint draw would tie the K folded copies into one function
+    with (
+        torch.set_grad_enabled(grad and torch.is_grad_enabled()),
+        _marginal_samples(joint if vectorized else []),
+    ):
         if vectorized:
-            chunk = auto_chunk_size(model, x) if chunk_size is None else chunk_size
-            parts, moment_parts = [], []
-            for k in _split(num_samples, chunk):
-                xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
-                with vectorized_samples(model, k):
-                    rv = model(xk)
-                out = _output(rv)
-                parts.append(out.reshape(k, x.shape[0], *out.shape[1:]))  # (k, B, *out)
-                moment_parts.append(_fold(_moments(rv), k, x.shape[0]))
-            samples = parts[0] if len(parts) == 1 else torch.cat(parts)
-            moments = _stack(moment_parts, dim_cat=True)
+            samples, moments, marked = _vectorized(model, x, num_samples, chunk_size)
         else:
             outs = [model(x) for _ in range(num_samples)]
             samples = torch.stack([_output(o) for o in outs])
             moments = _stack([_moments(o) for o in outs], dim_cat=False)
+            marked = all(is_function_space(o) for o in outs)
         if transform is not None:
             samples = transform(samples)
         floats = samples if samples.is_floating_point() else samples.to(torch.get_default_dtype())
         mean = floats.mean(0)
         variance = floats.var(0, correction=0)
-    return Predictive(samples, mean, variance, **moments)
+    return Predictive(samples, mean, variance, **moments, function_space=marked and bool(moments))

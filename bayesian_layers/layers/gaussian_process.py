@@ -3,6 +3,7 @@ output is the prior, or the posterior given conditioning data, at the inputs."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -10,10 +11,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
+from .. import tracing as _tracing
+from .._function_space import mark_function_space
 from ..random_variable import RandomVariable
-from .base import as_tensor
-from .gp_distribution import MultivariateNormalColumns
+from .base import BayesianLayer, as_tensor
+from .gp_distribution import FrozenFunction, MarginalNormal, MultivariateNormalColumns
 from .gp_iterative import gaussian_log_marginal_likelihood_cg
 from .gp_numerics import (
     add_to_diagonal,
@@ -29,8 +33,15 @@ __all__ = ["GaussianProcess"]
 
 Fn = Callable[..., Tensor]
 
+#: Budget in bytes for the ``N × rows`` temporaries of one chunk of marginals.
+MARGINAL_CHUNK_BYTES = 32 * 2**20
 
-class GaussianProcess(nn.Module):
+
+def _identity(value: Tensor) -> Tensor:
+    return value
+
+
+class GaussianProcess(BayesianLayer):
     r"""Exact Gaussian process over ``units`` independent output functions.
 
     Each unit ``f_u ~ GP(m_u, k)`` shares the covariance function ``k`` and is
@@ -45,13 +56,42 @@ class GaussianProcess(nn.Module):
 
     (noise-free function values, as scikit-learn's ``GaussianProcessRegressor.predict``).
     Its distribution is joint over the batch (one multivariate normal per unit,
-    :class:`MultivariateNormalColumns`); its value is one draw, computed on first
-    use. No regularizer: ``losses`` is empty. Fit hyperparameters by maximising
-    :meth:`log_marginal_likelihood` (type-II maximum likelihood).
+    :class:`MultivariateNormalColumns`). No regularizer: ``losses`` is empty. Fit
+    hyperparameters by maximising :meth:`log_marginal_likelihood` (type-II maximum
+    likelihood).
+
+    A distribution over functions, it is a :class:`BayesianLayer` and follows the
+    sampling modes (:func:`bayesian_layers.posterior_mean`,
+    :func:`bayesian_layers.frozen_sample`, :func:`bayesian_layers.vectorized_samples`):
+
+    - ``"sample"`` (default): the value is one draw, jointly over the batch; its
+      standard normal noise is drawn during the call (so ``torch.manual_seed``
+      before the call fixes it) and the product with the Cholesky factor of the
+      ``B × B`` covariance is computed when the value is first read;
+    - ``"mean"``: the value is the posterior mean function at ``X``;
+    - ``"frozen"``: one function until :func:`bayesian_layers.resample`: the value
+      at inputs seen before is the same, at new inputs it is that function's value
+      (drawn jointly with every input seen since the last resample, so a frozen
+      call costs O((R + B)³) for ``R`` recorded rows);
+    - K at once: inputs ``(K * B, D)`` hold K folded copies, read as K independent
+      functions of ``B`` rows; the output distribution is then the per-row marginal
+      :class:`MarginalNormal` of the ``K * B`` rows (inputs ``(K * S, B, D)`` keep
+      the joint distribution of each of the ``K * S`` input sets).
+
+    ``joint_over_batch = True`` (class attribute) says that the output at one row
+    depends on the others through one joint draw; while ``marginal_samples`` is
+    true (``bl.predict`` sets it, except in ``"frozen"`` mode) each row is drawn
+    from its own marginal instead, in O(N² B) without the ``B × B`` covariance.
+    The output random variable is marked as a distribution over function values
+    (``bl.predict`` reports its variance as epistemic) and carries ``name``, under
+    which the tracers (:func:`bayesian_layers.condition`, :func:`bayesian_layers.tape`)
+    see it.
 
     Cost: O(N³) for the Cholesky factor of the ``N × N`` conditioning matrix
     (cached while no gradient is recorded and the parameters are unchanged),
-    plus O(N² B + N B²) per call for ``B`` inputs; O(N²) memory.
+    plus O(N² B + N B²) per call for ``B`` inputs (and O(B³) when the value is
+    read); O(N²) memory. :meth:`predictive_moments` gives the marginals alone in
+    O(N² B) time and O(N · chunk) memory.
 
     Args:
         units: number of output functions.
@@ -78,6 +118,8 @@ class GaussianProcess(nn.Module):
             use the (cached) Cholesky factor.
         solver_options: keyword arguments of the ``"cg"`` solver (``num_probes``,
             ``max_iterations``, ``tolerance``, ``preconditioner_rank``).
+        name: name of the output random variable (for :func:`bayesian_layers.condition`,
+            :func:`bayesian_layers.tape` and log joints); ``None``: unnamed.
         device, dtype: where and in which dtype to create parameters and data.
 
     Shape:
@@ -98,6 +140,9 @@ class GaussianProcess(nn.Module):
         torch.Size([])
     """
 
+    #: The output at one input row depends on the other rows (one joint draw).
+    joint_over_batch = True
+
     def __init__(
         self,
         units: int,
@@ -111,10 +156,16 @@ class GaussianProcess(nn.Module):
         trainable_conditioning: bool = False,
         solver: str = "cholesky",
         solver_options: dict[str, Any] | None = None,
+        name: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"GaussianProcess expected `name` to be a str or None, got {name!r}")
+        self.name = name
+        self.marginal_samples = False
+        self._frozen = FrozenFunction()
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ValueError(f"GaussianProcess expected a positive int `units`, got {units!r}")
         for name, fn in (("mean_fn", mean_fn), ("covariance_fn", covariance_fn)):
@@ -256,11 +307,37 @@ class GaussianProcess(nn.Module):
             if t is not None
         ) + (id(self.mean_fn), id(self.covariance_fn))
 
+    def _covariance(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """``covariance_fn(x1, x2)`` as a dense tensor."""
+        return self.covariance_fn(x1, x2)
+
+    def _cross(self, x: Tensor) -> Tensor:
+        """``K_Xc`` ``(*, B, N)``: the cross-covariance of ``x`` and the conditioning inputs."""
+        xc = self.conditional_inputs
+        assert xc is not None
+        return self._covariance(x, xc)
+
+    def _kernel_diag(self, x: Tensor) -> Tensor:
+        """``k(x_i, x_i)`` ``(*, B)`` in O(B D) for a :class:`Kernel` (its ``diag``)."""
+        diag = getattr(self.covariance_fn, "diag", None)
+        if callable(diag):
+            out = diag(x)
+        else:
+            rows = x.unsqueeze(-2)  # (*, B, 1, D): B one-row sets
+            out = self._covariance(rows, rows)[..., 0, 0]
+        if not isinstance(out, Tensor) or out.shape != x.shape[:-1]:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"GaussianProcess expected the diagonal of covariance_fn(x, x) of shape "
+                f"{tuple(x.shape[:-1])}, got {got}"
+            )
+        return out
+
     def _kernel_matrix(self) -> Tensor:
         """``K_cc``, shape ``(N, N)``."""
         xc = self.conditional_inputs
         assert xc is not None
-        kcc = self.covariance_fn(xc, xc)  # (N, N)
+        kcc = self._covariance(xc, xc)  # (N, N)
         n = xc.shape[0]
         if kcc.shape != (n, n):
             raise ValueError(
@@ -316,16 +393,130 @@ class GaussianProcess(nn.Module):
             return gaussian_log_marginal_likelihood_cg(kcc, noise, resid, **self.solver_options)
         return gaussian_log_marginal_likelihood(kcc, resid, layer="GaussianProcess", noise=noise)
 
-    def forward(self, inputs: Tensor | RandomVariable) -> RandomVariable:
-        x = as_tensor(inputs, "GaussianProcess")
-        self._check_inputs(x)
-        with full_precision(x.device):  # in the layer's dtype, whatever autocast says
-            return self._posterior(x.to(self.observation_noise_rho.dtype))
+    # ------------------------------------------------------------- marginals
+    def predictive_moments(self, inputs: Tensor | RandomVariable) -> tuple[Tensor, Tensor]:
+        """Marginal mean and variance ``(*, B, units)`` of the output at ``inputs`` ``(*, B, D)``.
 
-    def _posterior(self, x: Tensor) -> RandomVariable:
+        The diagonal of what :meth:`forward` returns, without the ``B × B`` covariance:
+        O(N² B) time and O(N · chunk) memory (rows in chunks of at most
+        :data:`MARGINAL_CHUNK_BYTES` of temporaries). Computed in the layer's dtype
+        (floating inputs are cast to it) with autocast off.
+
+        Example:
+            >>> x = torch.linspace(0, 1, 6, dtype=torch.float64)[:, None]
+            >>> gp = GaussianProcess(1, conditional_inputs=x, conditional_outputs=x.sin(),
+            ...                      observation_noise=1e-4, dtype=torch.float64)
+            >>> mean, var = gp.predictive_moments(torch.rand(4, 1, dtype=torch.float64))
+            >>> mean.shape, bool((var >= 0).all())
+            (torch.Size([4, 1]), True)
+        """
+        x = self._prepare(inputs)
+        with full_precision(x.device):
+            return self._marginals(x)
+
+    def _marginals(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean = self._mean(x)  # (*, B, units) or (*, B, 1)
+        var = self._kernel_diag(x)  # (*, B)
+        if self.conditional_inputs is not None:
+            chol, alpha = self._factor()
+            n = chol.shape[-1]
+            rows = max(1, MARGINAL_CHUNK_BYTES // max(1, 2 * n * chol.element_size()))
+            shifts, reductions = [], []
+            for part in x.split(rows, dim=-2):
+                kxc = self._cross(part)  # (*, b, N)
+                shifts.append(kxc @ alpha)  # (*, b, units)
+                v = torch.linalg.solve_triangular(chol, kxc.mT, upper=False)  # (*, N, b)
+                reductions.append(v.square().sum(-2))  # (*, b)
+            mean = mean + torch.cat(shifts, -2)
+            var = var - torch.cat(reductions, -1)
+        dtype = torch.result_type(mean, var)
+        shape = var.shape + (self.units,)
+        var = var.clamp_min(0.0).to(dtype)[..., None].expand(shape)
+        return mean.to(dtype).expand(shape), var
+
+    # ------------------------------------------------------------- output
+    def forward(self, inputs: Tensor | RandomVariable) -> RandomVariable:
+        x = self._prepare(inputs)
+        with full_precision(x.device):  # in the layer's dtype, whatever autocast says
+            dist, value, deferred = self._output(x)
+        if _tracing._active and _tracing.is_tracing():
+            rv = _tracing.variable(dist, name=self.name, value=value())
+        elif deferred:
+            rv = RandomVariable.deferred(dist, value, name=self.name)
+        else:
+            rv = RandomVariable(dist, value=value(), name=self.name)
+        return mark_function_space(rv)
+
+    def _prepare(self, inputs: Tensor | RandomVariable) -> Tensor:
+        x = as_tensor(inputs, type(self).__name__)
+        self._check_inputs(x)
+        return x.to(self.observation_noise_rho.dtype)
+
+    def _output(self, x: Tensor) -> tuple[Distribution, Callable[[], Tensor], bool]:
+        """``(distribution, value thunk, whether to defer it)`` under the sampling mode."""
+        k = self.num_function_samples
+        if k > 1:
+            self._check_samples(x)
+        folded = k > 1 and x.dim() == 2  # (K * B, D): K independent functions of B rows
+        if self.marginal_samples and self.sampling != "frozen":
+            return self._marginal_output(x, k)
+        xg = x.unflatten(0, (k, -1)) if folded else x  # (K, B, D) or as given
+        if self.sampling == "frozen":
+            dist, draw = self._frozen_output(xg)
+        else:
+            loc, cov = self._joint(xg)
+            dist = MultivariateNormalColumns(loc, cov, layer=type(self).__name__)
+            if self.sampling == "mean":
+                draw = loc
+            else:  # the noise now (the seed in force at the call fixes the draw)
+                eps = torch.randn_like(loc)
+                if not folded:
+                    return dist, functools.partial(dist.transform, eps), True
+                draw = dist.transform(eps)
+        if folded:  # per-row marginals of the K independent blocks, rows folded back
+            dist = MarginalNormal(dist.loc.flatten(0, 1), dist.variance.flatten(0, 1))
+            draw = draw.flatten(0, 1)
+        return dist, functools.partial(_identity, draw), False
+
+    def _marginal_output(
+        self, x: Tensor, k: int
+    ) -> tuple[Distribution, Callable[[], Tensor], bool]:
+        """Each row drawn from its own marginal (``marginal_samples``): O(N² B), no B × B."""
+        rows = x.shape[0] // k
+        copies = x.unflatten(0, (k, rows))  # (K, B, ...)
+        if k > 1 and bool((copies == copies[:1]).all()):
+            mean, var = self._marginals(x[:rows])  # the K copies are one input: compute once
+            mean = mean.expand(k, *mean.shape).flatten(0, 1)
+            var = var.expand(k, *var.shape).flatten(0, 1)
+        else:
+            mean, var = self._marginals(x)
+        dist = MarginalNormal(mean, var)
+        if self.sampling == "mean":
+            return dist, functools.partial(_identity, mean), False
+        draw = mean + var.sqrt() * torch.randn_like(mean)
+        return dist, functools.partial(_identity, draw), False
+
+    def _frozen_output(self, x: Tensor) -> tuple[MultivariateNormalColumns, Tensor]:
+        """The frozen function at ``x`` (one draw over every input it has seen)."""
+        xs, eps, index = self._frozen.locate(x, self.units)
+        loc, cov = self._joint(xs)  # (*, R, units), (*, R, R)
+        draw = MultivariateNormalColumns(loc, cov, layer=type(self).__name__).transform(eps)
+        cov = cov.index_select(-2, index).index_select(-1, index)  # (*, B, B)
+        dist = MultivariateNormalColumns(
+            loc.index_select(-2, index), cov, layer=type(self).__name__
+        )
+        return dist, draw.index_select(-2, index)
+
+    def resample(self) -> None:
+        """Forget the frozen function sample; the next frozen call draws a new one."""
+        super().resample()
+        self._frozen.clear()
+
+    def _joint(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean ``(*, B, units)`` and covariance ``(*, B, B)`` at ``x`` ``(*, B, D)``."""
         b = x.shape[-2]
         mean = self._mean(x)  # (*, B, units) or (*, B, 1)
-        kxx = self.covariance_fn(x, x)  # (*, B, B)
+        kxx = self._covariance(x, x)  # (*, B, B)
         if kxx.shape[-2:] != (b, b):
             raise ValueError(
                 f"GaussianProcess expected covariance_fn(x, x) of shape (*, {b}, {b}), "
@@ -333,13 +524,12 @@ class GaussianProcess(nn.Module):
             )
         if self.conditional_inputs is not None:
             chol, alpha = self._factor()
-            kxc = self.covariance_fn(x, self.conditional_inputs)  # (*, B, N)
+            kxc = self._cross(x)  # (*, B, N)
             mean = mean + kxc @ alpha  # (*, B, units)
             v = torch.linalg.solve_triangular(chol, kxc.mT, upper=False)  # (*, N, B)
             kxx = kxx - v.mT @ v
         mean = mean.to(torch.result_type(mean, kxx)).expand(kxx.shape[:-2] + (b, self.units))
-        dist = MultivariateNormalColumns(mean, kxx, layer="GaussianProcess")
-        return RandomVariable.deferred(dist, dist.rsample)
+        return mean, kxx
 
     def extra_repr(self) -> str:
         n = 0 if self.conditional_inputs is None else self.conditional_inputs.shape[0]

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Normal, constraints
 from torch.distributions.utils import lazy_property
 
 from .gp_numerics import cholesky_with_jitter, full_precision
 
-__all__ = ["MultivariateNormalColumns"]
+__all__ = ["MultivariateNormalColumns", "MarginalNormal"]
 
 
 class MultivariateNormalColumns(Distribution):
@@ -103,9 +103,15 @@ class MultivariateNormalColumns(Distribution):
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
-        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.transform(torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device))
+
+    def transform(self, noise: Tensor) -> Tensor:
+        """The draw ``loc + L noise`` (column by column) made from standard normal ``noise``.
+
+        Shape: ``noise`` ``(S, *, B, units)`` -> the same shape.
+        """
         with full_precision(self.loc.device):  # a bf16 product would round the sample
-            return self.loc + self._matmul_tril(eps)
+            return self.loc + self._matmul_tril(noise)
 
     def _whiten(self, diff: Tensor) -> Tensor:
         """``L⁻¹ diff`` column by column; ``diff`` ``(S, *, B, units)``."""
@@ -148,3 +154,90 @@ class MultivariateNormalColumns(Distribution):
             layer=self.layer,
             validate_args=False,
         )
+
+
+class MarginalNormal(Normal):
+    """Independent normals given by their ``loc`` and ``variance`` (``scale = √variance``).
+
+    The output distribution of a GP layer on its marginal-only path: ``variance`` is
+    returned as given (no square root and square), and a zero variance (a point the
+    data pin down exactly) is allowed.
+
+    Example:
+        >>> d = MarginalNormal(torch.zeros(2, 1), torch.tensor([[4.0], [0.0]]))
+        >>> d.variance.flatten().tolist(), d.stddev.flatten().tolist()
+        ([4.0, 0.0], [2.0, 0.0])
+    """
+
+    def __init__(self, loc: Tensor, variance: Tensor) -> None:
+        super().__init__(loc, variance.sqrt(), validate_args=False)
+        self._variance = variance
+
+    @property
+    def variance(self) -> Tensor:
+        return self._variance
+
+    def expand(self, batch_shape: Sequence[int], _instance: object = None) -> MarginalNormal:
+        shape = torch.Size(batch_shape)
+        return MarginalNormal(self.loc.expand(shape), self._variance.expand(shape))
+
+
+class FrozenFunction:
+    """The record behind a frozen GP function sample: the inputs it was evaluated at
+    and the standard normal noise of its values there.
+
+    A frozen function is one draw ``f = loc + L noise`` over every recorded input at
+    once (``L`` the Cholesky factor of the joint covariance), so a row seen before
+    (bitwise equal) gets the same value and new rows get that same function's values:
+    their noise is appended, and the leading block of ``L`` (the earlier rows) does
+    not change.
+
+    Shape: inputs ``(*, R, D)``, noise ``(*, R, units)`` for ``R`` recorded rows; a
+    call with other batch dimensions ``*``, ``D``, units, dtype or device starts over.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the function (the next call draws a new one)."""
+        self.inputs: Tensor | None = None
+        self.noise: Tensor | None = None
+
+    def _compatible(self, x: Tensor, units: int) -> bool:
+        xs, noise = self.inputs, self.noise
+        return (
+            xs is not None
+            and noise is not None
+            and xs.shape[:-2] == x.shape[:-2]
+            and xs.shape[-1] == x.shape[-1]
+            and noise.shape[-1] == units
+            and xs.dtype == x.dtype
+            and xs.device == x.device
+        )
+
+    def locate(self, x: Tensor, units: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Every recorded input with ``x``'s rows in it (``x``'s own rows, so gradients
+        reach ``x``), the noise of all of them, and the index of each row of ``x``.
+
+        Shape: ``x`` ``(*, B, D)`` -> ``(*, R, D)``, ``(*, R, units)``, ``(B,)``.
+        """
+        if not self._compatible(x, units):
+            self.clear()
+        b, x_d = x.shape[-2], x.detach()
+        index = torch.full((b,), -1, dtype=torch.long, device=x.device)
+        if self.inputs is not None and b > 0 and self.inputs.shape[-2] > 0:
+            same = (x_d[..., :, None, :] == self.inputs[..., None, :, :]).all(-1)  # (*, B, R)
+            same = same.reshape(-1, b, same.shape[-1]).all(0)  # (B, R): equal in every batch
+            found = same.any(-1)
+            index = torch.where(found, same.to(torch.int8).argmax(-1), index)
+        new = (index < 0).nonzero().squeeze(-1)  # rows of x not seen before
+        if self.inputs is None or self.noise is None or new.numel() > 0:
+            start = 0 if self.inputs is None else self.inputs.shape[-2]
+            rows = x_d.index_select(-2, new)  # (*, b_new, D)
+            eps = torch.randn(rows.shape[:-1] + (units,), dtype=x.dtype, device=x.device)
+            self.inputs = rows if self.inputs is None else torch.cat([self.inputs, rows], -2)
+            self.noise = eps if self.noise is None else torch.cat([self.noise, eps], -2)
+            index[new] = torch.arange(start, start + new.numel(), device=x.device)
+        xs = self.inputs.index_copy(-2, index, x)  # x's own rows, for their gradients
+        return xs, self.noise, index

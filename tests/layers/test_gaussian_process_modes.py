@@ -1,0 +1,106 @@
+"""The exact GP as a distribution over functions: sampling modes (posterior mean,
+frozen function, K at once), when its value is drawn, names and tracing, torch.func.
+
+Statistical checks state their family-wise rate α = 1e-3 and the number of checks k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from stats_util import z_bonferroni
+
+import bayesian_layers as bl
+from bayesian_layers import layers as L
+
+D64 = {"dtype": torch.float64}
+
+
+def _gp(units: int = 2, noise: float = 0.05, n: int = 12, **kwargs) -> L.GaussianProcess:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 2, generator=gen, **D64) * 4 - 2
+    y = torch.stack([torch.sin(2 * x[:, 0]), torch.cos(x.sum(1))], 1)[:, :units]
+    kernel = kwargs.pop("covariance_fn", None) or L.Matern52(1.0, [0.8, 1.2], **D64)
+    return L.GaussianProcess(
+        units,
+        covariance_fn=kernel,
+        conditional_inputs=x,
+        conditional_outputs=y,
+        observation_noise=noise,
+        **D64,
+        **kwargs,
+    )
+
+
+def _inputs(b: int = 5, seed: int = 1) -> torch.Tensor:
+    return torch.rand(b, 2, generator=torch.Generator().manual_seed(seed), **D64) * 5 - 2.5
+
+
+# ------------------------------------------------------------------ sampling modes
+def test_gp_is_a_bayesian_layer() -> None:
+    gp = _gp()
+    assert list(bl.bayesian_modules(torch.nn.Sequential(gp))) == [gp]
+    assert gp.losses == [] and bl.losses(gp) == []
+
+
+def test_posterior_mean_mode_gives_the_mean_function() -> None:
+    gp, x = _gp(), _inputs()
+    with bl.posterior_mean(gp):
+        rv = gp(x)
+        assert torch.equal(rv.value, rv.distribution.mean)
+        torch.testing.assert_close(gp(x).value, rv.value, rtol=0, atol=0)
+    assert not torch.equal(gp(x).value, rv.value)  # back to sampling
+
+
+def test_frozen_mode_is_one_function_until_resample() -> None:
+    gp, x = _gp(), _inputs()
+    x_other = _inputs(3, seed=2)
+    with bl.frozen_sample(gp):
+        first = gp(x).value
+        torch.testing.assert_close(gp(x).value, first, rtol=0, atol=0)
+        other = gp(x_other).value
+        # the same function at the union of the inputs: one call on both sets agrees
+        both = gp(torch.cat([x, x_other])).value
+        torch.testing.assert_close(both, torch.cat([first, other]), rtol=1e-6, atol=1e-6)
+        bl.resample(gp)
+        assert not torch.allclose(gp(x).value, first)
+    assert not torch.allclose(gp(x).value, gp(x).value)
+
+
+def test_frozen_draws_are_samples_of_the_posterior() -> None:
+    """n = 2000 frozen functions at once (vectorised), each evaluated at x, then at x':
+    the draws at x' (conditioned on those at x) have the posterior mean and variance at
+    x' (k = 2 × 3 × 2 checks, α = 1e-3; variance within z·v·sqrt(2/n))."""
+    gp, x, x_new = _gp(), _inputs(2), _inputs(3, seed=5)
+    n = 2000
+    torch.manual_seed(0)
+    with torch.no_grad(), bl.frozen_sample(gp), bl.vectorized_samples(gp, n):
+        first = gp(x.repeat(n, 1)).value.view(n, 2, 2)
+        draws = gp(x_new.repeat(n, 1)).value.view(n, 3, 2)
+        again = gp(x.repeat(n, 1)).value.view(n, 2, 2)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    dist = gp(x_new).distribution
+    z = z_bonferroni(12)
+    assert ((draws.mean(0) - dist.mean).abs() <= z * (dist.variance / n).sqrt()).all()
+    v = draws.var(0)
+    assert ((v - dist.variance).abs() <= z * dist.variance * math.sqrt(2 / n)).all()
+
+
+def test_vectorized_samples_draw_k_independent_functions() -> None:
+    gp, x = _gp(), _inputs(4)
+    with torch.no_grad(), bl.vectorized_samples(gp, 3):
+        out = gp(x.repeat(3, 1)).value.view(3, 4, 2)
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+
+
+# ------------------------------------------------------------------- seeding
+def test_manual_seed_before_the_call_fixes_the_sample() -> None:
+    gp, x = _gp(), _inputs()
+    torch.manual_seed(7)
+    a = gp(x)
+    torch.manual_seed(7)
+    b = gp(x)
+    torch.randn(100)  # other draws between the call and reading the value
+    torch.testing.assert_close(b.value, a.value, rtol=0, atol=0)
