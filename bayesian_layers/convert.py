@@ -31,6 +31,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor, nn
 
+from .initializers import TrainableGlorotNormal, TrainableHeNormal, TrainableNormal
 from .layers.base import BayesianLayer
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SwappedLayer",
     "SkippedLayer",
     "UnsupportedLayer",
+    "PretrainedNormal",
     "ESTIMATORS",
 ]
 
@@ -333,13 +335,61 @@ def _check_patterns(
             )
 
 
+class PretrainedNormal(TrainableNormal):
+    """A normal posterior whose scale follows its mean (MOPED, Krishnan et al. 2020).
+
+    ``scale = max(pretrained_scale·|loc|, 1e-12)`` elementwise when the parameters are
+    set: :func:`to_bayesian` with ``pretrained_scale=`` puts it in place of the layer's
+    normal initializer after copying the trained weights into ``loc``, so the layer's
+    ``repr`` shows the configuration in effect. A layer built with it directly starts
+    ``loc`` as :class:`~bayesian_layers.initializers.TrainableNormal` does. Draws,
+    KL and parameters (``loc``, ``rho``) are those of ``TrainableNormal``.
+
+    Args:
+        pretrained_scale: the ratio ``s`` of standard deviation to ``|loc|``.
+
+    Example:
+        >>> from bayesian_layers import layers
+        >>> layer = layers.LinearReparameterization(
+        ...     3, 2, weight_initializer=PretrainedNormal(0.1)
+        ... )
+        >>> bool((layer.weight.distribution.stddev <= 0.1 * layer.weight_loc.abs() + 1e-6).all())
+        True
+    """
+
+    def __init__(self, pretrained_scale: float) -> None:
+        super().__init__(scale_init=pretrained_scale)
+        self.pretrained_scale = float(pretrained_scale)
+
+    def _init_params(self, params: dict[str, Tensor], fan_in: int, fan_out: int) -> None:
+        super()._init_params(params, fan_in, fan_out)
+        _moped_rho(params["loc"], params["rho"], self.pretrained_scale)
+
+    def extra_repr(self) -> str:
+        return f"pretrained_scale={self.pretrained_scale}"
+
+
+#: Initializers whose parameters and law a PretrainedNormal reproduces exactly (they
+#: differ only in how ``loc`` starts, and conversion overwrites ``loc``).
+_REPLACEABLE = (TrainableNormal, TrainableHeNormal, TrainableGlorotNormal, PretrainedNormal)
+
+
+def _moped_rho(loc: Tensor, rho: Tensor, scale: float) -> None:
+    """``rho`` such that ``softplus(rho) = max(scale·|loc|, MIN_SCALE)``, in place."""
+    floor = max(MIN_SCALE, torch.finfo(rho.dtype).tiny)
+    with torch.no_grad():
+        target = (loc.detach().double().abs() * scale).clamp_min(floor)
+        rho.copy_(target + torch.log(-torch.expm1(-target)))  # inverse softplus
+
+
 def _moped(layer: nn.Module, scale: float) -> None:
     """Set every normal posterior's ``rho`` (nested Bayesian layers included) so that
-    ``softplus(rho) = max(scale·|loc|, MIN_SCALE)`` elementwise."""
+    ``softplus(rho) = max(scale·|loc|, MIN_SCALE)`` elementwise, and record it in
+    the layer's initializer (a :class:`PretrainedNormal`, shown by ``repr``)."""
     for sub in layer.modules():
         if not isinstance(sub, BayesianLayer):
             continue
-        for pname, init in sub._inits.items():
+        for pname, init in list(sub._inits.items()):
             if init.is_deterministic:
                 continue
             params = init.params(sub, pname)
@@ -348,11 +398,11 @@ def _moped(layer: nn.Module, scale: float) -> None:
                     f"to_bayesian(pretrained_scale=...) needs normal (loc, rho) posteriors, got "
                     f"{type(init).__name__} for {type(sub).__name__}.{pname}"
                 )
-            loc, rho = params["loc"], params["rho"]
-            floor = max(MIN_SCALE, torch.finfo(rho.dtype).tiny)
-            with torch.no_grad():
-                target = (loc.detach().double().abs() * scale).clamp_min(floor)
-                rho.copy_(target + torch.log(-torch.expm1(-target)))  # inverse softplus
+            _moped_rho(params["loc"], params["rho"], scale)
+            if type(init) in _REPLACEABLE:
+                recorded = PretrainedNormal(scale)
+                sub._inits[pname] = recorded
+                setattr(sub, f"{pname}_initializer", recorded)
 
 
 def _generic(module: nn.Module, family: _Family, cls: type, kwargs: dict) -> nn.Module:

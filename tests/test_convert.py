@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import io
@@ -497,3 +498,39 @@ def test_unknown_estimator_names_the_canonical_ones(spelling: object) -> None:
     error = TypeError if not isinstance(spelling, str) else ValueError
     with pytest.raises(error, match=r"to_bayesian expected `estimator`.*'flipout'"):
         to_bayesian(_mlp(), spelling)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- repr
+def test_repr_reflects_the_pretrained_scale_set_by_conversion() -> None:
+    net = nn.Sequential(nn.Linear(3, 4), nn.MultiheadAttention(4, 2), nn.Conv1d(2, 2, 1))
+    net = to_bayesian(net, "flipout", pretrained_scale=0.05, include=["0", "1"])
+    text = repr(net)
+    # every converted normal posterior (attention's out_proj included) says where its
+    # scale came from, and none still shows the constructor's default scale_init
+    assert text.count("pretrained_scale=0.05") == 3, text
+    assert "scale_init=0.01" not in text
+    layer = net[0]
+    assert "pretrained_scale=0.05" in repr(layer.weight_initializer)
+    torch.testing.assert_close(
+        layer.weight.distribution.stddev, (0.05 * layer.weight_loc.abs()).clamp_min(1e-12)
+    )
+    # the converted model still round-trips and copies
+    clone = copy.deepcopy(net)
+    assert repr(clone) == text
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = to_bayesian(
+        nn.Sequential(nn.Linear(3, 4), nn.MultiheadAttention(4, 2), nn.Conv1d(2, 2, 1)),
+        "flipout",
+        pretrained_scale=0.05,
+        include=["0", "1"],
+    )
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(fresh[0].weight_rho, layer.weight_rho)
+
+
+def test_repr_without_pretrained_scale_keeps_the_initializer() -> None:
+    net = to_bayesian(_mlp())
+    assert "TrainableNormal(loc_std=None, scale_init=0.01)" in repr(net[0])
+    assert "pretrained_scale" not in repr(net)
