@@ -212,6 +212,14 @@ class GaussianProcess(BayesianLayer):
         if conditional_inputs is not None and conditional_outputs is not None:
             self.condition_on(conditional_inputs, conditional_outputs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # conditioning data may hold a graph (features in front), which copies refuse
+        state = super().__getstate__()
+        state["_buffers"] = {
+            k: v.detach() if isinstance(v, Tensor) else v for k, v in self._buffers.items()
+        }
+        return state
+
     @property
     def observation_noise(self) -> Tensor:
         """Positive scalar tensor: the observation noise variance ``σ²``."""
@@ -224,7 +232,14 @@ class GaussianProcess(BayesianLayer):
 
     # ------------------------------------------------------------- data
     def condition_on(self, conditional_inputs: Tensor, conditional_outputs: Tensor) -> None:
-        """Set (or replace) the conditioning data ``(N, D)`` inputs and ``(N, units)`` outputs."""
+        """Set (or replace) the conditioning data ``(N, D)`` inputs and ``(N, units)`` outputs.
+
+        The tensors keep their autograd graph (stored as copies, cast to the layer's
+        dtype): condition on ``features(x)`` and the gradient of
+        :meth:`log_marginal_likelihood` reaches the feature network. Such a graph
+        serves one backward pass, so condition again at every training step. With
+        ``trainable_conditioning=True`` they become leaf parameters instead.
+        """
         xc, yc = conditional_inputs, conditional_outputs
         for name, t in (("conditional_inputs", xc), ("conditional_outputs", yc)):
             if not isinstance(t, Tensor) or not t.is_floating_point():
@@ -247,11 +262,11 @@ class GaussianProcess(BayesianLayer):
                 f"length N, got {xc.shape[0]} inputs and {yc.shape[0]} outputs"
             )
         dtype = self.observation_noise_rho.dtype
-        xc = xc.detach().to(dtype=dtype, copy=True)
-        yc = yc.detach().to(dtype=dtype, copy=True)
+        xc = xc.to(dtype=dtype, copy=True)  # keeps the graph: features in front can learn
+        yc = yc.to(dtype=dtype, copy=True)
         for name, t in (("conditional_inputs", xc), ("conditional_outputs", yc)):
             if self.trainable_conditioning:
-                setattr(self, name, nn.Parameter(t))  # replaces a buffer of that name
+                setattr(self, name, nn.Parameter(t.detach()))  # replaces a buffer of that name
             else:
                 self._parameters.pop(name, None)
                 self.register_buffer(name, t)

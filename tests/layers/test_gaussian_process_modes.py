@@ -104,3 +104,28 @@ def test_manual_seed_before_the_call_fixes_the_sample() -> None:
     b = gp(x)
     torch.randn(100)  # other draws between the call and reading the value
     torch.testing.assert_close(b.value, a.value, rtol=0, atol=0)
+
+
+# ------------------------------------------------------- conditioning keeps the graph
+def test_condition_on_keeps_the_graph_of_learned_features() -> None:
+    """A feature network in front of the GP trains: the gradient of the log marginal
+    likelihood reaches its weights and equals the one of an explicit multivariate normal."""
+    torch.manual_seed(0)
+    feat = torch.nn.Linear(3, 2, dtype=torch.float64)
+    x, y = torch.randn(10, 3, **D64), torch.randn(10, 1, **D64)
+    kernel = L.ExponentiatedQuadratic(**D64)
+    gp = L.GaussianProcess(1, covariance_fn=kernel, observation_noise=0.1, **D64)
+    gp.condition_on(feat(x), y)
+    gp.log_marginal_likelihood().backward()
+    assert feat.weight.grad is not None
+    got = feat.weight.grad.clone()
+    feat.zero_grad()
+    h = feat(x)
+    cov = kernel(h, h) + 0.1 * torch.eye(10, **D64)
+    ref = torch.distributions.MultivariateNormal(torch.zeros(10, **D64), cov).log_prob(y[:, 0])
+    ref.backward()
+    torch.testing.assert_close(got, feat.weight.grad)
+    with torch.no_grad():  # predictions at new features work too
+        assert gp(feat(torch.randn(4, 3, **D64))).shape == (4, 1)
+    copy = __import__("copy").deepcopy(gp)  # a copy drops the graph
+    assert not copy.conditional_inputs.requires_grad
