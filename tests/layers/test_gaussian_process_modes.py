@@ -129,3 +129,20 @@ def test_condition_on_keeps_the_graph_of_learned_features() -> None:
         assert gp(feat(torch.randn(4, 3, **D64))).shape == (4, 1)
     copy = __import__("copy").deepcopy(gp)  # a copy drops the graph
     assert not copy.conditional_inputs.requires_grad
+
+
+# ----------------------------------------------------------------- marginals only
+@pytest.mark.parametrize("chunk_bytes", [None, 200])
+def test_predictive_moments_are_the_marginals_without_the_joint(monkeypatch, chunk_bytes) -> None:
+    """The marginal path equals the diagonal of the joint posterior, also in chunks of
+    a few rows and for batched inputs."""
+    if chunk_bytes is not None:  # 200 bytes: one row per chunk
+        monkeypatch.setattr(L.gaussian_process, "MARGINAL_CHUNK_BYTES", chunk_bytes)
+    gp = _gp(covariance_fn=L.Matern32(**D64) + L.WhiteNoise(0.1, **D64))
+    x = torch.stack([_inputs(7), _inputs(7, seed=3)])  # (2, 7, 2)
+    with torch.no_grad():
+        dist = gp(x).distribution
+        mean, var = gp.predictive_moments(x)
+    assert mean.shape == var.shape == (2, 7, 2)
+    torch.testing.assert_close(mean, dist.mean)
+    torch.testing.assert_close(var, dist.variance)
