@@ -99,8 +99,14 @@ class GaussianProcess(BayesianLayer):
             a fresh :class:`Zeros`.
         covariance_fn: callable ``(x1 (*, N, D), x2 (*, M, D)) -> (*, N, M)``, e.g.
             a :class:`Kernel` or a dense wrapper of another library's kernel;
-            default a fresh :class:`ExponentiatedQuadratic`. It is called with
-            the same tensor object for both arguments on ``k(X, X)``.
+            default a fresh :class:`ExponentiatedQuadratic`. The rule for noise
+            terms: covariances of a set with itself (``K_cc``, ``K_XX``) are
+            ``covariance_fn(X, X)`` with one tensor for both arguments, so a
+            :class:`WhiteNoise` term adds its variance there (to the training
+            covariance like ``observation_noise``, and to the predictive covariance
+            of new observations, as scikit-learn's ``WhiteKernel``); the
+            cross-covariance ``K_Xc`` is always called with two distinct tensors,
+            so it never holds white noise, even for ``gp(gp.conditional_inputs)``.
         conditional_inputs: ``(N, D)`` observed inputs, or ``None`` for the prior.
         conditional_outputs: ``(N, units)`` (or ``(N,)`` when ``units == 1``)
             observed outputs.
@@ -330,6 +336,8 @@ class GaussianProcess(BayesianLayer):
         """``K_Xc`` ``(*, B, N)``: the cross-covariance of ``x`` and the conditioning inputs."""
         xc = self.conditional_inputs
         assert xc is not None
+        if x is xc:  # a cross-covariance: never the self-covariance of one tensor
+            x = x.view_as(x)
         return self._covariance(x, xc)
 
     def _kernel_diag(self, x: Tensor) -> Tensor:

@@ -327,7 +327,10 @@ class WhiteNoise(Kernel):
     ``k(x)`` / ``k(x, x)`` called with the *same tensor object* and gives zeros
     between different tensors, so it models per-observation noise even when two
     inputs coincide; ``"value"`` compares rows exactly (bitwise equal values),
-    the literal ``[x = x']``.
+    the literal ``[x = x']``. :class:`GaussianProcess` relies on the first: it calls
+    ``k(X, X)`` with one tensor for the covariance of a set with itself (white noise
+    added) and two distinct tensors for a cross-covariance (none), so which tensor
+    object a user passes never changes the model.
 
     Args:
         variance: positive scalar noise variance.

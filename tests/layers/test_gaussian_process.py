@@ -321,3 +321,24 @@ def test_columns_distribution_bad_covariance():
         ValueError, match=r"covariance_matrix of shape \(3, 3\) or \(2, 3, 3\), got \(2, 2\)"
     ):
         L.MultivariateNormalColumns(torch.zeros(3, 2), torch.eye(2))
+
+
+def test_white_noise_enters_self_covariances_only_whatever_the_input_object():
+    """WhiteNoise adds to K_cc and K_XX (as scikit-learn's WhiteKernel) and never to the
+    cross-covariance K_Xc, also when the test inputs are the conditioning tensor itself:
+    at the training inputs the predictive variance keeps the noise (about 0.108)."""
+    x, y, _ = _data()
+    ref = GaussianProcessRegressor(sk.RBF(1.0) + sk.WhiteKernel(0.1), alpha=1e-6, optimizer=None)
+    ref.fit(x, y)
+    mean_ref, std_ref = ref.predict(x, return_std=True)
+    gp = _gp(
+        L.ExponentiatedQuadratic(**D64) + L.WhiteNoise(0.1, **D64), x, y, observation_noise=1e-6
+    )
+    with torch.no_grad():
+        for inputs in (gp.conditional_inputs, gp.conditional_inputs.clone()):
+            rv = gp(inputs)
+            np.testing.assert_allclose(rv.mean.numpy(), mean_ref, atol=1e-6)
+            np.testing.assert_allclose(rv.variance.numpy(), std_ref**2, atol=1e-6)
+            mean, var = gp.predictive_moments(inputs)
+            np.testing.assert_allclose(var.numpy(), std_ref**2, atol=1e-6)
+    assert (std_ref**2 > 0.1).all()
