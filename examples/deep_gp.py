@@ -14,8 +14,9 @@ kernel, whitened q(u), a linear mean function initialised to the identity/PCA
 map), with the hidden width scaled to the data (the input dimension D instead of
 the figure's 256) and M = 128 inducing points instead of 512. Training minimises
 the negative ELBO per example, ``-E_q[log p(y | f)] + sum(bl.losses(model)) / N``,
-with a Gaussian likelihood whose variance is learned; the expectation over the
-last layer is in closed form given the sampled inner layers.
+with ``layers.GaussianLikelihood`` (its noise variance learned); the expectation
+over the last layer, ``lik.expected_log_likelihood(f, y)``, is in closed form given
+the sampled inner layers, and ``lik(f)`` is the predictive distribution of ``y``.
 
 It runs on one of the UCI regression sets (standard split, inputs and target
 standardised on the training part) and compares, on the same split, test RMSE and
@@ -36,14 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-from bayesian_layers.layers.sparse_gp_kernels import gaussian_expected_log_likelihood
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "uci-regression" / "yacht"
@@ -75,31 +74,20 @@ def deep_gp(in_features: int, num_inducing: int, depth: int = 3) -> nn.Sequentia
     return nn.Sequential(nn.Flatten(), *hidden, layers.SparseGaussianProcess(1, num_inducing))
 
 
-class GaussianLikelihood(nn.Module):
-    """``y = f + ε``, ``ε ~ N(0, noise_variance)`` with a trainable (softplus) variance."""
-
-    def __init__(self, noise_variance: float = 0.1) -> None:
-        super().__init__()
-        self.noise_rho = nn.Parameter(torch.tensor(math.log(math.expm1(noise_variance))))
-
-    @property
-    def noise_variance(self) -> Tensor:
-        return F.softplus(self.noise_rho)
-
-
 def train_svgp(
     model: nn.Module, x: Tensor, y: Tensor, steps: int, *, batch_size: int = 256, lr: float = 0.01
-) -> GaussianLikelihood:
-    """Adam on the negative ELBO per example, mini-batches of ``batch_size``."""
-    lik = GaussianLikelihood()
+) -> layers.GaussianLikelihood:
+    """Adam on the negative ELBO per example, mini-batches of ``batch_size``; the
+    observation noise is learned by ``layers.GaussianLikelihood``."""
+    lik = layers.GaussianLikelihood(y.shape[-1], noise_variance=0.1)
     model(x[:batch_size])  # the first call reads D and initialises Z and the mean maps
     opt = torch.optim.Adam([*model.parameters(), *lik.parameters()], lr=lr)
     n = len(x)
     for _ in range(steps):
         idx = torch.randperm(n)[:batch_size]
-        out = model(x[idx]).distribution  # last layer's marginal, given sampled inner layers
-        ell = gaussian_expected_log_likelihood(out.mean, out.variance, y[idx], lik.noise_variance)
-        loss = bl.elbo_loss(-ell.mean(), model, n)
+        f = model(x[idx])  # last layer's marginal, given sampled inner layers
+        ell = lik.expected_log_likelihood(f, y[idx])  # closed form, (batch, units)
+        loss = bl.elbo_loss(-ell.sum(-1).mean(), model, n)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -108,13 +96,12 @@ def train_svgp(
 
 @torch.no_grad()
 def evaluate_svgp(
-    model: nn.Module, lik: GaussianLikelihood, x: Tensor, y: Tensor, y_sd: float
+    model: nn.Module, lik: layers.GaussianLikelihood, x: Tensor, y: Tensor, y_sd: float
 ) -> dict[str, float]:
     """RMSE and mean log-likelihood (original units) of the mixture over inner-layer samples."""
-    outs = [model(x).distribution for _ in range(NUM_SAMPLES)]
+    outs = [lik(model(x)).distribution for _ in range(NUM_SAMPLES)]  # predictive y, noise in
     mean = torch.stack([o.mean for o in outs])  # (S, N, 1)
-    var = torch.stack([o.variance for o in outs]) + lik.noise_variance
-    log_p = torch.distributions.Normal(mean, var.sqrt()).log_prob(y)  # (S, N, 1)
+    log_p = torch.stack([o.log_prob(y) for o in outs])  # (S, N, 1)
     ll = torch.logsumexp(log_p, 0) - math.log(NUM_SAMPLES) - math.log(y_sd)
     rmse = (mean.mean(0) - y).square().mean().sqrt() * y_sd
     return {"rmse": rmse.item(), "log_likelihood": ll.mean().item(), "pred": mean.mean(0)}

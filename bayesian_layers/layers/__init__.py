@@ -21,6 +21,7 @@ from .discretize import Discretize, DiscretizedDistribution
 from .dropout import MCDropout
 from .embedding import EmbeddingReparameterization
 from .flows import MADE, ActNorm, InvertibleConv1x1, MaskedAutoregressiveFlow, Permute, RealNVP
+from .gaussian_likelihood import GaussianLikelihood
 from .gaussian_process import GaussianProcess
 from .gp_distribution import MultivariateNormalColumns
 from .gp_numerics import NotPositiveDefiniteError, cholesky_with_jitter
@@ -127,6 +128,7 @@ __all__ = [
     "PointSetVariable",
     "GaussianProcess",
     "SparseGaussianProcess",
+    "GaussianLikelihood",
     "RandomFourierFeatures",
     "MultivariateNormalColumns",
     "cholesky_with_jitter",

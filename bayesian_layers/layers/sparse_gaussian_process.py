@@ -137,10 +137,10 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
 
     ``layer.losses`` is ``[Σ_k KL(q(u_k) ‖ p(u_k))]`` in closed form (``O(U·M²)``
     whitened, ``O(U·M³)`` otherwise); with the ELBO convention
-    ``loss = nll_mean + sum(bl.losses(model)) / N``. For a Gaussian likelihood use
-    the closed-form variational expectation
-    :func:`~bayesian_layers.layers.sparse_gp_kernels.gaussian_expected_log_likelihood`
-    of the returned mean and variance.
+    ``loss = nll_mean + sum(bl.losses(model)) / N``. For regression,
+    :class:`~bayesian_layers.layers.GaussianLikelihood` holds the learnable observation
+    noise: ``lik.expected_log_likelihood(f, y)`` is the ELBO's data term in closed form and
+    ``lik(f)`` the predictive distribution of ``y``.
 
     **Mean function.** The default ``mean_fn="linear"`` is a trainable affine map
     ``W x + b`` initialised, on the first call, to the identity when ``D == units``,
