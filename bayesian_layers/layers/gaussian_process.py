@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +21,14 @@ from .base import BayesianLayer, as_tensor
 from .gp_distribution import FrozenFunction, MarginalNormal, MultivariateNormalColumns
 from .gp_iterative import gaussian_log_marginal_likelihood_cg
 from .gp_numerics import (
+    JitterWarning,
     add_to_diagonal,
     cholesky_with_jitter,
+    dense_matrix,
     full_precision,
     gaussian_log_marginal_likelihood,
 )
-from .kernel_base import inverse_softplus
+from .kernel_base import Kernel, inverse_softplus
 from .kernels import ExponentiatedQuadratic
 from .mean_functions import Zeros
 
@@ -172,6 +175,7 @@ class GaussianProcess(BayesianLayer):
         self.name = name
         self.marginal_samples = False
         self._frozen = FrozenFunction()
+        self._jitter_reported = False
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ValueError(f"GaussianProcess expected a positive int `units`, got {units!r}")
         for name, fn in (("mean_fn", mean_fn), ("covariance_fn", covariance_fn)):
@@ -329,8 +333,23 @@ class GaussianProcess(BayesianLayer):
         ) + (id(self.mean_fn), id(self.covariance_fn))
 
     def _covariance(self, x1: Tensor, x2: Tensor) -> Tensor:
-        """``covariance_fn(x1, x2)`` as a dense tensor."""
-        return self.covariance_fn(x1, x2)
+        """``covariance_fn(x1, x2)`` as a dense tensor (lazy tensors are evaluated)."""
+        return dense_matrix(
+            self.covariance_fn(x1, x2), owner="GaussianProcess", what="covariance_fn"
+        )
+
+    def _report_jitter(self, jitter: float) -> None:
+        """Warn (once per layer) that ``K_cc + σ² I`` needed jitter to factorise."""
+        if self._jitter_reported:
+            return
+        self._jitter_reported = True
+        warnings.warn(
+            f"GaussianProcess: the conditioning matrix K_cc + noise I needed jitter "
+            f"{jitter:.1e} x mean diagonal to be positive definite (reported once per "
+            f"layer); raise observation_noise or remove duplicate inputs",
+            JitterWarning,
+            stacklevel=4,
+        )
 
     def _cross(self, x: Tensor) -> Tensor:
         """``K_Xc`` ``(*, B, N)``: the cross-covariance of ``x`` and the conditioning inputs."""
@@ -342,9 +361,8 @@ class GaussianProcess(BayesianLayer):
 
     def _kernel_diag(self, x: Tensor) -> Tensor:
         """``k(x_i, x_i)`` ``(*, B)`` in O(B D) for a :class:`Kernel` (its ``diag``)."""
-        diag = getattr(self.covariance_fn, "diag", None)
-        if callable(diag):
-            out = diag(x)
+        if isinstance(self.covariance_fn, Kernel):
+            out = self.covariance_fn.diag(x)
         else:
             rows = x.unsqueeze(-2)  # (*, B, 1, D): B one-row sets
             out = self._covariance(rows, rows)[..., 0, 0]
@@ -381,7 +399,9 @@ class GaussianProcess(BayesianLayer):
             return self._cache[1]
         xc, yc = self.conditional_inputs, self.conditional_outputs
         assert xc is not None and yc is not None
-        chol = cholesky_with_jitter(self._conditioning_matrix(), layer="GaussianProcess")
+        chol = cholesky_with_jitter(
+            self._conditioning_matrix(), layer="GaussianProcess", on_jitter=self._report_jitter
+        )
         resid = yc - self._mean(xc)  # (N, units)
         alpha = torch.cholesky_solve(resid, chol)  # (N, units)
         result = (chol, alpha)
@@ -414,7 +434,9 @@ class GaussianProcess(BayesianLayer):
         noise = self.observation_noise.to(kcc.dtype)
         if self.solver == "cg":
             return gaussian_log_marginal_likelihood_cg(kcc, noise, resid, **self.solver_options)
-        return gaussian_log_marginal_likelihood(kcc, resid, layer="GaussianProcess", noise=noise)
+        return gaussian_log_marginal_likelihood(
+            kcc, resid, layer="GaussianProcess", noise=noise, on_jitter=self._report_jitter
+        )
 
     # ------------------------------------------------------------- marginals
     def predictive_moments(self, inputs: Tensor | RandomVariable) -> tuple[Tensor, Tensor]:

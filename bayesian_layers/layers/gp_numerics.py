@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,6 +15,8 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "NotPositiveDefiniteError",
+    "JitterWarning",
+    "dense_matrix",
     "cholesky_with_jitter",
     "default_jitter",
     "gaussian_log_marginal_likelihood",
@@ -60,6 +63,38 @@ class NotPositiveDefiniteError(torch.linalg.LinAlgError, ValueError):
         self.jitter = jitter
 
 
+class JitterWarning(UserWarning):
+    """A kernel matrix was factorised only after jitter was added to its diagonal."""
+
+
+def dense_matrix(matrix: Any, *, owner: str, what: str) -> Tensor:
+    """``matrix`` as a dense tensor: lazy tensors (GPyTorch's ``LazyEvaluatedKernelTensor``,
+    linear operators) are evaluated with ``.to_dense()`` or ``.evaluate()``.
+
+    Raises:
+        TypeError: ``matrix`` is neither a tensor nor a lazy tensor; the message names
+            ``owner`` and ``what`` (e.g. ``"covariance_fn"``).
+
+    Example:
+        >>> class Lazy:
+        ...     def to_dense(self):
+        ...         return torch.eye(2)
+        >>> dense_matrix(Lazy(), owner="Demo", what="covariance_fn").shape
+        torch.Size([2, 2])
+    """
+    if isinstance(matrix, Tensor):
+        return matrix
+    for method in ("to_dense", "evaluate"):
+        fn = getattr(matrix, method, None)
+        out = fn() if callable(fn) else None
+        if isinstance(out, Tensor):
+            return out
+    raise TypeError(
+        f"{owner} expected {what} to return a Tensor (or a lazy tensor with .to_dense() or "
+        f".evaluate()), got {type(matrix).__name__}"
+    )
+
+
 def default_jitter(dtype: torch.dtype) -> float:
     """First jitter tried, relative to the mean diagonal: 1e-10 in float64, 1e-6 otherwise."""
     return 1e-10 if dtype == torch.float64 else 1e-6
@@ -72,6 +107,7 @@ def cholesky_with_jitter(
     max_tries: int = 4,
     initial_jitter: float | None = None,
     growth: float = 10.0,
+    on_jitter: Callable[[float], None] | None = None,
 ) -> Tensor:
     r"""Lower Cholesky factor of a symmetric positive-definite (batch of) matrix.
 
@@ -89,6 +125,8 @@ def cholesky_with_jitter(
         max_tries: number of jittered retries after the plain attempt (≥ 0).
         initial_jitter: first relative jitter; default :func:`default_jitter`.
         growth: factor between consecutive jitters (> 1).
+        on_jitter: called with the largest relative jitter that was kept, when one
+            was needed (the GP layers warn with it, once per layer).
 
     Returns:
         ``(*, N, N)`` lower-triangular factors ``L`` with ``L Lᵀ ≈ matrix``.
@@ -134,15 +172,20 @@ def cholesky_with_jitter(
         level = torch.where(info != 0, jitter * scale, level)
         factor, info = torch.linalg.cholesky_ex(matrix + level[..., None, None] * eye)
         if not bool((info != 0).any()):
+            if on_jitter is not None:
+                on_jitter(jitter)
             return factor
         jitter *= growth
     largest = jitter / growth if max_tries > 0 else 0.0
     min_eig = float(torch.linalg.eigvalsh(matrix.detach().to(torch.float64)).min())
+    hint = "raise the observation noise" + (
+        "" if matrix.dtype == torch.float64 else " or use float64 (dtype=torch.float64)"
+    )
     raise NotPositiveDefiniteError(
         f"{layer}: the kernel matrix of size {n} is not positive definite (smallest "
         f"eigenvalue {min_eig:.3e}) even with jitter {largest:.1e} x mean diagonal added "
-        f"after {max_tries} tries; check the kernel hyperparameters, duplicate inputs, or "
-        f"raise the observation noise / use float64",
+        f"after {max_tries} tries; check the kernel hyperparameters and duplicate inputs, "
+        f"or {hint}",
         layer=layer,
         min_eigenvalue=min_eig,
         jitter=largest,
@@ -155,9 +198,16 @@ class _LogMarginalLikelihood(torch.autograd.Function):
     factorisation and the solves (several N³)."""
 
     @staticmethod
-    def forward(ctx: Any, matrix: Tensor, noise: Tensor, residual: Tensor, layer: str) -> Tensor:
+    def forward(
+        ctx: Any,
+        matrix: Tensor,
+        noise: Tensor,
+        residual: Tensor,
+        layer: str,
+        on_jitter: Callable[[float], None] | None,
+    ) -> Tensor:
         matrix = add_to_diagonal(matrix, noise)  # K + σ² I
-        chol = cholesky_with_jitter(matrix, layer=layer)
+        chol = cholesky_with_jitter(matrix, layer=layer, on_jitter=on_jitter)
         alpha = torch.cholesky_solve(residual, chol)  # (N, U)
         n, units = residual.shape
         half_log_det = chol.diagonal().log().sum()
@@ -170,7 +220,7 @@ class _LogMarginalLikelihood(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: Any, grad: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         chol, alpha = ctx.saved_tensors
         grad_matrix = grad_noise = grad_residual = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
@@ -183,11 +233,16 @@ class _LogMarginalLikelihood(torch.autograd.Function):
             grad_noise = grad_matrix.diagonal().sum().reshape(ctx.noise_shape)
         if ctx.needs_input_grad[2]:
             grad_residual = -grad * alpha
-        return grad_matrix, grad_noise, grad_residual, None
+        return grad_matrix, grad_noise, grad_residual, None, None
 
 
 def gaussian_log_marginal_likelihood(
-    matrix: Tensor, residual: Tensor, *, layer: str, noise: Tensor | float = 0.0
+    matrix: Tensor,
+    residual: Tensor,
+    *,
+    layer: str,
+    noise: Tensor | float = 0.0,
+    on_jitter: Callable[[float], None] | None = None,
 ) -> Tensor:
     r"""``Σ_u log N(r_u | 0, K)`` for the columns ``r_u`` of ``residual``, with a fast gradient.
 
@@ -203,6 +258,7 @@ def gaussian_log_marginal_likelihood(
         residual: ``(N, U)`` centred observations ``r``.
         layer: caller's name for error messages.
         noise: scalar (tensor) ``σ²`` added to the diagonal.
+        on_jitter: as in :func:`cholesky_with_jitter`.
 
     Returns:
         A scalar tensor.
@@ -222,4 +278,4 @@ def gaussian_log_marginal_likelihood(
         )
     noise_t = torch.as_tensor(noise, dtype=matrix.dtype, device=matrix.device)
     with full_precision(matrix.device):
-        return _LogMarginalLikelihood.apply(matrix, noise_t, residual, layer)
+        return _LogMarginalLikelihood.apply(matrix, noise_t, residual, layer, on_jitter)

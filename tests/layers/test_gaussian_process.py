@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 import bayesian_layers as bl
 from bayesian_layers import layers as L
+from bayesian_layers.layers.gp_numerics import JitterWarning
 
 D64 = {"dtype": torch.float64}
 
@@ -342,3 +343,53 @@ def test_white_noise_enters_self_covariances_only_whatever_the_input_object():
             mean, var = gp.predictive_moments(inputs)
             np.testing.assert_allclose(var.numpy(), std_ref**2, atol=1e-6)
     assert (std_ref**2 > 0.1).all()
+
+
+class _LazyMatrix:
+    """A stand-in for a lazy tensor (GPyTorch's ``LazyEvaluatedKernelTensor``)."""
+
+    def __init__(self, matrix: torch.Tensor, method: str) -> None:
+        setattr(self, method, lambda: matrix)
+
+
+@pytest.mark.parametrize("method", ["to_dense", "evaluate"])
+def test_lazy_kernel_matrices_are_densified(method: str):
+    x, y, xs = _data()
+    kernel = L.Matern32(**D64)
+    lazy = _gp(lambda a, b: _LazyMatrix(kernel(a, b), method), x, y)
+    dense = _gp(kernel, x, y)
+    with torch.no_grad():
+        got, want = lazy(torch.tensor(xs)), dense(torch.tensor(xs))
+        torch.testing.assert_close(
+            got.distribution.covariance_matrix, want.distribution.covariance_matrix
+        )
+        torch.testing.assert_close(
+            lazy.predictive_moments(torch.tensor(xs)), (want.mean, want.variance)
+        )
+    torch.testing.assert_close(lazy.log_marginal_likelihood(), dense.log_marginal_likelihood())
+    with pytest.raises(
+        TypeError, match="GaussianProcess expected covariance_fn to return a Tensor"
+    ):
+        _gp(lambda a, b: "not a matrix", x, y).log_marginal_likelihood()
+
+
+def test_gpytorch_kernel_as_covariance_fn():
+    gpytorch = pytest.importorskip("gpytorch")
+    x, y, xs = _data()
+    kernel = gpytorch.kernels.RBFKernel().double()
+    ref = L.ExponentiatedQuadratic(1.0, float(kernel.lengthscale), **D64)
+    with torch.no_grad():
+        got = _gp(kernel, x, y)(torch.tensor(xs)).mean
+        torch.testing.assert_close(got, _gp(ref, x, y)(torch.tensor(xs)).mean)
+
+
+def test_needed_jitter_is_reported_once_per_layer():
+    x, y, xs = _data(n=6)
+    x = np.concatenate([x, x])  # duplicated inputs, almost no noise: K_cc is singular
+    y = np.concatenate([y, y])
+    gp = _gp(L.ExponentiatedQuadratic(**D64), x, y, observation_noise=1e-30)
+    with pytest.warns(JitterWarning, match="GaussianProcess: .* needed jitter") as record:
+        gp(torch.tensor(xs))
+        gp.log_marginal_likelihood()
+        gp(torch.tensor(xs))
+    assert len([w for w in record if issubclass(w.category, JitterWarning)]) == 1

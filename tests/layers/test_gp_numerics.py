@@ -92,3 +92,19 @@ def test_log_marginal_likelihood_value_and_gradcheck():
     assert torch.autograd.gradcheck(f, inputs)
     with pytest.raises(ValueError, match=r"matrix \(N, N\) and residual \(N, U\), got \(5, 5\)"):
         gaussian_log_marginal_likelihood(k, torch.ones(4, 1, **D64), layer="T")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_error_suggests_float64_only_below_float64(dtype: torch.dtype):
+    with pytest.raises(NotPositiveDefiniteError) as info:
+        cholesky_with_jitter(-torch.eye(3, dtype=dtype), layer="T")
+    assert ("use float64" in str(info.value)) == (dtype != torch.float64)
+
+
+def test_jitter_is_reported_through_the_callback():
+    seen: list[float] = []
+    ones = torch.ones(3, 3, **D64)
+    cholesky_with_jitter(ones, layer="T", on_jitter=seen.append)
+    assert len(seen) == 1 and 0 < seen[0] <= 1e-7
+    cholesky_with_jitter(torch.eye(3, **D64), layer="T", on_jitter=seen.append)
+    assert len(seen) == 1  # no jitter, no report
