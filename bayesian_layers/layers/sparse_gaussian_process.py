@@ -310,7 +310,13 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
                 param.materialize((rows, d))
 
     def _data_init(self, x: Tensor) -> None:
-        """First-call initialisation: ``Z`` from the batch, the mean's identity/PCA map."""
+        """First-call initialisation: ``Z`` from the batch, the mean's identity/PCA map.
+        A batch with NaN or inf raises ``ValueError`` before anything changes."""
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"{type(self).__name__} expected a finite first batch `x` (it initialises the "
+                f"inducing inputs and the mean function), got NaN or inf in {tuple(x.shape)}"
+            )
         with torch.no_grad():
             x = x.detach().to(self.inducing_loc.dtype)
             if self._inducing_from_data:

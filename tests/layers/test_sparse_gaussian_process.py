@@ -399,3 +399,15 @@ def test_named_output_is_traced_recorded_conditioned_and_marked_epistemic():
     with bl.condition(f=fixed):
         torch.testing.assert_close(layer(x).value, fixed)
     assert "name='f'" in repr(layer)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_first_batch_raises_and_leaves_the_layer_uninitialised(bad):
+    layer = layers.SparseGaussianProcess(2, 4)
+    x = torch.randn(6, 3)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match="SparseGaussianProcess expected a finite first batch"):
+        layer(x)
+    assert not bool(layer.initialized)
+    assert layer(torch.randn(6, 3)).shape == (6, 2)  # a later finite batch initialises it
+    assert torch.isfinite(layer.inducing_inputs).all()
