@@ -264,3 +264,22 @@ def test_wrong_input_dtype_raises_type_error(dtype):
 def test_bad_hyperparameters_raise_naming_the_argument(kwargs, error, match):
     with pytest.raises(error, match=f"RandomFourierFeatures expected `{match}"):
         layers.RandomFourierFeatures(2, 8, **kwargs)
+
+
+@pytest.mark.parametrize("posterior", ["variational", "laplace"])
+def test_torch_func_grad_equals_autograd(posterior):
+    torch.manual_seed(0)
+    layer = layers.RandomFourierFeatures(2, 8, in_features=3, posterior=posterior, dtype=F64)
+    layer.eval()
+    x = torch.randn(5, 3, dtype=F64)
+
+    def objective(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        with bl.posterior_mean(layer):
+            d = torch.func.functional_call(layer, params, (x,)).distribution
+        return (d.mean.sin() + d.variance).sum()
+
+    got = torch.func.grad(objective)({k: v.detach() for k, v in layer.named_parameters()})
+    names, params = zip(*layer.named_parameters(), strict=True)
+    want = torch.autograd.grad(objective(dict(layer.named_parameters())), params)
+    for name, w in zip(names, want, strict=True):
+        torch.testing.assert_close(got[name], w, rtol=1e-10, atol=1e-12)
