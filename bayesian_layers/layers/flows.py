@@ -22,7 +22,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
 from .made import MADE
-from .reversible import ReversibleLayer, _check_real, _is_lazy, _param_dtype
+from .reversible import ReversibleLayer, _call_naming, _check_real, _is_lazy, _param_dtype
 
 __all__ = [
     "MADE",
@@ -108,7 +108,8 @@ class RealNVP(ReversibleLayer):
         return torch.cat([trans, cond] if self.flip else [cond, trans], dim=-1)
 
     def _params(self, cond: Tensor, d: int) -> tuple[Tensor, Tensor]:
-        return _shift_and_log_scale(self, self.network(cond), d, self.log_scale_bound, cond.dim())
+        out = _call_naming(type(self).__name__, self.network, cond)
+        return _shift_and_log_scale(self, out, d, self.log_scale_bound, cond.dim())
 
     def forward(self, x: Tensor) -> Tensor:
         cond, trans = self._split(x)
@@ -173,7 +174,11 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
     def _params(self, y: Tensor) -> tuple[Tensor, Tensor]:
         y = _check_real(self, y, 1, dtype=_param_dtype(self.network))
         return _shift_and_log_scale(
-            self, self.network(y), y.shape[-1], self.log_scale_bound, y.dim()
+            self,
+            _call_naming(type(self).__name__, self.network, y),
+            y.shape[-1],
+            self.log_scale_bound,
+            y.dim(),
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -27,7 +27,8 @@ of reversible layers therefore transforms a random variable (Figure 8)::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,8 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 from ..random_variable import RandomVariable
 from .base import check_input
+
+T = TypeVar("T")
 
 __all__ = [
     "ReversibleLayer",
@@ -336,20 +339,22 @@ class Reverse(ReversibleLayer):
         return callable(getattr(self.layer, "reverse", None))
 
     def forward(self, y: Tensor) -> Tensor:
-        return self._inner_reverse(y)
+        return _call_naming(self._owner(), self._inner_reverse, y)
 
     def reverse(self, x: Tensor) -> Tensor:
-        out: Tensor = self.layer(x)
+        out: Tensor = _call_naming(self._owner(), self.layer, x)
         return out
 
     def log_det_jacobian(self, y: Tensor) -> Tensor:
         # one reverse sweep of the wrapped layer, its log-det read along the way
-        return -_reverse_and_log_det(self.layer, y, self._owner())[1]
+        owner = self._owner()
+        return -_call_naming(owner, _reverse_and_log_det, self.layer, y, owner)[1]
 
     def reverse_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(reverse(x), log_det_jacobian(reverse(x)))`` from one forward sweep of the
         wrapped layer (no reverse sweep to recover ``x``)."""
-        y, ldj = _forward_and_log_det(self.layer, x, self._owner())
+        owner = self._owner()
+        y, ldj = _call_naming(owner, _forward_and_log_det, self.layer, x, owner)
         return y, -ldj
 
     def _owner(self) -> str:
@@ -357,6 +362,21 @@ class Reverse(ReversibleLayer):
 
     def extra_repr(self) -> str:
         return ""
+
+
+def _call_naming(owner: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``; a ``ValueError``/``TypeError`` raised inside (by a wrapped layer or
+    network) is re-raised with ``owner`` in front, so the message names the layer called."""
+    try:
+        return fn(*args)
+    except (ValueError, TypeError) as err:
+        if str(err).startswith(owner):
+            raise
+        try:
+            renamed = type(err)(f"{owner}: {err}")
+        except Exception:  # an exception type with another constructor
+            renamed = (ValueError if isinstance(err, ValueError) else TypeError)(f"{owner}: {err}")
+        raise renamed from err
 
 
 def _check_real(layer: nn.Module, x: Any, min_dim: int, dtype: torch.dtype | None = None) -> Tensor:

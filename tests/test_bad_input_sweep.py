@@ -1,0 +1,481 @@
+"""Bad-input sweep over every public layer class in ``bayesian_layers.layers.__all__``.
+
+Each layer gets a small constructor and a valid input (``REGISTRY``); a class that is
+not a layer is listed in ``SKIPPED`` with its reason, and a test fails when a public
+``nn.Module`` class is in neither, so a new layer cannot be forgotten. Every layer
+then meets each case of ``CASES`` on a freshly built instance:
+
+- ``wrong_width``: the size the layer fixes (features, channels; an index out of
+  range for an embedding) one too large;
+- ``wrong_rank``: one dim fewer than the layer accepts;
+- ``empty_batch``: the batch dim of size 0;
+- ``nan`` / ``inf``: one non-finite entry;
+- ``float64`` / ``bfloat16`` / ``int``: the valid input in another dtype.
+
+An outcome is ``correct`` (finite output of the valid call's shapes; an empty result
+for an empty batch; for NaN/inf input any output, non-finite allowed, when the input
+is not data the layer scores or initialises from), ``ValueError`` or ``TypeError``
+(the message names the layer, and the layer's state is unchanged), or ``failing``:
+any other exception, a message without the layer's name, a non-finite output from
+finite input, a wrong width or rank accepted, non-finite data accepted where it is
+scored or sets state, or a layer whose next valid call gives a non-finite output
+(state poisoned by the bad batch). Cases failing today are ``KNOWN_FAILING``
+(strict xfail: a fix flips them and the list must shrink).
+
+Counts per outcome::
+
+    python tests/test_bad_input_sweep.py          # counts, then the failing cases
+    python tests/test_bad_input_sweep.py --known  # the KNOWN_FAILING literal for now
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+
+CASES = (
+    "wrong_width",
+    "wrong_rank",
+    "empty_batch",
+    "nan",
+    "inf",
+    "float64",
+    "bfloat16",
+    "int",
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How to sweep one layer class.
+
+    Attributes:
+        build: a small instance (called under a fixed seed).
+        shape: a valid input's shape.
+        feature_dim: the dim whose size the layer fixes (``None``: any size is valid).
+        batch_dim: the dim set to 0 for the empty batch.
+        min_rank: the fewest dims the layer accepts (0: any rank; no wrong-rank case).
+        kind: ``"float"`` (normal draws), ``"index"`` (ints below ``high``) or
+            ``"points"`` (uniform in ``[0, 1)``).
+        high: the index range of ``"index"`` inputs.
+        call: runs the layer on an input (default ``layer(x)``).
+        scores_input: the input is data the layer scores or initialises from, so a
+            NaN/inf must raise (not propagate).
+        extra: more tensors to check from the output (e.g. the log-density it scores).
+    """
+
+    build: Callable[[], nn.Module]
+    shape: tuple[int, ...]
+    feature_dim: int | None = -1
+    batch_dim: int = 0
+    min_rank: int = 1
+    kind: str = "float"
+    high: int = 0
+    call: Callable[[nn.Module, Tensor], object] | None = None
+    scores_input: bool = False
+    extra: Callable[[nn.Module, object], list[Tensor]] | None = None
+
+
+def _ctor(name: str, *args: object, **kwargs: object) -> Callable[[], nn.Module]:
+    """A constructor of ``layers.<name>(*args, **kwargs)``."""
+    return lambda: getattr(layers, name)(*args, **kwargs)
+
+
+def _attention(m: nn.Module, x: Tensor) -> object:
+    return m(x, x, x)
+
+
+def _as_random_variable(m: nn.Module, x: Tensor) -> object:
+    """The input as a random variable: normal around ``x``, its value ``x`` (any dtype)."""
+    loc = x if x.is_floating_point() else x.to(torch.get_default_dtype())
+    normal = torch.distributions.Normal(loc, torch.ones_like(loc), validate_args=False)
+    return m(bl.RandomVariable(normal, value=x))
+
+
+def _log_prob(m: nn.Module, out: object) -> list[Tensor]:
+    assert isinstance(out, bl.RandomVariable)
+    return [out.log_prob(out)]
+
+
+def _rate(points: Tensor) -> Tensor:
+    return 1.0 + points.sum(-1)  # positive on the unit box
+
+
+def _conv(cls: type[nn.Module], d: int) -> Entry:
+    spatial = {1: (8,), 2: (6, 6), 3: (4, 4, 4)}[d]
+    return Entry(lambda: cls(3, 4, 3), (2, 3, *spatial), feature_dim=-(d + 1), min_rank=d + 1)
+
+
+def _gp() -> nn.Module:
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 3, generator=gen), torch.randn(6, 2, generator=gen)
+    return layers.GaussianProcess(2, conditional_inputs=x, conditional_outputs=y)
+
+
+_OUTPUTS = ["Normal", "LogNormal", "StudentT", "Laplace", "Bernoulli", "Poisson"]
+_OUTPUTS += ["NegativeBinomial", "Categorical", "OneHotCategorical", "MultivariateNormalTriL"]
+_ESTIMATORS = ("Reparameterization", "Flipout")
+_CONVS = {f"Conv{t}{d}d{e}": d for d in (1, 2, 3) for e in _ESTIMATORS for t in ("", "Transpose")}
+_CONVS["Conv2dLocalReparameterization"] = 2
+
+REGISTRY: dict[str, Entry] = {
+    **{
+        name: Entry(_ctor(name, 3, 5), (4, 3))
+        for name in ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
+    },
+    "MCDropout": Entry(lambda: layers.MCDropout(0.5), (4, 3), feature_dim=None, min_rank=0),
+    "Discretize": Entry(
+        lambda: layers.Discretize(0, 8), (4, 3), None, min_rank=0, call=_as_random_variable
+    ),
+    "Reverse": Entry(lambda: layers.Reverse(layers.Permute(3)), (4, 3)),
+    "MADE": Entry(lambda: layers.MADE(hidden_dims=[8], in_features=3), (4, 3)),
+    "RealNVP": Entry(lambda: layers.RealNVP(layers.MADE(hidden_dims=[8], in_features=2)), (4, 4)),
+    "MaskedAutoregressiveFlow": Entry(
+        lambda: layers.MaskedAutoregressiveFlow(layers.MADE(hidden_dims=[8], in_features=3)), (4, 3)
+    ),
+    # a fresh ActNorm initialises from its first batch: non-finite values must raise
+    "ActNorm": Entry(lambda: layers.ActNorm(3), (4, 3), scores_input=True),
+    "Permute": Entry(lambda: layers.Permute(3), (4, 3)),
+    "InvertibleConv1x1": Entry(lambda: layers.InvertibleConv1x1(3), (2, 3, 4, 4), -3, min_rank=3),
+    **{
+        name: Entry(
+            _ctor(name, 8, 2),
+            (5, 2, 8),
+            batch_dim=1,
+            min_rank=2,
+            call=_attention,
+        )  # fmt: skip
+        for name in ("MultiheadAttentionReparameterization", "MultiheadAttentionFlipout")
+    },
+    "EmbeddingReparameterization": Entry(
+        lambda: layers.EmbeddingReparameterization(10, 4), (4, 3), min_rank=0, kind="index", high=10
+    ),
+    **{name: _conv(getattr(layers, name), d) for name, d in _CONVS.items()},
+    **{
+        name: Entry(_ctor(name, 3, 5), (4, 3))
+        for name in (
+            "LSTMCellReparameterization",
+            "LSTMCellFlipout",
+            "GRUCellReparameterization",
+            "GRUCellFlipout",
+        )
+    },
+    **{
+        name: Entry(_ctor(name, 3, 5), (6, 2, 3), batch_dim=1, min_rank=2)
+        for name in ("LSTMReparameterization", "LSTMFlipout")
+    },
+    **{name: Entry(_ctor(name, 2, in_features=3), (4, 3)) for name in _OUTPUTS},
+    **{
+        name: Entry(_ctor(name, 2, 3, in_features=3), (4, 3))
+        for name in ("MixtureNormal", "MixtureLogistic")
+    },
+    # the input is a point set: data scored by the process, so NaN/inf must raise
+    "PoissonProcess": Entry(
+        lambda: layers.PoissonProcess(_rate, [(0.0, 1.0), (0.0, 1.0)], num_points=8),
+        (5, 2),
+        min_rank=2,
+        kind="points",
+        scores_input=True,
+        extra=_log_prob,
+    ),
+    "GaussianProcess": Entry(_gp, (5, 3)),
+    "GaussianLikelihood": Entry(_ctor("GaussianLikelihood", 2), (4, 2)),
+    "SparseGaussianProcess": Entry(
+        lambda: layers.SparseGaussianProcess(2, 4, in_features=3), (5, 3)
+    ),
+    "RandomFourierFeatures": Entry(
+        lambda: layers.RandomFourierFeatures(2, 16, in_features=3), (5, 3)
+    ),
+}
+
+_KERNEL = "a covariance function, not a layer (swept through the GP layers that use it)"
+_MEAN = "a mean function of the GP layers, not a layer (swept through them)"
+SKIPPED: dict[str, str] = {
+    "BayesianLayer": "abstract base of the weight layers",
+    "ReversibleLayer": "abstract base of the reversible layers",
+    "StochasticOutput": "abstract base of the stochastic output layers",
+    **{
+        name: _KERNEL
+        for name in (
+            "Kernel",
+            "SumKernel",
+            "ProductKernel",
+            "StationaryKernel",
+            "ExponentiatedQuadratic",
+            "Matern12",
+            "Matern32",
+            "Matern52",
+            "RationalQuadratic",
+            "Periodic",
+            "LinearKernel",
+            "WhiteNoise",
+            "ConstantKernel",
+        )
+    },
+    **{name: _MEAN for name in ("Zeros", "Constant", "LinearMean")},
+}
+
+# (layer, case) -> what goes wrong today; strict xfail, so a fix flips the test
+KNOWN_FAILING: dict[tuple[str, str], str] = {
+    ("GaussianProcess", "nan"): "ValueError without the layer's name",
+    ("GaussianProcess", "inf"): "ValueError without the layer's name",
+    ("SparseGaussianProcess", "nan"): "_LinAlgError",
+    ("SparseGaussianProcess", "inf"): "_LinAlgError",
+}
+
+
+def public_layer_classes() -> list[str]:
+    """The ``nn.Module`` classes named in ``layers.__all__``."""
+    return [
+        name
+        for name in layers.__all__
+        if inspect.isclass(getattr(layers, name)) and issubclass(getattr(layers, name), nn.Module)
+    ]
+
+
+# ------------------------------------------------------------------------------- inputs
+def _draw(entry: Entry, shape: tuple[int, ...]) -> Tensor:
+    gen = torch.Generator().manual_seed(0)
+    if entry.kind == "index":
+        return torch.randint(0, entry.high, shape, generator=gen)
+    if entry.kind == "points":
+        return torch.rand(shape, generator=gen)
+    return torch.randn(shape, generator=gen)
+
+
+def _poke(x: Tensor, value: float) -> Tensor:
+    out = x.to(torch.get_default_dtype()).clone()
+    out.view(-1)[min(1, out.numel() - 1)] = value
+    return out
+
+
+def _resized(shape: tuple[int, ...], dim: int, size: int) -> tuple[int, ...]:
+    out = list(shape)
+    out[dim] = size
+    return tuple(out)
+
+
+def bad_input(entry: Entry, case: str) -> Tensor | None:
+    """The input of ``case`` for ``entry`` (``None``: the case does not apply)."""
+    x = _draw(entry, entry.shape)
+    if case == "wrong_width":
+        if entry.feature_dim is None:
+            return None
+        if entry.kind == "index":
+            x = x.clone()
+            x.view(-1)[0] = entry.high  # one past the last row
+            return x
+        dim = entry.feature_dim
+        return _draw(entry, _resized(entry.shape, dim, entry.shape[dim] + 1))
+    if case == "wrong_rank":
+        if entry.min_rank == 0:
+            return None
+        return _draw(entry, entry.shape[len(entry.shape) - entry.min_rank + 1 :])
+    if case == "empty_batch":
+        return _draw(entry, _resized(entry.shape, entry.batch_dim, 0))
+    if case in ("nan", "inf"):
+        return _poke(x, math.nan if case == "nan" else math.inf)
+    if case == "int":
+        return x.to(torch.int32) if entry.kind == "index" else x.round().long()
+    return x.to(torch.float64 if case == "float64" else torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- outcomes
+def _tensors(out: object) -> Iterator[Tensor]:
+    if isinstance(out, bl.RandomVariable):
+        yield out.value
+    elif isinstance(out, Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for item in out:
+            yield from _tensors(item)
+
+
+def _state(module: nn.Module) -> dict[str, Tensor | None]:
+    return {
+        k: None if isinstance(v, nn.parameter.UninitializedTensorMixin) else v.detach().clone()
+        for k, v in module.state_dict(keep_vars=True).items()
+    }
+
+
+def _same_state(a: dict[str, Tensor | None], b: dict[str, Tensor | None]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(_same_tensor(va, b[k]) for k, va in a.items())
+
+
+def _same_tensor(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(torch.equal(a, b) or torch.equal(a.nan_to_num(), b.nan_to_num()))
+
+
+def _run(entry: Entry, module: nn.Module, x: Tensor) -> tuple[list[Tensor], object]:
+    out = entry.call(module, x) if entry.call is not None else module(x)
+    tensors = list(_tensors(out))
+    if entry.extra is not None:
+        tensors += entry.extra(module, out)
+    return tensors, out
+
+
+def _finite(tensors: list[Tensor]) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point() or t.is_complex()
+    )
+
+
+def _build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return REGISTRY[name].build()
+
+
+@functools.cache
+def reference_shapes(name: str) -> list[tuple[int, ...]]:
+    """Output shapes of the valid call (which must be finite: a check of the registry)."""
+    entry = REGISTRY[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensors, _ = _run(entry, _build(name), _draw(entry, entry.shape))
+    if not _finite(tensors):
+        raise AssertionError(f"{name}: the registry's valid input gives a non-finite output")
+    return [tuple(t.shape) for t in tensors]
+
+
+def classify(name: str, case: str) -> str:
+    """``"correct"``, ``"ValueError"``, ``"TypeError"``, ``"n/a"`` or ``"failing: why"``."""
+    entry = REGISTRY[name]
+    x = bad_input(entry, case)
+    if x is None:
+        return "n/a"
+    expected = reference_shapes(name)
+    module = _build(name)
+    before = _state(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tensors, _ = _run(entry, module, x)
+        except (ValueError, TypeError) as err:
+            outcome = _judge_error(module, err, before)
+        except Exception as err:  # noqa: BLE001 - every other type is a finding
+            return f"failing: {type(err).__name__}: {_short(err)}"
+        else:
+            outcome = _judge_result(entry, case, tensors, expected)
+        if not outcome.startswith("failing"):
+            outcome = _judge_next_call(entry, module, outcome, case)
+    return outcome
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:120] + ("..." if len(text) > 120 else "")
+
+
+def _judge_error(module: nn.Module, err: Exception, before: dict[str, Tensor | None]) -> str:
+    name = type(module).__name__
+    if name not in str(err):
+        return f"failing: {type(err).__name__} without the layer's name: {_short(err)}"
+    if not _same_state(before, _state(module)):
+        return f"failing: state changed by a failed call ({type(err).__name__})"
+    return type(err).__name__
+
+
+def _judge_result(entry: Entry, case: str, tensors: list[Tensor], expected: list) -> str:
+    if case in ("wrong_width", "wrong_rank"):
+        return f"failing: {case} accepted (output shapes {[tuple(t.shape) for t in tensors]})"
+    if case == "empty_batch":
+        if not tensors or tensors[0].numel() != 0:
+            return "failing: empty batch gave a non-empty result"
+        return "correct" if _finite(tensors) else "failing: non-finite output from empty batch"
+    if case in ("nan", "inf"):
+        if entry.scores_input:
+            return f"failing: {case} accepted as data (scored or used for initialisation)"
+    elif not _finite(tensors):
+        return f"failing: non-finite output from finite {case} input"
+    if [tuple(t.shape) for t in tensors] != expected:
+        return f"failing: output shapes {[tuple(t.shape) for t in tensors]}, expected {expected}"
+    return "correct"
+
+
+def _judge_next_call(entry: Entry, module: nn.Module, outcome: str, case: str) -> str:
+    """After an error or a non-finite batch, the next valid call must be finite."""
+    if outcome == "correct" and case not in ("nan", "inf"):
+        return outcome
+    try:
+        tensors, _ = _run(entry, module, _draw(entry, entry.shape))
+    except Exception as err:  # noqa: BLE001
+        return f"failing: valid call after {case} raised {type(err).__name__}: {_short(err)}"
+    if not _finite(tensors):
+        return f"failing: state poisoned by the {case} batch (next valid call not finite)"
+    return outcome
+
+
+# -------------------------------------------------------------------------------- tests
+def test_every_public_layer_class_is_swept_or_skipped_with_a_reason() -> None:
+    public = set(public_layer_classes())
+    assert not public - REGISTRY.keys() - SKIPPED.keys(), "add these layers to REGISTRY"
+    assert not (REGISTRY.keys() | SKIPPED.keys()) - public, "stale names in the sweep"
+    assert not REGISTRY.keys() & SKIPPED.keys()
+    assert all(reason.strip() for reason in SKIPPED.values())
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_registry_input_is_valid(name: str) -> None:
+    assert reference_shapes(name)
+
+
+def _params() -> list:
+    out = []
+    for name in sorted(REGISTRY):
+        for case in CASES:
+            reason = KNOWN_FAILING.get((name, case))
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            out.append(pytest.param(name, case, id=f"{name}-{case}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("name", "case"), _params())
+def test_bad_input_ends_in_a_result_or_an_error_naming_the_layer(name: str, case: str) -> None:
+    outcome = classify(name, case)
+    assert not outcome.startswith("failing"), f"{name} / {case}: {outcome}"
+
+
+# ---------------------------------------------------------------------------- counts
+def sweep() -> dict[tuple[str, str], str]:
+    """Every (layer, case) outcome."""
+    return {(name, case): classify(name, case) for name in sorted(REGISTRY) for case in CASES}
+
+
+def main(argv: list[str]) -> None:
+    results = sweep()
+    kinds = Counter(o if not o.startswith("failing") else "failing" for o in results.values())
+    print(f"{len(REGISTRY)} layer classes x {len(CASES)} cases ({len(SKIPPED)} classes skipped)")
+    for kind in ("correct", "ValueError", "TypeError", "failing", "n/a"):
+        print(f"  {kind:10s} {kinds.get(kind, 0)}")
+    failing = {k: v[len("failing: ") :] for k, v in results.items() if v.startswith("failing")}
+    if "--known" in argv:
+        print("KNOWN_FAILING: dict[tuple[str, str], str] = {")
+        for (name, case), why in failing.items():
+            print(f"    ({name!r}, {case!r}): {why.split(':')[0][:60]!r},")
+        print("}")
+    else:
+        for (name, case), why in failing.items():
+            print(f"  {name} / {case}: {why}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
