@@ -27,6 +27,7 @@ from torch.distributions import Distribution, constraints
 
 from ..random_variable import RandomVariable
 from ..tracing import traceable
+from .base import check_input
 
 __all__ = ["PoissonProcess", "PoissonProcessDistribution", "PointSetVariable"]
 
@@ -458,6 +459,9 @@ class PoissonProcess(nn.Module):
         dtype = param.dtype if param is not None else None
         device = param.device if param is not None else None
         if isinstance(x, Tensor):
+            if param is not None and x.is_floating_point():
+                # the rate module computes in its parameters' dtype (or autocast's)
+                check_input(x, type(self).__name__, "events", dtype=param.dtype)
             dtype = x.dtype if x.is_floating_point() else dtype
             device = x.device
         # the points are checked (also a value substituted by conditioning) by PointSetVariable

@@ -260,3 +260,14 @@ def test_non_finite_event_times_are_a_value_error_naming_layer_and_argument(bad)
     padded, mask = x.unsqueeze(0), torch.tensor([[True, False, True]])
     with pytest.raises(ValueError, match=r"finite"):  # masked-out rows must still be points
         dist.log_prob(padded, mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_points_in_another_dtype_than_the_rate_module_are_a_type_error(dtype):
+    rate = nn.Sequential(nn.Linear(1, 1), nn.Softplus())
+    process = layers.PoissonProcess(rate, [(0.0, 1.0)])
+    with pytest.raises(
+        TypeError, match=rf"PoissonProcess expected `events` of dtype torch.float32, got {dtype}"
+    ):
+        process(torch.rand(3, 1, dtype=dtype))
+    assert torch.isfinite(process(torch.rand(3, 1)).log_prob(torch.rand(3, 1)))
