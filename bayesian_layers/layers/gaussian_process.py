@@ -271,6 +271,13 @@ class GaussianProcess(BayesianLayer):
                 f"GaussianProcess expected conditional_inputs and conditional_outputs of the same "
                 f"length N, got {xc.shape[0]} inputs and {yc.shape[0]} outputs"
             )
+        for name, t in (("conditional_inputs", xc), ("conditional_outputs", yc)):
+            if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+                nans, infs = int(t.isnan().sum()), int(t.isinf().sum())
+                raise ValueError(
+                    f"GaussianProcess expected finite {name}, got {nans} NaN and {infs} "
+                    f"infinite entries in shape {tuple(t.shape)}"
+                )
         dtype = self.observation_noise_rho.dtype
         xc = xc.to(dtype=dtype, copy=True)  # keeps the graph: features in front can learn
         yc = yc.to(dtype=dtype, copy=True)
@@ -433,7 +440,9 @@ class GaussianProcess(BayesianLayer):
         kcc = self._kernel_matrix()  # (N, N)
         noise = self.observation_noise.to(kcc.dtype)
         if self.solver == "cg":
-            return gaussian_log_marginal_likelihood_cg(kcc, noise, resid, **self.solver_options)
+            return gaussian_log_marginal_likelihood_cg(
+                kcc, noise, resid, layer="GaussianProcess", **self.solver_options
+            )
         return gaussian_log_marginal_likelihood(
             kcc, resid, layer="GaussianProcess", noise=noise, on_jitter=self._report_jitter
         )

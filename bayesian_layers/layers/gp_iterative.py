@@ -76,6 +76,10 @@ class _Preconditioner:
         return self.low @ e1 + self.noise.sqrt() * e2
 
 
+class _Breakdown(ArithmeticError):
+    """CG met a non-positive curvature or preconditioned norm (rounding, not the math)."""
+
+
 def _batched_cg(
     matrix: Tensor,
     noise: Tensor,
@@ -102,9 +106,13 @@ def _batched_cg(
     active_log: list[Tensor] = []
     active = torch.ones_like(rz, dtype=torch.bool)
     tiny = torch.finfo(rhs.dtype).tiny
+    if not bool((rz0 > 0).all()):  # P⁻¹ lost positive definiteness to rounding
+        raise _Breakdown
     for _ in range(max_iterations):
         kd = torch.addmm(direction, matrix, direction, beta=shift)  # (K_f + σ² I) d, (N, C)
         curvature = (direction * kd).sum(0)
+        if not bool(((curvature > 0) | ~active).all()):
+            raise _Breakdown
         a = torch.where(active, rz / curvature.clamp_min(tiny), torch.zeros_like(rz))
         solution = solution + a * direction
         residual = residual - a * kd
@@ -200,6 +208,7 @@ def gaussian_log_marginal_likelihood_cg(
     max_iterations: int = 50,
     tolerance: float = 1e-2,
     preconditioner_rank: int = 15,
+    layer: str = "gaussian_log_marginal_likelihood_cg",
 ) -> Tensor:
     r"""Stochastic estimate of ``Σ_u log N(r_u | 0, K_f + σ² I)`` and of its gradient.
 
@@ -219,9 +228,15 @@ def gaussian_log_marginal_likelihood_cg(
         tolerance: stop when every column's residual norm relative to its
             right-hand side is below it.
         preconditioner_rank: ``k``; larger ``k`` fewer iterations (``k = N``: exact).
+        layer: caller's name for error messages.
 
     Returns:
-        A scalar tensor (first-order differentiable).
+        A scalar tensor (first-order differentiable). When rounding breaks CG down in
+        a lower precision (a non-positive curvature, e.g. duplicated inputs with tiny
+        noise in float32), it is redone in float64 and the value cast back.
+
+    Raises:
+        ValueError: CG broke down in float64 too.
 
     Example:
         >>> kf = torch.eye(3, dtype=torch.float64)
@@ -247,4 +262,22 @@ def gaussian_log_marginal_likelihood_cg(
         )
     options = (num_probes, max_iterations, float(tolerance), preconditioner_rank)
     with full_precision(kernel_matrix.device):
-        return _CGLogMarginalLikelihood.apply(kernel_matrix, noise, residual, options)
+        try:
+            value = _CGLogMarginalLikelihood.apply(kernel_matrix, noise, residual, options)
+            if bool(torch.isfinite(value)):
+                return value
+        except _Breakdown:
+            pass
+        if kernel_matrix.dtype != torch.float64:  # rounding broke CG: redo it in float64
+            wide = (t.to(torch.float64) for t in (kernel_matrix, noise, residual))
+            try:
+                value = _CGLogMarginalLikelihood.apply(*wide, options)
+                if bool(torch.isfinite(value)):
+                    return value.to(kernel_matrix.dtype)
+            except _Breakdown:
+                pass
+    raise ValueError(
+        f"{layer}: solver='cg' broke down (the preconditioned system is not positive "
+        f"definite to rounding, e.g. duplicated inputs with observation noise "
+        f"{float(noise):.1e}); raise the observation noise or use solver='cholesky'"
+    )

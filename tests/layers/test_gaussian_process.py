@@ -393,3 +393,12 @@ def test_needed_jitter_is_reported_once_per_layer():
         gp.log_marginal_likelihood()
         gp(torch.tensor(xs))
     assert len([w for w in record if issubclass(w.category, JitterWarning)]) == 1
+
+
+@pytest.mark.parametrize("which", ["conditional_inputs", "conditional_outputs"])
+def test_non_finite_conditioning_data_is_rejected(which: str):
+    x, y, _ = _data()
+    data = {"conditional_inputs": torch.tensor(x), "conditional_outputs": torch.tensor(y)}
+    data[which][3, 0] = float("nan")
+    with pytest.raises(ValueError, match=f"GaussianProcess expected finite {which}.*1 NaN"):
+        L.GaussianProcess(2, **data, **D64)

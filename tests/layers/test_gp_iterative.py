@@ -124,3 +124,28 @@ def test_bad_options():
         gaussian_log_marginal_likelihood_cg(
             torch.eye(2), torch.tensor(1.0), torch.ones(2, 1), num_probes=0
         )
+
+
+def test_cg_on_duplicated_inputs_in_float32_is_a_number_not_nan():
+    """Duplicated inputs and noise 1e-6 in float32: the Woodbury preconditioner loses
+    positive definiteness to rounding and CG used to return NaN. Now the value is
+    finite and within 5 standard errors of the exact float64 value (the CG estimate's
+    standard deviation at this size, measured over 20 seeds in float64: 0.49)."""
+    torch.manual_seed(0)
+    x = torch.rand(50, 2, dtype=torch.float64)
+    x = torch.cat([x, x])
+    y = torch.sin(x.sum(1, keepdim=True))
+
+    def gp(solver: str, dtype: torch.dtype) -> L.GaussianProcess:
+        return L.GaussianProcess(
+            1, conditional_inputs=x.to(dtype), conditional_outputs=y.to(dtype),
+            observation_noise=1e-6, solver=solver, dtype=dtype,
+        )  # fmt: skip
+
+    exact = gp("cholesky", torch.float64).log_marginal_likelihood()
+    layer = gp("cg", torch.float32)
+    value = layer.log_marginal_likelihood()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert abs(value.item() - exact.item()) <= 5 * 0.49
+    value.backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
