@@ -9,6 +9,8 @@ it as a distribution over function values (epistemic variance).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
@@ -17,7 +19,30 @@ from .. import tracing as _tracing
 from .._function_space import mark_function_space
 from ..random_variable import RandomVariable
 
-__all__ = ["check_input_dtype", "check_name", "function_output"]
+__all__ = ["check_count", "check_real", "check_input_dtype", "check_name", "function_output"]
+
+
+def check_count(owner: str, name: str, value: object) -> int:
+    """``value`` if it is an ``int >= 1``; else ``TypeError``/``ValueError`` naming it."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner} expected `{name}` to be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{owner} expected `{name}` >= 1, got {value}")
+    return value
+
+
+def check_real(
+    owner: str, name: str, value: object, *, lower: float = 0.0, strict: bool = False
+) -> float:
+    """``float(value)`` if it is a finite real number ``>= lower`` (``> lower`` when
+    ``strict``); else ``TypeError``/``ValueError`` naming the argument."""
+    bound = f"{'>' if strict else '>='} {lower:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner} expected `{name}` to be a finite number {bound}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < lower or (strict and number == lower):
+        raise ValueError(f"{owner} expected `{name}` to be a finite number {bound}, got {value!r}")
+    return number
 
 
 def check_input_dtype(owner: str, x: Tensor, dtype: torch.dtype) -> None:

@@ -9,7 +9,6 @@ the sparse-GP ELBO) and the predictive distribution of ``y``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from torch.distributions import Distribution, Normal
 
 from .. import tracing as _tracing
 from ..random_variable import RandomVariable
-from ._gp_io import check_name
+from ._gp_io import check_count, check_name, check_real
 from .kernel_base import inverse_softplus
 from .sparse_gp_kernels import gaussian_expected_log_likelihood
 
@@ -72,12 +71,9 @@ class GaussianLikelihood(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if isinstance(units, bool) or not isinstance(units, int):
-            raise TypeError(f"{owner} expected `units` to be an int, got {units!r}")
-        if units < 1:
-            raise ValueError(f"{owner} expected `units` >= 1, got {units}")
-        floor = _finite(owner, "min_noise_variance", min_noise_variance, lower=0.0)
-        init = _finite(owner, "noise_variance", noise_variance, lower=floor, strict=True)
+        units = check_count(owner, "units", units)
+        floor = check_real(owner, "min_noise_variance", min_noise_variance)
+        init = check_real(owner, "noise_variance", noise_variance, lower=floor, strict=True)
         if not isinstance(learn_noise, bool):
             raise TypeError(f"{owner} expected `learn_noise` to be a bool, got {learn_noise!r}")
         self.units = units
@@ -158,14 +154,3 @@ class GaussianLikelihood(nn.Module):
         if _tracing._active and _tracing.is_tracing():
             return _tracing.variable(dist, name=self.name, value=value)
         return RandomVariable(dist, value=value, name=self.name)
-
-
-def _finite(owner: str, name: str, value: object, *, lower: float, strict: bool = False) -> float:
-    """``float(value)`` if finite and ``>= lower`` (``> lower`` when ``strict``)."""
-    bound = f"> {lower:g}" if strict else f">= {lower:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner} expected `{name}` to be a finite number {bound}, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < lower or (strict and number == lower):
-        raise ValueError(f"{owner} expected `{name}` to be a finite number {bound}, got {value!r}")
-    return number

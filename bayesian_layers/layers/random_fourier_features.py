@@ -20,7 +20,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from ..initializers import TrainableInitializer
 from ..random_variable import RandomVariable
 from ..regularizers import Regularizer
-from ._gp_io import check_input_dtype, check_name, function_output
+from ._gp_io import check_count, check_input_dtype, check_name, check_real, function_output
 from .base import BayesianLayer, as_tensor
 from .gp_numerics import cholesky_with_jitter
 from .kernels import (
@@ -38,6 +38,7 @@ __all__ = [
     "sample_spectral_frequencies",
     "fourier_features",
     "has_spectral_sampler",
+    "draw_fourier_prior",
 ]
 
 _KERNELS: dict[str, type[StationaryKernel]] = {
@@ -67,6 +68,28 @@ def fourier_features(
     """
     proj = (x / length_scale) @ frequencies + phases  # (*, N, M)
     return amplitude * math.sqrt(2.0 / frequencies.shape[-1]) * torch.cos(proj)
+
+
+def draw_fourier_prior(
+    kernel: StationaryKernel,
+    num_functions: int,
+    in_features: int,
+    num_features: int,
+    units: int,
+    **factory: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Random features of ``K = num_functions`` independent prior draws ``f₀ ~ GP(0, k)``.
+
+    Returns frequencies ``(K, D, L)``, phases ``(K, 1, L)`` and weights ``(K, L, U)``
+    (``L = num_features``) for ``f₀(x) = φ(x) w`` with :func:`fourier_features`; the
+    frequencies are drawn at unit length scale, so the kernel's current ``amplitude``
+    and ``length_scale`` apply at evaluation. Averaged over the draw, ``f₀`` has mean 0 and
+    covariance exactly ``k`` for any ``L``; it is Gaussian as ``L`` grows.
+    """
+    k, d, m = num_functions, in_features, num_features
+    freq = sample_spectral_frequencies(kernel, d, k * m, **factory)  # independent columns
+    phases = 2 * math.pi * torch.rand(k, 1, m, **factory)
+    return freq.reshape(d, k, m).transpose(0, 1), phases, torch.randn(k, m, units, **factory)
 
 
 def sample_spectral_frequencies(
@@ -189,28 +212,14 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        for arg, value in (("units", units), ("num_features", num_features), ("in_features",
-                           in_features)):  # fmt: skip
-            if value is None and arg == "in_features":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(
-                    f"{owner} expected `{arg}` to be an int, got {type(value).__name__}"
-                )
-            if value < 1:
-                raise ValueError(f"{owner} expected `{arg}` >= 1, got {value}")
+        check_count(owner, "units", units)
+        check_count(owner, "num_features", num_features)
+        if in_features is not None:
+            check_count(owner, "in_features", in_features)
         if posterior not in ("variational", "laplace"):
             raise ValueError(f"{owner} expected `posterior` 'variational' or 'laplace', "
                              f"got {posterior!r}")  # fmt: skip
-        if (
-            isinstance(prior_scale, bool)
-            or not isinstance(prior_scale, (int, float))
-            or not (math.isfinite(prior_scale) and prior_scale > 0)
-        ):
-            raise ValueError(
-                f"{owner} expected `prior_scale` to be a finite positive number, "
-                f"got {prior_scale!r}"
-            )
+        prior_scale = check_real(owner, "prior_scale", prior_scale, strict=True)
         if not isinstance(bias, bool):
             raise TypeError(f"{owner} expected `bias` to be a bool, got {bias!r}")
         self.name = check_name(owner, name)

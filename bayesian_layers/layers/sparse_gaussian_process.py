@@ -24,16 +24,12 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..random_variable import RandomVariable
-from ._gp_io import check_input_dtype, check_name, function_output
+from ._gp_io import check_count, check_input_dtype, check_name, check_real, function_output
 from .base import BayesianLayer, as_tensor
 from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
-from .random_fourier_features import (
-    fourier_features,
-    has_spectral_sampler,
-    sample_spectral_frequencies,
-)
+from .random_fourier_features import draw_fourier_prior, fourier_features, has_spectral_sampler
 from .sparse_gp_kernels import (
     pathwise_conditional,
     svgp_kl,
@@ -43,25 +39,6 @@ from .sparse_gp_kernels import (
 )
 
 __all__ = ["SparseGaussianProcess"]
-
-
-def _positive_int(owner: str, name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{owner} expected `{name}` to be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{owner} expected `{name}` >= 1, got {value}")
-    return value
-
-
-def _finite(owner: str, name: str, value: object, *, positive: bool) -> float:
-    """``float(value)`` if it is a finite real number, ``> 0`` (``positive``) or ``>= 0``."""
-    what = "a finite positive" if positive else "a finite non-negative"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner} expected `{name}` to be {what} number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ValueError(f"{owner} expected `{name}` to be {what} number, got {value!r}")
-    return number
 
 
 def _linear_mean_init(x: Tensor, units: int) -> Tensor:
@@ -219,19 +196,19 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.units: int = _positive_int(owner, "units", units)
-        self.num_inducing: int = _positive_int(owner, "num_inducing", num_inducing)
+        self.units: int = check_count(owner, "units", units)
+        self.num_inducing: int = check_count(owner, "num_inducing", num_inducing)
         if in_features is not None:
-            in_features = _positive_int(owner, "in_features", in_features)
+            in_features = check_count(owner, "in_features", in_features)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if inducing_inputs is not None:
             in_features = self._check_inducing_inputs(inducing_inputs, in_features)
-        inducing_scale_init = _finite(
-            owner, "inducing_scale_init", inducing_scale_init, positive=True
+        inducing_scale_init = check_real(
+            owner, "inducing_scale_init", inducing_scale_init, strict=True
         )
-        self.jitter = _finite(owner, "jitter", jitter, positive=False)
-        self.kl_scale_factor = _finite(owner, "kl_scale_factor", kl_scale_factor, positive=False)
-        self.num_prior_features = _positive_int(owner, "num_prior_features", num_prior_features)
+        self.jitter = check_real(owner, "jitter", jitter)
+        self.kl_scale_factor = check_real(owner, "kl_scale_factor", kl_scale_factor)
+        self.num_prior_features = check_count(owner, "num_prior_features", num_prior_features)
         if not isinstance(whiten, bool):
             raise TypeError(f"{owner} expected `whiten` to be a bool, got {whiten!r}")
         self.name = check_name(owner, name)
@@ -454,10 +431,8 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         draws["u"] = torch.randn(k, units, m, **factory)
         draws["jitter"] = torch.randn(k, m, units, **factory)
         if has_spectral_sampler(self.covariance_fn):
-            freq = sample_spectral_frequencies(self.covariance_fn, d, k * feats, **factory)
-            draws["freq"] = freq.reshape(d, k, feats).transpose(0, 1)  # independent columns
-            draws["phase"] = 2 * math.pi * torch.rand(k, 1, feats, **factory)
-            draws["weight"] = torch.randn(k, feats, units, **factory)
+            prior = draw_fourier_prior(self.covariance_fn, k, d, feats, units, **factory)
+            draws.update(zip(("freq", "phase", "weight"), prior, strict=True))
         return draws  # type: ignore[return-value]
 
     def _prior_paths(self, x: Tensor, z: Tensor, draws: dict[str, Tensor]) -> tuple[Tensor, ...]:

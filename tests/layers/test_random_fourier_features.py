@@ -255,7 +255,7 @@ def test_wrong_input_dtype_raises_type_error(dtype):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"prior_scale": math.inf}, ValueError, "prior_scale` to be a finite positive"),
+        ({"prior_scale": math.inf}, ValueError, "prior_scale` to be a finite number > 0"),
         ({"prior_scale": math.nan}, ValueError, "prior_scale"),
         ({"name": 1}, TypeError, "name` to be a str or None"),
         ({"bias": "no"}, TypeError, "bias` to be a bool"),

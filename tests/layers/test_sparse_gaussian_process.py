@@ -357,9 +357,9 @@ def test_empty_batch_gives_an_empty_result_first_call_included():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"kl_scale_factor": -1.0}, ValueError, "kl_scale_factor` to be a finite non-negative"),
+        ({"kl_scale_factor": -1.0}, ValueError, "kl_scale_factor` to be a finite number >= 0"),
         ({"kl_scale_factor": math.inf}, ValueError, "kl_scale_factor"),
-        ({"jitter": math.nan}, ValueError, "jitter` to be a finite non-negative number, got nan"),
+        ({"jitter": math.nan}, ValueError, "jitter` to be a finite number >= 0, got nan"),
         ({"jitter": -1e-6}, ValueError, "jitter"),
         ({"inducing_scale_init": math.inf}, ValueError, "inducing_scale_init` to be a finite"),
         ({"inducing_scale_init": 0.0}, ValueError, "inducing_scale_init"),
