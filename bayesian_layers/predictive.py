@@ -372,5 +372,5 @@ def predict(
             samples = transform(samples)
         floats = samples if samples.is_floating_point() else samples.to(torch.get_default_dtype())
         mean = floats.mean(0)
-        variance = floats.var(0, correction=0)
+        variance = (floats - mean).square().mean(0)  # divisor K; no warning on an empty batch
     return Predictive(samples, mean, variance, **moments, function_space=marked and bool(moments))

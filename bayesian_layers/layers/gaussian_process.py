@@ -132,7 +132,10 @@ class GaussianProcess(BayesianLayer):
         device, dtype: where and in which dtype to create parameters and data.
 
     Shape:
-        - Input: ``(B, D)`` or ``(*, B, D)``, a tensor or a ``RandomVariable``.
+        - Input: ``(B, D)`` or ``(*, B, D)``, a tensor or a ``RandomVariable``; floating
+          inputs of another precision (float64, bfloat16) are cast to the layer's dtype
+          and the output is in that dtype; integer inputs raise ``TypeError``; ``B = 0``
+          gives an empty output.
         - Output value and mean: ``(*, B, units)``; ``distribution.covariance_matrix``
           ``(*, B, B)`` (shared by the units).
 
@@ -502,9 +505,17 @@ class GaussianProcess(BayesianLayer):
         return mark_function_space(rv)
 
     def _prepare(self, inputs: Tensor | RandomVariable) -> Tensor:
+        """Validated input in the layer's dtype: floating inputs of another precision
+        are cast (as the sparse GP layer does), integer ones are an error."""
         x = as_tensor(inputs, type(self).__name__)
+        dtype = self.observation_noise_rho.dtype
+        if not x.is_floating_point():
+            raise TypeError(
+                f"GaussianProcess expected a floating-point input (cast to the layer's "
+                f"{dtype}), got {x.dtype} of shape {tuple(x.shape)}"
+            )
         self._check_inputs(x)
-        return x.to(self.observation_noise_rho.dtype)
+        return x.to(dtype)
 
     def _output(self, x: Tensor) -> tuple[Distribution, Callable[[], Tensor], bool]:
         """``(distribution, value thunk, whether to defer it)`` under the sampling mode."""

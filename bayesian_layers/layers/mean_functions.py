@@ -65,6 +65,8 @@ class Constant(nn.Module):
         tensor = torch.as_tensor(value, device=device, dtype=dtype or torch.get_default_dtype())
         if tensor.dim() > 1:
             raise ValueError(f"Constant expected a scalar or 1-d value, got {tuple(tensor.shape)}")
+        if tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"Constant expected `value` to be finite, got {value!r}")
         tensor = tensor.detach().clone()
         if trainable:
             self.value = nn.Parameter(tensor)

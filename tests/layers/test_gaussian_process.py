@@ -402,3 +402,32 @@ def test_non_finite_conditioning_data_is_rejected(which: str):
     data[which][3, 0] = float("nan")
     with pytest.raises(ValueError, match=f"GaussianProcess expected finite {which}.*1 NaN"):
         L.GaussianProcess(2, **data, **D64)
+
+
+def test_integer_inputs_are_rejected_and_floats_cast_to_the_layer_dtype():
+    """One rule for the GP layers: integer inputs are an error (the kernels reject them
+    too); floating inputs of another precision are cast to the layer's dtype."""
+    x, y, xs = _data()
+    gp = _gp(L.Matern32(**D64), x, y)
+    with pytest.raises(TypeError, match=r"GaussianProcess expected a floating-point input.*int64"):
+        gp(torch.ones(3, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"GaussianProcess expected a floating-point input"):
+        gp.predictive_moments(torch.ones(3, 2, dtype=torch.long))
+    with torch.no_grad():
+        got = gp(torch.tensor(xs, dtype=torch.float32))
+        want = gp(torch.tensor(xs, dtype=torch.float32).double())
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got.mean, want.mean, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["sample", "mean", "frozen"])
+def test_empty_batch_gives_an_empty_result(mode: str):
+    x, y, _ = _data()
+    gp = _gp(L.Matern32(**D64), x, y)
+    bl.set_sampling(gp, mode)
+    rv = gp(torch.empty(0, 2, **D64))
+    assert rv.shape == (0, 2) and rv.value.shape == (0, 2)
+    assert rv.distribution.covariance_matrix.shape == (0, 0)
+    mean, var = gp.predictive_moments(torch.empty(0, 2, **D64))
+    assert mean.shape == var.shape == (0, 2)
+    assert bl.predict(gp, torch.empty(0, 2, **D64), 4).samples.shape == (4, 0, 2)

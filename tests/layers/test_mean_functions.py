@@ -71,3 +71,9 @@ def test_bad_input():
         Constant()(torch.randn(3))
     with pytest.raises(ValueError, match="scalar or 1-d value"):
         Constant(torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("nan")]])
+def test_constant_rejects_non_finite_values(value) -> None:
+    with pytest.raises(ValueError, match=r"Constant expected `value` to be finite, got"):
+        Constant(torch.tensor(value) if isinstance(value, list) else value)
