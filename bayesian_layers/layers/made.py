@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedBuffer
 
 from .reversible import _check_real, _is_lazy
 
@@ -129,9 +128,13 @@ class MADE(LazyModuleMixin, nn.Module):
         self.in_features: int | None = None
         self.layers = nn.ModuleList(_lazy_linear() for _ in range(len(self.hidden_dims) + 1))
         for k in range(len(self.layers)):
-            self.register_buffer(f"mask_{k}", UninitializedBuffer())
+            self.register_buffer(f"mask_{k}", None)  # set with the sizes (deep-copyable)
         if in_features is not None:
             self._materialize(in_features, torch.device("cpu"), torch.get_default_dtype())
+
+    def has_uninitialized_params(self) -> bool:  # type: ignore[override]
+        """Whether the sizes are still to be read from the first input."""
+        return self.in_features is None
 
     @property
     def input_dim(self) -> int | None:

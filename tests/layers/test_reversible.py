@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -673,3 +674,34 @@ def test_lazy_made_is_built_in_the_first_inputs_dtype() -> None:
     assert all(p.dtype == torch.float64 for p in made.parameters())
     with pytest.raises(TypeError, match="MADE expected `input` of dtype torch.float64"):
         made(torch.randn(2, 3))
+
+
+def test_a_flow_not_yet_called_deep_copies_and_saves() -> None:
+    flow = _lazy_flow()
+    twin = copy.deepcopy(flow)  # e.g. an ensemble built from one template
+    fresh = _lazy_flow()
+    fresh.load_state_dict(flow.state_dict())  # the sizes are still unknown: nothing to load
+    x = torch.randn(6, 4)
+    for model in (flow, twin, fresh):
+        assert model(x).shape == (6, 4)
+        assert model[1].network.in_features == 2
+
+
+@pytest.mark.parametrize(
+    ("layer", "x", "inner"),
+    [
+        (Reverse(Permute(3)), torch.randn(2, 4), "Permute"),
+        (Reverse(ActNorm(3)), torch.randn(2, 3, dtype=torch.float64), "ActNorm"),
+        (RealNVP(bl.layers.LinearReparameterization(3, 4)), torch.randn(2, 4), "Linear"),
+        (MaskedAutoregressiveFlow(MADE(hidden_dims=[4], in_features=3)), torch.randn(2, 4), "MADE"),
+    ],
+    ids=["reverse-width", "reverse-dtype", "realnvp-network", "maf-network"],
+)
+def test_errors_of_a_wrapped_layer_or_network_name_the_layer_called(
+    layer: nn.Module, x: Tensor, inner: str
+) -> None:
+    with pytest.raises((ValueError, TypeError, RuntimeError)) as info:
+        layer(x)
+    assert isinstance(info.value, (ValueError, TypeError))
+    assert str(info.value).startswith(type(layer).__name__)
+    assert inner in str(info.value)
