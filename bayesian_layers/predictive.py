@@ -23,6 +23,7 @@ from torch.distributions import (
     Independent,
     OneHotCategorical,
 )
+from torch.nn.modules.batchnorm import _NormBase
 
 from . import metrics
 from ._function_space import is_function_space
@@ -35,7 +36,7 @@ __all__ = ["Predictive", "predict", "auto_chunk_size", "CHUNK_BYTES"]
 CHUNK_BYTES = 32 * 2**20
 
 
-@dataclass
+@dataclass(repr=False)
 class Predictive:
     r"""K predictive samples, their moments, and the uncertainty decomposition.
 
@@ -104,6 +105,20 @@ class Predictive:
     @property
     def num_samples(self) -> int:
         return self.samples.shape[0]
+
+    def __repr__(self) -> str:
+        fields = [f"num_samples={self.num_samples}"]
+        for name in ("samples", "mean", "variance", "output_mean", "output_variance"):
+            value = getattr(self, name)
+            if value is not None:
+                fields.append(f"{name}={tuple(value.shape)}")
+        if self.output_probs is not None:
+            fields.append(f"output_probs={tuple(self.output_probs.shape)}")
+            fields.append("uncertainty=predictive_entropy/expected_entropy/mutual_information")
+        elif self.output_mean is not None and self.output_variance is not None:
+            space = " (function space: all epistemic)" if self.function_space else ""
+            fields.append(f"uncertainty=aleatoric/epistemic/total{space}")
+        return f"{type(self).__name__}({', '.join(fields)})"
 
     # ------------------------------------------------------------ regression
     def _moments(self, what: str) -> tuple[Tensor, Tensor]:
@@ -254,6 +269,35 @@ def _stack(parts: list[dict[str, Tensor]], dim_cat: bool) -> dict[str, Tensor]:
     return {n: join([p[n] for p in parts]) for n in names}
 
 
+@contextmanager
+def _normalization_in_eval(model: nn.Module) -> Iterator[None]:
+    """Batch-norm-type layers (running statistics) in eval mode meanwhile: the folded
+    ``K × B`` batch must neither update their statistics nor be normalised as one batch."""
+    norms = [m for m in model.modules() if isinstance(m, _NormBase) and m.training]
+    for m in norms:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train(True)
+
+
+def _explain_failure(model: nn.Module, x: Tensor, err: Exception) -> None:
+    """After the folded call failed: if ``model(x)`` works, raise an error about the
+    batch convention in the user's shapes; if it fails too, that error names them."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return
+    model(x)  # raises the model's own error, on the input as the user passed it
+    raise ValueError(
+        f"predict reads the first dimension of x as the batch and folds the function "
+        f"samples into it; the model runs on x of shape {tuple(x.shape)} but not on the "
+        f"folded batch, so it does not treat that dimension as the batch. For one example "
+        f"pass x[None] (shape {(1, *tuple(x.shape))}); for a model that moves the batch "
+        f"pass vectorized=False"
+    ) from err
+
+
 def _joint_modules(model: nn.Module) -> list[nn.Module]:
     """Submodules whose class says ``joint_over_batch = True``."""
     return [m for m in model.modules() if getattr(type(m), "joint_over_batch", False)]
@@ -281,8 +325,12 @@ def _vectorized(
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
-        with vectorized_samples(model, k):
-            rv = model(xk)
+        try:
+            with vectorized_samples(model, k):
+                rv = model(xk)
+        except (ValueError, TypeError, IndexError, RuntimeError) as err:
+            _explain_failure(model, x, err)
+            raise
         out = _output(rv)
         parts.append(out.reshape(k, x.shape[0], *out.shape[1:]))  # (k, B, *out)
         moment_parts.append(_fold(_moments(rv), k, x.shape[0]))
@@ -309,6 +357,15 @@ def predict(
     treat the first dimension as the batch (true of ``nn.Sequential`` models of
     dense, convolutional, dropout, normalisation-in-eval and activation layers).
     ``vectorized=False`` loops K calls instead, for any model.
+
+    Layers with running statistics (batch norm; any ``torch.nn`` ``_NormBase``) run in
+    eval mode for the duration of the call and get their mode back afterwards, so
+    ``predict`` in training mode leaves their statistics untouched. Layers whose
+    class sets ``joint_over_batch = True`` (one draw over the whole batch, e.g.
+    :class:`~bayesian_layers.layers.GaussianProcess`) get ``marginal_samples = True``
+    meanwhile, so each row is drawn from its own marginal, which is all the
+    per-row predictive needs (such a layer without that attribute makes ``predict``
+    loop K separate calls); ``samples`` then keep no correlation across the batch.
 
     When the model returns a :class:`~bayesian_layers.RandomVariable` (it ends
     in a stochastic output layer), the moments of its distribution under each
@@ -360,6 +417,7 @@ def predict(
     with (
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint if vectorized else []),
+        _normalization_in_eval(model),
     ):
         if vectorized:
             samples, moments, marked = _vectorized(model, x, num_samples, chunk_size)

@@ -557,7 +557,8 @@ def test_predict_on_an_exact_gp_gives_its_marginal_predictive(
     white_noise: bool, vectorized: bool
 ) -> None:
     """Mean and variance of K predictive samples (4000 vectorised, 500 looped) against
-    the layer's exact marginals: mean within z·sqrt(v/K), variance within z·v·sqrt(2/K) (normal samples);
+    the layer's exact marginals: mean within z·sqrt(v/K), variance within z·v·sqrt(2/K)
+    (normal samples);
     k = 4 points × 2 moments × 4 cases = 32 checks at α = 1e-3. The folded copies used
     to be one joint draw (variance ≈ 0.1 everywhere, or a singular 240 × 240 Cholesky)."""
     gp, x = _readme_gp(None if white_noise else 1e-6)
@@ -600,3 +601,39 @@ def test_predict_on_any_joint_over_batch_module_samples_independent_functions() 
     k = 4000
     pred = bl.predict(_SharedShift(), torch.zeros(3, 1), k)
     assert ((pred.variance - 1.0).abs() <= z_bonferroni(3) * math.sqrt(2 / k)).all()
+
+
+# ============================================================ predict: usability
+def test_predict_error_names_the_users_shapes() -> None:
+    """A 6-input model given one unbatched example: the folded call fails on K × 6
+    rows, a size the user never passed; the error names (6,) and the fix."""
+    model = nn.Sequential(layers.LinearFlipout(6, 2))
+    with pytest.raises(ValueError, match=r"x of shape \(6,\).*\(1, 6\)") as info:
+        bl.predict(model, torch.randn(6), 4)
+    assert "(24,)" not in str(info.value)
+    with pytest.raises(ValueError, match=r"got \(5, 3\)"):  # the model's own error, user shapes
+        bl.predict(model, torch.randn(5, 3), 4)
+
+
+def test_predictive_repr_is_short() -> None:
+    model = nn.Sequential(layers.LinearFlipout(3, 2), layers.Normal(event_dims=1))
+    pred = bl.predict(model, torch.randn(5, 3), 16)
+    text = repr(pred)
+    assert text.startswith("Predictive(num_samples=16") and len(text) < 300, text
+    assert "samples=(16, 5, 2)" in text and "aleatoric" in text and "tensor(" not in text
+    assert "output_probs" not in text  # absent fields are not listed
+
+
+def test_predict_runs_batch_norm_in_eval_and_restores_its_mode() -> None:
+    bn = nn.BatchNorm1d(3)
+    model = nn.Sequential(bn, layers.LinearFlipout(3, 2))
+    model.train()
+    x = torch.randn(8, 3) * 4 + 2
+    with bl.posterior_mean(model):
+        pred = bl.predict(model, x, 4)
+        model.eval()
+        expected = model(x)
+        model.train()
+    assert bn.training and int(bn.num_batches_tracked) == 0
+    torch.testing.assert_close(bn.running_mean, torch.zeros(3))
+    torch.testing.assert_close(pred.mean, expected)
