@@ -320,6 +320,7 @@ class _ForkedCall:
     which the ranks of a tensor-parallel group keep in step.
     """
 
+    @torch.compiler.disable
     def __init__(self, mesh: DeviceMesh, modules: tuple[BayesianLayer, ...]) -> None:
         base = int(torch.randint(0, 2**62, (1,)).item())
         self.device = _param_device(modules)
@@ -335,6 +336,7 @@ class _ForkedCall:
         self.rng = _get_rng_state(self.device)
         _seed_device(self.device, derive_seed(base, mesh.get_local_rank()))
 
+    @torch.compiler.disable
     def restore(self) -> None:
         _set_rng_state(self.device, self.rng)
         for m, random in self.randoms:

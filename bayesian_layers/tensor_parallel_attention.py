@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 from functools import partial
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -125,6 +124,17 @@ class BayesianAttentionParallel(ParallelStyle):
         return out
 
 
+class _LocalHeads:
+    """The attributes ``attention_core`` reads, for the local heads (a plain class, which
+    ``torch.compile`` traces; a ``SimpleNamespace`` breaks the graph)."""
+
+    def __init__(self, module: _BayesianMultiheadAttention, heads: int) -> None:
+        self.num_heads, self.head_dim = heads, module.head_dim
+        self.dropout, self.training = module.dropout, module.training
+        self.bias_k, self.bias_v = module.bias_k, module.bias_v
+        self.add_zero_attn = module.add_zero_attn
+
+
 _BASE_DIMS = {"in_w": 2, "in_delta": 2, "in_b": 1, "out_w": 2, "out_delta": 2, "out_b": 1}
 
 
@@ -179,11 +189,7 @@ def _head_parallel_attend(
     if attn_mask is not None and attn_mask.dim() == 3:  # (N H, L, S): the local heads
         full = attn_mask.view(batch, module.num_heads, *attn_mask.shape[1:])
         attn_mask = full[:, rank * heads : (rank + 1) * heads].reshape(-1, *attn_mask.shape[1:])
-    local = SimpleNamespace(
-        num_heads=heads, head_dim=module.head_dim, dropout=module.dropout,
-        training=module.training, bias_k=module.bias_k, bias_v=module.bias_v,
-        add_zero_attn=module.add_zero_attn,
-    )  # fmt: skip
+    local = _LocalHeads(module, heads)
     out, weights = attention_core(local, q, k, v, key_padding_mask, attn_mask, *args)  # type: ignore[arg-type]
     if per_example:
         sign_in = _rademacher(torch.Size((batch, e)), query)

@@ -298,6 +298,26 @@ def _check_fc_plan(rank: int, res: dict[str, Any], outdir: str) -> None:
     res["plan_kl"] = (bld.kl_divergence(model).item(), sum(bl.losses(ref)).item())
 
 
+def _check_compile(rank: int, res: dict[str, Any], outdir: str) -> None:
+    """A compiled tensor-parallel pair (Dynamo with the eager backend, to keep it fast;
+    the host-side noise setup of each layer is a graph break) equals eager mode."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    model = _mlp()
+    plan = {"0": bld.BayesianColwiseParallel(), "2": bld.BayesianRowwiseParallel()}
+    parallelize_module(model, mesh, plan)
+    compiled = torch.compile(model, backend="eager")
+    x = _batch()[0]
+    bld.manual_seed(SEED, rank=0)
+    with bl.posterior_mean(model):
+        res["compile_mean_err"] = (compiled(x) - model(x)).abs().max().item()
+    out = compiled(x)
+    (out.square().sum() + bld.kl_divergence(model)).backward()
+    res["compile_grad_finite"] = all(_full(p.grad).isfinite().all() for p in model.parameters())
+
+
 CHECKS = [
     _check_tp_seed,
     _check_tp_elbo,
@@ -305,6 +325,7 @@ CHECKS = [
     _check_fsdp_default,
     _check_fsdp_bf16,
     _check_fc_plan,
+    _check_compile,  # last: Dynamo turns distribution checks off in the process
 ]
 
 
@@ -400,6 +421,12 @@ def test_transformer_plan_with_other_names_and_patterns(results):
         assert r["plan_out_err"] < 1e-5
         kl, kl_ref = r["plan_kl"]
         assert kl == pytest.approx(kl_ref, rel=1e-6)
+
+
+def test_tensor_parallel_compiles_with_graph_breaks(results):
+    for r in _ok(results, "check_compile"):
+        assert r["compile_mean_err"] < 1e-6
+        assert r["compile_grad_finite"]
 
 
 # ------------------------------------------------------------------ one process
