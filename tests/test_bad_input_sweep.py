@@ -1,6 +1,7 @@
 """Bad-input sweep over every public layer class in ``bayesian_layers.layers.__all__``.
 
-Each layer gets a small constructor and a valid input (``REGISTRY``); a class that is
+Each layer gets a small constructor and a valid input (``REGISTRY``; ``Name[variant]``
+keys sweep other constructions of a class, e.g. sizes read on the first call); a class that is
 not a layer is listed in ``SKIPPED`` with its reason, and a test fails when a public
 ``nn.Module`` class is in neither, so a new layer cannot be forgotten. Every layer
 then meets each case of ``CASES`` on a freshly built instance:
@@ -192,6 +193,13 @@ REGISTRY: dict[str, Entry] = {
         extra=_log_prob,
     ),
     "GaussianProcess": Entry(_gp, (5, 3)),
+    # variants (``Name[variant]``): sizes read on the first call, a posterior with state
+    "ActNorm[lazy]": Entry(lambda: layers.ActNorm(), (4, 3), None, scores_input=True),
+    "MADE[lazy]": Entry(lambda: layers.MADE(hidden_dims=[8]), (4, 3), None),
+    "Normal[lazy]": Entry(_ctor("Normal", 2), (4, 3), None),
+    "RandomFourierFeatures[laplace]": Entry(
+        _ctor("RandomFourierFeatures", 2, 16, in_features=3, posterior="laplace"), (5, 3)
+    ),
     "GaussianLikelihood": Entry(_ctor("GaussianLikelihood", 2), (4, 2)),
     "SparseGaussianProcess": Entry(
         lambda: layers.SparseGaussianProcess(2, 4, in_features=3), (5, 3)
@@ -232,8 +240,7 @@ SKIPPED: dict[str, str] = {
 KNOWN_FAILING: dict[tuple[str, str], str] = {
     ("GaussianProcess", "nan"): "ValueError without the layer's name",
     ("GaussianProcess", "inf"): "ValueError without the layer's name",
-    ("SparseGaussianProcess", "nan"): "_LinAlgError",
-    ("SparseGaussianProcess", "inf"): "_LinAlgError",
+    ("Normal[lazy]", "nan"): "state changed by a failed call (ValueError)",
 }
 
 
@@ -427,9 +434,10 @@ def _judge_next_call(entry: Entry, module: nn.Module, outcome: str, case: str) -
 # -------------------------------------------------------------------------------- tests
 def test_every_public_layer_class_is_swept_or_skipped_with_a_reason() -> None:
     public = set(public_layer_classes())
-    assert not public - REGISTRY.keys() - SKIPPED.keys(), "add these layers to REGISTRY"
-    assert not (REGISTRY.keys() | SKIPPED.keys()) - public, "stale names in the sweep"
-    assert not REGISTRY.keys() & SKIPPED.keys()
+    swept = {key.split("[")[0] for key in REGISTRY}  # "Name[variant]" sweeps Name too
+    assert not public - swept - SKIPPED.keys(), "add these layers to REGISTRY"
+    assert not (swept | SKIPPED.keys()) - public, "stale names in the sweep"
+    assert not swept & SKIPPED.keys()
     assert all(reason.strip() for reason in SKIPPED.values())
 
 
@@ -463,7 +471,11 @@ def sweep() -> dict[tuple[str, str], str]:
 def main(argv: list[str]) -> None:
     results = sweep()
     kinds = Counter(o if not o.startswith("failing") else "failing" for o in results.values())
-    print(f"{len(REGISTRY)} layer classes x {len(CASES)} cases ({len(SKIPPED)} classes skipped)")
+    classes = len({key.split("[")[0] for key in REGISTRY})
+    print(
+        f"{classes} layer classes ({len(REGISTRY)} constructions) x {len(CASES)} cases; "
+        f"{len(SKIPPED)} public classes skipped (not layers)"
+    )
     for kind in ("correct", "ValueError", "TypeError", "failing", "n/a"):
         print(f"  {kind:10s} {kinds.get(kind, 0)}")
     failing = {k: v[len("failing: ") :] for k, v in results.items() if v.startswith("failing")}
