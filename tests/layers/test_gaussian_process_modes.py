@@ -146,3 +146,20 @@ def test_predictive_moments_are_the_marginals_without_the_joint(monkeypatch, chu
     assert mean.shape == var.shape == (2, 7, 2)
     torch.testing.assert_close(mean, dist.mean)
     torch.testing.assert_close(var, dist.variance)
+
+
+# ------------------------------------------------------------------ names, tracing
+def test_named_output_is_recorded_conditioned_and_scored() -> None:
+    gp, x = _gp(name="f"), _inputs(4)
+    with bl.tape() as tape:
+        out = gp(x)
+    assert list(tape) == ["f"] and tape["f"] is out and out.name == "f"
+    value = torch.zeros(4, 2, **D64)
+    with bl.condition(f=value):
+        assert torch.equal(gp(x).value, value)
+    log_joint = bl.make_log_joint_fn(lambda: gp(x))
+    with torch.no_grad():
+        expected = gp(x).distribution.log_prob(value)
+        torch.testing.assert_close(log_joint(f=value), expected)
+    with pytest.raises(TypeError, match="GaussianProcess expected `name` to be a str"):
+        L.GaussianProcess(1, name=3)
