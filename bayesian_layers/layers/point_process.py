@@ -127,8 +127,8 @@ class PoissonProcessDistribution(Distribution):
             raise ValueError(f"{owner} expected `num_points` >= 1, got {num_points!r}")
         if upper_bound is not None and not (upper_bound > 0 and math.isfinite(upper_bound)):
             raise ValueError(f"{owner} expected `upper_bound` > 0, got {upper_bound!r}")
-        if not bound_factor >= 1.0:
-            raise ValueError(f"{owner} expected `bound_factor` >= 1, got {bound_factor!r}")
+        if not 1.0 <= bound_factor < math.inf:
+            raise ValueError(f"{owner} expected a finite `bound_factor` >= 1, got {bound_factor!r}")
         self.integration = integration
         self.num_points = num_points
         self.upper_bound = upper_bound

@@ -271,3 +271,14 @@ def test_points_in_another_dtype_than_the_rate_module_are_a_type_error(dtype):
     ):
         process(torch.rand(3, 1, dtype=dtype))
     assert torch.isfinite(process(torch.rand(3, 1)).log_prob(torch.rand(3, 1)))
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("bound_factor", math.inf), ("bound_factor", math.nan), ("bound_factor", 0.5),
+     ("upper_bound", math.inf), ("upper_bound", math.nan), ("num_points", 0),
+     ("num_points", True)],
+)  # fmt: skip
+def test_bad_options_are_value_errors_naming_layer_and_option(option, value):
+    with pytest.raises(ValueError, match=rf"PoissonProcess.*`{option}`"):
+        layers.PoissonProcess(constant(1.0), [(0.0, 1.0)], **{option: value})
