@@ -10,6 +10,7 @@ Single-process references run inside the workers with the same seeds and inputs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import socket
@@ -182,20 +183,18 @@ def _check_accumulation(rank: int, res: dict[str, Any], outdir: str) -> None:
         total = 0.0
         with bl.posterior_mean(model):
             for i, (xm, ym) in enumerate(zip(xs.chunk(2), ys.chunk(2), strict=True)):
-                if form == "mean":
-                    loss = bld.elbo_loss(
-                        F.cross_entropy(ddp(xm), ym), model, N_TRAIN, accumulation_steps=2
-                    )
-                else:
-                    nll_sum = F.cross_entropy(ddp(xm), ym, reduction="sum")
-                    loss = bld.elbo_loss(
-                        nll_sum, N_TRAIN, global_batch_size=len(x), model=model,
-                        accumulation_steps=2,
-                    )  # fmt: skip
-                if i == 0:
-                    with ddp.no_sync():
-                        loss.backward()
-                else:
+                # the recipe: forward and backward of every micro-batch but the last
+                # without the gradient all-reduce
+                with ddp.no_sync() if i == 0 else contextlib.nullcontext():
+                    if form == "mean":
+                        nll_mean = F.cross_entropy(ddp(xm), ym)
+                        loss = bld.elbo_loss(nll_mean, model, N_TRAIN, accumulation_steps=2)
+                    else:
+                        nll_sum = F.cross_entropy(ddp(xm), ym, reduction="sum")
+                        loss = bld.elbo_loss(
+                            nll_sum, N_TRAIN, global_batch_size=len(x), model=model,
+                            accumulation_steps=2,
+                        )  # fmt: skip
                     loss.backward()
                 total += loss.item()
         grads[form] = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -211,6 +210,14 @@ def _check_accumulation(rank: int, res: dict[str, Any], outdir: str) -> None:
         for n, p in ref.named_parameters()
     )
     res["acc_grad_scale"] = max(p.grad.abs().max().item() for p in ref.parameters())
+
+
+def _type_error(call: Callable[[], object]) -> str | None:
+    try:
+        call()
+    except TypeError as e:
+        return str(e)
+    return None
 
 
 def _fsdp_net(**kwargs: Any) -> nn.Module:
@@ -234,16 +241,13 @@ def _check_fsdp_default(rank: int, res: dict[str, Any], outdir: str) -> None:
     bld.manual_seed(SEED, rank=rank)
     out, kl = net(x.chunk(WORLD)[rank])
     res["fsdp_resharded_after_forward"] = isinstance(net.model[0].weight_loc, DTensor)
-    nll_sum = F.cross_entropy(out, y.chunk(WORLD)[rank], reduction="sum")
-    bld.elbo_loss(nll_sum, N_TRAIN, global_batch_size=len(x), kl=kl).backward()
+    nll_mean = F.cross_entropy(out, y.chunk(WORLD)[rank])
+    bld.elbo_loss(nll_mean, num_examples=N_TRAIN, kl=kl).backward()
     opt.step()
     state = {k: _full(v) for k, v in net.state_dict().items()}
     res["fsdp_kl_after"] = bld.kl_divergence(net).item()
-    try:
-        bl.losses(net)
-        res["fsdp_losses_error"] = None
-    except TypeError as e:
-        res["fsdp_losses_error"] = str(e)
+    res["fsdp_losses_error"] = _type_error(lambda: bl.losses(net))
+    res["fsdp_elbo_error"] = _type_error(lambda: bl.elbo_loss(nll_mean, net, N_TRAIN))
     # a distributed checkpoint of the sharded model loads into a fresh sharded model
     path = str(Path(outdir) / "ckpt")
     dcp.save(net.state_dict(), checkpoint_id=path)
@@ -296,6 +300,7 @@ def _check_fc_plan(rank: int, res: dict[str, Any], outdir: str) -> None:
     with bl.posterior_mean(model), bl.posterior_mean(ref):
         res["plan_out_err"] = (model(x) - ref(x)).abs().max().item()
     res["plan_kl"] = (bld.kl_divergence(model).item(), sum(bl.losses(ref)).item())
+    res["plan_losses_error"] = _type_error(lambda: bl.losses(model))
 
 
 def _check_compile(rank: int, res: dict[str, Any], outdir: str) -> None:
@@ -399,9 +404,10 @@ def test_fsdp2_default_resharding_step_equals_single_process(results):
 
 
 def test_losses_of_a_sharded_model_names_the_fix(results):
-    for r in _ok(results, "check_fsdp_default"):
-        assert r["fsdp_losses_error"] is not None
-        assert "bl.distributed.kl_divergence" in r["fsdp_losses_error"]
+    for r in _ok(results, "check_fsdp_default") + _ok(results, "check_fc_plan"):
+        for key in ("fsdp_losses_error", "fsdp_elbo_error", "plan_losses_error"):
+            if key in r:
+                assert r[key] is not None and "bl.distributed.kl_divergence" in r[key], key
 
 
 def test_fsdp2_bf16_parameters_kl_in_float32(results):
