@@ -705,3 +705,16 @@ def test_errors_of_a_wrapped_layer_or_network_name_the_layer_called(
     assert isinstance(info.value, (ValueError, TypeError))
     assert str(info.value).startswith(type(layer).__name__)
     assert inner in str(info.value)
+
+
+def test_lazy_sizes_follow_the_first_inputs_device_and_dtype() -> None:
+    """Sized like the first input: built under meta (standing in for an accelerator;
+    a parameter cannot move between CPU and meta in place) and called in float64."""
+    with torch.device("meta"):
+        flow = nn.Sequential(RealNVP(MADE(hidden_dims=[4])), ActNorm())
+    flow[0](torch.randn(2, 4, device="meta", dtype=torch.float64))
+    assert all(p.device.type == "meta" for p in flow[0].parameters())
+    assert all(b.device.type == "meta" for b in flow[0].buffers())
+    assert all(p.dtype == torch.float64 for p in flow[0].parameters())
+    flow[1].initialize_parameters(torch.randn(2, 4, device="meta"))  # the hook's step alone
+    assert flow[1].shift.device.type == "meta" and flow[1].num_features == 4
