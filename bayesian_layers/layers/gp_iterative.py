@@ -149,14 +149,16 @@ def _lanczos_log_quadrature(steps: Tensor, updates: Tensor, active: Tensor) -> T
 
 
 class _CGLogMarginalLikelihood(torch.autograd.Function):
+    """The stochastic estimate and its closed-form gradient; ``setup_context`` form (the
+    solves are extra non-differentiable outputs), so ``torch.func.grad`` applies."""
+
     @staticmethod
-    def forward(
-        ctx: Any,
+    def forward(  # type: ignore[override]
         kernel_matrix: Tensor,
         noise: Tensor,
         residual: Tensor,
         options: tuple[int, int, float, int],
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         num_probes, max_iterations, tolerance, rank = options
         n, units = residual.shape
         precond = _Preconditioner(pivoted_cholesky(kernel_matrix, rank), noise)
@@ -172,15 +174,21 @@ class _CGLogMarginalLikelihood(torch.autograd.Function):
             torch.stack(active)[:, units:],
         )  # (t,)
         log_det = precond.log_det + (rz0[units:] * quadratures).mean()
-        ctx.save_for_backward(alpha, probe_solves, precond.solve(probes))
-        ctx.units = units
         quad = (residual * alpha).sum()
-        return -0.5 * quad - 0.5 * units * (log_det + n * math.log(2 * math.pi))
+        value = -0.5 * quad - 0.5 * units * (log_det + n * math.log(2 * math.pi))
+        return value, alpha, probe_solves, precond.solve(probes)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        _, alpha, probe_solves, precond_probes = output
+        ctx.mark_non_differentiable(alpha, probe_solves, precond_probes)
+        ctx.save_for_backward(alpha, probe_solves, precond_probes)
+        ctx.units = inputs[2].shape[1]
 
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: Any, grad: Tensor
+        ctx: Any, grad: Tensor, *_unused: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         alpha, probe_solves, precond_probes = ctx.saved_tensors
         t = probe_solves.shape[1]
@@ -263,7 +271,7 @@ def gaussian_log_marginal_likelihood_cg(
     options = (num_probes, max_iterations, float(tolerance), preconditioner_rank)
     with full_precision(kernel_matrix.device):
         try:
-            value = _CGLogMarginalLikelihood.apply(kernel_matrix, noise, residual, options)
+            value = _CGLogMarginalLikelihood.apply(kernel_matrix, noise, residual, options)[0]
             if bool(torch.isfinite(value)):
                 return value
         except _Breakdown:
@@ -271,7 +279,7 @@ def gaussian_log_marginal_likelihood_cg(
         if kernel_matrix.dtype != torch.float64:  # rounding broke CG: redo it in float64
             wide = (t.to(torch.float64) for t in (kernel_matrix, noise, residual))
             try:
-                value = _CGLogMarginalLikelihood.apply(*wide, options)
+                value = _CGLogMarginalLikelihood.apply(*wide, options)[0]
                 if bool(torch.isfinite(value)):
                     return value.to(kernel_matrix.dtype)
             except _Breakdown:

@@ -195,31 +195,38 @@ def cholesky_with_jitter(
 class _LogMarginalLikelihood(torch.autograd.Function):
     """Forward: one Cholesky. Backward: the closed form ``½(ααᵀ - U K⁻¹)``, one
     ``cholesky_inverse``; about 1 N³ flops in all instead of autograd through the
-    factorisation and the solves (several N³)."""
+    factorisation and the solves (several N³). In the ``setup_context`` form (the
+    factor and ``α`` are extra, non-differentiable outputs), so ``torch.func.grad`` and
+    ``jacrev`` apply; no ``vmap`` (the jitter retries branch on the data)."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
+    def forward(  # type: ignore[override]
         matrix: Tensor,
         noise: Tensor,
         residual: Tensor,
         layer: str,
         on_jitter: Callable[[float], None] | None,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         matrix = add_to_diagonal(matrix, noise)  # K + σ² I
         chol = cholesky_with_jitter(matrix, layer=layer, on_jitter=on_jitter)
         alpha = torch.cholesky_solve(residual, chol)  # (N, U)
         n, units = residual.shape
         half_log_det = chol.diagonal().log().sum()
-        ctx.save_for_backward(chol, alpha)
-        ctx.noise_shape = noise.shape
         quad = (residual * alpha).sum()
-        return -0.5 * quad - units * (half_log_det + 0.5 * n * math.log(2 * math.pi))
+        value = -0.5 * quad - units * (half_log_det + 0.5 * n * math.log(2 * math.pi))
+        return value, chol, alpha
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        _, chol, alpha = output
+        ctx.mark_non_differentiable(chol, alpha)
+        ctx.save_for_backward(chol, alpha)
+        ctx.noise_shape = inputs[1].shape
 
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: Any, grad: Tensor
+        ctx: Any, grad: Tensor, _grad_chol: Tensor | None, _grad_alpha: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         chol, alpha = ctx.saved_tensors
         grad_matrix = grad_noise = grad_residual = None
@@ -278,4 +285,5 @@ def gaussian_log_marginal_likelihood(
         )
     noise_t = torch.as_tensor(noise, dtype=matrix.dtype, device=matrix.device)
     with full_precision(matrix.device):
-        return _LogMarginalLikelihood.apply(matrix, noise_t, residual, layer, on_jitter)
+        value, _, _ = _LogMarginalLikelihood.apply(matrix, noise_t, residual, layer, on_jitter)
+        return value

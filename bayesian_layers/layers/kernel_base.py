@@ -50,13 +50,20 @@ def _distance_grads(h: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _SquaredDistance(torch.autograd.Function):
-    """``|a_i - b_j|²`` by one matrix product; backward by two (no broadcast reductions)."""
+    """``|a_i - b_j|²`` by one matrix product; backward by two (no broadcast reductions).
+
+    In the ``setup_context`` form, so ``torch.func`` (grad, jacrev, vmap) applies."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: Any, a: Tensor, b: Tensor) -> Tensor:
-        ctx.save_for_backward(a, b)
+    def forward(a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
         neg_half = _half_sq_norms(a, b).add_(a @ b.mT)  # -½|a - b|²
         return neg_half.clamp_max_(0.0).mul_(-2.0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @once_differentiable
@@ -65,32 +72,50 @@ class _SquaredDistance(torch.autograd.Function):
         return _distance_grads(-2.0 * grad, a, b)
 
 
+def _augmented(
+    x1: Tensor, x2: Tensor, amp: Tensor, length_scale: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``[a, -½|a|² + log amp², 1]`` and ``[b, 1, -½|b|²]`` for ``a, b = x/ℓ - shift``,
+    and the shift."""
+    a, b = (x1, x2) if length_scale is None else (x1 / length_scale, x2 / length_scale)
+    shift = a.mean(dim=-2, keepdim=True)  # (*, 1, D); distances do not move
+    a, b = a - shift, b - shift
+    log_amp2 = amp.log().mul(2.0)
+    one_a, one_b = a.new_ones(a.shape[:-1] + (1,)), b.new_ones(b.shape[:-1] + (1,))
+    norm_a = a.square().sum(-1, keepdim=True).mul(-0.5).add(log_amp2)
+    norm_b = b.square().sum(-1, keepdim=True).mul(-0.5)
+    a_aug = torch.cat([a, norm_a, one_a], -1)  # (*, N, D + 2)
+    b_aug = torch.cat([b, one_b, norm_b], -1)  # (*, M, D + 2)
+    return a_aug, b_aug, shift
+
+
 class _ExponentiatedQuadratic(torch.autograd.Function):
     """``amp² · exp(-½|x1_i/ℓ - x2_j/ℓ|²)`` fused: one matrix product and two elementwise
     passes forward (the squared norms and ``log amp²`` ride in two extra columns of the
-    product), one elementwise pass and two products back."""
+    product), one elementwise pass and two products back (the augmented inputs are
+    rebuilt there, O((N + M) D)). In the ``setup_context`` form, so ``torch.func``
+    (grad, jacrev, vmap) applies."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x1: Tensor, x2: Tensor, amp: Tensor, length_scale: Tensor | None
+        x1: Tensor, x2: Tensor, amp: Tensor, length_scale: Tensor | None
     ) -> Tensor:
-        a, b = (x1, x2) if length_scale is None else (x1 / length_scale, x2 / length_scale)
-        shift = a.mean(dim=-2, keepdim=True)  # (*, 1, D); distances do not move
-        a, b = a - shift, b - shift
-        log_amp2 = amp.log().mul_(2.0)
-        one_a, one_b = a.new_ones(a.shape[:-1] + (1,)), b.new_ones(b.shape[:-1] + (1,))
-        norm_a = a.square().sum(-1, keepdim=True).mul_(-0.5).add_(log_amp2)
-        norm_b = b.square().sum(-1, keepdim=True).mul_(-0.5)
-        a_aug = torch.cat([a, norm_a, one_a], -1)  # (*, N, D + 2)
-        b_aug = torch.cat([b, one_b, norm_b], -1)  # (*, M, D + 2)
-        out = (a_aug @ b_aug.mT).clamp_max_(log_amp2).exp_()  # log amp² - ½|a - b|² ≤ log amp²
-        ctx.save_for_backward(a_aug, b_aug, shift, amp, length_scale, out)
-        return out
+        a_aug, b_aug, _ = _augmented(x1, x2, amp, length_scale)
+        log_amp2 = amp.log().mul(2.0)
+        return (a_aug @ b_aug.mT).clamp_max_(log_amp2).exp_()  # log amp² - ½|a - b|² ≤ log amp²
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x1, x2, amp, length_scale = inputs
+        ctx.save_for_backward(x1, x2, amp, length_scale, output)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        a_aug, b_aug, shift, amp, length_scale, out = ctx.saved_tensors
+        x1, x2, amp, length_scale, out = ctx.saved_tensors
+        a_aug, b_aug, shift = _augmented(x1, x2, amp, length_scale)
         d = a_aug.shape[-1] - 2
         h = grad * out  # (*, N, M)
         ha = h @ b_aug  # (*, N, D + 2): [h b, row sums of h, h norm_b]

@@ -163,3 +163,56 @@ def test_named_output_is_recorded_conditioned_and_scored() -> None:
         torch.testing.assert_close(log_joint(f=value), expected)
     with pytest.raises(TypeError, match="GaussianProcess expected `name` to be a str"):
         L.GaussianProcess(1, name=3)
+
+
+# --------------------------------------------------------------------- torch.func
+class _LogMarginalLikelihood(torch.nn.Module):
+    def __init__(self, gp: L.GaussianProcess) -> None:
+        super().__init__()
+        self.gp = gp
+
+    def forward(self) -> torch.Tensor:
+        return self.gp.log_marginal_likelihood()
+
+
+def _grads(gp: L.GaussianProcess, seed: int = 0) -> tuple[dict, tuple]:
+    """Gradients of the log marginal likelihood by torch.func.grad and by autograd."""
+    wrapper = _LogMarginalLikelihood(gp)
+    params = {f"gp.{k}": v.detach() for k, v in gp.named_parameters()}
+    torch.manual_seed(seed)
+    got = torch.func.grad(lambda p: torch.func.functional_call(wrapper, p, ()))(params)
+    torch.manual_seed(seed)
+    want = torch.autograd.grad(gp.log_marginal_likelihood(), list(gp.parameters()))
+    return got, want
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_torch_func_grad_of_the_log_marginal_likelihood_matches_autograd(solver: str) -> None:
+    """Same seed for the CG probes: the two gradients are the same estimate."""
+    kernel = L.ExponentiatedQuadratic(1.1, [0.7, 1.3], **D64)
+    gp = _gp(covariance_fn=kernel, solver=solver)
+    got, want = _grads(gp)
+    for (name, g), w in zip(got.items(), want, strict=True):
+        torch.testing.assert_close(g, w, msg=name)
+
+
+@pytest.mark.parametrize("kernel", ["eq", "rational_quadratic"])  # fused EQ; squared distance
+def test_torch_func_on_the_fused_kernels(kernel: str) -> None:
+    k = (
+        L.ExponentiatedQuadratic(1.2, [0.8, 1.5], **D64)
+        if kernel == "eq"
+        else L.RationalQuadratic(1.0, 0.9, 2.0, **D64)
+    )
+    x1, x2 = torch.randn(4, 2, **D64), torch.randn(3, 2, **D64)
+    weights = torch.randn(4, 3, **D64)
+
+    def f(a: torch.Tensor) -> torch.Tensor:
+        return (k(a, x2) * weights).sum()
+
+    a = x1.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(f(a), a)
+    torch.testing.assert_close(torch.func.grad(f)(x1), want)
+    jac = torch.func.jacrev(lambda a: k(a, x2))(x1)  # (4, 3, 4, 2)
+    torch.testing.assert_close((jac * weights[..., None, None]).sum((0, 1)), want)
+    batched = torch.func.vmap(lambda a: k(a, x2))(torch.stack([x1, 2 * x1]))
+    torch.testing.assert_close(batched, torch.stack([k(x1, x2), k(2 * x1, x2)]))
