@@ -346,31 +346,38 @@ def _finite(tensors: list[Tensor]) -> bool:
     )
 
 
-def _build(name: str) -> nn.Module:
+def _build(entry: Entry) -> nn.Module:
     torch.manual_seed(0)
-    return REGISTRY[name].build()
+    return entry.build()
+
+
+def _reference(entry: Entry) -> list[tuple[int, ...]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensors, _ = _run(entry, _build(entry), _draw(entry, entry.shape))
+    if not _finite(tensors):
+        raise AssertionError("the valid input gives a non-finite output")
+    return [tuple(t.shape) for t in tensors]
 
 
 @functools.cache
 def reference_shapes(name: str) -> list[tuple[int, ...]]:
     """Output shapes of the valid call (which must be finite: a check of the registry)."""
-    entry = REGISTRY[name]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tensors, _ = _run(entry, _build(name), _draw(entry, entry.shape))
-    if not _finite(tensors):
-        raise AssertionError(f"{name}: the registry's valid input gives a non-finite output")
-    return [tuple(t.shape) for t in tensors]
+    return _reference(REGISTRY[name])
 
 
 def classify(name: str, case: str) -> str:
     """``"correct"``, ``"ValueError"``, ``"TypeError"``, ``"n/a"`` or ``"failing: why"``."""
-    entry = REGISTRY[name]
+    return classify_entry(REGISTRY[name], case, reference_shapes(name))
+
+
+def classify_entry(entry: Entry, case: str, expected: list[tuple[int, ...]] | None = None) -> str:
+    """:func:`classify` for any entry (``expected``: the valid call's output shapes)."""
     x = bad_input(entry, case)
     if x is None:
         return "n/a"
-    expected = reference_shapes(name)
-    module = _build(name)
+    expected = _reference(entry) if expected is None else expected
+    module = _build(entry)
     before = _state(module)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -460,6 +467,95 @@ def _params() -> list:
 def test_bad_input_ends_in_a_result_or_an_error_naming_the_layer(name: str, case: str) -> None:
     outcome = classify(name, case)
     assert not outcome.startswith("failing"), f"{name} / {case}: {outcome}"
+
+
+# ------------------------------------------------- the classifier on layers known to be bad
+class _Checked(nn.Module):
+    """A well-behaved layer: ``(*, 3) -> (*, 2)``, float32 only, errors naming it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dtype != torch.float32:
+            raise TypeError(f"{type(self).__name__} expected float32 `input`, got {x.dtype}")
+        if x.dim() < 1 or x.shape[-1] != 3:
+            raise ValueError(f"{type(self).__name__} expected (*, 3), got {tuple(x.shape)}")
+        return self.linear(x)
+
+
+class _TorchErrors(nn.Module):
+    """Lets torch raise (RuntimeError) on a wrong width and on another dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+
+class _Anonymous(_Checked):
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"expected float32, got {x.dtype}")  # no layer name
+        return super().forward(x)
+
+
+class _NaNFromFinite(_Checked):
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float64:  # accepted, but computed into NaN
+            return self.linear(x.float()) * math.nan
+        return super().forward(x)
+
+
+class _Poisoned(_Checked):
+    """Keeps a running mean of its inputs (a NaN batch poisons it for good)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("running", torch.zeros(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.running.copy_(0.5 * self.running + 0.5 * x.reshape(-1, 3).mean(0))
+        return super().forward(x + self.running)
+
+
+class _ChangesThenRaises(_Checked):
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.linear.bias.add_(1.0)
+        return super().forward(x)
+
+
+def _fake(cls: type[nn.Module]) -> Entry:
+    return Entry(cls, (4, 3))
+
+
+@pytest.mark.parametrize(
+    ("cls", "case", "expected"),
+    [
+        (_Checked, "wrong_width", "ValueError"),
+        (_Checked, "float64", "TypeError"),
+        (_Checked, "nan", "correct"),
+        (_Checked, "empty_batch", "correct"),
+        (_TorchErrors, "wrong_width", "failing: RuntimeError"),
+        (_TorchErrors, "float64", "failing: RuntimeError"),
+        (_Anonymous, "float64", "failing: TypeError without the layer's name"),
+        (_NaNFromFinite, "float64", "failing: non-finite output from finite float64"),
+        (_Poisoned, "nan", "failing: state poisoned by the nan batch"),
+        (_ChangesThenRaises, "wrong_width", "failing: state changed by a failed call"),
+    ],
+)
+def test_the_classifier_tells_good_from_bad(cls: type[nn.Module], case: str, expected: str) -> None:
+    assert classify_entry(_fake(cls), case).startswith(expected)
+
+
+def test_non_finite_data_must_raise_where_it_is_scored() -> None:
+    scored = Entry(_Checked, (4, 3), scores_input=True)
+    assert classify_entry(scored, "nan").startswith("failing: nan accepted as data")
 
 
 # ---------------------------------------------------------------------------- counts
