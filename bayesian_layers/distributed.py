@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -329,9 +330,9 @@ def _tp_meshes(model: nn.Module | None) -> list[DeviceMesh]:
 
 
 def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"elbo_loss expected `{name}` to be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _data_parallel_size(
@@ -379,7 +380,7 @@ def _parse_order(
     if unknown:
         raise TypeError(f"elbo_loss got unexpected keyword arguments {sorted(unknown)}")
     model, n = keywords.get("model"), keywords.get("num_examples")
-    sum_form = isinstance(first, int) and not isinstance(first, bool)
+    sum_form = isinstance(first, Integral) and not isinstance(first, bool)
     if sum_form:  # elbo_loss(nll_sum, num_examples, global_batch_size=B, model=...)
         if second is not None or n is not None:
             raise TypeError("elbo_loss got `num_examples` twice")

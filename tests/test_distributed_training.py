@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -458,7 +459,9 @@ def test_elbo_loss_mean_form_is_bl_elbo_loss_and_old_sum_calls_still_work():
         bld.elbo_loss(nll_sum / len(x), model, N_TRAIN, kl_weight=0.5),
         bld.elbo_loss(nll_sum / len(x), model=model, num_examples=N_TRAIN, kl_weight=0.5),
         bld.elbo_loss(nll_sum, N_TRAIN, global_batch_size=len(x), model=model, kl_weight=0.5),
-    ):
+        bld.elbo_loss(nll_sum, np.int64(N_TRAIN), global_batch_size=len(x), model=model,
+                      kl_weight=0.5),
+    ):  # fmt: skip
         torch.testing.assert_close(loss, expected)
 
 
