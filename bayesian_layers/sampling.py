@@ -1,4 +1,13 @@
-"""Control how the Bayesian layers of a model sample: fresh, posterior mean, frozen, K at once."""
+"""Control how the Bayesian layers of a model sample: fresh, posterior mean, frozen, K at once.
+
+Threads: :func:`set_sampling` (like assigning ``layer.sampling``) sets the mode of
+every layer for all threads. The context managers :func:`posterior_mean`,
+:func:`frozen_sample` and :func:`vectorized_samples` are thread-local: they override
+the mode (or K) only in the thread that entered them, and each removes only its own
+override at exit, so contexts in several threads, or exiting out of order, never
+leave a model in another context's mode. A :func:`frozen_sample` context is its own
+function sample (kept per context, forgotten at exit).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .layers.base import SAMPLING_MODES, BayesianLayer
+from .layers.base import SAMPLING_MODES, BayesianLayer, pop_override, push_override
 
 __all__ = [
     "bayesian_modules",
@@ -48,12 +57,13 @@ def set_sampling(model: nn.Module, mode: str) -> dict[BayesianLayer, str]:
 
 @contextmanager
 def _mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    previous = set_sampling(model, mode)
+    modules = list(bayesian_modules(model))
+    token = object()
+    push_override(modules, "modes", token, mode)
     try:
         yield model
     finally:
-        for m, p in previous.items():
-            m.sampling = p
+        pop_override(modules, "modes", token)
 
 
 def posterior_mean(model: nn.Module):  # noqa: ANN201 - a context manager
@@ -85,12 +95,11 @@ def frozen_sample(model: nn.Module) -> Iterator[nn.Module]:
         ...     torch.equal(layer(x), layer(x))
         True
     """
-    resample(model)
     with _mode(model, "frozen"):
-        try:
-            yield model
-        finally:
-            resample(model)
+        # this context's own (empty) noise store, and the layers' other per-draw
+        # caches, start afresh: the sample is drawn now and forgotten at exit
+        resample(model)
+        yield model
 
 
 def resample(model: nn.Module) -> None:
@@ -111,11 +120,9 @@ def vectorized_samples(model: nn.Module, num_samples: int) -> Iterator[nn.Module
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"vectorized_samples expected `num_samples` >= 1, got {num_samples!r}")
     modules = list(bayesian_modules(model))
-    previous = [m.num_function_samples for m in modules]
-    for m in modules:
-        m.num_function_samples = num_samples
+    token = object()
+    push_override(modules, "samples", token, num_samples)
     try:
         yield model
     finally:
-        for m, p in zip(modules, previous, strict=True):
-            m.num_function_samples = p
+        pop_override(modules, "samples", token)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -191,3 +193,169 @@ def test_mc_dropout_frozen_mask_is_one_function() -> None:
         assert not torch.equal(zero[0], zero[1])  # ...different across samples
         with pytest.raises(ValueError, match="multiple of 3"):
             drop(torch.ones(4, 50))
+
+
+# ====================================================== contexts and threads
+def _two_threads(first: Callable[[Step], None], second: Callable[[Step], None]) -> None:
+    """Run ``first`` and ``second`` in two threads, stepping in the order the ``Step``
+    calls give (a condition variable hands the turn over), and re-raise any error."""
+    turn = threading.Condition()
+    state = {"step": 0}
+    errors: list[BaseException] = []
+
+    def step(n: int) -> None:  # wait until it is step n, then run it and pass on
+        with turn:
+            if not turn.wait_for(lambda: state["step"] == n, timeout=10):
+                raise TimeoutError(f"step {n} never came")
+
+    def done(n: int) -> None:
+        with turn:
+            state["step"] = n + 1
+            turn.notify_all()
+
+    def run(fn: Callable[[Step], None]) -> None:
+        try:
+            fn(Step(step, done))
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            errors.append(error)
+            with turn:
+                state["step"] = -1
+                turn.notify_all()
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+class Step:
+    def __init__(self, wait: Callable[[int], None], done: Callable[[int], None]) -> None:
+        self.wait, self.done = wait, done
+
+
+def test_contexts_in_two_threads_exit_out_of_order() -> None:
+    """Thread A enters posterior_mean, B enters frozen_sample, A exits, B exits (the
+    order that used to leave the model in "mean" for good). Each thread sees only its
+    own context, and afterwards every layer samples again, in both threads."""
+    torch.manual_seed(0)
+    model = make_model()
+    x = torch.randn(4, 3)
+    mean_out = posterior_mean_output(model, x)
+    seen: dict[str, object] = {}
+
+    def a(s: Step) -> None:
+        s.wait(0)
+        with bl.posterior_mean(model):
+            s.done(0)
+            s.wait(2)  # B is inside frozen_sample now
+            seen["a_modes"] = modes(model)
+            seen["a_out"] = model(x)
+        s.done(2)
+
+    def b(s: Step) -> None:
+        s.wait(1)
+        with bl.frozen_sample(model):
+            seen["b_modes"] = modes(model)
+            s.done(1)
+            s.wait(3)  # A has left its context
+            seen["b_same"] = torch.equal(model(x), model(x))
+        s.done(3)
+
+    _two_threads(a, b)
+    assert seen["a_modes"] == ["mean"] * 4
+    assert seen["b_modes"] == ["frozen"] * 4
+    torch.testing.assert_close(seen["a_out"], mean_out)
+    assert seen["b_same"] is True
+    assert modes(model) == ["sample"] * 4
+    assert not torch.equal(model(x), model(x))
+
+
+def test_contexts_exit_out_of_order_in_one_thread() -> None:
+    """Contexts left in a different order than entered (e.g. by generators) remove only
+    their own override: the innermost remaining context decides."""
+    model = make_model()
+    mean = bl.posterior_mean(model)
+    frozen = bl.frozen_sample(model)
+    mean.__enter__()
+    frozen.__enter__()
+    assert modes(model) == ["frozen"] * 4
+    mean.__exit__(None, None, None)
+    assert modes(model) == ["frozen"] * 4
+    frozen.__exit__(None, None, None)
+    assert modes(model) == ["sample"] * 4
+
+
+def test_vectorized_samples_is_per_thread() -> None:
+    model = make_model()
+    seen: dict[str, list[int]] = {}
+
+    def a(s: Step) -> None:
+        s.wait(0)
+        with bl.vectorized_samples(model, 3):
+            s.done(0)
+            s.wait(2)
+            seen["a"] = [m.num_function_samples for m in bl.bayesian_modules(model)]
+        s.done(2)
+
+    def b(s: Step) -> None:
+        s.wait(1)
+        seen["b"] = [m.num_function_samples for m in bl.bayesian_modules(model)]
+        with bl.vectorized_samples(model, 2):
+            s.done(1)
+            s.wait(3)
+            seen["b_inner"] = [m.num_function_samples for m in bl.bayesian_modules(model)]
+        s.done(3)
+
+    _two_threads(a, b)
+    assert seen == {"a": [3] * 4, "b": [1] * 4, "b_inner": [2] * 4}
+    assert [m.num_function_samples for m in bl.bayesian_modules(model)] == [1] * 4
+
+
+def test_assignment_and_set_sampling_still_set_every_thread() -> None:
+    model = make_model()
+    layer = model[0]
+    layer.sampling = "mean"
+    seen: list[str] = []
+    worker = threading.Thread(target=lambda: seen.append(layer.sampling))
+    worker.start()
+    worker.join()
+    assert seen == ["mean"]
+    bl.set_sampling(model, "sample")
+    with bl.posterior_mean(model):
+        layer.sampling = "frozen"  # the layer's own mode; the context still decides here
+        assert layer.sampling == "mean"
+    assert layer.sampling == "frozen"
+    with pytest.raises(ValueError, match=r"LinearReparameterization expected `sampling` in"):
+        layer.sampling = "means"
+    with pytest.raises(ValueError, match=r"expected `num_function_samples` >= 1, got 0"):
+        layer.num_function_samples = 0
+
+
+def test_frozen_sample_contexts_in_two_threads_are_separate_samples() -> None:
+    """Each frozen_sample context keeps its own function sample, even while another
+    thread's frozen_sample context starts and ends."""
+    torch.manual_seed(0)
+    model = make_model()
+    x = torch.randn(4, 3)
+    seen: dict[str, bool] = {}
+
+    def a(s: Step) -> None:
+        s.wait(0)
+        with bl.frozen_sample(model):
+            first = model(x)
+            s.done(0)
+            s.wait(2)  # B entered, called and left its own frozen context
+            seen["a_kept"] = torch.equal(model(x), first)
+        s.done(2)
+
+    def b(s: Step) -> None:
+        s.wait(1)
+        with bl.frozen_sample(model):
+            model(x)
+        s.done(1)
+
+    _two_threads(a, b)
+    assert seen == {"a_kept": True}

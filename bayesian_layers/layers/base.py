@@ -3,7 +3,8 @@ variables, sampling modes, vectorised function samples and ``losses``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -79,6 +80,55 @@ def check_input(
     raise TypeError(f"{owner} expected `{argument}` of dtype {dtype}, got {x.dtype}")
 
 
+#: Per-thread overrides pushed by the context managers of :mod:`bayesian_layers.sampling`:
+#: ``modes`` maps ``id(layer)`` to a list of ``(token, mode, frozen_noise)`` entries and
+#: ``samples`` to a list of ``(token, K)``; the last entry wins. A context removes only
+#: its own entry at exit, so contexts in different threads (or exiting out of order in
+#: one thread) never restore each other's state.
+_OVERRIDES = threading.local()
+
+
+def _thread_table(kind: str) -> dict[int, list[tuple]]:
+    table = getattr(_OVERRIDES, kind, None)
+    if table is None:
+        table = {}
+        setattr(_OVERRIDES, kind, table)
+    return table
+
+
+def push_override(layers: Iterable[BayesianLayer], kind: str, token: object, value: Any) -> None:
+    """Give ``layers`` a ``"modes"`` or ``"samples"`` override in the calling thread only.
+
+    A ``"modes"`` entry carries its own frozen-noise store, so a frozen-sample context
+    is its own function sample, forgotten when the entry is removed.
+    """
+    table = _thread_table(kind)
+    for layer in layers:
+        entry = (token, value, {}) if kind == "modes" else (token, value)
+        table.setdefault(id(layer), []).append(entry)
+
+
+def pop_override(layers: Iterable[BayesianLayer], kind: str, token: object) -> None:
+    """Remove the override entries of ``token`` (wherever they are in each stack)."""
+    table = _thread_table(kind)
+    for layer in layers:
+        entries = table.get(id(layer))
+        if not entries:
+            continue
+        entries[:] = [e for e in entries if e[0] is not token]
+        if not entries:
+            del table[id(layer)]
+
+
+def _top(layer: BayesianLayer, kind: str) -> tuple | None:
+    table = getattr(_OVERRIDES, kind, None)
+    if table:
+        entries = table.get(id(layer))
+        if entries:
+            return entries[-1]
+    return None
+
+
 class BayesianLayer(nn.Module):
     """Base class of layers whose parameters are random variables.
 
@@ -101,19 +151,86 @@ class BayesianLayer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sampling = "sample"
-        self.num_function_samples = 1
         self._inits: dict[str, TrainableInitializer] = {}
         self._random: dict[str, torch.Size] = {}
-        self._frozen_noise: dict[str, Tensor | None] = {}
-        self._last_sample: dict[str, Tensor] = {}
+        self._own_frozen_noise: dict[str, Any] = {}
+        # one key per random parameter from the start: a compiled call that stores a
+        # draw then finds the keys it was traced with (no recompilation)
+        self._last_sample: dict[str, Tensor | None] = {}
+        self.sampling = "sample"
+        self.num_function_samples = 1
 
     def __getstate__(self) -> dict[str, Any]:
         # Draws hold autograd graphs, which neither deepcopy nor pickle accept; a
         # copy starts without them (frozen noise is kept).
         state = self.__dict__.copy()
-        state["_last_sample"] = {}
+        state["_last_sample"] = dict.fromkeys(self._last_sample)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # modules pickled before sampling modes became per-thread overridable
+        for old, new in (
+            ("sampling", "_sampling"),
+            ("num_function_samples", "_num_function_samples"),
+            ("_frozen_noise", "_own_frozen_noise"),
+        ):
+            if old in state:
+                state.setdefault(new, state.pop(old))
+        super().__setstate__(state)
+
+    @property
+    def sampling(self) -> str:
+        """The sampling mode, one of :data:`SAMPLING_MODES`.
+
+        Assigning it (or :func:`bayesian_layers.set_sampling`) sets the layer's mode
+        for every thread. The contexts :func:`bayesian_layers.posterior_mean` and
+        :func:`bayesian_layers.frozen_sample` instead override it in the thread that
+        entered them only, until they exit (in any order); inside one, the
+        innermost context's mode wins over an assignment.
+        """
+        top = _top(self, "modes")
+        return self._sampling if top is None else top[1]
+
+    @sampling.setter
+    def sampling(self, mode: str) -> None:
+        if mode not in SAMPLING_MODES:
+            raise ValueError(
+                f"{type(self).__name__} expected `sampling` in {SAMPLING_MODES}, got {mode!r}"
+            )
+        self._sampling = mode
+        if mode == "frozen":
+            self._draw_frozen()
+
+    @property
+    def num_function_samples(self) -> int:
+        """K, the function samples drawn per call (> 1 inside
+        :func:`bayesian_layers.vectorized_samples`, in the thread that entered it)."""
+        top = _top(self, "samples")
+        return self._num_function_samples if top is None else top[1]
+
+    @num_function_samples.setter
+    def num_function_samples(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(
+                f"{type(self).__name__} expected `num_function_samples` >= 1, got {k!r}"
+            )
+        self._num_function_samples = k
+
+    @property
+    def _frozen_noise(self) -> dict[str, Any]:
+        """The store of the frozen function sample in effect: the innermost
+        frozen-sample context's own (per thread), else the layer's."""
+        top = _top(self, "modes")
+        return self._own_frozen_noise if top is None else top[2]
+
+    def _draw_frozen(self) -> None:
+        """Draw the frozen function sample now (entering ``"frozen"`` mode, or at
+        :meth:`resample` in it) for every random parameter that has none, so that a
+        compiled frozen call only reads it: one graph, whether or not it is the first
+        call. Subclasses with draws of their own extend it."""
+        for name, init in self._inits.items():
+            if name in self._random:
+                self._noise(name, init, next(iter(init.params(self, name).values())))
 
     # ------------------------------------------------------------ parameters
     def add_param(
@@ -140,6 +257,7 @@ class BayesianLayer(nn.Module):
         self._inits[name] = init
         if not init.is_deterministic:
             self._random[name] = torch.Size(shape)
+            self._last_sample[name] = None
         return init
 
     def __getattr__(self, name: str) -> Any:
@@ -300,8 +418,10 @@ class BayesianLayer(nn.Module):
         return init.distribution(self, name), value, lead
 
     def resample(self) -> None:
-        """Forget the frozen function sample; the next frozen call draws a new one."""
+        """Forget the frozen function sample; in ``"frozen"`` mode draw the next one now."""
         self._frozen_noise.clear()
+        if self.sampling == "frozen":
+            self._draw_frozen()
 
     def _check_samples(self, x: Tensor) -> int:
         k = self.num_function_samples
