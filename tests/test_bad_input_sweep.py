@@ -238,8 +238,6 @@ SKIPPED: dict[str, str] = {
 
 # (layer, case) -> what goes wrong today; strict xfail, so a fix flips the test
 KNOWN_FAILING: dict[tuple[str, str], str] = {
-    ("GaussianProcess", "nan"): "ValueError without the layer's name",
-    ("GaussianProcess", "inf"): "ValueError without the layer's name",
     ("Normal[lazy]", "nan"): "state changed by a failed call (ValueError)",
 }
 

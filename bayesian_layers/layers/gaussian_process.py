@@ -515,6 +515,11 @@ class GaussianProcess(BayesianLayer):
                 f"{dtype}), got {x.dtype} of shape {tuple(x.shape)}"
             )
         self._check_inputs(x)
+        if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"GaussianProcess expected finite inputs, got {int(x.isnan().sum())} NaN and "
+                f"{int(x.isinf().sum())} infinite entries in shape {tuple(x.shape)}"
+            )
         return x.to(dtype)
 
     def _output(self, x: Tensor) -> tuple[Distribution, Callable[[], Tensor], bool]:

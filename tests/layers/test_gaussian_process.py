@@ -431,3 +431,12 @@ def test_empty_batch_gives_an_empty_result(mode: str):
     mean, var = gp.predictive_moments(torch.empty(0, 2, **D64))
     assert mean.shape == var.shape == (0, 2)
     assert bl.predict(gp, torch.empty(0, 2, **D64), 4).samples.shape == (4, 0, 2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_rejected_with_the_layers_name(bad: float):
+    x, y, xs = _data()
+    inputs = torch.tensor(xs)
+    inputs[1, 0] = bad
+    with pytest.raises(ValueError, match=r"GaussianProcess expected finite inputs, got"):
+        _gp(L.Matern32(**D64), x, y)(inputs)
