@@ -637,3 +637,21 @@ def test_predict_runs_batch_norm_in_eval_and_restores_its_mode() -> None:
     assert bn.training and int(bn.num_batches_tracked) == 0
     torch.testing.assert_close(bn.running_mean, torch.zeros(3))
     torch.testing.assert_close(pred.mean, expected)
+
+
+class _MarkedNormal(nn.Module):
+    """Returns ``N(x, 2²)`` marked as a distribution over function values (what the
+    sparse GP and random-feature layers do)."""
+
+    def forward(self, x: Tensor) -> bl.RandomVariable:
+        from bayesian_layers._function_space import mark_function_space
+
+        return mark_function_space(bl.RandomVariable(Normal(x, 2.0 * torch.ones_like(x))))
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_a_marked_output_has_all_its_variance_epistemic(vectorized: bool) -> None:
+    pred = bl.predict(_MarkedNormal(), torch.zeros(3, 1), 8, vectorized=vectorized)
+    assert pred.function_space
+    torch.testing.assert_close(pred.epistemic, torch.full((3, 1), 4.0))
+    torch.testing.assert_close(pred.aleatoric, torch.zeros(3, 1))
