@@ -71,11 +71,53 @@ def inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-def _check_positive(owner: str, name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{owner} expected `{name}` to be a number, got {type(value).__name__}")
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{owner} expected `{name}` > 0 and finite, got {value}")
+def _check_number(owner: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{owner} expected `{name}` to be a number, got {type(value).__name__} {value!r}"
+        )
+    return float(value)
+
+
+def check_finite(owner: str, name: str, value: object) -> float:
+    """``value`` as a float; ``TypeError`` for a non-number, ``ValueError`` for NaN or ±inf."""
+    v = _check_number(owner, name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{owner} expected `{name}` to be a finite number, got {value!r}")
+    return v
+
+
+def check_positive(owner: str, name: str, value: object) -> float:
+    """``value`` as a float; ``TypeError`` if not a number, ``ValueError`` unless finite, > 0."""
+    v = _check_number(owner, name, value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{owner} expected `{name}` to be a finite positive number, got {value!r}")
+    return v
+
+
+def check_non_negative(owner: str, name: str, value: object) -> float:
+    """``value`` as a float; ``TypeError`` if not a number, ``ValueError`` unless finite, >= 0."""
+    v = _check_number(owner, name, value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(
+            f"{owner} expected `{name}` to be a finite non-negative number, got {value!r}"
+        )
+    return v
+
+
+def _check_shape(owner: str, shape: Sequence[int]) -> torch.Size:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in dims):
+        raise ValueError(
+            f"{owner} expected `shape` to be a sequence of non-negative ints, got {shape!r}"
+        )
+    return torch.Size(dims)
+
+
+_check_positive = check_positive
 
 
 #: Below this ``rho``, ``log(softplus(rho)) = rho + log1p(-exp(rho)/2 + ...)`` equals
@@ -145,7 +187,7 @@ class TrainableInitializer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.shape = None if shape is None else torch.Size(shape)
+        self.shape = None if shape is None else _check_shape(type(self).__name__, shape)
         if shape is not None:
             self.build(self, "", shape, device=device, dtype=dtype)
 
@@ -347,6 +389,8 @@ class TrainableLogNormal(TrainableInitializer):
         dtype: torch.dtype | None = None,
     ) -> None:
         _check_positive(type(self).__name__, "scale_init", scale_init)
+        if loc_init is not None:
+            check_finite(type(self).__name__, "loc_init", loc_init)
         self.loc_init = loc_init
         self.scale_init = scale_init
         super().__init__(shape, device=device, dtype=dtype)
@@ -399,6 +443,7 @@ class TrainableHalfCauchy(TrainableInitializer):
         dtype: torch.dtype | None = None,
     ) -> None:
         _check_positive(type(self).__name__, "scale_init", scale_init)
+        check_finite(type(self).__name__, "loc_init", loc_init)
         self.loc_init = loc_init
         self.scale_init = scale_init
         super().__init__(shape, device=device, dtype=dtype)
@@ -453,9 +498,9 @@ class TrainableDeterministic(TrainableInitializer):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if init not in self._INITS:
+        if not isinstance(init, str) or init not in self._INITS:
             raise ValueError(
-                f"TrainableDeterministic expected `init` in {self._INITS}, got {init!r}"
+                f"{type(self).__name__} expected `init` in {self._INITS}, got {init!r}"
             )
         self.init = init
         super().__init__(shape, device=device, dtype=dtype)

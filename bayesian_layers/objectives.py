@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -56,10 +57,23 @@ def elbo_loss(
     posterior), which often helps small data sets where full-KL variational
     Bayes is underconfident.
     """
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int):
+        raise TypeError(
+            f"elbo_loss expected `num_examples` to be an int, got "
+            f"{type(num_examples).__name__} {num_examples!r}"
+        )
     if num_examples <= 0:
-        raise ValueError(f"elbo_loss expected `num_examples` > 0, got {num_examples}")
-    if kl_weight < 0:
-        raise ValueError(f"elbo_loss expected `kl_weight` >= 0, got {kl_weight}")
+        raise ValueError(
+            f"elbo_loss expected `num_examples` to be a positive int, got {num_examples!r}"
+        )
+    if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)):
+        raise TypeError(
+            f"elbo_loss expected `kl_weight` to be a number, got {type(kl_weight).__name__}"
+        )
+    if not (math.isfinite(kl_weight) and kl_weight >= 0):
+        raise ValueError(
+            f"elbo_loss expected `kl_weight` to be a finite non-negative number, got {kl_weight!r}"
+        )
     terms = losses(model)
     if not terms:
         return nll_mean

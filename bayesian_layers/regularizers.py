@@ -25,7 +25,7 @@ from torch.distributions import (
 )
 
 from .distributions import Deterministic
-from .initializers import LOG_SOFTPLUS_CUT, log_softplus
+from .initializers import LOG_SOFTPLUS_CUT, check_non_negative, log_softplus
 from .random_variable import RandomVariable
 
 __all__ = [
@@ -47,16 +47,24 @@ def _as_rv(owner: str, x: RandomVariable | Distribution) -> RandomVariable:
     raise TypeError(f"{owner} expected a RandomVariable or Distribution, got {type(x).__name__}")
 
 
-def _float_buffer(value: float | Tensor) -> Tensor:
-    """A floating-point copy of ``value`` (never an alias of the caller's tensor)."""
+def _float_buffer(owner: str, name: str, value: float | Tensor) -> Tensor:
+    """A finite floating-point copy of ``value`` (never an alias of the caller's tensor)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise TypeError(
+            f"{owner} expected `{name}` to be a number or tensor, got {type(value).__name__} "
+            f"{value!r}"
+        )
     t = torch.as_tensor(value).detach().clone()
-    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+    t = t if t.is_floating_point() else t.to(torch.get_default_dtype())
+    if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{owner} expected `{name}` to be finite, got {value!r}")
+    return t
 
 
 def _positive_buffer(owner: str, name: str, value: float | Tensor) -> Tensor:
-    t = _float_buffer(value)
-    if t.device.type != "meta" and not bool((t > 0).all() and torch.isfinite(t).all()):
-        raise ValueError(f"{owner} expected `{name}` > 0 and finite, got {value}")
+    t = _float_buffer(owner, name, value)
+    if t.device.type != "meta" and not bool((t > 0).all()):
+        raise ValueError(f"{owner} expected `{name}` to be finite and > 0, got {value!r}")
     return t
 
 
@@ -172,11 +180,7 @@ class Regularizer(nn.Module):
 
     def __init__(self, scale_factor: float = 1.0) -> None:
         super().__init__()
-        if not isinstance(scale_factor, (int, float)) or not scale_factor >= 0:
-            raise ValueError(
-                f"{type(self).__name__} expected `scale_factor` >= 0, got {scale_factor!r}"
-            )
-        self.scale_factor = float(scale_factor)
+        self.scale_factor = check_non_negative(type(self).__name__, "scale_factor", scale_factor)
 
     def penalty(self, rv: RandomVariable) -> Tensor:
         raise NotImplementedError
@@ -214,7 +218,7 @@ class _LocScalePrior(Regularizer):
         self, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0, scale_factor: float = 1.0
     ) -> None:
         super().__init__(scale_factor)
-        self.register_buffer("prior_loc", _float_buffer(loc))
+        self.register_buffer("prior_loc", _float_buffer(type(self).__name__, "loc", loc))
         self.register_buffer("prior_scale", _positive_buffer(type(self).__name__, "scale", scale))
 
 
@@ -401,7 +405,13 @@ class MonteCarloKLDivergence(Regularizer):
         self._arg_names = []
         for name in prior.arg_constraints:
             if name in prior.__dict__ and isinstance(prior.__dict__[name], Tensor):
-                self.register_buffer(f"prior_{name}", prior.__dict__[name].detach().clone())
+                value = prior.__dict__[name].detach().clone()
+                if value.device.type != "meta" and not bool(torch.isfinite(value).all()):
+                    raise ValueError(
+                        f"MonteCarloKLDivergence expected `prior` with finite parameters, "
+                        f"got `{name}` = {value!r}"
+                    )
+                self.register_buffer(f"prior_{name}", value)
                 self._arg_names.append(name)
 
     def prior(self) -> Distribution:

@@ -420,8 +420,8 @@ def test_scale_factor_multiplies(make: Callable[..., Regularizer]) -> None:
     unscaled = make()(rv)
     torch.testing.assert_close(make(scale_factor=2.5)(rv), 2.5 * unscaled)
     assert float(make(scale_factor=0.0)(rv)) == 0.0
-    for bad in (-1.0, "1"):
-        with pytest.raises(ValueError, match="scale_factor"):
+    for bad, error in ((-1.0, ValueError), (math.inf, ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="scale_factor"):
             make(scale_factor=bad)
 
 
