@@ -38,10 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .. import tracing as _tracing
 from ..random_variable import RandomVariable
 from .binned import BinnedMoments, location_scale_bin_log_mass
 from .logistic import Logistic, _log1mexp, log_sigmoid_diff
-from .output_distributions import _Size, _strip_independent
+from .output_distributions import IndependentEvents, _Size, _strip_independent, check_target_shape
 
 __all__ = ["Discretize", "DiscretizedDistribution"]
 
@@ -210,6 +211,7 @@ class DiscretizedDistribution(BinnedMoments, td.Distribution):
             raise ValueError(f"Discretize: log_prob expected values in {grid}, got {bad!r}")
 
     def log_prob(self, value: Tensor) -> Tensor:
+        check_target_shape(self, value)
         if self._validate_args:
             self._check_value(value)
         idx = self._bin_index(torch.as_tensor(value).to(self._dtype()))
@@ -274,6 +276,14 @@ class Discretize(nn.Module):
             the integers ``low..high``, which must then be integers).
         validate_args: validate ``log_prob`` values are bin centres (torch's default
             when ``None``).
+        name: the name of the returned random variable, which is then created through
+            the tracers (``bl.condition`` sets its value, ``bl.tape`` records it,
+            ``bl.make_log_joint_fn`` scores it). Without a name, the result keeps the
+            input's name and is not traced again (the input was).
+
+    ``log_prob`` refuses a target whose shape would broadcast against the batch
+    (:func:`.output_distributions.check_target_shape`); an empty batch gives an empty
+    result.
 
     Example (Figure 6's likelihood)::
 
@@ -295,8 +305,16 @@ class Discretize(nn.Module):
         num_bins: int | None = None,
         *,
         validate_args: bool | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__()
+        if validate_args is not None and not isinstance(validate_args, bool):
+            raise TypeError(
+                f"Discretize expected `validate_args` to be a bool or None, got {validate_args!r}"
+            )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Discretize expected `name` to be a str or None, got {name!r}")
+        self.name = name
         for name, v in (("low", low), ("high", high)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise TypeError(f"Discretize expected a finite number `{name}`, got {v!r}")
@@ -321,13 +339,26 @@ class Discretize(nn.Module):
                 f"got {type(rv).__name__}; wrap a distribution as bl.RandomVariable(dist)"
             )
         base, n = _strip_independent(rv.distribution)
+        empty = base.batch_shape.numel() == 0  # nothing to validate (torch's checks fail)
         inner = DiscretizedDistribution(
-            base, self.low, self.high, self.num_bins, validate_args=self.validate_args
+            base,
+            self.low,
+            self.high,
+            self.num_bins,
+            validate_args=False if empty else self.validate_args,
         )
         # the inner distribution validates values with a clear message; the wrapper need not
-        disc = td.Independent(inner, n, validate_args=False) if n else inner
+        disc = IndependentEvents(inner, n, validate_args=False) if n else inner
         value = inner.snap(rv.value.detach())
-        return RandomVariable(disc, value=value, sample_shape=rv.sample_shape, name=rv.name)
+        if self.name is None:
+            return RandomVariable(disc, value=value, sample_shape=rv.sample_shape, name=rv.name)
+        if _tracing._active and _tracing.is_tracing():
+            traced = _tracing.variable(
+                disc, name=self.name, value=value, sample_shape=rv.sample_shape
+            )
+            return traced  # type: ignore[no-any-return]
+        return RandomVariable(disc, value=value, sample_shape=rv.sample_shape, name=self.name)
 
     def extra_repr(self) -> str:
-        return f"low={self.low:g}, high={self.high:g}, num_bins={self.num_bins}"
+        extra = f"low={self.low:g}, high={self.high:g}, num_bins={self.num_bins}"
+        return extra if self.name is None else f"{extra}, name={self.name!r}"

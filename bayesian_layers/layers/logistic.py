@@ -20,7 +20,7 @@ from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
 from .binned import BinnedMoments, location_scale_bin_log_mass
-from .output_distributions import _no_rsample, _Size
+from .output_distributions import _no_rsample, _Size, check_target_shape
 
 __all__ = ["Logistic", "DiscretizedLogisticMixture", "log_sigmoid_diff"]
 
@@ -122,7 +122,9 @@ class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
     Images in ``{0, ..., 255}`` fit as ``num_bins=256`` with ``low=-1, high=1`` after
     ``x = 2v/255 - 1`` (PixelCNN++'s convention), or directly with ``low=0, high=255``.
 
-    ``log_prob`` checks (when validating) that values lie on the grid, to ``w/1000``.
+    ``log_prob`` checks (when validating) that values lie on the grid, to ``w/1000``,
+    and refuses targets that broadcast against the batch
+    (:func:`.output_distributions.check_target_shape`).
     ``sample`` draws from the continuous mixture and rounds to the nearest bin
     centre, clamped to ``[low, high]``: exactly the bin probabilities. ``mean``,
     ``variance``, ``entropy`` and :meth:`bin_probs` enumerate the bins:
@@ -227,6 +229,7 @@ class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
         )  # (*, K)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        check_target_shape(self, value)
         if self._validate_args:
             self._check_on_grid(value)
         log_weights = self.logits.log_softmax(-1)
@@ -243,7 +246,9 @@ class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
     def sample(self, sample_shape: _Size = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         with torch.no_grad():
-            k = torch.distributions.Categorical(logits=self.logits).sample(torch.Size(sample_shape))
+            # the logits are checked already (and torch's check fails on an empty batch)
+            categorical = td.Categorical(logits=self.logits, validate_args=False)
+            k = categorical.sample(torch.Size(sample_shape))
             k = k.unsqueeze(-1)  # (*sample, *batch, 1)
             full = shape + self.logits.shape[-1:]
             loc = self.loc.expand(full).gather(-1, k).squeeze(-1)

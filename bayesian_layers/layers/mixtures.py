@@ -8,6 +8,7 @@ components, with ``scale = softplus(scale_raw) + min_scale``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch.distributions as td
@@ -78,8 +79,10 @@ class MixtureNormal(_Mixture):
         (torch.Size([4, 2]), torch.Size([4]), torch.Size([4, 2]))
     """
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        v = self.validate_args
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        v = validate_args
         return od.MixtureSameFamily(
             od.Categorical(logits=params["logits"], validate_args=v),
             td.Normal(params["loc"], params["scale"], validate_args=v),
@@ -137,13 +140,21 @@ class MixtureLogistic(_Mixture):
         self.num_bins = _check_optional_count(owner, "num_bins", num_bins)
         if self.num_bins == 1:
             raise ValueError(f"{owner} expected `num_bins` >= 2 or None, got 1")
-        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or low >= high:
-            raise ValueError(f"{owner} expected numbers `low` < `high`, got {low!r}, {high!r}")
+        finite = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in (low, high)
+        )
+        if not finite or not low < high:
+            raise ValueError(
+                f"{owner} expected finite numbers `low` < `high`, got {low!r}, {high!r}"
+            )
         self.low, self.high = float(low), float(high)
         super().__init__(units, num_components, **kwargs)
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        v = self.validate_args
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        v = validate_args
         logits, loc, scale = params["logits"], params["loc"], params["scale"]
         if self.num_bins is not None:
             return DiscretizedLogisticMixture(

@@ -15,7 +15,18 @@ Every layer has the same shape rules:
   input size is inferred at the first call), or an ``nn.Linear`` when
   ``in_features=`` is given (parameters exist at construction, for optimizers
   built before any call, ``device="meta"`` and sharding).
-* Positive parameters are ``softplus(raw) + min_scale`` (``min_scale=1e-3``).
+* Positive parameters are ``softplus(raw) + min_scale`` (``min_scale=1e-3``, a finite
+  number >= 0, below the initial value of any per-feature parameter).
+* The input is floating point, of the parameters' dtype when the layer has
+  parameters (a ``TypeError`` otherwise; autocast chooses the dtypes itself).
+* An empty batch gives an empty random variable (``(0, ...)`` values, empty
+  ``log_prob``), as torch's layers do.
+* ``log_prob`` refuses a target whose shape would broadcast against the batch
+  (:func:`.output_distributions.check_target_shape`).
+* ``name=`` names the returned random variable, created through the tracers as
+  ``bl.Normal(..., name=...)`` is: ``bl.condition`` sets its value, ``bl.tape``
+  records it and ``bl.make_log_joint_fn`` scores it. An unnamed output is not
+  traced (so a log joint never scores it).
 * ``event_dims`` trailing dimensions of the value form the event: ``log_prob``
   sums over them. The default makes ``log_prob`` return ``input.shape[:-1]``: one
   value per example for ``(B, D)`` inputs. It is 1 (the feature dimension), and 0
@@ -41,6 +52,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
+from .. import tracing as _tracing
 from ..random_variable import RandomVariable
 from . import output_distributions as od
 from .base import as_tensor
@@ -58,6 +70,24 @@ def _check_count(owner: str, name: str, value: object) -> int:
 
 def _check_optional_count(owner: str, name: str, value: object) -> int | None:
     return None if value is None else _check_count(owner, name, value)
+
+
+def _check_min_scale(owner: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{owner} expected `min_scale` to be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_factory_dtype(owner: str, dtype: object) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(
+            f"{owner} expected `dtype` to be a floating-point torch.dtype or None, got {dtype!r}"
+        )
 
 
 def inverse_softplus(value: float) -> float:
@@ -89,7 +119,8 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
             first call, and checks every input.
         event_dims: trailing value dimensions that form the event (see module doc).
         min_scale: floor added to every softplus-constrained parameter.
-        name: name of the returned random variable.
+        name: name of the returned random variable; a named output is created through
+            the tracers (``bl.condition``, ``bl.tape``, ``bl.make_log_joint_fn``).
         validate_args: passed to the distribution (torch's default when ``None``).
         device, dtype: factory arguments of the parameters.
     """
@@ -118,11 +149,14 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
         owner = type(self).__name__
         self.units = _check_optional_count(owner, "units", units)
         self.in_features = _check_optional_count(owner, "in_features", in_features)
-        if not isinstance(min_scale, (int, float)) or isinstance(min_scale, bool) or min_scale < 0:
-            raise ValueError(f"{owner} expected `min_scale` >= 0, got {min_scale!r}")
+        self.min_scale = _check_min_scale(owner, min_scale)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{owner} expected `name` to be a str or None, got {type(name)}")
-        self.min_scale = float(min_scale)
+        if validate_args is not None and not isinstance(validate_args, bool):
+            raise TypeError(
+                f"{owner} expected `validate_args` to be a bool or None, got {validate_args!r}"
+            )
+        _check_factory_dtype(owner, dtype)
         self.name = name
         self.validate_args = validate_args
         default = 0 if self._consumes_last_dim() else 1
@@ -136,6 +170,8 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
                 f"event dimensions), got {event_dims}"
             )
         self.event_dims = event_dims
+        if self.units is None:
+            self._check_min_scale_below_initial_values(owner)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.projection: nn.Module | None = None
         if self.units is not None:
@@ -150,6 +186,18 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
                 setattr(self, attr, nn.UninitializedParameter(**factory))
             if self.in_features is not None:
                 self._materialize(self.in_features)
+
+    def _initial_positive_values(self) -> list[float]:
+        """Initial values of the positive per-feature parameters (``units=None``)."""
+        return [v for k, v in self.feature_params.items() if k in self.positive]
+
+    def _check_min_scale_below_initial_values(self, owner: str) -> None:
+        values = self._initial_positive_values()
+        if values and self.min_scale >= min(values):
+            raise ValueError(
+                f"{owner} expected `min_scale` below {min(values):g}, the initial value of its "
+                f"per-feature parameters (units=None), got {self.min_scale!r}"
+            )
 
     # ---------------------------------------------------------------- layout
     def _consumes_last_dim(self) -> bool:
@@ -206,11 +254,30 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
                 return int(param.shape[-1])
         return self.in_features
 
+    def _parameter_dtype(self) -> torch.dtype | None:
+        """The dtype of the layer's parameters (materialized or not), if it has any."""
+        for param in self.parameters():
+            return param.dtype
+        return None
+
     def _check_input(self, x: Any) -> Tensor:
         owner = type(self).__name__
         x = as_tensor(x, owner)
+        expected_dtype = self._parameter_dtype()
         if not x.is_floating_point():
-            raise TypeError(f"{owner} expected a floating-point input, got {x.dtype}")
+            wanted = f" ({expected_dtype})" if expected_dtype is not None else ""
+            raise TypeError(
+                f"{owner} expected `input` of a floating-point dtype{wanted}, got {x.dtype}"
+            )
+        if (
+            expected_dtype is not None
+            and x.dtype != expected_dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
+            raise TypeError(
+                f"{owner} expected `input` of dtype {expected_dtype} (its parameters' dtype; "
+                f"convert the input or the layer with .to()), got {x.dtype}"
+            )
         if x.dim() == 0:
             raise ValueError(f"{owner} expected an input of shape (*, features), got a scalar")
         expected = self._expected_last_dim()
@@ -226,7 +293,10 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
         """``softplus(raw) + min_scale``."""
         return F.softplus(raw) + self.min_scale
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        """The family's distribution from the constrained parameters."""
         raise NotImplementedError
 
     def forward(self, x: Tensor | RandomVariable) -> RandomVariable:
@@ -242,7 +312,15 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
         params = {
             k: self.constrain_positive(v) if k in self.positive else v for k, v in raw.items()
         }
-        dist = self._distribution(params)
+        # an empty batch has nothing to validate (torch's checks fail on zero elements)
+        validate = False if x.shape[:-1].numel() == 0 else self.validate_args
+        try:
+            dist = self._distribution(params, validate)
+        except ValueError as error:  # torch's validation, which does not name the layer
+            raise ValueError(
+                f"{type(self).__name__} got distribution parameters outside their constraints "
+                f"from an input of shape {tuple(x.shape)} (NaN or infinite values?): {error}"
+            ) from error
         extra = self.event_dims - self.intrinsic_event_dims
         if extra > len(dist.batch_shape):
             raise ValueError(
@@ -251,7 +329,14 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
                 f"(input shape {tuple(x.shape)})"
             )
         if extra:
-            dist = od.IndependentEvents(dist, extra, validate_args=self.validate_args)
+            dist = od.IndependentEvents(dist, extra, validate_args=validate)
+        return self._random_variable(dist)
+
+    def _random_variable(self, dist: td.Distribution) -> RandomVariable:
+        """The output; a named one goes through the tracers while one is active (as
+        ``bl.Normal(..., name=...)``), an unnamed one is invisible to them."""
+        if self.name is not None and _tracing._active and _tracing.is_tracing():
+            return _tracing.variable(dist, name=self.name)  # type: ignore[no-any-return]
         return RandomVariable(dist, name=self.name)
 
     def extra_repr(self) -> str:

@@ -60,8 +60,10 @@ class Normal(_LocScale):
         torch.Size([5])
     """
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return td.Normal(params["loc"], params["scale"], validate_args=self.validate_args)
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.Normal(params["loc"], params["scale"], validate_args=validate_args)
 
 
 class LogNormal(_LocScale):
@@ -71,8 +73,10 @@ class LogNormal(_LocScale):
         As :class:`Normal`; ``loc`` and ``scale`` are those of the logarithm.
     """
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return td.LogNormal(params["loc"], params["scale"], validate_args=self.validate_args)
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.LogNormal(params["loc"], params["scale"], validate_args=validate_args)
 
 
 class Laplace(_LocScale):
@@ -82,8 +86,10 @@ class Laplace(_LocScale):
         As :class:`Normal`.
     """
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return td.Laplace(params["loc"], params["scale"], validate_args=self.validate_args)
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.Laplace(params["loc"], params["scale"], validate_args=validate_args)
 
 
 class StudentT(StochasticOutput):
@@ -102,9 +108,11 @@ class StudentT(StochasticOutput):
     feature_params = {"scale": 1.0, "df": 5.0}
     positive = frozenset({"scale", "df"})
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return td.StudentT(
-            params["df"], params["loc"], params["scale"], validate_args=self.validate_args
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.StudentT(
+            params["df"], params["loc"], params["scale"], validate_args=validate_args
         )
 
 
@@ -119,8 +127,10 @@ class Bernoulli(StochasticOutput):
 
     param_names = ("logits",)
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return od.Bernoulli(logits=params["logits"], validate_args=self.validate_args)
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.Bernoulli(logits=params["logits"], validate_args=validate_args)
 
 
 class Categorical(StochasticOutput):
@@ -137,8 +147,10 @@ class Categorical(StochasticOutput):
     param_names = ("logits",)
     consumes_last_dim = True
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return od.Categorical(logits=params["logits"], validate_args=self.validate_args)
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.Categorical(logits=params["logits"], validate_args=validate_args)
 
 
 class OneHotCategorical(StochasticOutput):
@@ -153,12 +165,19 @@ class OneHotCategorical(StochasticOutput):
     param_names = ("logits",)
     intrinsic_event_dims = 1
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return od.OneHotCategorical(logits=params["logits"], validate_args=self.validate_args)
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.OneHotCategorical(logits=params["logits"], validate_args=validate_args)
 
 
 class Poisson(StochasticOutput):
     """Poisson output with ``rate = exp(log_rate)``.
+
+    Draws are correct at any rate: torch's sampler up to ``rate = 2**30`` (log-rate
+    ≈ 20.8), above it a normal approximation with a skewness correction whose error
+    is ``O(1/rate)`` (:func:`.output_distributions.sample_poisson`); torch's own
+    returns -9.2e18 past log-rate ≈ 43.7.
 
     Shape:
         - Input: ``(*, F)``: the log-rate (no ``units``), or projected to ``(*, n)``.
@@ -168,14 +187,17 @@ class Poisson(StochasticOutput):
 
     param_names = ("log_rate",)
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
-        return od.Poisson(params["log_rate"].exp(), validate_args=self.validate_args)
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
+        return od.Poisson(params["log_rate"].exp(), validate_args=validate_args)
 
 
 class NegativeBinomial(StochasticOutput):
-    """Negative-binomial output: failures before ``total_count`` successes (torch's
-    parameterisation), success probability ``sigmoid(logits)``; mean
-    ``total_count · exp(logits)``.
+    """Negative-binomial output, in torch's parameterisation: the number of successes,
+    each with probability ``p = sigmoid(logits)``, before ``total_count`` failures.
+    Mean ``total_count · p / (1 - p) = total_count · exp(logits)``, variance
+    ``mean / (1 - p)``. Draws are correct counts at any rate (see :class:`Poisson`).
 
     Shape:
         - Input: ``(*, F)``.
@@ -190,9 +212,11 @@ class NegativeBinomial(StochasticOutput):
     feature_params = {"total_count": 1.0}
     positive = frozenset({"total_count"})
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
         return od.NegativeBinomial(
-            params["total_count"], logits=params["logits"], validate_args=self.validate_args
+            params["total_count"], logits=params["logits"], validate_args=validate_args
         )
 
 
@@ -228,6 +252,9 @@ class MultivariateNormalTriL(StochasticOutput):
     def _feature_shapes(self, features: int) -> dict[str, tuple[int, ...]]:
         return {"scale_tril_unconstrained": (features, features)}
 
+    def _initial_positive_values(self) -> list[float]:
+        return [1.0]  # the diagonal of L starts at 1
+
     def reset_feature_parameters(self) -> None:
         with torch.no_grad():
             raw = self.get_parameter("scale_tril_unconstrained")
@@ -236,10 +263,12 @@ class MultivariateNormalTriL(StochasticOutput):
     def _from_input(self, x: Tensor) -> dict[str, Tensor]:
         return {"loc": x, "scale_tril": self.get_parameter("scale_tril_unconstrained")}
 
-    def _distribution(self, params: dict[str, Tensor]) -> td.Distribution:
+    def _distribution(
+        self, params: dict[str, Tensor], validate_args: bool | None
+    ) -> td.Distribution:
         raw = params["scale_tril"]
         diag = self.constrain_positive(raw.diagonal(dim1=-2, dim2=-1))  # (*, D)
         scale_tril = raw.tril(-1) + torch.diag_embed(diag)
-        return td.MultivariateNormal(
-            params["loc"], scale_tril=scale_tril, validate_args=self.validate_args
+        return od.MultivariateNormal(
+            params["loc"], scale_tril=scale_tril, validate_args=validate_args
         )

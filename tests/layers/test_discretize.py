@@ -227,3 +227,52 @@ def test_no_rsample():
     d = Discretize(0, 4)(bl.RandomVariable(td.Normal(torch.zeros(2), 1.0))).distribution
     with pytest.raises(NotImplementedError, match="rsample"):
         d.rsample()
+
+
+def _pixels_model(units, name=None):
+    torch.manual_seed(0)
+    head = MixtureLogistic(units, num_components=3)
+    return torch.nn.Sequential(torch.nn.Linear(4, 9), head, Discretize(0, 16, name=name))
+
+
+@pytest.mark.parametrize("units", [1, None], ids=["column", "flat"])
+def test_a_target_that_would_broadcast_against_the_batch_is_refused(units):
+    rv = _pixels_model(units)(torch.randn(5, 4))
+    y = rv.distribution.sample()  # (5, 1) or (5,)
+    wrong = y[:, 0] if units else y[:, None]
+    shapes = rf"{tuple(y.shape)}.*got {tuple(wrong.shape)}".replace("(", r"\(").replace(")", r"\)")
+    for log_prob in (rv.log_prob, rv.distribution.log_prob):
+        with pytest.raises(ValueError, match=shapes):
+            log_prob(wrong)
+    assert rv.log_prob(y).shape == (5,)
+
+
+def test_an_empty_batch_gives_an_empty_result():
+    rv = _pixels_model(1)(torch.randn(0, 4))
+    assert rv.shape == (0, 1) and rv.log_prob(torch.zeros(0, 1)).shape == (0,)
+    assert rv.sample((2,)).shape == (2, 0, 1)
+
+
+def test_a_named_discretized_output_is_conditioned_recorded_and_scored():
+    model = _pixels_model(1, name="pixels")
+    x = torch.randn(3, 4)
+    given = torch.tensor([[0.0], [7.0], [16.0]])
+    with bl.condition(pixels=given):
+        assert torch.equal(model(x).value, given)
+    with bl.tape() as tape:
+        out = model(x)
+    assert list(tape) == ["pixels"] and tape["pixels"] is out
+    log_joint = bl.make_log_joint_fn(lambda inputs: model(inputs))(x, pixels=given)
+    torch.testing.assert_close(log_joint, model(x).log_prob(given).sum())
+    # unnamed: the input's name is kept, and the variable is not traced a second time
+    head = torch.nn.Sequential(torch.nn.Linear(4, 9), MixtureLogistic(1, 3, name="z"))
+    with bl.tape() as tape:
+        out = Discretize(0, 16)(head(x))
+    assert list(tape) == ["z"] and out.name == "z" and tape["z"] is not out
+
+
+def test_name_and_validate_args_are_checked():
+    with pytest.raises(TypeError, match=r"Discretize expected `name` to be a str or None, got 3"):
+        Discretize(name=3)
+    with pytest.raises(TypeError, match=r"Discretize expected `validate_args` .*got 'no'"):
+        Discretize(validate_args="no")

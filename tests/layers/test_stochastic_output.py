@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ import bayesian_layers as bl
 from bayesian_layers.layers import logistic as lg
 from bayesian_layers.layers import output_distributions as od
 from bayesian_layers.layers.mixtures import MixtureLogistic, MixtureNormal
+from bayesian_layers.layers.output_base import inverse_softplus
 from bayesian_layers.layers.stochastic_output import (
     Bernoulli,
     Categorical,
@@ -523,7 +525,8 @@ def test_wrong_input_size_raises(spec: Spec, units: int | None) -> None:
     pattern = rf"{name} expected input of shape \(\*, {size}\).*\(2, {size + 1}\)"
     with pytest.raises(ValueError, match=pattern):
         layer(torch.randn(2, size + 1, dtype=torch.float64))
-    with pytest.raises(TypeError, match=f"{name} expected a floating-point input, got torch.int64"):
+    pattern = rf"{name} expected `input` of a floating-point dtype.*, got torch.int64"
+    with pytest.raises(TypeError, match=pattern):
         layer(torch.ones(2, size, dtype=torch.long))
     with pytest.raises(TypeError, match=f"{name} expected a Tensor input, got list"):
         layer([[0.0] * size])
@@ -548,10 +551,10 @@ def test_lazy_layer_checks_inputs_after_its_first_call() -> None:
         (lambda: MixtureLogistic(2, 1.5), TypeError, "`num_components` to be an int, got float"),
         (lambda: Normal(0), ValueError, "Normal expected `units` >= 1, got 0"),
         (lambda: Categorical(2.0), TypeError, "Categorical expected `units` to be an int"),
-        (lambda: Normal(min_scale=-1.0), ValueError, "`min_scale` >= 0, got -1.0"),
+        (lambda: Normal(min_scale=-1.0), ValueError, "`min_scale` to be a finite number >= 0"),
         (lambda: OneHotCategorical(event_dims=0), ValueError, r"`event_dims` >= 1 .*got 0"),
         (lambda: MixtureLogistic(2, 3, num_bins=1), ValueError, "`num_bins` >= 2 or None"),
-        (lambda: MixtureLogistic(2, 3, low=1.0, high=0.0), ValueError, "`low` < `high`"),
+        (lambda: MixtureLogistic(2, 3, low=1.0, high=0.0), ValueError, "numbers `low` < `high`"),
     ],
     ids=["components0", "components_float", "units0", "units_float", "min_scale",
          "event_dims", "num_bins", "low_high"],
@@ -752,3 +755,230 @@ def test_independent_events_reads_the_base_family() -> None:
         rv.distribution.loc  # noqa: B018
     assert rv.distribution.expand((4, 2)).batch_shape == (4, 2)
     assert math.isclose(float(rv.log_prob(torch.ones(2, 3))[0]), 3 * math.log(0.5), rel_tol=1e-6)
+
+
+# ============================================ targets that would broadcast the batch
+def _column_layer(spec: Spec, units: int | None) -> tuple[StochasticOutput, Tensor]:
+    """A layer whose value is ``(B, 1)`` (``units=1``) or ``(B,)`` (class/mixture
+    parameters in the input), and an input of B = 4 examples."""
+    layer = build(spec, units)
+    return layer, torch.randn(4, input_size(spec, units), dtype=torch.float64)
+
+
+COLUMN_MODES = [
+    (spec, units)
+    for spec in SPECS
+    for units in ([1, None] if spec.kind in ("categorical", "mixture") else [1])
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "units"), COLUMN_MODES, ids=[f"{s.id}-{u}" for s, u in COLUMN_MODES]
+)
+@torch.no_grad()
+def test_a_target_that_would_broadcast_against_the_batch_is_refused(
+    spec: Spec, units: int | None
+) -> None:
+    """``(B,)`` targets for ``(B, 1)`` values and ``(B, 1)`` targets for ``(B,)`` values
+    broadcast to ``(B, B)``: every output layer refuses them, naming both shapes."""
+    layer, x = _column_layer(spec, units)
+    rv = layer(x)
+    y = rv.distribution.sample()  # (B, 1) or (B,)
+    wrong = y.squeeze(-1) if y.shape[-1] == 1 and y.dim() > 1 else y.unsqueeze(-1)
+    expected = tuple(y.shape)
+    pattern = (
+        rf"target of shape .*{re.escape(str(expected))}.*got {re.escape(str(tuple(wrong.shape)))}"
+    )
+    for log_prob in (rv.log_prob, rv.distribution.log_prob):
+        with pytest.raises(ValueError, match=pattern):
+            log_prob(wrong)
+    # the right shape, with sample dimensions, and one target for every example still work
+    assert rv.log_prob(y).shape == (4,)
+    assert rv.log_prob(torch.stack([y, y])).shape == (2, 4)
+    torch.testing.assert_close(rv.log_prob(y[:1]), rv.log_prob(y[:1].expand_as(y)))
+
+
+def test_a_column_target_for_a_one_unit_normal_is_refused_not_summed_over_the_batch() -> None:
+    """The reported case: ``Normal(units=1)`` with a ``(B,)`` target gave the sum of a
+    ``(B, B)`` broadcast (mean -104.7 where -2.10 is right)."""
+    torch.manual_seed(0)
+    rv = Normal(units=1)(torch.randn(32, 3))
+    y = torch.randn(32)
+    with pytest.raises(ValueError, match=r"y\.unsqueeze\(-1\)"):
+        rv.log_prob(y)
+    good = rv.log_prob(y.unsqueeze(-1))
+    d = rv.distribution.base_dist
+    ref = stats.norm(d.loc[:, 0].detach().numpy(), d.scale[:, 0].detach().numpy()).logpdf(y)
+    np.testing.assert_allclose(good.detach().numpy(), ref, rtol=1e-5)
+    labels = torch.randint(0, 4, (32, 1))
+    with pytest.raises(ValueError, match=r"labels\.squeeze\(-1\)|\.squeeze\(-1\)"):
+        Categorical(4)(torch.randn(32, 3)).log_prob(labels)
+
+
+# ============================================================== empty batches
+@parametrize_specs
+@parametrize_modes
+def test_an_empty_batch_gives_an_empty_result(spec: Spec, units: int | None) -> None:
+    layer = build(spec, units)
+    rv = layer(torch.randn(0, input_size(spec, units), dtype=torch.float64))
+    full = layer(torch.randn(2, input_size(spec, units), dtype=torch.float64))
+    assert rv.shape == (0,) + full.shape[1:]
+    lp = rv.log_prob(rv.value)
+    assert lp.shape == (0,) and lp.dtype == full.log_prob(full.value).dtype
+    assert rv.mean.shape == rv.shape and rv.sample((3,)).shape == (3, *rv.shape)
+
+
+# ======================================================= hyperparameters and dtypes
+@parametrize_specs
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, "0.1", True], ids=str)
+def test_min_scale_must_be_a_finite_non_negative_number(spec: Spec, bad: Any) -> None:
+    with pytest.raises(
+        (ValueError, TypeError), match=rf"expected `min_scale` .*got {re.escape(repr(bad))}"
+    ):
+        spec.make(2, min_scale=bad)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: Normal(min_scale=1.0), ValueError, r"`min_scale` below 1.*per-feature.*got 1.0"),
+        (lambda: StudentT(min_scale=2.0), ValueError, r"`min_scale` below 1.*got 2.0"),
+        (lambda: MultivariateNormalTriL(min_scale=1.5), ValueError, "`min_scale` below 1"),
+        (lambda: Normal(2, dtype=torch.int64), TypeError, r"expected `dtype` .*float.*int64"),
+        (lambda: Poisson(validate_args="yes"), TypeError, r"Poisson expected `validate_args`.*yes"),
+        (lambda: MixtureLogistic(2, 3, num_bins=8, low=float("nan")), ValueError, "`low` < `high`"),
+        (lambda: MixtureLogistic(2, 3, num_bins=8, high=float("inf")), ValueError, "finite"),
+        (lambda: Normal(event_dims=-1), ValueError, r"`event_dims` >= 0"),
+    ],
+    ids=["min_scale_init", "min_scale_df", "min_scale_tril", "dtype", "validate_args",
+         "low_nan", "high_inf", "event_dims"],
+)  # fmt: skip
+def test_hyperparameters_that_would_make_nan_later_raise(
+    make: Callable[[], Any], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make()
+
+
+@parametrize_specs
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_an_input_of_another_dtype_than_the_parameters_raises(
+    spec: Spec, dtype: torch.dtype
+) -> None:
+    name = type(spec.make(None)).__name__
+    for layer in (spec.make(2, in_features=IN), spec.make(2)):  # eager and lazy projection
+        pattern = rf"{name} expected `input` of dtype torch.float32.*got {dtype}"
+        with pytest.raises(TypeError, match=pattern):
+            layer(torch.randn(3, IN, dtype=dtype))
+    with pytest.raises(
+        TypeError, match=rf"{name} expected `input` of a floating-point dtype.*int64"
+    ):
+        spec.make(2)(torch.ones(3, IN, dtype=torch.long))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast decides the dtypes itself
+        assert spec.make(2)(torch.randn(3, IN)).shape[0] == 3
+
+
+# ================================================================ names and tracing
+@parametrize_specs
+@torch.no_grad()
+def test_a_named_output_is_conditioned_recorded_and_scored(spec: Spec) -> None:
+    layer = build(spec, 2, name="y")
+    x = torch.randn(3, IN, dtype=torch.float64)
+    given = layer(x).distribution.sample()
+    with bl.condition({"y": given}):
+        rv = layer(x)
+    assert rv.name == "y" and torch.equal(rv.value, given)
+    with bl.tape() as tape:
+        out = layer(x)
+    assert list(tape) == ["y"] and tape["y"] is out
+
+    def program(inputs: Tensor) -> bl.RandomVariable:
+        return layer(inputs)
+
+    log_joint = bl.make_log_joint_fn(program)(x, y=given)
+    torch.testing.assert_close(log_joint, layer(x).log_prob(given).sum())
+    unnamed = build(spec, 2)
+    with bl.tape() as tape:
+        unnamed(x)
+    assert not tape
+
+
+# ============================================================ counts at large rates
+def _poisson_cell_pvalue(draws: np.ndarray, rate: float) -> float:
+    """Chi-square of the draws in cells λ + √λ·[-3, -2.5, ..., 3] (plus the two tails),
+    cell probabilities from scipy's Poisson cdf."""
+    edges = np.floor(rate + math.sqrt(rate) * np.arange(-3.0, 3.01, 0.5))
+    cdf = stats.poisson(rate).cdf(edges)
+    probs = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    counts = np.bincount(np.searchsorted(edges, draws, side="left"), minlength=len(probs))
+    return _chisquare_pvalue(counts, probs)
+
+
+# rates just under and over the switch to the approximation, over CUDA's 32-bit counts,
+# and past torch's int64 overflow (log-rate 45); k = 4 tests at level ALPHA / 4, n = 20 000
+LARGE_RATES = [0.99 * 2**30, 1.01 * 2**30, 2.0**33, math.exp(45.0)]
+
+
+@pytest.mark.parametrize("rate", LARGE_RATES, ids=lambda r: f"{r:.3g}")
+@torch.no_grad()
+def test_poisson_counts_at_large_rates_follow_the_poisson_law(rate: float) -> None:
+    torch.manual_seed(5)
+    layer = Poisson(dtype=torch.float64)
+    draws = layer(torch.full((20_000, 1), math.log(rate), dtype=torch.float64)).value[:, 0]
+    assert bool((draws >= 0).all()) and bool(torch.isfinite(draws).all())
+    assert bool((draws == draws.round()).all())
+    exact_rate = math.exp(math.log(rate))  # the layer's rate, to the last bit
+    assert _poisson_cell_pvalue(draws.numpy(), exact_rate) > ALPHA / len(LARGE_RATES)
+
+
+@torch.no_grad()
+def test_negative_binomial_counts_at_large_rates_are_correct() -> None:
+    """Gamma(total_count=1)-mixed Poisson at mean e^45: a geometric law, P(X >= m q) →
+    exp(-q) for the mean m; checked at q = 1 with n = 20 000 (5 standard errors)."""
+    torch.manual_seed(6)
+    layer = NegativeBinomial(in_features=1, dtype=torch.float64, min_scale=0.0)
+    with torch.no_grad():
+        layer.total_count_rho.fill_(inverse_softplus(1.0))
+    rv = layer(torch.full((20_000, 1), 45.0, dtype=torch.float64))
+    draws, mean = rv.value[:, 0], math.exp(45.0)
+    assert bool((draws >= 0).all()) and bool(torch.isfinite(draws).all())
+    tail = float((draws >= mean).double().mean())
+    p = math.exp(-1.0)
+    assert abs(tail - p) < 5 * math.sqrt(p * (1 - p) / 20_000), tail
+
+
+@torch.no_grad()
+def test_negative_binomial_mean_follows_torch_convention() -> None:
+    """Mean ``total_count · p / (1 - p)`` with ``p = sigmoid(logits)`` (successes before
+    ``total_count`` failures): the layer's mean in closed form, and the mean of 40 000
+    draws within 5 standard errors (variance ``mean / (1 - p)``)."""
+    torch.manual_seed(7)
+    layer = NegativeBinomial(in_features=2, dtype=torch.float64)
+    with torch.no_grad():
+        layer.total_count_rho.copy_(torch.tensor([0.8, 2.0], dtype=torch.float64))
+    logits = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    rv = layer(logits)
+    total_count = F.softplus(layer.total_count_rho) + layer.min_scale
+    p = torch.sigmoid(logits)
+    mean = total_count * p / (1 - p)
+    torch.testing.assert_close(rv.distribution.mean, mean)
+    torch.testing.assert_close(rv.mean, mean)
+    ref = stats.nbinom(total_count.numpy(), 1 - p.numpy())  # scipy counts failures: 1 - p
+    np.testing.assert_allclose(mean.numpy(), ref.mean(), rtol=1e-12)
+    n = 40_000
+    draws = layer(logits.expand(n, 2)).value
+    se = (mean / (1 - p) / n).sqrt()
+    assert bool(((draws.mean(0) - mean).abs() < 5 * se).all()), (draws.mean(0), mean)
+
+
+@parametrize_specs
+def test_a_non_finite_input_raises_naming_the_layer_or_gives_a_result(spec: Spec) -> None:
+    layer = build(spec, None)
+    x = torch.randn(4, input_size(spec, None), dtype=torch.float64)
+    x[1, 0] = float("nan")
+    try:
+        rv = layer(x)
+    except ValueError as error:
+        assert str(error).startswith(f"{type(layer).__name__} got distribution parameters")
+    else:
+        assert rv.shape[0] == 4
