@@ -181,9 +181,9 @@ class GaussianProcess(BayesianLayer):
         self._jitter_reported = False
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ValueError(f"GaussianProcess expected a positive int `units`, got {units!r}")
-        for name, fn in (("mean_fn", mean_fn), ("covariance_fn", covariance_fn)):
+        for arg, fn in (("mean_fn", mean_fn), ("covariance_fn", covariance_fn)):
             if fn is not None and not callable(fn):
-                raise TypeError(f"GaussianProcess expected a callable {name}, got {type(fn)}")
+                raise TypeError(f"GaussianProcess expected a callable {arg}, got {type(fn)}")
         if solver not in ("cholesky", "cg"):
             raise ValueError(f"GaussianProcess expected solver 'cholesky' or 'cg', got {solver!r}")
         self.units = units
@@ -603,4 +603,5 @@ class GaussianProcess(BayesianLayer):
 
     def extra_repr(self) -> str:
         n = 0 if self.conditional_inputs is None else self.conditional_inputs.shape[0]
-        return f"units={self.units}, num_conditioning={n}"
+        named = "" if self.name is None else f", name={self.name!r}"
+        return f"units={self.units}, num_conditioning={n}{named}"
