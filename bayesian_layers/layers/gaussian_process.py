@@ -177,7 +177,6 @@ class GaussianProcess(BayesianLayer):
             raise TypeError(f"GaussianProcess expected `name` to be a str or None, got {name!r}")
         self.name = name
         self.marginal_samples = False
-        self._frozen = FrozenFunction()
         self._jitter_reported = False
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ValueError(f"GaussianProcess expected a positive int `units`, got {units!r}")
@@ -568,7 +567,11 @@ class GaussianProcess(BayesianLayer):
 
     def _frozen_output(self, x: Tensor) -> tuple[MultivariateNormalColumns, Tensor]:
         """The frozen function at ``x`` (one draw over every input it has seen)."""
-        xs, eps, index = self._frozen.locate(x, self.units)
+        store = self._frozen_noise  # the layer's, or the frozen_sample context's own
+        frozen = store.get("function")
+        if not isinstance(frozen, FrozenFunction):
+            frozen = store["function"] = FrozenFunction()
+        xs, eps, index = frozen.locate(x, self.units)
         loc, cov = self._joint(xs)  # (*, R, units), (*, R, R)
         draw = MultivariateNormalColumns(loc, cov, layer=type(self).__name__).transform(eps)
         cov = cov.index_select(-2, index).index_select(-1, index)  # (*, B, B)
@@ -576,11 +579,6 @@ class GaussianProcess(BayesianLayer):
             loc.index_select(-2, index), cov, layer=type(self).__name__
         )
         return dist, draw.index_select(-2, index)
-
-    def resample(self) -> None:
-        """Forget the frozen function sample; the next frozen call draws a new one."""
-        super().resample()
-        self._frozen.clear()
 
     def _joint(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean ``(*, B, units)`` and covariance ``(*, B, B)`` at ``x`` ``(*, B, D)``."""
