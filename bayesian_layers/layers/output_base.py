@@ -240,6 +240,12 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     def initialize_parameters(self, x: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Lazy-module hook: size the per-feature parameters from the first input."""
         x = self._check_input(x)
+        if any(_is_lazy(p) for p in self.parameters()) and not bool(torch.isfinite(x).all()):
+            # a failed call must not leave the layer built (sized from rejected input)
+            raise ValueError(
+                f"{type(self).__name__} got a non-finite input (NaN or infinite values) on the "
+                "call that sizes its lazy parameters; the layer stays unbuilt"
+            )
         if self.has_uninitialized_params():
             self._materialize(x.shape[-1])
 

@@ -982,3 +982,14 @@ def test_a_non_finite_input_raises_naming_the_layer_or_gives_a_result(spec: Spec
         assert str(error).startswith(f"{type(layer).__name__} got distribution parameters")
     else:
         assert rv.shape[0] == 4
+
+
+@pytest.mark.parametrize("units", [None, 2], ids=["input_params", "units"])
+def test_a_failed_first_call_leaves_a_lazy_layer_unbuilt(units: int | None) -> None:
+    layer = Normal(units)
+    x = torch.randn(3, 4)
+    x[0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"Normal got a non-finite input .*stays unbuilt"):
+        layer(x)
+    assert all(isinstance(p, nn.UninitializedParameter) for p in layer.parameters())
+    assert layer(torch.randn(3, 4)).shape == (3, units or 4)
