@@ -86,7 +86,16 @@ def check_input(
 #: ``samples`` to a list of ``(token, K)``; the last entry wins. A context removes only
 #: its own entry at exit, so contexts in different threads (or exiting out of order in
 #: one thread) never restore each other's state.
-_OVERRIDES = threading.local()
+class _Overrides(threading.local):
+    def __init__(self) -> None:
+        # both tables exist in every thread from its first look: a compiled call is
+        # then traced against an empty table, as it finds it after any context exits
+        # (no recompilation the first time a context is used)
+        self.modes: dict[int, list[tuple]] = {}
+        self.samples: dict[int, list[tuple]] = {}
+
+
+_OVERRIDES = _Overrides()
 
 
 def _thread_table(kind: str) -> dict[int, list[tuple]]:
