@@ -68,9 +68,6 @@ REGISTRY: dict[str, tuple[Callable[[], nn.Module], Inputs]] = {
         lambda: (torch.tensor([[0, 2, 5], [1, 2, 2]]),)),
 }  # fmt: skip
 NAMES = sorted(REGISTRY)
-#: Recurrent cells keep their drawn weights (with their autograd graph) across calls
-#: that share a draw, so one thread's backward pass can free another's graph.
-_CELL_CACHE = "recurrent_cells.py reuses drawn weights (and their graph) across calls"
 MODES = ("sample", "mean", "frozen")
 
 
@@ -133,13 +130,11 @@ def test_losses_backpropagated_twice_after_one_forward(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_threads_share_one_model(name: str, request: pytest.FixtureRequest) -> None:
+def test_threads_share_one_model(name: str) -> None:
     """4 threads each run forward, ``losses`` and backward on one model, in lock-step
     (all forwards, then all losses, then all backwards: the interleaving that broke
     the shared cache). Frozen noise makes every thread's gradient equal, so the
     accumulated gradient is 4 times a single thread's."""
-    if "Cell" in name:
-        request.applymarker(pytest.mark.xfail(reason=_CELL_CACHE, strict=False))
     model, x1, _ = _build(name)
     bl.set_sampling(model, "frozen")
     model(*x1)  # draws the frozen noise once
@@ -193,14 +188,9 @@ def _func_setup(name: str, mode: str) -> tuple[_WithLoss, tuple[Tensor, ...], di
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
-def test_torch_func_grad_equals_backward(
-    name: str, mode: str, request: pytest.FixtureRequest
-) -> None:
+def test_torch_func_grad_equals_backward(name: str, mode: str) -> None:
     """``torch.func.grad`` and ``jacrev`` of ``functional_call`` equal ``backward()``
     under the same seed."""
-    if "Cell" in name and mode != "mean":
-        reason = "recurrent_cells.py keys its per-sequence draw on data_ptr()"
-        request.applymarker(pytest.mark.xfail(reason=reason, raises=RuntimeError))
     wrapped, x, params, buffers = _func_setup(name, mode)
 
     def loss(p: dict[str, Tensor]) -> Tensor:

@@ -17,6 +17,7 @@ draws. Sequence modules are in :mod:`bayesian_layers.layers.recurrent`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -65,10 +66,16 @@ def graph_alive(t: Tensor) -> bool:
     return True
 
 
-def _version(p: Tensor | None) -> tuple:
+def _version(p: Tensor | None) -> tuple | None:
+    """The cache key part of ``p``; ``None`` for a tensor without storage (a
+    ``torch.func`` wrapper), whose weights are then never cached."""
     if p is None:
         return ()
-    return (id(p), p._version, p.data_ptr(), p.dtype, p.device)
+    try:
+        ptr = p.data_ptr()
+    except RuntimeError:
+        return None
+    return (id(p), p._version, ptr, p.dtype, p.device)
 
 
 @dataclass(frozen=True)
@@ -230,7 +237,12 @@ class _RecurrentCell(BayesianLayer):
         signs = draw.signs or None
         key: tuple | None = None
         if not torch.compiler.is_compiling():  # (compiled: no version counters; rebuild)
-            key = (torch.is_grad_enabled(), *[_version(p) for p in self._parameters.values()])
+            # per thread: one thread's backward pass must not free another's weights
+            versions = [_version(p) for p in self._parameters.values()]
+            key = (torch.is_grad_enabled(), threading.get_ident(), *versions)
+            if None in versions:
+                key = None
+        if key is not None:
             hit = self._cache
             if (
                 hit is not None and hit[0] is draw and hit[1] == key
