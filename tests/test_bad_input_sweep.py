@@ -237,9 +237,7 @@ SKIPPED: dict[str, str] = {
 }
 
 # (layer, case) -> what goes wrong today; strict xfail, so a fix flips the test
-KNOWN_FAILING: dict[tuple[str, str], str] = {
-    ("Normal[lazy]", "nan"): "state changed by a failed call (ValueError)",
-}
+KNOWN_FAILING: dict[tuple[str, str], str] = {}
 
 
 def public_layer_classes() -> list[str]:
