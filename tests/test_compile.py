@@ -15,7 +15,7 @@ import torch._dynamo
 import torch._inductor.config as inductor_config
 from stats_util import z_bonferroni
 from torch import Tensor, nn
-from torch._dynamo.testing import CompileCounterWithBackend
+from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import bayesian_layers as bl
 from bayesian_layers import layers
@@ -431,3 +431,74 @@ def test_lstm_sequence_compiled_backward_fails_in_torch() -> None:
     model = layers.LSTMReparameterization(3, 4, batch_first=True)
     compiled = torch.compile(lambda x: model(x)[0], backend="aot_eager", fullgraph=True)
     compiled(torch.randn(2, 3, 3)).sum().backward()
+
+
+# --------------------------------------------------------------------------------------
+# One graph per sampling mode: a compiled model does not recompile on its second call,
+# nor in frozen mode on its second call or after `resample` (no guard on state that a
+# call fills, such as a cache or the frozen draw). The counting backend runs the graphs
+# eagerly, so this stays fast.
+# --------------------------------------------------------------------------------------
+
+
+def _dense() -> tuple[nn.Module, tuple[Tensor, ...]]:
+    return make_mlp(), (torch.randn(6, 2, 2),)
+
+
+RECOMPILE_FAMILIES = {
+    "dense": Family(_dense, lambda m, x: m(x[0]), lambda m, x: m(x[0])),
+    **{name: FAMILIES[name] for name in ("conv", "recurrent_cells", "lstm", "attention")},
+    "embedding": FAMILIES["embedding"],
+}
+
+
+@pytest.mark.parametrize("name", list(RECOMPILE_FAMILIES))
+def test_one_compilation_per_sampling_mode(name: str) -> None:
+    family = RECOMPILE_FAMILIES[name]
+    model, inputs = family.build()
+    counter = CompileCounter()
+    compiled = torch.compile(family.sample, backend=counter, fullgraph=True)
+    frames = {}
+    with torch.no_grad():
+        for _ in range(3):
+            first = compiled(model, inputs)
+        frames["sample"] = counter.frame_count
+        with bl.frozen_sample(model):
+            first = compiled(model, inputs)
+            for _ in range(2):
+                torch.testing.assert_close(compiled(model, inputs), first, rtol=0, atol=0)
+            frames["frozen"] = counter.frame_count
+            bl.resample(model)
+            again = compiled(model, inputs)
+            assert not torch.equal(again, first)  # a new function sample, same graph
+            torch.testing.assert_close(compiled(model, inputs), again, rtol=0, atol=0)
+            frames["resampled"] = counter.frame_count
+        for _ in range(2):
+            compiled(model, inputs)
+        frames["sample again"] = counter.frame_count
+        with bl.posterior_mean(model):
+            for _ in range(2):
+                compiled(model, inputs)
+        frames["mean"] = counter.frame_count
+    assert frames == {"sample": 1, "frozen": 2, "resampled": 2, "sample again": 2, "mean": 3}
+
+
+def test_compiled_mc_dropout_frozen_mask_is_one_graph_and_one_function() -> None:
+    """The frozen mask in a compiled graph: the same mask on every call, a new one after
+    `resample`, one graph; its keep rate is 1 - p (binomial, z = 5 standard errors)."""
+    layer = layers.MCDropout(0.3)
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter, fullgraph=True)
+    x = torch.ones(4, 5000)
+    with bl.frozen_sample(layer):
+        first = compiled(x)
+        torch.testing.assert_close(compiled(x), first, rtol=0, atol=0)
+        assert torch.equal(first[0], first[1])  # one mask over the non-batch dimensions
+        bl.resample(layer)
+        second = compiled(x)
+    assert counter.frame_count == 1
+    assert not torch.equal(first, second)
+    for out in (first[0], second[0]):
+        kept = (out != 0).double().mean()
+        assert abs(kept - 0.7) <= 5 * math.sqrt(0.7 * 0.3 / 5000)
+        torch.testing.assert_close(out[out != 0], torch.full_like(out[out != 0], 1 / 0.7))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,11 +59,43 @@ class MCDropout(BayesianLayer):
             return F.dropout(x, self.p, training=True)
         k = self._check_samples(x)
         shape = (k, 1) + tuple(x.shape[1:]) if k > 1 else tuple(x.shape[1:])
-        mask = self._frozen_noise.get("mask")
-        if mask is None or mask.shape != shape or mask.dtype != x.dtype:
-            keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p)
-            mask = keep / (1 - self.p)
-            self._frozen_noise["mask"] = mask
+        seed = self._frozen_noise.get("mask_seed")
+        if seed is None:  # frozen state dropped by hand: draw it here
+            self._draw_frozen()
+            seed = self._frozen_noise["mask_seed"]
+        keep = _hashed_uniform(shape, seed.to(x.device)) >= self.p  # type: ignore[union-attr]
+        mask = keep.to(x.dtype) / (1 - self.p)
         if k == 1:
             return x * mask
         return (x.reshape((k, -1) + tuple(x.shape[1:])) * mask).reshape(x.shape)
+
+    def _draw_frozen(self) -> None:
+        """The frozen mask is a function of one random seed and the mask's shape, drawn
+        when ``"frozen"`` mode starts or at :meth:`resample`: inputs of any shape get a
+        mask, and a compiled frozen call only reads the seed (one graph)."""
+        super()._draw_frozen()
+        if self._frozen_noise.get("mask_seed") is None:
+            self._frozen_noise["mask_seed"] = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(h: Tensor, c: int) -> Tensor:
+    """``h * c mod 2³²`` for ``0 <= h < 2³²`` without int64 overflow (16-bit halves)."""
+    low, high = c & 0xFFFF, c >> 16
+    return (h * low + (((h * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def _hashed_uniform(shape: tuple[int, ...], seed: Tensor) -> Tensor:
+    """Uniforms in ``[0, 1)`` of ``shape``: a 32-bit integer hash (murmur3's finaliser)
+    of each element's index offset by ``seed``, its top 24 bits scaled to ``[0, 1)``.
+
+    Shape: ``seed`` is a 0-d int64 tensor; the result has ``shape`` (float32).
+    """
+    index = torch.arange(math.prod(shape), device=seed.device, dtype=torch.int64)
+    h = (_mul32(index & _MASK32, 0x9E3779B1) + seed) & _MASK32  # spread the indices
+    h = _mul32(h ^ (h >> 16), 0x85EBCA6B)
+    h = _mul32(h ^ (h >> 13), 0xC2B2AE35)
+    h = h ^ (h >> 16)
+    return ((h >> 8).to(torch.float32) * 2.0**-24).view(shape)
