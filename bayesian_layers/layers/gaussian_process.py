@@ -17,6 +17,7 @@ from torch.distributions import Distribution
 from .. import tracing as _tracing
 from .._function_space import mark_function_space
 from ..random_variable import RandomVariable
+from ._gp_io import check_input_dtype
 from .base import BayesianLayer, as_tensor
 from .gp_distribution import FrozenFunction, MarginalNormal, MultivariateNormalColumns
 from .gp_iterative import gaussian_log_marginal_likelihood_cg
@@ -132,10 +133,10 @@ class GaussianProcess(BayesianLayer):
         device, dtype: where and in which dtype to create parameters and data.
 
     Shape:
-        - Input: ``(B, D)`` or ``(*, B, D)``, a tensor or a ``RandomVariable``; floating
-          inputs of another precision (float64, bfloat16) are cast to the layer's dtype
-          and the output is in that dtype; integer inputs raise ``TypeError``; ``B = 0``
-          gives an empty output.
+        - Input: ``(B, D)`` or ``(*, B, D)``, a tensor or a ``RandomVariable``, in the
+          layer's dtype (another dtype is a ``TypeError``), or in autocast's dtype while
+          autocast is on: the layer then computes and returns its own dtype. ``B = 0``
+          gives an empty output. Conditioning data are cast to the layer's dtype.
         - Output value and mean: ``(*, B, units)``; ``distribution.covariance_matrix``
           ``(*, B, B)`` (shared by the units).
 
@@ -504,15 +505,11 @@ class GaussianProcess(BayesianLayer):
         return mark_function_space(rv)
 
     def _prepare(self, inputs: Tensor | RandomVariable) -> Tensor:
-        """Validated input in the layer's dtype: floating inputs of another precision
-        are cast (as the sparse GP layer does), integer ones are an error."""
+        """Validated input in the layer's dtype: the input must be in that dtype, or in
+        autocast's dtype while autocast is on (the rule of every GP layer)."""
         x = as_tensor(inputs, type(self).__name__)
         dtype = self.observation_noise_rho.dtype
-        if not x.is_floating_point():
-            raise TypeError(
-                f"GaussianProcess expected a floating-point input (cast to the layer's "
-                f"{dtype}), got {x.dtype} of shape {tuple(x.shape)}"
-            )
+        check_input_dtype(type(self).__name__, x, dtype)
         self._check_inputs(x)
         if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
             raise ValueError(

@@ -404,19 +404,31 @@ def test_non_finite_conditioning_data_is_rejected(which: str):
         L.GaussianProcess(2, **data, **D64)
 
 
-def test_integer_inputs_are_rejected_and_floats_cast_to_the_layer_dtype():
-    """One rule for the GP layers: integer inputs are an error (the kernels reject them
-    too); floating inputs of another precision are cast to the layer's dtype."""
+@pytest.mark.parametrize("dtype", [torch.long, torch.float32, torch.bfloat16])
+def test_inputs_of_another_dtype_are_type_errors_naming_both_dtypes(dtype: torch.dtype):
+    """One rule for the GP layers (as the sparse GP and the weight layers): the input is
+    in the layer's dtype, or in autocast's dtype while autocast is on."""
     x, y, xs = _data()
     gp = _gp(L.Matern32(**D64), x, y)
-    with pytest.raises(TypeError, match=r"GaussianProcess expected a floating-point input.*int64"):
-        gp(torch.ones(3, 2, dtype=torch.long))
-    with pytest.raises(TypeError, match=r"GaussianProcess expected a floating-point input"):
-        gp.predictive_moments(torch.ones(3, 2, dtype=torch.long))
+    bad = torch.tensor(xs).to(dtype)
+    match = rf"GaussianProcess expected .*input `x` of dtype torch.float64.*got {dtype}"
+    with pytest.raises(TypeError, match=match):
+        gp(bad)
+    with pytest.raises(TypeError, match=match):
+        gp.predictive_moments(bad)
+
+
+def test_autocast_dtype_inputs_are_computed_in_the_layer_dtype():
+    x, y, _ = _data()
+    gp = L.GaussianProcess(
+        2, conditional_inputs=torch.tensor(x), conditional_outputs=torch.tensor(y)
+    )  # float32
+    x16 = torch.randn(5, 2).to(torch.bfloat16)
     with torch.no_grad():
-        got = gp(torch.tensor(xs, dtype=torch.float32))
-        want = gp(torch.tensor(xs, dtype=torch.float32).double())
-    assert got.dtype == torch.float64
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = gp(x16)
+        want = gp(x16.float())
+    assert got.dtype == torch.float32
     torch.testing.assert_close(got.mean, want.mean, rtol=0, atol=0)
 
 
