@@ -24,7 +24,7 @@ from .flows import MADE, ActNorm, InvertibleConv1x1, MaskedAutoregressiveFlow, P
 from .gaussian_likelihood import GaussianLikelihood
 from .gaussian_process import GaussianProcess
 from .gp_distribution import MultivariateNormalColumns
-from .gp_numerics import NotPositiveDefiniteError, cholesky_with_jitter
+from .gp_numerics import JitterWarning, NotPositiveDefiniteError, cholesky_with_jitter
 from .kernels import (
     ConstantKernel,
     ExponentiatedQuadratic,
@@ -133,6 +133,7 @@ __all__ = [
     "MultivariateNormalColumns",
     "cholesky_with_jitter",
     "NotPositiveDefiniteError",
+    "JitterWarning",
     "Kernel",
     "SumKernel",
     "ProductKernel",
