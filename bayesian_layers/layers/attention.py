@@ -175,6 +175,9 @@ class _BayesianMultiheadAttention(BayesianLayer):
         is_causal: bool,
     ) -> None:
         name = type(self).__name__
+        for what, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is not None:
+                self._check_mask_dtype(what, mask)
         if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, src):
             raise ValueError(
                 f"{name} expected key_padding_mask of shape (N, S) = {(batch, src)}, got "
@@ -192,6 +195,21 @@ class _BayesianMultiheadAttention(BayesianLayer):
                 f"{name} needs attn_mask with the is_causal hint (as torch does); build one "
                 "with nn.Transformer.generate_square_subsequent_mask(L)"
             )
+
+    def _check_mask_dtype(self, what: str, mask: object) -> None:
+        """A mask is boolean or of the parameters' dtype (or autocast's), as torch's."""
+        name = type(self).__name__
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"{name} expected `{what}` to be a Tensor, got {type(mask).__name__}")
+        dtype = self.param_dtype()
+        if mask.dtype in (torch.bool, dtype):
+            return
+        device = mask.device.type
+        if torch.is_autocast_enabled(device) and mask.dtype == torch.get_autocast_dtype(device):
+            return
+        raise TypeError(
+            f"{name} expected `{what}` of dtype torch.bool or {dtype}, got {mask.dtype}"
+        )
 
     # ---------------------------------------------------------------- forward
     def forward(

@@ -240,3 +240,32 @@ def test_mc_dropout_rejects_non_floating_input(dtype: torch.dtype) -> None:
 def test_mc_dropout_keeps_any_floating_dtype(dtype: torch.dtype) -> None:
     out = layers.MCDropout(0.5)(torch.ones(4, 3, dtype=dtype))
     assert out.dtype == dtype and out.shape == (4, 3)
+
+
+# ---------------------------------------------------------------------- attention masks
+ATTENTION = ["MultiheadAttentionReparameterization", "MultiheadAttentionFlipout"]
+
+
+@pytest.mark.parametrize("mask", ["attn_mask", "key_padding_mask"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64], ids=str)
+@pytest.mark.parametrize("name", ATTENTION)
+def test_attention_mask_of_a_wrong_dtype_raises(name: str, dtype: torch.dtype, mask: str) -> None:
+    layer = CASES[name].build()
+    q = _seq(5, 2, 4, torch.float32)
+    shape = (5, 5) if mask == "attn_mask" else (2, 5)
+    for ok in (torch.bool, torch.float32):  # torch's two kinds of mask
+        layer(q, q, q, **{mask: torch.zeros(shape, dtype=ok)})
+    expected = rf"{name} expected `{mask}` of dtype torch.bool or torch.float32.*got {dtype}"
+    with pytest.raises(TypeError, match=expected):
+        layer(q, q, q, **{mask: torch.zeros(shape, dtype=dtype)})
+
+
+@pytest.mark.parametrize("name", ATTENTION)
+def test_attention_float_mask_under_autocast(name: str) -> None:
+    layer = CASES[name].build()
+    q = _seq(5, 2, 4, torch.bfloat16)
+    causal = torch.triu(torch.full((5, 5), float("-inf")), 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(q, q, q, attn_mask=causal)
+        out_bf16, _ = layer(q, q, q, attn_mask=causal.bfloat16())
+    assert torch.isfinite(out.float()).all() and torch.isfinite(out_bf16.float()).all()
