@@ -72,3 +72,23 @@ def test_check_input_function_without_dtype_only_unwraps() -> None:
     assert check_input(x, "Owner") is x
     with pytest.raises(TypeError, match="Owner expected `query` to be a Tensor, got int"):
         check_input(3, "Owner", "query")
+
+
+def test_losses_of_a_normal_family_with_its_own_scale() -> None:
+    """A normal family that computes its scale otherwise (not softplus(rho)) gets the KL
+    of that scale: layers only take the stable softplus path for TrainableNormal's."""
+    from torch.distributions import Normal, kl_divergence
+
+    from bayesian_layers.initializers import TrainableNormal
+
+    class ExpNormal(TrainableNormal):
+        def loc_scale(self, owner, prefix):  # noqa: ANN001, ANN202
+            p = self.params(owner, prefix)
+            return p["loc"], p["rho"].exp()
+
+    torch.manual_seed(0)
+    layer = layers.LinearReparameterization(3, 2, weight_initializer=ExpNormal())
+    expected = kl_divergence(
+        Normal(layer.weight_loc, layer.weight_rho.exp()), Normal(0.0, 1.0)
+    ).sum()
+    torch.testing.assert_close(layer.losses[0], expected)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import tracing as _tracing
-from ..initializers import TrainableInitializer, get_initializer
+from ..initializers import TrainableInitializer, TrainableNormal, get_initializer
 from ..random_variable import RandomVariable
 from ..regularizers import Regularizer, get_regularizer
 
@@ -525,6 +525,16 @@ class BayesianLayer(nn.Module):
         return k
 
     # ---------------------------------------------------------------- losses
+    def _normal_penalty(
+        self, reg: Regularizer, init: TrainableInitializer, name: str
+    ) -> Tensor | None:
+        # from the raw rho (stable log-scale) when scale = softplus(rho), as for every
+        # TrainableNormal that keeps its loc_scale; a family computing its scale
+        # otherwise goes through its own loc_scale
+        if type(init).loc_scale is TrainableNormal.loc_scale:
+            return reg.softplus_normal_penalty(*init.loc_rho(self, name))
+        return reg.normal_penalty(*init.loc_scale(self, name))
+
     @property
     def losses(self) -> list[Tensor]:
         """Regularizer terms (scalars) of the current parameter distributions."""
@@ -534,7 +544,7 @@ class BayesianLayer(nn.Module):
             if not isinstance(reg, Regularizer):
                 continue
             if init.is_normal:
-                term = reg.softplus_normal_penalty(*init.loc_rho(self, name))
+                term = self._normal_penalty(reg, init, name)
                 if term is not None:
                     out.append(term)
                     continue
