@@ -121,7 +121,7 @@ def test_compiled_sampling_has_the_right_moments() -> None:
     assert ((mean - expected).abs() <= z * (var / n).sqrt()).all(), (mean, expected)
     assert ((var - eager_var).abs() <= z * (se + eager_se).sqrt()).all(), (var, eager_var)
     assert (var.sqrt() > 0.1 * expected.abs()).any()  # power: the spread is material
-    assert counter.frame_count >= 1
+    assert counter.frame_count == 1  # 2000 calls, one compilation
 
 
 def test_compiled_frozen_and_vectorized_modes() -> None:
@@ -141,7 +141,7 @@ def test_compiled_frozen_and_vectorized_modes() -> None:
     assert pred.samples.shape == (5, 6, 3)
     assert not torch.allclose(pred.samples[0], pred.samples[1])
     assert [m.num_function_samples for m in bl.bayesian_modules(model)] == [1] * 4
-    assert counter.frame_count >= 1
+    assert counter.frame_count == 3  # one compilation per mode: sample, frozen, K samples
 
 
 # --------------------------------------------------------------------------------------
