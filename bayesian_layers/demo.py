@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 
 from . import metrics
 from .convert import ESTIMATORS as _CONVERT_ESTIMATORS
+from .convert import canonical_estimator
 from .demo_plots import plot_intervals, plot_reliability
 
 __all__ = [
@@ -67,25 +67,6 @@ ESTIMATORS = tuple(_CONVERT_ESTIMATORS)
 def _class_suffix(estimator: str) -> str:
     """``"local_reparameterization"`` -> ``"LocalReparameterization"``."""
     return "".join(word.capitalize() for word in estimator.split("_"))
-
-
-def canonical_estimator(estimator: str) -> str:
-    """The estimator's spelling in :data:`ESTIMATORS`.
-
-    The class-suffix spellings of earlier versions (``"Flipout"``) still work with a
-    ``DeprecationWarning``; anything else raises ``ValueError``.
-    """
-    if estimator in ESTIMATORS:
-        return estimator
-    for name in ESTIMATORS:
-        if estimator == _class_suffix(name):
-            warnings.warn(
-                f"estimator {estimator!r} is deprecated: spell it {name!r}, as to_bayesian does",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            return name
-    raise ValueError(f"demo expected `estimator` in {ESTIMATORS}, got {estimator!r}")
 
 
 _SPLIT_SEED = 0  # the train/test split never changes with --seed

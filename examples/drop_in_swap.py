@@ -25,7 +25,7 @@ from bayesian_layers import layers
 ESTIMATORS = {
     "reparameterization": layers.LinearReparameterization,
     "flipout": layers.LinearFlipout,
-    "local": layers.LinearLocalReparameterization,
+    "local_reparameterization": layers.LinearLocalReparameterization,
 }
 
 

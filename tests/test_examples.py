@@ -39,6 +39,10 @@ def test_drop_in_swap_learns():
         import drop_in_swap
     finally:
         sys.path.pop(0)
-    for argv in (["--quick"], ["--quick", "--deterministic"], ["--quick", "--estimator", "local"]):
+    for argv in (
+        ["--quick"],
+        ["--quick", "--deterministic"],
+        ["--quick", "--estimator", "local_reparameterization"],
+    ):
         result = drop_in_swap.main(argv)
         assert result["accuracy"] > 0.8, (argv, result)
