@@ -45,6 +45,11 @@ def _identity(value: Tensor) -> Tensor:
     return value
 
 
+def _is_transformed(t: Tensor) -> bool:
+    """Whether ``t`` is a ``torch.func`` (functorch) wrapped tensor."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
 class GaussianProcess(BayesianLayer):
     r"""Exact Gaussian process over ``units`` independent output functions.
 
@@ -336,6 +341,8 @@ class GaussianProcess(BayesianLayer):
             tensors.extend(fn.buffers())
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
             return None  # a cached factor would carry a stale (or freed) autograd graph
+        if any(t is not None and _is_transformed(t) for t in tensors):
+            return None  # torch.func's wrapped tensors have no storage (and change per call)
         return tuple(
             (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
             for t in tensors
