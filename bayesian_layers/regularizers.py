@@ -275,7 +275,10 @@ class NormalKLDivergence(_LocScalePrior):
         finite for every finite ``rho`` (float32 ``softplus`` underflows below -104).
         """
         p_loc, p_scale = self.prior_loc, self.prior_scale
-        if p_loc.numel() == 1 and p_scale.numel() == 1:
+        # The fused Function has a custom jvp, which Dynamo cannot trace: compiled code
+        # takes the elementwise form (the compiler fuses it anyway).
+        fused = not torch.compiler.is_compiling()
+        if fused and p_loc.numel() == 1 and p_scale.numel() == 1:
             return softplus_normal_kl_scalar_prior(loc, rho, p_loc.reshape(()), p_scale.reshape(()))
         return self._elementwise_kl(loc, F.softplus(rho), log_softplus(rho))
 

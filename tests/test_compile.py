@@ -502,3 +502,26 @@ def test_compiled_mc_dropout_frozen_mask_is_one_graph_and_one_function() -> None
         kept = (out != 0).double().mean()
         assert abs(kept - 0.7) <= 5 * math.sqrt(0.7 * 0.3 / 5000)
         torch.testing.assert_close(out[out != 0], torch.full_like(out[out != 0], 1 / 0.7))
+
+
+def test_losses_compile_in_one_graph_and_match_eager_values_and_gradients() -> None:
+    """The KL under ``fullgraph=True`` (the fused eager Function has a custom jvp, which
+    Dynamo cannot trace), at ordinary and at underflowing ``rho``."""
+    torch.manual_seed(0)
+    layer = layers.LinearReparameterization(5, 3)
+    with torch.no_grad():
+        layer.weight_rho[0, :2] = torch.tensor([-200.0, -90.0])
+
+    def kl() -> Tensor:
+        return sum(bl.losses(layer))
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(kl, backend=counter, fullgraph=True)
+    got = compiled()
+    (grads_got,) = torch.autograd.grad(got, [layer.weight_rho])
+    want = kl()
+    (grads_want,) = torch.autograd.grad(want, [layer.weight_rho])
+    assert counter.frame_count == 1
+    assert torch.isfinite(got) and torch.isfinite(grads_got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grads_got, grads_want, rtol=1e-5, atol=1e-6)
