@@ -228,7 +228,7 @@ def _collect(modules: Iterable[nn.Module]) -> _Terms:
             for term, key in _sharded_layer_terms(m):
                 (plain if key is None else sharded.setdefault(key, [])).append(term)
             continue
-        for term in m.losses:  # type: ignore[attr-defined]
+        for term in m.losses:  # type: ignore[attr-defined,union-attr]
             if isinstance(term, DTensor):
                 raise TypeError(
                     f"kl_divergence cannot reduce the regularizer of {type(m).__name__}, whose "

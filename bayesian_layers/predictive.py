@@ -308,7 +308,7 @@ def _marginal_samples(modules: list[nn.Module]) -> Iterator[None]:
     """Joint-over-the-batch layers draw each row from its marginal meanwhile."""
     previous = [m.marginal_samples for m in modules]  # type: ignore[attr-defined]
     for m in modules:
-        m.marginal_samples = True  # type: ignore[attr-defined]
+        m.marginal_samples = True  # type: ignore[attr-defined,assignment]
     try:
         yield
     finally:

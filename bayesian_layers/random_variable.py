@@ -57,7 +57,7 @@ class _Moment(Tensor):
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **(kwargs or {}))  # plain tensors out
 
-    def __repr__(self, *, tensor_contents: Any = None) -> str:
+    def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
         return repr(self.as_subclass(Tensor))
 
     def __reduce_ex__(self, protocol: Any) -> Any:  # pickles and copies as a plain tensor

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import types
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -144,7 +145,7 @@ def _strict_load() -> bool:
     module ``strict=True`` whatever the caller asked; the caller's flag is a local of
     that frame). Unknown callers count as not strict."""
     code = nn.Module.load_state_dict.__code__
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None:
         if frame.f_code is code:
             return bool(frame.f_locals.get("strict", False))

@@ -534,6 +534,7 @@ class GaussianProcess(BayesianLayer):
         if self.marginal_samples and self.sampling != "frozen":
             return self._marginal_output(x, k)
         xg = x.unflatten(0, (k, -1)) if folded else x  # (K, B, D) or as given
+        dist: Distribution
         if self.sampling == "frozen":
             dist, draw = self._frozen_output(xg)
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -431,7 +431,8 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         draws["u"] = torch.randn(k, units, m, **factory)
         draws["jitter"] = torch.randn(k, m, units, **factory)
         if has_spectral_sampler(self.covariance_fn):
-            prior = draw_fourier_prior(self.covariance_fn, k, d, feats, units, **factory)
+            kernel = cast(StationaryKernel, self.covariance_fn)  # checked just above
+            prior = draw_fourier_prior(kernel, k, d, feats, units, **factory)
             draws.update(zip(("freq", "phase", "weight"), prior, strict=True))
         return draws  # type: ignore[return-value]
 
