@@ -26,6 +26,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from ..random_variable import RandomVariable
 from ._gp_io import check_count, check_input_dtype, check_name, check_real, function_output
 from .base import BayesianLayer, as_tensor
+from .gp_distribution import MarginalNormal
 from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
@@ -53,22 +54,6 @@ def _linear_mean_init(x: Tensor, units: int) -> Tensor:
     if vh.shape[0] < units:
         return eye
     return vh[:units]
-
-
-class _MarginalNormal(torch.distributions.Normal):
-    """``Normal(loc, √variance)`` that returns the given ``variance`` (no sqrt-square trip)."""
-
-    def __init__(self, loc: Tensor, variance: Tensor) -> None:
-        super().__init__(loc, variance.sqrt(), validate_args=False)
-        self._variance = variance
-
-    @property
-    def variance(self) -> Tensor:
-        return self._variance
-
-    def expand(self, batch_shape: Any, _instance: Any = None) -> _MarginalNormal:
-        shape = torch.Size(batch_shape)
-        return _MarginalNormal(self.loc.expand(shape), self._variance.expand(shape))
 
 
 class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
@@ -401,7 +386,7 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         lead, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])  # (N, D)
         if flat.shape[0] == 0:  # an empty batch: an empty result, no initialisation
             empty = self.inducing_loc.new_zeros(*lead, self.units)
-            return function_output(_MarginalNormal(empty, empty + 1.0), empty, self.name)
+            return function_output(MarginalNormal(empty, empty + 1.0), empty, self.name)
         if not bool(self.initialized):
             self._data_init(flat)
         mean, var = self.predictive_moments(flat)  # (N, U) each
@@ -413,7 +398,7 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
             value = torch.addcmul(mean, var.sqrt(), torch.randn_like(mean))
         mean, var = mean.reshape(*lead, self.units), var.reshape(*lead, self.units)
         value = value.reshape(*lead, self.units)
-        return function_output(_MarginalNormal(mean, var), value, self.name)
+        return function_output(MarginalNormal(mean, var), value, self.name)
 
     # ------------------------------------------------------ frozen function
     def _frozen_draws(self, k: int, like: Tensor) -> dict[str, Tensor]:
