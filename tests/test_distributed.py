@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import tempfile
 import traceback
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from dist_util import batch, free_port, mlp
 from stats_util import z_bonferroni
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -37,24 +37,6 @@ SEED = 5
 # shards, relative to the largest gradient
 GRAD_RTOL = 16 * torch.finfo(torch.float32).eps
 ATTN_DRAWS = 4000  # independent draws of the sampled head-parallel attention
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        layers.LinearFlipout(4, 8), nn.ReLU(), layers.LinearReparameterization(8, 3)
-    )
-
-
-def _batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
 
 
 class _Block(nn.Module):
@@ -82,16 +64,16 @@ def _gather(t: torch.Tensor) -> list[torch.Tensor]:
 def _check_ddp(rank: int, res: dict[str, Any]) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    x, y = _batch()
+    x, y = batch()
     xs, ys = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
-    model = _mlp()
+    model = mlp()
     ddp = DDP(model)
     bld.manual_seed(SEED, rank=rank)
     nll = F.cross_entropy(ddp(xs), ys, reduction="sum")
     bld.elbo_loss(nll, N_TRAIN, global_batch_size=len(x), model=model).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     # the single-process gradient of the global negative ELBO, with each rank's noise
-    ref = _mlp()
+    ref = mlp()
     total = sum(bl.losses(ref)) / N_TRAIN
     for r in range(WORLD):
         bld.manual_seed(SEED, rank=r)
@@ -115,8 +97,8 @@ def _check_ddp(rank: int, res: dict[str, Any]) -> None:
 def _check_fsdp(rank: int, res: dict[str, Any]) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    x, y = _batch()
-    net = bld.WithKL(_mlp())
+    x, y = batch()
+    net = bld.WithKL(mlp())
     for layer in net.model:
         if isinstance(layer, layers.BayesianLayer):
             fully_shard(layer, reshard_after_forward=False)  # whole until the KL is taken
@@ -132,7 +114,7 @@ def _check_fsdp(rank: int, res: dict[str, Any]) -> None:
     }
     res["fsdp_local_numel"] = sum(p.to_local().numel() for p in net.parameters())
     if rank == 0:
-        ref = bld.WithKL(_mlp())
+        ref = bld.WithKL(mlp())
         ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5)
         total = 0.0
         for r in range(WORLD):
@@ -146,10 +128,9 @@ def _check_fsdp(rank: int, res: dict[str, Any]) -> None:
         res["fsdp_shapes_equal"] = all(state[k].shape == ref_state[k].shape for k in ref_state)
         res["fsdp_state_err"] = max((state[k] - ref_state[k]).abs().max().item() for k in ref_state)
         res["fsdp_moved"] = max(
-            (ref_state[k] - v).abs().max().item()
-            for k, v in bld.WithKL(_mlp()).state_dict().items()
+            (ref_state[k] - v).abs().max().item() for k, v in bld.WithKL(mlp()).state_dict().items()
         )
-        plain = bld.WithKL(_mlp())
+        plain = bld.WithKL(mlp())
         plain.load_state_dict(state)  # strict: the single-process layout
         res["fsdp_total_numel"] = sum(p.numel() for p in plain.parameters())
 
@@ -333,7 +314,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 @pytest.fixture(scope="module")
 def results() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), outdir), nprocs=WORLD, join=True)
         res = [torch.load(Path(outdir) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for r in res:
         errors = {k: v for k, v in r.items() if k.startswith("error_")}
@@ -452,8 +433,8 @@ def test_torch_styles_raise_and_ours_validate(results):
 
 # ------------------------------------------------------------------ one process
 def test_elbo_loss_single_process_is_the_usual_elbo():
-    model = _mlp()
-    x, y = _batch()
+    model = mlp()
+    x, y = batch()
     bld.manual_seed(SEED)
     nll = F.cross_entropy(model(x), y, reduction="sum")
     loss = bld.elbo_loss(nll, N_TRAIN, global_batch_size=len(x), model=model)
@@ -462,7 +443,7 @@ def test_elbo_loss_single_process_is_the_usual_elbo():
 
 
 def test_elbo_loss_and_seed_reject_bad_input():
-    model = _mlp()
+    model = mlp()
     nll = torch.tensor(1.0)
     with pytest.raises(ValueError, match="num_examples"):
         bld.elbo_loss(nll, 0, global_batch_size=4, model=model)
@@ -475,7 +456,7 @@ def test_elbo_loss_and_seed_reject_bad_input():
     with pytest.raises(ValueError, match="rank"):
         bld.manual_seed(1, rank=-1)
     with pytest.raises(ValueError, match="no Bayesian attention"):
-        bld.transformer_plan(_mlp())
+        bld.transformer_plan(mlp())
 
 
 def test_manual_seed_streams_are_independent():

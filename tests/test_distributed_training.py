@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import socket
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from dist_util import batch, free_port, mlp
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -36,24 +36,6 @@ from bayesian_layers import layers
 WORLD = 2
 N_TRAIN = 100
 SEED = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        layers.LinearFlipout(4, 8), nn.ReLU(), layers.LinearReparameterization(8, 3)
-    )
-
-
-def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
 class _FcBlock(nn.Module):
@@ -175,11 +157,11 @@ def _check_accumulation(rank: int, res: dict[str, Any], outdir: str) -> None:
     """DDP with two accumulated micro-batches per rank = one big batch in one process."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    x, y = _batch(8)
+    x, y = batch(8)
     xs, ys = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
     grads, totals = {}, {}
     for form in ("mean", "sum"):
-        model = _mlp()
+        model = mlp()
         ddp = DDP(model)
         total = 0.0
         with bl.posterior_mean(model):
@@ -200,7 +182,7 @@ def _check_accumulation(rank: int, res: dict[str, Any], outdir: str) -> None:
                 total += loss.item()
         grads[form] = {n: p.grad.clone() for n, p in model.named_parameters()}
         totals[form] = sum(t.item() for t in _gather(torch.tensor(total))) / WORLD
-    ref = _mlp()
+    ref = mlp()
     with bl.posterior_mean(ref):
         loss = bl.elbo_loss(F.cross_entropy(ref(x), y), ref, N_TRAIN)
     loss.backward()
@@ -224,7 +206,7 @@ def _type_error(call: Callable[[], object]) -> str | None:
 def _fsdp_net(**kwargs: Any) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
-    net = bld.WithKL(_mlp())
+    net = bld.WithKL(mlp())
     for layer in net.model:
         if isinstance(layer, layers.BayesianLayer):
             fully_shard(layer, **kwargs)
@@ -236,7 +218,7 @@ def _check_fsdp_default(rank: int, res: dict[str, Any], outdir: str) -> None:
     """The default ``fully_shard``: one step equals one process; checkpoints round-trip."""
     import torch.distributed.checkpoint as dcp
 
-    x, y = _batch()
+    x, y = batch()
     net = _fsdp_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
     bld.manual_seed(SEED, rank=rank)
@@ -260,7 +242,7 @@ def _check_fsdp_default(rank: int, res: dict[str, Any], outdir: str) -> None:
         (_full(v) - state[k]).abs().max().item() for k, v in fresh.state_dict().items()
     )
     if rank == 0:
-        ref = _mlp()
+        ref = mlp()
         ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5)
         total = sum(bl.losses(ref)) / N_TRAIN
         for r in range(WORLD):
@@ -282,9 +264,9 @@ def _check_fsdp_bf16(rank: int, res: dict[str, Any], outdir: str) -> None:
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
     for key, kwargs in [("default", {}), ("whole", {"reshard_after_forward": False})]:
         net = _fsdp_net(mp_policy=policy, **kwargs)
-        _, kl = net(_batch()[0].chunk(WORLD)[rank])
+        _, kl = net(batch()[0].chunk(WORLD)[rank])
         res[f"bf16_kl_{key}"] = (kl.dtype, kl.item())
-    res["bf16_kl_ref"] = sum(bl.losses(_mlp())).item()
+    res["bf16_kl_ref"] = sum(bl.losses(mlp())).item()
 
 
 def _check_fc_plan(rank: int, res: dict[str, Any], outdir: str) -> None:
@@ -311,11 +293,11 @@ def _check_compile(rank: int, res: dict[str, Any], outdir: str) -> None:
     from torch.distributed.tensor.parallel import parallelize_module
 
     mesh = init_device_mesh("cpu", (WORLD,))
-    model = _mlp()
+    model = mlp()
     plan = {"0": bld.BayesianColwiseParallel(), "2": bld.BayesianRowwiseParallel()}
     parallelize_module(model, mesh, plan)
     compiled = torch.compile(model, backend="eager")
-    x = _batch()[0]
+    x = batch()[0]
     bld.manual_seed(SEED, rank=0)
     with bl.posterior_mean(model):
         res["compile_mean_err"] = (compiled(x) - model(x)).abs().max().item()
@@ -355,7 +337,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 @pytest.fixture(scope="module")
 def results() -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), outdir), nprocs=WORLD, join=True)
         return [torch.load(Path(outdir) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -450,8 +432,8 @@ def test_transformer_plan_raises_on_paths_that_match_nothing():
 
 
 def test_elbo_loss_mean_form_is_bl_elbo_loss_and_old_sum_calls_still_work():
-    model = _mlp()
-    x, y = _batch()
+    model = mlp()
+    x, y = batch()
     bld.manual_seed(SEED)
     nll_sum = F.cross_entropy(model(x), y, reduction="sum")
     expected = bl.elbo_loss(nll_sum / len(x), model, N_TRAIN, kl_weight=0.5)
@@ -466,7 +448,7 @@ def test_elbo_loss_mean_form_is_bl_elbo_loss_and_old_sum_calls_still_work():
 
 
 def test_elbo_loss_rejects_bad_input_and_ambiguous_orders():
-    model = _mlp()
+    model = mlp()
     nll = torch.tensor(1.0)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="kl_weight"):
@@ -484,11 +466,11 @@ def test_elbo_loss_rejects_bad_input_and_ambiguous_orders():
 
 
 def test_with_kl_state_dict_keys_are_the_wrapped_models():
-    model = _mlp()
+    model = mlp()
     net = bld.WithKL(model)
     assert list(net.state_dict()) == list(model.state_dict())
     assert [n for n, _ in net.named_parameters()] == [n for n, _ in model.named_parameters()]
-    other = _mlp()
+    other = mlp()
     for p in other.parameters():
         p.data.add_(1.0)
     net.load_state_dict(other.state_dict())

@@ -1,0 +1,31 @@
+"""Shared pieces of the distributed tests: a loopback port and the small Bayesian MLP."""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+from torch import nn
+
+from bayesian_layers import layers
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for the gloo rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlp() -> nn.Sequential:
+    """4 -> 8 (Flipout) -> ReLU -> 3 (reparameterization), the same initial weights each call."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        layers.LinearFlipout(4, 8), nn.ReLU(), layers.LinearReparameterization(8, 3)
+    )
+
+
+def batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` fixed inputs ``(n, 4)`` and class labels ``(n,)`` in 0..2."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
