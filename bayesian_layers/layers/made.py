@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -167,8 +168,9 @@ class MADE(LazyModuleMixin, nn.Module):
         for k, (linear, mask) in enumerate(zip(self.layers, self._masks(d), strict=True)):
             assert isinstance(linear, nn.Linear)
             linear.in_features, linear.out_features = sizes[k], sizes[k + 1]
-            linear.weight.materialize((sizes[k + 1], sizes[k]), device=device, dtype=dtype)
-            linear.bias.materialize((sizes[k + 1],), device=device, dtype=dtype)
+            # lazy parameters (UninitializedParameter) until now
+            linear.weight.materialize((sizes[k + 1], sizes[k]), device=device, dtype=dtype)  # type: ignore[attr-defined]
+            linear.bias.materialize((sizes[k + 1],), device=device, dtype=dtype)  # type: ignore[attr-defined]
             if init:
                 linear.reset_parameters()  # torch's nn.Linear initialisation
             _finish_lazy(linear)
@@ -192,7 +194,7 @@ class MADE(LazyModuleMixin, nn.Module):
         """Loading into a twin not yet called: size it from the checkpoint first."""
         weight = state_dict.get(prefix + "layers.0.weight")
         if self.in_features is None and weight is not None and not _is_lazy(weight):
-            lazy = self.layers[0].weight
+            lazy = cast(Tensor, self.layers[0].weight)
             self._materialize(weight.shape[1], lazy.device, lazy.dtype, init=False)
 
     def forward(self, x: Tensor) -> Tensor:

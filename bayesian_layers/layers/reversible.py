@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform, TransformedDistribution, constraints
-from torch.nn.parameter import UninitializedTensorMixin
+from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
 from ..random_variable import RandomVariable
 from .base import check_input
