@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,28 @@ class NotPositiveDefiniteError(torch.linalg.LinAlgError, ValueError):
 
 class JitterWarning(UserWarning):
     """A kernel matrix was factorised only after jitter was added to its diagonal."""
+
+
+def jitter_reporter(owner: object, matrix: str, hint: str) -> Callable[[float], None]:
+    """An ``on_jitter`` callback for :func:`cholesky_with_jitter` that warns once per ``owner``.
+
+    The warning (a :class:`JitterWarning`) names the layer, the ``matrix`` that needed
+    jitter, the relative jitter kept and a ``hint`` on how to avoid it; later calls
+    of the same layer stay silent (the flag lives in ``owner.__dict__``).
+    """
+
+    def report(jitter: float) -> None:
+        if owner.__dict__.get("_jitter_reported", False):
+            return
+        owner.__dict__["_jitter_reported"] = True
+        warnings.warn(
+            f"{type(owner).__name__}: {matrix} needed jitter {jitter:.1e} x mean diagonal "
+            f"to be positive definite (reported once per layer); {hint}",
+            JitterWarning,
+            stacklevel=4,
+        )
+
+    return report
 
 
 def dense_matrix(matrix: Any, *, owner: str, what: str) -> Tensor:

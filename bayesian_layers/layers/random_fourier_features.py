@@ -22,7 +22,7 @@ from ..random_variable import RandomVariable
 from ..regularizers import Regularizer
 from ._gp_io import check_count, check_input_dtype, check_name, check_real, function_output
 from .base import BayesianLayer, as_tensor
-from .gp_numerics import cholesky_with_jitter
+from .gp_numerics import cholesky_with_jitter, jitter_reporter
 from .kernels import (
     ExponentiatedQuadratic,
     Matern12,
@@ -363,7 +363,10 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         self._require_laplace("posterior_covariance_tril")
         cache = self._chol_cache
         if cache is None or cache[0] != self._precision_version:
-            chol = cholesky_with_jitter(self.precision, layer=type(self).__name__)
+            report = jitter_reporter(
+                self, "the Laplace precision", "a smaller prior_scale adds a larger ridge"
+            )
+            chol = cholesky_with_jitter(self.precision, layer=type(self).__name__, on_jitter=report)
             self._chol_cache = cache = (self._precision_version, chol)
         return cache[1]
 

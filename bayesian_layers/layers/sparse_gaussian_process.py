@@ -27,7 +27,7 @@ from ..random_variable import RandomVariable
 from ._gp_io import check_count, check_input_dtype, check_name, check_real, function_output
 from .base import BayesianLayer, as_tensor
 from .gp_distribution import MarginalNormal
-from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision
+from .gp_numerics import add_to_diagonal, cholesky_with_jitter, full_precision, jitter_reporter
 from .kernel_base import inverse_softplus
 from .kernels import ExponentiatedQuadratic, StationaryKernel
 from .random_fourier_features import draw_fourier_prior, fourier_features, has_spectral_sampler
@@ -307,10 +307,16 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         with full_precision(z.device):
             return self._chol(self.covariance_fn(z, z))
 
+    @property
+    def _on_jitter(self) -> Callable[[float], None]:
+        """Warns once per layer when ``K_ZZ + jitter·I`` needed more jitter."""
+        hint = "raise `jitter` or move inducing inputs that coincide apart"
+        return jitter_reporter(self, "K_ZZ + jitter I", hint)
+
     def _chol(self, kzz: Tensor) -> Tensor:
         if self.jitter:
             kzz = add_to_diagonal(kzz, self.jitter)
-        return cholesky_with_jitter(kzz, layer=type(self).__name__)
+        return cholesky_with_jitter(kzz, layer=type(self).__name__, on_jitter=self._on_jitter)
 
     @property
     def losses(self) -> list[Tensor]:
@@ -374,7 +380,15 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         if self.whiten:
             off, diag = self.inducing_scale_offdiag, F.softplus(self.inducing_scale_rho)
             mean, var = whitened_predictive_moments(
-                kxx, kzz, kzx, loc, off, diag, jitter=self.jitter, layer=type(self).__name__
+                kxx,
+                kzz,
+                kzx,
+                loc,
+                off,
+                diag,
+                jitter=self.jitter,
+                layer=type(self).__name__,
+                on_jitter=self._on_jitter,
             )
         else:
             chol, scale = self._chol(kzz), self.inducing_scale_tril

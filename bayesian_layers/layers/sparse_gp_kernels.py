@@ -11,6 +11,7 @@ hold parameters and call these; ``gradcheck`` tests them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -113,10 +114,12 @@ class _WhitenedPredictive(torch.autograd.Function):
     def forward(  # type: ignore[override]
         kxx_diag: Tensor, kzz: Tensor, kzx: Tensor, q_loc: Tensor,
         q_scale_offdiag: Tensor, q_scale_diag: Tensor, jitter: float, layer: str,
+        on_jitter: Callable[[float], None] | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         if jitter:
             kzz = add_to_diagonal(kzz, jitter)
-        chol_inv = _lower_inverse(cholesky_with_jitter(kzz, layer=layer))  # (M, M)
+        chol = cholesky_with_jitter(kzz, layer=layer, on_jitter=on_jitter)
+        chol_inv = _lower_inverse(chol)  # (M, M)
         scale = _lower_plus_diag(q_scale_offdiag, q_scale_diag)  # S, (U, M, M)
         a = chol_inv @ kzx  # (M, N)
         sb = scale.mT @ a  # (U, M, N)
@@ -159,7 +162,7 @@ class _WhitenedPredictive(torch.autograd.Function):
                 phi.diagonal().mul_(0.5)
                 g = chol_inv.mT @ phi @ chol_inv
                 g_kzz = (g + g.mT).mul_(-0.5)
-        return g_kxx, g_kzz, g_kzx, g_loc, g_off, g_diag, None, None
+        return g_kxx, g_kzz, g_kzx, g_loc, g_off, g_diag, None, None, None
 
 
 def whitened_predictive_moments(
@@ -172,6 +175,7 @@ def whitened_predictive_moments(
     *,
     jitter: float = 0.0,
     layer: str = "SparseGaussianProcess",
+    on_jitter: Callable[[float], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`svgp_predictive_moments` (whitened) from ``K_ZZ`` itself, with a fast gradient.
 
@@ -199,7 +203,7 @@ def whitened_predictive_moments(
     """
     with full_precision(kzz.device):
         mean, var, *_ = _WhitenedPredictive.apply(
-            kxx_diag, kzz, kzx, q_loc, q_scale_offdiag, q_scale_diag, jitter, layer
+            kxx_diag, kzz, kzx, q_loc, q_scale_offdiag, q_scale_diag, jitter, layer, on_jitter
         )
         return mean, var
 

@@ -283,3 +283,15 @@ def test_torch_func_grad_equals_autograd(posterior):
     want = torch.autograd.grad(objective(dict(layer.named_parameters())), params)
     for name, w in zip(names, want, strict=True):
         torch.testing.assert_close(got[name], w, rtol=1e-10, atol=1e-12)
+
+
+def test_laplace_precision_that_needed_jitter_is_reported_once() -> None:
+    layer = layers.RandomFourierFeatures(1, num_features=4, posterior="laplace")
+    layer(torch.randn(3, 2))
+    with torch.no_grad():
+        layer.precision.zero_()  # singular: the factor needs jitter
+        layer.precision[0, 0] = 1.0
+        layer._precision_version += 1
+    with pytest.warns(layers.JitterWarning, match=r"RandomFourierFeatures: the Laplace precision"):
+        chol = layer.posterior_covariance_tril()
+    assert torch.isfinite(chol).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -411,3 +412,18 @@ def test_non_finite_first_batch_raises_and_leaves_the_layer_uninitialised(bad):
     assert not bool(layer.initialized)
     assert layer(torch.randn(6, 3)).shape == (6, 2)  # a later finite batch initialises it
     assert torch.isfinite(layer.inducing_inputs).all()
+
+
+def test_needed_jitter_is_reported_once_per_layer() -> None:
+    """Coinciding inducing inputs and no fixed jitter: K_ZZ is singular, the retry adds
+    jitter, and the layer says so once (a second call stays silent)."""
+    torch.manual_seed(0)
+    z = torch.zeros(4, 2)  # four copies of one point: K_ZZ has rank 1
+    layer = layers.SparseGaussianProcess(1, num_inducing=4, inducing_inputs=z, jitter=0.0)
+    x = torch.randn(5, 2)
+    with pytest.warns(layers.JitterWarning, match=r"SparseGaussianProcess: K_ZZ"):
+        out = layer(x)
+    assert torch.isfinite(out.distribution.variance).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x)  # reported once per layer
