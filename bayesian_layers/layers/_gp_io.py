@@ -18,6 +18,7 @@ from torch.distributions import Distribution
 from .. import tracing as _tracing
 from .._function_space import mark_function_space
 from ..random_variable import RandomVariable
+from .base import check_input
 
 __all__ = ["check_count", "check_real", "check_input_dtype", "check_name", "function_output"]
 
@@ -46,21 +47,16 @@ def check_real(
 
 
 def check_input_dtype(owner: str, x: Tensor, dtype: torch.dtype) -> None:
-    """Raise ``TypeError`` unless ``x`` is floating and in ``dtype`` (or, under autocast on
-    ``x``'s device, in autocast's dtype: the layer then computes in ``dtype``)."""
-    if x.dtype == dtype:
-        return
-    if not x.is_floating_point():
+    """Raise ``TypeError`` unless ``x`` is in ``dtype`` or, under autocast on ``x``'s
+    device, in autocast's dtype (the rule of :func:`~.base.check_input`; the layer then
+    computes in ``dtype``), with a message that says how to convert."""
+    try:
+        check_input(x, owner, "x", dtype=dtype)
+    except TypeError:
         raise TypeError(
-            f"{owner} expected a floating-point input `x` of dtype {dtype}, got {x.dtype}"
-        )
-    device = x.device.type
-    if torch.is_autocast_enabled(device) and x.dtype == torch.get_autocast_dtype(device):
-        return
-    raise TypeError(
-        f"{owner} expected input `x` of dtype {dtype} (the layer's dtype; convert the input "
-        f"or the layer with .to(...)), got {x.dtype}"
-    )
+            f"{owner} expected input `x` of dtype {dtype} (the layer's dtype; convert the "
+            f"input or the layer with .to(...)), got {x.dtype}"
+        ) from None
 
 
 def check_name(owner: str, name: object) -> str | None:

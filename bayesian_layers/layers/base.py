@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
 from .. import tracing as _tracing
 from ..initializers import TrainableInitializer, TrainableNormal, get_initializer
 from ..random_variable import RandomVariable
 from ..regularizers import Regularizer, get_regularizer
 
-__all__ = ["BayesianLayer", "SAMPLING_MODES", "as_tensor", "check_input"]
+__all__ = ["BayesianLayer", "SAMPLING_MODES", "as_tensor", "check_input", "parameter_dtype"]
 
 #: ``"sample"``: a fresh function sample at every call (default, train and eval);
 #: ``"mean"``: posterior means, no sampling; ``"frozen"``: one function sample kept
@@ -82,6 +83,22 @@ def check_input(
     raise TypeError(f"{owner} expected `{argument}` of dtype {dtype}, got {x.dtype}")
 
 
+def parameter_dtype(module: object) -> torch.dtype | None:
+    """The dtype of ``module``'s first materialised floating parameter: its own first
+    (the common case, no recursion), then its submodules'; ``None`` when there is none
+    (or ``module`` is not an ``nn.Module``). Lazy parameters are skipped by an isinstance
+    test, which ``torch.compile`` traces (``nn.parameter.is_lazy`` breaks the graph)."""
+    if not isinstance(module, nn.Module):
+        return None
+    for p in module._parameters.values():
+        if p is not None and p.is_floating_point() and not isinstance(p, UninitializedTensorMixin):
+            return p.dtype
+    for p in module.parameters():
+        if p.is_floating_point() and not isinstance(p, UninitializedTensorMixin):
+            return p.dtype
+    return None
+
+
 #: Per-thread overrides pushed by the context managers of :mod:`bayesian_layers.sampling`:
 #: ``modes`` maps ``id(layer)`` to a list of ``(token, mode, frozen_noise)`` entries and
 #: ``samples`` to a list of ``(token, K)``; the last entry wins. A context removes only
@@ -100,10 +117,7 @@ _OVERRIDES = _Overrides()
 
 
 def _thread_table(kind: str) -> dict[int, list[tuple]]:
-    table = getattr(_OVERRIDES, kind, None)
-    if table is None:
-        table = {}
-        setattr(_OVERRIDES, kind, table)
+    table: dict[int, list[tuple]] = getattr(_OVERRIDES, kind)  # made per thread in __init__
     return table
 
 
@@ -132,12 +146,8 @@ def pop_override(layers: Iterable[BayesianLayer], kind: str, token: object) -> N
 
 
 def _top(layer: BayesianLayer, kind: str) -> tuple | None:
-    table = getattr(_OVERRIDES, kind, None)
-    if table:
-        entries = table.get(id(layer))
-        if entries:
-            return entries[-1]
-    return None
+    entries = _thread_table(kind).get(id(layer))
+    return entries[-1] if entries else None
 
 
 def _strict_load() -> bool:
@@ -393,13 +403,7 @@ class BayesianLayer(nn.Module):
 
     def param_dtype(self) -> torch.dtype | None:
         """The dtype of this layer's floating parameters (``None`` when it has none)."""
-        for p in self._parameters.values():
-            if p is not None and p.is_floating_point():
-                return p.dtype
-        for p in self.parameters():
-            if p.is_floating_point():
-                return p.dtype
-        return None
+        return parameter_dtype(self)
 
     def check_input(self, x: Any, argument: str = "input", *, floating: bool = True) -> Tensor:
         """``x`` as a plain tensor, checked against this layer's parameter dtype.

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from .actnorm import ActNorm
+from .base import parameter_dtype
 from .made import MADE
-from .reversible import ReversibleLayer, _call_naming, _check_real, _param_dtype
+from .reversible import ReversibleLayer, _call_naming, _check_real
 
 __all__ = [
     "MADE",
@@ -99,7 +100,7 @@ class RealNVP(ReversibleLayer):
         self.log_scale_bound = _check_bound(type(self).__name__, log_scale_bound)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = _check_real(self, x, 1, dtype=_param_dtype(self.network))
+        x = _check_real(self, x, 1, dtype=parameter_dtype(self.network))
         if x.shape[-1] < 2:
             raise ValueError(f"RealNVP expected at least 2 features, got shape {tuple(x.shape)}")
         k = x.shape[-1] // 2
@@ -181,7 +182,7 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
         self.log_scale_bound = _check_bound(type(self).__name__, log_scale_bound)
 
     def _params(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        y = _check_real(self, y, 1, dtype=_param_dtype(self.network))
+        y = _check_real(self, y, 1, dtype=parameter_dtype(self.network))
         return _shift_and_log_scale(
             self,
             _call_naming(type(self).__name__, self.network, y),
@@ -191,7 +192,7 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 1, dtype=_param_dtype(self.network))
+        x = _check_real(self, x, 1, dtype=parameter_dtype(self.network))
         y = torch.zeros_like(x)
         for _ in range(x.shape[-1]):  # entry i is final after i + 1 passes
             shift, log_scale = self._params(y)

@@ -402,13 +402,3 @@ def _check_real(layer: nn.Module, x: Any, min_dim: int, dtype: torch.dtype | Non
 def _is_lazy(p: object) -> bool:
     """Whether ``p`` is a lazy parameter or buffer (an isinstance test: torch.compile traces it)."""
     return isinstance(p, UninitializedTensorMixin)
-
-
-def _param_dtype(module: object) -> torch.dtype | None:
-    """The dtype of a module's first materialised floating parameter (``None``: none yet)."""
-    if not isinstance(module, nn.Module):
-        return None
-    for p in module.parameters():
-        if p.is_floating_point() and not _is_lazy(p):
-            return p.dtype
-    return None
