@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 from bayesian_layers import layers
@@ -29,3 +34,11 @@ def batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` fixed inputs ``(n, 4)`` and class labels ``(n,)`` in 0..2."""
     g = torch.Generator().manual_seed(1)
     return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def spawn_results(worker: Callable[..., None], world: int) -> list[dict[str, Any]]:
+    """Run ``worker(rank, port, outdir)`` on ``world`` processes; each saves its result
+    dict as ``outdir/rank{rank}.pt``. Returns the dicts, rank order."""
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.spawn(worker, args=(free_port(), outdir), nprocs=world, join=True)
+        return [torch.load(Path(outdir) / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from dist_util import batch, free_port, mlp
+from dist_util import batch, mlp, spawn_results
 from stats_util import z_bonferroni
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -313,9 +311,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def results() -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_worker, args=(free_port(), outdir), nprocs=WORLD, join=True)
-        res = [torch.load(Path(outdir) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    res = spawn_results(_worker, WORLD)
     for r in res:
         errors = {k: v for k, v in r.items() if k.startswith("error_")}
         assert not errors, "\n".join(errors.values())

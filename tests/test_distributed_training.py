@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +22,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from dist_util import batch, free_port, mlp
+from dist_util import batch, mlp, spawn_results
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -336,9 +334,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def results() -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_worker, args=(free_port(), outdir), nprocs=WORLD, join=True)
-        return [torch.load(Path(outdir) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_results(_worker, WORLD)
 
 
 def _ok(results: list[dict[str, Any]], check: str) -> list[dict[str, Any]]:
