@@ -3,7 +3,7 @@
 ``import bayesian_layers as bl`` and ``from bayesian_layers import layers``.
 """
 
-from . import initializers, layers, metrics, random_variables, regularizers, tracing
+from . import _moved, initializers, layers, metrics, random_variables, regularizers, tracing
 from .convert import to_bayesian
 from .distributions import Deterministic as DeterministicDistribution
 from .inference import make_log_joint_fn, program_elbo
@@ -22,6 +22,8 @@ from .sampling import (
 from .tracing import condition, name_scope, tape, trace, traceable
 
 __version__ = "0.1.0"
+
+_moved.install()
 
 
 def __getattr__(name: str) -> object:

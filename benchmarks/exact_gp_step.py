@@ -10,7 +10,7 @@ length scale per dimension and an amplitude, Gaussian noise), its backward pass
 and an Adam update of every hyperparameter, at N = 1000 and N = 4000 (float32,
 both libraries' default dtype). Contenders:
 
-* ours: ``layers.GaussianProcess(1, mean_fn=Constant(), covariance_fn=
+* ours: ``layers.GaussianProcess(1, mean_fn=ConstantMean(), covariance_fn=
   ExponentiatedQuadratic(length_scale=ones(8)))``, loss ``-log_marginal_likelihood() / N``
   (one Cholesky forward; the closed-form gradient ``½(ααᵀ - K⁻¹)`` backward); and the
   same with ``solver="cg"`` (rank-15 pivoted-Cholesky-preconditioned CG, 10 probes,
@@ -58,7 +58,7 @@ def ours(
 ) -> Step:
     gp = layers.GaussianProcess(
         1,
-        mean_fn=layers.Constant(0.0),
+        mean_fn=layers.ConstantMean(0.0),
         covariance_fn=layers.ExponentiatedQuadratic(1.0, torch.ones(DIM)),
         conditional_inputs=x,
         conditional_outputs=y,

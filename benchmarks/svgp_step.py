@@ -9,7 +9,7 @@ normal, seed 0), N = 10000 training points in the ELBO, M = 128 and M = 512 lear
 inducing inputs, a full-covariance (Cholesky) q(u), whitened, one output;
 ``-ELBO / N`` + backward + Adam (default settings everywhere).
 
-* ours: ``layers.SparseGaussianProcess(1, M, in_features=8, mean_fn=layers.Constant())``
+* ours: ``layers.SparseGaussianProcess(1, M, in_features=8, mean_fn=layers.ConstantMean())``
   (default squared-exponential kernel), a Gaussian likelihood with a trainable variance,
   loss ``-mean(E_q log N(y | f, σ²)) + sum(bl.losses(model)) / N``.
 * GPyTorch: ``ApproximateGP`` with ``VariationalStrategy(learn_inducing_locations=True)``
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-from bayesian_layers.layers.sparse_gp_kernels import gaussian_expected_log_likelihood
+from bayesian_layers.layers.gp.sparse_variational import gaussian_expected_log_likelihood
 
 NUM_DATA = 10_000
 
@@ -40,7 +40,7 @@ class _Ours(nn.Module):
     def __init__(self, z: Tensor) -> None:
         super().__init__()
         self.gp = layers.SparseGaussianProcess(
-            1, z.shape[0], inducing_inputs=z, mean_fn=layers.Constant()
+            1, z.shape[0], inducing_inputs=z, mean_fn=layers.ConstantMean()
         )
         self.noise_rho = nn.Parameter(torch.tensor(0.0))
 

@@ -355,7 +355,7 @@ METHODS: dict[str, Method] = {
 }
 NN_METHODS = tuple(METHODS)
 if hasattr(layers, "SparseGaussianProcess"):
-    from bayesian_layers.layers.sparse_gp_kernels import gaussian_expected_log_likelihood
+    from bayesian_layers.layers.gp.sparse_variational import gaussian_expected_log_likelihood
 
     METHODS["sparse_gp"] = Method(_sparse_gp, _kl_per_example, False, _gp_nll, _gp_predictive)
     METHODS["deep_gp"] = Method(_deep_gp, _kl_per_example, True, _gp_nll, _gp_predictive)

@@ -105,7 +105,7 @@ class Posterior(nn.Module):
             z = None  # the outer layer's inducing inputs start at the first batch's features
         gps.append(layers.SparseGaussianProcess(
             1, m, in_features=gps[0].units if gps else 1, covariance_fn=kernels[-1],
-            inducing_inputs=z, mean_fn=layers.Constant(dtype=F64), dtype=F64,
+            inducing_inputs=z, mean_fn=layers.ConstantMean(dtype=F64), dtype=F64,
         ))  # fmt: skip
         self.depth = len(gps)
         self.rate = intensity(gps, base_rate)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-from bayesian_layers.layers.flows import MADE
+from bayesian_layers.layers.reversible.flows import MADE
 
 LEVELS = 17  # digits intensities 0..16
 PIXELS = 64

@@ -233,7 +233,7 @@ SKIPPED: dict[str, str] = {
             "ConstantKernel",
         )
     },
-    **{name: _MEAN for name in ("Zeros", "Constant", "LinearMean")},
+    **{name: _MEAN for name in ("ZeroMean", "ConstantMean", "LinearMean")},
 }
 
 # (layer, case) -> what goes wrong today; strict xfail, so a fix flips the test

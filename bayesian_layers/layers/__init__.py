@@ -1,5 +1,24 @@
-"""Layers that are distributions over functions. ``from bayesian_layers import layers``."""
+"""Layers that are distributions over functions. ``from bayesian_layers import layers``.
 
+The package is laid out by family; this module re-exports every public layer.
+
+- uncertainty over weights: :mod:`.linear`, :mod:`.conv`, :mod:`.recurrent`,
+  :mod:`.attention`, :mod:`.embedding` on the base :class:`BayesianLayer`
+  (:mod:`.base`) and the shared estimator template (:mod:`.estimators`);
+- over pre-activations: :mod:`.dropout` (:class:`MCDropout`);
+- over outputs: :mod:`.outputs` (stochastic output layers);
+- over the function itself: :mod:`.gp` (Gaussian processes, kernels, means);
+- reversible layers: :mod:`.reversible`;
+- point processes: :mod:`.point_process`;
+- pure compute routines of every estimator: :mod:`.functional`.
+"""
+
+import warnings as _warnings
+
+from . import functional as functional
+from . import gp as gp
+from . import outputs as outputs
+from . import reversible as reversible
 from .attention import MultiheadAttentionFlipout, MultiheadAttentionReparameterization
 from .base import SAMPLING_MODES, BayesianLayer
 from .conv import (
@@ -17,34 +36,49 @@ from .conv import (
     ConvTranspose3dFlipout,
     ConvTranspose3dReparameterization,
 )
-from .discretize import Discretize, DiscretizedDistribution
 from .dropout import MCDropout
 from .embedding import EmbeddingReparameterization
-from .flows import MADE, ActNorm, InvertibleConv1x1, MaskedAutoregressiveFlow, Permute, RealNVP
-from .gaussian_likelihood import GaussianLikelihood
-from .gaussian_process import GaussianProcess
-from .gp_distribution import MultivariateNormalColumns
-from .gp_numerics import JitterWarning, NotPositiveDefiniteError, cholesky_with_jitter
-from .kernels import (
+from .gp import (
     ConstantKernel,
+    ConstantMean,
     ExponentiatedQuadratic,
+    GaussianLikelihood,
+    GaussianProcess,
+    JitterWarning,
     Kernel,
     LinearKernel,
+    LinearMean,
     Matern12,
     Matern32,
     Matern52,
+    NotPositiveDefiniteError,
     Periodic,
     ProductKernel,
+    RandomFourierFeatures,
     RationalQuadratic,
+    SparseGaussianProcess,
     StationaryKernel,
     SumKernel,
     WhiteNoise,
+    ZeroMean,
 )
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
-from .mean_functions import Constant, LinearMean, Zeros
-from .mixtures import MixtureLogistic, MixtureNormal
+from .outputs import (
+    Bernoulli,
+    Categorical,
+    Laplace,
+    LogNormal,
+    MixtureLogistic,
+    MixtureNormal,
+    MultivariateNormalTriL,
+    NegativeBinomial,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+    StochasticOutput,
+    StudentT,
+)
 from .point_process import PointSetVariable, PoissonProcess, PoissonProcessDistribution
-from .random_fourier_features import RandomFourierFeatures
 from .recurrent import (
     GRUCellFlipout,
     GRUCellReparameterization,
@@ -53,20 +87,19 @@ from .recurrent import (
     LSTMFlipout,
     LSTMReparameterization,
 )
-from .reversible import Reverse, ReversibleLayer, reverse_sequential, sequential_log_det_jacobian
-from .sparse_gaussian_process import SparseGaussianProcess
-from .stochastic_output import (
-    Bernoulli,
-    Categorical,
-    Laplace,
-    LogNormal,
-    MultivariateNormalTriL,
-    NegativeBinomial,
-    Normal,
-    OneHotCategorical,
-    Poisson,
-    StochasticOutput,
-    StudentT,
+from .reversible import (
+    MADE,
+    ActNorm,
+    Discretize,
+    DiscretizedDistribution,
+    InvertibleConv1x1,
+    MaskedAutoregressiveFlow,
+    Permute,
+    RealNVP,
+    Reverse,
+    ReversibleLayer,
+    reverse_sequential,
+    sequential_log_det_jacobian,
 )
 
 __all__ = [
@@ -130,8 +163,6 @@ __all__ = [
     "SparseGaussianProcess",
     "GaussianLikelihood",
     "RandomFourierFeatures",
-    "MultivariateNormalColumns",
-    "cholesky_with_jitter",
     "NotPositiveDefiniteError",
     "JitterWarning",
     "Kernel",
@@ -147,7 +178,28 @@ __all__ = [
     "LinearKernel",
     "WhiteNoise",
     "ConstantKernel",
-    "Zeros",
-    "Constant",
+    "ZeroMean",
+    "ConstantMean",
     "LinearMean",
 ]
+
+#: names that moved: old name -> (module, new name); reading one warns once per use.
+_MOVED = {
+    "Zeros": ("gp", "ZeroMean"),
+    "Constant": ("gp", "ConstantMean"),
+    "MultivariateNormalColumns": ("gp", "MultivariateNormalColumns"),
+    "cholesky_with_jitter": ("gp", "cholesky_with_jitter"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED:
+        module, new = _MOVED[name]
+        _warnings.warn(
+            f"bayesian_layers.layers.{name} is deprecated; use "
+            f"bayesian_layers.layers.{module}.{new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(globals()[module], new)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
-from .attention_kernels import attention_core, flipout_project
+from ._util import rademacher as _rademacher
 from .base import BayesianLayer
-from .linear import LinearFlipout, LinearReparameterization, _BayesianLinear, _rademacher
+from .functional.attention import attention_core, flipout_project
+from .linear import LinearFlipout, LinearReparameterization, _BayesianLinear
 
 __all__ = ["MultiheadAttentionReparameterization", "MultiheadAttentionFlipout"]
 

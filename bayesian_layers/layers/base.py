@@ -6,19 +6,48 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
+from torch.utils.hooks import RemovableHandle
 
 from .. import tracing as _tracing
 from ..initializers import TrainableInitializer, TrainableNormal, get_initializer
 from ..random_variable import RandomVariable
 from ..regularizers import Regularizer, get_regularizer
+from ._util import rademacher
 
-__all__ = ["BayesianLayer", "SAMPLING_MODES", "as_tensor", "check_input", "parameter_dtype"]
+__all__ = [
+    "BayesianLayer",
+    "NoiseHook",
+    "SAMPLING_MODES",
+    "as_tensor",
+    "check_input",
+    "parameter_dtype",
+]
+
+#: ``hook(layer, name, kind, shape, make) -> Tensor | None``; see
+#: :meth:`BayesianLayer.register_noise_hook`.
+NoiseHook = Callable[["BayesianLayer", str, str, torch.Size, Callable[[torch.Size], Tensor]], Any]
+
+
+def _normal_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
+    def make(shape: torch.Size) -> Tensor:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+    return make
+
+
+def _sign_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
+    def make(shape: torch.Size) -> Tensor:
+        return rademacher(shape, like)
+
+    return make
+
 
 #: ``"sample"``: a fresh function sample at every call (default, train and eval);
 #: ``"mean"``: posterior means, no sampling; ``"frozen"``: one function sample kept
@@ -200,6 +229,7 @@ class BayesianLayer(nn.Module):
         # one key per random parameter from the start: a compiled call that stores a
         # draw then finds the keys it was traced with (no recompilation)
         self._last_sample: dict[str, Tensor | None] = {}
+        self._noise_hooks: OrderedDict[int, NoiseHook] = OrderedDict()
         self.sampling = "sample"
         self.num_function_samples = 1
         self.register_load_state_dict_post_hook(_forget_withheld_keys)
@@ -212,6 +242,7 @@ class BayesianLayer(nn.Module):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_noise_hooks", OrderedDict())  # modules pickled before noise hooks
         # modules pickled before sampling modes became per-thread overridable
         for old, new in (
             ("sampling", "_sampling"),
@@ -427,15 +458,83 @@ class BayesianLayer(nn.Module):
         return check_input(x, type(self).__name__, argument, dtype=dtype)
 
     # -------------------------------------------------------------- sampling
+    def noise(
+        self, name: str, shape: Sequence[int], like: Tensor, *, kind: str = "normal"
+    ) -> Tensor:
+        """Standard noise for a draw: the one place where this layer's randomness is made.
+
+        Every estimator asks for its noise here, so a noise hook
+        (:meth:`register_noise_hook`) sees all of it: tensor parallelism draws the
+        noise of the whole weight and keeps its shard, a test substitutes fixed noise.
+
+        Args:
+            name: what the noise is for: a random parameter's name (``"weight"``), or
+                a name of the estimator's own (``"weight_sign_in"``, ``"output"``).
+            shape: the noise's shape (a leading K in vectorised mode included).
+            like: a tensor whose dtype and device the noise takes.
+            kind: ``"normal"`` (standard normal), ``"sign"`` (Rademacher ±1), or
+                ``"parameter"`` (the noise of ``name``'s posterior family, e.g.
+                standard normal for a normal posterior).
+
+        Returns:
+            A tensor of ``shape``: the first hook's answer that is not ``None``, else
+            a fresh draw.
+        """
+        shape = torch.Size(shape)
+        if kind == "normal":
+            make = _normal_maker(like)
+        elif kind == "sign":
+            make = _sign_maker(like)
+        elif kind == "parameter":
+            init = self._inits[name]
+
+            def make(s: torch.Size) -> Tensor:
+                return init.noise(s, like)
+        else:
+            raise ValueError(
+                f"{type(self).__name__}.noise expected `kind` in ('normal', 'sign', "
+                f"'parameter'), got {kind!r}"
+            )
+        for hook in self._noise_hooks.values():
+            value = hook(self, name, kind, shape, make)
+            if value is not None:
+                return value
+        return make(shape)
+
+    def register_noise_hook(self, hook: NoiseHook) -> RemovableHandle:
+        """Register ``hook(layer, name, kind, shape, make) -> Tensor | None``, called
+        by :meth:`noise` for every draw of this layer (in registration order).
+
+        ``make(shape)`` draws default noise of the requested kind for any shape (a
+        tensor-parallel hook calls it with the full shape and slices its shard);
+        return ``None`` to leave the draw to the next hook or the default.
+
+        Returns:
+            a handle whose ``remove()`` unregisters the hook.
+
+        Example:
+            >>> import torch, bayesian_layers as bl
+            >>> layer = bl.layers.LinearReparameterization(3, 2)
+            >>> zeros = lambda layer, name, kind, shape, make: torch.zeros(shape)
+            >>> handle = layer.register_noise_hook(zeros)
+            >>> x = torch.randn(4, 3)
+            >>> torch.equal(layer(x), layer(x))  # the posterior means, as with zero noise
+            True
+            >>> handle.remove()
+        """
+        handle = RemovableHandle(self._noise_hooks)
+        self._noise_hooks[handle.id] = hook
+        return handle
+
     def _noise(self, name: str, init: TrainableInitializer, like: Tensor) -> Tensor | None:
         shape = self._random[name]
         if self.num_function_samples > 1:
             shape = torch.Size((self.num_function_samples,)) + shape
         if self.sampling != "frozen":
-            return init.noise(shape, like)
+            return self.noise(name, shape, like, kind="parameter")
         cached = self._frozen_noise.get(name)
         if cached is None or cached.shape != shape:
-            cached = init.noise(shape, like)
+            cached = self.noise(name, shape, like, kind="parameter")
             self._frozen_noise[name] = cached
         return cached
 

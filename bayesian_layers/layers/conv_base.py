@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer, fans
 from ..regularizers import Regularizer
-from . import conv_kernels as K
+from ._util import check_features as _check_features
+from ._util import rademacher as _rademacher
 from .base import BayesianLayer
-from .linear import _check_features, _rademacher
+from .functional import convolution as K
 
 __all__: list[str] = []
 

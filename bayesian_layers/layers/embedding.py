@@ -8,8 +8,8 @@ from torch import Tensor
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
+from ._util import check_features as _check_features
 from .base import BayesianLayer
-from .linear import _check_features
 
 __all__ = ["EmbeddingReparameterization"]
 

@@ -30,15 +30,16 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
+from ._util import check_features as _check_features
+from ._util import rademacher as _rademacher
 from .base import BayesianLayer
-from .linear import _check_features, _rademacher
+from .functional.recurrent import flipout_matmul, lstm_pointwise
 from .recurrent_cells import (
     GRUCellFlipout,
     GRUCellReparameterization,
     LSTMCellFlipout,
     LSTMCellReparameterization,
 )
-from .recurrent_kernels import flipout_matmul, lstm_pointwise
 
 __all__ = [
     "LSTMCellReparameterization",

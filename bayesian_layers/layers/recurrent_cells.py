@@ -11,7 +11,7 @@ and parameter version, and rebuilt from the same noise when a backward pass has
 freed their graph (truncated backpropagation through time).
 
 The math (noise passed in, ``gradcheck``-able) is in
-:mod:`bayesian_layers.layers.recurrent_kernels`; these modules hold parameters and
+:mod:`bayesian_layers.layers.functional.recurrent`; these modules hold parameters and
 draws. Sequence modules are in :mod:`bayesian_layers.layers.recurrent`.
 """
 
@@ -26,9 +26,10 @@ from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
+from ._util import check_features as _check_features
+from ._util import rademacher as _rademacher
 from .base import BayesianLayer
-from .linear import _check_features, _rademacher
-from .recurrent_kernels import flipout_matmul, gru_cell, gru_pointwise, lstm_cell, lstm_pointwise
+from .functional.recurrent import flipout_matmul, gru_cell, gru_pointwise, lstm_cell, lstm_pointwise
 
 __all__ = [
     "LSTMCellReparameterization",

@@ -1,5 +1,5 @@
 """Tests for the Bayesian convolutions (``bayesian_layers.layers.conv``, ``conv_base``)
-and their pure kernels (``bayesian_layers.layers.conv_kernels``).
+and their pure kernels (``bayesian_layers.layers.functional.convolution``).
 
 1. A contract suite over a registry of every convolution (one line per layer),
    including a hypothesis grid of configurations checked against the torch layer.
@@ -29,7 +29,7 @@ from torch.distributions import Normal, kl_divergence
 import bayesian_layers as bl
 from bayesian_layers.layers import conv as C
 from bayesian_layers.layers import conv_base
-from bayesian_layers.layers import conv_kernels as K
+from bayesian_layers.layers.functional import convolution as K
 from bayesian_layers.regularizers import NormalKLDivergence
 
 # The registry: a new convolution is one line here.

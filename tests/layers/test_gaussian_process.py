@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 import bayesian_layers as bl
 from bayesian_layers import layers as L
-from bayesian_layers.layers.gp_numerics import JitterWarning
+from bayesian_layers.layers.gp.linalg import JitterWarning
 
 D64 = {"dtype": torch.float64}
 
@@ -118,7 +118,7 @@ def test_posterior_and_lml_match_sklearn(name: str):
 def test_prior_without_conditioning():
     kernel = L.Matern52(1.3, 0.7, **D64)
     gp = L.GaussianProcess(
-        3, mean_fn=L.Constant(torch.tensor([1.0, 2.0, 3.0])), covariance_fn=kernel, **D64
+        3, mean_fn=L.ConstantMean(torch.tensor([1.0, 2.0, 3.0])), covariance_fn=kernel, **D64
     )
     x = torch.randn(2, 5, 2, **D64)  # a batch of two independent input sets
     rv = gp(x)
@@ -131,7 +131,7 @@ def test_prior_without_conditioning():
 def test_constant_mean_equals_shifted_zero_mean():
     x, y, xs = _data()
     shift = torch.tensor([3.0, -1.0], **D64)
-    with_mean = _gp(L.Matern32(**D64), x, y + shift.numpy(), mean_fn=L.Constant(shift))
+    with_mean = _gp(L.Matern32(**D64), x, y + shift.numpy(), mean_fn=L.ConstantMean(shift))
     zero_mean = _gp(L.Matern32(**D64), x, y)
     a, b = with_mean(torch.tensor(xs)), zero_mean(torch.tensor(xs))
     torch.testing.assert_close(a.mean, b.mean + shift)
@@ -285,7 +285,7 @@ def test_columns_distribution_matches_torch_mvn(shared: bool):
     cov = a @ a.mT + torch.eye(b, **D64)
     if shared:
         cov = cov[:, 0]
-    dist = L.MultivariateNormalColumns(loc, cov)
+    dist = L.gp.MultivariateNormalColumns(loc, cov)
     mvn = torch.distributions.MultivariateNormal(loc.mT, cov[:, None] if shared else cov)
     value = torch.randn(5, 2, b, units, **D64)
     torch.testing.assert_close(dist.log_prob(value), mvn.log_prob(value.mT).sum(-1))
@@ -305,9 +305,9 @@ def test_columns_distribution_sample_moments(shared: bool):
     cov = a @ a.mT + 0.5 * torch.eye(b, **D64)
     if shared:
         cov = cov[0]
-    draws = L.MultivariateNormalColumns(loc, cov).sample((n,))  # (n, B, units)
+    draws = L.gp.MultivariateNormalColumns(loc, cov).sample((n,))  # (n, B, units)
     z = z_bonferroni(24)
-    var = L.MultivariateNormalColumns(loc, cov).variance
+    var = L.gp.MultivariateNormalColumns(loc, cov).variance
     assert ((draws.mean(0) - loc).abs() <= z * (var / n).sqrt()).all()
     # covariance of rows 0 and 1 in each unit: its estimator has variance (s01² + s00 s11) / n
     c = cov.expand(units, b, b) if shared else cov
@@ -321,7 +321,7 @@ def test_columns_distribution_bad_covariance():
     with pytest.raises(
         ValueError, match=r"covariance_matrix of shape \(3, 3\) or \(2, 3, 3\), got \(2, 2\)"
     ):
-        L.MultivariateNormalColumns(torch.zeros(3, 2), torch.eye(2))
+        L.gp.MultivariateNormalColumns(torch.zeros(3, 2), torch.eye(2))
 
 
 def test_white_noise_enters_self_covariances_only_whatever_the_input_object():

@@ -137,7 +137,7 @@ def test_predictive_moments_are_the_marginals_without_the_joint(monkeypatch, chu
     """The marginal path equals the diagonal of the joint posterior, also in chunks of
     a few rows and for batched inputs."""
     if chunk_bytes is not None:  # 200 bytes: one row per chunk
-        monkeypatch.setattr(L.gaussian_process, "MARGINAL_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(L.gp.exact, "MARGINAL_CHUNK_BYTES", chunk_bytes)
     gp = _gp(covariance_fn=L.Matern32(**D64) + L.WhiteNoise(0.1, **D64))
     x = torch.stack([_inputs(7), _inputs(7, seed=3)])  # (2, 7, 2)
     with torch.no_grad():

@@ -15,11 +15,11 @@ import torch
 from stats_util import z_bonferroni
 
 from bayesian_layers import layers as L
-from bayesian_layers.layers.gp_iterative import (
+from bayesian_layers.layers.gp.iterative import (
     gaussian_log_marginal_likelihood_cg,
     pivoted_cholesky,
 )
-from bayesian_layers.layers.gp_numerics import gaussian_log_marginal_likelihood
+from bayesian_layers.layers.gp.linalg import gaussian_log_marginal_likelihood
 
 D64 = {"dtype": torch.float64}
 

@@ -1,5 +1,5 @@
 """Tests for the Bayesian dense layers (``bayesian_layers.layers.linear``) and their
-pure kernels (``bayesian_layers.layers.linear_kernels``).
+pure kernels (``bayesian_layers.layers.functional.linear``).
 
 1. A contract suite over a registry of estimators (one line per new layer).
 2. Closed-form output moments of each estimator, and Flipout/LRT decorrelation.
@@ -28,7 +28,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-from bayesian_layers.layers import linear_kernels as K
+from bayesian_layers.layers.functional import linear as K
 from bayesian_layers.regularizers import MonteCarloKLDivergence, NormalKLDivergence
 
 

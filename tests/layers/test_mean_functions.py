@@ -5,22 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bayesian_layers.layers import Constant, LinearMean, Zeros
+from bayesian_layers.layers import ConstantMean, LinearMean, ZeroMean
 
 
 def test_zeros_broadcastable():
-    out = Zeros()(torch.randn(2, 5, 3))
+    out = ZeroMean()(torch.randn(2, 5, 3))
     assert out.shape == (2, 5, 1) and out.abs().max() == 0
 
 
 def test_constant_scalar_and_per_unit():
     x = torch.randn(4, 3)
-    assert Constant(1.5)(x).shape == (4, 1) and (Constant(1.5)(x) == 1.5).all()
-    per_unit = Constant(torch.tensor([1.0, -2.0]))(x)
+    assert ConstantMean(1.5)(x).shape == (4, 1) and (ConstantMean(1.5)(x) == 1.5).all()
+    per_unit = ConstantMean(torch.tensor([1.0, -2.0]))(x)
     assert per_unit.shape == (4, 2)
     torch.testing.assert_close(per_unit, torch.tensor([1.0, -2.0]).expand(4, 2))
-    assert [n for n, _ in Constant(1.0).named_parameters()] == ["value"]
-    assert list(Constant(1.0, trainable=False).parameters()) == []
+    assert [n for n, _ in ConstantMean(1.0).named_parameters()] == ["value"]
+    assert list(ConstantMean(1.0, trainable=False).parameters()) == []
 
 
 def test_linear_mean_identity_and_rectangular():
@@ -65,15 +65,15 @@ def test_bad_input():
         LinearMean(0, 1)
     with pytest.raises(ValueError, match="init 'zeros' or 'identity', got 'eye'"):
         LinearMean(2, 2, init="eye")
-    with pytest.raises(TypeError, match="Zeros expected a Tensor"):
-        Zeros()([1.0])
-    with pytest.raises(ValueError, match=r"Constant expected input of shape \(\*, N, D\)"):
-        Constant()(torch.randn(3))
+    with pytest.raises(TypeError, match="ZeroMean expected a Tensor"):
+        ZeroMean()([1.0])
+    with pytest.raises(ValueError, match=r"ConstantMean expected input of shape \(\*, N, D\)"):
+        ConstantMean()(torch.randn(3))
     with pytest.raises(ValueError, match="scalar or 1-d value"):
-        Constant(torch.ones(2, 2))
+        ConstantMean(torch.ones(2, 2))
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.0, float("nan")]])
 def test_constant_rejects_non_finite_values(value) -> None:
-    with pytest.raises(ValueError, match=r"Constant expected `value` to be finite, got"):
-        Constant(torch.tensor(value) if isinstance(value, list) else value)
+    with pytest.raises(ValueError, match=r"ConstantMean expected `value` to be finite, got"):
+        ConstantMean(torch.tensor(value) if isinstance(value, list) else value)

@@ -32,7 +32,7 @@ from torch.distributions import Normal, kl_divergence
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import bayesian_layers as bl
-from bayesian_layers.layers import recurrent_kernels as K
+from bayesian_layers.layers.functional import recurrent as K
 from bayesian_layers.layers.recurrent import (
     GRUCellFlipout,
     GRUCellReparameterization,

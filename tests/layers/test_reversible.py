@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian
 from torch.distributions import Normal, TransformedDistribution
 
 import bayesian_layers as bl
-from bayesian_layers.layers.flows import (
+from bayesian_layers.layers.reversible.flows import (
     MADE,
     ActNorm,
     InvertibleConv1x1,
@@ -23,7 +23,7 @@ from bayesian_layers.layers.flows import (
     Permute,
     RealNVP,
 )
-from bayesian_layers.layers.reversible import (
+from bayesian_layers.layers.reversible.base import (
     Reverse,
     ReversibleLayer,
     reverse_sequential,

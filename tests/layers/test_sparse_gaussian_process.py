@@ -18,8 +18,8 @@ from torch import nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-from bayesian_layers.layers.kernel_base import inverse_softplus
-from bayesian_layers.layers.sparse_gp_kernels import (
+from bayesian_layers.layers.gp.kernel_base import inverse_softplus
+from bayesian_layers.layers.gp.sparse_variational import (
     gaussian_expected_log_likelihood,
     svgp_kl,
     svgp_predictive_moments,
@@ -262,7 +262,7 @@ def test_default_mean_is_identity_or_pca_and_zeros_on_request():
     up = layers.SparseGaussianProcess(5, 4)
     up(x)
     torch.testing.assert_close(up.mean_weight, torch.eye(5, 3))
-    zero = layers.SparseGaussianProcess(2, 4, mean_fn=layers.Zeros())
+    zero = layers.SparseGaussianProcess(2, 4, mean_fn=layers.ZeroMean())
     with bl.posterior_mean(zero):  # at the prior q(v) = N(0, I): zero mean everywhere
         torch.testing.assert_close(zero(x).value, torch.zeros(50, 2))
 

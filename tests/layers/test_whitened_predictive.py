@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bayesian_layers import layers
-from bayesian_layers.layers.gp_numerics import NotPositiveDefiniteError, cholesky_with_jitter
-from bayesian_layers.layers.sparse_gp_kernels import (
+from bayesian_layers.layers.gp.linalg import NotPositiveDefiniteError, cholesky_with_jitter
+from bayesian_layers.layers.gp.sparse_variational import (
     gaussian_expected_log_likelihood,
     svgp_kl,
     svgp_predictive_moments,

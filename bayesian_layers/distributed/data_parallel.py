@@ -1,0 +1,503 @@
+"""Data parallel training of Bayesian layers: the ELBO across ranks, per-rank seeds,
+the KL split across shards, gradient clipping. Public names: :mod:`bayesian_layers.distributed`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from numbers import Integral
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+
+from ..layers.base import BayesianLayer
+from .tensor_parallel import (
+    LOCAL_SHAPES_ATTR,
+    TP_ATTR,
+    _is_sharded,
+    _param_names,
+    derive_seed,
+    local_view,
+    reduce_from_parallel,
+)
+
+__all__ = [
+    "manual_seed",
+    "elbo_loss",
+    "kl_divergence",
+    "WithKL",
+    "parameter_bytes",
+    "clip_grad_norm_",
+]
+
+
+# ---------------------------------------------------------------------- seeds
+def _world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mesh_rank(where: str, mesh: DeviceMesh) -> int:
+    """This process's index in ``mesh``, its coordinates flattened (row-major)."""
+    if not isinstance(mesh, DeviceMesh):
+        raise TypeError(f"{where} expected `mesh` to be a DeviceMesh, got {type(mesh).__name__}")
+    coordinate = mesh.get_coordinate()
+    if coordinate is None:
+        raise ValueError(f"{where} expected a `mesh` that holds this rank, got {mesh}")
+    index = 0
+    for c, size in zip(coordinate, mesh.shape, strict=True):
+        index = index * size + c
+    return index
+
+
+def manual_seed(seed: int, *, rank: int | None = None, mesh: DeviceMesh | None = None) -> int:
+    """Seed torch's default generator with a seed derived from ``(seed, data-parallel rank)``.
+
+    Args:
+        seed: the one seed of the run.
+        rank: the *data-parallel* rank, given directly; or
+        mesh: the data-parallel device mesh (e.g. ``mesh["dp"]`` of a 2-d
+            ``("dp", "tp")`` mesh): the rank is this process's index in it, so the
+            ranks of one tensor-parallel group get the same stream. Without either,
+            the global rank (0 without a process group): right for pure data
+            parallelism only; a tensor-parallel layer then raises at its first call.
+
+    Returns:
+        The derived seed (a 63-bit int), e.g. for a single-process reference.
+
+    Example:
+        >>> import bayesian_layers as bl
+        >>> s0 = bl.distributed.manual_seed(7, rank=0)
+        >>> s0 == bl.distributed.manual_seed(7, rank=0) != bl.distributed.manual_seed(7, rank=1)
+        True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"manual_seed expected an int `seed`, got {type(seed).__name__}")
+    if rank is not None and mesh is not None:
+        raise ValueError("manual_seed expected one of `rank` and `mesh`, got both")
+    if mesh is not None:
+        rank = _mesh_rank("manual_seed", mesh)
+    elif rank is None:
+        rank = _world()[0]
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"manual_seed expected `rank` to be an int >= 0, got {rank!r}")
+    derived = derive_seed(seed, rank)
+    torch.manual_seed(derived)
+    return derived
+
+
+# ----------------------------------------------------------------------- the KL
+def _reduction_key(layer: BayesianLayer, name: str) -> tuple[DeviceMesh, tuple[int, ...]] | None:
+    """The mesh and mesh dimensions over which ``name``'s parameters are sharded, if any."""
+    for pname in _param_names(layer, name):
+        p = layer._parameters.get(pname)
+        if isinstance(p, DTensor) and _is_sharded(p.placements):
+            dims = tuple(i for i, pl in enumerate(p.placements) if _is_sharded((pl,)))
+            return p.device_mesh, dims
+    return None
+
+
+@contextmanager
+def _local_layer(layer: BayesianLayer) -> Iterator[None]:
+    """``layer`` with its local shards as parameters and their shapes as its random shapes.
+
+    Under FSDP2 (no tensor-parallel style) the latest draw was made from the whole
+    parameters during the forward pass; it is hidden, so a Monte Carlo regularizer
+    draws afresh from the local shard.
+    """
+    tensor_parallel = hasattr(layer, TP_ATTR)
+    with local_view(layer):
+        saved = layer.__dict__["_random"], layer.__dict__["_last_sample"]
+        shapes = layer.__dict__.get(LOCAL_SHAPES_ATTR)
+        if shapes is None:
+            shapes = {k: layer.point(k).shape for k in layer._random}
+        layer.__dict__["_random"] = shapes
+        if not tensor_parallel:
+            layer.__dict__["_last_sample"] = {}
+        try:
+            yield
+        finally:
+            layer.__dict__["_random"], layer.__dict__["_last_sample"] = saved
+
+
+def _sharded_layer_terms(layer: BayesianLayer) -> list[tuple[Tensor, Any]]:
+    """``(term, reduction key)`` for every regularizer term of a layer with DTensor parameters."""
+    out: list[tuple[Tensor, Any]] = []
+    with _local_layer(layer):
+        inits = layer._inits
+        try:
+            for name in list(inits):
+                layer._inits = {name: inits[name]}
+                key = _reduction_key(layer, name)
+                out.extend((term, key) for term in layer.losses)
+        finally:
+            layer._inits = inits
+    return out
+
+
+def _has_dtensor(module: nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in module._parameters.values())
+
+
+def kl_divergence(model: nn.Module) -> Tensor:
+    """The total regularizer (KL) of ``model``, each sharded parameter counted once.
+
+    A layer whose parameters are sharded DTensors (tensor parallelism, or FSDP2
+    outside its units' forward passes) computes each term from its local shards
+    in their own dtype (float32 under a bf16 ``MixedPrecisionPolicy``); the sharded
+    terms are summed and reduced with one all-reduce per mesh dimension (the
+    gradient reaches the local shards unchanged). Replicated and plain terms are
+    added once. Without sharding it equals ``sum(bl.losses(model))``.
+    Regularizers must be sums over elements (true of the closed-form and Monte
+    Carlo KLs of mean-field posteriors) with scalar priors.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> layer = bl.layers.LinearFlipout(3, 2)
+        >>> torch.equal(bl.distributed.kl_divergence(layer), sum(layer.losses))
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"kl_divergence expected an nn.Module, got {type(model).__name__}")
+    return _total(*_collect(model.modules()))
+
+
+_Terms = tuple[list[Tensor], dict[Any, list[Tensor]]]
+
+
+def _is_fsdp_sharded(m: nn.Module) -> bool:
+    """A Bayesian layer whose parameters are sharded DTensors but not by a Bayesian style."""
+    return isinstance(m, BayesianLayer) and not hasattr(m, TP_ATTR) and _has_dtensor(m)
+
+
+def _collect(modules: Iterable[nn.Module]) -> _Terms:
+    """The plain terms and the sharded ones by reduction key, of every module in ``modules``."""
+    plain: list[Tensor] = []
+    sharded: dict[Any, list[Tensor]] = {}
+    for m in modules:
+        if not isinstance(getattr(type(m), "losses", None), property):
+            continue
+        if isinstance(m, BayesianLayer) and (hasattr(m, TP_ATTR) or _has_dtensor(m)):
+            for term, key in _sharded_layer_terms(m):
+                (plain if key is None else sharded.setdefault(key, [])).append(term)
+            continue
+        for term in m.losses:  # type: ignore[attr-defined,union-attr]
+            if isinstance(term, DTensor):
+                raise TypeError(
+                    f"kl_divergence cannot reduce the regularizer of {type(m).__name__}, whose "
+                    "parameters are sharded DTensors; keep that module unsharded"
+                )
+            plain.append(term)
+    return plain, sharded
+
+
+def _total(plain: list[Tensor], sharded: dict[Any, list[Tensor]]) -> Tensor:
+    """Plain terms added once; sharded ones summed, then reduced over their mesh dimensions."""
+    total: Tensor | None = None
+    for (mesh, dims), terms in sharded.items():
+        part = torch.stack(terms).sum()
+        for dim in dims:
+            part = reduce_from_parallel(part, mesh.get_group(dim))
+        total = part if total is None else total + part
+    if plain:
+        rest = torch.stack(plain).sum()
+        total = rest if total is None else total + rest
+    return torch.zeros(()) if total is None else total
+
+
+class WithKL(nn.Module):
+    """Wraps a model so that its forward returns ``(output, KL)``; otherwise it *is* the model.
+
+    The KL is :func:`kl_divergence`'s: layers of FSDP2 units contribute it from
+    their float32 shards, taken before the forward pass (when every inner unit is
+    sharded, whatever its ``reshard_after_forward`` and mixed precision); the rest
+    (tensor-parallel shards, Monte Carlo KLs of this pass's draws) after it.
+
+    The wrapper shares the wrapped model's parameters, buffers and submodules:
+    ``named_parameters()`` and ``state_dict()`` keys are the wrapped model's (no
+    ``model.`` prefix), so checkpoints load into either. Wrap first, then shard:
+    ``fully_shard(block)`` for each block, then ``fully_shard(WithKL(model))``
+    (the default ``reshard_after_forward`` works).
+
+    Args:
+        model: any module with Bayesian layers (available as ``.model``).
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> layer = bl.layers.LinearFlipout(3, 2)
+        >>> net = bl.distributed.WithKL(layer)
+        >>> out, kl = net(torch.randn(5, 3))
+        >>> out.shape, kl.shape, list(net.state_dict()) == list(layer.state_dict())
+        (torch.Size([5, 2]), torch.Size([]), True)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"WithKL expected an nn.Module, got {type(model).__name__}")
+        self.__dict__["_wrapped"] = model
+        # the very tables of the wrapped model: same names, same state_dict keys
+        for table in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules"):
+            self.__dict__[table] = model.__dict__[table]
+        self.training = model.training
+
+    @property
+    def model(self) -> nn.Module:
+        """The wrapped model."""
+        return self.__dict__["_wrapped"]
+
+    def train(self, mode: bool = True) -> WithKL:
+        self.model.train(mode)
+        self.training = mode
+        return self
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        self.model._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.model._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, *args: object, **kwargs: object) -> tuple[object, Tensor]:
+        modules = list(self.model.modules())
+        # FSDP2 units are resharded before the forward pass: their KL from the float32 shards
+        early = {id(m) for m in modules if _is_fsdp_sharded(m)}
+        plain, sharded = _collect(m for m in modules if id(m) in early)
+        out = self.model(*args, **kwargs)
+        # the rest (tensor-parallel layers, Monte Carlo KLs of this pass's draws) after it
+        late_plain, late_sharded = _collect(m for m in modules if id(m) not in early)
+        for key, terms in late_sharded.items():
+            sharded.setdefault(key, []).extend(terms)
+        return out, _total(plain + late_plain, sharded)
+
+
+# ---------------------------------------------------------------------- the ELBO
+def _mesh_ranks(mesh: DeviceMesh) -> set[int]:
+    return set(mesh.mesh.flatten().tolist())
+
+
+def _tp_meshes(model: nn.Module | None) -> list[DeviceMesh]:
+    if model is None:
+        return []
+    meshes = {id(m): getattr(m, TP_ATTR)[1] for m in model.modules() if hasattr(m, TP_ATTR)}
+    return list({id(mesh): mesh for mesh in meshes.values()}.values())
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"elbo_loss expected `{name}` to be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _data_parallel_size(
+    model: nn.Module | None, dp_mesh: DeviceMesh | None, size: int | None
+) -> int:
+    """The data-parallel size from ``dp_mesh``, ``size`` or the world, checked against TP."""
+    rank, world = _world()
+    tp = _tp_meshes(model)
+    if dp_mesh is not None:
+        if not isinstance(dp_mesh, DeviceMesh):
+            raise TypeError(
+                f"elbo_loss expected `dp_mesh` to be a DeviceMesh, got {type(dp_mesh).__name__}"
+            )
+        if size is not None and size != dp_mesh.size():
+            raise ValueError(
+                f"elbo_loss got data_parallel_size={size} and a dp_mesh of {dp_mesh.size()} ranks"
+            )
+        for mesh in tp:
+            shared = _mesh_ranks(dp_mesh) & _mesh_ranks(mesh)
+            if shared != {rank}:
+                raise ValueError(
+                    "elbo_loss expected a `dp_mesh` that shares only this rank with the "
+                    f"model's tensor-parallel mesh, got one sharing ranks {sorted(shared)}; "
+                    'pass the data-parallel sub-mesh, e.g. mesh["dp"] of a ("dp", "tp") mesh'
+                )
+        return dp_mesh.size()
+    tp_size = max((mesh.size() for mesh in tp), default=1)
+    if size is not None:
+        _count("data_parallel_size", size, 1)
+        if size * tp_size > world:
+            raise ValueError(
+                f"elbo_loss expected `data_parallel_size` <= {world // tp_size} (the model is "
+                f"tensor-parallel over {tp_size} of {world} ranks), got {size}; pure tensor "
+                "parallelism has data_parallel_size=1 (or pass dp_mesh=)"
+            )
+        return size
+    return max(1, world // tp_size)
+
+
+def _parse_order(
+    first: Any, second: Any, keywords: dict[str, Any], global_batch_size: int | None
+) -> tuple[bool, nn.Module | None, int]:
+    """``(sum form?, model, num_examples)`` from elbo_loss's positional and keyword forms."""
+    unknown = set(keywords) - {"model", "num_examples"}
+    if unknown:
+        raise TypeError(f"elbo_loss got unexpected keyword arguments {sorted(unknown)}")
+    model, n = keywords.get("model"), keywords.get("num_examples")
+    sum_form = isinstance(first, Integral) and not isinstance(first, bool)
+    if sum_form:  # elbo_loss(nll_sum, num_examples, global_batch_size=B, model=...)
+        if second is not None or n is not None:
+            raise TypeError("elbo_loss got `num_examples` twice")
+        if global_batch_size is None:
+            raise TypeError(
+                "elbo_loss(nll_sum, num_examples, ...) (the sum form) expected "
+                "`global_batch_size`, the examples of the step over all data-parallel ranks; "
+                "or use the mean form elbo_loss(nll_mean, model, num_examples)"
+            )
+        n = first
+    else:  # elbo_loss(nll_mean, model, num_examples), as bl.elbo_loss
+        if first is not None and model is not None:
+            raise TypeError("elbo_loss got `model` twice")
+        if second is not None and n is not None:
+            raise TypeError("elbo_loss got `num_examples` twice")
+        model = first if first is not None else model
+        n = second if second is not None else n
+        if n is None:
+            raise TypeError("elbo_loss expected `num_examples`, the size of the training set")
+        if global_batch_size is not None:
+            raise TypeError(
+                "elbo_loss expected `global_batch_size` only in the sum form "
+                "elbo_loss(nll_sum, num_examples, global_batch_size=B, model=...); the mean "
+                "form elbo_loss(nll_mean, model, num_examples) takes this rank's mean NLL"
+            )
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(
+            f"elbo_loss expected `model` to be an nn.Module, got {type(model).__name__}"
+        )
+    return sum_form, model, _count("num_examples", n, 1)
+
+
+def _kl_weight(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"elbo_loss expected a real `kl_weight`, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"elbo_loss expected `kl_weight` to be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def elbo_loss(
+    nll: Tensor,
+    model: nn.Module | int | None = None,
+    num_examples: int | None = None,
+    /,
+    *,
+    kl: Tensor | None = None,
+    dp_mesh: DeviceMesh | None = None,
+    data_parallel_size: int | None = None,
+    global_batch_size: int | None = None,
+    accumulation_steps: int = 1,
+    kl_weight: float = 1.0,
+    **keywords: Any,
+) -> Tensor:
+    """This rank's loss whose data-parallel-averaged gradient is the global negative ELBO's.
+
+    **Mean form**, as :func:`bayesian_layers.elbo_loss`:
+    ``elbo_loss(nll_mean, model, num_examples)`` returns
+    ``(nll_mean + kl_weight * KL / num_examples) / accumulation_steps`` with the
+    KL of :func:`kl_divergence` (sharded layers counted once). ``nll_mean`` is the
+    mean over this rank's examples of this (micro-)batch; data-parallel ranks
+    must hold equally many. The same call serves DDP, FSDP2 and tensor
+    parallelism (see the module docstring).
+
+    **Sum form**, for unequal local batches:
+    ``elbo_loss(nll_sum, num_examples, global_batch_size=B, model=model)`` (an int
+    second) returns ``D * nll_sum / B + kl_weight * KL / (num_examples * accumulation_steps)``
+    with ``B`` the examples of the whole optimiser step (all ranks, all
+    micro-batches) and ``D`` the data-parallel size: from ``dp_mesh``, else
+    ``data_parallel_size``, else the world size over the model's tensor-parallel
+    size. A ``dp_mesh`` that shares ranks with the tensor-parallel mesh, or a
+    ``data_parallel_size`` that does not fit beside it, raises ``ValueError``.
+
+    Args:
+        nll: ``nll_mean`` (mean form) or ``nll_sum`` (sum form).
+        model: the model whose KL to add (may be given by keyword); or
+        num_examples: the size of the whole training set, ``N`` (may be given by keyword).
+        kl: the KL already computed (e.g. returned by :class:`WithKL`), instead of ``model``.
+        dp_mesh: the data-parallel device mesh (checked against ``model``'s
+            tensor-parallel mesh; the sum form's ``D``).
+        data_parallel_size: ``D`` given as a number.
+        global_batch_size: the sum form's ``B``.
+        accumulation_steps: micro-batches accumulated per optimiser step (``backward``
+            on each micro-batch's loss): the KL is counted once per step.
+        kl_weight: tempers the KL (1 is the ELBO); finite and >= 0.
+
+    Example:
+        >>> import torch, bayesian_layers as bl
+        >>> layer = bl.layers.LinearReparameterization(3, 1)
+        >>> nll_mean = layer(torch.randn(4, 3)).square().mean()
+        >>> loss = bl.distributed.elbo_loss(nll_mean, layer, 1000)
+        >>> torch.allclose(loss, bl.elbo_loss(nll_mean, layer, 1000))
+        True
+    """
+    sum_form, model, n = _parse_order(model, num_examples, keywords, global_batch_size)
+    if (model is None) == (kl is None):
+        raise ValueError("elbo_loss expected exactly one of `model` and `kl`")
+    weight = _kl_weight(kl_weight)
+    steps = _count("accumulation_steps", accumulation_steps, 1)
+    if kl is None:
+        kl = kl_divergence(model)  # type: ignore[arg-type]
+    elif isinstance(kl, DTensor):
+        raise TypeError(
+            "elbo_loss expected a plain tensor `kl`, got a DTensor (a KL of sharded "
+            "parameters); compute it with bl.distributed.kl_divergence(model) or WithKL"
+        )
+    if sum_form:
+        batch = _count("global_batch_size", global_batch_size, 1)
+        size = _data_parallel_size(model, dp_mesh, data_parallel_size)
+        data = size * nll / batch
+    else:
+        if dp_mesh is not None or data_parallel_size is not None:
+            _data_parallel_size(model, dp_mesh, data_parallel_size)  # consistency only
+        data = nll / steps if steps > 1 else nll
+    return data + (weight / (n * steps)) * kl
+
+
+# ---------------------------------------------------------------- utilities
+@torch.no_grad()
+def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for a tensor-parallel model (2-norm).
+
+    torch's version refuses a mix of DTensor and plain parameters, which a
+    model with some parallelised layers has. Here the squares of the local
+    shards of sharded gradients are summed over their mesh with one all-reduce
+    each, and replicated and plain gradients are counted once.
+
+    Returns:
+        The total gradient norm before clipping (a scalar, the same on every rank).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    locals_ = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    device = locals_[0].device if locals_ else torch.device("cpu")
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    sharded: dict[DeviceMesh, Tensor] = {}
+    for g, local in zip(grads, locals_, strict=True):
+        square = local.double().square().sum()
+        if isinstance(g, DTensor) and _is_sharded(g.placements):
+            mesh = g.device_mesh
+            sharded[mesh] = sharded[mesh] + square if mesh in sharded else square
+        else:
+            total += square
+    for group_mesh, part in sharded.items():
+        dist.all_reduce(part, group=group_mesh.get_group())
+        total += part
+    norm = total.sqrt()
+    # as torch's clip_grad_norm_: a clamped factor, no host synchronisation
+    factor = (float(max_norm) / (norm + 1e-6)).clamp(max=1.0)
+    for local in locals_:
+        local.mul_(factor.to(local.device, local.dtype))
+    return norm.float()
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s parameters held by this rank (local shards of DTensors)."""
+    total = 0
+    for p in model.parameters():
+        t = p.to_local() if hasattr(p, "to_local") else p
+        total += t.numel() * t.element_size()
+    return total

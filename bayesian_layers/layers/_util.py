@@ -1,0 +1,45 @@
+"""Private helpers shared by the layer families (no stability promise).
+
+What more than one layer file needs lives here, not in whichever family wrote it
+first; package-wide checks live in :mod:`bayesian_layers._checks`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_count
+
+__all__ = ["check_features", "rademacher"]
+
+
+def check_features(owner: str, name: str, value: object) -> int:
+    """A layer size (``in_features``, ``out_channels``, ...): an ``int >= 1``, else a
+    ``TypeError``/``ValueError`` naming ``owner`` and ``name``."""
+    return check_count(owner, name, value)
+
+
+_SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def rademacher(shape: torch.Size, like: Tensor) -> Tensor:
+    """Random signs ±1 of ``shape`` with ``like``'s dtype and device.
+
+    Eight signs come from each random byte through a (256, 8) lookup table: about
+    40x faster on CPU than ``bernoulli_`` (one generator call per sign). Under
+    ``torch.compile`` the signs come from ``randint`` instead: a cache filled while
+    tracing would be guarded on and force a recompilation at the next call.
+    """
+    if torch.compiler.is_compiling():
+        bits = torch.randint(0, 2, shape, dtype=like.dtype, device=like.device)
+        return bits * 2 - 1
+    key = (like.dtype, like.device)
+    table = _SIGN_TABLES.get(key)
+    if table is None:
+        bits = (torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1  # (256, 8)
+        table = (bits * 2 - 1).to(dtype=like.dtype, device=like.device)
+        _SIGN_TABLES[key] = table
+    n = shape.numel()
+    index = torch.randint(0, 256, ((n + 7) // 8,), device=like.device)
+    return table.index_select(0, index).view(-1)[:n].view(shape)

@@ -1,0 +1,67 @@
+"""Gaussian-process layers: uncertainty over the function itself.
+
+- :mod:`.exact`: :class:`GaussianProcess`, the exact GP posterior (Cholesky or
+  conjugate gradients).
+- :mod:`.sparse`: :class:`SparseGaussianProcess`, whitened SVGP (stacks into deep GPs);
+  :mod:`.sparse_variational` holds its pure math (posterior moments, KL, expected
+  log-likelihood).
+- :mod:`.random_features`: :class:`RandomFourierFeatures` (variational or Laplace).
+- :mod:`.kernel_base`, :mod:`.kernels`: covariance functions (the only "kernels" in
+  the package) and their algebra (``+``, ``*``).
+- :mod:`.means`: mean functions :class:`ZeroMean`, :class:`ConstantMean`,
+  :class:`LinearMean`.
+- :mod:`.likelihood`: :class:`GaussianLikelihood`.
+- :mod:`.distribution`: :class:`MultivariateNormalColumns`, the GP layers' output.
+- :mod:`.linalg`, :mod:`.iterative`: Cholesky with jitter, marginal likelihoods,
+  pivoted Cholesky and conjugate gradients.
+"""
+
+from .distribution import MultivariateNormalColumns
+from .exact import GaussianProcess
+from .kernels import (
+    ConstantKernel,
+    ExponentiatedQuadratic,
+    Kernel,
+    LinearKernel,
+    Matern12,
+    Matern32,
+    Matern52,
+    Periodic,
+    ProductKernel,
+    RationalQuadratic,
+    StationaryKernel,
+    SumKernel,
+    WhiteNoise,
+)
+from .likelihood import GaussianLikelihood
+from .linalg import JitterWarning, NotPositiveDefiniteError, cholesky_with_jitter
+from .means import ConstantMean, LinearMean, ZeroMean
+from .random_features import RandomFourierFeatures
+from .sparse import SparseGaussianProcess
+
+__all__ = [
+    "GaussianProcess",
+    "SparseGaussianProcess",
+    "RandomFourierFeatures",
+    "GaussianLikelihood",
+    "MultivariateNormalColumns",
+    "Kernel",
+    "SumKernel",
+    "ProductKernel",
+    "StationaryKernel",
+    "ExponentiatedQuadratic",
+    "Matern12",
+    "Matern32",
+    "Matern52",
+    "RationalQuadratic",
+    "Periodic",
+    "LinearKernel",
+    "WhiteNoise",
+    "ConstantKernel",
+    "ZeroMean",
+    "ConstantMean",
+    "LinearMean",
+    "cholesky_with_jitter",
+    "NotPositiveDefiniteError",
+    "JitterWarning",
+]
