@@ -1,5 +1,9 @@
 """The ``bayesian-layers`` command.
 
+The command comes with the base package; its ``demo`` needs the ``demo`` extra
+(``pip install 'bayesian-layers[demo]'``) and says so, with exit status 1, when a
+module of it is missing.
+
 Example:
     .. code-block:: console
 
@@ -11,12 +15,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .demo import DemoResult
+    from .demo.config import DemoResult
 
 
 def _positive_float(text: str) -> float:
@@ -68,7 +73,7 @@ def format_report(result: DemoResult) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per task (``demo``)."""
-    from .demo import ESTIMATORS, DemoConfig
+    from .demo.config import ESTIMATORS, DemoConfig
 
     default = DemoConfig()
     parser = argparse.ArgumentParser(
@@ -111,10 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``bayesian-layers`` console script; returns the exit status."""
+    """Entry point of the ``bayesian-layers`` console script; returns the exit status.
+
+    Args:
+        argv: the arguments after the program name; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        0 on success, 1 when the ``demo`` extra is missing (a one-line message on
+        stderr names the missing modules and ``pip install 'bayesian-layers[demo]'``).
+    """
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from .demo import DemoConfig, run_demo
+        from .demo import DemoConfig, missing_message, missing_modules, run_demo
+
+        missing = missing_modules()
+        if missing:
+            print(f"bayesian-layers demo: {missing_message(missing)}", file=sys.stderr)
+            return 1
 
         config = DemoConfig(
             seed=args.seed,

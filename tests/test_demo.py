@@ -1,4 +1,5 @@
-"""Tests for the ``bayesian-layers demo`` command and its helpers (``bayesian_layers.demo``)."""
+"""Tests for the ``bayesian-layers demo`` command and its helpers (``bayesian_layers.demo``),
+and for the command without the ``demo`` extra."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from scipy import optimize, stats
 
 import bayesian_layers as bl
 from bayesian_layers import cli, demo
+from bayesian_layers.demo import training
 
 _NUMBER = r"(-?\d+\.\d+|-)"
 _ROW = re.compile(
@@ -177,7 +179,7 @@ def test_cli_rejects_bad_arguments(capsys) -> None:
 def test_training_runs_without_tqdm(monkeypatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "tqdm", None)  # `import tqdm` now fails
     it = range(3)
-    assert demo._progress(it, "x", enabled=True) is it
+    assert training._progress(it, "x", enabled=True) is it
     config = demo.DemoConfig(epochs=2, progress=True)
     model = demo.make_mlp(3, (4,), 2, config, bayesian=True)
     x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
@@ -186,3 +188,69 @@ def test_training_runs_without_tqdm(monkeypatch) -> None:
         model, (x, y), (x, y), config, dataset="digits", bayesian=True, generator=gen, desc="t"
     )
     assert epoch in (1, 2) and math.isfinite(val)
+
+
+# ------------------------------------------------------------------ without the demo extra
+_EXTRA = ("sklearn", "matplotlib", "tqdm")
+_INSTALL = "pip install 'bayesian-layers[demo]'"
+
+
+def _command_without_extra(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bayesian_layers ARGV`` in a process where the extra's modules do not import
+    (``sys.modules[name] = None`` makes ``import name`` raise ``ImportError``)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.modules.update(dict.fromkeys({_EXTRA!r}))\n"
+        f"sys.argv = ['bayesian-layers', *{list(argv)!r}]\n"
+        "runpy.run_module('bayesian_layers', run_name='__main__', alter_sys=True)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_import_bayesian_layers_leaves_the_demo_and_its_extra_alone() -> None:
+    code = (
+        "import sys, bayesian_layers\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'matplotlib')"
+        " or m.startswith(('bayesian_layers.demo', 'bayesian_layers.cli'))))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert run.stdout.strip() == "[]"
+
+
+def test_command_without_the_extra_helps_and_names_the_extra() -> None:
+    """``--help`` and ``--version`` need only torch and numpy; ``demo`` exits with status 1
+    and one line naming the missing modules and the install command, no traceback."""
+    help_ = _command_without_extra("--help")
+    assert help_.returncode == 0, help_.stderr
+    assert "demo" in help_.stdout
+    version = _command_without_extra("--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"bayesian-layers {bl.__version__}"
+    run = _command_without_extra("demo", "--quick", "--no-progress")
+    assert run.returncode == 1, run.stderr
+    assert run.stdout == ""
+    assert "Traceback" not in run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert "sklearn (from scikit-learn)" in run.stderr and "matplotlib" in run.stderr
+    assert _INSTALL in run.stderr
+
+
+def test_demo_names_the_extra_before_training(monkeypatch, tmp_path: Path, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert cli.main(["demo", "--quick", "--out-dir", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("bayesian-layers demo: ")
+    assert "sklearn (from scikit-learn)" in captured.err and _INSTALL in captured.err
+    assert "matplotlib" not in captured.err  # only what is missing
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_run_demo_raises_naming_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert demo.missing_modules() == ["matplotlib"]
+    with pytest.raises(ModuleNotFoundError, match=re.escape(_INSTALL)) as err:
+        demo.run_demo(demo.DemoConfig(epochs=1, progress=False))
+    assert err.value.name == "matplotlib"

@@ -27,6 +27,9 @@ diabetes (the usual UCI-regression network). On these small MLPs the three
 estimators reach the same validation NLL within seed-to-seed noise (three seeds);
 the default is Flipout, the paper's dense estimator, whose weight noise is
 decorrelated across a minibatch (``--estimator`` switches).
+
+Its data come from scikit-learn and its figures from matplotlib, the ``demo`` extra:
+``pip install 'bayesian-layers[demo]'``; :func:`run_demo` says so when one is missing.
 """
 
 from __future__ import annotations
@@ -34,294 +37,31 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import metrics
-from .convert import ESTIMATORS as _CONVERT_ESTIMATORS
-from .convert import canonical_estimator
-from .demo_plots import plot_intervals, plot_reliability
+from .. import metrics
+from ..convert import canonical_estimator
+from ._extra import require_extra
+from .config import DemoConfig, DemoResult, Row, class_suffix
+from .plots import plot_intervals, plot_reliability
+from .training import (
+    Regressor,
+    class_predictive,
+    fit,
+    make_mlp,
+    mixture_quantile,
+    posterior_weight_scale,
+    regression_locs,
+)
 
-__all__ = [
-    "ESTIMATORS",
-    "DemoConfig",
-    "DemoResult",
-    "Row",
-    "fit",
-    "make_mlp",
-    "mixture_quantile",
-    "run_demo",
-]
-
-#: Weight estimators the demo can use: the spellings of :func:`bayesian_layers.to_bayesian`
-#: (``"flipout"`` uses ``layers.LinearFlipout``, and so on).
-ESTIMATORS = tuple(_CONVERT_ESTIMATORS)
-
-
-def _class_suffix(estimator: str) -> str:
-    """``"local_reparameterization"`` -> ``"LocalReparameterization"``."""
-    return "".join(word.capitalize() for word in estimator.split("_"))
-
+__all__ = ["run_demo"]
 
 _SPLIT_SEED = 0  # the train/test split never changes with --seed
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Settings of one demo run (the defaults are the tuned full run).
-
-    Attributes:
-        seed: seeds torch (initialisation, minibatch order, weight noise); the same
-            seed gives the same table. The data split is fixed and does not depend on it.
-        quick: a much shorter run (for tests): a sixth of the epochs.
-        epochs: epochs for every model; ``None`` uses the per-data-set default.
-        kl_weight: multiplies the KL term of the ELBO (1.0 = full KL).
-        estimator: one of :data:`ESTIMATORS`.
-        hidden_digits: widths of the hidden layers of the digits MLP.
-        hidden_diabetes: widths of the hidden layers of the diabetes MLP.
-        lr: Adam learning rate; ``None`` uses the per-data-set default.
-        batch_size: minibatch size.
-        num_samples: K, function samples for the Bayesian predictive on the test set.
-        num_val_samples: K on the validation set, for early stopping.
-        out_dir: where the PNG figures go.
-        progress: show tqdm bars while training (when tqdm is installed).
-        threads: torch's intra-op threads during the run (restored after). 1 by
-            default: these matmuls are too small to gain from threads, and on a
-            busy 2-core machine spinning workers made a step ~30x slower.
-    """
-
-    seed: int = 0
-    quick: bool = False
-    epochs: int | None = None
-    lr: float | None = None
-    kl_weight: float = 1.0
-    estimator: str = "flipout"
-    hidden_digits: tuple[int, ...] = (256,)
-    hidden_diabetes: tuple[int, ...] = (50,)
-    batch_size: int = 64
-    num_samples: int = 64
-    num_val_samples: int = 8
-    out_dir: Path = Path("demo_output")
-    progress: bool = True
-    threads: int = 1
-
-    def epochs_for(self, dataset: str) -> int:
-        """``epochs`` if set, else the tuned budget of ``dataset`` (a sixth with ``quick``)."""
-        if self.epochs is not None:
-            return self.epochs
-        full = _TUNED[dataset]["epochs"]
-        return max(1, full // 6) if self.quick else full
-
-    def lr_for(self, dataset: str) -> float:
-        """``lr`` if set, else the tuned Adam learning rate of ``dataset``."""
-        return self.lr if self.lr is not None else _TUNED[dataset]["lr"]
-
-
-#: Per-data-set budgets chosen on the validation split (see the module docstring).
-_TUNED: dict[str, dict[str, Any]] = {
-    "digits": {"epochs": 60, "lr": 3e-3},
-    "diabetes": {"epochs": 200, "lr": 1e-2},
-}
-
-
-@dataclass
-class Row:
-    """One table row: a metric for both models. ``goal`` is "max", "min" or a target."""
-
-    dataset: str
-    metric: str
-    goal: str
-    deterministic: float | None
-    bayesian: float | None
-
-    @property
-    def better(self) -> str:
-        """``"bayesian"``, ``"deterministic"``, ``"tie"`` or ``"-"`` (one model only)."""
-        d, b = self.deterministic, self.bayesian
-        if d is None or b is None:
-            return "-"
-        if self.goal == "max":
-            d, b = -d, -b
-        elif self.goal not in ("min", "max"):
-            target = float(self.goal.lstrip("≈~"))
-            d, b = abs(d - target), abs(b - target)
-        if math.isclose(d, b, rel_tol=1e-9, abs_tol=5e-4):
-            return "tie"
-        return "bayesian" if b < d else "deterministic"
-
-
-@dataclass
-class DemoResult:
-    """What :func:`run_demo` returns: the rows, the figure paths and notes."""
-
-    config: DemoConfig
-    rows: list[Row]
-    figures: list[Path]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-# ----------------------------------------------------------------------------- models
-def make_mlp(
-    in_features: int, hidden: tuple[int, ...], out_features: int, config: DemoConfig, bayesian: bool
-) -> nn.Sequential:
-    """A ReLU MLP; ``bayesian`` swaps every ``nn.Linear`` for ``layers.Linear<Estimator>``.
-
-    Both start alike: weights (posterior means) uniform on ``±1/sqrt(fan_in)``, biases 0.
-    """
-    linear: Callable[[int, int], nn.Module]
-    if bayesian:
-        from . import layers
-
-        estimator = canonical_estimator(config.estimator)
-        linear = getattr(layers, f"Linear{_class_suffix(estimator)}")
-    else:
-        linear = _linear_zero_bias
-    widths = (in_features, *hidden)
-    mods: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
-        mods += [linear(fan_in, fan_out), nn.ReLU()]
-    return nn.Sequential(*mods, linear(widths[-1], out_features))
-
-
-def _linear_zero_bias(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    nn.init.zeros_(layer.bias)  # as the Bayesian layers' default deterministic bias
-    return layer
-
-
-class Regressor(nn.Module):
-    """An MLP for the mean and a learned homoscedastic noise scale ``softplus(noise_rho)``."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.noise_rho = nn.Parameter(torch.tensor(0.5413))  # softplus -> 1.0
-
-    @property
-    def noise_scale(self) -> Tensor:
-        return nn.functional.softplus(self.noise_rho) + 1e-4
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).squeeze(-1)
-
-
-# --------------------------------------------------------------------------- training
-def _progress(it: Iterable[int], desc: str, enabled: bool) -> Iterable[int]:
-    if not enabled:
-        return it
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional: train without bars
-        return it
-    # disable=None: no bars when stderr is not a terminal (logs, CI, captured output).
-    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, disable=None)
-
-
-def class_predictive(model: nn.Module, x: Tensor, bayesian: bool, k: int) -> tuple[Tensor, Tensor]:
-    """``(probs_mean (N, C), prob_samples (K, N, C))``; K = 1 for the deterministic model."""
-    import bayesian_layers as bl
-
-    with torch.no_grad():
-        if not bayesian:
-            probs = model(x).softmax(-1)
-            return probs, probs.unsqueeze(0)
-        pred = bl.predict(model, x, num_samples=k, transform=lambda z: z.softmax(-1))
-        return pred.mean, pred.samples
-
-
-def regression_locs(model: nn.Module, x: Tensor, bayesian: bool, k: int) -> Tensor:
-    """Predictive means under K function samples, ``(K, N)``; K = 1 when deterministic."""
-    import bayesian_layers as bl
-
-    with torch.no_grad():
-        if not bayesian:
-            return model(x).unsqueeze(0)
-        return bl.predict(model, x, num_samples=k).samples
-
-
-def posterior_weight_scale(model: nn.Module) -> float:
-    """Mean posterior standard deviation over every weight of the model's Bayesian layers."""
-    from .layers import BayesianLayer
-
-    scales = [
-        m.weight.distribution.stddev.detach().flatten()
-        for m in model.modules()
-        if isinstance(m, BayesianLayer) and hasattr(m, "weight_rho")
-    ]
-    return torch.cat(scales).mean().item() if scales else 0.0
-
-
-def _predictive_nll(model: nn.Module, x: Tensor, y: Tensor, bayesian: bool, k: int) -> float:
-    """NLL of the (Monte Carlo) predictive: what early stopping minimises."""
-    if isinstance(model, Regressor):
-        locs = regression_locs(model, x, bayesian, k)
-        return metrics.mixture_gaussian_nll(locs, model.noise_scale.detach(), y).item()
-    probs, _ = class_predictive(model, x, bayesian, k)
-    return metrics.negative_log_likelihood(probs, y).item()
-
-
-def _batch_nll(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    if isinstance(model, Regressor):
-        return metrics.gaussian_nll(model(x), model.noise_scale, y)
-    return nn.functional.cross_entropy(model(x), y)
-
-
-def fit(
-    model: nn.Module,
-    train: tuple[Tensor, Tensor],
-    val: tuple[Tensor, Tensor],
-    config: DemoConfig,
-    *,
-    dataset: str,
-    bayesian: bool,
-    generator: torch.Generator,
-    desc: str,
-) -> tuple[int, float]:
-    """Adam on minibatches, keeping the epoch with the best validation predictive NLL.
-
-    The loss is the mean NLL (cross-entropy, or Gaussian with the learned noise scale);
-    for the Bayesian model the negative ELBO per example,
-    ``nll_mean + kl_weight * sum(bl.losses(model)) / num_train_examples``. After the
-    last epoch the model holds the parameters of its best validation epoch (early
-    stopping, the same protocol for both models); returns that epoch (1-based) and its
-    validation NLL.
-    """
-    import bayesian_layers as bl
-
-    x, y = train
-    n = x.shape[0]
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr_for(dataset))
-    best, best_epoch, best_state = math.inf, 0, None
-    bar = _progress(range(1, config.epochs_for(dataset) + 1), desc, config.progress)
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, config.batch_size):
-            idx = perm[start : start + config.batch_size]
-            loss = _batch_nll(model, x[idx], y[idx])
-            if bayesian:
-                loss = bl.elbo_loss(loss, model, n, kl_weight=config.kl_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        model.eval()
-        score = _predictive_nll(model, *val, bayesian, config.num_val_samples)
-        if score < best:
-            best, best_epoch = score, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if hasattr(bar, "set_postfix"):
-            postfix = {"loss": f"{loss.item():.3f}", "val_nll": f"{score:.3f}", "best": best_epoch}
-            bar.set_postfix(postfix, refresh=False)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return best_epoch, best
 
 
 # ------------------------------------------------------------------------------- data
@@ -353,27 +93,6 @@ def _split(
 
 def _f32(a: np.ndarray) -> Tensor:
     return torch.as_tensor(a, dtype=torch.float32)
-
-
-def mixture_quantile(locs: Tensor, scale: Tensor, q: float, iters: int = 60) -> Tensor:
-    """Quantile ``q`` of the equal mixture of ``N(locs[k], scale²)`` over k, by bisection.
-
-    Args:
-        locs: component means, ``(K, N)``.
-        scale: the common noise standard deviation (a scalar tensor).
-        q: the probability, in (0, 1).
-
-    Returns:
-        ``(N,)`` quantiles, to ``20 * scale / 2**iters`` (bisection on the mixture CDF).
-    """
-    normal = torch.distributions.Normal(0.0, 1.0)
-    lo = locs.min(0).values - 10 * scale
-    hi = locs.max(0).values + 10 * scale
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        below = normal.cdf((mid - locs) / scale).mean(0) < q  # (N,)
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    return (lo + hi) / 2
 
 
 # -------------------------------------------------------------------------- the runs
@@ -490,7 +209,16 @@ def _deterministic_torch(seed: int, threads: int) -> Iterator[torch.Generator]:
 
 
 def run_demo(config: DemoConfig | None = None) -> DemoResult:
-    """Train the four digits models and two diabetes models; build the table and figures."""
+    """Train the four digits models and two diabetes models; build the table and figures.
+
+    Args:
+        config: the settings; ``None`` is the tuned full run, ``DemoConfig()``.
+
+    Raises:
+        ModuleNotFoundError: scikit-learn or matplotlib is missing (before any training);
+            the message names the ``demo`` extra that installs them.
+    """
+    require_extra()
     config = config or DemoConfig()
     start = time.perf_counter()
     with _deterministic_torch(config.seed, config.threads) as gen:
@@ -523,7 +251,7 @@ def _notes(result: DemoResult, digits: dict[str, Any], diabetes: dict[str, Any])
     kl = "full KL" if c.kl_weight == 1.0 else f"KL x {c.kl_weight:g} (tempered)"
     d, b = digits["deterministic"], digits["bayesian"]
     rd, rb = diabetes["deterministic"], diabetes["bayesian"]
-    layer = f"layers.Linear{_class_suffix(canonical_estimator(c.estimator))}"
+    layer = f"layers.Linear{class_suffix(canonical_estimator(c.estimator))}"
     notes = [
         f"Bayesian model: {layer}, N(0, 1) prior, {kl}; "
         f"K = {c.num_samples} function samples at test time.",

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from .. import metrics
+from ._extra import missing_message
 
 __all__ = ["plot_reliability", "plot_intervals"]
 
@@ -18,8 +19,8 @@ def _figure(width: float, height: float, ncols: int) -> tuple[Any, Any]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - matplotlib is in the dev extra
-        raise ImportError("the demo's figures need matplotlib: pip install matplotlib") from err
+    except ImportError as err:  # pragma: no cover - run_demo checks the extra first
+        raise ModuleNotFoundError(missing_message(["matplotlib"]), name="matplotlib") from err
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(1, ncols, sharey=True)

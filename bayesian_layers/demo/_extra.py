@@ -1,0 +1,55 @@
+"""What the demo needs beyond the library (torch and numpy): the ``demo`` extra.
+
+The ``bayesian-layers`` command is installed with the base package, the demo's
+dependencies only with ``pip install 'bayesian-layers[demo]'``; these helpers let the
+command name the extra instead of failing with a traceback halfway through a run.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = [
+    "EXTRA_MODULES",
+    "INSTALL_COMMAND",
+    "missing_modules",
+    "missing_message",
+    "require_extra",
+]
+
+#: Modules the demo cannot run without -> the distribution that provides each.
+#: (tqdm, also in the extra, is optional: without it the demo trains without bars.)
+EXTRA_MODULES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+
+#: The command that installs them.
+INSTALL_COMMAND = "pip install 'bayesian-layers[demo]'"
+
+
+def missing_modules() -> list[str]:
+    """The modules of :data:`EXTRA_MODULES` that do not import, in that order."""
+    missing = []
+    for module in EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    return missing
+
+
+def missing_message(missing: list[str]) -> str:
+    """One sentence naming the missing modules (and their distributions) and the fix."""
+    names = ", ".join(
+        m if EXTRA_MODULES.get(m, m) == m else f"{m} (from {EXTRA_MODULES[m]})" for m in missing
+    )
+    return f"the demo needs {names}, not installed here; install the demo extra: {INSTALL_COMMAND}"
+
+
+def require_extra() -> None:
+    """Raise ``ModuleNotFoundError`` naming the extra when a demo dependency is missing.
+
+    Raises:
+        ModuleNotFoundError: its ``name`` is the first missing module.
+    """
+    missing = missing_modules()
+    if missing:
+        raise ModuleNotFoundError(missing_message(missing), name=missing[0])
