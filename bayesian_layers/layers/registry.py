@@ -2,7 +2,14 @@
 
 A layer family registers its classes next to their definitions with
 :func:`converts`; :func:`bayesian_layers.to_bayesian` reads only this registry
-(no class is found by its module's name).
+(no class is found by its module's name). A user's own layer joins the same way:
+
+.. code-block:: python
+
+    @converts(MyTorchLayer, "reparameterization")
+    class MyBayesianLayer(BayesianLayer):
+        @classmethod
+        def from_torch(cls, module, **kwargs): ...
 
 Example:
     >>> from torch import nn
@@ -19,9 +26,10 @@ from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["converts", "counterparts", "registered_torch_classes", "ESTIMATORS"]
+__all__ = ["converts", "counterparts", "registered_torch_classes", "unregister", "ESTIMATORS"]
 
-#: the weight estimators a family may offer (others come with later families).
+#: The weight estimators a family may offer, one spelling each (others come with later
+#: families); :data:`bayesian_layers.convert.ESTIMATORS` is this tuple.
 ESTIMATORS = ("reparameterization", "flipout", "local_reparameterization")
 
 _REGISTRY: dict[type[nn.Module], dict[str, type[nn.Module]]] = {}
@@ -29,29 +37,57 @@ _REGISTRY: dict[type[nn.Module], dict[str, type[nn.Module]]] = {}
 C = TypeVar("C", bound=type)
 
 
+def _check_module_class(value: object, what: str) -> None:
+    if not (isinstance(value, type) and issubclass(value, nn.Module)):
+        raise TypeError(f"converts expected {what} to be an nn.Module class, got {value!r}")
+
+
 def converts(torch_cls: type[nn.Module], estimator: str) -> Callable[[C], C]:
     """Class decorator: the decorated Bayesian layer replaces ``torch_cls`` under
-    ``estimator``. The class must offer ``from_torch(module, **kwargs)``.
+    ``estimator`` in :func:`~bayesian_layers.to_bayesian`.
+
+    The class must be an ``nn.Module`` offering the classmethod
+    ``from_torch(module, **kwargs)``, which builds it from a ``torch_cls`` instance
+    (posterior means at the module's weights, same device, dtype and hyperparameters).
+    Registering the same class again (a module reload) is a no-op.
+
+    Args:
+        torch_cls: the deterministic torch layer class replaced.
+        estimator: one of :data:`ESTIMATORS`.
 
     Raises:
-        TypeError: ``torch_cls`` is not an ``nn.Module`` class, or the decorated class
-            has no ``from_torch``.
+        TypeError: ``torch_cls`` or the decorated class is not an ``nn.Module`` class,
+            or the decorated class has no ``from_torch``.
         ValueError: ``estimator`` is unknown, or another class already holds the slot.
+
+    Example:
+        >>> from torch import nn
+        >>> @converts(nn.Linear, "flipout")
+        ... class NotAModule:
+        ...     pass
+        Traceback (most recent call last):
+        ...
+        TypeError: converts expected the decorated class to be an nn.Module class, ...
     """
-    if not (isinstance(torch_cls, type) and issubclass(torch_cls, nn.Module)):
-        raise TypeError(f"converts expected an nn.Module class, got {torch_cls!r}")
-    if not isinstance(estimator, str) or not estimator:
-        raise ValueError(f"converts expected an estimator name, got {estimator!r}")
+    _check_module_class(torch_cls, "`torch_cls`")
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise ValueError(f"converts expected an estimator in {ESTIMATORS}, got {estimator!r}")
 
     def register(cls: C) -> C:
+        _check_module_class(cls, "the decorated class")
         if not callable(getattr(cls, "from_torch", None)):
             raise TypeError(f"converts: {cls.__name__} has no from_torch(module, **kwargs)")
         slot = _REGISTRY.setdefault(torch_cls, {})
         held = slot.get(estimator)
-        if held is not None and held.__qualname__ != cls.__qualname__:  # reloads re-register
+        same = held is not None and (held.__module__, held.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if held is not None and not same:
             raise ValueError(
                 f"converts: nn.{torch_cls.__name__} under {estimator!r} is already "
-                f"{held.__name__}, cannot also be {cls.__name__}"
+                f"{held.__qualname__}, cannot also be {cls.__qualname__}; "
+                "unregister it first"
             )
         slot[estimator] = cls
         return cls
@@ -59,9 +95,37 @@ def converts(torch_cls: type[nn.Module], estimator: str) -> Callable[[C], C]:
     return register
 
 
+def unregister(
+    torch_cls: type[nn.Module], estimator: str | None = None
+) -> dict[str, type[nn.Module]]:
+    """Remove the counterparts of ``torch_cls`` (all, or the one under ``estimator``)
+    and return what was removed, estimator -> class (empty when nothing was held).
+    Re-register a removed class with ``converts(torch_cls, estimator)(cls)``.
+
+    Example:
+        >>> from torch import nn
+        >>> class Toy(nn.Module): ...
+        >>> class BayesianToy(nn.Module):
+        ...     @classmethod
+        ...     def from_torch(cls, module):
+        ...         return cls()
+        >>> _ = converts(Toy, "reparameterization")(BayesianToy)
+        >>> counterparts(Toy)["reparameterization"] is BayesianToy
+        True
+        >>> list(unregister(Toy)), Toy in registered_torch_classes()
+        (['reparameterization'], False)
+    """
+    slot = _REGISTRY.get(torch_cls, {})
+    names = list(slot) if estimator is None else [estimator] if estimator in slot else []
+    removed = {name: slot.pop(name) for name in names}
+    if torch_cls in _REGISTRY and not slot:
+        del _REGISTRY[torch_cls]
+    return removed
+
+
 def counterparts(torch_cls: type[nn.Module]) -> Mapping[str, type[nn.Module]]:
     """Estimator name -> Bayesian class registered for exactly ``torch_cls`` (empty
-    when there is none)."""
+    when there is none); a read-only view."""
     return MappingProxyType(_REGISTRY.get(torch_cls, {}))
 
 
