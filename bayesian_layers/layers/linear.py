@@ -13,6 +13,9 @@ forward pass integrates over the weight posterior ``q(W) = N(μ, σ²)``:
 
 from __future__ import annotations
 
+import warnings
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,20 +23,44 @@ from torch import Tensor, nn
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
 from ._util import check_features as _check_features
-from ._util import rademacher as _rademacher
 from .base import BayesianLayer
-from .functional.linear import (
-    add_sample_bias,
-    batched_linear,
-    flipout_linear,
-    local_reparameterization_linear,
-)
+from .estimators import FLIPOUT, LOCAL_REPARAMETERIZATION, REPARAMETERIZATION, Estimator, WeightOp
+from .functional.linear import add_sample_bias, batched_linear
+from .registry import converts
 
-__all__ = ["LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization"]
+__all__ = [
+    "BayesianLinear",
+    "LinearOp",
+    "LinearReparameterization",
+    "LinearFlipout",
+    "LinearLocalReparameterization",
+]
 
 
-class _BayesianLinear(BayesianLayer):
-    """Parameters, validation and the whole-weight path shared by the dense estimators."""
+class LinearOp(WeightOp):
+    """``F.linear`` as the template's op; K draws as one batched matmul.
+
+    Shape: ``x`` ``(*, in)``, weight ``(out, in)``, bias ``(out,)``; output ``(*, out)``.
+    """
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    def batched(self, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
+        return batched_linear(x, weight, bias, k)
+
+    def add_sample_bias(self, y: Tensor, bias: Tensor | None, k: int) -> Tensor:
+        return add_sample_bias(y, bias, k)
+
+
+LINEAR = LinearOp()
+
+
+class BayesianLinear(BayesianLayer):
+    """Base of the dense layers: parameters, validation, ``from_torch`` and the forward
+    pass of :mod:`.estimators`; a subclass only sets ``estimator``."""
+
+    estimator: ClassVar[Estimator]
 
     def __init__(
         self,
@@ -64,26 +91,44 @@ class _BayesianLinear(BayesianLayer):
                 "bias", (out_features,), bias_initializer, bias_regularizer,
                 fan_in=in_features, fan_out=out_features, device=device, dtype=dtype,
             )  # fmt: skip
+        self.estimator.check_posteriors(self)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, **kwargs: object) -> _BayesianLinear:
-        """A Bayesian layer whose posterior means start at ``linear``'s weights.
+    def from_torch(cls, module: nn.Linear, **kwargs: object) -> BayesianLinear:
+        """A Bayesian layer whose posterior means start at ``module``'s weights.
 
         Keyword arguments go to the constructor (initializers, regularizers, ...).
         Supports normal and deterministic parameter families.
+
+        Example:
+            >>> from torch import nn
+            >>> from bayesian_layers.layers import LinearFlipout
+            >>> layer = LinearFlipout.from_torch(nn.Linear(3, 2))
+            >>> layer.in_features, layer.out_features
+            (3, 2)
         """
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"{cls.__name__}.from_linear expected nn.Linear, got {type(linear)}")
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{cls.__name__}.from_torch expected nn.Linear, got {type(module)}")
         layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
             **kwargs,  # type: ignore[arg-type]
         )
-        layer.load_point_estimates({"weight": linear.weight, "bias": linear.bias})
+        layer.load_point_estimates({"weight": module.weight, "bias": module.bias})
         return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs: object) -> BayesianLinear:
+        """Deprecated alias of :meth:`from_torch`."""
+        warnings.warn(
+            f"{cls.__name__}.from_linear is deprecated; use {cls.__name__}.from_torch",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cls.from_torch(linear, **kwargs)
 
     def extra_repr(self) -> str:
         return (
@@ -91,47 +136,23 @@ class _BayesianLinear(BayesianLayer):
             f"bias={self.use_bias}"
         )
 
-    def _check_input(self, x: object) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = self.check_input(x)  # a Tensor of the parameters' (or autocast's) dtype
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expected input of shape (*, {self.in_features}), "
                 f"got {tuple(x.shape)}"
             )
-        return x
-
-    def _bias_sample(self) -> Tensor | None:
-        return self.sample_param("bias") if self.use_bias else None
-
-    def _whole_weight_forward(self, x: Tensor) -> Tensor:
-        k = self._check_samples(x)
-        weight = self.sample_param("weight")
-        bias = self._bias_sample()
-        if k == 1:
-            return F.linear(x, weight, bias)
-        return batched_linear(x, weight, bias, k)
-
-    def _mean_forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.point("weight"), self.point("bias") if self.use_bias else None)
-
-    def _normal_weight(self) -> tuple[Tensor, Tensor | None]:
-        init = self._inits["weight"]
-        if init.is_deterministic:
-            return self.point("weight"), None
-        return init.loc_scale(self, "weight")
-
-    def _require_normal(self, *names: str) -> None:
-        for name in names:
-            init = self._inits.get(name)
-            if init is not None and not (init.is_normal or init.is_deterministic):
-                raise ValueError(
-                    f"{type(self).__name__} needs a normal (or deterministic) {name} "
-                    f"posterior, got {type(init).__name__}; use LinearReparameterization "
-                    "for other families"
-                )
+        # `use_bias` is read per call: row-wise tensor parallelism adds the bias itself
+        return self.estimator.project(self, x, LINEAR, "weight", "bias" if self.use_bias else None)
 
 
-class LinearReparameterization(_BayesianLinear):
+#: the former private name (other modules import it until they move to BayesianLinear)
+_BayesianLinear = BayesianLinear
+
+
+@converts(nn.Linear, "reparameterization")
+class LinearReparameterization(BayesianLinear):
     """Dense layer with a weight posterior, one whole weight draw per call.
 
     Drop-in for ``nn.Linear``: ``y = x W^T + b`` with ``W ~ q(W)`` drawn afresh at
@@ -171,14 +192,11 @@ class LinearReparameterization(_BayesianLinear):
         [torch.Size([])]
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self._check_input(x)
-        if self.sampling == "mean":
-            return self._mean_forward(x)
-        return self._whole_weight_forward(x)
+    estimator = REPARAMETERIZATION
 
 
-class LinearFlipout(_BayesianLinear):
+@converts(nn.Linear, "flipout")
+class LinearFlipout(BayesianLinear):
     """Dense layer with the Flipout estimator (Wen et al. 2018).
 
     Same constructor as :class:`LinearReparameterization` (the weight posterior
@@ -199,31 +217,11 @@ class LinearFlipout(_BayesianLinear):
         torch.Size([5, 2])
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs) -> None:
-        super().__init__(in_features, out_features, bias, **kwargs)
-        self._require_normal("weight")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self._check_input(x)
-        if self.sampling == "mean":
-            return self._mean_forward(x)
-        loc, scale = self._normal_weight()
-        if not self.per_example_noise() or scale is None:  # frozen or traced: whole weights
-            return self._whole_weight_forward(x)
-        k = self._check_samples(x)
-        bias = self._bias_sample()
-        sign_in = _rademacher(x.shape, x)
-        sign_out = _rademacher(x.shape[:-1] + (self.out_features,), x)
-        if k == 1:
-            noise = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)
-            return flipout_linear(x, loc, scale, noise, sign_in, sign_out, bias)
-        noise = torch.randn((k,) + loc.shape, dtype=loc.dtype, device=loc.device)
-        perturbation = batched_linear(x * sign_in, scale * noise, None, k)
-        mean = F.linear(x, loc)
-        return add_sample_bias(torch.addcmul(mean, perturbation, sign_out.to(mean.dtype)), bias, k)
+    estimator = FLIPOUT
 
 
-class LinearLocalReparameterization(_BayesianLinear):
+@converts(nn.Linear, "local_reparameterization")
+class LinearLocalReparameterization(BayesianLinear):
     """Dense layer with the local reparameterization estimator (Kingma et al. 2015).
 
     Same constructor as :class:`LinearReparameterization` (weight and bias
@@ -245,25 +243,4 @@ class LinearLocalReparameterization(_BayesianLinear):
         torch.Size([5, 2])
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, **kwargs) -> None:
-        super().__init__(in_features, out_features, bias, **kwargs)
-        self._require_normal("weight", "bias")
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self._check_input(x)
-        if self.sampling == "mean":
-            return self._mean_forward(x)
-        loc, scale = self._normal_weight()
-        if not self.per_example_noise() or scale is None:  # frozen or traced: whole weights
-            return self._whole_weight_forward(x)
-        self._check_samples(x)
-        bias_loc, bias_scale = None, None
-        if self.use_bias:
-            init = self._inits["bias"]
-            if init.is_deterministic:
-                bias_loc = self.point("bias")
-            else:
-                bias_loc, bias_scale = init.loc_scale(self, "bias")
-        # noise in the parameter dtype: float32 under autocast, cast after the matmuls
-        noise = torch.randn(x.shape[:-1] + (self.out_features,), dtype=loc.dtype, device=x.device)
-        return local_reparameterization_linear(x, loc, scale, noise, bias_loc, bias_scale)
+    estimator = LOCAL_REPARAMETERIZATION

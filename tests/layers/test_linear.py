@@ -246,9 +246,9 @@ def test_bad_feature_counts(spec: Spec, value: object) -> None:
 
 
 @parametrize_layers
-def test_from_linear_copies_weights(spec: Spec) -> None:
+def test_from_torch_copies_weights(spec: Spec) -> None:
     linear = nn.Linear(IN, OUT, dtype=torch.float64)
-    layer = spec.cls.from_linear(linear)
+    layer = spec.cls.from_torch(linear)
     assert type(layer) is spec.cls
     assert (layer.in_features, layer.out_features) == (IN, OUT)
     assert layer.weight_loc.dtype == torch.float64
@@ -262,16 +262,16 @@ def test_from_linear_copies_weights(spec: Spec) -> None:
         linear.weight.add_(1.0)
     assert not torch.equal(layer.weight_loc, linear.weight)
 
-    random_bias = spec.cls.from_linear(linear, bias_initializer="trainable_normal")
+    random_bias = spec.cls.from_torch(linear, bias_initializer="trainable_normal")
     torch.testing.assert_close(random_bias.bias_loc, linear.bias, rtol=0, atol=0)
-    assert spec.cls.from_linear(nn.Linear(IN, OUT, bias=False)).use_bias is False
+    assert spec.cls.from_torch(nn.Linear(IN, OUT, bias=False)).use_bias is False
     with pytest.raises(TypeError, match="nn.Linear"):
-        spec.cls.from_linear(nn.Conv1d(IN, OUT, 1))
+        spec.cls.from_torch(nn.Conv1d(IN, OUT, 1))
 
 
-def test_from_linear_rejects_non_normal_posteriors() -> None:
+def test_from_torch_rejects_non_normal_posteriors() -> None:
     with pytest.raises(ValueError, match="TrainableLogNormal"):
-        layers.LinearReparameterization.from_linear(
+        layers.LinearReparameterization.from_torch(
             nn.Linear(IN, OUT), weight_initializer="trainable_log_normal"
         )
     for cls in (layers.LinearFlipout, layers.LinearLocalReparameterization):
@@ -279,6 +279,24 @@ def test_from_linear_rejects_non_normal_posteriors() -> None:
             cls(IN, OUT, weight_initializer="trainable_log_normal")
     with pytest.raises(ValueError, match="LinearLocalReparameterization"):
         layers.LinearLocalReparameterization(IN, OUT, bias_initializer="trainable_half_cauchy")
+
+
+def test_from_linear_is_a_deprecated_alias_of_from_torch() -> None:
+    linear = nn.Linear(IN, OUT)
+    with pytest.warns(DeprecationWarning, match="from_torch"):
+        layer = layers.LinearFlipout.from_linear(linear)
+    assert type(layer) is layers.LinearFlipout
+    torch.testing.assert_close(layer.weight_loc, linear.weight, rtol=0, atol=0)
+
+
+def test_registry_maps_nn_linear_to_every_estimator() -> None:
+    from bayesian_layers.layers import registry
+
+    assert dict(registry.counterparts(nn.Linear)) == {
+        "reparameterization": layers.LinearReparameterization,
+        "flipout": layers.LinearFlipout,
+        "local_reparameterization": layers.LinearLocalReparameterization,
+    }
 
 
 @parametrize_layers
