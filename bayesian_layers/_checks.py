@@ -10,8 +10,16 @@ import math
 
 import torch
 from torch import Tensor
+from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
-__all__ = ["check_count", "check_optional_count", "inverse_softplus"]
+__all__ = [
+    "check_count",
+    "check_optional_count",
+    "check_real",
+    "check_name",
+    "is_lazy",
+    "inverse_softplus",
+]
 
 _SOFTPLUS_THRESHOLD = 20.0  # torch's default: softplus(x) = x above it
 
@@ -38,6 +46,46 @@ def check_count(owner: str, name: str, value: object) -> int:
 def check_optional_count(owner: str, name: str, value: object) -> int | None:
     """``None``, or ``value`` checked by :func:`check_count`."""
     return None if value is None else check_count(owner, name, value)
+
+
+def check_real(
+    owner: str, name: str, value: object, *, lower: float = 0.0, strict: bool = False
+) -> float:
+    """``float(value)`` if it is a finite real number ``>= lower`` (``> lower`` when
+    ``strict``); else ``TypeError`` (not a number) or ``ValueError``, naming ``owner`` and
+    the argument ``name``.
+
+    Example:
+        >>> check_real("ActNorm", "eps", 1e-6, strict=True)
+        1e-06
+        >>> check_real("ActNorm", "eps", 0.0, strict=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: ActNorm expected `eps` to be a finite number > 0, got 0.0
+    """
+    bound = f"{'>' if strict else '>='} {lower:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner} expected `{name}` to be a finite number {bound}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number < lower or (strict and number == lower):
+        raise ValueError(f"{owner} expected `{name}` to be a finite number {bound}, got {value!r}")
+    return number
+
+
+def check_name(owner: str, name: object) -> str | None:
+    """``name`` if it is a ``str`` or ``None`` (the name of an output random variable);
+    else ``TypeError`` naming ``owner``."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"{owner} expected `name` to be a str or None, got {name!r}")
+    return name
+
+
+def is_lazy(value: object) -> bool:
+    """Whether ``value`` is a lazy (uninitialised) parameter or buffer.
+
+    An ``isinstance`` test, not ``torch.nn.parameter.is_lazy``: ``torch.compile`` traces it.
+    """
+    return isinstance(value, UninitializedTensorMixin)
 
 
 def inverse_softplus(value: float | Tensor) -> float | Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-from bayesian_layers.layers.gp.kernel_base import inverse_softplus
+from bayesian_layers._checks import inverse_softplus
 from bayesian_layers.layers.gp.sparse_variational import (
     gaussian_expected_log_likelihood,
     svgp_kl,

@@ -1,13 +1,16 @@
 """Gaussian-process layers: uncertainty over the function itself.
 
 - :mod:`.exact`: :class:`GaussianProcess`, the exact GP posterior (Cholesky or
-  conjugate gradients).
+  conjugate gradients); its conditioning data and posterior math are in the private
+  base class of :mod:`._exact_posterior`.
 - :mod:`.sparse`: :class:`SparseGaussianProcess`, whitened SVGP (stacks into deep GPs);
   :mod:`.sparse_variational` holds its pure math (posterior moments, KL, expected
-  log-likelihood).
-- :mod:`.random_features`: :class:`RandomFourierFeatures` (variational or Laplace).
-- :mod:`.kernel_base`, :mod:`.kernels`: covariance functions (the only "kernels" in
-  the package) and their algebra (``+``, ``*``).
+  log-likelihood), :mod:`.inducing` its first-call initialisation and
+  :mod:`.pathwise` the draws of its frozen functions.
+- :mod:`.random_features`: :class:`RandomFourierFeatures` (variational or Laplace);
+  :mod:`.spectral` draws frequencies from a kernel's spectral density.
+- :mod:`.kernels`: covariance functions (the only "kernels" in the package) and
+  their algebra (``+``, ``*``).
 - :mod:`.means`: mean functions :class:`ZeroMean`, :class:`ConstantMean`,
   :class:`LinearMean`.
 - :mod:`.likelihood`: :class:`GaussianLikelihood`.

@@ -17,9 +17,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
 from ... import tracing as _tracing
-from ...random_variable import RandomVariable
-from ._util import check_count, check_name, check_real
-from .kernel_base import inverse_softplus
+from ..._checks import check_count, check_name, check_real, inverse_softplus
+from ...random_variables.variable import RandomVariable
 from .sparse_variational import gaussian_expected_log_likelihood
 
 __all__ = ["GaussianLikelihood"]

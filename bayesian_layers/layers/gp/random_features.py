@@ -1,10 +1,8 @@
 """Random Fourier features: a GP layer as a Bayesian linear model on random cosines.
 
-Bochner's theorem writes a stationary kernel as ``k(x, x') = amplitude² · E_ω[cos(ωᵀ(x -
-x')/ℓ)]`` with ``ω`` drawn from its spectral density; ``M`` fixed draws give features
-``φ(x) = amplitude · √(2/M) · cos(ωᵀ x/ℓ + b)`` with ``E[φ(x)ᵀ φ(x')] = k(x, x')``
-(Rahimi & Recht 2007). A linear output layer on ``φ`` with weights ``w ~ N(0, I)`` is
-then a GP with (approximately) that kernel.
+``M`` fixed draws from a stationary kernel's spectral density give features ``φ(x)``
+with ``E[φ(x)ᵀ φ(x')] = k(x, x')`` (:mod:`.spectral`); a linear output layer on ``φ``
+with weights ``w ~ N(0, I)`` is then a GP with (approximately) that kernel.
 """
 
 from __future__ import annotations
@@ -17,22 +15,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from ..._checks import check_count, check_name, check_real
 from ...initializers import TrainableInitializer
-from ...random_variable import RandomVariable
+from ...random_variables.variable import RandomVariable
 from ...regularizers import Regularizer
 from ..base import BayesianLayer, as_tensor
 from ..functional.linear import batched_linear
-from ._util import check_count, check_input_dtype, check_name, check_real, function_output
-from .kernels import (
-    ExponentiatedQuadratic,
-    Matern12,
-    Matern32,
-    Matern52,
-    RationalQuadratic,
-    StationaryKernel,
-)
+from ._util import check_input_dtype, function_output
+from .kernels import StationaryKernel
 from .linalg import cholesky_with_jitter, jitter_reporter
+from .spectral import (
+    SPECTRAL_KERNELS,
+    draw_fourier_prior,
+    fourier_features,
+    has_spectral_sampler,
+    sample_spectral_frequencies,
+)
 
+# the spectral helpers lived here before :mod:`.spectral`; still importable from here
 __all__ = [
     "RandomFourierFeatures",
     "sample_spectral_frequencies",
@@ -40,84 +40,6 @@ __all__ = [
     "has_spectral_sampler",
     "draw_fourier_prior",
 ]
-
-_KERNELS: dict[str, type[StationaryKernel]] = {
-    "exponentiated_quadratic": ExponentiatedQuadratic,
-    "matern12": Matern12,
-    "matern32": Matern32,
-    "matern52": Matern52,
-    "rational_quadratic": RationalQuadratic,
-}
-_MATERN_NU = {Matern12: 0.5, Matern32: 1.5, Matern52: 2.5}
-
-
-def has_spectral_sampler(kernel: object) -> bool:
-    """Whether :func:`sample_spectral_frequencies` can draw frequencies for ``kernel``."""
-    return type(kernel) in _KERNELS.values()
-
-
-def fourier_features(
-    x: Tensor, frequencies: Tensor, phases: Tensor, amplitude: Tensor, length_scale: Tensor
-) -> Tensor:
-    """``φ(x) = amplitude · √(2/M) · cos((x/ℓ) ω + b)`` with ``E[φ(x)ᵀ φ(x')] = k(x, x')``.
-
-    Shape:
-        x: ``(*, N, D)``; frequencies ``ω``: ``(*, D, M)`` (unit length scale);
-        phases ``b``: ``(*, 1, M)`` or ``(M,)``; amplitude: scalar; length_scale: ``()``
-        or ``(D,)``; returns ``(*, N, M)``.
-    """
-    proj = (x / length_scale) @ frequencies + phases  # (*, N, M)
-    return amplitude * math.sqrt(2.0 / frequencies.shape[-1]) * torch.cos(proj)
-
-
-def draw_fourier_prior(
-    kernel: StationaryKernel,
-    num_functions: int,
-    in_features: int,
-    num_features: int,
-    units: int,
-    **factory: Any,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Random features of ``K = num_functions`` independent prior draws ``f₀ ~ GP(0, k)``.
-
-    Returns frequencies ``(K, D, L)``, phases ``(K, 1, L)`` and weights ``(K, L, U)``
-    (``L = num_features``) for ``f₀(x) = φ(x) w`` with :func:`fourier_features`; the
-    frequencies are drawn at unit length scale, so the kernel's current ``amplitude``
-    and ``length_scale`` apply at evaluation. Averaged over the draw, ``f₀`` has mean 0 and
-    covariance exactly ``k`` for any ``L``; it is Gaussian as ``L`` grows.
-    """
-    k, d, m = num_functions, in_features, num_features
-    freq = sample_spectral_frequencies(kernel, d, k * m, **factory)  # independent columns
-    phases = 2 * math.pi * torch.rand(k, 1, m, **factory)
-    return freq.reshape(d, k, m).transpose(0, 1), phases, torch.randn(k, m, units, **factory)
-
-
-def sample_spectral_frequencies(
-    kernel: StationaryKernel, in_features: int, num_features: int, **factory
-) -> Tensor:
-    """``(in_features, num_features)`` draws from the unit-length-scale spectral density.
-
-    Exponentiated quadratic: ``N(0, I)``. Matérn-ν: multivariate Student-t with
-    ``2ν`` degrees of freedom, ``z · √(2ν / g)`` with ``g ~ χ²(2ν)``. Rational
-    quadratic (shape ``α``, read now): ``z · √τ`` with ``τ ~ Gamma(α, rate α)``, the
-    scale mixture of squared exponentials it is.
-    """
-    z = torch.randn(in_features, num_features, **factory)
-    kind = type(kernel)
-    if kind is ExponentiatedQuadratic:
-        return z
-    if kind in _MATERN_NU:
-        nu = _MATERN_NU[kind]
-        g = torch.distributions.Chi2(torch.tensor(2 * nu, **factory)).sample((num_features,))
-        return z * torch.sqrt(2 * nu / g)
-    if kind is RationalQuadratic:
-        alpha = kernel.alpha.detach().to(**factory)  # type: ignore[operator]
-        tau = torch.distributions.Gamma(alpha, alpha).sample((num_features,))
-        return z * tau.sqrt()
-    raise TypeError(
-        f"RandomFourierFeatures supports {', '.join(k.__name__ for k in _KERNELS.values())} "
-        f"kernels, got {kind.__name__}"
-    )
 
 
 class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
@@ -225,16 +147,16 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         self.name = check_name(owner, name)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if isinstance(kernel, str):
-            if kernel not in _KERNELS:
-                raise ValueError(f"{owner} expected `kernel` in {sorted(_KERNELS)} or a kernel "
-                                 f"instance, got {kernel!r}")  # fmt: skip
-            kernel = _KERNELS[kernel](
+            if kernel not in SPECTRAL_KERNELS:
+                raise ValueError(f"{owner} expected `kernel` in {sorted(SPECTRAL_KERNELS)} or a "
+                                 f"kernel instance, got {kernel!r}")  # fmt: skip
+            kernel = SPECTRAL_KERNELS[kernel](
                 1.0 if amplitude is None else amplitude,
                 1.0 if length_scale is None else length_scale,
                 **factory,
             )
         elif isinstance(kernel, StationaryKernel):
-            if type(kernel) not in _KERNELS.values():
+            if type(kernel) not in SPECTRAL_KERNELS.values():
                 sample_spectral_frequencies(kernel, 1, 1)  # raises the TypeError
             if amplitude is not None or length_scale is not None:
                 raise ValueError(f"{owner}: give `amplitude`/`length_scale` to the kernel "
@@ -392,18 +314,16 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         return function_output(dist, value, self.name)
 
     def _variational_forward(self, phi: Tensor) -> tuple[torch.distributions.Normal, Tensor]:
-        init = self._inits["weight"]
-        if init.is_deterministic:
-            mean = F.linear(phi, self.point("weight"), self.bias)
+        loc, scale = self.posterior_loc_scale("weight")
+        mean = F.linear(phi, loc, self.bias)
+        if scale is None:  # a point estimate
             tiny = torch.zeros_like(mean).add_(torch.finfo(mean.dtype).tiny)
             return torch.distributions.Normal(mean, tiny, validate_args=False), mean
-        loc, scale = init.loc_scale(self, "weight")
-        mean = F.linear(phi, loc, self.bias)
         std = F.linear(phi.square(), scale.square()).clamp_min(torch.finfo(phi.dtype).tiny).sqrt()
         dist = torch.distributions.Normal(mean, std, validate_args=False)
         if self.sampling == "mean":
             return dist, mean
-        k = self._check_samples(phi)
+        k = self.check_samples(phi)
         weight = self.sample_param("weight")
         value = F.linear(phi, weight, self.bias) if k == 1 else batched_linear(
             phi, weight, self.bias, k)  # fmt: skip

@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from ...random_variable import RandomVariable
+from ..._checks import check_count, check_name, check_real, inverse_softplus
+from ...random_variables.variable import RandomVariable
 from ..base import BayesianLayer, as_tensor
-from ._util import check_count, check_input_dtype, check_name, check_real, function_output
+from ._util import check_input_dtype, function_output
 from .distribution import MarginalNormal
-from .kernel_base import inverse_softplus
+from .inducing import check_inducing_inputs, inducing_rows, linear_mean_init
 from .kernels import ExponentiatedQuadratic, StationaryKernel
 from .linalg import add_to_diagonal, cholesky_with_jitter, full_precision, jitter_reporter
-from .random_features import draw_fourier_prior, fourier_features, has_spectral_sampler
+from .pathwise import frozen_draws, prior_paths
 from .sparse_variational import (
     pathwise_conditional,
     svgp_kl,
@@ -40,20 +41,6 @@ from .sparse_variational import (
 )
 
 __all__ = ["SparseGaussianProcess"]
-
-
-def _linear_mean_init(x: Tensor, units: int) -> Tensor:
-    """``(units, D)``: identity when ``D == units``; else the top principal directions of
-    ``x`` (``units < D``) or the identity padded with zero rows (``units > D``)."""
-    d = x.shape[-1]
-    eye = torch.eye(units, d, dtype=x.dtype, device=x.device)
-    if units >= d or x.shape[0] < 2:
-        return eye
-    centred = x - x.mean(0)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # (min(N, D), D)
-    if vh.shape[0] < units:
-        return eye
-    return vh[:units]
 
 
 class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
@@ -187,7 +174,7 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
             in_features = check_count(owner, "in_features", in_features)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         if inducing_inputs is not None:
-            in_features = self._check_inducing_inputs(inducing_inputs, in_features)
+            in_features = check_inducing_inputs(owner, inducing_inputs, num_inducing, in_features)
         inducing_scale_init = check_real(
             owner, "inducing_scale_init", inducing_scale_init, strict=True
         )
@@ -229,24 +216,6 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
             with torch.no_grad():
                 self.inducing_inputs.copy_(inducing_inputs)
 
-    def _check_inducing_inputs(self, z: object, in_features: int | None) -> int:
-        """The ``D`` of given inducing inputs ``(num_inducing, D)``, checked."""
-        owner = type(self).__name__
-        if not isinstance(z, Tensor) or z.dim() != 2:
-            raise ValueError(
-                f"{owner} expected `inducing_inputs` of shape (num_inducing, in_features), "
-                f"got {getattr(z, 'shape', type(z).__name__)}"
-            )
-        m, d = z.shape
-        if m != self.num_inducing or (in_features is not None and d != in_features):
-            raise ValueError(
-                f"{owner} expected `inducing_inputs` of shape ({self.num_inducing}, "
-                f"{in_features if in_features is not None else 'D'}), got {(m, d)}"
-            )
-        if not z.is_floating_point() or not bool(torch.isfinite(z).all()):
-            raise ValueError(f"{owner} expected finite floating `inducing_inputs`, got {z!r}")
-        return d
-
     @staticmethod
     def _maybe_lazy(shape: tuple[int, int | None], **factory: Any) -> nn.Parameter:
         if shape[1] is None:
@@ -282,16 +251,9 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         with torch.no_grad():
             x = x.detach().to(self.inducing_loc.dtype)
             if self._inducing_from_data:
-                n, m = x.shape[0], self.num_inducing
-                rows = x[torch.randperm(n, device=x.device)[: min(n, m)]]
-                if n < m:  # jittered copies of the batch fill the rest
-                    extra = x[torch.randint(n, (m - n,), device=x.device)]
-                    spread = x.std(0, keepdim=True) if n > 1 else torch.ones_like(x[:1])
-                    extra = extra + 0.1 * spread.nan_to_num(1.0) * torch.randn_like(extra)
-                    rows = torch.cat([rows, extra])
-                self.inducing_inputs.copy_(rows)
+                self.inducing_inputs.copy_(inducing_rows(x, self.num_inducing))
             if self.mean_fn == "linear":
-                self.mean_weight.copy_(_linear_mean_init(x, self.units))
+                self.mean_weight.copy_(linear_mean_init(x, self.units))
             self.initialized.fill_(True)
 
     # ------------------------------------------------------------- posterior
@@ -415,47 +377,24 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         return function_output(MarginalNormal(mean, var), value, self.name)
 
     # ------------------------------------------------------ frozen function
-    def _frozen_draws(self, k: int, like: Tensor) -> dict[str, Tensor]:
-        """The standard draws of ``k`` frozen functions, made on first use and kept until
-        :meth:`resample`: ``"u"`` ``(K, U, M)`` for ``q(u)``, the prior's random features
-        (``"freq"`` ``(K, D, L)``, ``"phase"`` ``(K, 1, L)``, ``"weight"`` ``(K, L, U)``) and
-        ``"jitter"`` ``(K, M, U)``. None depends on the batch."""
-        draws = self._frozen_noise
-        u = draws.get("u")
-        if u is not None and u.shape[0] == k and u.dtype == like.dtype and u.device == like.device:
-            return draws  # type: ignore[return-value]
-        factory: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
-        units, m, feats, d = self.units, self.num_inducing, self.num_prior_features, like.shape[-1]
-        draws.clear()
-        draws["u"] = torch.randn(k, units, m, **factory)
-        draws["jitter"] = torch.randn(k, m, units, **factory)
-        if has_spectral_sampler(self.covariance_fn):
-            kernel = cast(StationaryKernel, self.covariance_fn)  # checked just above
-            prior = draw_fourier_prior(kernel, k, d, feats, units, **factory)
-            draws.update(zip(("freq", "phase", "weight"), prior, strict=True))
-        return draws  # type: ignore[return-value]
-
-    def _prior_paths(self, x: Tensor, z: Tensor, draws: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        """Prior function draws ``f₀`` at ``x`` ``(K, B, D)`` and ``z`` ``(M, D)``: ``(K, B, U)``,
-        ``(K, M, U)``; zeros when the kernel has no spectral sampler."""
-        k = x.shape[0]
-        if "freq" not in draws:
-            return x.new_zeros(k, x.shape[1], self.units), z.new_zeros(k, z.shape[0], self.units)
-        kern, freq, phase = self.covariance_fn, draws["freq"], draws["phase"]
-        amp, ls = kern.amplitude, kern.length_scale  # type: ignore[union-attr]
-        phi = fourier_features(torch.cat([z.expand(k, *z.shape), x], 1), freq, phase, amp, ls)
-        paths = phi @ draws["weight"]  # (K, M + B, U)
-        return paths[:, z.shape[0] :], paths[:, : z.shape[0]]
-
     def _frozen_function(self, x: Tensor) -> Tensor:
         """``(N, U)`` values at ``x`` ``(N, D)`` (``N = K·B``, sample-major) of the frozen
         functions ``f = m(x) + f₀(x) + K_xZ K_ZZ⁻¹ (u - f₀(Z) - √jitter·ε)``."""
-        k = self._check_samples(x)
+        k = self.check_samples(x)
         z = self.inducing_inputs
         with full_precision(z.device):
             x = x.to(z.dtype)
-            draws = self._frozen_draws(k, z)
-            prior_x, prior_z = self._prior_paths(x.reshape(k, -1, x.shape[-1]), z, draws)
+            draws = frozen_draws(
+                self._frozen_noise,  # kept until resample
+                self.covariance_fn,
+                k,
+                self.units,
+                self.num_inducing,
+                self.num_prior_features,
+                like=z,
+            )
+            xk = x.reshape(k, -1, x.shape[-1])  # (K, B, D)
+            prior_x, prior_z = prior_paths(self.covariance_fn, xk, z, draws, self.units)
             if self.jitter:
                 prior_z = prior_z + math.sqrt(self.jitter) * draws["jitter"]
             chol = self.chol_kzz()  # (M, M)

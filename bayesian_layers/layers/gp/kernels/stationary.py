@@ -1,10 +1,9 @@
-r"""Covariance functions for the Gaussian-process layers.
+r"""Stationary covariance functions: ``k(x, x')`` a function of ``x - x'``.
 
 Conventions follow scikit-learn and TensorFlow Probability: ``amplitude`` is a
 standard deviation (the kernel scales by ``amplitude²``), ``length_scale`` divides
-the inputs (one per input dimension for ARD), ``variance`` multiplies directly.
-All positive hyperparameters are trainable, stored as ``<name>_rho`` with
-``<name> = softplus(<name>_rho)``.
+the inputs (one per input dimension for ARD). All positive hyperparameters are
+trainable, stored as ``<name>_rho`` with ``<name> = softplus(<name>_rho)``.
 """
 
 from __future__ import annotations
@@ -12,21 +11,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .kernel_base import (
-    Kernel,
-    ProductKernel,
-    SumKernel,
-    distance,
-    exponentiated_quadratic,
-    squared_distance,
-)
+from ._base import Kernel, constant_diag
+from ._distance import distance, exponentiated_quadratic, squared_distance
 
 __all__ = [
-    "Kernel",
-    "SumKernel",
-    "ProductKernel",
     "StationaryKernel",
     "ExponentiatedQuadratic",
     "Matern12",
@@ -34,15 +24,7 @@ __all__ = [
     "Matern52",
     "RationalQuadratic",
     "Periodic",
-    "LinearKernel",
-    "WhiteNoise",
-    "ConstantKernel",
 ]
-
-
-def _constant_diag(value: Tensor, x: Tensor) -> Tensor:
-    """``(*, N)`` diagonal of a kernel whose every ``k(x_i, x_i)`` is the scalar ``value``."""
-    return value.expand(x.shape[:-1]).to(torch.result_type(x, value))
 
 
 class StationaryKernel(Kernel):
@@ -98,7 +80,7 @@ class StationaryKernel(Kernel):
 
     def _diag(self, x: Tensor) -> Tensor:
         self._check_dim(x)
-        return _constant_diag(self.amplitude.pow(2), x)
+        return constant_diag(self.amplitude.pow(2), x)
 
     def extra_repr(self) -> str:
         return f"amplitude={self.amplitude.tolist()}, length_scale={self.length_scale.tolist()}"
@@ -109,7 +91,7 @@ class ExponentiatedQuadratic(StationaryKernel):
 
     ``r = ‖(x - x')/length_scale‖``; scikit-learn's ``C(amplitude²) * RBF(length_scale)``.
     Cost O(N M D) time via one matrix product; forward and backward are fused
-    (:func:`~bayesian_layers.layers.gp.kernel_base.exponentiated_quadratic`; first-order
+    (:func:`~bayesian_layers.layers.gp.kernels.exponentiated_quadratic`; first-order
     gradients only).
 
     Example:
@@ -261,159 +243,4 @@ class Periodic(Kernel):
         return self.amplitude.pow(2) * torch.exp(-2.0 * s.pow(2) / self.length_scale.pow(2))
 
     def _diag(self, x: Tensor) -> Tensor:
-        return _constant_diag(self.amplitude.pow(2), x)
-
-
-class LinearKernel(Kernel):
-    r"""Linear (dot-product) kernel ``variance · (x - shift) · (x' - shift)``.
-
-    A Bayesian linear function through ``shift``; add a :class:`ConstantKernel` for
-    an offset (scikit-learn's ``DotProduct(sigma_0)`` is
-    ``LinearKernel(1.0) + ConstantKernel(sigma_0²)``).
-
-    Args:
-        variance: positive scalar, the prior variance of the slope.
-        shift: real scalar or ``(D,)`` tensor (trainable, unconstrained).
-        device, dtype: where and in which dtype to create the parameters.
-
-    Example:
-        >>> k = LinearKernel(variance=2.0, shift=1.0)
-        >>> k(torch.tensor([[3.0]]), torch.tensor([[2.0]])).item()  # 2 * 2 * 1
-        4.0
-    """
-
-    def __init__(
-        self,
-        variance: float | Tensor = 1.0,
-        shift: float | Tensor = 0.0,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self._add_positive("variance", variance, scalar=True, device=device, dtype=dtype)
-        shift_t = torch.as_tensor(shift, device=device, dtype=dtype or torch.get_default_dtype())
-        if shift_t.dim() > 1:
-            raise ValueError(
-                f"LinearKernel expected shift scalar or 1-d, got {tuple(shift_t.shape)}"
-            )
-        self.shift = nn.Parameter(shift_t.clone())
-
-    @property
-    def variance(self) -> Tensor:
-        """Positive scalar tensor."""
-        return self._positive("variance")
-
-    def _shifted(self, x: Tensor) -> Tensor:
-        if self.shift.dim() == 1 and self.shift.shape[0] != x.shape[-1]:
-            raise ValueError(
-                f"LinearKernel has {self.shift.shape[0]} shifts but got inputs with "
-                f"D = {x.shape[-1]} (shape {tuple(x.shape)})"
-            )
-        return x - self.shift
-
-    def _matrix(self, x1: Tensor, x2: Tensor) -> Tensor:
-        return self.variance * (self._shifted(x1) @ self._shifted(x2).mT)
-
-    def _diag(self, x: Tensor) -> Tensor:
-        return self.variance * self._shifted(x).pow(2).sum(-1)
-
-
-class WhiteNoise(Kernel):
-    r"""Independent noise ``variance · [x = x']``.
-
-    Equality is decided by ``match``: ``"object"`` (default; as scikit-learn's
-    ``WhiteKernel`` and GPflow's ``White``) adds ``variance · I`` only to
-    ``k(x)`` / ``k(x, x)`` called with the *same tensor object* and gives zeros
-    between different tensors, so it models per-observation noise even when two
-    inputs coincide; ``"value"`` compares rows exactly (bitwise equal values),
-    the literal ``[x = x']``. :class:`GaussianProcess` relies on the first: it calls
-    ``k(X, X)`` with one tensor for the covariance of a set with itself (white noise
-    added) and two distinct tensors for a cross-covariance (none), so which tensor
-    object a user passes never changes the model.
-
-    Args:
-        variance: positive scalar noise variance.
-        match: ``"object"`` or ``"value"``.
-        device, dtype: where and in which dtype to create the parameters.
-
-    Example:
-        >>> k = WhiteNoise(0.5)
-        >>> x = torch.zeros(2, 1)
-        >>> k(x).tolist(), k(x, x.clone()).tolist()
-        ([[0.5, 0.0], [0.0, 0.5]], [[0.0, 0.0], [0.0, 0.0]])
-    """
-
-    def __init__(
-        self,
-        variance: float | Tensor = 1.0,
-        *,
-        match: str = "object",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        if match not in ("object", "value"):
-            raise ValueError(f"WhiteNoise expected match 'object' or 'value', got {match!r}")
-        self.match = match
-        self._add_positive("variance", variance, scalar=True, device=device, dtype=dtype)
-
-    @property
-    def variance(self) -> Tensor:
-        """Positive scalar tensor."""
-        return self._positive("variance")
-
-    def _matrix(self, x1: Tensor, x2: Tensor) -> Tensor:
-        var = self.variance
-        dtype = torch.result_type(x1, var)
-        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
-        n, m = x1.shape[-2], x2.shape[-2]
-        if x1 is x2:
-            eye = torch.eye(n, dtype=dtype, device=x1.device)
-            return (var * eye).expand(*batch, n, m)
-        if self.match == "value":
-            same = (x1[..., :, None, :] == x2[..., None, :, :]).all(-1)  # (*, N, M)
-            return (var * same.to(dtype)).expand(*batch, n, m)
-        return (var * torch.zeros((), dtype=dtype, device=x1.device)).expand(*batch, n, m)
-
-    def _diag(self, x: Tensor) -> Tensor:
-        return _constant_diag(self.variance, x)
-
-    def extra_repr(self) -> str:
-        return f"variance={self.variance.item():.4g}, match={self.match!r}"
-
-
-class ConstantKernel(Kernel):
-    r"""Constant kernel ``k(x, x') = variance`` (a random offset); ``c * k`` builds one.
-
-    Args:
-        variance: positive scalar; scikit-learn's ``ConstantKernel(constant_value)``.
-        device, dtype: where and in which dtype to create the parameters.
-
-    Example:
-        >>> (ConstantKernel(2.0) * Matern12())(torch.zeros(1, 1)).item()
-        2.0
-    """
-
-    def __init__(
-        self,
-        variance: float | Tensor = 1.0,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self._add_positive("variance", variance, scalar=True, device=device, dtype=dtype)
-
-    @property
-    def variance(self) -> Tensor:
-        """Positive scalar tensor."""
-        return self._positive("variance")
-
-    def _matrix(self, x1: Tensor, x2: Tensor) -> Tensor:
-        var = self.variance
-        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
-        return var.to(torch.result_type(x1, var)).expand(*batch, x1.shape[-2], x2.shape[-2])
-
-    def _diag(self, x: Tensor) -> Tensor:
-        return _constant_diag(self.variance, x)
+        return constant_diag(self.amplitude.pow(2), x)
