@@ -9,18 +9,31 @@ deterministic zeros by default; ``bias_k``/``bias_v`` (``add_bias_kv=True``) are
 plain parameters. ``layer.losses`` holds the input projection's terms and
 ``layer.out_proj.losses`` the output projection's; ``bl.losses(layer)`` collects both.
 
+The estimator is the class attribute ``estimator`` (the strategy objects of
+:mod:`bayesian_layers.layers.estimators`); each call takes one draw of each
+projection (:func:`~bayesian_layers.layers._weight_draw.draw_weight`), applied to
+queries, keys and values alike:
+
 * :class:`MultiheadAttentionReparameterization`: one whole draw of every weight
   per call, shared by the batch, then torch's own
   ``F.multi_head_attention_forward`` (masks, dropout, ``need_weights``).
 * :class:`MultiheadAttentionFlipout`: the projections use Flipout (Wen et al.
   2018) with random signs per *example* (per sequence in the batch), shared by
   all its positions, so each sequence sees one pseudo-independent function;
-  the attention itself follows torch's math step by step.
+  the attention itself (:meth:`~MultiheadAttentionReparameterization.attend`)
+  follows torch's math step by step.
+
+Tensor parallelism splits the heads over processes through the public attribute
+``head_shard`` (a :class:`HeadShard`, set once by
+:class:`bayesian_layers.distributed.BayesianAttentionParallel`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +41,15 @@ from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
-from ._util import rademacher as _rademacher
+from ._weight_draw import WeightDraw, draw_weight
+from .attention_checks import check_masks, check_qkv
 from .base import BayesianLayer
+from .estimators import FLIPOUT, REPARAMETERIZATION, Estimator
 from .functional.attention import attention_core, flipout_project
-from .linear import LinearFlipout, LinearReparameterization, _BayesianLinear
+from .linear import LinearFlipout, LinearReparameterization
+from .registry import converts
 
-__all__ = ["MultiheadAttentionReparameterization", "MultiheadAttentionFlipout"]
+__all__ = ["MultiheadAttentionReparameterization", "MultiheadAttentionFlipout", "HeadShard"]
 
 _Out = tuple[Tensor, Tensor | None]
 
@@ -43,10 +59,42 @@ def _copy_spec(spec: object) -> object:
     return copy.deepcopy(spec) if isinstance(spec, nn.Module) else spec
 
 
-class _BayesianMultiheadAttention(BayesianLayer):
-    """Parameters, validation, masks and vectorised samples shared by the estimators."""
+@dataclass(frozen=True)
+class HeadShard:
+    """The share of a multi-head attention layer's heads that one process computes.
 
-    _linear_cls: type[_BayesianLinear] = LinearReparameterization
+    Set ``layer.head_shard`` to it (tensor parallelism does, once) and give the layer
+    the shards of its parameters for those heads at call time: the rows of the packed
+    input projection that compute their queries, keys and values, the columns of
+    ``out_proj``'s weight and of ``bias_k``/``bias_v``. A call then projects to the
+    shard's heads, attends over them (a 3-d ``attn_mask`` is sliced to them), applies
+    the shard's columns of the output projection, passes the partial output to
+    ``reduce`` (the sum over the shards), then adds ``out_proj``'s bias once. Attention
+    weights come back averaged over all heads (the shards' averages, reduced); per-head
+    weights raise ``NotImplementedError``.
+
+    Attributes:
+        index: this shard's position, ``0 <= index < count``.
+        count: the number of shards (it divides ``num_heads``).
+        reduce: sums a tensor over the shards (one all-reduce).
+
+    Example:
+        >>> import torch
+        >>> from bayesian_layers.layers.attention import HeadShard
+        >>> HeadShard(0, 1, reduce=lambda t: t).count
+        1
+    """
+
+    index: int
+    count: int
+    reduce: Callable[[Tensor], Tensor]
+
+
+class _BayesianMultiheadAttention(BayesianLayer):
+    """Parameters, validation, masks, draws and vectorised samples of both estimators."""
+
+    estimator: Estimator = REPARAMETERIZATION
+    _linear_cls: type[BayesianLayer] = LinearReparameterization
 
     def __init__(
         self,
@@ -96,6 +144,8 @@ class _BayesianMultiheadAttention(BayesianLayer):
         self.batch_first = bool(batch_first)
         self.add_zero_attn = bool(add_zero_attn)
         self.use_bias = bool(bias)
+        #: the heads this process computes under tensor parallelism (None: all).
+        self.head_shard: HeadShard | None = None
         self.add_param(
             "in_proj_weight", (3 * embed_dim, embed_dim), weight_initializer, weight_regularizer,
             fan_in=embed_dim, fan_out=embed_dim, device=device, dtype=dtype,
@@ -105,6 +155,7 @@ class _BayesianMultiheadAttention(BayesianLayer):
                 "in_proj_bias", (3 * embed_dim,), bias_initializer, bias_regularizer,
                 fan_in=embed_dim, fan_out=embed_dim, device=device, dtype=dtype,
             )  # fmt: skip
+        self.estimator.check_posteriors(self, "in_proj_weight", "in_proj_bias")
         self.bias_k: nn.Parameter | None = None
         self.bias_v: nn.Parameter | None = None
         if add_bias_kv:
@@ -115,12 +166,48 @@ class _BayesianMultiheadAttention(BayesianLayer):
             nn.init.xavier_normal_(self.bias_v)
         self.out_proj = self._linear_cls(
             embed_dim, embed_dim, bias=bias,
-            weight_initializer=_copy_spec(weight_initializer),  # type: ignore[arg-type]
-            bias_initializer=_copy_spec(bias_initializer),  # type: ignore[arg-type]
-            weight_regularizer=_copy_spec(weight_regularizer),  # type: ignore[arg-type]
-            bias_regularizer=_copy_spec(bias_regularizer),  # type: ignore[arg-type]
+            weight_initializer=_copy_spec(weight_initializer),
+            bias_initializer=_copy_spec(bias_initializer),
+            weight_regularizer=_copy_spec(weight_regularizer),
+            bias_regularizer=_copy_spec(bias_regularizer),
             device=device, dtype=dtype,
         )  # fmt: skip
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention, **kwargs: Any) -> Any:
+        """A Bayesian attention layer whose posterior means start at ``module``'s
+        weights (``bias_k``/``bias_v`` copied); keyword arguments go to the constructor.
+
+        Raises:
+            TypeError: ``module`` is not an ``nn.MultiheadAttention``.
+
+        Example:
+            >>> from torch import nn
+            >>> from bayesian_layers.layers.attention import MultiheadAttentionFlipout
+            >>> MultiheadAttentionFlipout.from_torch(nn.MultiheadAttention(8, 2)).num_heads
+            2
+        """
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(
+                f"{cls.__name__}.from_torch expected nn.MultiheadAttention, got {type(module)}"
+            )
+        like = module.out_proj.weight
+        new = cls(
+            module.embed_dim, module.num_heads, module.dropout, module.in_proj_bias is not None,
+            module.bias_k is not None, module.add_zero_attn, module.kdim, module.vdim,
+            module.batch_first, device=like.device, dtype=like.dtype, **kwargs,
+        )  # fmt: skip
+        new.load_point_estimates(
+            {"in_proj_weight": module.in_proj_weight, "in_proj_bias": module.in_proj_bias}
+        )
+        new.out_proj.load_point_estimates(
+            {"weight": module.out_proj.weight, "bias": module.out_proj.bias}
+        )
+        with torch.no_grad():
+            for mine, theirs in ((new.bias_k, module.bias_k), (new.bias_v, module.bias_v)):
+                if mine is not None and theirs is not None:
+                    mine.copy_(theirs)
+        return new
 
     def extra_repr(self) -> str:
         return (
@@ -132,85 +219,6 @@ class _BayesianMultiheadAttention(BayesianLayer):
         """Forget the frozen function sample of both projections."""
         super().resample()
         self.out_proj.resample()
-
-    # ------------------------------------------------------------- validation
-    def _check_inputs(
-        self, query: object, key: object, value: object
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        name = type(self).__name__
-        q, k, v = (
-            self.check_input(t, what)
-            for t, what in zip((query, key, value), ("query", "key", "value"), strict=True)
-        )
-        for what, t in (("query", q), ("key", k), ("value", v)):
-            if t.dim() not in (2, 3) or t.shape[-1] != self.embed_dim:
-                raise ValueError(
-                    f"{name} expected {what} of shape (L, {self.embed_dim}) or 3-d with last "
-                    f"dimension embed_dim={self.embed_dim}, got {tuple(t.shape)}"
-                )
-        if not q.dim() == k.dim() == v.dim():
-            raise ValueError(
-                f"{name} expected query, key and value of equal rank, got shapes "
-                f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-            )
-        if k.shape != v.shape:
-            raise ValueError(
-                f"{name} expected key and value of equal shape, got {tuple(k.shape)} and "
-                f"{tuple(v.shape)}"
-            )
-        batch_dim = 0 if self.batch_first else 1
-        if q.dim() == 3 and q.shape[batch_dim] != k.shape[batch_dim]:
-            raise ValueError(
-                f"{name} expected query and key with the same batch size (dim {batch_dim}), "
-                f"got {tuple(q.shape)} and {tuple(k.shape)}"
-            )
-        return q, k, v
-
-    def _check_masks(
-        self,
-        tgt: int,
-        src: int,
-        batch: int,
-        key_padding_mask: Tensor | None,
-        attn_mask: Tensor | None,
-        is_causal: bool,
-    ) -> None:
-        name = type(self).__name__
-        for what, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
-            if mask is not None:
-                self._check_mask_dtype(what, mask)
-        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, src):
-            raise ValueError(
-                f"{name} expected key_padding_mask of shape (N, S) = {(batch, src)}, got "
-                f"{tuple(key_padding_mask.shape)}"
-            )
-        if attn_mask is not None:
-            shapes = ((tgt, src), (batch * self.num_heads, tgt, src))
-            if tuple(attn_mask.shape) not in shapes:
-                raise ValueError(
-                    f"{name} expected attn_mask of shape (L, S) = {shapes[0]} or "
-                    f"(N * num_heads, L, S) = {shapes[1]}, got {tuple(attn_mask.shape)}"
-                )
-        if is_causal and attn_mask is None:
-            raise ValueError(
-                f"{name} needs attn_mask with the is_causal hint (as torch does); build one "
-                "with nn.Transformer.generate_square_subsequent_mask(L)"
-            )
-
-    def _check_mask_dtype(self, what: str, mask: object) -> None:
-        """A mask is boolean or of the parameters' dtype (or autocast's), as torch's."""
-        name = type(self).__name__
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"{name} expected `{what}` to be a Tensor, got {type(mask).__name__}")
-        dtype = self.param_dtype()
-        if mask.dtype in (torch.bool, dtype):
-            return
-        device = mask.device.type
-        if torch.is_autocast_enabled(device) and mask.dtype == torch.get_autocast_dtype(device):
-            return
-        raise TypeError(
-            f"{name} expected `{what}` of dtype torch.bool or {dtype}, got {mask.dtype}"
-        )
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -225,7 +233,7 @@ class _BayesianMultiheadAttention(BayesianLayer):
         is_causal: bool = False,
     ) -> _Out:
         same_kv, same_qk = key is value, query is key
-        query, key, value = self._check_inputs(query, key, value)
+        query, key, value = check_qkv(self, query, key, value)
         batched = query.dim() == 3
         if not batched:  # (L, E) -> (L, 1, E)
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -238,7 +246,13 @@ class _BayesianMultiheadAttention(BayesianLayer):
             if same_qk:
                 query = key
         tgt, batch, _ = query.shape
-        self._check_masks(tgt, key.shape[0], batch, key_padding_mask, attn_mask, is_causal)
+        check_masks(self, tgt, key.shape[0], batch, key_padding_mask, attn_mask, is_causal)
+        if self.head_shard is not None and need_weights and not average_attn_weights:
+            raise NotImplementedError(
+                f"{type(self).__name__} with its heads split over {self.head_shard.count} "
+                "shards returns attention weights averaged over heads only "
+                "(average_attn_weights=True)"
+            )
         k = self.num_function_samples
         if k > 1 and batch % k:
             raise ValueError(
@@ -247,10 +261,12 @@ class _BayesianMultiheadAttention(BayesianLayer):
                 f"sample-major), got {batch}"
             )
         args = (need_weights, average_attn_weights, is_causal)
-        draws = self._draw()
+        in_bias, out_bias = ("in_proj_bias", "bias") if self.use_bias else (None, None)
+        in_draw = draw_weight(self, self.estimator, "in_proj_weight", in_bias)
+        out_draw = draw_weight(self.out_proj, self.estimator, "weight", out_bias)
         if k == 1:
-            out, weights = self._attend(
-                query, key, value, key_padding_mask, attn_mask, args, draws, None
+            out, weights = self._call(
+                query, key, value, key_padding_mask, attn_mask, args, in_draw, out_draw
             )
         else:
             # K function samples: the batch holds K sample-major blocks, one call each.
@@ -267,17 +283,15 @@ class _BayesianMultiheadAttention(BayesianLayer):
                     vs = ks
                     if same_qk:
                         qs = ks
-                parts.append(self._attend(qs, ks, vs, kpm[j], am[j], args, draws, j))
+                draws = in_draw.sample(j), out_draw.sample(j)
+                parts.append(self._call(qs, ks, vs, kpm[j], am[j], args, *draws))
             out = torch.cat([p[0] for p in parts], 1)
             weights = None if parts[0][1] is None else torch.cat([p[1] for p in parts], 0)  # type: ignore[misc]
         if not batched:
             return out.squeeze(1), None if weights is None else weights.squeeze(0)
         return (out.transpose(0, 1) if self.batch_first else out), weights
 
-    def _draw(self) -> dict[str, Tensor | None]:
-        raise NotImplementedError
-
-    def _attend(
+    def _call(
         self,
         query: Tensor,
         key: Tensor,
@@ -285,49 +299,114 @@ class _BayesianMultiheadAttention(BayesianLayer):
         key_padding_mask: Tensor | None,
         attn_mask: Tensor | None,
         args: tuple[bool, bool, bool],
-        draws: dict[str, Tensor | None],
-        j: int | None,
+        in_draw: WeightDraw,
+        out_draw: WeightDraw,
     ) -> _Out:
-        raise NotImplementedError
-
-    def _whole_draws(self) -> dict[str, Tensor | None]:
-        """Whole draws (``"sample"``/``"frozen"``) or posterior means of all four weights."""
-        proj = self.out_proj
-        return {
-            "in_w": self.sample_param("in_proj_weight"),
-            "in_b": self.sample_param("in_proj_bias") if self.use_bias else None,
-            "out_w": proj.sample_param("weight"),
-            "out_b": proj.sample_param("bias") if proj.use_bias else None,
-        }
-
-    def _pick(self, draws: dict[str, Tensor | None], j: int | None) -> list[Tensor | None]:
-        """The j-th of K draws (parameters without a sample dimension are shared)."""
-        dims = {"in_w": 2, "in_b": 1, "out_w": 2, "out_b": 1}
-        out = []
-        for key, t in draws.items():
-            out.append(t[j] if t is not None and j is not None and t.dim() > dims[key] else t)
-        return out
-
-    def _torch_attention(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None,
-        attn_mask: Tensor | None,
-        args: tuple[bool, bool, bool],
-        weights: list[Tensor | None],
-    ) -> _Out:
-        in_w, in_b, out_w, out_b = weights
+        """One function sample: torch's fused path on whole weights, else projections
+        with signs per sequence around :meth:`attend`. Shape: ``(L, N, E)`` layout."""
         need_weights, average, is_causal = args
-        return F.multi_head_attention_forward(
-            query, key, value, self.embed_dim, self.num_heads, in_w, in_b, self.bias_k,
-            self.bias_v, self.add_zero_attn, self.dropout, out_w, out_b,  # type: ignore[arg-type]
-            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
-            attn_mask=attn_mask, average_attn_weights=average, is_causal=is_causal,
+        shard = self.head_shard
+        if shard is None and not (in_draw.per_example or out_draw.per_example):
+            return F.multi_head_attention_forward(
+                query, key, value, self.embed_dim, self.num_heads, in_draw.weight,
+                in_draw.bias, self.bias_k, self.bias_v, self.add_zero_attn, self.dropout,
+                out_draw.weight, out_draw.bias, training=self.training,  # type: ignore[arg-type]
+                key_padding_mask=key_padding_mask, need_weights=need_weights,
+                attn_mask=attn_mask, average_attn_weights=average, is_causal=is_causal,
+            )  # fmt: skip
+        batch, rows = query.shape[1], in_draw.weight.shape[-2] // 3  # rows: E (or a shard's)
+        sign_in = sign_out = None
+        if in_draw.per_example:  # signs per sequence, shared by its positions
+            sign_in = self.noise(
+                "in_proj_weight_sign_in", (batch, query.shape[-1]), query, kind="sign"
+            )
+            sign_out = self.noise("in_proj_weight_sign_out", (batch, 3 * rows), query, kind="sign")
+        if query is key and key is value:  # self-attention: one packed projection
+            q, k, v = flipout_project(query, *_parts(in_draw), sign_in, sign_out).chunk(3, -1)
+        else:
+            q, k, v = (
+                flipout_project(
+                    x, *_parts(in_draw.rows(i * rows, (i + 1) * rows)), sign_in,
+                    None if sign_out is None else sign_out[:, i * rows : (i + 1) * rows],
+                )
+                for i, x in enumerate((query, key, value))
+            )  # fmt: skip
+        heads = rows // self.head_dim
+        if shard is not None and attn_mask is not None and attn_mask.dim() == 3:
+            full = attn_mask.view(batch, self.num_heads, *attn_mask.shape[1:])  # (N, H, L, S)
+            local = full[:, shard.index * heads : (shard.index + 1) * heads]
+            attn_mask = local.reshape(-1, *attn_mask.shape[1:])  # (N h, L, S)
+        out, weights = self.attend(
+            q, k, v, key_padding_mask, attn_mask, need_weights=need_weights,
+            average_attn_weights=average, is_causal=is_causal,
+        )  # fmt: skip
+        sign_in = sign_out = None
+        if out_draw.per_example:
+            proj = self.out_proj
+            sign_in = proj.noise("weight_sign_in", (batch, rows), out, kind="sign")
+            sign_out = proj.noise("weight_sign_out", (batch, self.embed_dim), out, kind="sign")
+        bias = out_draw.bias
+        out = flipout_project(
+            out, out_draw.weight, out_draw.delta, bias if shard is None else None, sign_in,
+            sign_out,
+        )  # fmt: skip
+        if shard is not None:
+            out = shard.reduce(out)  # (L, N, E), summed over the shards' heads
+            if bias is not None:
+                out = out + bias
+            if weights is not None:
+                weights = shard.reduce(weights * (heads / self.num_heads))
+        return out, weights
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        *,
+        need_weights: bool = True,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> _Out:
+        """Attention of projected queries, keys and values: the step between the input
+        and the output projection, over the heads they hold (``E' / head_dim``; all
+        heads, or a :class:`HeadShard`'s), with this layer's ``bias_k``/``bias_v``,
+        ``add_zero_attn`` and dropout (in training), as ``nn.MultiheadAttention``.
+
+        Args:
+            q, k, v: projected queries, keys and values.
+            key_padding_mask, attn_mask: as :meth:`forward`; ``attn_mask`` 3-d holds
+                ``(N * heads, L, S)`` for the heads of ``q``.
+            need_weights, average_attn_weights, is_causal: as :meth:`forward`.
+
+        Shape:
+            q: ``(L, N, E')``; k, v: ``(S, N, E')``; output ``(L, N, E')`` and the
+            weights ``(N, L, S)`` (``(N, heads, L, S)`` unaveraged) or None.
+
+        Example:
+            >>> import torch
+            >>> from bayesian_layers.layers import MultiheadAttentionFlipout
+            >>> mha = MultiheadAttentionFlipout(8, 2)
+            >>> q = torch.randn(5, 3, 8)  # (L, N, E), already projected
+            >>> out, w = mha.attend(q, q, q)
+            >>> out.shape, w.shape
+            (torch.Size([5, 3, 8]), torch.Size([3, 5, 5]))
+        """
+        return attention_core(
+            q, k, v, q.shape[-1] // self.head_dim, key_padding_mask, attn_mask,
+            bias_k=self.bias_k, bias_v=self.bias_v, add_zero_attn=self.add_zero_attn,
+            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
+            average_attn_weights=average_attn_weights, is_causal=is_causal,
         )  # fmt: skip
 
 
+def _parts(draw: WeightDraw) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    return draw.weight, draw.delta, draw.bias
+
+
+@converts(nn.MultiheadAttention, "reparameterization")
 class MultiheadAttentionReparameterization(_BayesianMultiheadAttention):
     """Multi-head attention with a weight posterior, one whole draw per call.
 
@@ -361,6 +440,7 @@ class MultiheadAttentionReparameterization(_BayesianMultiheadAttention):
         in_proj_weight: a :class:`~bayesian_layers.RandomVariable` (``(3E, E)``).
         in_proj_weight_loc, in_proj_weight_rho: its trainable posterior parameters.
         out_proj: the output projection, a Bayesian dense layer.
+        head_shard: the :class:`HeadShard` computed under tensor parallelism, or None.
 
     Example:
         >>> import torch
@@ -372,16 +452,11 @@ class MultiheadAttentionReparameterization(_BayesianMultiheadAttention):
         (torch.Size([3, 5, 8]), torch.Size([3, 5, 5]))
     """
 
+    estimator = REPARAMETERIZATION
     _linear_cls = LinearReparameterization
 
-    def _draw(self) -> dict[str, Tensor | None]:
-        return self._whole_draws()
 
-    def _attend(self, query, key, value, key_padding_mask, attn_mask, args, draws, j) -> _Out:  # type: ignore[no-untyped-def]
-        weights = self._pick(draws, j)
-        return self._torch_attention(query, key, value, key_padding_mask, attn_mask, args, weights)
-
-
+@converts(nn.MultiheadAttention, "flipout")
 class MultiheadAttentionFlipout(_BayesianMultiheadAttention):
     """Multi-head attention with Flipout projections (Wen et al. 2018).
 
@@ -406,70 +481,5 @@ class MultiheadAttentionFlipout(_BayesianMultiheadAttention):
         (torch.Size([5, 3, 8]), None)
     """
 
+    estimator = FLIPOUT
     _linear_cls = LinearFlipout
-
-    def __init__(self, embed_dim: int, num_heads: int, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(embed_dim, num_heads, *args, **kwargs)
-        init = self._inits["in_proj_weight"]
-        if not (init.is_normal or init.is_deterministic):
-            raise ValueError(
-                f"{type(self).__name__} needs a normal (or deterministic) in_proj_weight "
-                f"posterior, got {type(init).__name__}; use MultiheadAttentionReparameterization "
-                "for other families"
-            )
-
-    def _per_example(self) -> bool:
-        return self.per_example_noise()
-
-    def _draw(self) -> dict[str, Tensor | None]:
-        if not self._per_example():
-            return self._whole_draws()
-        proj = self.out_proj
-        k = self.num_function_samples
-        draws: dict[str, Tensor | None] = {}
-        for key, layer, name in (("in", self, "in_proj_weight"), ("out", proj, "weight")):
-            init = layer._inits[name]
-            if init.is_deterministic:
-                draws[f"{key}_w"], draws[f"{key}_delta"] = layer.point(name), None
-                continue
-            loc, scale = init.loc_scale(layer, name)
-            shape = loc.shape if k == 1 else (k,) + loc.shape
-            draws[f"{key}_w"] = loc
-            draws[f"{key}_delta"] = scale * torch.randn(shape, dtype=loc.dtype, device=loc.device)
-        draws["in_b"] = self.sample_param("in_proj_bias") if self.use_bias else None
-        draws["out_b"] = proj.sample_param("bias") if proj.use_bias else None
-        return draws
-
-    def _attend(self, query, key, value, key_padding_mask, attn_mask, args, draws, j) -> _Out:  # type: ignore[no-untyped-def]
-        if not self._per_example():
-            picked = self._pick(draws, j)
-            return self._torch_attention(
-                query, key, value, key_padding_mask, attn_mask, args, picked
-            )
-
-        def pick(name: str, dim: int) -> Tensor | None:
-            t = draws[name]
-            return t[j] if t is not None and j is not None and t.dim() > dim else t
-
-        e, batch = self.embed_dim, query.shape[1]
-        in_w, in_delta, in_b = pick("in_w", 2), pick("in_delta", 2), pick("in_b", 1)
-        sign_in = _rademacher(torch.Size((batch, e)), query)  # (N, E), one per sequence
-        sign_out = _rademacher(torch.Size((batch, 3 * e)), query)  # (N, 3E)
-        if query is key and key is value:  # self-attention: one packed projection
-            q, k, v = flipout_project(query, in_w, in_delta, in_b, sign_in, sign_out).chunk(3, -1)  # type: ignore[arg-type]
-        else:
-            rows = [slice(i * e, (i + 1) * e) for i in range(3)]
-            q, k, v = (
-                flipout_project(
-                    x, in_w[r], None if in_delta is None else in_delta[r],  # type: ignore[index]
-                    None if in_b is None else in_b[r], sign_in, sign_out[:, r],
-                )
-                for x, r in zip((query, key, value), rows, strict=True)
-            )  # fmt: skip
-        out, weights = attention_core(self, q, k, v, key_padding_mask, attn_mask, *args)
-        sign_in = _rademacher(torch.Size((batch, e)), query)
-        sign_out = _rademacher(torch.Size((batch, e)), query)
-        out_w = pick("out_w", 2)
-        assert out_w is not None  # the posterior mean or a deterministic weight
-        out = flipout_project(out, out_w, pick("out_delta", 2), pick("out_b", 1), sign_in, sign_out)
-        return out, weights

@@ -1,17 +1,16 @@
-"""The Flipout attention path: projections with per-sequence signs, and torch's
-attention steps after them (masks, bias_kv, zero attention, dropout)."""
+"""Pure functions for multi-head attention: projections with signs per sequence
+(Flipout), and torch's attention steps between the input and output projections
+(masks, ``bias_k``/``bias_v``, zero attention, dropout). Noise and signs are passed
+in; the modules in :mod:`bayesian_layers.layers.attention` hold parameters and draws.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from ..attention import _BayesianMultiheadAttention
 
 __all__ = ["flipout_project", "attention_core"]
 
@@ -21,10 +20,12 @@ def flipout_project(
     loc: Tensor,
     delta: Tensor | None,
     bias: Tensor | None,
-    sign_in: Tensor,
-    sign_out: Tensor,
+    sign_in: Tensor | None,
+    sign_out: Tensor | None,
 ) -> Tensor:
     """Flipout projection with signs per example: ``x μᵀ + b + ((x ∘ s_in) Δᵀ) ∘ s_out``.
+
+    ``delta`` None: the plain projection ``x μᵀ + b`` (the signs are not used).
 
     Shape:
         x: ``(T, N, in)``; loc, delta: ``(out, in)``; sign_in: ``(N, in)``;
@@ -33,32 +34,56 @@ def flipout_project(
     mean = F.linear(x, loc, bias)
     if delta is None:
         return mean
+    if sign_in is None or sign_out is None:
+        raise ValueError("flipout_project expected sign_in and sign_out with a perturbation")
     # under autocast the matmuls run in lower precision: keep the output in their dtype
     return torch.addcmul(mean, F.linear(x * sign_in, delta), sign_out.to(mean.dtype))
 
 
 def attention_core(
-    layer: _BayesianMultiheadAttention,
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    key_padding_mask: Tensor | None,
-    attn_mask: Tensor | None,
-    need_weights: bool,
-    average_attn_weights: bool,
-    is_causal: bool,
+    num_heads: int,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    *,
+    bias_k: Tensor | None = None,
+    bias_v: Tensor | None = None,
+    add_zero_attn: bool = False,
+    dropout_p: float = 0.0,
+    need_weights: bool = True,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Torch's attention after the input projection, before the output projection.
 
     Follows ``F.multi_head_attention_forward`` (mask canonicalisation, ``bias_k``,
-    ``add_zero_attn``, softmax or ``scaled_dot_product_attention``, dropout).
+    ``add_zero_attn``, softmax or ``scaled_dot_product_attention``, dropout) over
+    ``num_heads`` heads of width ``E / num_heads``.
+
+    Args:
+        q, k, v: projected queries, keys and values.
+        num_heads: the heads ``q``, ``k`` and ``v`` hold.
+        key_padding_mask, attn_mask: as ``nn.MultiheadAttention`` (boolean: True
+            masks; float: added), already checked.
+        bias_k, bias_v: ``(1, 1, E)`` key and value appended to every sequence, or None.
+        add_zero_attn: append a zero key and value.
+        dropout_p: dropout on the attention weights (0 outside training).
+        need_weights, average_attn_weights, is_causal: as ``nn.MultiheadAttention``.
 
     Shape:
         q: ``(L, N, E)``; k, v: ``(S, N, E)``; output ``(L, N, E)`` and weights
         ``(N, L, S')`` / ``(N, H, L, S')`` or None.
+
+    Example:
+        >>> q = torch.randn(3, 2, 4)
+        >>> out, w = attention_core(q, q, q, 2)
+        >>> out.shape, w.shape
+        (torch.Size([3, 2, 4]), torch.Size([2, 3, 3]))
     """
     tgt, bsz, e = q.shape
-    h, d = layer.num_heads, layer.head_dim
+    h, d = num_heads, e // num_heads
     key_padding_mask = F._canonical_mask(
         mask=key_padding_mask, mask_name="key_padding_mask",
         other_type=F._none_or_dtype(attn_mask), other_name="attn_mask", target_type=q.dtype,
@@ -74,15 +99,15 @@ def attention_core(
             is_causal = False
     if attn_mask is not None and attn_mask.dim() == 2:
         attn_mask = attn_mask.unsqueeze(0)  # (1, L, S)
-    if layer.bias_k is not None and layer.bias_v is not None:
-        k = torch.cat([k, layer.bias_k.repeat(1, bsz, 1)])  # (S + 1, N, E)
-        v = torch.cat([v, layer.bias_v.repeat(1, bsz, 1)])
+    if bias_k is not None and bias_v is not None:
+        k = torch.cat([k, bias_k.repeat(1, bsz, 1)])  # (S + 1, N, E)
+        v = torch.cat([v, bias_v.repeat(1, bsz, 1)])
         attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
         key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
     q = q.reshape(tgt, bsz * h, d).transpose(0, 1)  # (N H, L, D)
     k = k.reshape(k.shape[0], bsz * h, d).transpose(0, 1)  # (N H, S, D)
     v = v.reshape(v.shape[0], bsz * h, d).transpose(0, 1)
-    if layer.add_zero_attn:
+    if add_zero_attn:
         zeros = torch.zeros((bsz * h, 1, d), dtype=k.dtype, device=k.device)
         k, v = torch.cat([k, zeros], 1), torch.cat([v, zeros], 1)
         attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
@@ -91,7 +116,6 @@ def attention_core(
     if key_padding_mask is not None:
         kpm = key_padding_mask.view(bsz, 1, 1, src).expand(-1, h, -1, -1).reshape(bsz * h, 1, src)
         attn_mask = kpm if attn_mask is None else attn_mask + kpm
-    dropout_p = layer.dropout if layer.training else 0.0
     if need_weights:
         scores = q * math.sqrt(1.0 / d)
         if attn_mask is not None:
