@@ -34,10 +34,10 @@ from stats_util import ALPHA
 from torch import Tensor, nn
 
 import bayesian_layers as bl
-from bayesian_layers.layers.outputs import logistic as lg
+from bayesian_layers._checks import inverse_softplus
 from bayesian_layers.layers.outputs import distributions as od
+from bayesian_layers.layers.outputs import logistic as lg
 from bayesian_layers.layers.outputs.mixtures import MixtureLogistic, MixtureNormal
-from bayesian_layers.layers.outputs.base import inverse_softplus
 from bayesian_layers.layers.outputs.stochastic import (
     Bernoulli,
     Categorical,

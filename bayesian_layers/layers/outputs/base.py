@@ -42,7 +42,6 @@ mixtures draw with ``sample()`` (no gradient through the value) and their
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -50,37 +49,14 @@ import torch.distributions as td
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from ... import tracing as _tracing
-from ...random_variable import RandomVariable
+from ..._checks import check_name, check_optional_count, check_real, inverse_softplus, is_lazy
+from ...random_variables.variable import RandomVariable
 from ..base import as_tensor
 from . import distributions as od
 
-__all__ = ["StochasticOutput", "inverse_softplus"]
-
-
-def _check_count(owner: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner} expected `{name}` to be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{owner} expected `{name}` >= 1, got {value}")
-    return value
-
-
-def _check_optional_count(owner: str, name: str, value: object) -> int | None:
-    return None if value is None else _check_count(owner, name, value)
-
-
-def _check_min_scale(owner: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{owner} expected `min_scale` to be a finite number >= 0, got {value!r}")
-    return float(value)
+__all__ = ["StochasticOutput"]
 
 
 def _check_factory_dtype(owner: str, dtype: object) -> None:
@@ -90,17 +66,7 @@ def _check_factory_dtype(owner: str, dtype: object) -> None:
         )
 
 
-def inverse_softplus(value: float) -> float:
-    """``x`` with ``softplus(x) = value`` (``value > 0``)."""
-    return value + math.log(-math.expm1(-value))
-
-
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def _is_lazy(param: object) -> bool:
-    # an isinstance test, not torch.nn.parameter.is_lazy: torch.compile traces it
-    return isinstance(param, (UninitializedParameter, UninitializedBuffer))
 
 
 class StochasticOutput(LazyModuleMixin, nn.Module):
@@ -147,11 +113,10 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.units = _check_optional_count(owner, "units", units)
-        self.in_features = _check_optional_count(owner, "in_features", in_features)
-        self.min_scale = _check_min_scale(owner, min_scale)
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"{owner} expected `name` to be a str or None, got {type(name)}")
+        self.units = check_optional_count(owner, "units", units)
+        self.in_features = check_optional_count(owner, "in_features", in_features)
+        self.min_scale = check_real(owner, "min_scale", min_scale)
+        name = check_name(owner, name)
         if validate_args is not None and not isinstance(validate_args, bool):
             raise TypeError(
                 f"{owner} expected `validate_args` to be a bool or None, got {validate_args!r}"
@@ -233,14 +198,14 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     def _materialize(self, features: int) -> None:
         for attr, shape in self._feature_shapes(features).items():
             param = getattr(self, attr)
-            if _is_lazy(param):
+            if is_lazy(param):
                 param.materialize(shape)
         self.reset_feature_parameters()
 
     def initialize_parameters(self, x: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Lazy-module hook: size the per-feature parameters from the first input."""
         x = self._check_input(x)
-        if any(_is_lazy(p) for p in self.parameters()) and not bool(torch.isfinite(x).all()):
+        if any(is_lazy(p) for p in self.parameters()) and not bool(torch.isfinite(x).all()):
             # a failed call must not leave the layer built (sized from rejected input)
             raise ValueError(
                 f"{type(self).__name__} got a non-finite input (NaN or infinite values) on the "
@@ -253,10 +218,10 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     def _expected_last_dim(self) -> int | None:
         if self.projection is not None:
             weight = getattr(self.projection, "weight", None)
-            return None if weight is None or _is_lazy(weight) else int(weight.shape[-1])
+            return None if weight is None or is_lazy(weight) else int(weight.shape[-1])
         for attr in self._feature_shapes(1):
             param = getattr(self, attr)
-            if not _is_lazy(param):
+            if not is_lazy(param):
                 return int(param.shape[-1])
         return self.in_features
 

@@ -28,7 +28,8 @@ import torch
 import torch.distributions as td
 from torch import Tensor
 
-from ...random_variable import RandomVariable
+from ...random_variables.variable import RandomVariable
+from ._util import Size, no_rsample, strip_independent
 
 __all__ = [
     "IndependentEvents",
@@ -47,17 +48,6 @@ __all__ = [
     "check_target_shape",
     "sample_poisson",
 ]
-
-_Size = torch.Size | list[int] | tuple[int, ...]
-
-
-def _no_rsample(dist: td.Distribution, reason: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"{type(dist).__name__} has no reparameterised sample (rsample): {reason}, so no "
-        "gradient can flow through a draw. Use .sample() (a value without gradient) with a "
-        "score-function estimator built on log_prob, or a continuous relaxation such as "
-        "torch.distributions.RelaxedBernoulli / RelaxedOneHotCategorical."
-    )
 
 
 def _shape_hint(shape: torch.Size, expected: torch.Size) -> str:
@@ -135,8 +125,8 @@ class _NoRsample:
 
     _no_rsample_reason = "its values are discrete"
 
-    def rsample(self, sample_shape: _Size = ()) -> Tensor:
-        raise _no_rsample(self, self._no_rsample_reason)  # type: ignore[arg-type]
+    def rsample(self, sample_shape: Size = ()) -> Tensor:
+        raise no_rsample(self, self._no_rsample_reason)  # type: ignore[arg-type]
 
 
 class Normal(_CheckedTarget, td.Normal):
@@ -188,7 +178,7 @@ class OneHotCategorical(_CheckedTarget, _NoRsample, td.OneHotCategorical):
             self, categorical.batch_shape, categorical.param_shape[-1:], validate_args=validate_args
         )
 
-    def expand(self, batch_shape: _Size, _instance: Any = None) -> OneHotCategorical:  # type: ignore[override]
+    def expand(self, batch_shape: Size, _instance: Any = None) -> OneHotCategorical:  # type: ignore[override]
         new = self._get_checked_instance(OneHotCategorical, _instance)
         return super().expand(batch_shape, _instance=new)  # type: ignore[return-value]
 
@@ -197,7 +187,7 @@ class Poisson(_CheckedTarget, _NoRsample, td.Poisson):
     """:class:`torch.distributions.Poisson` with a clear ``rsample`` error and correct
     draws at any rate (:func:`sample_poisson`)."""
 
-    def sample(self, sample_shape: _Size = ()) -> Tensor:
+    def sample(self, sample_shape: Size = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         return sample_poisson(self.rate.detach().expand(shape))
 
@@ -212,7 +202,7 @@ class NegativeBinomial(_CheckedTarget, _NoRsample, td.NegativeBinomial):
     ``total_count · p / (1 - p) = total_count · exp(logits)``.
     """
 
-    def sample(self, sample_shape: _Size = ()) -> Tensor:
+    def sample(self, sample_shape: Size = ()) -> Tensor:
         with torch.no_grad():
             return sample_poisson(self._gamma.sample(torch.Size(sample_shape)))
 
@@ -294,10 +284,10 @@ class IndependentEvents(td.Independent):
     def entropy(self) -> Tensor:
         return self._sum_events(self.base_dist.entropy())
 
-    def rsample(self, sample_shape: _Size = ()) -> Tensor:
+    def rsample(self, sample_shape: Size = ()) -> Tensor:
         if not self.has_rsample:
             base = self.base_dist
-            raise _no_rsample(base, getattr(base, "_no_rsample_reason", "its family has none"))
+            raise no_rsample(base, getattr(base, "_no_rsample_reason", "its family has none"))
         return super().rsample(sample_shape)
 
     def kl_divergence(self, other: td.Distribution | RandomVariable) -> Tensor:
@@ -311,17 +301,9 @@ class IndependentEvents(td.Independent):
         return td.kl_divergence(self, q)
 
 
-def _strip_independent(d: td.Distribution) -> tuple[td.Distribution, int]:
-    n = 0
-    while isinstance(d, td.Independent):
-        n += d.reinterpreted_batch_ndims
-        d = d.base_dist
-    return d, n
-
-
 def _kl_independent_events(p: IndependentEvents, q: td.Distribution) -> Tensor:
-    p_base, p_n = _strip_independent(p)
-    q_base, q_n = _strip_independent(q)
+    p_base, p_n = strip_independent(p)
+    q_base, q_n = strip_independent(q)
     if q_n > p_n or p_base.event_shape != q_base.event_shape:
         raise NotImplementedError(
             f"KL({type(p).__name__} || {type(q).__name__}): the prior must reinterpret at "

@@ -19,8 +19,9 @@ from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+from ._util import Size, log1mexp, no_rsample
 from .binned import BinnedMoments, location_scale_bin_log_mass
-from .distributions import _no_rsample, _Size, check_target_shape
+from .distributions import check_target_shape
 
 __all__ = ["Logistic", "DiscretizedLogisticMixture", "log_sigmoid_diff"]
 
@@ -51,7 +52,7 @@ class Logistic(td.TransformedDistribution):
         transforms = [td.SigmoidTransform().inv, td.AffineTransform(loc, scale)]
         super().__init__(base, transforms, validate_args=validate_args)
 
-    def expand(self, batch_shape: _Size, _instance: Any = None) -> Logistic:  # type: ignore[override]
+    def expand(self, batch_shape: Size, _instance: Any = None) -> Logistic:  # type: ignore[override]
         new = self._get_checked_instance(Logistic, _instance)
         return super().expand(batch_shape, _instance=new)  # type: ignore[return-value]
 
@@ -91,12 +92,6 @@ class Logistic(td.TransformedDistribution):
         return (self.scale.log() + 2).expand(self.batch_shape)
 
 
-def _log1mexp(d: Tensor) -> Tensor:
-    """``log(1 - exp(d))`` for ``d < 0``, accurate near 0 and in the far tail."""
-    d = d.clamp(max=-torch.finfo(d.dtype).tiny)
-    return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
-
-
 def log_sigmoid_diff(a: Tensor, b: Tensor) -> Tensor:
     """``log(sigmoid(b) - sigmoid(a))`` for ``a < b``, without cancellation.
 
@@ -107,7 +102,7 @@ def log_sigmoid_diff(a: Tensor, b: Tensor) -> Tensor:
     flip = (a + b) > 0
     lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
     log_hi = F.logsigmoid(hi)
-    return log_hi + _log1mexp(F.logsigmoid(lo) - log_hi)
+    return log_hi + log1mexp(F.logsigmoid(lo) - log_hi)
 
 
 class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
@@ -184,7 +179,7 @@ class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
         super().__init__(batch_shape=logits.shape[:-1], validate_args=validate_args)
 
     def expand(  # type: ignore[override]
-        self, batch_shape: _Size, _instance: Any = None
+        self, batch_shape: Size, _instance: Any = None
     ) -> DiscretizedLogisticMixture:
         new = self._get_checked_instance(DiscretizedLogisticMixture, _instance)
         batch_shape = torch.Size(batch_shape)
@@ -243,7 +238,7 @@ class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
         log_p = torch.logsumexp(log_weights + self._component_log_mass(centers), dim=-1)
         return log_p.movedim(0, -1).exp()
 
-    def sample(self, sample_shape: _Size = ()) -> Tensor:
+    def sample(self, sample_shape: Size = ()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         with torch.no_grad():
             # the logits are checked already (and torch's check fails on an empty batch)
@@ -260,5 +255,5 @@ class DiscretizedLogisticMixture(BinnedMoments, td.Distribution):
             x = loc + scale * (u.log() - (-u).log1p())
             return self.low + self._bin_index(x) * self.bin_width
 
-    def rsample(self, sample_shape: _Size = ()) -> Tensor:
-        raise _no_rsample(self, "its values are discrete")
+    def rsample(self, sample_shape: Size = ()) -> Tensor:
+        raise no_rsample(self, "its values are discrete")

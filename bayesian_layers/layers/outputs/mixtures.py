@@ -14,8 +14,9 @@ from typing import Any
 import torch.distributions as td
 from torch import Tensor
 
+from ..._checks import check_count, check_optional_count
 from . import distributions as od
-from .base import StochasticOutput, _check_count, _check_optional_count
+from .base import StochasticOutput
 from .logistic import DiscretizedLogisticMixture, Logistic
 
 __all__ = ["MixtureNormal", "MixtureLogistic"]
@@ -26,7 +27,7 @@ class _Mixture(StochasticOutput):
     positive = frozenset({"scale"})
 
     def __init__(self, units: int | None, num_components: int, **kwargs: Any) -> None:
-        self.num_components = _check_count(type(self).__name__, "num_components", num_components)
+        self.num_components = check_count(type(self).__name__, "num_components", num_components)
         super().__init__(units, **kwargs)
 
     def _consumes_last_dim(self) -> bool:
@@ -137,7 +138,7 @@ class MixtureLogistic(_Mixture):
         **kwargs: Any,
     ) -> None:
         owner = type(self).__name__
-        self.num_bins = _check_optional_count(owner, "num_bins", num_bins)
+        self.num_bins = check_optional_count(owner, "num_bins", num_bins)
         if self.num_bins == 1:
             raise ValueError(f"{owner} expected `num_bins` >= 2 or None, got 1")
         finite = all(

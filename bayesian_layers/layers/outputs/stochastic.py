@@ -13,8 +13,9 @@ import torch
 import torch.distributions as td
 from torch import Tensor
 
+from ..._checks import inverse_softplus
 from . import distributions as od
-from .base import StochasticOutput, inverse_softplus
+from .base import StochasticOutput
 
 __all__ = [
     "StochasticOutput",

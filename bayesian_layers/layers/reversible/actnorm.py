@@ -7,22 +7,16 @@ built first trains them and a checkpoint loads into a freshly built twin.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from .base import ReversibleLayer, _check_real, _is_lazy
+from ..._checks import check_optional_count, check_real, is_lazy
+from ._util import check_real_input
+from .base import ReversibleLayer
 
 __all__ = ["ActNorm"]
-
-
-def _check_eps(owner: str, eps: object) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
-        raise ValueError(f"{owner} expected `eps` to be a finite positive number, got {eps!r}")
-    return float(eps)
 
 
 class ActNorm(LazyModuleMixin, ReversibleLayer):
@@ -61,14 +55,8 @@ class ActNorm(LazyModuleMixin, ReversibleLayer):
     def __init__(self, num_features: int | None = None, *, eps: float = 1e-6) -> None:
         super().__init__()
         owner = type(self).__name__
-        if num_features is not None and (
-            isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1
-        ):
-            raise ValueError(
-                f"{owner} expected `num_features` to be a positive int or None, "
-                f"got {num_features!r}"
-            )
-        self.eps = _check_eps(owner, eps)
+        num_features = check_optional_count(owner, "num_features", num_features)
+        self.eps = check_real(owner, "eps", eps, strict=True)
         self.num_features = num_features
         self.shift = UninitializedParameter()
         self.log_scale = UninitializedParameter()
@@ -95,8 +83,8 @@ class ActNorm(LazyModuleMixin, ReversibleLayer):
 
     def _check(self, x: Tensor) -> Tensor:
         """A floating input in the parameters' dtype with ``num_features`` channels."""
-        dtype = None if _is_lazy(self.shift) else self.shift.dtype
-        x = _check_real(self, x, 1, dtype=dtype)
+        dtype = None if is_lazy(self.shift) else self.shift.dtype
+        x = check_real_input(self, x, 1, dtype=dtype)
         c = x.shape[self._channel_dim(x)]
         expected = self.num_features
         if (expected is None and c < 1) or (expected is not None and c != expected):
@@ -108,7 +96,7 @@ class ActNorm(LazyModuleMixin, ReversibleLayer):
 
     def _params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self._check(x)
-        if _is_lazy(self.shift):
+        if is_lazy(self.shift):
             raise RuntimeError("ActNorm: call forward once (data-dependent init) before reverse")
         return self._view(self.shift, x), self._view(self.log_scale, x)
 
@@ -133,7 +121,7 @@ class ActNorm(LazyModuleMixin, ReversibleLayer):
     def initialize_parameters(self, x: Tensor) -> None:  # type: ignore[override]
         """Size the lazy parameters from the first input (lazy hook); state unchanged
         when the batch is bad."""
-        if _is_lazy(self.shift) and not torch.compiler.is_compiling():
+        if is_lazy(self.shift) and not torch.compiler.is_compiling():
             x = self._check_first_batch(x)
             self._make(x.shape[self._channel_dim(x)], x.device, x.dtype)
 
@@ -141,13 +129,13 @@ class ActNorm(LazyModuleMixin, ReversibleLayer):
         self, state_dict: dict[str, Tensor], prefix: str, *args: object
     ) -> None:
         super()._lazy_load_hook(state_dict, prefix, *args)
-        if self.num_features is None and not _is_lazy(self.shift):
+        if self.num_features is None and not is_lazy(self.shift):
             self.num_features = self.shift.shape[0]
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
         x = self._check_first_batch(x)
-        if _is_lazy(self.shift):  # called without the hook (e.g. `layer.forward(x)`)
+        if is_lazy(self.shift):  # called without the hook (e.g. `layer.forward(x)`)
             self._make(x.shape[self._channel_dim(x)], x.device, x.dtype)
         cdim = x.dim() + self._channel_dim(x)
         flat = x.detach().movedim(cdim, -1).reshape(-1, x.shape[cdim])

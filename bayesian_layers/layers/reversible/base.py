@@ -27,18 +27,14 @@ of reversible layers therefore transforms a random variable (Figure 8)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform, TransformedDistribution, constraints
-from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
-from ...random_variable import RandomVariable
-from ..base import check_input
-
-T = TypeVar("T")
+from ...random_variables.variable import RandomVariable
+from ._util import call_naming
 
 __all__ = [
     "ReversibleLayer",
@@ -339,22 +335,22 @@ class Reverse(ReversibleLayer):
         return callable(getattr(self.layer, "reverse", None))
 
     def forward(self, y: Tensor) -> Tensor:
-        return _call_naming(self._owner(), self._inner_reverse, y)
+        return call_naming(self._owner(), self._inner_reverse, y)
 
     def reverse(self, x: Tensor) -> Tensor:
-        out: Tensor = _call_naming(self._owner(), self.layer, x)
+        out: Tensor = call_naming(self._owner(), self.layer, x)
         return out
 
     def log_det_jacobian(self, y: Tensor) -> Tensor:
         # one reverse sweep of the wrapped layer, its log-det read along the way
         owner = self._owner()
-        return -_call_naming(owner, _reverse_and_log_det, self.layer, y, owner)[1]
+        return -call_naming(owner, _reverse_and_log_det, self.layer, y, owner)[1]
 
     def reverse_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(reverse(x), log_det_jacobian(reverse(x)))`` from one forward sweep of the
         wrapped layer (no reverse sweep to recover ``x``)."""
         owner = self._owner()
-        y, ldj = _call_naming(owner, _forward_and_log_det, self.layer, x, owner)
+        y, ldj = call_naming(owner, _forward_and_log_det, self.layer, x, owner)
         return y, -ldj
 
     def _owner(self) -> str:
@@ -362,43 +358,3 @@ class Reverse(ReversibleLayer):
 
     def extra_repr(self) -> str:
         return ""
-
-
-def _call_naming(owner: str, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)``; a ``ValueError``/``TypeError`` raised inside (by a wrapped layer or
-    network) is re-raised with ``owner`` in front, so the message names the layer called."""
-    try:
-        return fn(*args)
-    except (ValueError, TypeError) as err:
-        if str(err).startswith(owner):
-            raise
-        try:
-            renamed = type(err)(f"{owner}: {err}")
-        except Exception:  # an exception type with another constructor
-            renamed = (ValueError if isinstance(err, ValueError) else TypeError)(f"{owner}: {err}")
-        raise renamed from err
-
-
-def _check_real(layer: nn.Module, x: Any, min_dim: int, dtype: torch.dtype | None = None) -> Tensor:
-    """Validate a reversible layer's input: a floating tensor with at least ``min_dim`` dims.
-
-    ``dtype`` is the layer's parameter dtype (``None``: any floating dtype); under
-    autocast the autocast dtype is accepted too (:func:`~.base.check_input`).
-    """
-    owner = type(layer).__name__
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{owner} expected `input` to be a Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        expected = dtype if dtype is not None else "a floating-point dtype"
-        raise TypeError(f"{owner} expected `input` of dtype {expected}, got {x.dtype}")
-    check_input(x, owner, "input", dtype=dtype)
-    if x.dim() < min_dim:
-        raise ValueError(
-            f"{owner} expected `input` with at least {min_dim} dims, got shape {tuple(x.shape)}"
-        )
-    return x
-
-
-def _is_lazy(p: object) -> bool:
-    """Whether ``p`` is a lazy parameter or buffer (an isinstance test: torch.compile traces it)."""
-    return isinstance(p, UninitializedTensorMixin)

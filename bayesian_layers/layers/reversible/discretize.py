@@ -39,10 +39,12 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ... import tracing as _tracing
-from ...random_variable import RandomVariable
+from ..._checks import check_name
+from ...random_variables.variable import RandomVariable
+from ..outputs._util import Size, log1mexp, strip_independent
 from ..outputs.binned import BinnedMoments, location_scale_bin_log_mass
-from ..outputs.distributions import IndependentEvents, _Size, _strip_independent, check_target_shape
-from ..outputs.logistic import Logistic, _log1mexp, log_sigmoid_diff
+from ..outputs.distributions import IndependentEvents, check_target_shape
+from ..outputs.logistic import Logistic, log_sigmoid_diff
 
 __all__ = ["Discretize", "DiscretizedDistribution"]
 
@@ -71,7 +73,7 @@ def _log_ndtr_diff(a: Tensor, b: Tensor) -> Tensor:
     flip = (a + b) > 0
     lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
     log_hi = torch.special.log_ndtr(hi)
-    return log_hi + _log1mexp(torch.special.log_ndtr(lo) - log_hi)
+    return log_hi + log1mexp(torch.special.log_ndtr(lo) - log_hi)
 
 
 def _check_family(d: td.Distribution) -> None:
@@ -164,7 +166,7 @@ class DiscretizedDistribution(BinnedMoments, td.Distribution):
         i = torch.arange(self.num_bins, dtype=self._dtype())
         return self.low + i * self.bin_width
 
-    def expand(self, batch_shape: _Size, _instance: Any = None) -> DiscretizedDistribution:  # type: ignore[override]
+    def expand(self, batch_shape: Size, _instance: Any = None) -> DiscretizedDistribution:  # type: ignore[override]
         new = self._get_checked_instance(DiscretizedDistribution, _instance)
         new.base = self.base.expand(batch_shape)
         new.low, new.high, new.num_bins = self.low, self.high, self.num_bins
@@ -236,11 +238,11 @@ class DiscretizedDistribution(BinnedMoments, td.Distribution):
         """Round continuous values to the nearest bin centre, clamped to ``[low, high]``."""
         return self.low + self._bin_index(x) * self.bin_width
 
-    def sample(self, sample_shape: _Size = ()) -> Tensor:
+    def sample(self, sample_shape: Size = ()) -> Tensor:
         with torch.no_grad():
             return self.snap(self.base.sample(torch.Size(sample_shape)))
 
-    def rsample(self, sample_shape: _Size = ()) -> Tensor:
+    def rsample(self, sample_shape: Size = ()) -> Tensor:
         raise NotImplementedError(
             "Discretize: a discretized distribution has no rsample (its values are discrete); "
             "use sample() and train through log_prob"
@@ -312,8 +314,7 @@ class Discretize(nn.Module):
             raise TypeError(
                 f"Discretize expected `validate_args` to be a bool or None, got {validate_args!r}"
             )
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"Discretize expected `name` to be a str or None, got {name!r}")
+        check_name("Discretize", name)
         self.name = name
         for name, v in (("low", low), ("high", high)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -338,7 +339,7 @@ class Discretize(nn.Module):
                 "Discretize expected a RandomVariable (e.g. the output of layers.MixtureLogistic), "
                 f"got {type(rv).__name__}; wrap a distribution as bl.RandomVariable(dist)"
             )
-        base, n = _strip_independent(rv.distribution)
+        base, n = strip_independent(rv.distribution)
         empty = base.batch_shape.numel() == 0  # nothing to validate (torch's checks fail)
         inner = DiscretizedDistribution(
             base,

@@ -16,15 +16,16 @@ stabilised as ``log_scale = c * tanh(r / c)`` with ``c = log_scale_bound``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..._checks import check_count, check_real
 from ..base import parameter_dtype
+from ._util import call_naming, check_real_input
 from .actnorm import ActNorm
-from .base import ReversibleLayer, _call_naming, _check_real
+from .base import ReversibleLayer
 from .made import MADE
 
 __all__ = [
@@ -35,14 +36,6 @@ __all__ = [
     "Permute",
     "InvertibleConv1x1",
 ]
-
-
-def _check_bound(owner: str, bound: object) -> float:
-    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < math.inf:
-        raise ValueError(
-            f"{owner} expected `log_scale_bound` to be a finite positive number, got {bound!r}"
-        )
-    return float(bound)
 
 
 def _shift_and_log_scale(
@@ -97,10 +90,12 @@ class RealNVP(ReversibleLayer):
             raise TypeError(f"RealNVP expected `network` a module, got {type(network).__name__}")
         self.network = network
         self.flip = flip
-        self.log_scale_bound = _check_bound(type(self).__name__, log_scale_bound)
+        self.log_scale_bound = check_real(
+            type(self).__name__, "log_scale_bound", log_scale_bound, strict=True
+        )
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = _check_real(self, x, 1, dtype=parameter_dtype(self.network))
+        x = check_real_input(self, x, 1, dtype=parameter_dtype(self.network))
         if x.shape[-1] < 2:
             raise ValueError(f"RealNVP expected at least 2 features, got shape {tuple(x.shape)}")
         k = x.shape[-1] // 2
@@ -111,7 +106,7 @@ class RealNVP(ReversibleLayer):
         return torch.cat([trans, cond] if self.flip else [cond, trans], dim=-1)
 
     def _params(self, cond: Tensor, d: int) -> tuple[Tensor, Tensor]:
-        out = _call_naming(type(self).__name__, self.network, cond)
+        out = call_naming(type(self).__name__, self.network, cond)
         return _shift_and_log_scale(self, out, d, self.log_scale_bound, cond.dim())
 
     def forward(self, x: Tensor) -> Tensor:
@@ -179,20 +174,22 @@ class MaskedAutoregressiveFlow(ReversibleLayer):
                 f"got {type(network).__name__}"
             )
         self.network = network
-        self.log_scale_bound = _check_bound(type(self).__name__, log_scale_bound)
+        self.log_scale_bound = check_real(
+            type(self).__name__, "log_scale_bound", log_scale_bound, strict=True
+        )
 
     def _params(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        y = _check_real(self, y, 1, dtype=parameter_dtype(self.network))
+        y = check_real_input(self, y, 1, dtype=parameter_dtype(self.network))
         return _shift_and_log_scale(
             self,
-            _call_naming(type(self).__name__, self.network, y),
+            call_naming(type(self).__name__, self.network, y),
             y.shape[-1],
             self.log_scale_bound,
             y.dim(),
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 1, dtype=parameter_dtype(self.network))
+        x = check_real_input(self, x, 1, dtype=parameter_dtype(self.network))
         y = torch.zeros_like(x)
         for _ in range(x.shape[-1]):  # entry i is final after i + 1 passes
             shift, log_scale = self._params(y)
@@ -285,7 +282,7 @@ class Permute(ReversibleLayer):
         return f"permutation=[{head}, ..., {perm[-1]}], D={len(perm)}"
 
     def _check(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 1)
+        x = check_real_input(self, x, 1)
         if x.shape[-1] != self.permutation.numel():
             raise ValueError(
                 f"Permute expected `input` of shape (..., {self.permutation.numel()}), "
@@ -328,17 +325,13 @@ class InvertibleConv1x1(ReversibleLayer):
 
     def __init__(self, num_channels: int, *, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(
-                f"InvertibleConv1x1 expected `num_channels` a positive int, got {num_channels!r}"
-            )
-        self.num_channels = num_channels
+        self.num_channels = check_count("InvertibleConv1x1", "num_channels", num_channels)
         gen = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=gen))
         self.weight = nn.Parameter(q.to(torch.get_default_dtype()))
 
     def _check(self, x: Tensor) -> Tensor:
-        x = _check_real(self, x, 3, dtype=self.weight.dtype)
+        x = check_real_input(self, x, 3, dtype=self.weight.dtype)
         if x.shape[-3] != self.num_channels:
             raise ValueError(
                 f"InvertibleConv1x1 expected {self.num_channels} channels at dim -3, "

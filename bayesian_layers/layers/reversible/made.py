@@ -18,17 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .base import _check_real, _is_lazy
+from ..._checks import check_count, is_lazy
+from ._util import check_real_input
 
 __all__ = ["MADE"]
 
 ORDERS = ("left-to-right", "right-to-left", "random")
-
-
-def _positive_int(owner: str, argument: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner} expected `{argument}` to be a positive int, got {value!r}")
-    return value
 
 
 def _hidden_dims(owner: str, value: object) -> list[int]:
@@ -112,7 +107,7 @@ class MADE(LazyModuleMixin, nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.units = _positive_int(owner, "units", units)
+        self.units = check_count(owner, "units", units)
         self.hidden_dims = _hidden_dims(owner, hidden_dims)
         if not isinstance(order, str) or order not in ORDERS:
             raise ValueError(f"{owner} expected `order` one of {ORDERS}, got {order!r}")
@@ -120,7 +115,7 @@ class MADE(LazyModuleMixin, nn.Module):
             raise TypeError(f"{owner} expected `activation` to be callable, got {activation!r}")
         in_features = _resolve_in_features(in_features, input_dim)
         if in_features is not None:
-            in_features = _positive_int(owner, "in_features", in_features)
+            in_features = check_count(owner, "in_features", in_features)
         self.order = order
         self.seed = seed
         self.activation: Callable[[Tensor], Tensor] = (
@@ -180,7 +175,7 @@ class MADE(LazyModuleMixin, nn.Module):
     def initialize_parameters(self, x: Tensor) -> None:  # type: ignore[override]
         """Build the layers for the first input's size, dtype and device (lazy hook)."""
         if self.in_features is None:
-            x = _check_real(self, x, 1)
+            x = check_real_input(self, x, 1)
             if x.shape[-1] < 1:
                 raise ValueError(
                     f"{type(self).__name__} expected `input` with at least one feature, "
@@ -193,7 +188,7 @@ class MADE(LazyModuleMixin, nn.Module):
     ) -> None:
         """Loading into a twin not yet called: size it from the checkpoint first."""
         weight = state_dict.get(prefix + "layers.0.weight")
-        if self.in_features is None and weight is not None and not _is_lazy(weight):
+        if self.in_features is None and weight is not None and not is_lazy(weight):
             lazy = cast(Tensor, self.layers[0].weight)
             self._materialize(weight.shape[1], lazy.device, lazy.dtype, init=False)
 
@@ -202,7 +197,7 @@ class MADE(LazyModuleMixin, nn.Module):
             self.initialize_parameters(x)
         first = self.layers[0]
         assert isinstance(first, nn.Linear)
-        x = _check_real(self, x, 1, dtype=first.weight.dtype)
+        x = check_real_input(self, x, 1, dtype=first.weight.dtype)
         d = x.shape[-1]
         if d != self.in_features:
             raise ValueError(
