@@ -1,9 +1,7 @@
-"""``PoissonProcess``: an inhomogeneous Poisson process on a box, as a layer.
+"""The law of an inhomogeneous Poisson process on a box: density and thinning.
 
 Given an intensity ``λ: [..., D] -> [...]`` (any module or callable, e.g. GP layers
-followed by softplus) the layer maps a point set ``x`` (``[N, D]``) to a
-:class:`~bayesian_layers.RandomVariable` whose value is ``x`` and whose
-distribution is the process over point sets in the box
+followed by softplus) :class:`PoissonProcessDistribution` is the process over point sets in the box
 ``A = [low_1, high_1] × ... × [low_D, high_D]``:
 
     log p(x) = Σ_i log λ(x_i) − ∫_A λ(s) ds.
@@ -16,55 +14,20 @@ layer drawing a function per call) is scored and sampled as one function.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from ..random_variable import RandomVariable
-from ..tracing import traceable
-from .base import check_input
+from ...random_variables.variable import RandomVariable
+from ._util import check_box, leggauss, tensor_grid
 
-__all__ = ["PoissonProcess", "PoissonProcessDistribution", "PointSetVariable"]
+__all__ = ["PoissonProcessDistribution", "Rate", "INTEGRATION"]
 
 Rate = Callable[[Tensor], Tensor]
 INTEGRATION = ("gauss_legendre", "monte_carlo")
-
-
-def _box(owner: str, domain: object) -> tuple[tuple[float, float], ...]:
-    try:
-        pairs = tuple((float(lo), float(hi)) for lo, hi in domain)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{owner} expected `domain` to be a sequence of (low, high) pairs, got {domain!r}"
-        ) from None
-    if not 1 <= len(pairs) <= 3:
-        raise ValueError(f"{owner} expected a domain of 1 to 3 dimensions, got {len(pairs)}")
-    for d, (lo, hi) in enumerate(pairs):
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(
-                f"{owner} expected finite low < high in every domain dimension, got "
-                f"({lo}, {hi}) in dimension {d}"
-            )
-    return pairs
-
-
-@functools.lru_cache(maxsize=16)
-def _leggauss(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss–Legendre nodes and weights on ``[-1, 1]`` (read-only; cached per ``n``)."""
-    nodes, weights = np.polynomial.legendre.leggauss(n)
-    nodes.setflags(write=False)
-    weights.setflags(write=False)
-    return nodes, weights
-
-
-def _tensor_grid(axes: Sequence[Tensor]) -> Tensor:
-    """The tensor-product grid ``[prod(len(a)), D]`` of ``D`` one-dimensional node sets."""
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
 
 
 class PoissonProcessDistribution(Distribution):
@@ -86,6 +49,9 @@ class PoissonProcessDistribution(Distribution):
             evaluated rate exceeds it; it can miss peaks narrower than the grid
             spacing, so give it for such rates).
         bound_factor: safety factor of the estimated bound.
+        dtype, device: of the box and of the points drawn.
+        owner: the name that error messages start with (default the class name; the
+            :class:`~.process.PoissonProcess` layer that builds the law passes its own).
 
     ``log_prob`` takes one point set ``[N, D]`` (a scalar), a list of point sets (a
     ``[B]`` tensor) or a padded batch ``[B, N, D]`` with ``mask`` ``[B, N]`` (a
@@ -115,10 +81,11 @@ class PoissonProcessDistribution(Distribution):
         bound_factor: float = 1.5,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        owner: str | None = None,
     ) -> None:
-        owner = type(self).__name__
+        owner = owner or type(self).__name__
         self.rate = rate
-        self.domain = _box(owner, domain)
+        self.domain = check_box(owner, domain)
         if integration not in INTEGRATION:
             raise ValueError(
                 f"{owner} expected `integration` in {INTEGRATION}, got {integration!r}"
@@ -139,7 +106,7 @@ class PoissonProcessDistribution(Distribution):
         self.low = torch.tensor(lows, dtype=self.dtype, device=self.device)  # (D,)
         self.high = torch.tensor(highs, dtype=self.dtype, device=self.device)  # (D,)
         super().__init__(batch_shape=torch.Size(), validate_args=False)
-        self._owner = owner  # the name in messages about points (the layer's, when it made this)
+        self._owner = owner  # the name in messages about points
 
     # ----------------------------------------------------------------- geometry
     @property
@@ -190,12 +157,12 @@ class PoissonProcessDistribution(Distribution):
             u = torch.rand((n, self.dim), dtype=like.dtype, device=like.device)
             weights = torch.full((n,), self.volume / n, dtype=like.dtype, device=like.device)
             return low + (high - low) * u, weights
-        t_np, w_np = _leggauss(n)  # on [-1, 1]
+        t_np, w_np = leggauss(n)  # on [-1, 1]
         t = torch.tensor(t_np, dtype=like.dtype, device=like.device)
         w = torch.tensor(w_np, dtype=like.dtype, device=like.device)
         axes = [(lo + hi) / 2 + (hi - lo) / 2 * t for lo, hi in zip(low, high, strict=True)]
         scales = [(hi - lo) / 2 * w for lo, hi in zip(low, high, strict=True)]
-        grid = _tensor_grid(axes)
+        grid = tensor_grid(axes)
         weight = scales[0]
         for s in scales[1:]:
             weight = (weight.unsqueeze(-1) * s).reshape(-1)
@@ -279,7 +246,7 @@ class PoissonProcessDistribution(Distribution):
         axes = [
             torch.linspace(lo, hi, n, dtype=low.dtype, device=low.device) for lo, hi in self.domain
         ]
-        return _tensor_grid(axes)
+        return tensor_grid(axes)
 
     @torch.no_grad()
     def _sample_one(self) -> Tensor:
@@ -331,149 +298,3 @@ class PoissonProcessDistribution(Distribution):
             points[i, : len(s)] = s
             mask[i, : len(s)] = True
         return points, mask
-
-
-class PointSetVariable(RandomVariable):
-    """A random point set: a :class:`~bayesian_layers.RandomVariable` whose value is
-    ``[N, D]`` and whose distribution is a point process (N itself is random).
-    ``sample()`` draws a new point set.
-
-    Args:
-        distribution: the point process.
-        value: the point set ``[N, D]``, inside the process's domain.
-        name: the variable's name.
-
-    Example:
-        >>> import torch
-        >>> law = PoissonProcessDistribution(lambda x: torch.ones(x.shape[:-1]), [(0.0, 2.0)])
-        >>> rv = PointSetVariable(law, torch.tensor([[0.5]]), name="events")
-        >>> rv.shape, float(rv.log_prob(rv))  # log 1 - 2
-        (torch.Size([1, 1]), -2.0)
-    """
-
-    def __init__(
-        self, distribution: PoissonProcessDistribution, value: Tensor, name: str | None = None
-    ) -> None:
-        self._set_distribution(distribution, (), name, "PointSetVariable")
-        self._value = distribution.check_points(value)
-
-
-@traceable
-def point_set(
-    distribution: PoissonProcessDistribution,
-    *,
-    name: str | None = None,
-    value: Tensor | None = None,
-) -> PointSetVariable:
-    """A traceable :class:`PointSetVariable` (drawn by thinning when ``value`` is None)."""
-    if value is None:
-        return PointSetVariable(distribution, distribution._sample_one(), name=name)
-    return PointSetVariable(distribution, value, name=name)
-
-
-class PoissonProcess(nn.Module):
-    """Inhomogeneous Poisson process on a box in 1–3 dimensions (paper Figure 9).
-
-    Args:
-        rate: the intensity, a module or callable mapping points ``[M, D]`` to
-            non-negative intensities ``[M]`` (or ``[M, 1]``), e.g.
-            ``nn.Sequential(layers.SparseGaussianProcess(1, 32), nn.Softplus())``.
-            A module is registered as a submodule (its parameters train, its
-            ``losses`` count in ``bl.losses``).
-        domain: one ``(low, high)`` pair per dimension.
-        integration: ``"gauss_legendre"`` or ``"monte_carlo"`` rule for ``∫λ``;
-            ``num_points`` controls its error (see
-            :class:`PoissonProcessDistribution`).
-        num_points: nodes per dimension (Gauss–Legendre) or in all (Monte Carlo).
-        upper_bound: ``λ*`` for thinning, or ``None`` to estimate it on a grid.
-        bound_factor: safety factor of an estimated bound.
-        name: name of the returned random variable (for tracing and conditioning).
-
-    Shape:
-        - Input: a point set ``[N, D]`` (N may be 0), all points inside ``domain``;
-          or nothing, and the value is drawn by thinning (a generative program:
-          ``bl.condition(events=x)`` then fixes it without drawing).
-        - Output: a :class:`PointSetVariable` with value the input.
-
-    Example:
-        >>> import torch
-        >>> from bayesian_layers import layers
-        >>> process = layers.PoissonProcess(lambda x: 2.0 * torch.ones(x.shape[:-1]),
-        ...                                 domain=[(0.0, 3.0)], name="events")
-        >>> events = process(torch.tensor([[0.5], [2.0]]))
-        >>> round(float(events.log_prob(events)), 4)  # 2 log 2 - 2 * 3
-        -4.6137
-        >>> _ = torch.manual_seed(0)
-        >>> events.sample().shape[-1]
-        1
-    """
-
-    def __init__(
-        self,
-        rate: Rate,
-        domain: Sequence[tuple[float, float]],
-        *,
-        integration: str = "gauss_legendre",
-        num_points: int = 64,
-        upper_bound: float | None = None,
-        bound_factor: float = 1.5,
-        name: str | None = None,
-    ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        if not callable(rate):
-            raise TypeError(f"{owner} expected `rate` to be a module or callable, got {rate!r}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"{owner} expected `name` to be a str or None, got {type(name)}")
-        self.rate = rate
-        self.name = name
-        self.domain = _box(owner, domain)
-        self._options = {
-            "integration": integration,
-            "num_points": num_points,
-            "upper_bound": upper_bound,
-            "bound_factor": bound_factor,
-        }
-        self.process()  # validates domain and options now
-
-    def process(
-        self, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
-    ) -> PoissonProcessDistribution:
-        """The process as a distribution over point sets (box and draws in ``dtype`` on
-        ``device``)."""
-        options = self._options
-        law = PoissonProcessDistribution(
-            self.rate,
-            self.domain,
-            dtype=dtype,
-            device=device,
-            **options,  # type: ignore[arg-type]
-        )
-        law._owner = type(self).__name__  # errors about the points name this layer
-        return law
-
-    def forward(self, x: Tensor | None = None) -> PointSetVariable:
-        if isinstance(x, RandomVariable):
-            x = x.value
-        param = self._rate_parameter()
-        dtype = param.dtype if param is not None else None
-        device = param.device if param is not None else None
-        if isinstance(x, Tensor):
-            if param is not None and x.is_floating_point():
-                # the rate module computes in its parameters' dtype (or autocast's)
-                check_input(x, type(self).__name__, "events", dtype=param.dtype)
-            dtype = x.dtype if x.is_floating_point() else dtype
-            device = x.device
-        # the points are checked (also a value substituted by conditioning) by PointSetVariable
-        return point_set(self.process(dtype=dtype, device=device), name=self.name, value=x)
-
-    def _rate_parameter(self) -> Tensor | None:
-        """A floating parameter of the rate module: its dtype and device are the points'."""
-        if isinstance(self.rate, nn.Module):
-            for p in self.rate.parameters():
-                if p.is_floating_point() and not isinstance(p, nn.UninitializedParameter):
-                    return p
-        return None
-
-    def extra_repr(self) -> str:
-        return f"domain={list(self.domain)}, name={self.name!r}"
