@@ -9,8 +9,8 @@ from .distributions import Deterministic as DeterministicDistribution
 from .inference import make_log_joint_fn, program_elbo
 from .objectives import elbo_loss, losses
 from .predictive import Predictive, predict
-from .random_variable import RandomVariable
 from .random_variables import *  # noqa: F403 - the constructors, listed in its __all__
+from .random_variables.variable import RandomVariable
 from .sampling import (
     bayesian_modules,
     frozen_sample,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .random_variable import RandomVariable
+from .random_variables.variable import RandomVariable
 
 __all__ = ["mark_function_space", "is_function_space"]
 

@@ -49,6 +49,7 @@ MOVED_MODULES = {
     "layers.discretize": "layers.reversible.discretize",
     "tensor_parallel": "distributed.tensor_parallel",
     "tensor_parallel_attention": "distributed.tensor_parallel_attention",
+    "random_variable": "random_variables.variable",
 }
 
 

@@ -1,4 +1,4 @@
-"""Tests for ``bayesian_layers.random_variable.RandomVariable``."""
+"""Tests for ``bayesian_layers.random_variables.variable.RandomVariable``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import Tensor, nn
 
-from bayesian_layers.random_variable import RandomVariable
+from bayesian_layers.random_variables.variable import RandomVariable
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,9 @@ import torch
 import torch.distributions as td
 
 from bayesian_layers import distributions as bld
+from bayesian_layers import layers
 from bayesian_layers import random_variables as rvs
-from bayesian_layers.random_variable import RandomVariable
+from bayesian_layers.random_variables.variable import RandomVariable
 
 # Abstract bases exported by torch.distributions that have no constructor of their own.
 ABSTRACT = {"Distribution", "ExponentialFamily"}
@@ -251,3 +252,35 @@ def test_non_reparameterizable_values_have_no_grad(name: str) -> None:
     args = tuple(a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
     rv = _constructor(name)(*args, **kwargs)
     assert not rv.value.requires_grad
+
+
+# ------------------------------------------------------------- names shared with layers
+# Nine names are both a constructor here (parameters in) and an output layer in
+# bl.layers (features in); each docstring names the other.
+SHARED_WITH_OUTPUT_LAYERS = [
+    "Bernoulli",
+    "Categorical",
+    "Laplace",
+    "LogNormal",
+    "NegativeBinomial",
+    "Normal",
+    "OneHotCategorical",
+    "Poisson",
+    "StudentT",
+]
+
+
+def test_names_shared_with_output_layers() -> None:
+    assert sorted(set(rvs.__all__) & set(layers.__all__)) == SHARED_WITH_OUTPUT_LAYERS
+
+
+@pytest.mark.parametrize("name", SHARED_WITH_OUTPUT_LAYERS)
+def test_constructor_docstring_names_the_output_layer(name: str) -> None:
+    doc = " ".join((inspect.getdoc(_constructor(name)) or "").split())
+    assert f"output layer of the same name is ``bl.layers.{name}``" in doc, doc
+
+
+@pytest.mark.parametrize("name", SHARED_WITH_OUTPUT_LAYERS)
+def test_output_layer_docstring_names_the_constructor(name: str) -> None:
+    doc = " ".join((inspect.getdoc(getattr(layers, name)) or "").split())
+    assert f"constructor of the same name is ``bl.{name}``" in doc, doc
