@@ -44,8 +44,9 @@ import torch
 from torch import Tensor, nn
 
 from .objectives import losses as _losses
-from .random_variable import RandomVariable
-from .tracing import LayerParameter, _collect_values, _Conditioner, _shield, tape, trace
+from .random_variables.variable import RandomVariable
+from .tracing import LayerParameter, tape, trace
+from .tracing._handlers import _collect_values, _Conditioner, _shield
 
 __all__ = ["program_elbo", "make_log_joint_fn"]
 
