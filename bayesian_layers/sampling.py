@@ -16,7 +16,8 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .layers.base import SAMPLING_MODES, BayesianLayer, pop_override, push_override
+from .layers._overrides import pop_override, push_override
+from .layers.base import SAMPLING_MODES, BayesianLayer
 
 __all__ = [
     "bayesian_modules",

@@ -1,26 +1,32 @@
 """Shared machinery of layers with uncertain parameters: parameters as random
-variables, sampling modes, vectorised function samples and ``losses``."""
+variables, sampling modes, vectorised function samples and ``losses``.
+
+The parts live in private modules and meet in :class:`BayesianLayer`: the parameter
+seam (:mod:`._seam`: specs, posteriors, KL terms), the noise source and its hooks
+(:mod:`._noise`), all-or-nothing state loading (:mod:`._state`), the per-thread
+sampling overrides (:mod:`._overrides`) and the input checks (:mod:`._input`, whose
+``as_tensor``, ``check_input`` and ``parameter_dtype`` are importable from here).
+"""
 
 from __future__ import annotations
 
-import sys
-import threading
-import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
-from torch.utils.hooks import RemovableHandle
+from torch import Tensor
 
 from .. import tracing as _tracing
-from ..initializers import TrainableInitializer, TrainableNormal, get_initializer
+from ..initializers import TrainableInitializer, get_initializer
 from ..random_variables.variable import RandomVariable
 from ..regularizers import Regularizer, get_regularizer
-from ._util import rademacher
+from ._input import as_tensor, check_input, parameter_dtype
+from ._noise import NoiseHook, NoiseSource
+from ._overrides import pop_override, push_override
+from ._overrides import top_override as _top
+from ._seam import ParameterSeam, ParameterSpec
+from ._state import AllOrNothingLoading
 
 __all__ = [
     "BayesianLayer",
@@ -30,52 +36,9 @@ __all__ = [
     "as_tensor",
     "check_input",
     "parameter_dtype",
+    "pop_override",
+    "push_override",
 ]
-
-#: ``hook(layer, name, kind, shape, make) -> Tensor | None``; see
-#: :meth:`BayesianLayer.register_noise_hook`.
-NoiseHook = Callable[["BayesianLayer", str, str, torch.Size, Callable[[torch.Size], Tensor]], Any]
-
-
-def _normal_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
-    def make(shape: torch.Size) -> Tensor:
-        return torch.randn(shape, dtype=like.dtype, device=like.device)
-
-    return make
-
-
-def _sign_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
-    def make(shape: torch.Size) -> Tensor:
-        return rademacher(shape, like)
-
-    return make
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """What a layer declares about one of its parameters (see
-    :meth:`BayesianLayer.named_random_parameters`).
-
-    Attributes:
-        name: the parameter's name on the layer (``"weight"``, ``"bias"``).
-        shape: the parameter's shape (no sample dimensions).
-        initializer: the posterior family (``.is_normal``, ``.is_deterministic``,
-            ``.loc_scale(layer, name)``, ...).
-        regularizer: the penalty of the posterior (a KL), ``None`` when there is none.
-        is_random: ``False`` for point estimates (deterministic families).
-
-    Example:
-        >>> import bayesian_layers as bl
-        >>> spec = bl.layers.LinearFlipout(3, 2).parameter_spec("weight")
-        >>> spec.name, spec.shape, spec.is_random
-        ('weight', torch.Size([2, 3]), True)
-    """
-
-    name: str
-    shape: torch.Size
-    initializer: TrainableInitializer
-    regularizer: Regularizer | None
-    is_random: bool
 
 
 #: ``"sample"``: a fresh function sample at every call (default, train and eval);
@@ -84,153 +47,7 @@ class ParameterSpec:
 SAMPLING_MODES = ("sample", "mean", "frozen")
 
 
-def as_tensor(x: Any, owner: str) -> Tensor:
-    """Unwrap a random variable to its value; reject non-tensors with a ``TypeError``."""
-    if isinstance(x, RandomVariable):
-        x = x.value
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{owner} expected a Tensor input, got {type(x).__name__}")
-    return x
-
-
-def check_input(
-    x: Any, owner: str, argument: str = "input", *, dtype: torch.dtype | None = None
-) -> Tensor:
-    """Unwrap a random variable and check that ``x`` is a tensor of the expected dtype.
-
-    Args:
-        x: the value passed to a layer (a Tensor or a RandomVariable).
-        owner: the layer's name for messages, e.g. ``type(self).__name__``.
-        argument: the argument's name for messages (``"input"``, ``"hx"``, ``"query"``).
-        dtype: the floating dtype the layer computes in (its parameters' dtype);
-            ``None`` checks only that ``x`` is a tensor. Under ``torch.autocast``
-            for ``x``'s device the autocast dtype is accepted as well, so a
-            lower-precision output of one layer may feed the next.
-
-    Returns:
-        ``x`` as a plain tensor.
-
-    Raises:
-        TypeError: ``x`` is not a tensor, or its dtype is neither ``dtype`` nor
-            (under autocast) the autocast dtype. The message names the layer, the
-            argument, the expected and the received dtype.
-
-    Example:
-        >>> check_input(torch.zeros(2, 3), "Linear", dtype=torch.float32).shape
-        torch.Size([2, 3])
-        >>> check_input(torch.zeros(2, 3, dtype=torch.float64), "Linear", dtype=torch.float32)
-        Traceback (most recent call last):
-        ...
-        TypeError: Linear expected `input` of dtype torch.float32, got torch.float64
-    """
-    if isinstance(x, RandomVariable):
-        x = x.value
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{owner} expected `{argument}` to be a Tensor, got {type(x).__name__}")
-    if dtype is None or x.dtype == dtype:
-        return x
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        fast = torch.get_autocast_dtype(device)
-        if x.dtype == fast:
-            return x
-        raise TypeError(
-            f"{owner} expected `{argument}` of dtype {dtype} (or {fast} under autocast), "
-            f"got {x.dtype}"
-        )
-    raise TypeError(f"{owner} expected `{argument}` of dtype {dtype}, got {x.dtype}")
-
-
-def parameter_dtype(module: object) -> torch.dtype | None:
-    """The dtype of ``module``'s first materialised floating parameter: its own first
-    (the common case, no recursion), then its submodules'; ``None`` when there is none
-    (or ``module`` is not an ``nn.Module``). Lazy parameters are skipped by an isinstance
-    test, which ``torch.compile`` traces (``nn.parameter.is_lazy`` breaks the graph)."""
-    if not isinstance(module, nn.Module):
-        return None
-    for p in module._parameters.values():
-        if p is not None and p.is_floating_point() and not isinstance(p, UninitializedTensorMixin):
-            return p.dtype
-    for p in module.parameters():
-        if p.is_floating_point() and not isinstance(p, UninitializedTensorMixin):
-            return p.dtype
-    return None
-
-
-#: Per-thread overrides pushed by the context managers of :mod:`bayesian_layers.sampling`:
-#: ``modes`` maps ``id(layer)`` to a list of ``(token, mode, frozen_noise)`` entries and
-#: ``samples`` to a list of ``(token, K)``; the last entry wins. A context removes only
-#: its own entry at exit, so contexts in different threads (or exiting out of order in
-#: one thread) never restore each other's state.
-class _Overrides(threading.local):
-    def __init__(self) -> None:
-        # both tables exist in every thread from its first look: a compiled call is
-        # then traced against an empty table, as it finds it after any context exits
-        # (no recompilation the first time a context is used)
-        self.modes: dict[int, list[tuple]] = {}
-        self.samples: dict[int, list[tuple]] = {}
-
-
-_OVERRIDES = _Overrides()
-
-
-def _thread_table(kind: str) -> dict[int, list[tuple]]:
-    table: dict[int, list[tuple]] = getattr(_OVERRIDES, kind)  # made per thread in __init__
-    return table
-
-
-def push_override(layers: Iterable[BayesianLayer], kind: str, token: object, value: Any) -> None:
-    """Give ``layers`` a ``"modes"`` or ``"samples"`` override in the calling thread only.
-
-    A ``"modes"`` entry carries its own frozen-noise store, so a frozen-sample context
-    is its own function sample, forgotten when the entry is removed.
-    """
-    table = _thread_table(kind)
-    for layer in layers:
-        entry = (token, value, {}) if kind == "modes" else (token, value)
-        table.setdefault(id(layer), []).append(entry)
-
-
-def pop_override(layers: Iterable[BayesianLayer], kind: str, token: object) -> None:
-    """Remove the override entries of ``token`` (wherever they are in each stack)."""
-    table = _thread_table(kind)
-    for layer in layers:
-        entries = table.get(id(layer))
-        if not entries:
-            continue
-        entries[:] = [e for e in entries if e[0] is not token]
-        if not entries:
-            del table[id(layer)]
-
-
-def _top(layer: BayesianLayer, kind: str) -> tuple | None:
-    entries = _thread_table(kind).get(id(layer))
-    return entries[-1] if entries else None
-
-
-def _strict_load() -> bool:
-    """Whether the running ``nn.Module.load_state_dict`` is strict (torch passes every
-    module ``strict=True`` whatever the caller asked; the caller's flag is a local of
-    that frame). Unknown callers count as not strict."""
-    code = nn.Module.load_state_dict.__code__
-    frame: types.FrameType | None = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code is code:
-            return bool(frame.f_locals.get("strict", False))
-        frame = frame.f_back
-    return False
-
-
-def _forget_withheld_keys(module: nn.Module, incompatible_keys: Any) -> None:
-    """Load post-hook: keys a layer held back from its submodules after a failed check
-    are not "missing" (the real error is already reported)."""
-    withheld = module.__dict__.pop("_withheld_keys", None)
-    if withheld:
-        missing = incompatible_keys.missing_keys
-        missing[:] = [k for k in missing if k not in withheld]
-
-
-class BayesianLayer(nn.Module):
+class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
     """Base class of layers whose parameters are random variables.
 
     A subclass declares each parameter with :meth:`add_param`. A random parameter
@@ -261,7 +78,6 @@ class BayesianLayer(nn.Module):
         self._noise_hooks: OrderedDict[int, NoiseHook] = OrderedDict()
         self.sampling = "sample"
         self.num_function_samples = 1
-        self.register_load_state_dict_post_hook(_forget_withheld_keys)
 
     def __getstate__(self) -> dict[str, Any]:
         # Draws hold autograd graphs, which neither deepcopy nor pickle accept; a
@@ -282,64 +98,7 @@ class BayesianLayer(nn.Module):
                 state.setdefault(new, state.pop(old))
         super().__setstate__(state)
 
-    # ----------------------------------------------------------------- state
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # All or nothing per layer: every key of this layer and its submodules
-        # (initializers, regularizers, nested layers) is checked before any is copied.
-        problems = self._state_dict_problems(state_dict, prefix)
-        own = self.state_dict(keep_vars=True)
-        absent = [prefix + k for k in own if prefix + k not in state_dict]
-        if not problems and not (absent and _strict_load()):
-            super()._load_from_state_dict(
-                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                error_msgs,
-            )  # fmt: skip
-            return
-        error_msgs.extend(problems)
-        own_keys = {prefix + k for k in {**self._parameters, **self._buffers}}
-        missing_keys.extend(k for k in absent if k in own_keys)  # submodules add theirs
-        withheld = {k for k in state_dict if k.startswith(prefix)}
-        for k in withheld:  # this dict is torch's copy; submodules then find nothing to load
-            del state_dict[k]
-        self.__dict__["_withheld_keys"] = withheld
-
-    def _state_dict_problems(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
-        """Messages for every entry of ``state_dict`` this layer would refuse."""
-        owner = type(self).__name__
-        problems = []
-        for name, current in self.state_dict(keep_vars=True).items():
-            key = prefix + name
-            if key not in state_dict:
-                continue
-            value = state_dict[key]
-            if not torch.overrides.is_tensor_like(value):
-                problems.append(
-                    f"{owner} expected a tensor for {key} (so nothing in it was loaded), "
-                    f"got {type(value).__name__}"
-                )
-                continue
-            if not isinstance(current, Tensor) or torch.nn.parameter.is_lazy(current):
-                continue
-            shape = value.shape
-            if current.dim() == 0 and tuple(shape) == (1,):  # torch's 0.3 compatibility
-                continue
-            if shape != current.shape:
-                problems.append(
-                    f"size mismatch for {key}: copying a param with shape {shape} from "
-                    f"checkpoint, the shape in current model is {current.shape} ({owner}: "
-                    "nothing in it was loaded)"
-                )
-        return problems
-
+    # -------------------------------------------------------------- sampling
     @property
     def sampling(self) -> str:
         """The sampling mode, one of :data:`SAMPLING_MODES`.
@@ -461,137 +220,7 @@ class BayesianLayer(nn.Module):
         """The posterior mean of ``name`` (the parameter itself when deterministic)."""
         return self._inits[name].point(self, name)
 
-    # ------------------------------------------------------------ the seam
-    def _init_of(self, name: str) -> TrainableInitializer:
-        init = self._inits.get(name)
-        if init is None:
-            raise ValueError(
-                f"{type(self).__name__} has no parameter {name!r}; its parameters are "
-                f"{list(self._inits)}"
-            )
-        return init
-
-    def parameter_spec(self, name: str) -> ParameterSpec:
-        """What this layer declares about parameter ``name``.
-
-        Raises:
-            ValueError: ``name`` is not a parameter of this layer (the message names
-                the layer and lists its parameters).
-
-        Example:
-            >>> import bayesian_layers as bl
-            >>> layer = bl.layers.LinearReparameterization(3, 2)
-            >>> spec = layer.parameter_spec("bias")  # a point estimate by default
-            >>> spec.shape, type(spec.initializer).__name__, spec.is_random
-            (torch.Size([2]), 'TrainableDeterministic', False)
-            >>> layer.parameter_spec("kernel")
-            Traceback (most recent call last):
-            ...
-            ValueError: LinearReparameterization has no parameter 'kernel'; its parameters are ...
-        """
-        init = self._init_of(name)
-        reg = self._modules.get(f"{name}_regularizer")
-        random = name in self._random
-        shape = self._random[name] if random else init.point(self, name).shape
-        return ParameterSpec(
-            name=name,
-            shape=torch.Size(shape),
-            initializer=init,
-            regularizer=reg if isinstance(reg, Regularizer) else None,
-            is_random=random,
-        )
-
-    def named_random_parameters(
-        self, *, include_deterministic: bool = False
-    ) -> Iterator[tuple[str, ParameterSpec]]:
-        """``(name, spec)`` of this layer's random parameters, in declaration order.
-
-        Only the layer's own (as ``named_parameters(recurse=False)``); a nested
-        Bayesian layer lists its own.
-
-        Args:
-            include_deterministic: list the point-estimate parameters declared with
-                :meth:`add_param` as well (``spec.is_random`` is then ``False``).
-
-        Example:
-            >>> import bayesian_layers as bl
-            >>> layer = bl.layers.LinearFlipout(3, 2)  # a deterministic bias by default
-            >>> [(n, tuple(s.shape)) for n, s in layer.named_random_parameters()]
-            [('weight', (2, 3))]
-            >>> [n for n, _ in layer.named_random_parameters(include_deterministic=True)]
-            ['weight', 'bias']
-        """
-        for name in self._inits:
-            if include_deterministic or name in self._random:
-                yield name, self.parameter_spec(name)
-
-    def posterior(self, name: str) -> torch.distributions.Distribution:
-        """The current posterior ``q`` of parameter ``name`` (a
-        :class:`bayesian_layers.DeterministicDistribution` for a point estimate).
-
-        Example:
-            >>> import bayesian_layers as bl
-            >>> layer = bl.layers.LinearReparameterization(3, 2)
-            >>> q = layer.posterior("weight")
-            >>> torch.equal(q.mean, layer.weight_loc), q.batch_shape
-            (True, torch.Size([2, 3]))
-        """
-        return self._init_of(name).distribution(self, name)
-
-    def posterior_loc_scale(self, name: str) -> tuple[Tensor, Tensor | None]:
-        """``(loc, scale)`` of the normal posterior of ``name``; ``(value, None)`` for a
-        point estimate.
-
-        Raises:
-            ValueError: the posterior of ``name`` is neither normal nor deterministic.
-
-        Example:
-            >>> import bayesian_layers as bl
-            >>> layer = bl.layers.LinearFlipout(3, 2)
-            >>> loc, scale = layer.posterior_loc_scale("weight")
-            >>> torch.allclose(scale, torch.nn.functional.softplus(layer.weight_rho))
-            True
-        """
-        init = self._init_of(name)
-        if init.is_deterministic:
-            return init.point(self, name), None
-        if not init.is_normal:
-            raise ValueError(
-                f"{type(self).__name__}.posterior_loc_scale needs a normal or deterministic "
-                f"posterior, got {type(init).__name__} for {name!r}"
-            )
-        return init.loc_scale(self, name)
-
-    def set_initializer(self, name: str, initializer: str | TrainableInitializer) -> None:
-        """Replace the posterior family object of ``name``, keeping its parameters.
-
-        The new family must hold the same parameters (same suffixes, e.g.
-        ``loc``/``rho``); use it to record how the parameters were set (e.g. a
-        pretrained posterior), not to change the family. The attribute
-        ``<name>_initializer`` and the layer's tables stay consistent.
-
-        Raises:
-            ValueError: unknown ``name``, or a family with other parameters.
-
-        Example:
-            >>> import bayesian_layers as bl
-            >>> layer = bl.layers.LinearFlipout(3, 2)
-            >>> layer.set_initializer("weight", bl.initializers.TrainableHeNormal())
-            >>> type(layer.weight_initializer).__name__
-            'TrainableHeNormal'
-        """
-        old = self._init_of(name)
-        owner = type(self).__name__
-        init = get_initializer(initializer, owner=f"{owner}({name}_initializer)")
-        if init.suffixes != old.suffixes or init.is_deterministic != old.is_deterministic:
-            raise ValueError(
-                f"{owner}.set_initializer expected a family with the parameters of "
-                f"{type(old).__name__} for {name!r} (suffixes {old.suffixes}), got "
-                f"{type(init).__name__} (suffixes {init.suffixes})"
-            )
-        setattr(self, f"{name}_initializer", init)
-        self._inits[name] = init
-
+    # ---------------------------------------------------------------- inputs
     def param_dtype(self) -> torch.dtype | None:
         """The dtype of this layer's floating parameters (``None`` when it has none)."""
         return parameter_dtype(self)
@@ -617,84 +246,16 @@ class BayesianLayer(nn.Module):
         dtype = self.param_dtype() if floating else None
         return check_input(x, type(self).__name__, argument, dtype=dtype)
 
-    # -------------------------------------------------------------- sampling
-    def noise(
-        self, name: str, shape: Sequence[int], like: Tensor, *, kind: str = "normal"
-    ) -> Tensor:
-        """Standard noise for a draw: the one place where this layer's randomness is made.
-
-        Every estimator asks for its noise here, so a noise hook
-        (:meth:`register_noise_hook`) sees all of it: tensor parallelism draws the
-        noise of the whole weight and keeps its shard, a test substitutes fixed noise.
-
-        Args:
-            name: what the noise is for: a random parameter's name (``"weight"``), or
-                a name of the estimator's own (``"weight_sign_in"``, ``"output"``).
-            shape: the noise's shape (a leading K in vectorised mode included).
-            like: a tensor whose dtype and device the noise takes.
-            kind: ``"normal"`` (standard normal), ``"sign"`` (Rademacher ±1), or
-                ``"parameter"`` (the noise of ``name``'s posterior family, e.g.
-                standard normal for a normal posterior).
-
-        Returns:
-            A tensor of ``shape``: the first hook's answer that is not ``None``, else
-            a fresh draw.
-        """
-        shape = torch.Size(shape)
-        if kind == "normal":
-            make = _normal_maker(like)
-        elif kind == "sign":
-            make = _sign_maker(like)
-        elif kind == "parameter":
-            init = self._inits[name]
-
-            def make(s: torch.Size) -> Tensor:
-                return init.noise(s, like)
-        else:
-            raise ValueError(
-                f"{type(self).__name__}.noise expected `kind` in ('normal', 'sign', "
-                f"'parameter'), got {kind!r}"
-            )
-        for hook in self._noise_hooks.values():
-            value = hook(self, name, kind, shape, make)
-            if value is not None:
-                return value
-        return make(shape)
-
-    def register_noise_hook(self, hook: NoiseHook) -> RemovableHandle:
-        """Register ``hook(layer, name, kind, shape, make) -> Tensor | None``, called
-        by :meth:`noise` for every draw of this layer (in registration order).
-
-        ``make(shape)`` draws default noise of the requested kind for any shape (a
-        tensor-parallel hook calls it with the full shape and slices its shard);
-        return ``None`` to leave the draw to the next hook or the default.
-
-        Returns:
-            a handle whose ``remove()`` unregisters the hook.
-
-        Example:
-            >>> import torch, bayesian_layers as bl
-            >>> layer = bl.layers.LinearReparameterization(3, 2)
-            >>> zeros = lambda layer, name, kind, shape, make: torch.zeros(shape)
-            >>> handle = layer.register_noise_hook(zeros)
-            >>> x = torch.randn(4, 3)
-            >>> torch.equal(layer(x), layer(x))  # the posterior means, as with zero noise
-            True
-            >>> handle.remove()
-        """
-        handle = RemovableHandle(self._noise_hooks)
-        self._noise_hooks[handle.id] = hook
-        return handle
-
+    # ----------------------------------------------------------------- draws
     def _noise(self, name: str, init: TrainableInitializer, like: Tensor) -> Tensor | None:
-        shape = self._random[name]
-        if self.num_function_samples > 1:
-            shape = torch.Size((self.num_function_samples,)) + shape
+        lead = torch.Size((self.num_function_samples,) if self.num_function_samples > 1 else ())
         if self.sampling != "frozen":
-            return self.noise(name, shape, like, kind="parameter")
+            return self.noise(name, lead + self._random[name], like, kind="parameter")
         cached = self._frozen_noise.get(name)
-        if cached is None or cached.shape != shape:
-            cached = self.noise(name, shape, like, kind="parameter")
+        # ``like``'s shape, not the declared one: a noise hook may answer with another
+        # (a tensor-parallel shard's), which is then the frozen sample of that shard
+        if cached is None or cached.shape != lead + like.shape:
+            cached = self.noise(name, lead + self._random[name], like, kind="parameter")
             self._frozen_noise[name] = cached
         return cached
 
@@ -802,63 +363,3 @@ class BayesianLayer(nn.Module):
         return k
 
     _check_samples = check_samples  # the old private name, until every caller moved
-
-    # ---------------------------------------------------------------- losses
-    def _normal_penalty(
-        self, reg: Regularizer, init: TrainableInitializer, name: str
-    ) -> Tensor | None:
-        # from the raw rho (stable log-scale) when scale = softplus(rho), as for every
-        # TrainableNormal that keeps its loc_scale; a family computing its scale
-        # otherwise goes through its own loc_scale
-        if type(init).loc_scale is TrainableNormal.loc_scale:
-            return reg.softplus_normal_penalty(*init.loc_rho(self, name))
-        return reg.normal_penalty(*init.loc_scale(self, name))
-
-    def kl_terms(self) -> dict[str, Tensor]:
-        """The regularizer term (a scalar, usually a KL) of every parameter that has a
-        regularizer, by parameter name, from the current posteriors.
-
-        A Monte Carlo regularizer uses the latest draw of the parameter (divided by its
-        number of samples), or draws afresh when there is none. A draw whose shape no
-        longer fits the parameter (parameters resharded since) is not used.
-
-        Example:
-            >>> import bayesian_layers as bl
-            >>> layer = bl.layers.LinearReparameterization(3, 2)
-            >>> terms = layer.kl_terms()  # the default bias is a point estimate: no term
-            >>> list(terms), terms["weight"].shape
-            (['weight'], torch.Size([]))
-        """
-        out: dict[str, Tensor] = {}
-        for name, init in self._inits.items():
-            reg = self._modules.get(f"{name}_regularizer")
-            if not isinstance(reg, Regularizer):
-                continue
-            if init.is_normal:
-                term = self._normal_penalty(reg, init, name)
-                if term is not None:
-                    out[name] = term
-                    continue
-            q = init.distribution(self, name)
-            value = self._last_sample.get(name) if name in self._random else None
-            shape = next(iter(init.params(self, name).values())).shape
-            if value is not None and value.shape[value.dim() - len(shape) :] != shape:
-                value = None  # drawn before the parameters were resharded
-            samples = 1
-            if not reg.needs_sample:
-                rv = RandomVariable(q, value=init.point(self, name))
-            elif value is not None:
-                lead = value.shape[: value.dim() - len(shape)]
-                samples = max(1, lead.numel())
-                rv = RandomVariable(q, value=value, sample_shape=lead)
-            else:
-                rv = RandomVariable(q)
-            term = reg(rv)
-            out[name] = term / samples if samples > 1 else term
-        return out
-
-    @property
-    def losses(self) -> list[Tensor]:
-        """Regularizer terms (scalars) of the current parameter distributions:
-        ``list(self.kl_terms().values())``."""
-        return list(self.kl_terms().values())

@@ -1,0 +1,113 @@
+"""Where a layer's randomness is made: :meth:`NoiseSource.noise` and its hooks (private;
+the methods are public on :class:`~bayesian_layers.layers.base.BayesianLayer`)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..initializers import TrainableInitializer
+from ._util import rademacher
+
+if TYPE_CHECKING:
+    from .base import BayesianLayer
+
+__all__ = ["NoiseHook", "NoiseSource"]
+
+#: ``hook(layer, name, kind, shape, make) -> Tensor | None``; see
+#: :meth:`BayesianLayer.register_noise_hook`.
+NoiseHook = Callable[["BayesianLayer", str, str, torch.Size, Callable[[torch.Size], Tensor]], Any]
+
+
+def _normal_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
+    def make(shape: torch.Size) -> Tensor:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+
+    return make
+
+
+def _sign_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
+    def make(shape: torch.Size) -> Tensor:
+        return rademacher(shape, like)
+
+    return make
+
+
+class NoiseSource(nn.Module):
+    """The noise of every draw of a layer, and the hooks that may replace it."""
+
+    _inits: dict[str, TrainableInitializer]
+    _noise_hooks: OrderedDict[int, NoiseHook]
+
+    def noise(
+        self, name: str, shape: Sequence[int], like: Tensor, *, kind: str = "normal"
+    ) -> Tensor:
+        """Standard noise for a draw: the one place where this layer's randomness is made.
+
+        Every estimator asks for its noise here, so a noise hook
+        (:meth:`register_noise_hook`) sees all of it: tensor parallelism draws the
+        noise of the whole weight and keeps its shard, a test substitutes fixed noise.
+
+        Args:
+            name: what the noise is for: a random parameter's name (``"weight"``), or
+                a name of the estimator's own (``"weight_sign_in"``, ``"output"``).
+            shape: the noise's shape (a leading K in vectorised mode included).
+            like: a tensor whose dtype and device the noise takes.
+            kind: ``"normal"`` (standard normal), ``"sign"`` (Rademacher ±1), or
+                ``"parameter"`` (the noise of ``name``'s posterior family, e.g.
+                standard normal for a normal posterior).
+
+        Returns:
+            A tensor of ``shape``: the first hook's answer that is not ``None``, else
+            a fresh draw.
+        """
+        shape = torch.Size(shape)
+        if kind == "normal":
+            make = _normal_maker(like)
+        elif kind == "sign":
+            make = _sign_maker(like)
+        elif kind == "parameter":
+            init = self._inits[name]
+
+            def make(s: torch.Size) -> Tensor:
+                return init.noise(s, like)
+        else:
+            raise ValueError(
+                f"{type(self).__name__}.noise expected `kind` in ('normal', 'sign', "
+                f"'parameter'), got {kind!r}"
+            )
+        for hook in self._noise_hooks.values():
+            value = hook(self, name, kind, shape, make)
+            if value is not None:
+                return value
+        return make(shape)
+
+    def register_noise_hook(self, hook: NoiseHook) -> RemovableHandle:
+        """Register ``hook(layer, name, kind, shape, make) -> Tensor | None``, called
+        by :meth:`noise` for every draw of this layer (in registration order).
+
+        ``make(shape)`` draws default noise of the requested kind for any shape (a
+        tensor-parallel hook calls it with the full shape and slices its shard);
+        return ``None`` to leave the draw to the next hook or the default.
+
+        Returns:
+            a handle whose ``remove()`` unregisters the hook.
+
+        Example:
+            >>> import torch, bayesian_layers as bl
+            >>> layer = bl.layers.LinearReparameterization(3, 2)
+            >>> zeros = lambda layer, name, kind, shape, make: torch.zeros(shape)
+            >>> handle = layer.register_noise_hook(zeros)
+            >>> x = torch.randn(4, 3)
+            >>> torch.equal(layer(x), layer(x))  # the posterior means, as with zero noise
+            True
+            >>> handle.remove()
+        """
+        handle = RemovableHandle(self._noise_hooks)
+        self._noise_hooks[handle.id] = hook
+        return handle
