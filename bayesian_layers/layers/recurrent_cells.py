@@ -1,25 +1,29 @@
 """Bayesian recurrent cells: drop-in replacements for ``nn.LSTMCell`` and ``nn.GRUCell``.
 
 A cell draws its weights **once per sequence** and reuses them at every time step
-(Fortunato et al. 2017): at :meth:`~_RecurrentCell.get_initial_state`, at a call
-without a state (``cell(x_0)``: the start of a sequence), or lazily at the first
-call after :meth:`~_RecurrentCell.resample`. A call with a state and no draw yet
-draws once and keeps that draw until one of those. The draw is a set of standard
-noise tensors that are never modified in place (autograd may have saved them);
-each new draw is a new tensor. Weights are built from the noise once per sequence
-and parameter version, and rebuilt from the same noise when a backward pass has
-freed their graph (truncated backpropagation through time).
+(Fortunato et al. 2017): at :meth:`~LSTMCellReparameterization.get_initial_state`,
+at a call without a state (``cell(x_0)``: the start of a sequence), or lazily at the
+first call after :meth:`~LSTMCellReparameterization.resample`. A call with a state
+and no draw yet draws once and keeps that draw until one of those. The draw is a set
+of standard noise tensors (:class:`~bayesian_layers.layers.recurrent_draw.SequenceDraw`)
+made through ``layer.noise``; weights are built from it once per sequence and
+parameter version, and rebuilt from the same noise when a backward pass has freed
+their graph (truncated backpropagation through time). In ``"frozen"`` mode the
+weights are the layer's frozen sample (``sample_param``).
 
-The math (noise passed in, ``gradcheck``-able) is in
-:mod:`bayesian_layers.layers.functional.recurrent`; these modules hold parameters and
-draws. Sequence modules are in :mod:`bayesian_layers.layers.recurrent`.
+The estimator is the class attribute ``estimator`` (the strategy objects of
+:mod:`bayesian_layers.layers.estimators`): whole weights and torch's fused cell step
+(reparameterization, and Flipout outside ``"sample"`` mode), or Flipout's
+``(μ, Δ)`` with signs per example drawn per sequence. The math (noise passed in,
+``gradcheck``-able) is in :mod:`bayesian_layers.layers.functional.recurrent`.
+Sequence modules are in :mod:`bayesian_layers.layers.recurrent_sequence`.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field, replace
-from typing import Any, cast
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,9 +31,11 @@ from torch import Tensor, nn
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
 from ._util import check_features as _check_features
-from ._util import rademacher as _rademacher
 from .base import BayesianLayer
+from .estimators import FLIPOUT, REPARAMETERIZATION, Estimator
 from .functional.recurrent import flipout_matmul, gru_cell, gru_pointwise, lstm_cell, lstm_pointwise
+from .recurrent_draw import SequenceDraw, cache_key, graph_alive
+from .registry import converts
 
 __all__ = [
     "LSTMCellReparameterization",
@@ -39,62 +45,23 @@ __all__ = [
 ]
 
 
-# ====================================================================== draw plumbing
-_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def graph_alive(t: Tensor) -> bool:
-    """Whether a backward pass through ``t`` is still possible (no saved tensor freed).
-
-    Walks ``t``'s autograd graph down to the leaves (a few nodes for a weight
-    built from its parameters).
-    """
-    stack = [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None:
-            continue
-        names = _SAVED_NAMES.get(type(node))
-        if names is None:
-            names = tuple(a for a in dir(node) if a.startswith("_saved_"))
-            _SAVED_NAMES[type(node)] = names
-        for name in names:
-            try:
-                getattr(node, name)
-            except RuntimeError:  # freed by a backward pass without retain_graph
-                return False
-        stack.extend(fn for fn, _ in node.next_functions)
-    return True
-
-
-def _version(p: Tensor | None) -> tuple | None:
-    """The cache key part of ``p``; ``None`` for a tensor without storage (a
-    ``torch.func`` wrapper), whose weights are then never cached."""
-    if p is None:
-        return ()
-    try:
-        ptr = p.data_ptr()
-    except RuntimeError:
-        return None
-    return (id(p), p._version, ptr, p.dtype, p.device)
-
-
-@dataclass(frozen=True)
-class _Draw:
-    """One sequence's noise; never mutated (autograd may have saved it)."""
-
-    key: tuple  # (sampling mode, K, dtype, device)
-    noise: dict[str, Tensor | None]
-    batch: int | None = None  # rows the Flipout signs were drawn for
-    signs: tuple[Tensor, ...] = field(default=())  # (s_in_x, s_out_x, s_in_h, s_out_h)
+def _lstm_flipout_update(gi: Tensor, gh: Tensor, state: tuple[Tensor, Tensor]) -> Any:
+    return lstm_pointwise(gi + gh, state[1])
 
 
 class _RecurrentCell(BayesianLayer):
-    """Parameters, validation and per-sequence draws shared by the four cells."""
+    """Parameters, validation, per-sequence draws and the step shared by the cells.
 
-    _gates: int  # 4 (LSTM) or 3 (GRU)
-    _flipout: bool = False
+    A cell family declares its step: ``_gates`` (4 or 3), ``_step`` on whole weights
+    (the fused kernel) and ``_flipout_update(gi, gh, state)`` from the two Flipout
+    projections ``gi = x W_ihᵀ + b_ih``, ``gh = h W_hhᵀ + b_hh``.
+    """
+
+    estimator: Estimator = REPARAMETERIZATION
+    _gates: int
     _torch_cls: type[nn.RNNCellBase]
+    _step: Callable[..., Any]
+    _flipout_update: Callable[..., Any]
 
     def __init__(
         self,
@@ -126,15 +93,9 @@ class _RecurrentCell(BayesianLayer):
                 self.add_param(
                     f"bias_{kind}", (rows,), bias_initializer, bias_regularizer, **factory
                 )
-        if self._flipout:
-            for kind in ("ih", "hh"):
-                init = self._inits[f"weight_{kind}"]
-                if not (init.is_normal or init.is_deterministic):
-                    raise ValueError(
-                        f"{name} needs a normal (or deterministic) weight posterior, got "
-                        f"{type(init).__name__}; use the Reparameterization cell for other families"
-                    )
-        self._draw: _Draw | None = None
+        for kind in ("ih", "hh"):
+            self.estimator.check_posteriors(self, f"weight_{kind}", None)
+        self._sequence: SequenceDraw | None = None
         self._cache: tuple | None = None  # (draw, parameter versions, weights, built tensors)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -143,17 +104,39 @@ class _RecurrentCell(BayesianLayer):
         return state
 
     @classmethod
-    def _from_torch(cls, cell: torch.nn.Module, **kwargs: Any) -> Any:
-        if not isinstance(cell, cls._torch_cls):
+    def from_torch(cls, module: nn.RNNCellBase, **kwargs: Any) -> Any:
+        """A cell whose posterior means start at ``module``'s weights (a torch cell of
+        this family); keyword arguments go to the constructor.
+
+        Raises:
+            TypeError: ``module`` is not of the torch cell class this cell replaces.
+
+        Example:
+            >>> from torch import nn
+            >>> from bayesian_layers.layers.recurrent import GRUCellFlipout
+            >>> GRUCellFlipout.from_torch(nn.GRUCell(3, 8)).hidden_size
+            8
+        """
+        if not isinstance(module, cls._torch_cls):
             raise TypeError(
-                f"{cls.__name__} expected nn.{cls._torch_cls.__name__}, got {type(cell)}"
+                f"{cls.__name__} expected nn.{cls._torch_cls.__name__}, got {type(module)}"
             )
         new = cls(
-            cell.input_size, cell.hidden_size, bias=cell.bias,
-            device=cell.weight_ih.device, dtype=cell.weight_ih.dtype, **kwargs,
+            module.input_size, module.hidden_size, bias=module.bias,
+            device=module.weight_ih.device, dtype=module.weight_ih.dtype, **kwargs,
         )  # fmt: skip
-        new.load_point_estimates({name: getattr(cell, name) for name in new._inits})
+        names = [n for n, _ in new.named_random_parameters(include_deterministic=True)]
+        new.load_point_estimates({name: getattr(module, name) for name in names})
         return new
+
+    @classmethod
+    def _deprecated_from(cls, old: str, module: nn.RNNCellBase, **kwargs: Any) -> Any:
+        warnings.warn(
+            f"{cls.__name__}.{old} is deprecated; use {cls.__name__}.from_torch",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return cls.from_torch(module, **kwargs)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -188,37 +171,49 @@ class _RecurrentCell(BayesianLayer):
                 f"{type(self).__name__} is drawing {self.num_function_samples} function samples "
                 f"at once and expected a batched input, got shape {tuple(x.shape)}"
             )
-        return self._check_samples(x) if batched else 1
+        return self.check_samples(x) if batched else 1
 
     # --------------------------------------------------------------------- draws
     def resample(self) -> None:
         """Forget the current draw (and any frozen one); the next call draws anew."""
         super().resample()
-        self._draw = None
+        self._sequence = None
         self._cache = None
 
-    def _needs_signs(self) -> bool:
-        return self._flipout and self.per_example_noise() and "weight_ih" in self._random
+    def _per_example(self) -> bool:
+        """Flipout's path: ``"sample"`` mode, no tracer, random weights."""
+        return (
+            self.estimator is FLIPOUT
+            and self.per_example_noise()
+            and self.parameter_spec("weight_ih").is_random
+        )
 
-    def _sequence_draw(self, x: Tensor, k: int) -> _Draw:
+    def _sequence_draw(self, x: Tensor, k: int) -> SequenceDraw:
         """The current sequence's draw, made now if there is none for this mode/K/dtype."""
-        like = cast(Tensor, next(iter(self._parameters.values())))  # weight_ih's first tensor
+        like = self.point("weight_ih")
         key = (self.sampling, k, like.dtype, like.device)
-        draw = self._draw
+        draw = self._sequence
+        per_example = self._per_example()
         if draw is None or draw.key != key:
             noise = {}
-            for name, init in self._inits.items():
-                if name in self._random:
-                    first = next(iter(init.params(self, name).values()))
-                    noise[name] = self._noise(name, init, first)
-            draw = _Draw(key, noise)
-        if self._needs_signs() and draw.batch != x.shape[0]:
-            rows, h = self._gates * self.hidden_size, self.hidden_size
-            signs = _rademacher(torch.Size((x.shape[0], self.input_size + h + 2 * rows)), x)
-            draw = replace(
-                draw, batch=x.shape[0], signs=signs.split([self.input_size, rows, h, rows], -1)
-            )
-        self._draw = draw
+            if self.sampling == "sample":  # "frozen": the layer's frozen sample
+                for name, spec in self.named_random_parameters():
+                    shape = spec.shape if k == 1 else torch.Size((k, *spec.shape))
+                    # Flipout's shared perturbation is standard normal noise
+                    kind = "normal" if per_example and name.startswith("weight") else "parameter"
+                    noise[name] = self.noise(name, shape, self.point(name), kind=kind)
+            draw = SequenceDraw(key, noise)
+        if per_example and draw.batch != x.shape[0]:
+            b, rows, h = x.shape[0], self._gates * self.hidden_size, self.hidden_size
+            signs = tuple(
+                self.noise(f"weight_{kind}_sign_{side}", (b, size), x, kind="sign")
+                for kind, side, size in (
+                    ("ih", "in", self.input_size), ("ih", "out", rows),
+                    ("hh", "in", h), ("hh", "out", rows),
+                )
+            )  # fmt: skip
+            draw = draw.with_signs(b, signs)
+        self._sequence = draw
         return draw
 
     def _names(self) -> tuple[str, str, str | None, str | None]:
@@ -236,34 +231,26 @@ class _RecurrentCell(BayesianLayer):
             return tuple(None if n is None else self.point(n) for n in self._names()), None
         draw = self._sequence_draw(x, k)
         signs = draw.signs or None
-        key: tuple | None = None
-        if not torch.compiler.is_compiling():  # (compiled: no version counters; rebuild)
-            # per thread: one thread's backward pass must not free another's weights
-            versions = [_version(p) for p in self._parameters.values()]
-            key = (torch.is_grad_enabled(), threading.get_ident(), *versions)
-            if None in versions:
-                key = None
-        if key is not None:
-            hit = self._cache
-            if (
-                hit is not None and hit[0] is draw and hit[1] == key
-                and all(map(graph_alive, hit[3]))
-            ):  # fmt: skip
-                return hit[2], signs
+        key = cache_key(list(self.parameters(recurse=False)))
+        hit = self._cache
+        if (
+            key is not None and hit is not None and hit[0] is draw and hit[1] == key
+            and all(map(graph_alive, hit[3]))
+        ):  # fmt: skip
+            return hit[2], signs
         built: list[Tensor] = []
 
         def whole(name: str | None) -> Tensor | None:
-            if name is None:
-                return None
+            if name is None or not self.parameter_spec(name).is_random:
+                return None if name is None else self.point(name)
             noise = draw.noise.get(name)
-            if noise is None:
-                return self.point(name)
-            value = self.draw_param(name, noise)  # traced while a tracer is active
+            # traced while a tracer is active; "frozen": the frozen sample
+            value = self.sample_param(name) if noise is None else self.draw_param(name, noise)
             built.append(value)
             return value
 
         def loc_delta(name: str) -> tuple[Tensor, Tensor]:
-            loc, scale = self._inits[name].loc_scale(self, name)
+            loc, scale = self.posterior_loc_scale(name)
             built.append(scale * draw.noise[name])  # type: ignore[operator]
             return loc, built[-1]
 
@@ -284,7 +271,7 @@ class _RecurrentCell(BayesianLayer):
             zeros of shape ``(*, hidden_size)`` (``(h, c)`` for an LSTM cell).
         """
         x = self._check_input(x)
-        self._draw = None
+        self._sequence = None
         if self.sampling != "mean":
             rows = x if x.dim() == 2 else x.unsqueeze(0)
             self._sequence_draw(rows, self._samples(x, x.dim() == 2))
@@ -293,81 +280,75 @@ class _RecurrentCell(BayesianLayer):
     def _zero_state(self, x: Tensor) -> Any:
         raise NotImplementedError
 
+    def _check_state(self, hx: Any, batch: int, batched: bool) -> Any:
+        raise NotImplementedError
+
+    def forward(self, input: Tensor, hx: Any = None) -> Any:
+        x = self._check_input(input)
+        batched = x.dim() == 2
+        rows = x if batched else x.unsqueeze(0)
+        k = self._samples(x, batched)
+        if hx is None:  # the start of a sequence: a fresh draw
+            self._sequence = None
+            state = self._zero_state(rows)
+        else:
+            state = self._check_state(hx, rows.shape[0], batched)
+        weights, signs = self._weights(rows, k)
+        if signs is None:
+            state = self._step(rows, state, weights, k)
+        else:
+            (ih_loc, ih_delta), (hh_loc, hh_delta), b_ih, b_hh = weights
+            s_in_x, s_out_x, s_in_h, s_out_h = signs
+            h = state[0] if isinstance(state, tuple) else state
+            gi = flipout_matmul(rows, ih_loc, ih_delta, s_in_x, s_out_x, b_ih, k)
+            gh = flipout_matmul(h, hh_loc, hh_delta, s_in_h, s_out_h, b_hh, k)
+            state = self._flipout_update(gi, gh, state)
+        if batched:
+            return state
+        return tuple(s.squeeze(0) for s in state) if isinstance(state, tuple) else state.squeeze(0)
+
 
 class _LSTMCell(_RecurrentCell):
     _gates = 4
     _torch_cls = nn.LSTMCell
+    _step = staticmethod(lstm_cell)
+    _flipout_update = staticmethod(_lstm_flipout_update)
 
     @classmethod
-    def from_lstm_cell(cls, cell: torch.nn.LSTMCell, **kwargs: Any) -> Any:
-        """A cell whose posterior means start at ``cell``'s weights (kwargs: constructor)."""
-        return cls._from_torch(cell, **kwargs)
+    def from_lstm_cell(cls, cell: nn.LSTMCell, **kwargs: Any) -> Any:
+        """Deprecated alias of :meth:`from_torch`."""
+        return cls._deprecated_from("from_lstm_cell", cell, **kwargs)
 
     def _zero_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         zeros = x.new_zeros(x.shape[:-1] + (self.hidden_size,))
         return zeros, zeros.clone()
 
-    def forward(
-        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor]:
-        x = self._check_input(input)
-        batched = x.dim() == 2
-        rows = x if batched else x.unsqueeze(0)
-        k = self._samples(x, batched)
-        if hx is None:  # the start of a sequence: a fresh draw
-            self._draw = None
-            h, c = self._zero_state(rows)
-        else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{type(self).__name__} expected hx = (h, c), got {type(hx)}")
-            h = self._check_hidden(hx[0], "h", rows.shape[0], batched)
-            c = self._check_hidden(hx[1], "c", rows.shape[0], batched)
-        weights, signs = self._weights(rows, k)
-        if signs is None:
-            h, c = lstm_cell(rows, (h, c), weights, k)
-        else:
-            (ih_loc, ih_delta), (hh_loc, hh_delta), b_ih, b_hh = weights
-            s_in_x, s_out_x, s_in_h, s_out_h = signs
-            gates = flipout_matmul(rows, ih_loc, ih_delta, s_in_x, s_out_x, b_ih, k)
-            gates = gates + flipout_matmul(h, hh_loc, hh_delta, s_in_h, s_out_h, b_hh, k)
-            h, c = lstm_pointwise(gates, c)
-        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+    def _check_state(self, hx: Any, batch: int, batched: bool) -> tuple[Tensor, Tensor]:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{type(self).__name__} expected hx = (h, c), got {type(hx)}")
+        h = self._check_hidden(hx[0], "h", batch, batched)
+        return h, self._check_hidden(hx[1], "c", batch, batched)
 
 
 class _GRUCell(_RecurrentCell):
     _gates = 3
     _torch_cls = nn.GRUCell
+    _step = staticmethod(gru_cell)
+    _flipout_update = staticmethod(gru_pointwise)
 
     @classmethod
-    def from_gru_cell(cls, cell: torch.nn.GRUCell, **kwargs: Any) -> Any:
-        """A cell whose posterior means start at ``cell``'s weights (kwargs: constructor)."""
-        return cls._from_torch(cell, **kwargs)
+    def from_gru_cell(cls, cell: nn.GRUCell, **kwargs: Any) -> Any:
+        """Deprecated alias of :meth:`from_torch`."""
+        return cls._deprecated_from("from_gru_cell", cell, **kwargs)
 
     def _zero_state(self, x: Tensor) -> Tensor:
         return x.new_zeros(x.shape[:-1] + (self.hidden_size,))
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        x = self._check_input(input)
-        batched = x.dim() == 2
-        rows = x if batched else x.unsqueeze(0)
-        k = self._samples(x, batched)
-        if hx is None:  # the start of a sequence: a fresh draw
-            self._draw = None
-            h = self._zero_state(rows)
-        else:
-            h = self._check_hidden(hx, "h", rows.shape[0], batched)
-        weights, signs = self._weights(rows, k)
-        if signs is None:
-            h = gru_cell(rows, h, weights, k)
-        else:
-            (ih_loc, ih_delta), (hh_loc, hh_delta), b_ih, b_hh = weights
-            s_in_x, s_out_x, s_in_h, s_out_h = signs
-            gi = flipout_matmul(rows, ih_loc, ih_delta, s_in_x, s_out_x, b_ih, k)
-            gh = flipout_matmul(h, hh_loc, hh_delta, s_in_h, s_out_h, b_hh, k)
-            h = gru_pointwise(gi, gh, h)
-        return h if batched else h.squeeze(0)
+    def _check_state(self, hx: Any, batch: int, batched: bool) -> Tensor:
+        return self._check_hidden(hx, "h", batch, batched)
 
 
+@converts(nn.LSTMCell, "reparameterization")
 class LSTMCellReparameterization(_LSTMCell):
     """LSTM cell with a weight posterior: one whole weight draw per sequence.
 
@@ -414,7 +395,10 @@ class LSTMCellReparameterization(_LSTMCell):
         (torch.Size([4, 8]), 2)
     """
 
+    estimator = REPARAMETERIZATION
 
+
+@converts(nn.LSTMCell, "flipout")
 class LSTMCellFlipout(_LSTMCell):
     """LSTM cell with the Flipout estimator (Wen et al. 2018), fixed per sequence.
 
@@ -436,9 +420,10 @@ class LSTMCellFlipout(_LSTMCell):
         torch.Size([4, 8])
     """
 
-    _flipout = True
+    estimator = FLIPOUT
 
 
+@converts(nn.GRUCell, "reparameterization")
 class GRUCellReparameterization(_GRUCell):
     """GRU cell with a weight posterior: one whole weight draw per sequence.
 
@@ -460,7 +445,10 @@ class GRUCellReparameterization(_GRUCell):
         torch.Size([4, 8])
     """
 
+    estimator = REPARAMETERIZATION
 
+
+@converts(nn.GRUCell, "flipout")
 class GRUCellFlipout(_GRUCell):
     """GRU cell with the Flipout estimator, perturbation and signs fixed per sequence.
 
@@ -475,4 +463,4 @@ class GRUCellFlipout(_GRUCell):
         torch.Size([8])
     """
 
-    _flipout = True
+    estimator = FLIPOUT

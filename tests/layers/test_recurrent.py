@@ -1,5 +1,6 @@
 """Tests for the Bayesian recurrent layers (``bayesian_layers.layers.recurrent``,
-``recurrent_cells``) and their pure kernels (``recurrent_kernels``).
+``recurrent_cells``, ``recurrent_sequence``) and their pure functions
+(``functional.recurrent``).
 
 1. A contract suite over a registry of cells, and one over the sequence modules,
    each checked against the torch module holding the posterior means (or a draw),
@@ -302,7 +303,7 @@ def test_flipout_cells_need_normal_weights() -> None:
 @parametrize_cells
 def test_cell_from_torch_copies_weights(spec: CellSpec) -> None:
     ref = spec.torch_cls(IN, HID, dtype=torch.float64)
-    make = getattr(spec.cls, "from_lstm_cell" if spec.torch_cls is nn.LSTMCell else "from_gru_cell")
+    make = spec.cls.from_torch
     cell = make(ref)
     assert type(cell) is spec.cls and cell.weight_ih_loc.dtype == torch.float64
     for name, p in ref.named_parameters():
@@ -855,16 +856,45 @@ def test_lstm_flipout_decorrelates_identical_sequences() -> None:
     assert (r.abs() <= bound).all(), (r, bound)
 
 
-def test_lstm_from_lstm_copies_weights() -> None:
+def test_lstm_from_torch_copies_weights() -> None:
     ref = nn.LSTM(IN, HID, num_layers=2, bidirectional=True, batch_first=True)
-    lstm = LSTMFlipout.from_lstm(ref)
+    lstm = LSTMFlipout.from_torch(ref)
     assert (lstm.num_layers, lstm.bidirectional, lstm.batch_first) == (2, True, True)
     x = torch.randn(2, 5, IN)
     with bl.posterior_mean(lstm):
         torch.testing.assert_close(lstm(x), ref(x))
     with pytest.raises(TypeError, match="nn.LSTM"):
-        LSTMReparameterization.from_lstm(nn.GRU(IN, HID))
+        LSTMReparameterization.from_torch(nn.GRU(IN, HID))
     lstm.flatten_parameters()  # accepted for code written against nn.LSTM
+
+
+@pytest.mark.parametrize(
+    ("cls", "old", "torch_layer"),
+    [
+        (LSTMFlipout, "from_lstm", lambda: nn.LSTM(IN, HID)),
+        (LSTMCellReparameterization, "from_lstm_cell", lambda: nn.LSTMCell(IN, HID)),
+        (GRUCellFlipout, "from_gru_cell", lambda: nn.GRUCell(IN, HID)),
+    ],
+    ids=["from_lstm", "from_lstm_cell", "from_gru_cell"],
+)
+def test_old_converter_names_warn_and_work(cls: type, old: str, torch_layer: Callable) -> None:
+    ref = torch_layer()
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated; use .*from_torch"):
+        layer = getattr(cls, old)(ref)
+    assert type(layer) is cls
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(layer.point(name), p, rtol=0, atol=0)
+
+
+def test_converters_are_registered() -> None:
+    from bayesian_layers.layers.registry import counterparts
+
+    for torch_cls, flipout, rep in [
+        (nn.LSTM, LSTMFlipout, LSTMReparameterization),
+        (nn.LSTMCell, LSTMCellFlipout, LSTMCellReparameterization),
+        (nn.GRUCell, GRUCellFlipout, GRUCellReparameterization),
+    ]:
+        assert dict(counterparts(torch_cls)) == {"flipout": flipout, "reparameterization": rep}
 
 
 # ======================================================================= pure kernels
