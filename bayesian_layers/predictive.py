@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from . import metrics
 from ._function_space import is_function_space
-from .random_variable import RandomVariable
+from .random_variables.variable import RandomVariable
 from .sampling import bayesian_modules, vectorized_samples
 
 __all__ = ["Predictive", "predict", "auto_chunk_size", "CHUNK_BYTES"]
@@ -203,7 +203,11 @@ def auto_chunk_size(model: nn.Module, x: Tensor) -> int:
     4 · x.numel())`` bytes.
     """
     largest = max(
-        (shape.numel() for m in bayesian_modules(model) for shape in m._random.values()),
+        (
+            spec.shape.numel()
+            for m in bayesian_modules(model)
+            for _, spec in m.named_random_parameters()
+        ),
         default=0,
     )
     per_sample = x.element_size() * (largest + 4 * x.numel())

@@ -4,8 +4,7 @@ the KL split across shards, gradient clipping. Public names: :mod:`bayesian_laye
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from numbers import Integral
 from typing import Any
 
@@ -17,7 +16,6 @@ from torch.distributed.tensor import DTensor
 
 from ..layers.base import BayesianLayer
 from .tensor_parallel import (
-    LOCAL_SHAPES_ATTR,
     TP_ATTR,
     _is_sharded,
     _param_names,
@@ -96,50 +94,26 @@ def manual_seed(seed: int, *, rank: int | None = None, mesh: DeviceMesh | None =
 # ----------------------------------------------------------------------- the KL
 def _reduction_key(layer: BayesianLayer, name: str) -> tuple[DeviceMesh, tuple[int, ...]] | None:
     """The mesh and mesh dimensions over which ``name``'s parameters are sharded, if any."""
+    params = dict(layer.named_parameters(recurse=False))
     for pname in _param_names(layer, name):
-        p = layer._parameters.get(pname)
+        p = params.get(pname)
         if isinstance(p, DTensor) and _is_sharded(p.placements):
             dims = tuple(i for i, pl in enumerate(p.placements) if _is_sharded((pl,)))
             return p.device_mesh, dims
     return None
 
 
-@contextmanager
-def _local_layer(layer: BayesianLayer) -> Iterator[None]:
-    """``layer`` with its local shards as parameters and their shapes as its random shapes.
+def _sharded_layer_terms(layer: BayesianLayer) -> list[tuple[Tensor, Any]]:
+    """``(term, reduction key)`` for every regularizer term of a layer with DTensor
+    parameters, computed from the local shards.
 
     Under FSDP2 (no tensor-parallel style) the latest draw was made from the whole
-    parameters during the forward pass; it is hidden, so a Monte Carlo regularizer
-    draws afresh from the local shard.
+    parameters during the forward pass; :meth:`~BayesianLayer.kl_terms` ignores a draw
+    that does not fit the local shard, so a Monte Carlo regularizer draws afresh from it.
     """
-    tensor_parallel = hasattr(layer, TP_ATTR)
     with local_view(layer):
-        saved = layer.__dict__["_random"], layer.__dict__["_last_sample"]
-        shapes = layer.__dict__.get(LOCAL_SHAPES_ATTR)
-        if shapes is None:
-            shapes = {k: layer.point(k).shape for k in layer._random}
-        layer.__dict__["_random"] = shapes
-        if not tensor_parallel:
-            layer.__dict__["_last_sample"] = {}
-        try:
-            yield
-        finally:
-            layer.__dict__["_random"], layer.__dict__["_last_sample"] = saved
-
-
-def _sharded_layer_terms(layer: BayesianLayer) -> list[tuple[Tensor, Any]]:
-    """``(term, reduction key)`` for every regularizer term of a layer with DTensor parameters."""
-    out: list[tuple[Tensor, Any]] = []
-    with _local_layer(layer):
-        inits = layer._inits
-        try:
-            for name in list(inits):
-                layer._inits = {name: inits[name]}
-                key = _reduction_key(layer, name)
-                out.extend((term, key) for term in layer.losses)
-        finally:
-            layer._inits = inits
-    return out
+        terms = layer.kl_terms()
+        return [(term, _reduction_key(layer, name)) for name, term in terms.items()]
 
 
 def _has_dtensor(module: nn.Module) -> bool:

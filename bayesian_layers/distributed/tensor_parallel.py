@@ -34,7 +34,11 @@ generator state after the call is the same on every rank. Ranks of a
 tensor-parallel group must therefore start from the same seed
 (:func:`bayesian_layers.distributed.manual_seed` with ``mesh=`` the data-parallel
 mesh); a parallelised layer checks it at its first call (one all-gather of the
-drawn integer) and raises ``RuntimeError`` otherwise.
+drawn integer) and raises ``RuntimeError`` otherwise. The layer's draws go through
+its public noise hook (:meth:`~bayesian_layers.layers.base.BayesianLayer.register_noise_hook`):
+during a call, the noise of a random parameter, asked for in the parameter's full
+shape, is drawn in the local shard's shape; signs and output noise already have the
+local activations' shapes.
 
 The KL. :func:`bayesian_layers.distributed.kl_divergence` computes every
 layer's regularizer on its local shards, sums them and reduces once.
@@ -42,7 +46,7 @@ layer's regularizer on its local shards, sums them and reduces once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,7 +59,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 from torch.distributed.tensor.parallel import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..layers.base import BayesianLayer
+from ..layers.base import BayesianLayer, ParameterSpec
 from ..layers.linear import _BayesianLinear
 
 __all__ = [
@@ -71,6 +75,8 @@ TP_ATTR = "_bayesian_tensor_parallel"
 LOCAL_SHAPES_ATTR = TP_ATTR + "_local_shapes"
 #: set once a parallelised module has checked that its group shares one random stream.
 STREAM_CHECKED_ATTR = TP_ATTR + "_stream_checked"
+#: set on a parallelised module during its call: its parameter noise has local shapes.
+IN_CALL_ATTR = TP_ATTR + "_in_call"
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -157,18 +163,45 @@ def _shard_params(module: nn.Module, mesh: DeviceMesh, placement: dict[str, Any]
 
 
 def _store_local_shapes(module: BayesianLayer) -> None:
-    """Record the local shapes of ``module``'s random parameters (fixed once sharded)."""
+    """Record the local shapes of ``module``'s random parameters (fixed once sharded) and
+    register the noise hook that draws their noise in those shapes during a call."""
     with local_view(module):
-        shapes = {k: module.point(k).shape for k in module._random}
+        shapes = {k: module.point(k).shape for k, _ in module.named_random_parameters()}
     module.__dict__[LOCAL_SHAPES_ATTR] = shapes
+    module.register_noise_hook(_shard_noise)
+
+
+def _shard_noise(
+    layer: BayesianLayer,
+    name: str,
+    kind: str,
+    shape: torch.Size,
+    make: Callable[[torch.Size], Tensor],
+) -> Tensor | None:
+    """Noise hook of a parallelised layer: during its call, the noise of a random
+    parameter (asked for in the parameter's full shape) is drawn in the local shard's
+    shape, from the per-shard generator of :class:`_ForkedCall`. Other noise (signs,
+    output noise) already has the local activations' shape and is left alone."""
+    if kind != "parameter" or not layer.__dict__.get(IN_CALL_ATTR):
+        return None
+    local = layer.__dict__[LOCAL_SHAPES_ATTR].get(name)
+    if local is None:
+        return None
+    return make(shape[: len(shape) - len(local)] + local)
 
 
 def _param_names(layer: BayesianLayer, name: str) -> list[str]:
     """The parameter tensors of ``layer`` that hold the posterior of ``name``."""
-    init = layer._inits.get(name)
-    if init is None:
+    spec = _specs(layer).get(name)
+    if spec is None:
         return []
-    return [n for n in layer._parameters if n == name or n.startswith(f"{name}_")]
+    suffixes = spec.initializer.suffixes
+    return [f"{name}_{s}" if s else name for s in suffixes]
+
+
+def _specs(layer: BayesianLayer) -> dict[str, ParameterSpec]:
+    """Every parameter ``layer`` declares (random and deterministic), by name."""
+    return dict(layer.named_random_parameters(include_deterministic=True))
 
 
 class _BayesianLinearParallel(ParallelStyle):
@@ -279,11 +312,11 @@ class BayesianRowwiseParallel(_BayesianLinearParallel):
     _dim = 1
 
     def _check_bias(self, module: _BayesianLinear, placement: dict[str, Any]) -> None:
-        init = module._inits.get("bias")
-        if init is not None and not init.is_deterministic:
+        spec = _specs(module).get("bias")
+        if spec is not None and spec.is_random:
             raise NotImplementedError(
                 f"{type(self).__name__} supports only a deterministic bias on "
-                f"{type(module).__name__}, got a {type(init).__name__} bias posterior"
+                f"{type(module).__name__}, got a {type(spec.initializer).__name__} bias posterior"
             )
 
     def _pre_hook(self, module: _BayesianLinear, args: tuple) -> tuple:
@@ -329,18 +362,17 @@ class _ForkedCall:
         self.views = [local_view(m) for m in modules]
         for v in self.views:
             v.__enter__()
-        self.randoms = []
-        for m in modules:
-            self.randoms.append((m, m._random))
-            m.__dict__["_random"] = m.__dict__[LOCAL_SHAPES_ATTR]
+        self.modules = modules
+        for m in modules:  # _shard_noise draws local shapes until restore
+            m.__dict__[IN_CALL_ATTR] = True
         self.rng = _get_rng_state(self.device)
         _seed_device(self.device, derive_seed(base, mesh.get_local_rank()))
 
     @torch.compiler.disable
     def restore(self) -> None:
         _set_rng_state(self.device, self.rng)
-        for m, random in self.randoms:
-            m.__dict__["_random"] = random
+        for m in self.modules:
+            m.__dict__.pop(IN_CALL_ATTR, None)
         for v in self.views:
             v.__exit__(None, None, None)
 
