@@ -1,0 +1,507 @@
+"""THE registry of layer cases: one :class:`Case` per public layer class (and a few
+``Name[variant]`` constructions), and :data:`SKIP` for the public classes that are not
+layers, each with its reason. Every cross-cutting test in ``tests/contract`` (and the
+bad-input sweep, the graph, state and mixed-precision tests) is driven by it.
+
+Adding a layer is one line here, with the builder of its family (``_dense``,
+``_conv``, ``_cell``, ...); ``test_contract_registry.py`` fails while a public class is
+in neither :data:`CASES` nor :data:`SKIP`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+
+Args = Callable[[Tensor], tuple[Any, ...]]
+
+
+def _alone(x: Tensor) -> tuple[Any, ...]:
+    return (x,)
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """How to build, call and check one layer.
+
+    Attributes:
+        cls: the public class.
+        args: positional constructor arguments (their ints are the sizes the
+            bad-constructor test breaks one at a time).
+        shape: a valid primary input's shape.
+        kwargs: keyword constructor arguments.
+        variant: a name for a second construction of ``cls`` (``Name[variant]``).
+        make: builds the layer instead of ``cls(*args, **kwargs, **factory)``.
+        inputs: the positional call arguments from the primary input (attention adds
+            key and value).
+        stateful: the call arguments with a state too (cells, LSTMs: ``hx``), for the
+            checks of every argument (a cell called with a state continues its
+            sequence with the same draw, so the other contracts call it without).
+        arguments: the names of the floating arguments of ``stateful`` (else
+            ``inputs``), in order.
+        kind: ``"float"`` (normal draws), ``"index"`` (ints below ``high``) or
+            ``"points"`` (uniform in ``[0, 1)``).
+        high: the index range of ``"index"`` inputs.
+        feature_dim: the dim whose size the layer fixes (``None``: any size).
+        batch_dim: the batch dim (set to 0 for the empty batch, K-folded when vectorised).
+        min_rank: the fewest dims the layer accepts (0: any rank).
+        more_shapes: other valid input shapes (unbatched, extra batch dims).
+        counterpart: torch's deterministic layer with the same arguments: output
+            shapes (and with posterior scale 0, values on the posterior means) agree.
+        factory: accepts ``device=`` / ``dtype=``.
+        random: two calls give different outputs (and the same seed the same).
+        vectorized: supports ``bl.vectorized_samples`` (K folded into ``batch_dim``).
+        traced: ``bl.tape`` records its random parameters by module path.
+        autocast: bf16 autocast on CPU gives torch's output dtype, float32 losses.
+        compile: ``torch.compile(fullgraph=True)`` traces its posterior-mean call.
+        warm: needs one call before its state is complete (lazy sizes, data init).
+        scores_input: the input is data the layer scores or initialises from, so a
+            NaN/inf must raise (not propagate).
+        extra: more tensors to check from the output (e.g. the log-density it scores).
+        bad: extra ``(args, kwargs)`` constructions that must raise naming the layer.
+    """
+
+    cls: type[nn.Module]
+    args: tuple[Any, ...]
+    shape: tuple[int, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    make: Callable[..., nn.Module] | None = None
+    inputs: Args = _alone
+    stateful: Args | None = None
+    arguments: tuple[str, ...] = ("input",)
+    kind: str = "float"
+    high: int = 0
+    feature_dim: int | None = -1
+    batch_dim: int = 0
+    min_rank: int = 1
+    more_shapes: tuple[tuple[int, ...], ...] = ()
+    counterpart: Callable[..., nn.Module] | None = None
+    factory: bool = False
+    random: bool = False
+    vectorized: bool = False
+    traced: bool = False
+    autocast: bool = False
+    compile: bool = True
+    warm: bool = False
+    scores_input: bool = False
+    extra: Callable[[nn.Module, object], list[Tensor]] | None = None
+    bad: tuple[tuple[tuple[Any, ...], dict[str, Any]], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__ + (f"[{self.variant}]" if self.variant else "")
+
+    @property
+    def bayesian(self) -> bool:
+        return issubclass(self.cls, layers.BayesianLayer)
+
+    def build(self, **factory: Any) -> nn.Module:
+        """A fresh layer under seed 0 (``factory``: ``dtype=`` / ``device=``)."""
+        torch.manual_seed(0)
+        if self.make is not None:
+            return self.make(**factory)
+        return self.cls(*self.args, **self.kwargs, **factory)
+
+    def build_torch(self, **factory: Any) -> nn.Module:
+        assert self.counterpart is not None
+        return self.counterpart(**factory)
+
+    def input(self, shape: tuple[int, ...] | None = None, seed: int = 0, **like: Any) -> Tensor:
+        """A valid primary input (``like``: ``dtype=`` / ``device=`` of float inputs)."""
+        shape = self.shape if shape is None else shape
+        gen = torch.Generator().manual_seed(seed)
+        if self.kind == "index":
+            return torch.randint(0, self.high, shape, generator=gen).to(like.get("device"))
+        if self.kind == "points":
+            return torch.rand(shape, generator=gen).to(**like)
+        return torch.randn(shape, generator=gen).to(**like)
+
+    def batch(self, size: int) -> tuple[int, ...]:
+        """The valid shape with ``size`` examples."""
+        return resized(self.shape, self.batch_dim, size)
+
+    def call(self, layer: nn.Module, x: Tensor) -> object:
+        return layer(*self.inputs(x))
+
+    def all_inputs(self, x: Tensor) -> tuple[Any, ...]:
+        """Every argument named in :attr:`arguments` (states included)."""
+        return (self.stateful or self.inputs)(x)
+
+    def warmed(self, **factory: Any) -> nn.Module:
+        """:meth:`build`, then one call where the layer needs it to be complete."""
+        layer = self.build(**factory)
+        if self.warm:
+            self.call(layer, self.input())
+        return layer
+
+
+def resized(shape: tuple[int, ...], dim: int, size: int) -> tuple[int, ...]:
+    out = list(shape)
+    out[dim] = size
+    return tuple(out)
+
+
+def tensors(out: object) -> Iterator[Tensor]:
+    """Every tensor of an output (a random variable gives its value)."""
+    if isinstance(out, bl.RandomVariable):
+        yield out.value
+    elif isinstance(out, Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for item in out:
+            yield from tensors(item)
+
+
+def first(out: object) -> Tensor:
+    return next(tensors(out))
+
+
+def total(out: object) -> Tensor:
+    """A scalar to backpropagate: the sum of every floating output tensor (a random
+    variable gives the log-density of its value, which reaches every parameter)."""
+    if isinstance(out, bl.RandomVariable):
+        return out.distribution.log_prob(out.value).float().sum()
+    if isinstance(out, (tuple, list)):
+        return torch.stack([total(o) for o in out if o is not None]).sum()
+    assert isinstance(out, Tensor)
+    return out.float().sum() if out.is_floating_point() else out.new_zeros((), dtype=torch.float)
+
+
+def random_params(layer: nn.Module, scale_low: float = 0.3, scale_high: float = 0.8) -> None:
+    """Give every parameter a generic value: locs ~ N(0, 1), scales ~ U(low, high)."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name.endswith("_rho"):
+                scale = torch.empty_like(p).uniform_(scale_low, scale_high)
+                p.copy_(scale.expm1().log())  # softplus⁻¹
+            else:
+                p.normal_()
+
+
+# ------------------------------------------------------------------------ families
+RANDOM_BIAS = {"bias_initializer": "trainable_normal", "bias_regularizer": "normal_kl_divergence"}
+_WEIGHT = {"factory": True, "random": True, "vectorized": True, "traced": True, "autocast": True}
+
+
+def _dense(cls: type[nn.Module], variant: str = "", **kwargs: Any) -> Case:
+    return Case(
+        cls, (3, 5), (4, 3), kwargs, variant,
+        more_shapes=((3,), (2, 4, 3)),
+        counterpart=lambda **f: nn.Linear(3, 5, **f),
+        **_WEIGHT,
+    )  # fmt: skip
+
+
+def _conv(name: str) -> Case:
+    d = int(name.split("d")[0][-1])
+    transpose = "Transpose" in name
+    spatial = {1: (8,), 2: (6, 6), 3: (4, 4, 4)}[d]
+    torch_cls = getattr(nn, f"Conv{'Transpose' if transpose else ''}{d}d")
+    kwargs = dict(RANDOM_BIAS) if d == 2 else {}
+    return Case(
+        getattr(layers, name), (3, 4, 3), (2, 3, *spatial), kwargs,
+        feature_dim=-(d + 1), min_rank=d + 1, more_shapes=((3, *spatial), (1, 3, *spatial)),
+        counterpart=lambda **f: torch_cls(3, 4, 3, **f),
+        **_WEIGHT,
+    )  # fmt: skip
+
+
+def _cell(name: str) -> Case:
+    lstm = name.startswith("LSTM")
+
+    def inputs(x: Tensor) -> tuple[Any, ...]:
+        if x.dim() == 0 or not x.is_floating_point():
+            return (x,)
+        h = torch.zeros(*x.shape[:-1], 5, dtype=x.dtype)
+        return (x, (h, h.clone()) if lstm else h)
+
+    torch_cls = nn.LSTMCell if lstm else nn.GRUCell
+    return Case(
+        getattr(layers, name), (3, 5), (4, 3), stateful=inputs, arguments=("input", "hx"),
+        more_shapes=((3,),), counterpart=lambda **f: torch_cls(3, 5, **f), **_WEIGHT,
+    )  # fmt: skip
+
+
+def _lstm(name: str, **kwargs: Any) -> Case:
+    hidden = 2 * kwargs.get("num_layers", 1) * (1 + kwargs.get("bidirectional", False))
+
+    def inputs(x: Tensor) -> tuple[Any, ...]:
+        if x.dim() < 2 or not x.is_floating_point():
+            return (x,)
+        h = torch.zeros(hidden // 2, *x.shape[1:-1], 5, dtype=x.dtype)
+        return (x, (h, h.clone()))
+
+    return Case(
+        getattr(layers, name), (3, 5), (6, 2, 3), kwargs, stateful=inputs,
+        arguments=("input", "hx"), batch_dim=1, min_rank=2, more_shapes=((6, 3),),
+        counterpart=lambda **f: nn.LSTM(3, 5, **kwargs, **f), **_WEIGHT,
+    )  # fmt: skip
+
+
+def _attention(name: str, **kwargs: Any) -> Case:
+    return Case(
+        getattr(layers, name), (8, 2), (5, 2, 8), kwargs,
+        inputs=lambda x: (x, x, x), arguments=("query", "key", "value"),
+        batch_dim=1, min_rank=2, more_shapes=((5, 8),),
+        counterpart=lambda **f: nn.MultiheadAttention(8, 2, **kwargs, **f), **_WEIGHT,
+    )  # fmt: skip
+
+
+def _output(name: str, *args: int) -> Case:
+    return Case(getattr(layers, name), (2, *args), (4, 3), {"in_features": 3}, random=True)
+
+
+def _rate(points: Tensor) -> Tensor:
+    return 1.0 + points.sum(-1)  # positive on the unit box
+
+
+def _log_prob(m: nn.Module, out: object) -> list[Tensor]:
+    assert isinstance(out, bl.RandomVariable)
+    return [out.log_prob(out)]
+
+
+def _as_random_variable(x: Tensor) -> tuple[Any, ...]:
+    """The input as a random variable: normal around ``x``, its value ``x`` (any dtype)."""
+    loc = x if x.is_floating_point() else x.to(torch.get_default_dtype())
+    normal = torch.distributions.Normal(loc, torch.ones_like(loc), validate_args=False)
+    return (bl.RandomVariable(normal, value=x),)
+
+
+def _gp(**factory: Any) -> nn.Module:
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 3, generator=gen), torch.randn(6, 2, generator=gen)
+    x, y = x.to(**factory), y.to(**factory)
+    return layers.GaussianProcess(2, conditional_inputs=x, conditional_outputs=y, **factory)
+
+
+def _made(**kwargs: Any) -> Callable[..., nn.Module]:
+    return lambda: layers.MADE(hidden_dims=[8], **kwargs)
+
+
+_ESTIMATORS = ("Reparameterization", "Flipout")
+_CONVS = [f"Conv{t}{d}d{e}" for t in ("", "Transpose") for d in (1, 2, 3) for e in _ESTIMATORS]
+_CONVS.append("Conv2dLocalReparameterization")
+_DENSE = ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
+_OUTPUTS = ("Normal", "LogNormal", "StudentT", "Laplace", "Bernoulli", "Poisson")
+_OUTPUTS += ("NegativeBinomial", "Categorical", "OneHotCategorical", "MultivariateNormalTriL")
+_FLOW = {"random": False, "compile": True}
+
+_ALL: list[Case] = [
+    *(_dense(getattr(layers, n), **RANDOM_BIAS) for n in _DENSE),
+    *(_dense(getattr(layers, n), "fixed_bias") for n in _DENSE),
+    *(_conv(n) for n in _CONVS),
+    *(_cell(f"{c}{e}") for c in ("LSTMCell", "GRUCell") for e in _ESTIMATORS),
+    _lstm("LSTMReparameterization", num_layers=2, bidirectional=True),
+    _lstm("LSTMFlipout", num_layers=2),
+    _attention("MultiheadAttentionReparameterization", add_bias_kv=True),
+    _attention("MultiheadAttentionFlipout"),
+    Case(
+        layers.EmbeddingReparameterization,
+        (10, 4),
+        (4, 3),
+        kind="index",
+        high=10,
+        min_rank=0,
+        arguments=(),
+        more_shapes=((), (2, 4, 3)),
+        counterpart=lambda **f: nn.Embedding(10, 4, **f),
+        **{**_WEIGHT, "traced": False, "autocast": False},
+    ),  # fmt: skip
+    Case(
+        layers.MCDropout,
+        (0.5,),
+        (4, 3),
+        feature_dim=None,
+        min_rank=0,
+        random=True,
+        counterpart=lambda **f: nn.Dropout(0.5),
+        bad=(((1.0,), {}), ((-0.1,), {}), ((True,), {}), (("a",), {})),
+    ),  # fmt: skip
+    *(_output(n) for n in _OUTPUTS),
+    _output("MixtureNormal", 3),
+    _output("MixtureLogistic", 3),
+    Case(layers.Normal, (2,), (4, 3), variant="lazy", feature_dim=None, random=True, warm=True),
+    Case(
+        layers.Discretize,
+        (0, 8),
+        (4, 3),
+        feature_dim=None,
+        min_rank=0,
+        inputs=_as_random_variable,
+    ),  # fmt: skip
+    Case(layers.Reverse, (), (4, 3), make=lambda: layers.Reverse(layers.Permute(3)), **_FLOW),
+    Case(layers.MADE, (), (4, 3), make=_made(in_features=3)),
+    Case(layers.MADE, (), (4, 3), variant="lazy", make=_made(), feature_dim=None, warm=True),
+    Case(layers.RealNVP, (), (4, 4), make=lambda: layers.RealNVP(_made(in_features=2)()), **_FLOW),
+    Case(
+        layers.MaskedAutoregressiveFlow,
+        (),
+        (4, 3),
+        make=lambda: layers.MaskedAutoregressiveFlow(_made(in_features=3)()),
+        **_FLOW,
+    ),  # fmt: skip
+    # a fresh ActNorm initialises from its first batch: non-finite values must raise
+    Case(layers.ActNorm, (3,), (4, 3), scores_input=True, warm=True, **_FLOW),
+    Case(
+        layers.ActNorm,
+        (),
+        (4, 3),
+        variant="lazy",
+        feature_dim=None,
+        scores_input=True,
+        warm=True,
+        **_FLOW,
+    ),  # fmt: skip
+    Case(layers.Permute, (3,), (4, 3), **_FLOW),
+    Case(layers.InvertibleConv1x1, (3,), (2, 3, 4, 4), feature_dim=-3, min_rank=3, **_FLOW),
+    # the input is a point set: data scored by the process, so NaN/inf must raise
+    Case(
+        layers.PoissonProcess,
+        (),
+        (5, 2),
+        make=lambda: layers.PoissonProcess(_rate, [(0.0, 1.0), (0.0, 1.0)], num_points=8),
+        min_rank=2,
+        kind="points",
+        scores_input=True,
+        extra=_log_prob,
+        compile=False,
+    ),  # fmt: skip
+    Case(layers.GaussianProcess, (2,), (5, 3), make=_gp, factory=True, random=True),
+    Case(
+        layers.SparseGaussianProcess,
+        (2, 4),
+        (5, 3),
+        {"in_features": 3},
+        factory=True,
+        random=True,
+    ),  # fmt: skip
+    Case(
+        layers.RandomFourierFeatures,
+        (2, 16),
+        (5, 3),
+        {"in_features": 3},
+        factory=True,
+        random=True,
+    ),  # fmt: skip
+    Case(
+        layers.RandomFourierFeatures,
+        (2, 16),
+        (5, 3),
+        {"in_features": 3, "posterior": "laplace"},
+        variant="laplace",
+        factory=True,
+    ),  # fmt: skip
+    Case(layers.GaussianLikelihood, (2,), (4, 2), random=True),
+]
+
+#: name -> case; the names are the test ids.
+CASES: dict[str, Case] = {case.name: case for case in _ALL}
+assert len(CASES) == len(_ALL), "two cases with one name"
+
+_KERNEL = "a covariance function, not a layer (checked through the GP layers that use it)"
+_MEAN = "a mean function of the GP layers, not a layer (checked through them)"
+#: public classes that are not layers -> why they have no case.
+SKIP: dict[str, str] = {
+    "BayesianLayer": "abstract base of the weight layers",
+    "ReversibleLayer": "abstract base of the reversible layers",
+    "StochasticOutput": "abstract base of the stochastic output layers",
+    "DiscretizedDistribution": "a distribution (the output of Discretize), not a layer",
+    "PoissonProcessDistribution": "a distribution (the output of PoissonProcess), not a layer",
+    "PointSetVariable": "a random variable (the value of PoissonProcess), not a layer",
+    "MultivariateNormalColumns": "a distribution (the output of the GP layers), not a layer",
+    "NotPositiveDefiniteError": "an exception",
+    "JitterWarning": "a warning",
+    **{
+        name: _KERNEL
+        for name in (
+            "Kernel",
+            "SumKernel",
+            "ProductKernel",
+            "StationaryKernel",
+            "ExponentiatedQuadratic",
+            "Matern12",
+            "Matern32",
+            "Matern52",
+            "RationalQuadratic",
+            "Periodic",
+            "LinearKernel",
+            "WhiteNoise",
+            "ConstantKernel",
+        )
+    },  # fmt: skip
+    **{name: _MEAN for name in ("ZeroMean", "ConstantMean", "LinearMean")},
+}
+
+#: the modules whose ``__all__`` lists public layer classes.
+PUBLIC_MODULES = (layers, layers.gp, layers.outputs, layers.reversible)
+
+
+def public_classes() -> dict[str, type]:
+    """Every class named in the ``__all__`` of :data:`PUBLIC_MODULES`."""
+    out: dict[str, type] = {}
+    for module in PUBLIC_MODULES:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj):
+                out[name] = obj
+    return out
+
+
+#: (test function, case name) -> why the layer breaks that contract today. Strict
+#: xfails: a fix flips the test, and the entry must go.
+KNOWN: dict[tuple[str, str], str] = {
+    (
+        "test_vectorized_samples_are_k_plain_calls_given_the_same_noise",
+        "EmbeddingReparameterization",
+    ): "embedding.py draws its sample-mode row noise with torch.randn, not layer.noise",
+}
+
+
+def names(**flags: bool) -> list[str]:
+    """Names of the cases whose attributes have the given values, e.g. ``random=True``."""
+    return [n for n, c in CASES.items() if all(getattr(c, k) == v for k, v in flags.items())]
+
+
+def params(test: str, selected: list[str]) -> list[Any]:
+    """``selected`` case names as pytest params, :data:`KNOWN` failures of ``test``
+    marked strict xfail."""
+    import pytest
+
+    out = []
+    for name in selected:
+        reason = KNOWN.get((test, name))
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        out.append(pytest.param(name, id=name, marks=marks))
+    return out
+
+
+def random_parameter_paths(model: nn.Module) -> list[str]:
+    """``"<module path>.<name>"`` of every random parameter in ``model`` (the names the
+    tracers give whole draws), through the layers' public seam."""
+    out = []
+    for path, module in model.named_modules():
+        if isinstance(module, layers.BayesianLayer):
+            out += [f"{path}.{n}" if path else n for n, _ in module.named_random_parameters()]
+    return out
+
+
+def posterior_means(layer: nn.Module, reference: nn.Module) -> dict[str, Tensor]:
+    """``reference``'s state dict (a torch layer) filled with ``layer``'s posterior means,
+    matched by module path and parameter name (``out_proj.weight``)."""
+    state = {}
+    for key in reference.state_dict():
+        path, _, name = key.rpartition(".")
+        value = getattr(layer.get_submodule(path), name)
+        if isinstance(value, bl.RandomVariable):
+            value = value.distribution.mean
+        state[key] = value.detach().clone()
+    return state
