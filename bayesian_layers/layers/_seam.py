@@ -155,9 +155,10 @@ class ParameterSeam(nn.Module):
     def set_initializer(self, name: str, initializer: str | TrainableInitializer) -> None:
         """Replace the posterior family object of ``name``, keeping its parameters.
 
-        The new family must hold the same parameters (same suffixes, e.g.
-        ``loc``/``rho``); use it to record how the parameters were set (e.g. a
-        pretrained posterior), not to change the family. The attribute
+        The new family must read the same parameters (same ``suffixes``, e.g.
+        ``loc``/``rho``, and both random or both deterministic); their values are kept
+        and the posterior becomes the new family's law over them. Use it to record how
+        the parameters were set (e.g. a pretrained posterior). The attribute
         ``<name>_initializer`` and the layer's tables stay consistent.
 
         Raises:
