@@ -26,14 +26,11 @@ grouped convolution (``groups = K * groups``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from torch import nn
 
-import torch
-from torch import Tensor, nn
-
-from ..initializers import TrainableInitializer
-from ..regularizers import Regularizer
-from .conv_base import BayesianConvNd
+from .conv_base import BayesianConv, BayesianConvTranspose
+from .estimators import FLIPOUT, LOCAL_REPARAMETERIZATION, REPARAMETERIZATION
+from .registry import converts
 
 __all__ = [
     "Conv1dReparameterization",
@@ -51,82 +48,10 @@ __all__ = [
     "ConvTranspose3dFlipout",
 ]
 
-_Size = int | Sequence[int]
-
-
-class _Conv(BayesianConvNd):
-    """The constructor and call of ``nn.Conv{1,2,3}d``."""
-
-    _transposed = False
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: _Size,
-        stride: _Size = 1,
-        padding: str | _Size = 0,
-        dilation: _Size = 1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        *,
-        weight_initializer: str | TrainableInitializer = "trainable_normal",
-        bias_initializer: str | TrainableInitializer = "zeros",
-        weight_regularizer: str | Regularizer | None = "normal_kl_divergence",
-        bias_regularizer: str | Regularizer | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self._setup(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, 0, groups, bias,
-            padding_mode, weight_initializer, bias_initializer, weight_regularizer,
-            bias_regularizer, device, dtype,
-        )  # fmt: skip
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x)
-
-
-class _ConvTranspose(BayesianConvNd):
-    """The constructor and call (``output_size=``) of ``nn.ConvTranspose{1,2,3}d``."""
-
-    _transposed = True
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: _Size,
-        stride: _Size = 1,
-        padding: _Size = 0,
-        output_padding: _Size = 0,
-        groups: int = 1,
-        bias: bool = True,
-        dilation: _Size = 1,
-        padding_mode: str = "zeros",
-        *,
-        weight_initializer: str | TrainableInitializer = "trainable_normal",
-        bias_initializer: str | TrainableInitializer = "zeros",
-        weight_regularizer: str | Regularizer | None = "normal_kl_divergence",
-        bias_regularizer: str | Regularizer | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self._setup(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding,
-            groups, bias, padding_mode, weight_initializer, bias_initializer, weight_regularizer,
-            bias_regularizer, device, dtype,
-        )  # fmt: skip
-
-    def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
-        return self._run(x, output_size)
-
 
 # ============================================================== convolutions
-class Conv2dReparameterization(_Conv):
+@converts(nn.Conv2d, "reparameterization")
+class Conv2dReparameterization(BayesianConv):
     """2-d convolution with a weight posterior, one whole weight draw per call.
 
     Drop-in for ``nn.Conv2d``: ``y = conv2d(x, W) + b`` with ``W ~ q(W)`` drawn
@@ -163,10 +88,11 @@ class Conv2dReparameterization(_Conv):
         '3, 8, kernel_size=(3, 3), stride=(1, 1), padding=same'
     """
 
-    _dims, _estimator, _torch_class = 2, "reparameterization", nn.Conv2d
+    _dims, _torch_class, estimator = 2, nn.Conv2d, REPARAMETERIZATION
 
 
-class Conv1dReparameterization(_Conv):
+@converts(nn.Conv1d, "reparameterization")
+class Conv1dReparameterization(BayesianConv):
     """1-d :class:`Conv2dReparameterization`: drop-in for ``nn.Conv1d``.
 
     Shape:
@@ -180,10 +106,11 @@ class Conv1dReparameterization(_Conv):
         torch.Size([3, 6, 8])
     """
 
-    _dims, _estimator, _torch_class = 1, "reparameterization", nn.Conv1d
+    _dims, _torch_class, estimator = 1, nn.Conv1d, REPARAMETERIZATION
 
 
-class Conv3dReparameterization(_Conv):
+@converts(nn.Conv3d, "reparameterization")
+class Conv3dReparameterization(BayesianConv):
     """3-d :class:`Conv2dReparameterization`: drop-in for ``nn.Conv3d``.
 
     Shape:
@@ -197,10 +124,11 @@ class Conv3dReparameterization(_Conv):
         torch.Size([1, 4, 3, 4, 5])
     """
 
-    _dims, _estimator, _torch_class = 3, "reparameterization", nn.Conv3d
+    _dims, _torch_class, estimator = 3, nn.Conv3d, REPARAMETERIZATION
 
 
-class Conv2dFlipout(_Conv):
+@converts(nn.Conv2d, "flipout")
+class Conv2dFlipout(BayesianConv):
     """2-d convolution with the Flipout estimator (Wen et al. 2018).
 
     Same constructor as :class:`Conv2dReparameterization` (the weight posterior
@@ -220,10 +148,11 @@ class Conv2dFlipout(_Conv):
         torch.Size([2, 8, 8, 8])
     """
 
-    _dims, _estimator, _torch_class = 2, "flipout", nn.Conv2d
+    _dims, _torch_class, estimator = 2, nn.Conv2d, FLIPOUT
 
 
-class Conv1dFlipout(_Conv):
+@converts(nn.Conv1d, "flipout")
+class Conv1dFlipout(BayesianConv):
     """1-d :class:`Conv2dFlipout`: drop-in for ``nn.Conv1d``.
 
     Shape:
@@ -237,10 +166,11 @@ class Conv1dFlipout(_Conv):
         torch.Size([6, 10])
     """
 
-    _dims, _estimator, _torch_class = 1, "flipout", nn.Conv1d
+    _dims, _torch_class, estimator = 1, nn.Conv1d, FLIPOUT
 
 
-class Conv3dFlipout(_Conv):
+@converts(nn.Conv3d, "flipout")
+class Conv3dFlipout(BayesianConv):
     """3-d :class:`Conv2dFlipout`: drop-in for ``nn.Conv3d``.
 
     Shape:
@@ -254,10 +184,11 @@ class Conv3dFlipout(_Conv):
         torch.Size([1, 4, 3, 4, 5])
     """
 
-    _dims, _estimator, _torch_class = 3, "flipout", nn.Conv3d
+    _dims, _torch_class, estimator = 3, nn.Conv3d, FLIPOUT
 
 
-class Conv2dLocalReparameterization(_Conv):
+@converts(nn.Conv2d, "local_reparameterization")
+class Conv2dLocalReparameterization(BayesianConv):
     """2-d convolution with the local reparameterization estimator (Kingma et al. 2015).
 
     Same constructor as :class:`Conv2dReparameterization` (weight and bias
@@ -279,11 +210,12 @@ class Conv2dLocalReparameterization(_Conv):
         torch.Size([2, 8, 14, 14])
     """
 
-    _dims, _estimator, _torch_class = 2, "local_reparameterization", nn.Conv2d
+    _dims, _torch_class, estimator = 2, nn.Conv2d, LOCAL_REPARAMETERIZATION
 
 
 # ==================================================== transposed convolutions
-class ConvTranspose2dReparameterization(_ConvTranspose):
+@converts(nn.ConvTranspose2d, "reparameterization")
+class ConvTranspose2dReparameterization(BayesianConvTranspose):
     """2-d transposed convolution with a weight posterior, one whole weight draw per call.
 
     Drop-in for ``nn.ConvTranspose2d``, including the call's ``output_size=``.
@@ -310,10 +242,11 @@ class ConvTranspose2dReparameterization(_ConvTranspose):
         torch.Size([2, 3, 16, 16])
     """
 
-    _dims, _estimator, _torch_class = 2, "reparameterization", nn.ConvTranspose2d
+    _dims, _torch_class, estimator = 2, nn.ConvTranspose2d, REPARAMETERIZATION
 
 
-class ConvTranspose1dReparameterization(_ConvTranspose):
+@converts(nn.ConvTranspose1d, "reparameterization")
+class ConvTranspose1dReparameterization(BayesianConvTranspose):
     """1-d :class:`ConvTranspose2dReparameterization`: drop-in for ``nn.ConvTranspose1d``.
 
     Shape:
@@ -327,10 +260,11 @@ class ConvTranspose1dReparameterization(_ConvTranspose):
         torch.Size([3, 2, 22])
     """
 
-    _dims, _estimator, _torch_class = 1, "reparameterization", nn.ConvTranspose1d
+    _dims, _torch_class, estimator = 1, nn.ConvTranspose1d, REPARAMETERIZATION
 
 
-class ConvTranspose3dReparameterization(_ConvTranspose):
+@converts(nn.ConvTranspose3d, "reparameterization")
+class ConvTranspose3dReparameterization(BayesianConvTranspose):
     """3-d :class:`ConvTranspose2dReparameterization`: drop-in for ``nn.ConvTranspose3d``.
 
     Shape:
@@ -344,10 +278,11 @@ class ConvTranspose3dReparameterization(_ConvTranspose):
         torch.Size([1, 4, 6, 6, 6])
     """
 
-    _dims, _estimator, _torch_class = 3, "reparameterization", nn.ConvTranspose3d
+    _dims, _torch_class, estimator = 3, nn.ConvTranspose3d, REPARAMETERIZATION
 
 
-class ConvTranspose2dFlipout(_ConvTranspose):
+@converts(nn.ConvTranspose2d, "flipout")
+class ConvTranspose2dFlipout(BayesianConvTranspose):
     """2-d transposed convolution with the Flipout estimator (Wen et al. 2018).
 
     Same constructor as :class:`ConvTranspose2dReparameterization` (the weight
@@ -365,10 +300,11 @@ class ConvTranspose2dFlipout(_ConvTranspose):
         torch.Size([2, 3, 16, 16])
     """
 
-    _dims, _estimator, _torch_class = 2, "flipout", nn.ConvTranspose2d
+    _dims, _torch_class, estimator = 2, nn.ConvTranspose2d, FLIPOUT
 
 
-class ConvTranspose1dFlipout(_ConvTranspose):
+@converts(nn.ConvTranspose1d, "flipout")
+class ConvTranspose1dFlipout(BayesianConvTranspose):
     """1-d :class:`ConvTranspose2dFlipout`: drop-in for ``nn.ConvTranspose1d``.
 
     Shape:
@@ -382,10 +318,11 @@ class ConvTranspose1dFlipout(_ConvTranspose):
         torch.Size([3, 2, 14])
     """
 
-    _dims, _estimator, _torch_class = 1, "flipout", nn.ConvTranspose1d
+    _dims, _torch_class, estimator = 1, nn.ConvTranspose1d, FLIPOUT
 
 
-class ConvTranspose3dFlipout(_ConvTranspose):
+@converts(nn.ConvTranspose3d, "flipout")
+class ConvTranspose3dFlipout(BayesianConvTranspose):
     """3-d :class:`ConvTranspose2dFlipout`: drop-in for ``nn.ConvTranspose3d``.
 
     Shape:
@@ -399,4 +336,4 @@ class ConvTranspose3dFlipout(_ConvTranspose):
         torch.Size([1, 4, 3, 3, 3])
     """
 
-    _dims, _estimator, _torch_class = 3, "flipout", nn.ConvTranspose3d
+    _dims, _torch_class, estimator = 3, nn.ConvTranspose3d, FLIPOUT

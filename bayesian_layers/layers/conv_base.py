@@ -1,12 +1,14 @@
 """Shared machinery of the Bayesian (transposed) convolutions in :mod:`.conv`.
 
-One base holds parameters, validation, torch's attributes and the three
-estimators; the public classes in :mod:`.conv` only choose the dimension, whether
-the convolution is transposed, and the estimator.
+One base holds parameters, validation and torch's attributes, and declares the
+convolution as the op of the estimator template (:mod:`.estimators`); the public
+classes in :mod:`.conv` only choose the dimension, whether the convolution is
+transposed, and the estimator.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -16,11 +18,11 @@ from torch import Tensor, nn
 from ..initializers import TrainableInitializer, fans
 from ..regularizers import Regularizer
 from ._util import check_features as _check_features
-from ._util import rademacher as _rademacher
 from .base import BayesianLayer
+from .estimators import Estimator, WeightOp
 from .functional import convolution as K
 
-__all__: list[str] = []
+__all__ = ["BayesianConvNd", "BayesianConv", "BayesianConvTranspose", "ConvOp"]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -43,22 +45,38 @@ def _ntuple(owner: str, name: str, value: object, n: int, minimum: int) -> tuple
     return values
 
 
-def _standard_normal(shape: Sequence[int], like: Tensor) -> Tensor:
-    """N(0, 1) noise of ``shape`` with ``like``'s dtype and device (tests intercept it)."""
-    return torch.randn(shape, dtype=like.dtype, device=like.device)
+class ConvOp(WeightOp):
+    """A (transposed) convolution with hyperparameters ``spec`` as the template's op; K
+    draws as one grouped convolution.
+
+    Shape: ``x`` ``(N, C_in, *spatial)``; weight and bias as the torch module's;
+    output ``(N, C_out, *spatial_out)``.
+    """
+
+    def __init__(self, spec: K.ConvSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return K.conv(x, weight, bias, self.spec)
+
+    def batched(self, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
+        return K.batched_conv(x, weight, bias, k, self.spec)
+
+    def add_sample_bias(self, y: Tensor, bias: Tensor | None, k: int) -> Tensor:
+        return K.add_sample_bias(y, bias, k)
 
 
 class BayesianConvNd(BayesianLayer):
     """Base of the Bayesian (transposed) convolutions: see :mod:`.conv` for the public classes.
 
     Subclasses set the class attributes: ``_dims`` (1, 2, 3), ``_transposed``,
-    ``_estimator`` (``"reparameterization"``, ``"flipout"`` or
-    ``"local_reparameterization"``) and ``_torch_class`` (the counterpart).
+    ``estimator`` (:data:`~.estimators.REPARAMETERIZATION`, ``FLIPOUT`` or
+    ``LOCAL_REPARAMETERIZATION``) and ``_torch_class`` (the counterpart).
     """
 
     _dims: ClassVar[int]
     _transposed: ClassVar[bool]
-    _estimator: ClassVar[str]
+    estimator: ClassVar[Estimator]
     _torch_class: ClassVar[type[nn.Module]]
 
     def _setup(
@@ -140,8 +158,7 @@ class BayesianConvNd(BayesianLayer):
             self.stride, self.padding, self.dilation, self.groups, self.padding_mode,
             tuple(self._reversed_padding_repeated_twice), self._transposed, self.output_padding,
         )  # fmt: skip
-        required = {"flipout": ("weight",), "local_reparameterization": ("weight", "bias")}
-        self._require_normal(*required.get(self._estimator, ()))
+        self.estimator.check_posteriors(self)
 
     def _reversed_padding(self) -> list[int] | tuple[int, ...]:
         """``F.pad``'s argument for non-zero padding modes, exactly as torch computes it."""
@@ -155,34 +172,30 @@ class BayesianConvNd(BayesianLayer):
                 out[2 * j], out[2 * j + 1] = total // 2, total - total // 2
         return out
 
-    def _require_normal(self, *names: str) -> None:
-        for name in names:
-            init = self._inits.get(name)
-            if init is not None and not (init.is_normal or init.is_deterministic):
-                raise ValueError(
-                    f"{type(self).__name__} needs a normal (or deterministic) {name} posterior, "
-                    f"got {type(init).__name__}; use the Reparameterization estimator for "
-                    "other families"
-                )
-
     # -------------------------------------------------------------- torch API
     @classmethod
-    def from_module(cls, module: nn.Module, **kwargs: Any) -> BayesianConvNd:
+    def from_torch(cls, module: nn.Module, **kwargs: Any) -> BayesianConvNd:
         """A Bayesian layer with ``module``'s hyperparameters, posterior means at its weights.
 
         ``module`` is the torch counterpart (``nn.Conv2d`` for ``Conv2dFlipout``, ...);
         keyword arguments go to the constructor (initializers, regularizers).
         Supports normal and deterministic parameter families.
+
+        Example:
+            >>> from torch import nn
+            >>> from bayesian_layers.layers import Conv2dFlipout
+            >>> Conv2dFlipout.from_torch(nn.Conv2d(3, 8, 3, padding=1)).extra_repr()
+            '3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)'
         """
         torch_cls = cls._torch_class
         if not isinstance(module, torch_cls):
             raise TypeError(
-                f"{cls.__name__}.from_module expected nn.{torch_cls.__name__}, "
+                f"{cls.__name__}.from_torch expected nn.{torch_cls.__name__}, "
                 f"got {type(module).__name__}"
             )
         weight, bias = module.weight, module.bias
         if isinstance(weight, nn.parameter.UninitializedParameter):
-            raise ValueError(f"{cls.__name__}.from_module got a lazy module not yet initialised")
+            raise ValueError(f"{cls.__name__}.from_torch got a lazy module not yet initialised")
         args: dict[str, Any] = {
             "stride": module.stride,
             "padding": module.padding,
@@ -201,6 +214,16 @@ class BayesianConvNd(BayesianLayer):
         )
         layer.load_point_estimates({"weight": cast(Tensor, weight), "bias": bias})
         return layer
+
+    @classmethod
+    def from_module(cls, module: nn.Module, **kwargs: Any) -> BayesianConvNd:
+        """Deprecated alias of :meth:`from_torch`."""
+        warnings.warn(
+            f"{cls.__name__}.from_module is deprecated; use {cls.__name__}.from_torch",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cls.from_torch(module, **kwargs)
 
     def extra_repr(self) -> str:
         """As ``nn.Conv*``'s (``in, out, kernel_size=..., stride=...`` and non-defaults)."""
@@ -273,47 +296,80 @@ class BayesianConvNd(BayesianLayer):
         spec = self._spec
         if output_size is not None:
             spec = spec._replace(output_padding=self._output_padding(x, unbatched, output_size))
-        y = self._estimate(x, spec)
+        bias = "bias" if self.use_bias else None
+        y = self.estimator.project(self, x, ConvOp(spec), "weight", bias)
         return y.squeeze(0) if unbatched else y
 
-    def _estimate(self, x: Tensor, spec: K.ConvSpec) -> Tensor:
-        if self.sampling == "mean":
-            bias = self.point("bias") if self.use_bias else None
-            return K.conv(x, self.point("weight"), bias, spec)
-        init = self._inits["weight"]
-        if self._estimator == "reparameterization" or not self.per_example_noise():
-            return self._whole_weight(x, spec)
-        if init.is_deterministic:
-            return self._whole_weight(x, spec)
-        loc, scale = init.loc_scale(self, "weight")
-        k = self._check_samples(x)
-        out_shape = K.output_shape(x.shape, self.out_channels, self.kernel_size, spec)
-        if self._estimator == "flipout":
-            bias = self.sample_param("bias") if self.use_bias else None
-            sign_in = _rademacher(x.shape, x)
-            sign_out = _rademacher(out_shape, x)
-            if k == 1:
-                noise = _standard_normal(loc.shape, loc)
-                return K.flipout_conv(x, loc, scale, noise, sign_in, sign_out, bias, spec)
-            noise = _standard_normal((k, *loc.shape), loc)
-            perturbation = K.batched_conv(x * sign_in, scale * noise, None, k, spec)
-            mean = K.conv(x, loc, None, spec)
-            y = torch.addcmul(mean, perturbation, sign_out.to(mean.dtype))  # (to: autocast)
-            return K.add_sample_bias(y, bias, k)
-        bias_loc, bias_scale = None, None
-        if self.use_bias:
-            bias_init = self._inits["bias"]
-            if bias_init.is_deterministic:
-                bias_loc = self.point("bias")
-            else:
-                bias_loc, bias_scale = bias_init.loc_scale(self, "bias")
-        noise = _standard_normal(out_shape, loc)  # parameter dtype (float32 under autocast)
-        return K.local_reparameterization_conv(x, loc, scale, noise, bias_loc, bias_scale, spec)
 
-    def _whole_weight(self, x: Tensor, spec: K.ConvSpec) -> Tensor:
-        k = self._check_samples(x)
-        weight = self.sample_param("weight")
-        bias = self.sample_param("bias") if self.use_bias else None
-        if k == 1:
-            return K.conv(x, weight, bias, spec)
-        return K.batched_conv(x, weight, bias, k, spec)
+_Size = int | Sequence[int]
+
+
+class BayesianConv(BayesianConvNd):
+    """The constructor and call of ``nn.Conv{1,2,3}d``."""
+
+    _transposed = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Size,
+        stride: _Size = 1,
+        padding: str | _Size = 0,
+        dilation: _Size = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        weight_initializer: str | TrainableInitializer = "trainable_normal",
+        bias_initializer: str | TrainableInitializer = "zeros",
+        weight_regularizer: str | Regularizer | None = "normal_kl_divergence",
+        bias_regularizer: str | Regularizer | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._setup(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, 0, groups, bias,
+            padding_mode, weight_initializer, bias_initializer, weight_regularizer,
+            bias_regularizer, device, dtype,
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._run(x)
+
+
+class BayesianConvTranspose(BayesianConvNd):
+    """The constructor and call (``output_size=``) of ``nn.ConvTranspose{1,2,3}d``."""
+
+    _transposed = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Size,
+        stride: _Size = 1,
+        padding: _Size = 0,
+        output_padding: _Size = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: _Size = 1,
+        padding_mode: str = "zeros",
+        *,
+        weight_initializer: str | TrainableInitializer = "trainable_normal",
+        bias_initializer: str | TrainableInitializer = "zeros",
+        weight_regularizer: str | Regularizer | None = "normal_kl_divergence",
+        bias_regularizer: str | Regularizer | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._setup(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding,
+            groups, bias, padding_mode, weight_initializer, bias_initializer, weight_regularizer,
+            bias_regularizer, device, dtype,
+        )  # fmt: skip
+
+    def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+        return self._run(x, output_size)

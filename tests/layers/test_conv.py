@@ -75,7 +75,7 @@ def _seed_and_threads() -> Iterator[None]:
 
 def whole_weight(cls: type) -> bool:
     """One whole weight draw shared by the batch (its value is ``layer.weight.value``)."""
-    return cls._estimator == "reparameterization"
+    return cls.estimator.name == "reparameterization"
 
 
 def make_input(
@@ -448,12 +448,12 @@ def test_bad_hyperparameters_raise(cls: type) -> None:
 
 
 @parametrize_layers
-def test_from_module_copies_weights(cls: type) -> None:
+def test_from_torch_copies_weights(cls: type) -> None:
     kw: dict[str, Any] = {"stride": 2, "padding": 1, "groups": 2}
     if not cls._transposed:
         kw["padding_mode"] = "reflect"
     src = cls._torch_class(IN, OUT, 3, **kw, dtype=torch.float64)
-    layer = cls.from_module(src)
+    layer = cls.from_torch(src)
     assert type(layer) is cls and layer.extra_repr() == src.extra_repr()
     assert layer.weight_loc.dtype == torch.float64
     torch.testing.assert_close(layer.weight_loc, src.weight, rtol=0, atol=0)
@@ -464,19 +464,19 @@ def test_from_module_copies_weights(cls: type) -> None:
     with torch.no_grad():  # copies, not aliases
         src.weight.add_(1.0)
     assert not torch.equal(layer.weight_loc, src.weight)
-    random_bias = cls.from_module(src, bias_initializer="trainable_normal")
+    random_bias = cls.from_torch(src, bias_initializer="trainable_normal")
     torch.testing.assert_close(random_bias.bias_loc, src.bias, rtol=0, atol=0)
-    assert cls.from_module(cls._torch_class(IN, OUT, 3, bias=False)).bias is None
+    assert cls.from_torch(cls._torch_class(IN, OUT, 3, bias=False)).bias is None
     other = nn.Conv2d if cls._torch_class is not nn.Conv2d else nn.ConvTranspose2d
     with pytest.raises(TypeError, match=f"nn.{cls._torch_class.__name__}"):
-        cls.from_module(other(IN, OUT, 3))
+        cls.from_torch(other(IN, OUT, 3))
     with pytest.raises(TypeError, match="got Linear"):
-        cls.from_module(nn.Linear(IN, OUT))
+        cls.from_torch(nn.Linear(IN, OUT))
 
 
 def test_non_normal_posteriors_are_rejected_where_needed() -> None:
     with pytest.raises(ValueError, match="TrainableLogNormal"):
-        C.Conv2dReparameterization.from_module(
+        C.Conv2dReparameterization.from_torch(
             nn.Conv2d(IN, OUT, 3), weight_initializer="trainable_log_normal"
         )
     for cls in (C.Conv2dFlipout, C.ConvTranspose2dFlipout, C.Conv2dLocalReparameterization):
@@ -484,6 +484,10 @@ def test_non_normal_posteriors_are_rejected_where_needed() -> None:
             cls(IN, OUT, 3, weight_initializer="trainable_log_normal")
     with pytest.raises(ValueError, match="Conv2dLocalReparameterization"):
         C.Conv2dLocalReparameterization(IN, OUT, 3, bias_initializer="trainable_half_cauchy")
+    # the old constructor name still works, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="from_torch"):
+        old = C.Conv2dFlipout.from_module(nn.Conv2d(IN, OUT, 3))
+    assert type(old) is C.Conv2dFlipout
     # Reparameterization takes any family; a deterministic weight makes Flipout a plain conv
     x = make_input(C.Conv2dFlipout)
     C.Conv2dReparameterization(IN, OUT, 3, weight_initializer="trainable_log_normal")(x)
@@ -579,23 +583,19 @@ def test_vectorized_mode_shapes_and_errors(cls: type) -> None:
 
 
 @parametrize_layers
-def test_vectorized_call_equals_separate_calls_given_the_same_noise(
-    cls: type, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_vectorized_call_equals_separate_calls_given_the_same_noise(cls: type) -> None:
     """K samples in one call: rows ``k * B:(k + 1) * B`` equal the estimator's kernel
     run alone with the k-th slice of the same noise (weights, signs, output noise)."""
     drawn: list[Tensor] = []
 
-    def record(fn):  # noqa: ANN001, ANN202
-        def wrapped(*args: Any) -> Tensor:
-            drawn.append(fn(*args))
+    def record(layer, name, kind, shape, make):  # noqa: ANN001, ANN202
+        if kind != "parameter":  # signs, Flipout's weight noise, output noise
+            drawn.append(make(shape))
             return drawn[-1]
+        return None
 
-        return wrapped
-
-    monkeypatch.setattr(conv_base, "_standard_normal", record(conv_base._standard_normal))
-    monkeypatch.setattr(conv_base, "_rademacher", record(conv_base._rademacher))
     layer = cls(IN, OUT, 3, padding=1, groups=2, dtype=torch.float64, **RANDOM_BIAS)
+    layer.register_noise_hook(record)
     random_params(layer)
     k, batch = 4, 3
     x = make_input(cls, (k * batch,), dtype=torch.float64)
@@ -609,7 +609,7 @@ def test_vectorized_call_equals_separate_calls_given_the_same_noise(
         if whole_weight(cls):
             w, b = layer.weight.value[i], layer.bias.value[i]
             expected = K.conv(x[rows], w, b, spec)
-        elif cls._estimator == "flipout":
+        elif cls.estimator.name == "flipout":
             sign_in, sign_out, noise = drawn
             b = layer.bias.value[i]
             expected = K.flipout_conv(
