@@ -37,11 +37,11 @@ checks at its first call that its group's streams agree and raises otherwise.
 from .data_parallel import (
     WithKL,
     clip_grad_norm_,
-    elbo_loss,
     kl_divergence,
     manual_seed,
     parameter_bytes,
 )
+from .elbo import elbo_loss
 from .tensor_parallel import (
     BayesianColwiseParallel,
     BayesianRowwiseParallel,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -73,16 +73,21 @@ class NoiseSource(nn.Module):
             make = _sign_maker(like)
         elif kind == "parameter":
             init = self._inits[name]
+            if init.is_deterministic:
+                raise ValueError(
+                    f"{type(self).__name__}.noise: {name!r} is a point estimate, it has no "
+                    "noise of kind 'parameter'"
+                )
 
             def make(s: torch.Size) -> Tensor:
-                return init.noise(s, like)
+                return cast(Tensor, init.noise(s, like))  # a random family's noise
         else:
             raise ValueError(
                 f"{type(self).__name__}.noise expected `kind` in ('normal', 'sign', "
                 f"'parameter'), got {kind!r}"
             )
         for hook in self._noise_hooks.values():
-            value = hook(self, name, kind, shape, make)
+            value = hook(cast("BayesianLayer", self), name, kind, shape, make)
             if value is not None:
                 return value
         return make(shape)
