@@ -11,17 +11,15 @@ from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Shard
 from torch.distributed.tensor.parallel import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..layers._util import rademacher as _rademacher
-from ..layers.attention import _BayesianMultiheadAttention
-from ..layers.functional.attention import attention_core, flipout_project
-from ..layers.linear import _BayesianLinear
+from ..layers.attention import HeadShard
+from ..layers.base import BayesianLayer
+from ..layers.registry import counterparts
 from .tensor_parallel import (
     TP_ATTR,
     BayesianColwiseParallel,
@@ -38,6 +36,16 @@ from .tensor_parallel import (
 __all__ = ["BayesianAttentionParallel", "transformer_plan"]
 
 
+def _is_attention(module: nn.Module) -> bool:
+    """A Bayesian counterpart of ``nn.MultiheadAttention`` (any estimator)."""
+    return isinstance(module, tuple(counterparts(nn.MultiheadAttention).values()))
+
+
+def _is_dense(module: nn.Module) -> bool:
+    """A Bayesian counterpart of ``nn.Linear`` (any estimator)."""
+    return isinstance(module, tuple(counterparts(nn.Linear).values()))
+
+
 class BayesianAttentionParallel(ParallelStyle):
     """Head-parallel tensor parallelism for a Bayesian multi-head attention layer.
 
@@ -46,11 +54,13 @@ class BayesianAttentionParallel(ParallelStyle):
     ``(3E, E)``) that compute their queries, keys and values (a strided shard of
     each of the three blocks, so ``full_tensor()`` gives the single-process
     layout), the matching columns of ``out_proj``'s weights and of ``bias_k``/
-    ``bias_v``; ``out_proj``'s bias is replicated and must be deterministic. A
-    call projects the replicated input to the local heads, attends over them,
-    applies the local columns of the output projection and sums the partial
-    outputs with one all-reduce (one more backward, for the input's gradient).
-    Noise is drawn per shard as in :class:`BayesianColwiseParallel`.
+    ``bias_v``; ``out_proj``'s bias is replicated and must be deterministic. The
+    layer computes its shard of the heads through its public ``head_shard``
+    (:class:`~bayesian_layers.layers.attention.HeadShard`, set here once): a call
+    projects the replicated input to the local heads, attends over them, applies
+    the local columns of the output projection and sums the partial outputs with
+    one all-reduce (one more backward, for the input's gradient). Noise is drawn
+    per shard as in :class:`BayesianColwiseParallel`.
 
     Works for :class:`~bayesian_layers.layers.MultiheadAttentionReparameterization`
     and :class:`~bayesian_layers.layers.MultiheadAttentionFlipout` in every
@@ -64,7 +74,7 @@ class BayesianAttentionParallel(ParallelStyle):
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         style = type(self).__name__
-        if not isinstance(module, _BayesianMultiheadAttention):
+        if not _is_attention(module):
             raise TypeError(
                 f"{style} expected a Bayesian multi-head attention layer, got "
                 f"{type(module).__name__}"
@@ -76,15 +86,17 @@ class BayesianAttentionParallel(ParallelStyle):
                 f"{style} expected num_heads divisible by {n} ranks, got {module.num_heads}"
             )
         proj = module.out_proj
-        init = proj._inits.get("bias")
-        if init is not None and not init.is_deterministic:
+        bias = dict(proj.named_random_parameters()).get("bias")
+        if bias is not None:
             raise NotImplementedError(
                 f"{style} supports only a deterministic out_proj bias, got a "
-                f"{type(init).__name__} bias posterior"
+                f"{type(bias.initializer).__name__} bias posterior"
             )
         packed = _StridedShard(0, split_factor=3)  # q, k and v rows of the local heads
         placement: dict[str, Any] = {
-            name: packed for name in module._parameters if name.startswith("in_proj")
+            name: packed
+            for name, _ in module.named_parameters(recurse=False)
+            if name.startswith("in_proj")
         }
         placement.update({"bias_k": Shard(2), "bias_v": Shard(2)})
         _shard_params(module, mesh, placement)
@@ -92,17 +104,16 @@ class BayesianAttentionParallel(ParallelStyle):
         for m in (module, proj):
             _store_local_shapes(m)
             setattr(m, TP_ATTR, (style, mesh))
+        reduce = partial(reduce_from_parallel, group=mesh.get_group())
+        module.head_shard = HeadShard(mesh.get_local_rank(), n, reduce)
         module.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         module.register_forward_hook(self._post_hook, always_call=True)
         return module
 
-    def _pre_hook(
-        self, module: _BayesianMultiheadAttention, args: tuple, kwargs: dict
-    ) -> tuple[tuple, dict]:
+    def _pre_hook(self, module: BayesianLayer, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         _, mesh = getattr(module, TP_ATTR)
         saved = _ForkedCall(mesh, (module, module.out_proj))
         module.__dict__[TP_ATTR + "_saved"] = saved
-        module.__dict__["_attend"] = partial(_head_parallel_attend, module, mesh)
         # identity (self-attention) survives: one wrapped tensor per input object
         wrapped: dict[int, Tensor] = {}
 
@@ -117,91 +128,11 @@ class BayesianAttentionParallel(ParallelStyle):
         kwargs = {k: wrap(v) if k in ("query", "key", "value") else v for k, v in kwargs.items()}
         return args, kwargs
 
-    def _post_hook(self, module: _BayesianMultiheadAttention, args: tuple, out: Any) -> Any:
-        module.__dict__.pop("_attend", None)
+    def _post_hook(self, module: BayesianLayer, args: tuple, out: Any) -> Any:
         saved = module.__dict__.pop(TP_ATTR + "_saved", None)
         if saved is not None:
             saved.restore()
         return out
-
-
-class _LocalHeads:
-    """The attributes ``attention_core`` reads, for the local heads (a plain class, which
-    ``torch.compile`` traces; a ``SimpleNamespace`` breaks the graph)."""
-
-    def __init__(self, module: _BayesianMultiheadAttention, heads: int) -> None:
-        self.num_heads, self.head_dim = heads, module.head_dim
-        self.dropout, self.training = module.dropout, module.training
-        self.bias_k, self.bias_v = module.bias_k, module.bias_v
-        self.add_zero_attn = module.add_zero_attn
-
-
-_BASE_DIMS = {"in_w": 2, "in_delta": 2, "in_b": 1, "out_w": 2, "out_delta": 2, "out_b": 1}
-
-
-def _head_parallel_attend(
-    module: _BayesianMultiheadAttention,
-    mesh: DeviceMesh,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    key_padding_mask: Tensor | None,
-    attn_mask: Tensor | None,
-    args: tuple[bool, bool, bool],
-    draws: dict[str, Tensor | None],
-    j: int | None,
-) -> tuple[Tensor, Tensor | None]:
-    """The layer's ``_attend`` over the local heads, then the all-reduced output projection.
-
-    Shape:
-        query: ``(L, N, E)``; key, value: ``(S, N, E)``; output ``(L, N, E)``.
-    """
-    need_weights, average, is_causal = args
-    if need_weights and not average:
-        raise NotImplementedError(
-            f"{type(module).__name__} under {BayesianAttentionParallel.__name__} returns "
-            "attention weights averaged over heads only (average_attn_weights=True)"
-        )
-    n, rank = mesh.size(), mesh.get_local_rank()
-    w = {
-        k: (t[j] if t is not None and j is not None and t.dim() > _BASE_DIMS[k] else t)
-        for k in _BASE_DIMS
-        for t in [draws.get(k)]
-    }
-    e, heads = module.embed_dim // n, module.num_heads // n
-    batch = query.shape[1]
-    per_example = w["in_delta"] is not None or w["out_delta"] is not None
-    sign_in = _rademacher(torch.Size((batch, module.embed_dim)), query) if per_example else query
-    sign_out = _rademacher(torch.Size((batch, 3 * e)), query) if per_example else query
-    if query is key and key is value:  # self-attention: one packed projection
-        proj = flipout_project(query, w["in_w"], w["in_delta"], w["in_b"], sign_in, sign_out)  # type: ignore[arg-type]
-        q, k, v = proj.chunk(3, -1)  # (L, N, E / n) each
-    else:
-        rows = [slice(i * e, (i + 1) * e) for i in range(3)]
-        q, k, v = (
-            flipout_project(
-                x, w["in_w"][r],  # type: ignore[index]
-                None if w["in_delta"] is None else w["in_delta"][r],
-                None if w["in_b"] is None else w["in_b"][r],
-                sign_in, sign_out[:, r] if per_example else sign_out,
-            )
-            for x, r in zip((query, key, value), rows, strict=True)
-        )  # fmt: skip
-    if attn_mask is not None and attn_mask.dim() == 3:  # (N H, L, S): the local heads
-        full = attn_mask.view(batch, module.num_heads, *attn_mask.shape[1:])
-        attn_mask = full[:, rank * heads : (rank + 1) * heads].reshape(-1, *attn_mask.shape[1:])
-    local = _LocalHeads(module, heads)
-    out, weights = attention_core(local, q, k, v, key_padding_mask, attn_mask, *args)  # type: ignore[arg-type]
-    if per_example:
-        sign_in = _rademacher(torch.Size((batch, e)), query)
-        sign_out = _rademacher(torch.Size((batch, module.embed_dim)), query)
-    out = flipout_project(out, w["out_w"], w["out_delta"], None, sign_in, sign_out)  # type: ignore[arg-type]
-    out = reduce_from_parallel(out, mesh.get_group())  # (L, N, E), summed over the heads
-    if w["out_b"] is not None:
-        out = out + w["out_b"]
-    if weights is not None:
-        weights = reduce_from_parallel(weights, mesh.get_group()) / n
-    return out, weights
 
 
 # ------------------------------------------------------------------ the plan
@@ -213,19 +144,19 @@ def _patterns(kind: str, paths: object) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _dense_layers(block: nn.Module) -> dict[str, _BayesianLinear]:
+def _dense_layers(block: nn.Module) -> dict[str, nn.Module]:
     """The Bayesian dense layers of ``block`` by relative path, outside its attention layers."""
-    attention = [n for n, m in block.named_modules() if isinstance(m, _BayesianMultiheadAttention)]
+    attention = [n for n, m in block.named_modules() if _is_attention(m)]
     return {
         n: m
         for n, m in block.named_modules()
-        if isinstance(m, _BayesianLinear) and not any(n.startswith(f"{a}.") for a in attention)
+        if _is_dense(m) and not any(n.startswith(f"{a}.") for a in attention)
     }
 
 
 def _match(
-    dense: dict[str, _BayesianLinear], patterns: tuple[str, ...], used: set[str]
-) -> dict[str, _BayesianLinear]:
+    dense: dict[str, nn.Module], patterns: tuple[str, ...], used: set[str]
+) -> dict[str, nn.Module]:
     out = {}
     for pattern in patterns:
         hits = {n: m for n, m in dense.items() if fnmatchcase(n, pattern)}
@@ -234,9 +165,7 @@ def _match(
     return out
 
 
-def _check_pairs(
-    block: str, col: dict[str, _BayesianLinear], row: dict[str, _BayesianLinear]
-) -> None:
+def _check_pairs(block: str, col: dict[str, nn.Module], row: dict[str, nn.Module]) -> None:
     """Every column-wise layer needs a row-wise one that takes its sharded output, and back."""
     both = sorted(col.keys() & row.keys())
     if both:
@@ -306,7 +235,7 @@ def transformer_plan(
     plan: dict[str, ParallelStyle] = {}
     blocks: dict[str, nn.Module] = {}
     for name, m in model.named_modules():
-        if isinstance(m, _BayesianMultiheadAttention):
+        if _is_attention(m):
             plan[name] = BayesianAttentionParallel()
             block = name.rpartition(".")[0]
             blocks.setdefault(block, model.get_submodule(block) if block else model)

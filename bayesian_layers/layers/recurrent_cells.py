@@ -5,10 +5,10 @@ A cell draws its weights **once per sequence** and reuses them at every time ste
 at a call without a state (``cell(x_0)``: the start of a sequence), or lazily at the
 first call after :meth:`~LSTMCellReparameterization.resample`. A call with a state
 and no draw yet draws once and keeps that draw until one of those. The draw is a set
-of standard noise tensors (:class:`~bayesian_layers.layers.recurrent_draw.SequenceDraw`)
-made through ``layer.noise``; weights are built from it once per sequence and
-parameter version, and rebuilt from the same noise when a backward pass has freed
-their graph (truncated backpropagation through time). In ``"frozen"`` mode the
+of standard noise tensors made through ``layer.noise``; weights are built from it
+once per sequence and parameter version, and rebuilt from the same noise when a
+backward pass has freed their graph (truncated backpropagation through time): see
+:class:`~bayesian_layers.layers.recurrent_draw.SequenceDraws`. In ``"frozen"`` mode the
 weights are the layer's frozen sample (``sample_param``).
 
 The estimator is the class attribute ``estimator`` (the strategy objects of
@@ -34,7 +34,7 @@ from ._util import check_features as _check_features
 from .base import BayesianLayer
 from .estimators import FLIPOUT, REPARAMETERIZATION, Estimator
 from .functional.recurrent import flipout_matmul, gru_cell, gru_pointwise, lstm_cell, lstm_pointwise
-from .recurrent_draw import SequenceDraw, cache_key, graph_alive
+from .recurrent_draw import SequenceDraws
 from .registry import converts
 
 __all__ = [
@@ -95,13 +95,7 @@ class _RecurrentCell(BayesianLayer):
                 )
         for kind in ("ih", "hh"):
             self.estimator.check_posteriors(self, f"weight_{kind}", None)
-        self._sequence: SequenceDraw | None = None
-        self._cache: tuple | None = None  # (draw, parameter versions, weights, built tensors)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_cache"] = None  # holds autograd graphs
-        return state
+        self._draws = SequenceDraws(self._names())
 
     @classmethod
     def from_torch(cls, module: nn.RNNCellBase, **kwargs: Any) -> Any:
@@ -177,8 +171,7 @@ class _RecurrentCell(BayesianLayer):
     def resample(self) -> None:
         """Forget the current draw (and any frozen one); the next call draws anew."""
         super().resample()
-        self._sequence = None
-        self._cache = None
+        self._draws.forget(cache=True)
 
     def _per_example(self) -> bool:
         """Flipout's path: ``"sample"`` mode, no tracer, random weights."""
@@ -188,78 +181,15 @@ class _RecurrentCell(BayesianLayer):
             and self.parameter_spec("weight_ih").is_random
         )
 
-    def _sequence_draw(self, x: Tensor, k: int) -> SequenceDraw:
-        """The current sequence's draw, made now if there is none for this mode/K/dtype."""
-        like = self.point("weight_ih")
-        key = (self.sampling, k, like.dtype, like.device)
-        draw = self._sequence
-        per_example = self._per_example()
-        if draw is None or draw.key != key:
-            noise = {}
-            if self.sampling == "sample":  # "frozen": the layer's frozen sample
-                for name, spec in self.named_random_parameters():
-                    shape = spec.shape if k == 1 else torch.Size((k, *spec.shape))
-                    # Flipout's shared perturbation is standard normal noise
-                    kind = "normal" if per_example and name.startswith("weight") else "parameter"
-                    noise[name] = self.noise(name, shape, self.point(name), kind=kind)
-            draw = SequenceDraw(key, noise)
-        if per_example and draw.batch != x.shape[0]:
-            b, rows, h = x.shape[0], self._gates * self.hidden_size, self.hidden_size
-            signs = tuple(
-                self.noise(f"weight_{kind}_sign_{side}", (b, size), x, kind="sign")
-                for kind, side, size in (
-                    ("ih", "in", self.input_size), ("ih", "out", rows),
-                    ("hh", "in", h), ("hh", "out", rows),
-                )
-            )  # fmt: skip
-            draw = draw.with_signs(b, signs)
-        self._sequence = draw
-        return draw
-
     def _names(self) -> tuple[str, str, str | None, str | None]:
         b = self.bias
         return ("weight_ih", "weight_hh", "bias_ih" if b else None, "bias_hh" if b else None)
 
     def _weights(self, x: Tensor, k: int) -> tuple[tuple, tuple[Tensor, ...] | None]:
-        """``(weights, signs)``: whole weights and no signs, or Flipout's ``(μ, Δ)`` pairs.
-
-        Built from the sequence's noise once per draw and parameter version (an
-        optimizer step or ``load_state_dict`` changes the version), and again when a
-        backward pass has freed their graph; otherwise every step reuses them.
-        """
+        """``(weights, signs)`` of this step: posterior means, or the sequence's draw."""
         if self.sampling == "mean":
             return tuple(None if n is None else self.point(n) for n in self._names()), None
-        draw = self._sequence_draw(x, k)
-        signs = draw.signs or None
-        key = cache_key(list(self.parameters(recurse=False)))
-        hit = self._cache
-        if (
-            key is not None and hit is not None and hit[0] is draw and hit[1] == key
-            and all(map(graph_alive, hit[3]))
-        ):  # fmt: skip
-            return hit[2], signs
-        built: list[Tensor] = []
-
-        def whole(name: str | None) -> Tensor | None:
-            if name is None or not self.parameter_spec(name).is_random:
-                return None if name is None else self.point(name)
-            noise = draw.noise.get(name)
-            # traced while a tracer is active; "frozen": the frozen sample
-            value = self.sample_param(name) if noise is None else self.draw_param(name, noise)
-            built.append(value)
-            return value
-
-        def loc_delta(name: str) -> tuple[Tensor, Tensor]:
-            loc, scale = self.posterior_loc_scale(name)
-            built.append(scale * draw.noise[name])  # type: ignore[operator]
-            return loc, built[-1]
-
-        w_ih, w_hh, b_ih, b_hh = self._names()
-        mats = (loc_delta(w_ih), loc_delta(w_hh)) if signs else (whole(w_ih), whole(w_hh))
-        weights = (*mats, whole(b_ih), whole(b_hh))
-        if key is not None:
-            self._cache = (draw, key, weights, built)
-        return weights, signs
+        return self._draws.weights(self, x, k, self._per_example())
 
     def get_initial_state(self, x: Tensor) -> Any:
         """Draw the weights for a new sequence; return the zero state for input ``x``.
@@ -271,10 +201,10 @@ class _RecurrentCell(BayesianLayer):
             zeros of shape ``(*, hidden_size)`` (``(h, c)`` for an LSTM cell).
         """
         x = self._check_input(x)
-        self._sequence = None
+        self._draws.forget()
         if self.sampling != "mean":
             rows = x if x.dim() == 2 else x.unsqueeze(0)
-            self._sequence_draw(rows, self._samples(x, x.dim() == 2))
+            self._draws.current(self, rows, self._samples(x, x.dim() == 2), self._per_example())
         return self._zero_state(x)
 
     def _zero_state(self, x: Tensor) -> Any:
@@ -289,7 +219,7 @@ class _RecurrentCell(BayesianLayer):
         rows = x if batched else x.unsqueeze(0)
         k = self._samples(x, batched)
         if hx is None:  # the start of a sequence: a fresh draw
-            self._sequence = None
+            self._draws.forget()
             state = self._zero_state(rows)
         else:
             state = self._check_state(hx, rows.shape[0], batched)
