@@ -36,12 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bayesian_layers as bl
-from bayesian_layers import layers
-
-try:
-    from bayesian_layers import to_bayesian
-except ImportError:  # conversion not available in this checkout
-    to_bayesian = None
+from bayesian_layers import layers, to_bayesian
 
 IMAGENET_TRAIN_SIZE = 1_281_167
 
@@ -208,32 +203,28 @@ def _run(args: argparse.Namespace) -> dict[str, object]:
     shapes: dict[str, tuple[int, ...]] = {}
     losses: dict[str, list[tuple[float, float]]] = {}
 
-    converted = None
-    if to_bayesian is not None:
-        converted = to_bayesian(copy.deepcopy(det), "reparameterization")
-        # Posterior means start at the twin's weights: same function on the means.
-        det.eval()
-        converted.eval()
-        with torch.no_grad(), bl.posterior_mean(converted):
-            gap = (converted(x) - det(x)).abs().max().item()
-        out["converted_mean_gap"] = gap
-        out["params_converted"] = num_parameters(converted)
-        print(f"  to_bayesian(twin):                          {num_parameters(converted):>11,} "
-              f"parameters; posterior-mean output vs twin: max |diff| {gap:.1e}")  # fmt: skip
-    else:
-        print("  to_bayesian: skipped (bayesian_layers.convert.to_bayesian not importable)")
+    converted, report = to_bayesian(copy.deepcopy(det), "reparameterization", return_report=True)
+    # Posterior means start at the twin's weights: same function on the means.
+    det.eval()
+    converted.eval()
+    with torch.no_grad(), bl.posterior_mean(converted):
+        gap = (converted(x) - det(x)).abs().max().item()
+    out["converted_mean_gap"] = gap
+    out["params_converted"] = num_parameters(converted)
+    print(f"  to_bayesian(twin):                          {num_parameters(converted):>11,} "
+          f"parameters; posterior-mean output vs twin: max |diff| {gap:.1e}")  # fmt: skip
+    print(f"    {len(report)} layers swapped, {len(report.unsupported)} left as they are "
+          "(BatchNorm: point estimates)")  # fmt: skip
 
     models = {"Bayesian (block by block)": bayes, "deterministic twin": det}
-    if converted is not None:
-        models["to_bayesian(twin)"] = converted
+    models["to_bayesian(twin)"] = converted
     try:
         import torchvision  # noqa: F401 - optional extra
     except ImportError:
         print("  torchvision not installed: torchvision.models.resnet50 not converted")
     else:
-        if to_bayesian is not None:
-            tv = torchvision.models.resnet50(weights=None, num_classes=args.num_classes)
-            models["to_bayesian(torchvision resnet50)"] = to_bayesian(tv)
+        tv = torchvision.models.resnet50(weights=None, num_classes=args.num_classes)
+        models["to_bayesian(torchvision resnet50)"] = to_bayesian(tv)
 
     print(f"\n{args.steps} Adam step(s) on a random batch {tuple(x.shape)}, "
           f"loss = NLL + KL/N with N = {args.num_examples:,}")  # fmt: skip

@@ -26,17 +26,16 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 import bayesian_layers as bl
-from bayesian_layers import layers
+from bayesian_layers.layers.registry import counterparts
 from bayesian_layers.metrics import (
     accuracy,
     expected_calibration_error,
     negative_log_likelihood,
 )
 
-ESTIMATORS = {
-    "reparameterization": layers.Conv2dReparameterization,
-    "flipout": layers.Conv2dFlipout,
-}
+#: Estimator name -> the Bayesian class that stands in for ``nn.Conv2d`` (the registry
+#: ``to_bayesian`` reads): Conv2dReparameterization, Conv2dFlipout, ...
+ESTIMATORS = dict(counterparts(nn.Conv2d))
 
 
 def build_cnn(bayesian: bool, estimator: str = "reparameterization") -> nn.Sequential:

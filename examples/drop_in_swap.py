@@ -20,13 +20,11 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 import bayesian_layers as bl
-from bayesian_layers import layers
+from bayesian_layers.layers.registry import counterparts
 
-ESTIMATORS = {
-    "reparameterization": layers.LinearReparameterization,
-    "flipout": layers.LinearFlipout,
-    "local_reparameterization": layers.LinearLocalReparameterization,
-}
+#: Estimator name -> the Bayesian class that stands in for ``nn.Linear`` (the registry
+#: ``to_bayesian`` reads): LinearReparameterization, LinearFlipout, ...
+ESTIMATORS = dict(counterparts(nn.Linear))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

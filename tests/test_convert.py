@@ -1,10 +1,8 @@
-"""to_bayesian: swapping deterministic layers in place (bayesian_layers/convert.py)."""
+"""to_bayesian: swapping deterministic layers in place (bayesian_layers/convert/)."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import importlib
 import io
 import math
 
@@ -16,6 +14,7 @@ from torch import nn
 import bayesian_layers as bl
 from bayesian_layers import convert, layers
 from bayesian_layers.convert import ConversionReport, to_bayesian
+from bayesian_layers.layers import registry
 
 _CUDA = torch.cuda.is_available()
 
@@ -186,17 +185,22 @@ def test_fallback_rule_for_estimators_without_counterpart() -> None:
     assert [s.estimator for s in report] == ["reparameterization", "local_reparameterization"]
 
 
-def test_missing_counterpart_is_skipped_or_raises_when_requested(monkeypatch) -> None:
-    family = convert._BY_TYPE[nn.Linear]
-    monkeypatch.setitem(convert._BY_TYPE, nn.Linear, dataclasses.replace(family, stem="Nope"))
-    with pytest.warns(UserWarning, match=r"converted no layer; skipped: 0 \(Linear: layers.Nope"):
-        net, report = to_bayesian(_mlp(), return_report=True)
-    assert len(report) == 0 and type(net[0]) is nn.Linear
-    assert [s.reason for s in report.skipped] == [
-        "layers.NopeReparameterization is not available"
-    ] * 2
-    with pytest.raises(ValueError, match=r"'2' \(Linear\) was requested.*NopeReparameterization"):
-        to_bayesian(_mlp(), include="2")
+def test_missing_counterpart_is_skipped_or_raises_when_requested() -> None:
+    removed = registry.unregister(nn.Linear, "reparameterization")  # flipout and local stay
+    try:
+        with pytest.warns(
+            UserWarning, match=r"converted no layer; skipped: 0 \(Linear: no Bayesian class"
+        ):
+            net, report = to_bayesian(_mlp(), return_report=True)
+        assert len(report) == 0 and type(net[0]) is nn.Linear
+        assert [s.reason for s in report.skipped] == [
+            "no Bayesian class registered for nn.Linear under 'reparameterization'"
+        ] * 2
+        with pytest.raises(ValueError, match=r"'2' \(Linear\) was requested.*registered"):
+            to_bayesian(_mlp(), include="2")
+    finally:
+        registry.converts(nn.Linear, "reparameterization")(removed["reparameterization"])
+    assert isinstance(to_bayesian(_mlp())[0], layers.LinearReparameterization)
 
 
 def test_multihead_attention_internals_never_swapped_alone() -> None:
@@ -277,19 +281,6 @@ def test_pretrained_digits_mlp_keeps_its_accuracy() -> None:
             assert abs(sampled - accuracy) <= 0.02
 
 
-def _bayesian_class_or_skip(name: str) -> None:
-    """Skip when ``layers.<name>`` is not available (families still being written)."""
-    module = {"Conv": "conv", "Mult": "attention", "Embe": "embedding"}.get(name[:4])
-    if hasattr(layers, name) or module is None:
-        return
-    try:
-        found = hasattr(importlib.import_module(f"bayesian_layers.layers.{module}"), name)
-    except ImportError:
-        found = False
-    if not found:
-        pytest.skip(f"layers.{name} is not available")
-
-
 _CONVS = [
     (nn.Conv1d(3, 4, 3, padding=1, bias=False), (2, 3, 9)),
     (nn.Conv2d(4, 6, 3, stride=2, padding="valid", groups=2), (2, 4, 9, 9)),
@@ -308,7 +299,6 @@ def test_conv_conversion_reproduces_outputs(conv: nn.Module, shape: tuple, estim
     suffix = _suffix(estimator if local else "reparameterization")
     if estimator == "flipout":
         suffix = "Flipout"
-    _bayesian_class_or_skip(type(conv).__name__ + suffix)
     torch.manual_seed(0)
     conv = conv.double()
     x = torch.randn(shape, dtype=torch.float64)
@@ -355,9 +345,7 @@ def test_lstm_conversion_reproduces_outputs(estimator: str) -> None:
 
 
 @pytest.mark.parametrize("estimator", ["reparameterization", "flipout"])
-def test_attention_and_embedding_conversion_if_available(estimator: str) -> None:
-    _bayesian_class_or_skip("MultiheadAttentionReparameterization")
-    _bayesian_class_or_skip("EmbeddingReparameterization")
+def test_attention_and_embedding_conversion(estimator: str) -> None:
     torch.manual_seed(0)
     emb = nn.Embedding(10, 8, padding_idx=0)
     attn = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=True).eval()
