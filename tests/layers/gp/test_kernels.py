@@ -1,4 +1,4 @@
-"""Tests for the covariance functions (``layers/kernel_base.py``, ``layers/kernels.py``).
+"""Tests for the covariance functions (``layers/gp/kernels/``).
 
 1. A registry of (our kernel, scikit-learn's equivalent) pairs, ARD where both
    support it; every kernel matrix, its diagonal, batched inputs (our batch
