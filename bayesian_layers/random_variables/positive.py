@@ -1,4 +1,4 @@
-"""Random-variable constructors of continuous distributions on the positive half-line.
+"""Random-variable constructors of continuous distributions on a half-line (most on ``[0, inf)``).
 
 Each constructor takes the torch distribution's own arguments and returns a
 :class:`~bayesian_layers.RandomVariable`; the keyword-only ``name``, ``value`` and
