@@ -1,23 +1,13 @@
 """Bayesian ``nn.LSTM``: multi-layer, bidirectional LSTM sequence modules that draw one
-weight sample per call (one sequence batch).
-
-* :class:`LSTMReparameterization` draws every weight matrix once and runs torch's
-  fused LSTM kernel (``torch._VF.lstm``, the one ``nn.LSTM`` calls) on the draws:
-  autograd differentiates through the kernel into the draws and on to the
-  posterior parameters; the extra cost over ``nn.LSTM`` is the draw, the KL and
-  Adam on twice the parameters.
-* :class:`LSTMFlipout` gives every example its own pseudo-independent weights
-  (Wen et al. 2018), fixed along the sequence. No fused kernel takes per-example
-  weights, so it computes the input projections of all steps in two matmuls and
-  loops over time steps in Python for the recurrent part (two matmuls per step,
-  whose weight gradients autograd accumulates step by step): a training step takes
-  about 3x ``nn.LSTM``'s on CPU (input 64, hidden 256, 50 steps, batch 64, 2
-  threads; bayesian-torch's ``LSTMFlipout``: 8.1x).
+weight sample per call (one sequence batch): :class:`LSTMReparameterization` (whole
+draws, torch's fused kernel) and :class:`LSTMFlipout` (per-example weights, a Python
+loop over the steps).
 
 The estimator is the class attribute ``estimator`` (the strategy objects of
 :mod:`bayesian_layers.layers.estimators`); each matrix's draw comes from
 :func:`~bayesian_layers.layers._weight_draw.draw_weight` (whole weights, or Flipout's
-posterior mean and perturbation) and its signs from ``layer.noise``.
+posterior mean and perturbation) and its signs from ``layer.noise``; the Flipout
+recurrence is :func:`~bayesian_layers.layers.functional.recurrent.flipout_lstm_direction`.
 """
 
 from __future__ import annotations
@@ -37,7 +27,7 @@ from ._util import check_features as _check_features
 from ._weight_draw import draw_weight
 from .base import BayesianLayer
 from .estimators import FLIPOUT, REPARAMETERIZATION, Estimator
-from .functional.recurrent import flipout_matmul, lstm_pointwise
+from .functional.recurrent import flipout_lstm_direction
 from .registry import converts
 
 __all__ = ["LSTMReparameterization", "LSTMFlipout"]
@@ -157,19 +147,15 @@ class _BayesianLSTM(BayesianLayer):
     def flatten_parameters(self) -> None:
         """No-op, for code written against ``nn.LSTM`` (weights are drawn per call)."""
 
-    def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
-        if self.bidirectional:
-            s += ", bidirectional=True"
-        return s
+    def extra_repr(self) -> str:  # as nn.LSTM's: the arguments that differ from defaults
+        options = [
+            (self.num_layers != 1, f"num_layers={self.num_layers}"),
+            (not self.bias, "bias=False"), (self.batch_first, "batch_first=True"),
+            (self.dropout, f"dropout={self.dropout}"), (self.bidirectional, "bidirectional=True"),
+        ]  # fmt: skip
+        return ", ".join(
+            [f"{self.input_size}, {self.hidden_size}"] + [s for on, s in options if on]
+        )
 
     # ---------------------------------------------------------------- validation
     def _check_input(self, x: object) -> Tensor:
@@ -306,7 +292,7 @@ class _BayesianLSTM(BayesianLayer):
         self, x: Tensor, h0: Tensor, c0: Tensor, k: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         xb = x if self.batch_first else x.transpose(0, 1)  # (B, T, I)
-        batch, steps = xb.shape[:2]
+        batch = xb.shape[0]
         hidden, directions = self.hidden_size, 2 if self.bidirectional else 1
         h_n, c_n = [], []
         for layer in range(self.num_layers):
@@ -314,8 +300,11 @@ class _BayesianLSTM(BayesianLayer):
             for direction in range(directions):
                 index = layer * directions + direction
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                ih, hh = self._loc_delta(f"weight_ih{sfx}"), self._loc_delta(f"weight_hh{sfx}")
-                b_ih, b_hh = self._bias(f"bias_ih{sfx}"), self._bias(f"bias_hh{sfx}")
+                ih, hh = (
+                    draw_weight(self, self.estimator, f"weight_{kind}{sfx}",
+                                f"bias_{kind}{sfx}" if self.bias else None)
+                    for kind in ("ih", "hh")
+                )  # fmt: skip
                 s_in_x, s_out_x, s_in_h, s_out_h = (
                     self.noise(f"weight_{kind}{sfx}_sign_{side}", (batch, size), xb, kind="sign")
                     for kind, side, size in (
@@ -323,19 +312,11 @@ class _BayesianLSTM(BayesianLayer):
                         ("hh", "in", hidden), ("hh", "out", 4 * hidden),
                     )
                 )  # fmt: skip
-                # input projections of every step at once: (B, T, 4H)
-                gx = flipout_matmul(xb, *ih, s_in_x[:, None], s_out_x[:, None], b_ih, k)
-                gx_steps = gx.unbind(1)  # one backward node (indexing gx[:, t] would make T)
-                # autocast: the recurrence runs in the matmul dtype, as torch's fused LSTM;
-                # the signs (±1, exact in any dtype) are cast once, not at every step
-                h, c = h0[index].to(gx.dtype), c0[index].to(gx.dtype)
-                s_in_h, s_out_h = s_in_h.to(gx.dtype), s_out_h.to(gx.dtype)
-                out: list[Tensor] = [h] * steps
-                for t in range(steps - 1, -1, -1) if direction else range(steps):
-                    gates = gx_steps[t] + flipout_matmul(h, *hh, s_in_h, s_out_h, b_hh, k)
-                    h, c = lstm_pointwise(gates, c)
-                    out[t] = h
-                outputs.append(torch.stack(out, 1))  # (B, T, H)
+                out, h, c = flipout_lstm_direction(
+                    xb, h0[index], c0[index], (ih.weight, ih.delta), (hh.weight, hh.delta),  # type: ignore[arg-type]
+                    ih.bias, hh.bias, (s_in_x, s_out_x, s_in_h, s_out_h), k, bool(direction),
+                )  # fmt: skip
+                outputs.append(out)  # (B, T, H)
                 h_n.append(h)
                 c_n.append(c)
             xb = outputs[0] if directions == 1 else torch.cat(outputs, -1)
@@ -343,14 +324,6 @@ class _BayesianLSTM(BayesianLayer):
                 xb = F.dropout(xb, self.dropout, training=True)
         out_seq = xb if self.batch_first else xb.transpose(0, 1)
         return out_seq, torch.stack(h_n), torch.stack(c_n)
-
-    def _loc_delta(self, name: str) -> tuple[Tensor, Tensor]:
-        """``(μ, Δ = σ ∘ ε)`` with fresh noise; Δ has a leading K when vectorised."""
-        draw = draw_weight(self, self.estimator, name, None)
-        return draw.weight, draw.delta  # type: ignore[return-value]
-
-    def _bias(self, name: str) -> Tensor | None:
-        return self.sample_param(name) if self.bias else None
 
 
 @converts(nn.LSTM, "reparameterization")
@@ -360,7 +333,9 @@ class LSTMReparameterization(_BayesianLSTM):
     Drop-in for ``nn.LSTM``: the same arguments, call and return values. Every
     weight matrix is drawn once per call (the call is one batch of sequences, so
     one draw per sequence, shared by the batch and by all time steps), then torch's
-    fused LSTM kernel runs on the draws. Dropout between layers, bidirectional
+    fused LSTM kernel (``torch._VF.lstm``, the one ``nn.LSTM`` calls) runs on the
+    draws; the extra cost over ``nn.LSTM`` is the draw, the KL and Adam on twice
+    the parameters. Dropout between layers, bidirectional
     layers, ``batch_first`` and ``PackedSequence`` inputs work as in ``nn.LSTM``;
     ``proj_size`` is not supported.
 
@@ -406,10 +381,12 @@ class LSTMFlipout(_BayesianLSTM):
     Same constructor, call and shapes as :class:`LSTMReparameterization` (weight
     posteriors normal). Each call draws one perturbation ``Δ = σ ∘ ε`` per weight
     matrix and random signs per example, so every sequence in the batch runs with
-    its own pseudo-independent weights for all its steps. It loops over time steps
-    in Python (two matmuls per step; the input projections of all steps are
-    batched): about 3x ``nn.LSTM`` per training step on CPU (see the module
-    docstring). A random bias gets one draw per call.
+    its own pseudo-independent weights for all its steps. No fused kernel takes
+    per-example weights, so it loops over time steps in Python (two matmuls per
+    step; the input projections of all steps are batched): a training step takes
+    about 3x ``nn.LSTM``'s on CPU (input 64, hidden 256, 50 steps, batch 64, 2
+    threads; bayesian-torch's ``LSTMFlipout``: 8.1x). A random bias gets one draw
+    per call.
     In ``"mean"`` and ``"frozen"`` modes it runs the fused kernel like
     :class:`LSTMReparameterization`; ``PackedSequence`` inputs only there.
 

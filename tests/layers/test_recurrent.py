@@ -930,6 +930,17 @@ def test_gradcheck_recurrent_kernels() -> None:
     assert torch.autograd.gradcheck(
         lambda *a: K.gru_cell(a[0], a[1], (*a[2:], None, None), k), (x, h, g_ih, g_hh)
     )
+    # one Flipout LSTM direction over 3 steps, both directions, K = 1
+    xs, h0, c0 = t(rows, 3, IN), t(rows, hid), t(rows, hid)
+    signs = (signs(rows, IN), signs(rows, 4 * hid), signs(rows, hid), signs(rows, 4 * hid))
+    ih, hh = (t(4 * hid, IN), t(4 * hid, IN)), (t(4 * hid, hid), t(4 * hid, hid))
+    for reverse in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda *a: K.flipout_lstm_direction(
+                a[0], a[1], a[2], a[3:5], a[5:7], a[7], None, signs, 1, reverse
+            ),
+            (xs, h0, c0, *ih, *hh, t(4 * hid)),
+        )
 
 
 def test_kernels_agree_with_torch_cells() -> None:

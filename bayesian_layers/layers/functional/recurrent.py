@@ -16,7 +16,14 @@ from torch import Tensor
 from .attention import flipout_project
 from .linear import add_sample_bias, batched_linear
 
-__all__ = ["flipout_matmul", "lstm_pointwise", "gru_pointwise", "lstm_cell", "gru_cell"]
+__all__ = [
+    "flipout_matmul",
+    "lstm_pointwise",
+    "gru_pointwise",
+    "lstm_cell",
+    "gru_cell",
+    "flipout_lstm_direction",
+]
 
 
 def flipout_matmul(
@@ -94,3 +101,50 @@ def gru_cell(x: Tensor, h: Tensor, weights: tuple, num_samples: int = 1) -> Tens
     return gru_pointwise(
         _matmul(x, w_ih, b_ih, num_samples), _matmul(h, w_hh, b_hh, num_samples), h
     )
+
+
+def flipout_lstm_direction(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    ih: tuple[Tensor, Tensor],
+    hh: tuple[Tensor, Tensor],
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    signs: tuple[Tensor, Tensor, Tensor, Tensor],
+    num_samples: int = 1,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction of one LSTM layer with Flipout weights fixed along the sequence.
+
+    The input projections of all steps in two matmuls, then the recurrence step by
+    step (two matmuls per step); example ``b`` runs with the weights
+    ``μ + Δ ∘ (s_out,b s_in,bᵀ)`` at every step. Under autocast the recurrence runs
+    in the matmuls' dtype, as torch's fused LSTM.
+
+    Args:
+        x: the inputs of all steps.
+        h, c: the initial state.
+        ih, hh: ``(μ, Δ)`` of the input and recurrent weights.
+        bias_ih, bias_hh: the biases (``(4H,)``, ``(K, 4H)``) or None.
+        signs: ``(s_in_x, s_out_x, s_in_h, s_out_h)``, one row per example.
+        num_samples: K function samples folded into the batch, sample-major.
+        reverse: run from the last step to the first (the backward direction).
+
+    Shape:
+        x: ``(B, T, I)``; h, c: ``(B, H)``; μ, Δ: ``(4H, I)`` / ``(4H, H)`` (Δ with a
+        leading K when vectorised); signs ``(B, I)``, ``(B, 4H)``, ``(B, H)``,
+        ``(B, 4H)``; returns the outputs ``(B, T, H)`` and the last ``h``, ``c``.
+    """
+    s_in_x, s_out_x, s_in_h, s_out_h = signs
+    gx = flipout_matmul(x, *ih, s_in_x[:, None], s_out_x[:, None], bias_ih, num_samples)
+    steps = gx.unbind(1)  # one backward node (indexing gx[:, t] would make T): (B, 4H) each
+    # the signs (±1, exact in any dtype) are cast once, not at every step
+    h, c = h.to(gx.dtype), c.to(gx.dtype)
+    s_in_h, s_out_h = s_in_h.to(gx.dtype), s_out_h.to(gx.dtype)
+    out: list[Tensor] = [h] * len(steps)
+    for t in range(len(steps) - 1, -1, -1) if reverse else range(len(steps)):
+        gates = steps[t] + flipout_matmul(h, *hh, s_in_h, s_out_h, bias_hh, num_samples)
+        h, c = lstm_pointwise(gates, c)
+        out[t] = h
+    return torch.stack(out, 1), h, c
