@@ -283,7 +283,7 @@ class GaussianProcess(ExactPosterior):
 
     def _frozen_output(self, x: Tensor) -> tuple[MultivariateNormalColumns, Tensor]:
         """The frozen function at ``x`` (one draw over every input it has seen)."""
-        store = self._frozen_noise  # the layer's, or the frozen_sample context's own
+        store = self.frozen_state  # the layer's, or the frozen_sample context's own
         frozen = store.get("function")
         if not isinstance(frozen, FrozenFunction):
             frozen = store["function"] = FrozenFunction()

@@ -385,7 +385,7 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         with full_precision(z.device):
             x = x.to(z.dtype)
             draws = frozen_draws(
-                self._frozen_noise,  # kept until resample
+                self.frozen_state,  # kept until resample
                 self.covariance_fn,
                 k,
                 self.units,
