@@ -19,6 +19,7 @@ on it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import socket
 import statistics
@@ -26,15 +27,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import bayesian_layers as bl
 
-import bayesian_layers as bl  # noqa: E402
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name: str) -> ModuleType:
+    """``examples/<name>.py`` imported by its path: the examples are scripts, not a package."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # as an import does: its dataclasses look themselves up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def _free_port() -> int:
@@ -50,7 +63,8 @@ def _bytes(params) -> int:  # noqa: ANN001 - parameters, DTensors counted by loc
 
 
 def _worker(rank: int, world: int, mode: str, port: int, cfg: dict, out: str) -> None:
-    from bayesian_transformer import VOCAB, CharTransformer
+    example = _example("bayesian_transformer")
+    VOCAB, CharTransformer = example.VOCAB, example.CharTransformer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

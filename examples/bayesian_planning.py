@@ -53,16 +53,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _planning import (  # noqa: E402
+from _planning import (
     LAYERS,
     PLANNING_MODES,
     Buffer,
@@ -73,7 +70,7 @@ from _planning import (  # noqa: E402
     train_model,
     weight_kl,
 )
-from _planning_plots import plot_open_loop, plot_training  # noqa: E402
+from _planning_plots import plot_open_loop, plot_training
 
 STATE_LABELS = {"Pendulum-v1": ["cos θ", "sin θ", "θ'"]}
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 import math
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -25,8 +22,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
         LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
     )  # fmt: skip
-    sys.path.insert(0, str(EXAMPLES))
-    import bayesian_transformer
+    import bayesian_transformer  # examples/ is on pytest's pythonpath (pyproject.toml)
 
     result = bayesian_transformer.main(["--quick", "--steps", "80"])
     torch.save(result, Path(out) / f"rank{rank}.pt")

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 
 def _import(name: str):  # noqa: ANN202 - the example module
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
+    """Import ``examples/<name>.py`` (on pytest's pythonpath, pyproject.toml) when a test runs."""
+    return importlib.import_module(name)
 
 
 @pytest.mark.slow

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import _planning as P  # examples/ is on pytest's pythonpath (pyproject.toml)
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import bayesian_layers as bl
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-try:
-    import _planning as P
-finally:
-    sys.path.pop(0)
 
 gym = pytest.importorskip("gymnasium")
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("gymnasium")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-try:
-    import bayesian_planning
-finally:
-    sys.path.pop(0)
+import bayesian_planning  # noqa: E402 - examples/ is on pytest's pythonpath (pyproject.toml)
 
 
 @pytest.mark.slow

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
+import cox_process  # examples/ is on pytest's pythonpath (pyproject.toml)
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "examples"))
-try:
-    import cox_process
-finally:
-    sys.path.pop(0)
 
 
 def test_data_are_the_191_disasters_inside_the_window():

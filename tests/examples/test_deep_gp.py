@@ -4,9 +4,9 @@ scikit-learn's diabetes data (the zero-mean trap of issue 4)."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
+import deep_gp  # examples/ is on pytest's pythonpath (pyproject.toml)
 import numpy as np
 import pytest
 import torch
@@ -16,11 +16,6 @@ from sklearn.model_selection import train_test_split
 from bayesian_layers import layers
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "examples"))
-try:
-    import deep_gp
-finally:
-    sys.path.pop(0)
 
 
 @pytest.mark.slow

@@ -3,21 +3,15 @@ likelihood, the forecast is sane on the held-out decade, and the plot is written
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
 
 @pytest.mark.slow
 def test_mauna_loa_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import mauna_loa
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    import mauna_loa  # examples/ is on pytest's pythonpath (pyproject.toml)
+
     result = mauna_loa.main(["--quick", "--output-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert result["lml"] > result["lml_start"]  # type-II ML went uphill
