@@ -9,6 +9,7 @@ sampling modes, vectorised samples, and a tiny pre-norm transformer block traini
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Iterator
 
@@ -294,3 +295,77 @@ def test_prenorm_transformer_block_trains(cls) -> None:
         first = nll.item() if step == 0 else first
         last = nll.item()
     assert last < 0.5 * first, (first, last)
+
+
+@parametrize
+def test_from_torch_copies_weights_and_is_registered(cls) -> None:
+    ref = nn.MultiheadAttention(E, H, add_bias_kv=True, batch_first=True, dtype=torch.float64)
+    layer = cls.from_torch(ref)
+    assert (
+        type(layer) is cls
+        and layer.batch_first
+        and layer.in_proj_weight_loc.dtype == ref.in_proj_weight.dtype
+    )
+    for name in ("in_proj_weight", "in_proj_bias"):
+        torch.testing.assert_close(layer.point(name), getattr(ref, name), rtol=0, atol=0)
+    torch.testing.assert_close(layer.out_proj.point("weight"), ref.out_proj.weight, rtol=0, atol=0)
+    torch.testing.assert_close(layer.bias_k, ref.bias_k, rtol=0, atol=0)
+    x = torch.randn(N, L, E, dtype=torch.float64)
+    with bl.posterior_mean(layer):
+        torch.testing.assert_close(layer(x, x, x), ref(x, x, x))
+    with pytest.raises(TypeError, match="nn.MultiheadAttention"):
+        cls.from_torch(nn.Linear(E, E))
+    from bayesian_layers.layers.registry import counterparts
+
+    assert counterparts(nn.MultiheadAttention)[cls.estimator.name] is cls
+
+
+def _shard(layer: nn.Module, index: int, count: int, partials: list) -> nn.Module:
+    """A copy of ``layer`` holding the parameters of shard ``index`` of ``count`` of its
+    heads, whose ``reduce`` records the partial results."""
+    from bayesian_layers.layers.attention import HeadShard
+
+    shard = copy.deepcopy(layer)
+    e = E // count
+    cols = slice(index * e, (index + 1) * e)
+    rows = torch.cat([torch.arange(E)[cols] + i * E for i in range(3)])
+    with torch.no_grad():
+        shard.in_proj_weight_loc = nn.Parameter(layer.in_proj_weight_loc[rows])
+        shard.in_proj_bias = nn.Parameter(layer.in_proj_bias[rows])
+        shard.bias_k = nn.Parameter(layer.bias_k[..., cols])
+        shard.bias_v = nn.Parameter(layer.bias_v[..., cols])
+        shard.out_proj.weight_loc = nn.Parameter(layer.out_proj.weight_loc[:, cols])
+
+    def reduce(t: Tensor) -> Tensor:
+        partials.append(t)
+        return t
+
+    shard.head_shard = HeadShard(index, count, reduce)
+    return shard
+
+
+@parametrize
+def test_head_shards_sum_to_the_whole_layer(cls) -> None:
+    """The public extension point of tensor parallelism, in one process: two shards of
+    the heads (posterior means), their partial outputs and averaged weights summed,
+    plus the output bias once, equal the whole layer (cross-attention, 3-d mask)."""
+    layer = cls(E, H, add_bias_kv=True)
+    with torch.no_grad():
+        layer.in_proj_bias.normal_()
+        layer.out_proj.bias.normal_()
+    q, k, v = inputs(False)
+    kw = {"attn_mask": torch.randn(N * H, L, S)}
+    with bl.posterior_mean(layer):
+        expected, expected_w = layer(q, k, v, **kw)
+        outs, weights = [], []
+        for i in range(2):
+            partials: list[Tensor] = []
+            shard = _shard(layer, i, 2, partials)
+            with bl.posterior_mean(shard):
+                shard(q, k, v, **kw)
+            outs.append(partials[0])
+            weights.append(partials[1])
+        with pytest.raises(NotImplementedError, match="averaged over heads"):
+            shard(q, k, v, average_attn_weights=False)
+    torch.testing.assert_close(outs[0] + outs[1] + layer.out_proj.bias, expected)
+    torch.testing.assert_close(weights[0] + weights[1], expected_w)
