@@ -1,19 +1,68 @@
-"""Bayesian embedding: a drop-in replacement for ``nn.Embedding``."""
+"""Bayesian embedding: a drop-in replacement for ``nn.Embedding``.
+
+The layer is on the estimator template (:mod:`.estimators`): a lookup is linear in
+the table (a one-hot matmul), so :class:`EmbeddingLookup` is its op and
+``"mean"`` mode, ``"frozen"`` mode, tracing and deterministic tables run through
+:data:`~.estimators.REPARAMETERIZATION` (whole-table draws). Only ``"sample"`` mode
+has a path of its own: it draws the looked-up rows of the table, not all of it,
+the same law as a whole draw at O(U · D) cost for U unique indices.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
 from ._util import check_features as _check_features
 from .base import BayesianLayer
+from .estimators import REPARAMETERIZATION, WeightOp
+from .registry import converts
 
-__all__ = ["EmbeddingReparameterization"]
+__all__ = ["EmbeddingLookup", "EmbeddingReparameterization"]
 
 
+class EmbeddingLookup(WeightOp):
+    """``F.embedding`` as the template's op for ``layer``: the padding row reads the
+    posterior mean (no noise, no gradient from the output); K tables at once index
+    one stacked table.
+
+    Shape: indices ``(*)``; table ``(V, D)`` (``(K, V, D)`` batched); output ``(*, D)``.
+    """
+
+    def __init__(self, layer: EmbeddingReparameterization) -> None:
+        self.layer = layer
+
+    def _pad_rows(self, table: Tensor) -> Tensor:
+        pad, loc = self.layer.padding_idx, self.layer.point("weight")
+        if pad is None or table is loc:  # no padding row, or the means themselves
+            return table
+        is_pad = torch.arange(table.shape[-2], device=table.device) == pad  # (V,)
+        return torch.where(is_pad.unsqueeze(-1), loc, table)
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        layer = self.layer
+        table = self._pad_rows(weight)
+        return F.embedding(x, table, layer.padding_idx, scale_grad_by_freq=layer.scale_grad_by_freq)
+
+    def batched(self, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
+        layer = self.layer
+        v = weight.shape[-2]
+        table = self._pad_rows(weight).reshape(k * v, -1)  # (K * V, D)
+        offsets = torch.arange(k, device=x.device) * v  # block j reads table j
+        idx = (x.reshape(k, -1) + offsets.unsqueeze(-1)).reshape(x.shape)
+        out = F.embedding(idx, table, scale_grad_by_freq=layer.scale_grad_by_freq)
+        if layer.padding_idx is None:
+            return out
+        keep = (x != layer.padding_idx).unsqueeze(-1)  # the padding rows get no gradient
+        return torch.where(keep, out, out.detach())
+
+
+@converts(nn.Embedding, "reparameterization")
 class EmbeddingReparameterization(BayesianLayer):
     """Embedding table with a posterior ``q(W) = N(μ, σ²)``, one function per call.
 
@@ -25,9 +74,11 @@ class EmbeddingReparameterization(BayesianLayer):
     indices, not the table size (under ``torch.compile``, where ``unique`` cannot be
     traced, the whole table gets noise: O(num_embeddings · embedding_dim), same law,
     and an index out of range raises ``RuntimeError`` when the graph runs).
-    ``"frozen"`` mode keeps the noise of the whole table until ``resample()``;
-    ``"mean"`` uses ``μ``. ``layer.losses`` is the KL of the whole table (rows
-    never looked up included).
+    ``"frozen"`` mode (and a call under a tracer) draws the whole table, kept until
+    ``resample()``; ``"mean"`` uses ``μ``. ``layer.losses`` is the KL of the whole
+    table (rows never looked up included). The noise of the rows is asked of
+    ``layer.noise("weight", (U, D), ..., kind="parameter")`` (``(K, U, D)`` with K
+    function samples).
 
     Args:
         num_embeddings, embedding_dim, padding_idx, scale_grad_by_freq: as for
@@ -111,6 +162,31 @@ class EmbeddingReparameterization(BayesianLayer):
             with torch.no_grad():
                 self.point("weight")[padding_idx].zero_()
 
+    estimator = REPARAMETERIZATION
+
+    @classmethod
+    def from_torch(cls, module: nn.Embedding, **kwargs: Any) -> EmbeddingReparameterization:
+        """A Bayesian embedding with ``module``'s hyperparameters, posterior means at its
+        table. Keyword arguments go to the constructor (initializer, regularizer).
+
+        Example:
+            >>> from torch import nn
+            >>> emb = EmbeddingReparameterization.from_torch(nn.Embedding(10, 4, padding_idx=0))
+            >>> emb.extra_repr()
+            '10, 4, padding_idx=0'
+        """
+        if not isinstance(module, nn.Embedding):
+            raise TypeError(
+                f"{cls.__name__}.from_torch expected nn.Embedding, got {type(module).__name__}"
+            )
+        new = cls(
+            module.num_embeddings, module.embedding_dim, module.padding_idx, module.max_norm,
+            module.norm_type, module.scale_grad_by_freq, module.sparse,
+            device=module.weight.device, dtype=module.weight.dtype, **kwargs,
+        )  # fmt: skip
+        new.load_point_estimates({"weight": module.weight})
+        return new
+
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
         if self.padding_idx is not None:
@@ -140,15 +216,17 @@ class EmbeddingReparameterization(BayesianLayer):
 
     def forward(self, input: Tensor) -> Tensor:
         idx = self._check_input(input)
-        k = self._check_samples(idx)
-        init = self._inits["weight"]
-        loc = self.point("weight")
-        if self.sampling == "mean" or init.is_deterministic:
-            out = F.embedding(
-                idx, loc, self.padding_idx, scale_grad_by_freq=self.scale_grad_by_freq
-            )
-            return self._renorm(out)
-        _, scale = init.loc_scale(self, "weight")
+        k = self.check_samples(idx)
+        if self.sampling == "sample" and self.per_example_noise():
+            loc, scale = self.posterior_loc_scale("weight")
+            if scale is not None:
+                return self._renorm(self._looked_up_rows(idx, loc, scale, k))
+        # mean, frozen, traced or a deterministic table: the template's whole draws
+        out = self.estimator.project(self, idx, EmbeddingLookup(self), "weight", None)
+        return self._renorm(out)
+
+    def _looked_up_rows(self, idx: Tensor, loc: Tensor, scale: Tensor, k: int) -> Tensor:
+        """One draw of the rows ``idx`` looks up (per function sample), each row once."""
         compiling = torch.compiler.is_compiling()
         if compiling:
             # unique() has a data-dependent size, which torch.compile cannot trace: draw
@@ -156,12 +234,8 @@ class EmbeddingReparameterization(BayesianLayer):
             unique, inverse = torch.arange(self.num_embeddings, device=idx.device), idx
         else:
             unique, inverse = torch.unique(idx, return_inverse=True)  # (U,), idx.shape
-        if self.sampling == "frozen":
-            noise = self._noise("weight", init, loc)  # ([K,] V, D), kept across calls
-            noise = noise.index_select(-2, unique)  # type: ignore[union-attr]
-        else:
-            shape = (unique.numel(), self.embedding_dim)
-            noise = torch.randn((k, *shape) if k > 1 else shape, dtype=loc.dtype, device=loc.device)
+        shape = (unique.numel(), self.embedding_dim)
+        noise = self.noise("weight", (k, *shape) if k > 1 else shape, loc, kind="parameter")
         rows = torch.addcmul(loc[unique], scale[unique], noise)  # ([K,] U, D)
         pad = None
         if self.padding_idx is not None:
@@ -178,14 +252,12 @@ class EmbeddingReparameterization(BayesianLayer):
             offsets = torch.arange(k, device=idx.device) * u  # (K,)
             inverse = (inverse.reshape(k, -1) + offsets.unsqueeze(-1)).reshape(idx.shape)
             rows = rows.reshape(k * u, self.embedding_dim)
-            pad = None  # the padding row repeats per block; its gradient is cut below
-            if self.padding_idx is not None:
-                keep = (idx != self.padding_idx).unsqueeze(-1)
-                out = F.embedding(inverse, rows, scale_grad_by_freq=self.scale_grad_by_freq)
-                out = torch.where(keep, out, out.detach())
-                return self._renorm(out)
-        out = F.embedding(inverse, rows, pad, scale_grad_by_freq=self.scale_grad_by_freq)
-        return self._renorm(out)
+            out = F.embedding(inverse, rows, scale_grad_by_freq=self.scale_grad_by_freq)
+            if self.padding_idx is None:
+                return out
+            keep = (idx != self.padding_idx).unsqueeze(-1)  # the padding row: no gradient
+            return torch.where(keep, out, out.detach())
+        return F.embedding(inverse, rows, pad, scale_grad_by_freq=self.scale_grad_by_freq)
 
     def _renorm(self, out: Tensor) -> Tensor:
         if self.max_norm is None:

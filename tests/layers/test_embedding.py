@@ -161,3 +161,38 @@ def test_bad_input_raises() -> None:
         Emb(V, D, sparse=True)
     with pytest.raises(ValueError, match="normal"):
         Emb(V, D, weight_initializer="trainable_log_normal")
+
+
+def test_from_torch_copies_the_table_and_registers() -> None:
+    from bayesian_layers.layers import registry
+
+    assert Emb.from_torch(nn.Embedding(V, D, max_norm=2.0)).max_norm == 2.0
+    src = nn.Embedding(V, D, padding_idx=1, dtype=torch.float64)
+    layer = Emb.from_torch(src)
+    assert layer.extra_repr() == f"{V}, {D}, padding_idx=1"
+    torch.testing.assert_close(layer.weight_loc, src.weight, rtol=0, atol=0)
+    idx = torch.tensor([[0, 1, 2]])
+    with bl.posterior_mean(layer):
+        torch.testing.assert_close(layer(idx), F.embedding(idx, src.weight, 1), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="nn.Embedding"):
+        Emb.from_torch(nn.Linear(2, 3))
+    assert registry.counterparts(nn.Embedding)["reparameterization"] is Emb
+
+
+def test_row_noise_goes_through_the_noise_hook() -> None:
+    """Sample mode draws the looked-up rows through ``layer.noise``; frozen mode draws
+    the whole table (zero noise from the hook gives the posterior means either way)."""
+    layer = Emb(V, D)
+    seen: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def zeros(layer, name, kind, shape, make):  # noqa: ANN001, ANN202
+        seen.append((name, kind, tuple(shape)))
+        return torch.zeros(shape)
+
+    layer.register_noise_hook(zeros)
+    idx = torch.tensor([3, 5, 3])
+    torch.testing.assert_close(layer(idx), layer.weight_loc[idx].detach(), rtol=0, atol=0)
+    assert seen == [("weight", "parameter", (2, D))]
+    with bl.frozen_sample(layer):
+        torch.testing.assert_close(layer(idx), layer.weight_loc[idx].detach(), rtol=0, atol=0)
+    assert seen[-1] == ("weight", "parameter", (V, D))
