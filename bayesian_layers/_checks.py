@@ -7,6 +7,7 @@ module needs lives here (layers' own shared helpers: :mod:`bayesian_layers.layer
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -88,6 +89,10 @@ def is_lazy(value: object) -> bool:
     return isinstance(value, UninitializedTensorMixin)
 
 
+@overload
+def inverse_softplus(value: float) -> float: ...
+@overload
+def inverse_softplus(value: Tensor) -> Tensor: ...
 def inverse_softplus(value: float | Tensor) -> float | Tensor:
     """``x`` with ``softplus(x) == value`` (to rounding) for positive ``value``.
 

@@ -88,7 +88,8 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             rational quadratic's ``alpha`` is read once, when frequencies are drawn).
         amplitude, length_scale: hyperparameters of a kernel given by name
             (``length_scale`` a scalar or ``(D,)``); default 1.
-        posterior: ``"variational"`` or ``"laplace"``.
+        posterior: ``"variational"`` or ``"laplace"`` (the attribute ``posterior_kind``;
+            ``layer.posterior(name)`` is the posterior of a parameter, as on every layer).
         bias: whether to add a deterministic bias.
         weight_initializer, weight_regularizer: the variational posterior and its
             penalty (see :class:`~bayesian_layers.layers.LinearReparameterization`).
@@ -172,7 +173,7 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             in_features = ls.shape[0]
         self.kernel = kernel
         self.units, self.num_features, self.in_features = units, num_features, in_features
-        self.posterior = posterior
+        self.posterior_kind = posterior  # `posterior(name)` is the base class's seam
         self.prior_scale = float(prior_scale)
         self.accumulate_precision = True
         self.use_bias = bool(bias)
@@ -201,9 +202,14 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         self._chol_cache: tuple[int, Tensor] | None = None
         self._precision_version = 0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("posterior"), str):  # pickled before `posterior_kind`
+            state["posterior_kind"] = state.pop("posterior")
+        super().__setstate__(state)
+
     def extra_repr(self) -> str:
         text = (f"units={self.units}, num_features={self.num_features}, "
-                f"in_features={self.in_features}, posterior={self.posterior!r}")  # fmt: skip
+                f"in_features={self.in_features}, posterior={self.posterior_kind!r}")  # fmt: skip
         return text if self.name is None else f"{text}, name={self.name!r}"
 
     def initialize_parameters(self, x: object) -> None:  # type: ignore[override]
@@ -293,21 +299,21 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         return cache[1]
 
     def _require_laplace(self, what: str) -> None:
-        if self.posterior != "laplace":
+        if self.posterior_kind != "laplace":
             raise RuntimeError(f"{type(self).__name__}.{what} needs posterior='laplace'")
 
     # --------------------------------------------------------------- losses
     @property
     def losses(self) -> list[Tensor]:
         """Variational: the weight KL. Laplace: the prior penalty ``½‖W‖²/prior_scale²``."""
-        if self.posterior == "laplace":
+        if self.posterior_kind == "laplace":
             return [0.5 * self.point("weight").square().sum() / self.prior_scale**2]
         return super().losses
 
     # -------------------------------------------------------------- forward
     def forward(self, x: Tensor | RandomVariable) -> RandomVariable:
         phi = self.features(x)  # (*, M)
-        if self.posterior == "laplace":
+        if self.posterior_kind == "laplace":
             dist, value = self._laplace_forward(phi)
         else:
             dist, value = self._variational_forward(phi)

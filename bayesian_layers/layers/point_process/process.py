@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +53,7 @@ def point_set(
 ) -> PointSetVariable:
     """A traceable :class:`PointSetVariable` (drawn by thinning when ``value`` is None)."""
     if value is None:
-        return PointSetVariable(distribution, distribution.sample(), name=name)
+        return PointSetVariable(distribution, cast(Tensor, distribution.sample()), name=name)
     return PointSetVariable(distribution, value, name=name)
 
 

@@ -91,7 +91,7 @@ class Kernel(nn.Module):
     def _add_positive(self, name: str, value: Any, *, scalar: bool = False, **factory: Any) -> None:
         """Register ``{name}_rho`` holding ``inverse_softplus(value)``; ``value`` must be > 0."""
         tensor = _positive_tensor(type(self).__name__, name, value, scalar, **factory)
-        self.register_parameter(f"{name}_rho", nn.Parameter(cast(Tensor, inverse_softplus(tensor))))
+        self.register_parameter(f"{name}_rho", nn.Parameter(inverse_softplus(tensor)))
 
     def _positive(self, name: str) -> Tensor:
         return F.softplus(getattr(self, f"{name}_rho"))
