@@ -17,8 +17,7 @@ from torch.distributed.tensor import Shard
 from torch.distributed.tensor.parallel import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..layers.attention import HeadShard
-from ..layers.base import BayesianLayer
+from ..layers.attention_base import BayesianMultiheadAttention, HeadShard
 from ..layers.registry import counterparts
 from .tensor_parallel import (
     TP_ATTR,
@@ -34,11 +33,6 @@ from .tensor_parallel import (
 )
 
 __all__ = ["BayesianAttentionParallel", "transformer_plan"]
-
-
-def _is_attention(module: nn.Module) -> bool:
-    """A Bayesian counterpart of ``nn.MultiheadAttention`` (any estimator)."""
-    return isinstance(module, tuple(counterparts(nn.MultiheadAttention).values()))
 
 
 def _is_dense(module: nn.Module) -> bool:
@@ -74,7 +68,7 @@ class BayesianAttentionParallel(ParallelStyle):
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         style = type(self).__name__
-        if not _is_attention(module):
+        if not isinstance(module, BayesianMultiheadAttention):
             raise TypeError(
                 f"{style} expected a Bayesian multi-head attention layer, got "
                 f"{type(module).__name__}"
@@ -110,7 +104,9 @@ class BayesianAttentionParallel(ParallelStyle):
         module.register_forward_hook(self._post_hook, always_call=True)
         return module
 
-    def _pre_hook(self, module: BayesianLayer, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _pre_hook(
+        self, module: BayesianMultiheadAttention, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
         _, mesh = getattr(module, TP_ATTR)
         saved = _ForkedCall(mesh, (module, module.out_proj))
         module.__dict__[TP_ATTR + "_saved"] = saved
@@ -128,7 +124,7 @@ class BayesianAttentionParallel(ParallelStyle):
         kwargs = {k: wrap(v) if k in ("query", "key", "value") else v for k, v in kwargs.items()}
         return args, kwargs
 
-    def _post_hook(self, module: BayesianLayer, args: tuple, out: Any) -> Any:
+    def _post_hook(self, module: BayesianMultiheadAttention, args: tuple, out: Any) -> Any:
         saved = module.__dict__.pop(TP_ATTR + "_saved", None)
         if saved is not None:
             saved.restore()
@@ -144,9 +140,9 @@ def _patterns(kind: str, paths: object) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _dense_layers(block: nn.Module) -> dict[str, nn.Module]:
+def _dense_layers(block: nn.Module) -> dict[str, Any]:
     """The Bayesian dense layers of ``block`` by relative path, outside its attention layers."""
-    attention = [n for n, m in block.named_modules() if _is_attention(m)]
+    attention = [n for n, m in block.named_modules() if isinstance(m, BayesianMultiheadAttention)]
     return {
         n: m
         for n, m in block.named_modules()
@@ -154,9 +150,7 @@ def _dense_layers(block: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def _match(
-    dense: dict[str, nn.Module], patterns: tuple[str, ...], used: set[str]
-) -> dict[str, nn.Module]:
+def _match(dense: dict[str, Any], patterns: tuple[str, ...], used: set[str]) -> dict[str, Any]:
     out = {}
     for pattern in patterns:
         hits = {n: m for n, m in dense.items() if fnmatchcase(n, pattern)}
@@ -165,7 +159,7 @@ def _match(
     return out
 
 
-def _check_pairs(block: str, col: dict[str, nn.Module], row: dict[str, nn.Module]) -> None:
+def _check_pairs(block: str, col: dict[str, Any], row: dict[str, Any]) -> None:
     """Every column-wise layer needs a row-wise one that takes its sharded output, and back."""
     both = sorted(col.keys() & row.keys())
     if both:
@@ -233,9 +227,9 @@ def transformer_plan(
     """
     col_patterns, row_patterns = _patterns("colwise", colwise), _patterns("rowwise", rowwise)
     plan: dict[str, ParallelStyle] = {}
-    blocks: dict[str, nn.Module] = {}
+    blocks: dict[str, Any] = {}
     for name, m in model.named_modules():
-        if _is_attention(m):
+        if isinstance(m, BayesianMultiheadAttention):
             plan[name] = BayesianAttentionParallel()
             block = name.rpartition(".")[0]
             blocks.setdefault(block, model.get_submodule(block) if block else model)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +78,7 @@ class BayesianMultiheadAttention(BayesianLayer):
     (and ``_linear_cls``, the output projection's class)."""
 
     estimator: Estimator = REPARAMETERIZATION
-    _linear_cls: type[BayesianLayer] = LinearReparameterization
+    _linear_cls: ClassVar[Callable[..., BayesianLayer]] = LinearReparameterization
 
     def __init__(
         self,
