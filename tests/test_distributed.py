@@ -189,7 +189,7 @@ def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
         bld.manual_seed(SEED, rank=0)
         col(torch.ones(1, 4))
         with bld.local_view(col):
-            w = col._last_sample["weight"]
+            w = col.random_variable("weight").value
             eps.append((w - col.weight_loc) / F.softplus(col.weight_rho))
     res["tp_noise_reproducible"] = torch.equal(eps[0], eps[1])
     res["tp_noise_shards"] = _gather(eps[0].detach())
@@ -242,7 +242,7 @@ def _check_tensor_parallel(rank: int, res: dict[str, Any]) -> None:
     bld.manual_seed(SEED, rank=0)
     mha(q, kv, kv)
     with bld.local_view(mha):
-        w = mha._last_sample["in_proj_weight"]
+        w = mha.random_variable("in_proj_weight").value
         eps = (w - mha.in_proj_weight_loc) / F.softplus(mha.in_proj_weight_rho)
     res["tp_attention_noise_shards"] = _gather(eps.detach())
     _check_head_parallel_flipout_draws(rank, mesh, res)

@@ -92,3 +92,16 @@ def test_losses_of_a_normal_family_with_its_own_scale() -> None:
         Normal(layer.weight_loc, layer.weight_rho.exp()), Normal(0.0, 1.0)
     ).sum()
     torch.testing.assert_close(layer.losses[0], expected)
+
+
+def test_base_keeps_the_names_its_private_modules_now_hold() -> None:
+    """The split of the layer base keeps every name importable from ``layers.base``."""
+    from bayesian_layers.layers import _input, _overrides, _seam, base
+
+    assert base.check_input is _input.check_input
+    assert base.as_tensor is _input.as_tensor
+    assert base.parameter_dtype is _input.parameter_dtype
+    assert base.push_override is _overrides.push_override
+    assert base.pop_override is _overrides.pop_override
+    assert base.ParameterSpec is _seam.ParameterSpec
+    assert base.SAMPLING_MODES == ("sample", "mean", "frozen")

@@ -302,3 +302,17 @@ def test_check_samples_is_public_and_checks_the_folded_batch() -> None:
         assert layer.check_samples(torch.zeros(4, 3)) == 2
         with pytest.raises(ValueError, match="LinearFlipout is drawing 2 function samples"):
             layer.check_samples(torch.zeros(5, 3))
+
+
+def test_frozen_state_is_the_store_of_the_frozen_sample_in_effect() -> None:
+    layer = layers.LinearReparameterization(3, 2)
+    own = layer.frozen_state
+    with bl.frozen_sample(layer):
+        inner = layer.frozen_state
+        assert inner is not own and set(inner) == {"weight"}
+        inner["mine"] = torch.ones(())  # a subclass's own draw, kept until resample
+        x = torch.randn(4, 3)
+        assert torch.equal(layer(x), layer(x))
+        layer.resample()
+        assert "mine" not in layer.frozen_state and set(layer.frozen_state) == {"weight"}
+    assert layer.frozen_state is own

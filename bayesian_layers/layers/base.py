@@ -138,11 +138,27 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         self._num_function_samples = k
 
     @property
-    def _frozen_noise(self) -> dict[str, Any]:
+    def frozen_state(self) -> dict[str, Any]:
         """The store of the frozen function sample in effect: the innermost
-        frozen-sample context's own (per thread), else the layer's."""
+        :func:`bayesian_layers.frozen_sample` context's own (per thread), else the
+        layer's. Random parameters keep their noise here under their names; a subclass
+        with draws of its own (a dropout mask's seed, a GP's function draw) keeps them
+        under keys of its own. :meth:`resample` empties it.
+
+        Example:
+            >>> import torch, bayesian_layers as bl
+            >>> layer = bl.layers.LinearReparameterization(3, 2)
+            >>> layer.sampling = "frozen"
+            >>> list(layer.frozen_state), layer.frozen_state["weight"].shape
+            (['weight'], torch.Size([2, 3]))
+        """
         top = _top(self, "modes")
         return self._own_frozen_noise if top is None else top[2]
+
+    @property
+    def _frozen_noise(self) -> dict[str, Any]:
+        # the old private name, until every subclass reads frozen_state
+        return self.frozen_state
 
     def _draw_frozen(self) -> None:
         """Draw the frozen function sample now (entering ``"frozen"`` mode, or at
@@ -251,12 +267,12 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         lead = torch.Size((self.num_function_samples,) if self.num_function_samples > 1 else ())
         if self.sampling != "frozen":
             return self.noise(name, lead + self._random[name], like, kind="parameter")
-        cached = self._frozen_noise.get(name)
+        cached = self.frozen_state.get(name)
         # ``like``'s shape, not the declared one: a noise hook may answer with another
         # (a tensor-parallel shard's), which is then the frozen sample of that shard
         if cached is None or cached.shape != lead + like.shape:
             cached = self.noise(name, lead + self._random[name], like, kind="parameter")
-            self._frozen_noise[name] = cached
+            self.frozen_state[name] = cached
         return cached
 
     def sample_param(self, name: str) -> Tensor:
@@ -335,7 +351,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
 
     def resample(self) -> None:
         """Forget the frozen function sample; in ``"frozen"`` mode draw the next one now."""
-        self._frozen_noise.clear()
+        self.frozen_state.clear()
         if self.sampling == "frozen":
             self._draw_frozen()
 
