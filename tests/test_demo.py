@@ -233,7 +233,7 @@ def test_command_without_the_extra_helps_and_names_the_extra() -> None:
     assert run.stdout == ""
     assert "Traceback" not in run.stderr
     assert run.stderr.count("\n") == 1, run.stderr
-    assert "sklearn (from scikit-learn)" in run.stderr and "matplotlib" in run.stderr
+    assert "sklearn (scikit-learn)" in run.stderr and "matplotlib" in run.stderr
     assert _INSTALL in run.stderr
 
 
@@ -243,7 +243,7 @@ def test_demo_names_the_extra_before_training(monkeypatch, tmp_path: Path, capsy
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("bayesian-layers demo: ")
-    assert "sklearn (from scikit-learn)" in captured.err and _INSTALL in captured.err
+    assert "sklearn (scikit-learn)" in captured.err and _INSTALL in captured.err
     assert "matplotlib" not in captured.err  # only what is missing
     assert not (tmp_path / "out").exists()  # nothing ran
 

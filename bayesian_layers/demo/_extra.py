@@ -37,11 +37,20 @@ def missing_modules() -> list[str]:
 
 
 def missing_message(missing: list[str]) -> str:
-    """One sentence naming the missing modules (and their distributions) and the fix."""
+    """A one-line message naming the missing modules (with their distributions) and the fix.
+
+    Example:
+        >>> print(missing_message(["sklearn", "matplotlib"]).replace(". ", ".\\n"))
+        the demo needs modules that are not installed: sklearn (scikit-learn), matplotlib.
+        Install the demo extra: pip install 'bayesian-layers[demo]'
+    """
     names = ", ".join(
-        m if EXTRA_MODULES.get(m, m) == m else f"{m} (from {EXTRA_MODULES[m]})" for m in missing
+        f"{m} ({EXTRA_MODULES[m]})" if EXTRA_MODULES.get(m, m) != m else m for m in missing
     )
-    return f"the demo needs {names}, not installed here; install the demo extra: {INSTALL_COMMAND}"
+    return (
+        f"the demo needs modules that are not installed: {names}. "
+        f"Install the demo extra: {INSTALL_COMMAND}"
+    )
 
 
 def require_extra() -> None:
