@@ -1,10 +1,7 @@
-"""Bad-input sweep over every public layer class in ``bayesian_layers.layers.__all__``.
-
-Each layer gets a small constructor and a valid input (``REGISTRY``; ``Name[variant]``
-keys sweep other constructions of a class, e.g. sizes read on the first call); a class that is
-not a layer is listed in ``SKIPPED`` with its reason, and a test fails when a public
-``nn.Module`` class is in neither, so a new layer cannot be forgotten. Every layer
-then meets each case of ``CASES`` on a freshly built instance:
+"""Bad-input sweep over every case of the layer registry (``contract/cases.py``, where
+``Name[variant]`` keys are other constructions of a class, e.g. sizes read on the first
+call; ``test_contract_registry.py`` fails when a public class is missing from it). Every
+layer meets each case of ``BAD_INPUTS`` on a freshly built instance:
 
 - ``wrong_width``: the size the layer fixes (features, channels; an index out of
   range for an embedding) one too large;
@@ -25,29 +22,33 @@ scored or sets state, or a layer whose next valid call gives a non-finite output
 
 Counts per outcome::
 
-    python tests/test_bad_input_sweep.py          # counts, then the failing cases
-    python tests/test_bad_input_sweep.py --known  # the KNOWN_FAILING literal for now
+    python tests/contract/test_contract_bad_input.py          # counts, then the failing cases
+    python tests/contract/test_contract_bad_input.py --known  # KNOWN_FAILING for now
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-import bayesian_layers as bl
-from bayesian_layers import layers
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, as pytest's pythonpath
+from contract.cases import CASES as REGISTRY  # noqa: E402 - after the path for a script
+from contract.cases import SKIP  # noqa: E402
+from contract.cases import Case as Entry  # noqa: E402
 
-CASES = (
+import bayesian_layers as bl  # noqa: E402
+
+BAD_INPUTS = (
     "wrong_width",
     "wrong_rank",
     "empty_batch",
@@ -58,205 +59,13 @@ CASES = (
     "int",
 )
 
-
-@dataclass(frozen=True)
-class Entry:
-    """How to sweep one layer class.
-
-    Attributes:
-        build: a small instance (called under a fixed seed).
-        shape: a valid input's shape.
-        feature_dim: the dim whose size the layer fixes (``None``: any size is valid).
-        batch_dim: the dim set to 0 for the empty batch.
-        min_rank: the fewest dims the layer accepts (0: any rank; no wrong-rank case).
-        kind: ``"float"`` (normal draws), ``"index"`` (ints below ``high``) or
-            ``"points"`` (uniform in ``[0, 1)``).
-        high: the index range of ``"index"`` inputs.
-        call: runs the layer on an input (default ``layer(x)``).
-        scores_input: the input is data the layer scores or initialises from, so a
-            NaN/inf must raise (not propagate).
-        extra: more tensors to check from the output (e.g. the log-density it scores).
-    """
-
-    build: Callable[[], nn.Module]
-    shape: tuple[int, ...]
-    feature_dim: int | None = -1
-    batch_dim: int = 0
-    min_rank: int = 1
-    kind: str = "float"
-    high: int = 0
-    call: Callable[[nn.Module, Tensor], object] | None = None
-    scores_input: bool = False
-    extra: Callable[[nn.Module, object], list[Tensor]] | None = None
-
-
-def _ctor(name: str, *args: object, **kwargs: object) -> Callable[[], nn.Module]:
-    """A constructor of ``layers.<name>(*args, **kwargs)``."""
-    return lambda: getattr(layers, name)(*args, **kwargs)
-
-
-def _attention(m: nn.Module, x: Tensor) -> object:
-    return m(x, x, x)
-
-
-def _as_random_variable(m: nn.Module, x: Tensor) -> object:
-    """The input as a random variable: normal around ``x``, its value ``x`` (any dtype)."""
-    loc = x if x.is_floating_point() else x.to(torch.get_default_dtype())
-    normal = torch.distributions.Normal(loc, torch.ones_like(loc), validate_args=False)
-    return m(bl.RandomVariable(normal, value=x))
-
-
-def _log_prob(m: nn.Module, out: object) -> list[Tensor]:
-    assert isinstance(out, bl.RandomVariable)
-    return [out.log_prob(out)]
-
-
-def _rate(points: Tensor) -> Tensor:
-    return 1.0 + points.sum(-1)  # positive on the unit box
-
-
-def _conv(cls: type[nn.Module], d: int) -> Entry:
-    spatial = {1: (8,), 2: (6, 6), 3: (4, 4, 4)}[d]
-    return Entry(lambda: cls(3, 4, 3), (2, 3, *spatial), feature_dim=-(d + 1), min_rank=d + 1)
-
-
-def _gp() -> nn.Module:
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(6, 3, generator=gen), torch.randn(6, 2, generator=gen)
-    return layers.GaussianProcess(2, conditional_inputs=x, conditional_outputs=y)
-
-
-_OUTPUTS = ["Normal", "LogNormal", "StudentT", "Laplace", "Bernoulli", "Poisson"]
-_OUTPUTS += ["NegativeBinomial", "Categorical", "OneHotCategorical", "MultivariateNormalTriL"]
-_ESTIMATORS = ("Reparameterization", "Flipout")
-_CONVS = {f"Conv{t}{d}d{e}": d for d in (1, 2, 3) for e in _ESTIMATORS for t in ("", "Transpose")}
-_CONVS["Conv2dLocalReparameterization"] = 2
-
-REGISTRY: dict[str, Entry] = {
-    **{
-        name: Entry(_ctor(name, 3, 5), (4, 3))
-        for name in ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
-    },
-    "MCDropout": Entry(lambda: layers.MCDropout(0.5), (4, 3), feature_dim=None, min_rank=0),
-    "Discretize": Entry(
-        lambda: layers.Discretize(0, 8), (4, 3), None, min_rank=0, call=_as_random_variable
-    ),
-    "Reverse": Entry(lambda: layers.Reverse(layers.Permute(3)), (4, 3)),
-    "MADE": Entry(lambda: layers.MADE(hidden_dims=[8], in_features=3), (4, 3)),
-    "RealNVP": Entry(lambda: layers.RealNVP(layers.MADE(hidden_dims=[8], in_features=2)), (4, 4)),
-    "MaskedAutoregressiveFlow": Entry(
-        lambda: layers.MaskedAutoregressiveFlow(layers.MADE(hidden_dims=[8], in_features=3)), (4, 3)
-    ),
-    # a fresh ActNorm initialises from its first batch: non-finite values must raise
-    "ActNorm": Entry(lambda: layers.ActNorm(3), (4, 3), scores_input=True),
-    "Permute": Entry(lambda: layers.Permute(3), (4, 3)),
-    "InvertibleConv1x1": Entry(lambda: layers.InvertibleConv1x1(3), (2, 3, 4, 4), -3, min_rank=3),
-    **{
-        name: Entry(
-            _ctor(name, 8, 2),
-            (5, 2, 8),
-            batch_dim=1,
-            min_rank=2,
-            call=_attention,
-        )  # fmt: skip
-        for name in ("MultiheadAttentionReparameterization", "MultiheadAttentionFlipout")
-    },
-    "EmbeddingReparameterization": Entry(
-        lambda: layers.EmbeddingReparameterization(10, 4), (4, 3), min_rank=0, kind="index", high=10
-    ),
-    **{name: _conv(getattr(layers, name), d) for name, d in _CONVS.items()},
-    **{
-        name: Entry(_ctor(name, 3, 5), (4, 3))
-        for name in (
-            "LSTMCellReparameterization",
-            "LSTMCellFlipout",
-            "GRUCellReparameterization",
-            "GRUCellFlipout",
-        )
-    },
-    **{
-        name: Entry(_ctor(name, 3, 5), (6, 2, 3), batch_dim=1, min_rank=2)
-        for name in ("LSTMReparameterization", "LSTMFlipout")
-    },
-    **{name: Entry(_ctor(name, 2, in_features=3), (4, 3)) for name in _OUTPUTS},
-    **{
-        name: Entry(_ctor(name, 2, 3, in_features=3), (4, 3))
-        for name in ("MixtureNormal", "MixtureLogistic")
-    },
-    # the input is a point set: data scored by the process, so NaN/inf must raise
-    "PoissonProcess": Entry(
-        lambda: layers.PoissonProcess(_rate, [(0.0, 1.0), (0.0, 1.0)], num_points=8),
-        (5, 2),
-        min_rank=2,
-        kind="points",
-        scores_input=True,
-        extra=_log_prob,
-    ),
-    "GaussianProcess": Entry(_gp, (5, 3)),
-    # variants (``Name[variant]``): sizes read on the first call, a posterior with state
-    "ActNorm[lazy]": Entry(lambda: layers.ActNorm(), (4, 3), None, scores_input=True),
-    "MADE[lazy]": Entry(lambda: layers.MADE(hidden_dims=[8]), (4, 3), None),
-    "Normal[lazy]": Entry(_ctor("Normal", 2), (4, 3), None),
-    "RandomFourierFeatures[laplace]": Entry(
-        _ctor("RandomFourierFeatures", 2, 16, in_features=3, posterior="laplace"), (5, 3)
-    ),
-    "GaussianLikelihood": Entry(_ctor("GaussianLikelihood", 2), (4, 2)),
-    "SparseGaussianProcess": Entry(
-        lambda: layers.SparseGaussianProcess(2, 4, in_features=3), (5, 3)
-    ),
-    "RandomFourierFeatures": Entry(
-        lambda: layers.RandomFourierFeatures(2, 16, in_features=3), (5, 3)
-    ),
-}
-
-_KERNEL = "a covariance function, not a layer (swept through the GP layers that use it)"
-_MEAN = "a mean function of the GP layers, not a layer (swept through them)"
-SKIPPED: dict[str, str] = {
-    "BayesianLayer": "abstract base of the weight layers",
-    "ReversibleLayer": "abstract base of the reversible layers",
-    "StochasticOutput": "abstract base of the stochastic output layers",
-    **{
-        name: _KERNEL
-        for name in (
-            "Kernel",
-            "SumKernel",
-            "ProductKernel",
-            "StationaryKernel",
-            "ExponentiatedQuadratic",
-            "Matern12",
-            "Matern32",
-            "Matern52",
-            "RationalQuadratic",
-            "Periodic",
-            "LinearKernel",
-            "WhiteNoise",
-            "ConstantKernel",
-        )
-    },
-    **{name: _MEAN for name in ("ZeroMean", "ConstantMean", "LinearMean")},
-}
-
 # (layer, case) -> what goes wrong today; strict xfail, so a fix flips the test
 KNOWN_FAILING: dict[tuple[str, str], str] = {}
 
 
-def public_layer_classes() -> list[str]:
-    """The ``nn.Module`` classes named in ``layers.__all__``."""
-    return [
-        name
-        for name in layers.__all__
-        if inspect.isclass(getattr(layers, name)) and issubclass(getattr(layers, name), nn.Module)
-    ]
-
-
 # ------------------------------------------------------------------------------- inputs
 def _draw(entry: Entry, shape: tuple[int, ...]) -> Tensor:
-    gen = torch.Generator().manual_seed(0)
-    if entry.kind == "index":
-        return torch.randint(0, entry.high, shape, generator=gen)
-    if entry.kind == "points":
-        return torch.rand(shape, generator=gen)
-    return torch.randn(shape, generator=gen)
+    return entry.input(shape)
 
 
 def _poke(x: Tensor, value: float) -> Tensor:
@@ -329,7 +138,7 @@ def _same_tensor(a: Tensor | None, b: Tensor | None) -> bool:
 
 
 def _run(entry: Entry, module: nn.Module, x: Tensor) -> tuple[list[Tensor], object]:
-    out = entry.call(module, x) if entry.call is not None else module(x)
+    out = entry.call(module, x)
     tensors = list(_tensors(out))
     if entry.extra is not None:
         tensors += entry.extra(module, out)
@@ -343,7 +152,6 @@ def _finite(tensors: list[Tensor]) -> bool:
 
 
 def _build(entry: Entry) -> nn.Module:
-    torch.manual_seed(0)
     return entry.build()
 
 
@@ -435,15 +243,6 @@ def _judge_next_call(entry: Entry, module: nn.Module, outcome: str, case: str) -
 
 
 # -------------------------------------------------------------------------------- tests
-def test_every_public_layer_class_is_swept_or_skipped_with_a_reason() -> None:
-    public = set(public_layer_classes())
-    swept = {key.split("[")[0] for key in REGISTRY}  # "Name[variant]" sweeps Name too
-    assert not public - swept - SKIPPED.keys(), "add these layers to REGISTRY"
-    assert not (swept | SKIPPED.keys()) - public, "stale names in the sweep"
-    assert not swept & SKIPPED.keys()
-    assert all(reason.strip() for reason in SKIPPED.values())
-
-
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_registry_input_is_valid(name: str) -> None:
     assert reference_shapes(name)
@@ -452,7 +251,7 @@ def test_registry_input_is_valid(name: str) -> None:
 def _params() -> list:
     out = []
     for name in sorted(REGISTRY):
-        for case in CASES:
+        for case in BAD_INPUTS:
             reason = KNOWN_FAILING.get((name, case))
             marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
             out.append(pytest.param(name, case, id=f"{name}-{case}", marks=marks))
@@ -527,7 +326,7 @@ class _ChangesThenRaises(_Checked):
 
 
 def _fake(cls: type[nn.Module]) -> Entry:
-    return Entry(cls, (4, 3))
+    return Entry(cls, (), (4, 3))
 
 
 @pytest.mark.parametrize(
@@ -550,14 +349,14 @@ def test_the_classifier_tells_good_from_bad(cls: type[nn.Module], case: str, exp
 
 
 def test_non_finite_data_must_raise_where_it_is_scored() -> None:
-    scored = Entry(_Checked, (4, 3), scores_input=True)
+    scored = Entry(_Checked, (), (4, 3), scores_input=True)
     assert classify_entry(scored, "nan").startswith("failing: nan accepted as data")
 
 
 # ---------------------------------------------------------------------------- counts
 def sweep() -> dict[tuple[str, str], str]:
     """Every (layer, case) outcome."""
-    return {(name, case): classify(name, case) for name in sorted(REGISTRY) for case in CASES}
+    return {(n, case): classify(n, case) for n in sorted(REGISTRY) for case in BAD_INPUTS}
 
 
 def main(argv: list[str]) -> None:
@@ -565,8 +364,8 @@ def main(argv: list[str]) -> None:
     kinds = Counter(o if not o.startswith("failing") else "failing" for o in results.values())
     classes = len({key.split("[")[0] for key in REGISTRY})
     print(
-        f"{classes} layer classes ({len(REGISTRY)} constructions) x {len(CASES)} cases; "
-        f"{len(SKIPPED)} public classes skipped (not layers)"
+        f"{classes} layer classes ({len(REGISTRY)} constructions) x {len(BAD_INPUTS)} cases; "
+        f"{len(SKIP)} public classes skipped (not layers)"
     )
     for kind in ("correct", "ValueError", "TypeError", "failing", "n/a"):
         print(f"  {kind:10s} {kinds.get(kind, 0)}")
