@@ -21,6 +21,11 @@ from . import outputs as outputs
 from . import reversible as reversible
 from .attention import MultiheadAttentionFlipout, MultiheadAttentionReparameterization
 from .base import SAMPLING_MODES, BayesianLayer
+from .bilinear import (
+    BilinearFlipout,
+    BilinearLocalReparameterization,
+    BilinearReparameterization,
+)
 from .conv import (
     Conv1dFlipout,
     Conv1dReparameterization,
@@ -108,6 +113,9 @@ __all__ = [
     "LinearReparameterization",
     "LinearFlipout",
     "LinearLocalReparameterization",
+    "BilinearReparameterization",
+    "BilinearFlipout",
+    "BilinearLocalReparameterization",
     "MCDropout",
     "ReversibleLayer",
     "Discretize",
