@@ -87,10 +87,11 @@ def test_every_registered_class_is_a_bayesian_layer_with_from_torch() -> None:
 
 
 def test_the_documented_families_and_their_estimators() -> None:
-    """The estimator rule to_bayesian documents: local reparameterization for nn.Linear
-    and nn.Conv2d, flipout for all but nn.Embedding."""
+    """The estimator rule to_bayesian documents: local reparameterization for nn.Linear,
+    nn.Bilinear and nn.Conv2d, flipout for all but nn.Embedding."""
     everything = {REP, FLIP, LOCAL}
-    expected = {nn.Linear: everything, nn.Conv2d: everything, nn.Embedding: {REP}}
+    expected = {nn.Linear: everything, nn.Bilinear: everything, nn.Conv2d: everything}
+    expected[nn.Embedding] = {REP}
     for cls in (nn.Conv1d, nn.Conv3d, nn.LSTM, nn.LSTMCell, nn.GRUCell, nn.MultiheadAttention):
         expected[cls] = {REP, FLIP}
     for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
@@ -210,3 +211,15 @@ def test_from_torch_must_return_a_module() -> None:
             to_bayesian(Scale(2))
     finally:
         registry.unregister(Scale)
+
+
+@pytest.mark.parametrize("estimator", registry.ESTIMATORS)
+def test_bilinear_conversion_reproduces_outputs(estimator: str) -> None:
+    torch.manual_seed(0)
+    bilinear = nn.Bilinear(3, 4, 2).double()
+    x1, x2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    ref = bilinear(x1, x2)
+    new, report = to_bayesian(bilinear, estimator, pretrained_scale=1e-2, return_report=True)
+    assert report.swapped[0].target == registry.counterparts(nn.Bilinear)[estimator].__name__
+    with bl.posterior_mean(new):
+        torch.testing.assert_close(new(x1, x2), ref, rtol=0, atol=1e-12)

@@ -3,7 +3,7 @@
 :func:`to_bayesian` replaces every torch layer that has a registered Bayesian
 counterpart (``nn.Linear``, ``nn.Conv{1,2,3}d``, ``nn.ConvTranspose{1,2,3}d``,
 ``nn.LSTM``, ``nn.LSTMCell``, ``nn.GRUCell``, ``nn.MultiheadAttention``,
-``nn.Embedding``, ...; DESIGN.md §3) by that counterpart, whose posterior means
+``nn.Embedding``, ``nn.Bilinear``, ...; DESIGN.md §3) by that counterpart, whose posterior means
 start at the layer's weights and biases. With ``pretrained_scale=s`` the posterior
 standard deviations start at ``s·|w|`` (MOPED, Krishnan et al. 2020), so the
 trained network's function is the posterior mean and samples stay close to it.
@@ -23,7 +23,6 @@ Files: ``_swap.py`` (:func:`to_bayesian`, :func:`canonical_estimator`),
 ``_report.py`` (the report records), ``_pretrained.py`` (:class:`PretrainedNormal`).
 """
 
-from . import _interim  # noqa: F401  (INTERIM)
 from ._pretrained import MIN_SCALE, PretrainedNormal
 from ._report import ConversionReport, SkippedLayer, SwappedLayer, UnsupportedLayer
 from ._swap import ESTIMATORS, canonical_estimator, to_bayesian

@@ -165,9 +165,10 @@ def to_bayesian(
     shared by two layers (tied embeddings) becomes two separate posteriors.
 
     Estimator rule: where the registry holds no counterpart for ``estimator``
-    (local reparameterization exists for ``nn.Linear`` and ``nn.Conv2d`` only;
-    flipout for all but ``nn.Embedding``), the layer uses ``"reparameterization"``,
-    and the report's ``estimator`` field says so. A registered torch class with no
+    (:func:`~bayesian_layers.layers.registry.counterparts`: local reparameterization
+    exists for ``nn.Linear``, ``nn.Bilinear`` and ``nn.Conv2d`` only; flipout for all
+    but ``nn.Embedding``), the layer uses ``"reparameterization"``, and the report's
+    ``estimator`` field says so. A registered torch class with no
     class under either is skipped, and named in the report's ``skipped``.
 
     Args:
