@@ -51,8 +51,9 @@ class GaussianProcess(ExactPosterior):
     :func:`bayesian_layers.frozen_sample`, :func:`bayesian_layers.vectorized_samples`):
 
     - ``"sample"`` (default): the value is one draw, jointly over the batch; its
-      standard normal noise is drawn during the call (so ``torch.manual_seed``
-      before the call fixes it) and the product with the Cholesky factor of the
+      standard normal noise is drawn during the call, by :meth:`noise` under the
+      name ``"function"`` (so ``torch.manual_seed`` before the call, or a noise
+      hook, fixes it) and the product with the Cholesky factor of the
       ``B × B`` covariance is computed when the value is first read;
     - ``"mean"``: the value is the posterior mean function at ``X``;
     - ``"frozen"``: one function until :func:`bayesian_layers.resample`: the value
@@ -257,7 +258,7 @@ class GaussianProcess(ExactPosterior):
             if self.sampling == "mean":
                 draw = loc
             else:  # the noise now (the seed in force at the call fixes the draw)
-                eps = torch.randn_like(loc)
+                eps = self.noise("function", loc.shape, loc)
                 if not folded:
                     return dist, functools.partial(dist.transform, eps)
                 draw = dist.transform(eps)
@@ -279,7 +280,7 @@ class GaussianProcess(ExactPosterior):
         dist = MarginalNormal(mean, var)
         if self.sampling == "mean":
             return dist, mean
-        return dist, mean + var.sqrt() * torch.randn_like(mean)
+        return dist, mean + var.sqrt() * self.noise("function", mean.shape, mean)
 
     def _frozen_output(self, x: Tensor) -> tuple[MultivariateNormalColumns, Tensor]:
         """The frozen function at ``x`` (one draw over every input it has seen)."""

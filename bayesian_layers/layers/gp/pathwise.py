@@ -7,6 +7,8 @@ define. The conditioning itself is
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -18,6 +20,10 @@ from .spectral import draw_fourier_prior, fourier_features, has_spectral_sampler
 __all__ = ["frozen_draws", "prior_paths"]
 
 
+def _standard_normal(name: str, shape: torch.Size, **factory: Any) -> Tensor:
+    return torch.randn(shape, **factory)
+
+
 def frozen_draws(
     store: dict[str, Any],
     kernel: object,
@@ -26,21 +32,26 @@ def frozen_draws(
     num_inducing: int,
     num_features: int,
     like: Tensor,
+    noise: Callable[[str, torch.Size], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """The standard draws of ``K = num_functions`` frozen functions, kept in ``store``
     (made on first use, or again when ``K``, dtype or device changed): ``"u"``
     ``(K, U, M)`` for ``q(u)``, the prior's random features (``"freq"`` ``(K, D, L)``,
     ``"phase"`` ``(K, 1, L)``, ``"weight"`` ``(K, L, U)``; only when ``kernel`` has a
     spectral sampler) and ``"jitter"`` ``(K, M, U)``. ``like``: ``(M, D)`` inducing
-    inputs (dtype, device and ``D``). None depends on the batch."""
+    inputs (dtype, device and ``D``). ``noise(name, shape)`` makes the standard normal
+    ``"u"`` and ``"jitter"`` (a layer passes its :meth:`~.base.BayesianLayer.noise`);
+    default ``torch.randn``. None depends on the batch."""
     k = num_functions
     u = store.get("u")
     if u is not None and u.shape[0] == k and u.dtype == like.dtype and u.device == like.device:
         return store
     factory: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
     store.clear()
-    store["u"] = torch.randn(k, units, num_inducing, **factory)
-    store["jitter"] = torch.randn(k, num_inducing, units, **factory)
+    if noise is None:
+        noise = functools.partial(_standard_normal, **factory)
+    store["u"] = noise("u", torch.Size((k, units, num_inducing)))
+    store["jitter"] = noise("jitter", torch.Size((k, num_inducing, units)))
     if has_spectral_sampler(kernel):
         stationary = cast(StationaryKernel, kernel)  # every spectral kernel is one
         d = like.shape[-1]

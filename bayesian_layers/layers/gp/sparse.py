@@ -14,6 +14,7 @@ triangular inverse, matrix products, closed-form backward) and the mean function
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -66,7 +67,8 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
     ``bl.condition``) like ``bl.Normal(..., name=)``.
 
     **Sampling modes.** ``"sample"`` (default): the value holds an independent draw of
-    each marginal (rows are not one function). ``"mean"`` (:func:`bl.posterior_mean
+    each marginal (rows are not one function; the noise from :meth:`noise`, name
+    ``"function"``). ``"mean"`` (:func:`bl.posterior_mean
     <bayesian_layers.posterior_mean>`): the value is ``μ``. ``"frozen"``
     (:func:`bl.frozen_sample <bayesian_layers.frozen_sample>`): the value is one
     function sample kept until :func:`bl.resample <bayesian_layers.resample>`, drawn
@@ -371,7 +373,7 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         elif self.sampling == "frozen":
             value = self._frozen_function(flat)
         else:
-            value = torch.addcmul(mean, var.sqrt(), torch.randn_like(mean))
+            value = torch.addcmul(mean, var.sqrt(), self.noise("function", mean.shape, mean))
         mean, var = mean.reshape(*lead, self.units), var.reshape(*lead, self.units)
         value = value.reshape(*lead, self.units)
         return function_output(MarginalNormal(mean, var), value, self.name)
@@ -392,6 +394,7 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
                 self.num_inducing,
                 self.num_prior_features,
                 like=z,
+                noise=functools.partial(self.noise, like=z),
             )
             xk = x.reshape(k, -1, x.shape[-1])  # (K, B, D)
             prior_x, prior_z = prior_paths(self.covariance_fn, xk, z, draws, self.units)

@@ -35,12 +35,13 @@ def check_box(owner: str, domain: object) -> tuple[tuple[float, float], ...]:
 
 
 @functools.lru_cache(maxsize=16)
-def leggauss(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss–Legendre nodes and weights on ``[-1, 1]`` (read-only; cached per ``n``)."""
+def leggauss(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Gauss–Legendre nodes and weights on ``[-1, 1]`` (immutable; cached per ``n``).
+
+    Plain floats, not arrays: ``torch.compile`` reads them as constants.
+    """
     nodes, weights = np.polynomial.legendre.leggauss(n)
-    nodes.setflags(write=False)
-    weights.setflags(write=False)
-    return nodes, weights
+    return tuple(nodes.tolist()), tuple(weights.tolist())
 
 
 def tensor_grid(axes: Sequence[Tensor]) -> Tensor:
