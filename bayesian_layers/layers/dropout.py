@@ -57,12 +57,12 @@ class MCDropout(BayesianLayer):
             return x
         if self.sampling != "frozen":
             return F.dropout(x, self.p, training=True)
-        k = self._check_samples(x)
+        k = self.check_samples(x)
         shape = (k, 1) + tuple(x.shape[1:]) if k > 1 else tuple(x.shape[1:])
-        seed = self._frozen_noise.get("mask_seed")
+        seed = self.frozen_state.get("mask_seed")
         if seed is None:  # frozen state dropped by hand: draw it here
             self._draw_frozen()
-            seed = self._frozen_noise["mask_seed"]
+            seed = self.frozen_state["mask_seed"]
         keep = _hashed_uniform(shape, seed.to(x.device)) >= self.p  # type: ignore[union-attr]
         mask = keep.to(x.dtype) / (1 - self.p)
         if k == 1:
@@ -74,8 +74,8 @@ class MCDropout(BayesianLayer):
         when ``"frozen"`` mode starts or at :meth:`resample`: inputs of any shape get a
         mask, and a compiled frozen call only reads the seed (one graph)."""
         super()._draw_frozen()
-        if self._frozen_noise.get("mask_seed") is None:
-            self._frozen_noise["mask_seed"] = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
+        if self.frozen_state.get("mask_seed") is None:
+            self.frozen_state["mask_seed"] = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
 
 
 _MASK32 = 0xFFFFFFFF
