@@ -111,6 +111,8 @@ class EmbeddingReparameterization(BayesianLayer):
         torch.Size([1, 3, 4])
     """
 
+    estimator = REPARAMETERIZATION
+
     def __init__(
         self,
         num_embeddings: int,
@@ -161,8 +163,6 @@ class EmbeddingReparameterization(BayesianLayer):
         if padding_idx is not None:
             with torch.no_grad():
                 self.point("weight")[padding_idx].zero_()
-
-    estimator = REPARAMETERIZATION
 
     @classmethod
     def from_torch(cls, module: nn.Embedding, **kwargs: Any) -> EmbeddingReparameterization:
