@@ -33,6 +33,7 @@ COUNTERPART = [n for n, c in CASES.items() if c.counterpart is not None]
 BAYESIAN = names(bayesian=True)
 
 
+# Discretize's ints are bounds, not sizes (its `bad` arguments are in the registry)
 @pytest.mark.parametrize("name", [n for n in SIZED if CASES[n].cls is not layers.Discretize])
 def test_bad_sizes_raise_naming_the_layer(name: str) -> None:
     case = CASES[name]
