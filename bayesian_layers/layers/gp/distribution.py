@@ -4,7 +4,7 @@ over the batch per unit, laid out as ``(*, B, units)`` like a dense layer's outp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -216,9 +216,13 @@ class FrozenFunction:
             and xs.device == x.device
         )
 
-    def locate(self, x: Tensor, units: int) -> tuple[Tensor, Tensor, Tensor]:
+    def locate(
+        self, x: Tensor, units: int, noise: Callable[[torch.Size], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Every recorded input with ``x``'s rows in it (``x``'s own rows, so gradients
         reach ``x``), the noise of all of them, and the index of each row of ``x``.
+        ``noise(shape)`` makes the standard normal noise of new rows (a layer passes its
+        :meth:`~bayesian_layers.layers.base.BayesianLayer.noise`); default ``torch.randn``.
 
         Shape: ``x`` ``(*, B, D)`` -> ``(*, R, D)``, ``(*, R, units)``, ``(B,)``.
         """
@@ -235,7 +239,11 @@ class FrozenFunction:
         if self.inputs is None or self.noise is None or new.numel() > 0:
             start = 0 if self.inputs is None else self.inputs.shape[-2]
             rows = x_d.index_select(-2, new)  # (*, b_new, D)
-            eps = torch.randn(rows.shape[:-1] + (units,), dtype=x.dtype, device=x.device)
+            shape = rows.shape[:-1] + (units,)
+            if noise is None:
+                eps = torch.randn(shape, dtype=x.dtype, device=x.device)
+            else:
+                eps = noise(shape)
             self.inputs = rows if self.inputs is None else torch.cat([self.inputs, rows], -2)
             self.noise = eps if self.noise is None else torch.cat([self.noise, eps], -2)
             index[new] = torch.arange(start, start + new.numel(), device=x.device)

@@ -288,7 +288,9 @@ class GaussianProcess(ExactPosterior):
         frozen = store.get("function")
         if not isinstance(frozen, FrozenFunction):
             frozen = store["function"] = FrozenFunction()
-        xs, eps, index = frozen.locate(x, self.units)
+        xs, eps, index = frozen.locate(
+            x, self.units, functools.partial(self.noise, "function", like=x)
+        )
         loc, cov = self._joint(xs)  # (*, R, units), (*, R, R)
         draw = MultivariateNormalColumns(loc, cov, layer=type(self).__name__).transform(eps)
         cov = cov.index_select(-2, index).index_select(-1, index)  # (*, B, B)
