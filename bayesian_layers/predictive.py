@@ -15,18 +15,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import (
-    Bernoulli,
-    Categorical,
-    ContinuousBernoulli,
-    Distribution,
-    Independent,
-    OneHotCategorical,
-)
 from torch.nn.modules.batchnorm import _NormBase
 
 from . import metrics
 from ._function_space import is_function_space
+from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
 from .random_variables.variable import RandomVariable
 from .sampling import bayesian_modules, vectorized_samples
 
@@ -214,65 +207,6 @@ def auto_chunk_size(model: nn.Module, x: Tensor) -> int:
     return max(1, CHUNK_BYTES // max(per_sample, 1))
 
 
-def _output(out: object) -> Tensor:
-    if isinstance(out, RandomVariable):
-        return out.value
-    if not isinstance(out, Tensor):
-        raise TypeError(f"predict expected the model to return a Tensor, got {type(out).__name__}")
-    return out
-
-
-def _class_probs(distribution: Distribution) -> Tensor | None:
-    """Class probabilities ``(*batch, C)`` of a categorical-type distribution, else ``None``."""
-    base = distribution
-    while isinstance(base, Independent):
-        base = base.base_dist
-    if isinstance(base, (Categorical, OneHotCategorical)):
-        return base.probs
-    if isinstance(base, Bernoulli) and not isinstance(base, ContinuousBernoulli):
-        p = base.probs
-        return torch.stack([1 - p, p], -1)
-    return None
-
-
-def _moments(out: object) -> dict[str, Tensor]:
-    """The output distribution's moments, each with the batch as its first dimension."""
-    if not isinstance(out, RandomVariable):
-        return {}
-    dist = out.distribution
-    probs = _class_probs(dist)
-    if probs is not None:
-        return {"output_probs": probs}
-    try:
-        moments = {"output_mean": dist.mean, "output_variance": dist.variance}
-    except NotImplementedError:  # a family without closed-form moments
-        return {}
-    shape = dist.batch_shape + dist.event_shape
-    return {k: v.expand(shape) for k, v in moments.items()}
-
-
-def _fold(moments: dict[str, Tensor], k: int, b: int) -> dict[str, Tensor]:
-    """``(k * b, ...)`` moments of a vectorised call as ``(k, b, ...)``, sample-major."""
-    folded = {}
-    for name, t in moments.items():
-        if t.dim() == 0 or t.shape[0] != k * b:
-            raise ValueError(
-                f"predict expected the output distribution's {name[7:]} to have the "
-                f"{k} x {b} function-sample-major rows of the vectorised call first, got shape "
-                f"{tuple(t.shape)}; pass vectorized=False for a model that moves the batch"
-            )
-        folded[name] = t.reshape(k, b, *t.shape[1:])  # (K, B, ...)
-    return folded
-
-
-def _stack(parts: list[dict[str, Tensor]], dim_cat: bool) -> dict[str, Tensor]:
-    names = set(parts[0])
-    if any(set(p) != names for p in parts):
-        return {}
-    join = torch.cat if dim_cat else torch.stack
-    return {n: join([p[n] for p in parts]) for n in names}
-
-
 @contextmanager
 def _normalization_in_eval(model: nn.Module) -> Iterator[None]:
     """Batch-norm-type layers (running statistics) in eval mode meanwhile: the folded
@@ -335,12 +269,12 @@ def _vectorized(
         except (ValueError, TypeError, IndexError, RuntimeError) as err:
             _explain_failure(model, x, err)
             raise
-        out = _output(rv)
+        out = output_tensor(rv)
         parts.append(out.reshape(k, x.shape[0], *out.shape[1:]))  # (k, B, *out)
-        moment_parts.append(_fold(_moments(rv), k, x.shape[0]))
+        moment_parts.append(fold_moments(output_moments(rv), k, x.shape[0]))
         marked = marked and is_function_space(rv)
     samples = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return samples, _stack(moment_parts, dim_cat=True), marked
+    return samples, stack_moments(moment_parts, dim_cat=True), marked
 
 
 def predict(
@@ -427,8 +361,8 @@ def predict(
             samples, moments, marked = _vectorized(model, x, num_samples, chunk_size)
         else:
             outs = [model(x) for _ in range(num_samples)]
-            samples = torch.stack([_output(o) for o in outs])
-            moments = _stack([_moments(o) for o in outs], dim_cat=False)
+            samples = torch.stack([output_tensor(o) for o in outs])
+            moments = stack_moments([output_moments(o) for o in outs], dim_cat=False)
             marked = all(is_function_space(o) for o in outs)
         if transform is not None:
             samples = transform(samples)
