@@ -470,3 +470,21 @@ def test_manual_seed_streams_are_independent():
 def test_kl_divergence_without_parallelism_is_the_sum_of_losses():
     block = _Block(layers.LinearFlipout)
     torch.testing.assert_close(bld.kl_divergence(block), torch.stack(bl.losses(block)).sum())
+
+
+def test_shard_noise_hook_draws_parameter_noise_in_the_local_shape_during_a_call():
+    """The tensor-parallel noise hook (single process): during a call a random
+    parameter's noise, asked for in the full shape, comes in the shard's shape (a
+    leading K kept); signs, output noise and calls outside a call are left alone."""
+    from bayesian_layers.distributed import tensor_parallel as tp
+
+    layer = layers.LinearReparameterization(3, 4)
+    layer.__dict__[tp.LOCAL_SHAPES_ATTR] = {"weight": torch.Size((2, 3))}
+    layer.register_noise_hook(tp._shard_noise)
+    like = layer.weight_loc
+    assert layer.noise("weight", (4, 3), like, kind="parameter").shape == (4, 3)
+    layer.__dict__[tp.IN_CALL_ATTR] = True
+    assert layer.noise("weight", (4, 3), like, kind="parameter").shape == (2, 3)
+    assert layer.noise("weight", (5, 4, 3), like, kind="parameter").shape == (5, 2, 3)
+    assert layer.noise("weight_sign_in", (7, 3), like, kind="sign").shape == (7, 3)
+    assert layer.noise("weight_output", (7, 4), like).shape == (7, 4)
