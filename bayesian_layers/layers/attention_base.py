@@ -157,6 +157,10 @@ class BayesianMultiheadAttention(BayesianLayer):
             device=device, dtype=dtype,
         )  # fmt: skip
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("head_shard", None)  # layers pickled before head shards
+        super().__setstate__(state)
+
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, **kwargs: Any) -> Any:
         """A Bayesian attention layer whose posterior means start at ``module``'s

@@ -4,19 +4,17 @@ A cell draws its weights **once per sequence** and reuses them at every time ste
 (Fortunato et al. 2017): at :meth:`~LSTMCellReparameterization.get_initial_state`,
 at a call without a state (``cell(x_0)``: the start of a sequence), or lazily at the
 first call after :meth:`~LSTMCellReparameterization.resample`. A call with a state
-and no draw yet draws once and keeps that draw until one of those. The draw is a set
-of standard noise tensors made through ``layer.noise``; weights are built from it
-once per sequence and parameter version, and rebuilt from the same noise when a
-backward pass has freed their graph (truncated backpropagation through time): see
-:class:`~bayesian_layers.layers.recurrent_draw.SequenceDraws`. In ``"frozen"`` mode the
-weights are the layer's frozen sample (``sample_param``).
+and no draw yet draws once and keeps that draw until one of those. The draw (noise
+made through ``layer.noise``; the frozen sample in ``"frozen"`` mode) and the weights
+built from it once per parameter version are a
+:class:`~bayesian_layers.layers.recurrent_draw.SequenceDraws`.
 
 The estimator is the class attribute ``estimator`` (the strategy objects of
 :mod:`bayesian_layers.layers.estimators`): whole weights and torch's fused cell step
-(reparameterization, and Flipout outside ``"sample"`` mode), or Flipout's
-``(μ, Δ)`` with signs per example drawn per sequence. The math (noise passed in,
-``gradcheck``-able) is in :mod:`bayesian_layers.layers.functional.recurrent`.
-Sequence modules are in :mod:`bayesian_layers.layers.recurrent_sequence`.
+(reparameterization, and Flipout outside ``"sample"`` mode), or Flipout's ``(μ, Δ)``
+with signs per example drawn per sequence. The math (noise passed in) is in
+:mod:`bayesian_layers.layers.functional.recurrent`; sequence modules in
+:mod:`bayesian_layers.layers.recurrent_sequence`.
 """
 
 from __future__ import annotations
@@ -95,7 +93,18 @@ class _RecurrentCell(BayesianLayer):
                 )
         for kind in ("ih", "hh"):
             self.estimator.check_posteriors(self, f"weight_{kind}", None)
+        # fixed for the layer's life (set_initializer keeps a family's randomness)
+        self._random_weights = self.parameter_spec("weight_ih").is_random
         self._draws = SequenceDraws(self._names())
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # cells pickled before the per-sequence draw moved to SequenceDraws
+        state.pop("_draw", None)
+        state.pop("_cache", None)
+        super().__setstate__(state)
+        if "_draws" not in self.__dict__:
+            self._draws = SequenceDraws(self._names())
+            self._random_weights = self.parameter_spec("weight_ih").is_random
 
     @classmethod
     def from_torch(cls, module: nn.RNNCellBase, **kwargs: Any) -> Any:
@@ -175,11 +184,7 @@ class _RecurrentCell(BayesianLayer):
 
     def _per_example(self) -> bool:
         """Flipout's path: ``"sample"`` mode, no tracer, random weights."""
-        return (
-            self.estimator is FLIPOUT
-            and self.per_example_noise()
-            and self.parameter_spec("weight_ih").is_random
-        )
+        return self._random_weights and self.estimator is FLIPOUT and self.per_example_noise()
 
     def _names(self) -> tuple[str, str, str | None, str | None]:
         b = self.bias
@@ -189,7 +194,8 @@ class _RecurrentCell(BayesianLayer):
         """``(weights, signs)`` of this step: posterior means, or the sequence's draw."""
         if self.sampling == "mean":
             return tuple(None if n is None else self.point(n) for n in self._names()), None
-        return self._draws.weights(self, x, k, self._per_example())
+        params = self._parameters.values()  # the cache key: their versions
+        return self._draws.weights(self, x, k, self._per_example(), params)
 
     def get_initial_state(self, x: Tensor) -> Any:
         """Draw the weights for a new sequence; return the zero state for input ``x``.

@@ -12,6 +12,7 @@ it).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +96,7 @@ class SequenceDraw:
         return SequenceDraw(self.key, self.noise, batch, signs)
 
 
-def cache_key(params: list[Tensor]) -> tuple | None:
+def cache_key(params: Iterable[Tensor | None]) -> tuple | None:
     """The key under which weights built from ``params`` are cached in this thread
     (None: do not cache; compiled code has no version counters, it rebuilds)."""
     if torch.compiler.is_compiling():
@@ -170,10 +171,16 @@ class SequenceDraws:
         return draw
 
     def weights(
-        self, layer: BayesianLayer, x: Tensor, k: int, per_example: bool
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        k: int,
+        per_example: bool,
+        params: Iterable[Tensor | None],
     ) -> tuple[tuple, tuple[Tensor, ...] | None]:
         """``(weights, signs)``: whole weights and no signs, or Flipout's ``(μ, Δ)`` pairs
-        for the two matrices, with the biases.
+        for the two matrices, with the biases; ``params`` are the layer's own parameter
+        tensors (their versions key the cache).
 
         Built from the sequence's noise once per draw and parameter version (an
         optimizer step or ``load_state_dict`` changes the version), and again when a
@@ -181,7 +188,7 @@ class SequenceDraws:
         """
         draw = self.current(layer, x, k, per_example)
         signs = draw.signs or None
-        key = cache_key(list(layer.parameters(recurse=False)))
+        key = cache_key(params)
         hit = self.cache
         if (
             key is not None and hit is not None and hit[0] is draw and hit[1] == key
