@@ -1,12 +1,23 @@
-"""First-call initialisation of :class:`~.sparse.SparseGaussianProcess`: checked inducing
-inputs, inducing rows drawn from the first batch, and the linear mean's starting map."""
+"""Initialisation of :class:`~.sparse.SparseGaussianProcess`: checked inducing inputs,
+lazy parameters, inducing rows drawn from the first batch, and the linear mean's
+starting map."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
 
-__all__ = ["check_inducing_inputs", "inducing_rows", "linear_mean_init"]
+import torch
+from torch import Tensor, nn
+
+__all__ = ["check_inducing_inputs", "inducing_rows", "linear_mean_init", "zeros_or_lazy"]
+
+
+def zeros_or_lazy(shape: tuple[int, int | None], **factory: Any) -> nn.Parameter:
+    """A ``(rows, D)`` parameter of zeros, or a lazy one while ``D`` is ``None`` (unknown
+    until the first call)."""
+    if shape[1] is None:
+        return nn.UninitializedParameter(**factory)  # type: ignore[return-value]
+    return nn.Parameter(torch.zeros(shape, **factory))  # type: ignore[arg-type]
 
 
 def check_inducing_inputs(owner: str, z: object, num_inducing: int, in_features: int | None) -> int:

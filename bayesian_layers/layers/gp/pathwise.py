@@ -7,7 +7,6 @@ define. The conditioning itself is
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -18,10 +17,6 @@ from .kernels import StationaryKernel
 from .spectral import draw_fourier_prior, fourier_features, has_spectral_sampler
 
 __all__ = ["frozen_draws", "prior_paths"]
-
-
-def _standard_normal(name: str, shape: torch.Size, **factory: Any) -> Tensor:
-    return torch.randn(shape, **factory)
 
 
 def frozen_draws(
@@ -49,7 +44,10 @@ def frozen_draws(
     factory: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
     store.clear()
     if noise is None:
-        noise = functools.partial(_standard_normal, **factory)
+
+        def noise(name: str, shape: torch.Size) -> Tensor:
+            return torch.randn(shape, **factory)
+
     store["u"] = noise("u", torch.Size((k, units, num_inducing)))
     store["jitter"] = noise("jitter", torch.Size((k, num_inducing, units)))
     if has_spectral_sampler(kernel):

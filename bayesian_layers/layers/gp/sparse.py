@@ -29,7 +29,7 @@ from ...random_variables.variable import RandomVariable
 from ..base import BayesianLayer, as_tensor
 from ._util import check_input_dtype, function_output
 from .distribution import MarginalNormal
-from .inducing import check_inducing_inputs, inducing_rows, linear_mean_init
+from .inducing import check_inducing_inputs, inducing_rows, linear_mean_init, zeros_or_lazy
 from .kernels import ExponentiatedQuadratic, StationaryKernel
 from .linalg import add_to_diagonal, cholesky_with_jitter, full_precision, jitter_reporter
 from .pathwise import frozen_draws, prior_paths
@@ -207,9 +207,9 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         self.inducing_scale_offdiag = nn.Parameter(torch.zeros(u, m, m, **factory))
         rho = inverse_softplus(torch.tensor(float(inducing_scale_init), dtype=torch.float64))
         self.inducing_scale_rho = nn.Parameter(torch.full((u, m), float(rho), **factory))
-        self.inducing_inputs = self._maybe_lazy((m, in_features), **factory)
+        self.inducing_inputs = zeros_or_lazy((m, in_features), **factory)
         if mean_fn == "linear":
-            self.mean_weight = self._maybe_lazy((u, in_features), **factory)
+            self.mean_weight = zeros_or_lazy((u, in_features), **factory)
             self.mean_bias = nn.Parameter(torch.zeros(u, **factory))
         self._inducing_from_data = inducing_inputs is None
         self.initialized: Tensor
@@ -217,12 +217,6 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         if inducing_inputs is not None:
             with torch.no_grad():
                 self.inducing_inputs.copy_(inducing_inputs)
-
-    @staticmethod
-    def _maybe_lazy(shape: tuple[int, int | None], **factory: Any) -> nn.Parameter:
-        if shape[1] is None:
-            return nn.UninitializedParameter(**factory)  # type: ignore[return-value]
-        return nn.Parameter(torch.zeros(shape, **factory))  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         text = (f"units={self.units}, num_inducing={self.num_inducing}, "

@@ -157,9 +157,9 @@ class PoissonProcessDistribution(Distribution):
             u = torch.rand((n, self.dim), dtype=like.dtype, device=like.device)
             weights = torch.full((n,), self.volume / n, dtype=like.dtype, device=like.device)
             return low + (high - low) * u, weights
-        nodes, weights = leggauss(n)  # on [-1, 1]
-        t = torch.tensor(nodes, dtype=like.dtype, device=like.device)
-        w = torch.tensor(weights, dtype=like.dtype, device=like.device)
+        unit_nodes, unit_weights = leggauss(n)  # on [-1, 1]
+        t = torch.tensor(unit_nodes, dtype=like.dtype, device=like.device)
+        w = torch.tensor(unit_weights, dtype=like.dtype, device=like.device)
         axes = [(lo + hi) / 2 + (hi - lo) / 2 * t for lo, hi in zip(low, high, strict=True)]
         scales = [(hi - lo) / 2 * w for lo, hi in zip(low, high, strict=True)]
         grid = tensor_grid(axes)
