@@ -11,9 +11,9 @@ import torch.distributions as td
 from scipy import integrate
 
 import bayesian_layers as bl
-from bayesian_layers.layers.reversible.discretize import Discretize, DiscretizedDistribution
 from bayesian_layers.layers.outputs.logistic import Logistic
 from bayesian_layers.layers.outputs.mixtures import MixtureLogistic
+from bayesian_layers.layers.reversible.discretize import Discretize, DiscretizedDistribution
 
 
 def _mixture(dtype: torch.dtype = torch.float64) -> td.MixtureSameFamily:

@@ -15,6 +15,12 @@ from torch.autograd.functional import jacobian
 from torch.distributions import Normal, TransformedDistribution
 
 import bayesian_layers as bl
+from bayesian_layers.layers.reversible.base import (
+    Reverse,
+    ReversibleLayer,
+    reverse_sequential,
+    sequential_log_det_jacobian,
+)
 from bayesian_layers.layers.reversible.flows import (
     MADE,
     ActNorm,
@@ -22,12 +28,6 @@ from bayesian_layers.layers.reversible.flows import (
     MaskedAutoregressiveFlow,
     Permute,
     RealNVP,
-)
-from bayesian_layers.layers.reversible.base import (
-    Reverse,
-    ReversibleLayer,
-    reverse_sequential,
-    sequential_log_det_jacobian,
 )
 
 ORDERS = ["left-to-right", "right-to-left", "random"]
