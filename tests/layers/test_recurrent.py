@@ -936,7 +936,7 @@ def test_gradcheck_recurrent_kernels() -> None:
     ih, hh = (t(4 * hid, IN), t(4 * hid, IN)), (t(4 * hid, hid), t(4 * hid, hid))
     for reverse in (False, True):
         assert torch.autograd.gradcheck(
-            lambda *a: K.flipout_lstm_direction(
+            lambda *a, reverse=reverse: K.flipout_lstm_direction(
                 a[0], a[1], a[2], a[3:5], a[5:7], a[7], None, signs, 1, reverse
             ),
             (xs, h0, c0, *ih, *hh, t(4 * hid)),
