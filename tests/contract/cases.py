@@ -324,7 +324,7 @@ _ALL: list[Case] = [
     *(_bilinear(f"Bilinear{e}") for e in (*_ESTIMATORS, "LocalReparameterization")),
     *(_conv(n) for n in _CONVS),
     *(_cell(f"{c}{e}") for c in ("LSTMCell", "GRUCell") for e in _ESTIMATORS),
-    _lstm("LSTMReparameterization", num_layers=2, bidirectional=True),
+    _lstm("LSTMReparameterization", bidirectional=True),
     _lstm("LSTMFlipout", num_layers=2),
     _attention("MultiheadAttentionReparameterization", add_bias_kv=True),
     _attention("MultiheadAttentionFlipout"),

@@ -85,6 +85,7 @@ def test_a_wrong_shape_raises_naming_the_key_and_changes_nothing(name: str, wher
     case = CASES[name]
     layer = case.warmed()
     before, state = _snapshot(layer), _other(case)
+    good = dict(state)
     floating = [k for k, v in state.items() if v.is_floating_point()]
     key = floating[0 if where == "first" else -1]
     state[key] = torch.zeros(*state[key].shape, 2)  # one more dimension
@@ -93,6 +94,9 @@ def test_a_wrong_shape_raises_naming_the_key_and_changes_nothing(name: str, wher
         layer.load_state_dict(state)
     for k, v in _snapshot(layer).items():
         assert torch.equal(v, before[k]), f"{k} changed by a failed load"
+    layer.load_state_dict(good)  # a good state dict still loads, every key
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, good[k]), k
 
 
 @pytest.mark.parametrize("name", STATEFUL)
