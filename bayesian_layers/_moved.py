@@ -29,7 +29,7 @@ MOVED_MODULES = {
     "layers.gaussian_process": "layers.gp.exact",
     "layers.sparse_gaussian_process": "layers.gp.sparse",
     "layers.random_fourier_features": "layers.gp.random_features",
-    "layers.kernel_base": "layers.gp.kernel_base",
+    "layers.kernel_base": "layers.gp.kernels",
     "layers.kernels": "layers.gp.kernels",
     "layers.mean_functions": "layers.gp.means",
     "layers.gp_distribution": "layers.gp.distribution",
@@ -50,6 +50,7 @@ MOVED_MODULES = {
     "tensor_parallel": "distributed.tensor_parallel",
     "tensor_parallel_attention": "distributed.tensor_parallel_attention",
     "random_variable": "random_variables.variable",
+    "demo_plots": "demo.plots",
 }
 
 
