@@ -27,6 +27,7 @@ from ._overrides import pop_override, push_override
 from ._overrides import top_override as _top
 from ._seam import ParameterSeam, ParameterSpec
 from ._state import AllOrNothingLoading
+from ._state import _forget_withheld_keys as _forget_withheld_keys  # pickles name it here
 
 __all__ = [
     "BayesianLayer",
@@ -154,11 +155,6 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         """
         top = _top(self, "modes")
         return self._own_frozen_noise if top is None else top[2]
-
-    @property
-    def _frozen_noise(self) -> dict[str, Any]:
-        # the old private name, until every subclass reads frozen_state
-        return self.frozen_state
 
     def _draw_frozen(self) -> None:
         """Draw the frozen function sample now (entering ``"frozen"`` mode, or at
@@ -377,5 +373,3 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
                 f"batch, sample-major), got shape {tuple(x.shape)}"
             )
         return k
-
-    _check_samples = check_samples  # the old private name, until every caller moved

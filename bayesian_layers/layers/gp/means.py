@@ -154,3 +154,20 @@ class LinearMean(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}"
         )
+
+
+_RENAMED = {"Zeros": "ZeroMean", "Constant": "ConstantMean"}
+
+
+def __getattr__(name: str) -> object:
+    # the mean functions' names before they said "Mean" (old code and pickles)
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(
+            f"{__name__}.{name} is deprecated; use {_RENAMED[name]}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
