@@ -254,3 +254,14 @@ def test_run_demo_raises_naming_the_extra(monkeypatch) -> None:
     with pytest.raises(ModuleNotFoundError, match=re.escape(_INSTALL)) as err:
         demo.run_demo(demo.DemoConfig(epochs=1, progress=False))
     assert err.value.name == "matplotlib"
+
+
+def test_old_module_paths_still_import(monkeypatch) -> None:
+    """``bayesian_layers.demo`` (now a package) keeps its names; ``demo_plots`` moved."""
+    import importlib
+
+    assert callable(demo.run_demo) and demo.DemoConfig().estimator in demo.ESTIMATORS
+    monkeypatch.delitem(sys.modules, "bayesian_layers.demo_plots", raising=False)
+    with pytest.warns(DeprecationWarning, match="demo.plots"):
+        old = importlib.import_module("bayesian_layers.demo_plots")
+    assert old.plot_reliability is demo.plot_reliability
