@@ -1,9 +1,9 @@
 """bfloat16 autocast on CPU: matmuls run in bf16, while sampling noise, softplus scales
-and KL terms stay float32. Every family's output has the dtype torch's deterministic
-layer gives under the same autocast, its losses are the float32 values computed
-without autocast, its posterior-mean output is the float32 output to bf16 precision,
-and gradients of ``loc``/``rho`` are float32. The GP layers instead compute in float32
-throughout (autocast off) and equal their float32 results."""
+and KL terms stay float32 (output dtypes, losses, posterior-mean outputs and gradients
+of every weight layer: ``tests/contract/test_contract_autocast.py``). Here: sampled
+moments against the float32 closed form, stochastic outputs' distributions, and the GP
+layers, which compute in float32 throughout (autocast off) and equal their float32
+results."""
 
 from __future__ import annotations
 
@@ -19,120 +19,6 @@ import bayesian_layers as bl
 from bayesian_layers import layers
 
 BF16 = torch.bfloat16
-Case = tuple[nn.Module, nn.Module, tuple[Tensor, ...]]  # ours, torch's, inputs
-
-
-def _x(*shape: int) -> tuple[Tensor, ...]:
-    return (torch.randn(*shape),)
-
-
-def _attn() -> tuple[Tensor, ...]:
-    q = torch.randn(2, 5, 8)
-    return q, q, q
-
-
-CASES: dict[str, Callable[[], Case]] = {
-    **{
-        cls: (lambda cls=cls: (getattr(layers, cls)(6, 5, bias_initializer="trainable_normal"),
-                               nn.Linear(6, 5), _x(4, 6)))
-        for cls in ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
-    },
-    **{
-        cls: (lambda cls=cls: (getattr(layers, cls)(3, 4, 3), nn.Conv2d(3, 4, 3), _x(2, 3, 6, 6)))
-        for cls in ("Conv2dReparameterization", "Conv2dFlipout", "Conv2dLocalReparameterization")
-    },
-    **{
-        cls: (lambda cls=cls: (getattr(layers, cls)(3, 4, 2, stride=2),
-                               nn.ConvTranspose2d(3, 4, 2, stride=2), _x(2, 3, 4, 4)))
-        for cls in ("ConvTranspose2dReparameterization", "ConvTranspose2dFlipout")
-    },
-    **{
-        cls: (lambda cls=cls, torch_cls=torch_cls: (getattr(layers, cls)(3, 5),
-                                                    getattr(nn, torch_cls)(3, 5), _x(4, 3)))
-        for est in ("Reparameterization", "Flipout")
-        for torch_cls in ("LSTMCell", "GRUCell")
-        for cls in (f"{torch_cls}{est}",)
-    },
-    **{
-        cls: (lambda cls=cls: (getattr(layers, cls)(3, 5, num_layers=2, batch_first=True),
-                               nn.LSTM(3, 5, num_layers=2, batch_first=True), _x(4, 6, 3)))
-        for cls in ("LSTMReparameterization", "LSTMFlipout")
-    },
-    **{
-        cls: (lambda cls=cls: (getattr(layers, cls)(8, 2, batch_first=True),
-                               nn.MultiheadAttention(8, 2, batch_first=True), _attn()))
-        for cls in ("MultiheadAttentionReparameterization", "MultiheadAttentionFlipout")
-    },
-    "EmbeddingReparameterization": lambda: (
-        layers.EmbeddingReparameterization(10, 4), nn.Embedding(10, 4),
-        (torch.randint(0, 10, (3, 5)),),
-    ),
-}  # fmt: skip
-
-
-def _first(out: object) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value,index]
-
-
-def _build(name: str) -> Case:
-    torch.manual_seed(0)
-    return CASES[name]()
-
-
-@pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("mode", ["sample", "mean"])
-def test_output_dtype_matches_torch_and_losses_stay_float32(name: str, mode: str) -> None:
-    ours, ref, inputs = _build(name)
-    plain_losses = bl.losses(ours)
-    bl.set_sampling(ours, mode)
-    with torch.autocast("cpu", dtype=BF16):
-        expected = _first(ref(*inputs)).dtype
-        out = _first(ours(*inputs))
-        losses = bl.losses(ours)
-    assert out.dtype == expected, (out.dtype, expected)
-    assert losses and all(t.dtype == torch.float32 for t in losses)
-    for a, b in zip(losses, plain_losses, strict=True):  # KL from the float32 parameters
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_posterior_mean_output_and_gradients_match_float32_at_bf16_precision(name: str) -> None:
-    """bf16 keeps 8 significant bits (relative rounding 2⁻⁹); a length-K dot product
-    in bf16 inputs with float32 accumulation errs by about sqrt(K)·2⁻⁸·|x||w| at most
-    for these tiny K ≤ 54, so the tolerance is 2⁻⁵ of the output's scale."""
-    ours, _, inputs = _build(name)
-    params = [p for n, p in ours.named_parameters() if n.endswith(("_loc", "_rho"))]
-    with bl.posterior_mean(ours):
-        full = _first(ours(*inputs))
-        full_grads = torch.autograd.grad(full.square().sum() + sum(bl.losses(ours)), params,
-                                         allow_unused=True)  # fmt: skip
-        with torch.autocast("cpu", dtype=BF16):
-            half = _first(ours(*inputs))
-            loss = half.float().square().sum() + sum(bl.losses(ours))
-        assert loss.dtype == torch.float32
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-    tol = 2**-5 * full.abs().max().item()
-    torch.testing.assert_close(half.float(), full, rtol=0, atol=tol)
-    for p, g, f in zip(params, grads, full_grads, strict=True):
-        if f is None:  # rho gets no gradient from a posterior-mean output, only from the KL
-            continue
-        assert g is not None and g.dtype == p.dtype == torch.float32
-        torch.testing.assert_close(g, f, rtol=0, atol=2**-4 * f.abs().max().item() + 1e-6)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_sampled_backward_gives_float32_gradients(name: str) -> None:
-    ours, _, inputs = _build(name)
-    with torch.autocast("cpu", dtype=BF16):
-        out = _first(ours(*inputs))
-        loss = out.float().sum() + sum(bl.losses(ours))
-    loss.backward()
-    rho = [(n, p) for n, p in ours.named_parameters() if n.endswith("_rho")]
-    assert rho
-    for n, p in ours.named_parameters():
-        if n.endswith(("_loc", "_rho")):
-            assert p.grad is not None and p.grad.dtype == torch.float32, n
-            assert torch.isfinite(p.grad).all(), n
 
 
 @pytest.mark.parametrize("cls", ["LinearFlipout", "LinearLocalReparameterization"])
