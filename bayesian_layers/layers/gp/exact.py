@@ -179,10 +179,9 @@ class GaussianProcess(ExactPosterior):
         if conditional_inputs is not None and conditional_outputs is not None:
             self.condition_on(conditional_inputs, conditional_outputs)
 
-    @property
-    def losses(self) -> list[Tensor]:
+    def kl_terms(self) -> dict[str, Tensor]:
         """Regularizer terms: none (type-II maximum likelihood needs no penalty)."""
-        return []
+        return {}
 
     # ------------------------------------------------------------- math
     def _check_inputs(self, x: Tensor) -> None:

@@ -303,12 +303,11 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             raise RuntimeError(f"{type(self).__name__}.{what} needs posterior='laplace'")
 
     # --------------------------------------------------------------- losses
-    @property
-    def losses(self) -> list[Tensor]:
+    def kl_terms(self) -> dict[str, Tensor]:
         """Variational: the weight KL. Laplace: the prior penalty ``½‖W‖²/prior_scale²``."""
         if self.posterior_kind == "laplace":
-            return [0.5 * self.point("weight").square().sum() / self.prior_scale**2]
-        return super().losses
+            return {"weight": 0.5 * self.point("weight").square().sum() / self.prior_scale**2}
+        return super().kl_terms()
 
     # -------------------------------------------------------------- forward
     def forward(self, x: Tensor | RandomVariable) -> RandomVariable:

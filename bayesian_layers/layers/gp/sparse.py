@@ -276,15 +276,15 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
             kzz = add_to_diagonal(kzz, self.jitter)
         return cholesky_with_jitter(kzz, layer=type(self).__name__, on_jitter=self._on_jitter)
 
-    @property
-    def losses(self) -> list[Tensor]:
-        """``[Σ_units KL(q(u) ‖ p(u))]``, closed form, times ``kl_scale_factor``."""
+    def kl_terms(self) -> dict[str, Tensor]:
+        """``{"inducing": Σ_units KL(q(u) ‖ p(u))}``, closed form, times ``kl_scale_factor``
+        (``losses`` is its one value)."""
         if self.whiten:  # from the parts of S: no (U, M, M) assembly
             diag = F.softplus(self.inducing_scale_rho)
             kl = whitened_kl(self.inducing_loc, self.inducing_scale_offdiag, diag)
         else:
             kl = svgp_kl(self.inducing_loc, self.inducing_scale_tril, self.chol_kzz())
-        return [kl * self.kl_scale_factor if self.kl_scale_factor != 1.0 else kl]
+        return {"inducing": kl * self.kl_scale_factor if self.kl_scale_factor != 1.0 else kl}
 
     # --------------------------------------------------------------- forward
     def _check_input(self, x: object, check_dim: bool = True) -> Tensor:
