@@ -41,6 +41,9 @@ class _LocScale(StochasticOutput):
 class Normal(_LocScale):
     """Normal output, ``N(loc, scale²)`` per element.
 
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.Normal``, which takes the parameters themselves.
+
     Shape:
         - Input: ``(*, F)``.
         - Without ``units``: ``loc`` = input; ``scale = softplus(scale_rho) +
@@ -70,6 +73,9 @@ class Normal(_LocScale):
 class LogNormal(_LocScale):
     """Log-normal output: ``exp(N(loc, scale²))`` per element.
 
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.LogNormal``, which takes the parameters themselves.
+
     Shape:
         As :class:`Normal`; ``loc`` and ``scale`` are those of the logarithm.
     """
@@ -83,6 +89,9 @@ class LogNormal(_LocScale):
 class Laplace(_LocScale):
     """Laplace output, density ``exp(-|x - loc| / scale) / (2 scale)`` per element.
 
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.Laplace``, which takes the parameters themselves.
+
     Shape:
         As :class:`Normal`.
     """
@@ -95,6 +104,9 @@ class Laplace(_LocScale):
 
 class StudentT(StochasticOutput):
     """Student-t output with ``df`` degrees of freedom, ``loc`` and ``scale``.
+
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.StudentT``, which takes the parameters themselves.
 
     Shape:
         - Input: ``(*, F)``.
@@ -120,6 +132,9 @@ class StudentT(StochasticOutput):
 class Bernoulli(StochasticOutput):
     """Bernoulli output with ``P(1) = sigmoid(logits)``.
 
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.Bernoulli``, which takes the parameters themselves.
+
     Shape:
         - Input: ``(*, F)``: the logits (no ``units``), or projected to ``(*, n)``.
         - Value: ``(*, F)`` or ``(*, n)`` floats in {0, 1}, drawn by ``sample()``
@@ -136,6 +151,9 @@ class Bernoulli(StochasticOutput):
 
 class Categorical(StochasticOutput):
     """Categorical output over the last dimension's classes, ``softmax(logits)``.
+
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.Categorical``, which takes the parameters themselves.
 
     Shape:
         - Input: ``(*, C)``: the class logits (no ``units``), or projected to
@@ -157,6 +175,9 @@ class Categorical(StochasticOutput):
 class OneHotCategorical(StochasticOutput):
     """One-hot categorical output, ``softmax(logits)`` over the last dimension.
 
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.OneHotCategorical``, which takes the parameters themselves.
+
     Shape:
         - Input: ``(*, C)`` class logits (no ``units``), or projected to ``(*, n)``.
         - Value: ``(*, C)`` one-hot floats (``sample()``, no gradient); the event
@@ -174,6 +195,9 @@ class OneHotCategorical(StochasticOutput):
 
 class Poisson(StochasticOutput):
     """Poisson output with ``rate = exp(log_rate)``.
+
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.Poisson``, which takes the parameters themselves.
 
     Draws are correct at any rate: torch's sampler up to ``rate = 2**30`` (log-rate
     ≈ 20.8), above it a normal approximation with a skewness correction whose error
@@ -199,6 +223,9 @@ class NegativeBinomial(StochasticOutput):
     each with probability ``p = sigmoid(logits)``, before ``total_count`` failures.
     Mean ``total_count · p / (1 - p) = total_count · exp(logits)``, variance
     ``mean / (1 - p)``. Draws are correct counts at any rate (see :class:`Poisson`).
+
+    An output layer: features in, a random variable out; the random-variable
+    constructor of the same name is ``bl.NegativeBinomial``, which takes the parameters themselves.
 
     Shape:
         - Input: ``(*, F)``.
