@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from contract.cases import CASES, Case, first, names
+from contract.cases import CASES, Case, names
+from contract.util import first
 from torch import Tensor, nn
 
 import bayesian_layers as bl

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch._dynamo
-from contract.cases import CASES, names, tensors
+from contract.cases import CASES, names
+from contract.util import tensors
 from torch._dynamo.testing import CompileCounter
 
 import bayesian_layers as bl

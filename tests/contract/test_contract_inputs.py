@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-from contract.cases import CASES, Case, first, names, resized, tensors
+from contract.cases import CASES, Case, names, params
+from contract.util import first, resized, tensors
 from torch import Tensor, nn
 
 import bayesian_layers as bl
@@ -49,7 +50,10 @@ def test_float64_reaches_every_parameter_buffer_output_and_loss(name: str) -> No
     assert all(t.dtype == torch.float64 for t in _floating(moved).values())
 
 
-@pytest.mark.parametrize("name", names(factory=True, traced=True))
+@pytest.mark.parametrize(
+    "name",
+    params("test_meta_device_reaches_every_parameter_and_the_output", names(vectorized=True)),
+)
 def test_meta_device_reaches_every_parameter_and_the_output(name: str) -> None:
     case = CASES[name]
     layer = case.build(device="meta")

@@ -19,7 +19,8 @@ import warnings
 
 import pytest
 import torch
-from contract.cases import CASES, first, names, posterior_means, random_params, tensors, total
+from contract.cases import CASES, names
+from contract.util import first, posterior_means, random_params, tensors, total
 from torch.distributions import Normal, kl_divergence
 
 import bayesian_layers as bl
@@ -79,7 +80,7 @@ def _zero_scale(layer: torch.nn.Module) -> None:
                 p.fill_(-100.0)  # softplus(-100) ≈ 4e-44
 
 
-@pytest.mark.parametrize("name", [n for n in COUNTERPART if n in BAYESIAN and CASES[n].traced])
+@pytest.mark.parametrize("name", [n for n in COUNTERPART if CASES[n].vectorized])
 def test_zero_posterior_scale_is_the_counterpart_on_posterior_means(name: str) -> None:
     case = CASES[name]
     layer, reference = case.build(), case.build_torch()

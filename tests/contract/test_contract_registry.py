@@ -8,7 +8,8 @@ import warnings
 
 import pytest
 import torch
-from contract.cases import CASES, SKIP, public_classes, tensors
+from contract.cases import CASES, SKIP, public_classes
+from contract.util import tensors
 
 
 def test_every_public_class_is_a_case_or_skipped_with_a_reason() -> None:

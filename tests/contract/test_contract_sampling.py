@@ -20,15 +20,8 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from contract.cases import (
-    CASES,
-    Case,
-    names,
-    params,
-    random_parameter_paths,
-    random_params,
-    tensors,
-)
+from contract.cases import CASES, Case, names, params
+from contract.util import random_parameter_paths, random_params, tensors
 from torch import Tensor, nn
 
 import bayesian_layers as bl

@@ -13,7 +13,8 @@ import warnings
 
 import pytest
 import torch
-from contract.cases import CASES, Case, names, tensors
+from contract.cases import CASES, Case, names
+from contract.util import tensors
 from torch import Tensor, nn
 
 import bayesian_layers as bl
