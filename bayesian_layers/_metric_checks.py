@@ -7,13 +7,13 @@ from torch import Tensor
 
 
 # --------------------------------------------------------------------------- checks
-def _fail(fn: str, arg: str, expected: str, got: object) -> ValueError:
+def fail(fn: str, arg: str, expected: str, got: object) -> ValueError:
     return ValueError(f"{fn} expected {arg} {expected}, got {got}")
 
 
-def _check_probs(fn: str, probs: Tensor, arg: str = "probs") -> None:
+def check_probs(fn: str, probs: Tensor, arg: str = "probs") -> None:
     if probs.dim() < 1 or not probs.is_floating_point():
-        raise _fail(
+        raise fail(
             fn,
             arg,
             "a floating tensor of shape (*, C)",
@@ -21,19 +21,19 @@ def _check_probs(fn: str, probs: Tensor, arg: str = "probs") -> None:
         )
 
 
-def _check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
-    _check_probs(fn, probs)
+def check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
+    check_probs(fn, probs)
     if labels.is_floating_point() or labels.is_complex():
-        raise _fail(fn, "labels", "an integer tensor", f"dtype {labels.dtype}")
+        raise fail(fn, "labels", "an integer tensor", f"dtype {labels.dtype}")
     if tuple(labels.shape) != tuple(probs.shape[:-1]):
-        raise _fail(
+        raise fail(
             fn,
             "labels",
             f"of shape {tuple(probs.shape[:-1])} (probs.shape[:-1])",
             f"shape {tuple(labels.shape)}",
         )
     if labels.numel() and (labels.min() < 0 or labels.max() >= probs.shape[-1]):
-        raise _fail(
+        raise fail(
             fn,
             "labels",
             f"in [0, {probs.shape[-1] - 1}]",
@@ -41,39 +41,37 @@ def _check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
         )
 
 
-def _check_same(fn: str, names: tuple[str, ...], *tensors: Tensor) -> None:
+def check_same(fn: str, names: tuple[str, ...], *tensors: Tensor) -> None:
     shape = tuple(tensors[0].shape)
     for name, t in zip(names[1:], tensors[1:], strict=True):
         if tuple(t.shape) != shape:
-            raise _fail(
-                fn, name, f"of shape {shape} (the shape of {names[0]})", f"{tuple(t.shape)}"
-            )
+            raise fail(fn, name, f"of shape {shape} (the shape of {names[0]})", f"{tuple(t.shape)}")
 
 
-def _check_nonempty(fn: str, arg: str, t: Tensor) -> None:
+def check_nonempty(fn: str, arg: str, t: Tensor) -> None:
     if t.numel() == 0:
-        raise _fail(fn, arg, "at least one element", "an empty tensor")
+        raise fail(fn, arg, "at least one element", "an empty tensor")
 
 
 # -------------------------------------------------------------------- classification
 
 
-def _check_scale(fn: str, scale: Tensor | float, like: Tensor) -> Tensor:
+def check_scale(fn: str, scale: Tensor | float, like: Tensor) -> Tensor:
     scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
     try:
         torch.broadcast_shapes(scale.shape, like.shape)
     except RuntimeError:
-        raise _fail(
+        raise fail(
             fn, "scale", f"broadcastable to {tuple(like.shape)}", f"shape {tuple(scale.shape)}"
         ) from None
     if (scale <= 0).any():
-        raise _fail(fn, "scale", "positive values (a standard deviation)", "a value <= 0")
+        raise fail(fn, "scale", "positive values (a standard deviation)", "a value <= 0")
     return scale
 
 
-def _check_sample_probs(fn: str, prob_samples: Tensor) -> None:
+def check_sample_probs(fn: str, prob_samples: Tensor) -> None:
     if prob_samples.dim() < 2 or not prob_samples.is_floating_point():
-        raise _fail(
+        raise fail(
             fn,
             "prob_samples",
             "a floating tensor of shape (K, *, C)",

@@ -46,7 +46,15 @@ from torch import Tensor, nn
 from .objectives import losses as _losses
 from .random_variables.variable import RandomVariable
 from .tracing import LayerParameter, tape, trace
-from .tracing._handlers import _collect_values, _Conditioner, _shield
+from .tracing._handlers import (
+    Conditioner as _Conditioner,
+)
+from .tracing._handlers import (
+    _shield,
+)
+from .tracing._handlers import (
+    collect_values as _collect_values,
+)
 
 __all__ = ["program_elbo", "make_log_joint_fn"]
 

@@ -27,11 +27,19 @@ import torch
 from torch import Tensor
 
 from ._metric_checks import (
-    _check_labels,
-    _check_nonempty,
-    _check_same,
-    _check_scale,
-    _fail,
+    check_labels as _check_labels,
+)
+from ._metric_checks import (
+    check_nonempty as _check_nonempty,
+)
+from ._metric_checks import (
+    check_same as _check_same,
+)
+from ._metric_checks import (
+    check_scale as _check_scale,
+)
+from ._metric_checks import (
+    fail as _fail,
 )
 from .uncertainty import (
     VarianceDecomposition,

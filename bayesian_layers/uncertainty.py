@@ -15,11 +15,19 @@ import torch
 from torch import Tensor
 
 from ._metric_checks import (
-    _check_nonempty,
-    _check_probs,
-    _check_same,
-    _check_sample_probs,
-    _fail,
+    check_nonempty as _check_nonempty,
+)
+from ._metric_checks import (
+    check_probs as _check_probs,
+)
+from ._metric_checks import (
+    check_same as _check_same,
+)
+from ._metric_checks import (
+    check_sample_probs as _check_sample_probs,
+)
+from ._metric_checks import (
+    fail as _fail,
 )
 
 __all__ = [

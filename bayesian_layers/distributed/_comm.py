@@ -20,7 +20,7 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class _CopyToParallel(torch.autograd.Function):
+class CopyToParallel(torch.autograd.Function):
     """Identity forward; all-reduce (sum) of the gradient backward."""
 
     @staticmethod
@@ -54,7 +54,7 @@ def reduce_from_parallel(x: Tensor, group: Any) -> Tensor:
     return _ReduceFromParallel.apply(x, group)
 
 
-def _param_device(modules: tuple[nn.Module, ...]) -> torch.device:
+def param_device(modules: tuple[nn.Module, ...]) -> torch.device:
     """The device of the first parameter of ``modules`` (CPU when there is none)."""
     for m in modules:
         for p in m.parameters(recurse=False):
@@ -77,7 +77,7 @@ def _set_rng_state(device: torch.device, state: Tensor) -> None:
         torch.get_device_module(device.type).set_rng_state(state, device)
 
 
-def _seed_device(device: torch.device, seed: int) -> None:
+def seed_device(device: torch.device, seed: int) -> None:
     """Seed the default generator of ``device`` only (``torch.manual_seed`` seeds all)."""
     if device.type == "cpu":
         torch.default_generator.manual_seed(seed)

@@ -59,15 +59,21 @@ from torch.distributed.tensor.parallel import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from ..layers.base import BayesianLayer, ParameterSpec
-from ..layers.linear import _BayesianLinear
+from ..layers.linear import BayesianLinear
 from ._comm import (
-    _CopyToParallel,
+    CopyToParallel as _CopyToParallel,
+)
+from ._comm import (
     _get_rng_state,
-    _param_device,
-    _seed_device,
     _set_rng_state,
     derive_seed,
     reduce_from_parallel,
+)
+from ._comm import (
+    param_device as _param_device,
+)
+from ._comm import (
+    seed_device as _seed_device,
 )
 
 __all__ = [
@@ -179,7 +185,7 @@ class _BayesianLinearParallel(ParallelStyle):
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         style = type(self).__name__
-        if not isinstance(module, _BayesianLinear):
+        if not isinstance(module, BayesianLinear):
             raise TypeError(
                 f"{style} expected a Bayesian dense layer (LinearReparameterization, "
                 f"LinearFlipout, LinearLocalReparameterization), got {type(module).__name__}"
@@ -199,23 +205,23 @@ class _BayesianLinearParallel(ParallelStyle):
         module.register_forward_hook(self._post_hook, always_call=True)
         return module
 
-    def _check_bias(self, module: _BayesianLinear, placement: dict[str, Any]) -> None:
+    def _check_bias(self, module: BayesianLinear, placement: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _pre_hook(self, module: _BayesianLinear, args: tuple) -> tuple:
+    def _pre_hook(self, module: BayesianLinear, args: tuple) -> tuple:
         raise NotImplementedError
 
-    def _post_hook(self, module: _BayesianLinear, args: tuple, out: Tensor) -> Tensor:
+    def _post_hook(self, module: BayesianLinear, args: tuple, out: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _enter(self, module: _BayesianLinear, mesh: DeviceMesh, **attrs: Any) -> None:
+    def _enter(self, module: BayesianLinear, mesh: DeviceMesh, **attrs: Any) -> None:
         """Local shards, local sizes ``attrs`` and a per-shard generator for this call."""
         saved = _ForkedCall(mesh, (module,))
         saved.attrs = {k: module.__dict__[k] for k in attrs}
         module.__dict__.update(attrs)
         module.__dict__[TP_ATTR + "_saved"] = saved
 
-    def _restore(self, module: _BayesianLinear) -> None:
+    def _restore(self, module: BayesianLinear) -> None:
         saved = module.__dict__.pop(TP_ATTR + "_saved", None)
         if saved is not None:
             module.__dict__.update(saved.attrs)
@@ -245,16 +251,16 @@ class BayesianColwiseParallel(_BayesianLinearParallel):
 
     _dim = 0
 
-    def _check_bias(self, module: _BayesianLinear, placement: dict[str, Any]) -> None:
+    def _check_bias(self, module: BayesianLinear, placement: dict[str, Any]) -> None:
         placement.update({p: Shard(0) for p in _param_names(module, "bias")})
 
-    def _pre_hook(self, module: _BayesianLinear, args: tuple) -> tuple:
+    def _pre_hook(self, module: BayesianLinear, args: tuple) -> tuple:
         _, mesh = getattr(module, TP_ATTR)
         self._enter(module, mesh, out_features=module.out_features // mesh.size())
         x = args[0]
         return (_CopyToParallel.apply(x, mesh.get_group()), *args[1:])
 
-    def _post_hook(self, module: _BayesianLinear, args: tuple, out: Tensor) -> Tensor:
+    def _post_hook(self, module: BayesianLinear, args: tuple, out: Tensor) -> Tensor:
         self._restore(module)
         return out
 
@@ -279,7 +285,7 @@ class BayesianRowwiseParallel(_BayesianLinearParallel):
 
     _dim = 1
 
-    def _check_bias(self, module: _BayesianLinear, placement: dict[str, Any]) -> None:
+    def _check_bias(self, module: BayesianLinear, placement: dict[str, Any]) -> None:
         spec = _specs(module).get("bias")
         if spec is not None and spec.is_random:
             raise NotImplementedError(
@@ -287,7 +293,7 @@ class BayesianRowwiseParallel(_BayesianLinearParallel):
                 f"{type(module).__name__}, got a {type(spec.initializer).__name__} bias posterior"
             )
 
-    def _pre_hook(self, module: _BayesianLinear, args: tuple) -> tuple:
+    def _pre_hook(self, module: BayesianLinear, args: tuple) -> tuple:
         _, mesh = getattr(module, TP_ATTR)
         n = mesh.size()
         x = args[0]
@@ -301,7 +307,7 @@ class BayesianRowwiseParallel(_BayesianLinearParallel):
         self._enter(module, mesh, in_features=local_in, use_bias=False)
         return args
 
-    def _post_hook(self, module: _BayesianLinear, args: tuple, out: Tensor) -> Tensor:
+    def _post_hook(self, module: BayesianLinear, args: tuple, out: Tensor) -> Tensor:
         _, mesh = getattr(module, TP_ATTR)
         self._restore(module)
         if out is None:  # the forward raised; its error propagates

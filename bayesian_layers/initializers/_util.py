@@ -25,7 +25,7 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def _pname(prefix: str, suffix: str) -> str:
+def pname(prefix: str, suffix: str) -> str:
     if not suffix:
         return prefix
     return f"{prefix}_{suffix}" if prefix else suffix
@@ -65,7 +65,7 @@ def check_non_negative(owner: str, name: str, value: object) -> float:
     return v
 
 
-def _check_shape(owner: str, shape: Sequence[int]) -> torch.Size:
+def check_shape(owner: str, shape: Sequence[int]) -> torch.Size:
     try:
         dims = tuple(shape)
     except TypeError:
@@ -114,4 +114,4 @@ def softplus_scale(owner: nn.Module, prefix: str, rho: Tensor) -> Tensor:
 
 
 #: Standard deviation of a standard normal truncated to [-2, 2].
-_TRUNC2_STD = 0.87962566103423978
+TRUNC2_STD = 0.87962566103423978

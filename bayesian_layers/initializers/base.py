@@ -9,7 +9,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..random_variables.variable import RandomVariable
-from ._util import _check_shape, _pname, fans
+from ._util import check_shape as _check_shape
+from ._util import fans
+from ._util import pname as _pname
 
 __all__ = ["TrainableInitializer"]
 

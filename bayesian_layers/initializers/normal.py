@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Normal
 
 from .._checks import inverse_softplus
-from ._util import _TRUNC2_STD, check_positive, softplus_scale
+from ._util import TRUNC2_STD as _TRUNC2_STD
+from ._util import check_positive, softplus_scale
 from .base import TrainableInitializer
 
 __all__ = ["TrainableNormal", "TrainableHeNormal", "TrainableGlorotNormal"]

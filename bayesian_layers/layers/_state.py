@@ -30,7 +30,7 @@ def _strict_load() -> bool:
     return False
 
 
-def _forget_withheld_keys(module: nn.Module, incompatible_keys: Any) -> None:
+def forget_withheld_keys(module: nn.Module, incompatible_keys: Any) -> None:
     """Load post-hook: keys a layer held back from its submodules after a failed check
     are not "missing" (the real error is already reported)."""
     withheld = module.__dict__.pop("_withheld_keys", None)
@@ -49,7 +49,7 @@ class AllOrNothingLoading(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_load_state_dict_post_hook(_forget_withheld_keys)
+        self.register_load_state_dict_post_hook(forget_withheld_keys)
 
     def _load_from_state_dict(
         self,

@@ -27,7 +27,7 @@ from ._overrides import pop_override, push_override
 from ._overrides import top_override as _top
 from ._seam import ParameterSeam, ParameterSpec
 from ._state import AllOrNothingLoading
-from ._state import _forget_withheld_keys as _forget_withheld_keys  # pickles name it here
+from ._state import forget_withheld_keys as _forget_withheld_keys  # noqa: F401 - old pickles name it here
 
 __all__ = [
     "BayesianLayer",
@@ -121,7 +121,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
             )
         self._sampling = mode
         if mode == "frozen":
-            self._draw_frozen()
+            self.draw_frozen()
 
     @property
     def num_function_samples(self) -> int:
@@ -156,7 +156,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         top = _top(self, "modes")
         return self._own_frozen_noise if top is None else top[2]
 
-    def _draw_frozen(self) -> None:
+    def draw_frozen(self) -> None:
         """Draw the frozen function sample now (entering ``"frozen"`` mode, or at
         :meth:`resample` in it) for every random parameter that has none, so that a
         compiled frozen call only reads it: one graph, whether or not it is the first
@@ -349,7 +349,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         """Forget the frozen function sample; in ``"frozen"`` mode draw the next one now."""
         self.frozen_state.clear()
         if self.sampling == "frozen":
-            self._draw_frozen()
+            self.draw_frozen()
 
     def check_samples(self, x: Tensor) -> int:
         """K, the function samples of this call, after checking that ``x`` carries them

@@ -61,7 +61,7 @@ class MCDropout(BayesianLayer):
         shape = (k, 1) + tuple(x.shape[1:]) if k > 1 else tuple(x.shape[1:])
         seed = self.frozen_state.get("mask_seed")
         if seed is None:  # frozen state dropped by hand: draw it here
-            self._draw_frozen()
+            self.draw_frozen()
             seed = self.frozen_state["mask_seed"]
         keep = _hashed_uniform(shape, seed.to(x.device)) >= self.p  # type: ignore[union-attr]
         mask = keep.to(x.dtype) / (1 - self.p)
@@ -69,11 +69,11 @@ class MCDropout(BayesianLayer):
             return x * mask
         return (x.reshape((k, -1) + tuple(x.shape[1:])) * mask).reshape(x.shape)
 
-    def _draw_frozen(self) -> None:
+    def draw_frozen(self) -> None:
         """The frozen mask is a function of one random seed and the mask's shape, drawn
         when ``"frozen"`` mode starts or at :meth:`resample`: inputs of any shape get a
         mask, and a compiled frozen call only reads the seed (one graph)."""
-        super()._draw_frozen()
+        super().draw_frozen()
         if self.frozen_state.get("mask_seed") is None:
             self.frozen_state["mask_seed"] = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
 

@@ -148,7 +148,6 @@ class BayesianLinear(BayesianLayer):
 
 
 #: the former private name (other modules import it until they move to BayesianLinear)
-_BayesianLinear = BayesianLinear
 
 
 @converts(nn.Linear, "reparameterization")

@@ -2,7 +2,7 @@
 
 Private: no stability promise. The constructors in :mod:`.continuous`, :mod:`.positive`,
 :mod:`.discrete`, :mod:`.multivariate` and :mod:`.composite` only name their
-arguments and call :func:`_make`.
+arguments and call :func:`make`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _DISTRIBUTION_ARGUMENTS = frozenset(
 )
 
 
-def _make(
+def make(
     constructor: Callable[..., RandomVariable],
     dist_cls: type[td.Distribution],
     args: dict[str, Any],

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .variable import RandomVariable
 
 
-class _Moment(Tensor):
+class Moment(Tensor):
     """A moment of the distribution (``rv.mean``) that is also the tensor method of
     the same name on the value: ``rv.mean`` acts as ``rv.distribution.mean`` (a tensor
     in every torch function, operator and method, results plain tensors, gradients
@@ -28,7 +28,7 @@ class _Moment(Tensor):
     _method: str
 
     @classmethod
-    def wrap(cls, moment: Tensor, owner: RandomVariable, method: str) -> _Moment:
+    def wrap(cls, moment: Tensor, owner: RandomVariable, method: str) -> Moment:
         out = moment.as_subclass(cls)  # shares data and stays in the autograd graph
         out._owner, out._method = owner, method
         return out
@@ -57,7 +57,7 @@ class _Moment(Tensor):
         return copy.deepcopy(self.as_subclass(Tensor), memo)
 
 
-class _MissingMoment:
+class MissingMoment:
     """``rv.mean`` where the distribution has no mean: callable as the tensor method,
     and any other use raises the distribution's own error."""
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch.distributions as td
 
-from ._make import DistributionLike, Shape, Value, _make
+from ._make import DistributionLike, Shape, Value
+from ._make import make as _make
 from .variable import RandomVariable
 
 __all__ = [

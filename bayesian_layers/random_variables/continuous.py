@@ -11,7 +11,8 @@ import torch.distributions as td
 from torch import Tensor
 
 from .. import distributions as _bl_distributions
-from ._make import OptionalReal, Real, Shape, Value, _make
+from ._make import OptionalReal, Real, Shape, Value
+from ._make import make as _make
 from .variable import RandomVariable
 
 __all__ = [

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 
-from ._moments import _MissingMoment, _Moment
+from ._moments import MissingMoment as _MissingMoment
+from ._moments import Moment as _Moment
 
 __all__ = ["RandomVariable"]
 

@@ -70,12 +70,18 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ._paths import (
-    _enter_module,
-    _exit_module,
-    _reset_frames,
+    enter_module as _enter_module,
+)
+from ._paths import (
+    exit_module as _exit_module,
+)
+from ._paths import (
     module_names,
     module_path,  # noqa: F401 - the layers call `tracing.module_path`
     name_scope,
+)
+from ._paths import (
+    reset_frames as _reset_frames,
 )
 from ._state import Tracer, _local, _stack
 

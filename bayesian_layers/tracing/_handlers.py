@@ -60,7 +60,7 @@ def _as_value(name: str, value: Any) -> Any:
     )
 
 
-def _collect_values(owner: str, positional: tuple, named: dict[str, Any]) -> dict[str, Any]:
+def collect_values(owner: str, positional: tuple, named: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for item in positional:
         if isinstance(item, RandomVariable):
@@ -108,7 +108,7 @@ def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> 
         ...     float(bl.Normal(0.0, 1.0, name="z"))
         2.0
     """
-    conditioner = _Conditioner(_collect_values("condition", variables, values))
+    conditioner = Conditioner(collect_values("condition", variables, values))
     with trace(conditioner):
         yield
     unused = sorted(set(conditioner.fixed) - conditioner.used)
@@ -122,7 +122,7 @@ def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> 
         )
 
 
-class _Conditioner:
+class Conditioner:
     """Tracer: a call named like a key of ``fixed`` gets that value, unless a
     :func:`_shield` opened inside this tracer holds the name.
 

@@ -17,13 +17,13 @@ from ._state import _local
 # ``_local.frames``: the modules whose calls are open in the trace, outermost first;
 # ``_local.frame_names``: the paths of every module under ``frames[0]``;
 # ``_local.drawn``: traced weight name -> (layer, param), for the outermost trace.
-def _reset_frames() -> None:
+def reset_frames() -> None:
     _local.frames = []
     _local.frame_names = {}
     _local.drawn = {}
 
 
-def _enter_module(module: nn.Module, args: Any) -> None:
+def enter_module(module: nn.Module, args: Any) -> None:
     if not getattr(_local, "stack", None):
         return
     frames = getattr(_local, "frames", None)
@@ -33,7 +33,7 @@ def _enter_module(module: nn.Module, args: Any) -> None:
     frames.append(module)
 
 
-def _exit_module(module: nn.Module, args: Any, output: Any) -> None:
+def exit_module(module: nn.Module, args: Any, output: Any) -> None:
     frames = getattr(_local, "frames", None)
     if frames and frames[-1] is module:
         frames.pop()
