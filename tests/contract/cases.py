@@ -158,10 +158,11 @@ _WEIGHT |= {"checks_dtype": True, "autocast": True}
 
 
 def _dense(cls: type[nn.Module], variant: str = "", **kwargs: Any) -> Case:
+    bias = kwargs.get("bias", True)
     return Case(
         cls, (3, 5), (4, 3), kwargs, variant,
         more_shapes=((3,), (2, 4, 3)),
-        counterpart=lambda **f: nn.Linear(3, 5, **f),
+        counterpart=lambda **f: nn.Linear(3, 5, bias=bias, **f),
         **_WEIGHT,
     )  # fmt: skip
 
@@ -279,6 +280,7 @@ _OUTPUTS += ("NegativeBinomial", "Categorical", "OneHotCategorical", "Multivaria
 _ALL: list[Case] = [
     *(_dense(getattr(layers, n), **RANDOM_BIAS) for n in _DENSE),
     *(_dense(getattr(layers, n), "fixed_bias") for n in _DENSE),
+    *(_dense(getattr(layers, n), "no_bias", bias=False) for n in _DENSE),
     *(_bilinear(f"Bilinear{e}") for e in (*_ESTIMATORS, "LocalReparameterization")),
     *(_conv(n) for n in _CONVS),
     *(_cell(f"{c}{e}") for c in ("LSTMCell", "GRUCell") for e in _ESTIMATORS),

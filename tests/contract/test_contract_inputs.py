@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 from contract.cases import CASES, Case, names, params
-from contract.util import first, resized, tensors
+from contract.util import first, resized, tensors, total
 from torch import Tensor, nn
 
 import bayesian_layers as bl
@@ -46,8 +46,14 @@ def test_float64_reaches_every_parameter_buffer_output_and_loss(name: str) -> No
     out = _call(case, layer, case.input(dtype=torch.float64))
     assert all(t.dtype == torch.float64 for t in tensors(out) if t.is_floating_point())
     assert all(t.dtype == torch.float64 for t in bl.losses(layer))
-    moved = case.warmed().to(torch.float64)
+    moved = case.warmed()
+    _call(case, moved, case.input())  # a forward whose graph is alive, then convert
+    moved.double()
     assert all(t.dtype == torch.float64 for t in _floating(moved).values())
+    out = _call(case, moved, case.input(dtype=torch.float64))
+    (total(out) + sum(bl.losses(moved), torch.zeros((), dtype=torch.float64))).backward()
+    for n, p in moved.named_parameters():
+        assert p.grad is None or p.grad.dtype == torch.float64, n
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,19 @@ def test_zero_posterior_scale_is_the_counterpart_on_posterior_means(name: str) -
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("name", [n for n in COUNTERPART if CASES[n].vectorized])
+def test_mean_mode_is_the_counterpart_on_posterior_means(name: str) -> None:
+    case = CASES[name]
+    layer, reference = case.build(), case.build_torch()
+    random_params(layer)
+    reference.load_state_dict(posterior_means(layer, reference))
+    x = case.input()
+    with bl.posterior_mean(layer):
+        got = list(tensors(case.call(layer, x)))
+    for a, b in zip(got, tensors(case.call(reference, x)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_parameter_gets_a_finite_gradient(name: str) -> None:
     case = CASES[name]
@@ -131,13 +144,7 @@ def test_losses_are_finite_non_negative_scalars_and_the_closed_form_kl(name: str
     if case.traced:  # a weight layer's losses are its parameters' KL terms
         assert len(layer.losses) == len(terms)
         assert all(torch.equal(a, b) for a, b in zip(terms.values(), layer.losses, strict=True))
-    for n, spec in layer.named_random_parameters():
-        prior = _prior(layer, n)
-        if prior is None or not spec.initializer.is_normal:
-            continue
-        loc, scale = layer.posterior_loc_scale(n)
-        expected = kl_divergence(Normal(loc, scale), prior).sum()
-        torch.testing.assert_close(terms[n], expected, msg=n)
+    _check_closed_form(layer, terms)
     # on demand: never stale, never accumulated over calls
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -147,3 +154,15 @@ def test_losses_are_finite_non_negative_scalars_and_the_closed_form_kl(name: str
     assert again.keys() == terms.keys()
     for n in terms:
         torch.testing.assert_close(again[n], terms[n], msg=n)
+    random_params(layer)  # new posteriors: new terms
+    _check_closed_form(layer, layer.kl_terms())
+
+
+def _check_closed_form(layer: torch.nn.Module, terms: dict[str, torch.Tensor]) -> None:
+    for n, spec in layer.named_random_parameters():
+        prior = _prior(layer, n)
+        if prior is None or not spec.initializer.is_normal:
+            continue
+        loc, scale = layer.posterior_loc_scale(n)
+        expected = kl_divergence(Normal(loc, scale), prior).sum()
+        torch.testing.assert_close(terms[n], expected, msg=n)

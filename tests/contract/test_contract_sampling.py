@@ -63,9 +63,14 @@ def test_frozen_mode_is_one_function_until_resample(name: str) -> None:
     case = CASES[name]
     layer, x = case.warmed(), case.input()
     random_params(layer)
+    if case.traced:  # two identical examples
+        x.select(case.batch_dim, 1).copy_(x.select(case.batch_dim, 0))
     with bl.frozen_sample(layer):
         first = _run(case, layer, x)
         assert _equal(_run(case, layer, x), first)
+        if case.traced:  # one function: identical examples, identical outputs
+            out = first[0]
+            assert torch.equal(out.select(case.batch_dim, 0), out.select(case.batch_dim, 1))
         if case.traced:  # per example: a sub-batch sees the same function
             part = x.narrow(case.batch_dim, 1, x.shape[case.batch_dim] - 1)
             got = _run(case, layer, part)[0]
