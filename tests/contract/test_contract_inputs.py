@@ -54,6 +54,9 @@ def test_float64_reaches_every_parameter_buffer_output_and_loss(name: str) -> No
     (total(out) + sum(bl.losses(moved), torch.zeros((), dtype=torch.float64))).backward()
     for n, p in moved.named_parameters():
         assert p.grad is None or p.grad.dtype == torch.float64, n
+    for m in bl.bayesian_modules(moved):  # the posteriors follow
+        for n, _ in m.named_random_parameters():
+            assert m.posterior(n).mean.dtype == torch.float64, n
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,8 @@ def test_losses_are_finite_non_negative_scalars_and_the_closed_form_kl(name: str
     if case.traced:  # a weight layer's losses are its parameters' KL terms
         assert len(layer.losses) == len(terms)
         assert all(torch.equal(a, b) for a, b in zip(terms.values(), layer.losses, strict=True))
+        nested = [t for m in bl.bayesian_modules(layer) for t in m.kl_terms().values()]
+        assert len(bl.losses(layer)) == len(nested)  # the model's losses: every layer's
     _check_closed_form(layer, terms)
     # on demand: never stale, never accumulated over calls
     with warnings.catch_warnings():
@@ -159,10 +161,14 @@ def test_losses_are_finite_non_negative_scalars_and_the_closed_form_kl(name: str
 
 
 def _check_closed_form(layer: torch.nn.Module, terms: dict[str, torch.Tensor]) -> None:
-    for n, spec in layer.named_random_parameters():
-        prior = _prior(layer, n)
-        if prior is None or not spec.initializer.is_normal:
-            continue
-        loc, scale = layer.posterior_loc_scale(n)
-        expected = kl_divergence(Normal(loc, scale), prior).sum()
-        torch.testing.assert_close(terms[n], expected, msg=n)
+    """Each normal posterior's term is torch's KL to its normal prior, in the layer and
+    in the Bayesian layers nested in it (attention's ``out_proj``)."""
+    for m in bl.bayesian_modules(layer):
+        own = terms if m is layer else m.kl_terms()
+        for n, spec in m.named_random_parameters():
+            prior = _prior(m, n)
+            if prior is None or not spec.initializer.is_normal:
+                continue
+            loc, scale = m.posterior_loc_scale(n)
+            expected = kl_divergence(Normal(loc, scale), prior).sum()
+            torch.testing.assert_close(own[n], expected, msg=n)
