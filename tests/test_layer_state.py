@@ -21,7 +21,7 @@ def _prior() -> dict[str, object]:
     return {"weight_regularizer": NormalKLDivergence(0.5, 2.0)}
 
 
-MAKERS: dict[str, Callable[..., nn.Module]] = {
+DENSE: dict[str, Callable[..., nn.Module]] = {
     "LinearReparameterization": lambda **kw: layers.LinearReparameterization(
         3, 2, bias_initializer="trainable_normal", **kw
     ),
@@ -35,9 +35,9 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 def _pair(name: str) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    target = MAKERS[name]()
+    target = DENSE[name]()
     torch.manual_seed(1)
-    source = MAKERS[name](**_prior())
+    source = DENSE[name](**_prior())
     with torch.no_grad():  # every source value differs from the target's
         for t in source.state_dict().values():
             t.add_(0.25)
