@@ -46,15 +46,7 @@ from torch import Tensor, nn
 from .objectives import losses as _losses
 from .random_variables.variable import RandomVariable
 from .tracing import LayerParameter, tape, trace
-from .tracing._handlers import (
-    Conditioner as _Conditioner,
-)
-from .tracing._handlers import (
-    _shield,
-)
-from .tracing._handlers import (
-    collect_values as _collect_values,
-)
+from .tracing._handlers import Conditioner, collect_values, shield
 
 __all__ = ["program_elbo", "make_log_joint_fn"]
 
@@ -151,7 +143,7 @@ def _one_draw(
     pass_posterior: bool,
 ) -> Tensor:
     """``log p(observed, z) − log q(z)`` at one draw ``z ~ q`` (no layer KLs)."""
-    with _shield(None, "program_elbo", _SHIELD_HINT), tape() as q_tape:
+    with shield(None, "program_elbo", _SHIELD_HINT), tape() as q_tape:
         output = posterior(*args, **kwargs)
     model_args = (output, *args) if pass_posterior else args
     latents = {n: rv for n, rv in q_tape.items() if not isinstance(rv, LayerParameter)}
@@ -160,9 +152,9 @@ def _one_draw(
         raise ValueError(f"program_elbo: {clash} are both observed and drawn by the posterior")
     fixed = {**{n: rv.value for n, rv in latents.items()}, **observed}
     with (
-        _shield(None, "program_elbo", _SHIELD_HINT),
+        shield(None, "program_elbo", _SHIELD_HINT),
         tape() as p_tape,
-        trace(_Conditioner(fixed)),
+        trace(Conditioner(fixed)),
     ):
         model(*model_args, **kwargs)
     missing = sorted(set(fixed) - set(p_tape))
@@ -221,8 +213,8 @@ def make_log_joint_fn(program: Callable[..., Any]) -> Callable[..., Tensor]:
 
     def log_joint(*args: Any, **kwargs: Any) -> Tensor:
         program_kwargs, value_kwargs = _split_kwargs(program, kwargs)
-        fixed = _collect_values("make_log_joint_fn", (), value_kwargs)
-        conditioner = _Conditioner(fixed)
+        fixed = collect_values("make_log_joint_fn", (), value_kwargs)
+        conditioner = Conditioner(fixed)
         terms: list[Tensor] = []
 
         def scorer(f: Callable[..., Any], *f_args: Any, **f_kwargs: Any) -> Any:
@@ -233,7 +225,7 @@ def make_log_joint_fn(program: Callable[..., Any]) -> Callable[..., Tensor]:
 
         # the conditioner (innermost) sets the given values, which conditioners around
         # the call leave alone (the shield); the scorer sees every call
-        with _shield(frozenset(fixed), "make_log_joint_fn"), trace(scorer), trace(conditioner):
+        with shield(frozenset(fixed), "make_log_joint_fn"), trace(scorer), trace(conditioner):
             program(*args, **program_kwargs)
         unused = sorted(set(fixed) - conditioner.used)
         if unused:

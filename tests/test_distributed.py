@@ -476,7 +476,7 @@ def test_shard_noise_hook_draws_parameter_noise_in_the_local_shape_during_a_call
     """The tensor-parallel noise hook (single process): during a call a random
     parameter's noise, asked for in the full shape, comes in the shard's shape (a
     leading K kept); signs, output noise and calls outside a call are left alone."""
-    from bayesian_layers.distributed import tensor_parallel as tp
+    from bayesian_layers.distributed import _sharding as tp
 
     layer = layers.LinearReparameterization(3, 4)
     layer.__dict__[tp.LOCAL_SHAPES_ATTR] = {"weight": torch.Size((2, 3))}

@@ -11,7 +11,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
-__all__ = ["derive_seed", "reduce_from_parallel"]
+__all__ = [
+    "derive_seed",
+    "reduce_from_parallel",
+    "CopyToParallel",
+    "param_device",
+    "device_rng_state",
+    "set_device_rng_state",
+    "seed_device",
+    "world",
+]
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -62,14 +71,14 @@ def param_device(modules: tuple[nn.Module, ...]) -> torch.device:
     return torch.device("cpu")
 
 
-def _get_rng_state(device: torch.device) -> Tensor:
+def device_rng_state(device: torch.device) -> Tensor:
     """The state of the default generator of ``device``."""
     if device.type == "cpu":
         return torch.get_rng_state()
     return torch.get_device_module(device.type).get_rng_state(device)
 
 
-def _set_rng_state(device: torch.device, state: Tensor) -> None:
+def set_device_rng_state(device: torch.device, state: Tensor) -> None:
     """Restore the default generator of ``device`` to ``state``."""
     if device.type == "cpu":
         torch.set_rng_state(state)
@@ -85,3 +94,10 @@ def seed_device(device: torch.device, seed: int) -> None:
     module = torch.get_device_module(device.type)
     with module.device(device):
         module.manual_seed(seed)
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

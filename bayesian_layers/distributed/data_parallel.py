@@ -14,8 +14,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
 from ..layers.base import BayesianLayer
-from ._comm import derive_seed, reduce_from_parallel
-from .tensor_parallel import TP_ATTR, _is_sharded, _param_names, local_view
+from ._comm import derive_seed, reduce_from_parallel, world
+from ._sharding import TP_ATTR, is_sharded, local_view, param_names
 
 __all__ = [
     "manual_seed",
@@ -27,13 +27,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- seeds
-def _world() -> tuple[int, int]:
-    """``(rank, world size)`` of the default process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _mesh_rank(where: str, mesh: DeviceMesh) -> int:
     """This process's index in ``mesh``, its coordinates flattened (row-major)."""
     if not isinstance(mesh, DeviceMesh):
@@ -75,7 +68,7 @@ def manual_seed(seed: int, *, rank: int | None = None, mesh: DeviceMesh | None =
     if mesh is not None:
         rank = _mesh_rank("manual_seed", mesh)
     elif rank is None:
-        rank = _world()[0]
+        rank = world()[0]
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise ValueError(f"manual_seed expected `rank` to be an int >= 0, got {rank!r}")
     derived = derive_seed(seed, rank)
@@ -87,10 +80,10 @@ def manual_seed(seed: int, *, rank: int | None = None, mesh: DeviceMesh | None =
 def _reduction_key(layer: BayesianLayer, name: str) -> tuple[DeviceMesh, tuple[int, ...]] | None:
     """The mesh and mesh dimensions over which ``name``'s parameters are sharded, if any."""
     params = dict(layer.named_parameters(recurse=False))
-    for pname in _param_names(layer, name):
+    for pname in param_names(layer, name):
         p = params.get(pname)
-        if isinstance(p, DTensor) and _is_sharded(p.placements):
-            dims = tuple(i for i, pl in enumerate(p.placements) if _is_sharded((pl,)))
+        if isinstance(p, DTensor) and is_sharded(p.placements):
+            dims = tuple(i for i, pl in enumerate(p.placements) if is_sharded((pl,)))
             return p.device_mesh, dims
     return None
 
@@ -263,7 +256,7 @@ def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     sharded: dict[DeviceMesh, Tensor] = {}
     for g, local in zip(grads, locals_, strict=True):
         square = local.double().square().sum()
-        if isinstance(g, DTensor) and _is_sharded(g.placements):
+        if isinstance(g, DTensor) and is_sharded(g.placements):
             mesh = g.device_mesh
             sharded[mesh] = sharded[mesh] + square if mesh in sharded else square
         else:

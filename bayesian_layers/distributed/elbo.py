@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from .data_parallel import _world, kl_divergence
+from . import _comm
+from .data_parallel import kl_divergence
 from .tensor_parallel import TP_ATTR
 
 __all__ = ["elbo_loss"]
@@ -38,7 +39,7 @@ def _data_parallel_size(
     model: nn.Module | None, dp_mesh: DeviceMesh | None, size: int | None
 ) -> int:
     """The data-parallel size from ``dp_mesh``, ``size`` or the world, checked against TP."""
-    rank, world = _world()
+    rank, world = _comm.world()
     tp = _tp_meshes(model)
     if dp_mesh is not None:
         if not isinstance(dp_mesh, DeviceMesh):

@@ -46,34 +46,30 @@ layer's regularizer on its local shards, sums them and reduces once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor.parallel import ParallelStyle
-from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..layers.base import BayesianLayer, ParameterSpec
 from ..layers.linear import BayesianLinear
 from ._comm import (
     CopyToParallel as _CopyToParallel,
 )
 from ._comm import (
-    _get_rng_state,
-    _set_rng_state,
     derive_seed,
     reduce_from_parallel,
 )
-from ._comm import (
-    param_device as _param_device,
-)
-from ._comm import (
-    seed_device as _seed_device,
+from ._sharding import (
+    TP_ATTR,
+    ForkedCall,
+    local_view,
+    mesh_1d,
+    param_names,
+    shard_params,
+    specs,
+    store_local_shapes,
 )
 
 __all__ = [
@@ -82,100 +78,6 @@ __all__ = [
     "derive_seed",
     "local_view",
 ]
-
-#: set on every module a Bayesian style has parallelised: ``(style name, mesh)``.
-TP_ATTR = "_bayesian_tensor_parallel"
-#: the local (per-shard) shapes of a parallelised module's random parameters.
-LOCAL_SHAPES_ATTR = TP_ATTR + "_local_shapes"
-#: set once a parallelised module has checked that its group shares one random stream.
-STREAM_CHECKED_ATTR = TP_ATTR + "_stream_checked"
-#: set on a parallelised module during its call: its parameter noise has local shapes.
-IN_CALL_ATTR = TP_ATTR + "_in_call"
-
-
-def _is_sharded(placements: tuple[Any, ...] | list[Any]) -> bool:
-    """Whether a DTensor with ``placements`` is split over its mesh (strided shards included).
-
-    (``_StridedShard.is_shard()`` is False on some torch versions, hence the type check.)
-    """
-    return any(isinstance(pl, (Shard, _StridedShard)) for pl in placements)
-
-
-@contextmanager
-def local_view(module: nn.Module) -> Iterator[dict[str, bool]]:
-    """Within the context, ``module``'s DTensor parameters read as their local shards.
-
-    The local tensors come from ``to_local()``, so gradients reach the DTensor
-    parameters. Yields a dict from parameter name to whether it is sharded.
-    Only ``module``'s own parameters, not its submodules'.
-    """
-    sharded: dict[str, bool] = {}
-    for name, p in module._parameters.items():
-        if isinstance(p, DTensor):
-            sharded[name] = _is_sharded(p.placements)
-            module.__dict__[name] = p.to_local()
-    try:
-        yield sharded
-    finally:
-        for name in sharded:
-            module.__dict__.pop(name, None)
-
-
-def _mesh_1d(style: str, mesh: DeviceMesh) -> DeviceMesh:
-    if mesh.ndim != 1:
-        raise ValueError(f"{style} expected a 1-d device mesh, got {mesh.ndim} dimensions")
-    return mesh
-
-
-def _shard_params(module: nn.Module, mesh: DeviceMesh, placement: dict[str, Any]) -> None:
-    for name, p in list(module._parameters.items()):
-        if p is None or isinstance(p, DTensor):
-            continue
-        pl = placement.get(name, Replicate())
-        dp = distribute_tensor(p.detach(), mesh, [pl])
-        module.register_parameter(name, nn.Parameter(dp, requires_grad=p.requires_grad))
-
-
-def _store_local_shapes(module: BayesianLayer) -> None:
-    """Record the local shapes of ``module``'s random parameters (fixed once sharded) and
-    register the noise hook that draws their noise in those shapes during a call."""
-    with local_view(module):
-        shapes = {k: module.point(k).shape for k, _ in module.named_random_parameters()}
-    module.__dict__[LOCAL_SHAPES_ATTR] = shapes
-    module.register_noise_hook(_shard_noise)
-
-
-def _shard_noise(
-    layer: BayesianLayer,
-    name: str,
-    kind: str,
-    shape: torch.Size,
-    make: Callable[[torch.Size], Tensor],
-) -> Tensor | None:
-    """Noise hook of a parallelised layer: during its call, the noise of a random
-    parameter (asked for in the parameter's full shape) is drawn in the local shard's
-    shape, from the per-shard generator of :class:`_ForkedCall`. Other noise (signs,
-    output noise) already has the local activations' shape and is left alone."""
-    if kind != "parameter" or not layer.__dict__.get(IN_CALL_ATTR):
-        return None
-    local = layer.__dict__[LOCAL_SHAPES_ATTR].get(name)
-    if local is None:
-        return None
-    return make(shape[: len(shape) - len(local)] + local)
-
-
-def _param_names(layer: BayesianLayer, name: str) -> list[str]:
-    """The parameter tensors of ``layer`` that hold the posterior of ``name``."""
-    spec = _specs(layer).get(name)
-    if spec is None:
-        return []
-    suffixes = spec.initializer.suffixes
-    return [f"{name}_{s}" if s else name for s in suffixes]
-
-
-def _specs(layer: BayesianLayer) -> dict[str, ParameterSpec]:
-    """Every parameter ``layer`` declares (random and deterministic), by name."""
-    return dict(layer.named_random_parameters(include_deterministic=True))
 
 
 class _BayesianLinearParallel(ParallelStyle):
@@ -190,16 +92,16 @@ class _BayesianLinearParallel(ParallelStyle):
                 f"{style} expected a Bayesian dense layer (LinearReparameterization, "
                 f"LinearFlipout, LinearLocalReparameterization), got {type(module).__name__}"
             )
-        mesh = _mesh_1d(style, device_mesh)
+        mesh = mesh_1d(style, device_mesh)
         n = mesh.size()
         size = module.out_features if self._dim == 0 else module.in_features
         what = "out_features" if self._dim == 0 else "in_features"
         if size % n:
             raise ValueError(f"{style} expected {what} divisible by {n} ranks, got {size}")
-        placement = {p: Shard(self._dim) for p in _param_names(module, "weight")}
+        placement = {p: Shard(self._dim) for p in param_names(module, "weight")}
         self._check_bias(module, placement)
-        _shard_params(module, mesh, placement)
-        _store_local_shapes(module)
+        shard_params(module, mesh, placement)
+        store_local_shapes(module)
         setattr(module, TP_ATTR, (style, mesh))
         module.register_forward_pre_hook(self._pre_hook)
         module.register_forward_hook(self._post_hook, always_call=True)
@@ -216,7 +118,7 @@ class _BayesianLinearParallel(ParallelStyle):
 
     def _enter(self, module: BayesianLinear, mesh: DeviceMesh, **attrs: Any) -> None:
         """Local shards, local sizes ``attrs`` and a per-shard generator for this call."""
-        saved = _ForkedCall(mesh, (module,))
+        saved = ForkedCall(mesh, (module,))
         saved.attrs = {k: module.__dict__[k] for k in attrs}
         module.__dict__.update(attrs)
         module.__dict__[TP_ATTR + "_saved"] = saved
@@ -252,7 +154,7 @@ class BayesianColwiseParallel(_BayesianLinearParallel):
     _dim = 0
 
     def _check_bias(self, module: BayesianLinear, placement: dict[str, Any]) -> None:
-        placement.update({p: Shard(0) for p in _param_names(module, "bias")})
+        placement.update({p: Shard(0) for p in param_names(module, "bias")})
 
     def _pre_hook(self, module: BayesianLinear, args: tuple) -> tuple:
         _, mesh = getattr(module, TP_ATTR)
@@ -286,7 +188,7 @@ class BayesianRowwiseParallel(_BayesianLinearParallel):
     _dim = 1
 
     def _check_bias(self, module: BayesianLinear, placement: dict[str, Any]) -> None:
-        spec = _specs(module).get("bias")
+        spec = specs(module).get("bias")
         if spec is not None and spec.is_random:
             raise NotImplementedError(
                 f"{type(self).__name__} supports only a deterministic bias on "
@@ -317,58 +219,3 @@ class BayesianRowwiseParallel(_BayesianLinearParallel):
         if module.use_bias and bias is not None:
             out = out + (bias.to_local() if isinstance(bias, DTensor) else bias)
         return out
-
-
-class _ForkedCall:
-    """Local views, local noise shapes and a per-shard generator for one call.
-
-    Only the generator of the parameters' device is reseeded (and restored after
-    the call); the integer that seeds it comes from the default CPU generator,
-    which the ranks of a tensor-parallel group keep in step.
-    """
-
-    @torch.compiler.disable
-    def __init__(self, mesh: DeviceMesh, modules: tuple[BayesianLayer, ...]) -> None:
-        base = int(torch.randint(0, 2**62, (1,)).item())
-        self.device = _param_device(modules)
-        _check_one_stream(modules[0], mesh, base, self.device)
-        self.attrs: dict[str, Any] = {}
-        self.views = [local_view(m) for m in modules]
-        for v in self.views:
-            v.__enter__()
-        self.modules = modules
-        for m in modules:  # _shard_noise draws local shapes until restore
-            m.__dict__[IN_CALL_ATTR] = True
-        self.rng = _get_rng_state(self.device)
-        _seed_device(self.device, derive_seed(base, mesh.get_local_rank()))
-
-    @torch.compiler.disable
-    def restore(self) -> None:
-        _set_rng_state(self.device, self.rng)
-        for m in self.modules:
-            m.__dict__.pop(IN_CALL_ATTR, None)
-        for v in self.views:
-            v.__exit__(None, None, None)
-
-
-def _check_one_stream(module: nn.Module, mesh: DeviceMesh, base: int, device: torch.device) -> None:
-    """At a layer's first call: every rank of its group drew the same ``base`` (one stream).
-
-    Ranks seeded apart would still give independent shards here, but Bayesian layers
-    replicated over the group would draw different noise and drift apart.
-    """
-    if module.__dict__.get(STREAM_CHECKED_ATTR) or torch.compiler.is_compiling():
-        return
-    mine = torch.tensor([base], dtype=torch.int64, device=device)
-    drawn = [torch.empty_like(mine) for _ in range(mesh.size())]
-    dist.all_gather(drawn, mine, group=mesh.get_group())
-    if any(not torch.equal(d, mine) for d in drawn):
-        style = getattr(module, TP_ATTR)[0]
-        raise RuntimeError(
-            f"{type(module).__name__} under {style} expected the ranks of its tensor-parallel "
-            "group to share one random stream, got differently seeded ranks: Bayesian layers "
-            "replicated over the group would draw different noise and drift apart. Seed every "
-            "rank with bl.distributed.manual_seed(seed, mesh=dp_mesh), the data-parallel "
-            "device mesh (or rank=0 under pure tensor parallelism)"
-        )
-    module.__dict__[STREAM_CHECKED_ATTR] = True

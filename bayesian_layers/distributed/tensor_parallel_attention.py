@@ -19,18 +19,16 @@ from torch.distributed.tensor.placement_types import _StridedShard
 
 from ..layers.attention_base import BayesianMultiheadAttention, HeadShard
 from ..layers.registry import counterparts
-from .tensor_parallel import (
+from ._comm import CopyToParallel, reduce_from_parallel
+from ._sharding import (
     TP_ATTR,
-    BayesianColwiseParallel,
-    BayesianRowwiseParallel,
-    _CopyToParallel,
-    _ForkedCall,
-    _mesh_1d,
-    _param_names,
-    _shard_params,
-    _store_local_shapes,
-    reduce_from_parallel,
+    ForkedCall,
+    mesh_1d,
+    param_names,
+    shard_params,
+    store_local_shapes,
 )
+from .tensor_parallel import BayesianColwiseParallel, BayesianRowwiseParallel
 
 __all__ = ["BayesianAttentionParallel", "transformer_plan"]
 
@@ -73,7 +71,7 @@ class BayesianAttentionParallel(ParallelStyle):
                 f"{style} expected a Bayesian multi-head attention layer, got "
                 f"{type(module).__name__}"
             )
-        mesh = _mesh_1d(style, device_mesh)
+        mesh = mesh_1d(style, device_mesh)
         n = mesh.size()
         if module.num_heads % n:
             raise ValueError(
@@ -93,10 +91,10 @@ class BayesianAttentionParallel(ParallelStyle):
             if name.startswith("in_proj")
         }
         placement.update({"bias_k": Shard(2), "bias_v": Shard(2)})
-        _shard_params(module, mesh, placement)
-        _shard_params(proj, mesh, {p: Shard(1) for p in _param_names(proj, "weight")})
+        shard_params(module, mesh, placement)
+        shard_params(proj, mesh, {p: Shard(1) for p in param_names(proj, "weight")})
         for m in (module, proj):
-            _store_local_shapes(m)
+            store_local_shapes(m)
             setattr(m, TP_ATTR, (style, mesh))
         reduce = partial(reduce_from_parallel, group=mesh.get_group())
         module.head_shard = HeadShard(mesh.get_local_rank(), n, reduce)
@@ -108,7 +106,7 @@ class BayesianAttentionParallel(ParallelStyle):
         self, module: BayesianMultiheadAttention, args: tuple, kwargs: dict
     ) -> tuple[tuple, dict]:
         _, mesh = getattr(module, TP_ATTR)
-        saved = _ForkedCall(mesh, (module, module.out_proj))
+        saved = ForkedCall(mesh, (module, module.out_proj))
         module.__dict__[TP_ATTR + "_saved"] = saved
         # identity (self-attention) survives: one wrapped tensor per input object
         wrapped: dict[int, Tensor] = {}
@@ -117,7 +115,7 @@ class BayesianAttentionParallel(ParallelStyle):
             if not isinstance(x, Tensor):
                 return x
             if id(x) not in wrapped:
-                wrapped[id(x)] = _CopyToParallel.apply(x, mesh.get_group())
+                wrapped[id(x)] = CopyToParallel.apply(x, mesh.get_group())
             return wrapped[id(x)]
 
         args = tuple(wrap(a) if i < 3 else a for i, a in enumerate(args))

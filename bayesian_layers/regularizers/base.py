@@ -87,7 +87,7 @@ class Regularizer(nn.Module):
         return out if self.scale_factor == 1.0 else out * self.scale_factor
 
 
-class _LocScalePrior(Regularizer):
+class LocScalePrior(Regularizer):
     """A regularizer whose prior has a location and a positive scale, kept as buffers."""
 
     prior_loc: Tensor

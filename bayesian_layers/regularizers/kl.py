@@ -18,7 +18,7 @@ from ..distributions import Deterministic
 from ..initializers import log_softplus
 from ..random_variables.variable import RandomVariable
 from ._fused import softplus_normal_kl_scalar_prior
-from .base import Regularizer, _LocScalePrior, monte_carlo_kl
+from .base import LocScalePrior, Regularizer, monte_carlo_kl
 
 __all__ = [
     "NormalKLDivergence",
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-class NormalKLDivergence(_LocScalePrior):
+class NormalKLDivergence(LocScalePrior):
     """``KL(q || N(loc, scale))`` summed over elements.
 
     Closed form for a normal ``q``: ``log(σ_p/σ) + (σ² + (μ - μ_p)²) / (2σ_p²) - 1/2``
@@ -151,7 +151,7 @@ class LogUniformKLDivergence(Regularizer):
         return -neg_kl.sum()
 
 
-class HalfCauchyKLDivergence(_LocScalePrior):
+class HalfCauchyKLDivergence(LocScalePrior):
     """Monte Carlo ``KL(q || HalfCauchy(loc, scale))`` at the variable's value.
 
     The prior is the half-Cauchy on ``[loc, inf)``; pair it with a positive

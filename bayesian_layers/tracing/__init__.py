@@ -83,7 +83,9 @@ from ._paths import (
 from ._paths import (
     reset_frames as _reset_frames,
 )
-from ._state import Tracer, _local, _stack
+from ._state import Tracer
+from ._state import thread_state as _local
+from ._state import tracer_stack as _stack
 
 __all__ = [
     "trace",

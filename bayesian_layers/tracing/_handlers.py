@@ -16,7 +16,8 @@ from torch import Tensor
 
 from ..random_variables.variable import RandomVariable
 from . import trace
-from ._state import _local, _stack
+from ._state import thread_state as _local
+from ._state import tracer_stack as _stack
 
 
 @contextmanager
@@ -124,7 +125,7 @@ def condition(*variables: RandomVariable | Mapping[str, Any], **values: Any) -> 
 
 class Conditioner:
     """Tracer: a call named like a key of ``fixed`` gets that value, unless a
-    :func:`_shield` opened inside this tracer holds the name.
+    :func:`shield` opened inside this tracer holds the name.
 
     ``seen`` collects every name passing through, ``used`` the names it set.
     """
@@ -146,7 +147,7 @@ class Conditioner:
 
 # ``_local.shields``: (stack depth, names or None for all, owner, hint), innermost last.
 @contextmanager
-def _shield(names: frozenset[str] | None, owner: str, hint: str = "") -> Iterator[None]:
+def shield(names: frozenset[str] | None, owner: str, hint: str = "") -> Iterator[None]:
     """Context: conditioners already on the tracer stack leave ``names`` alone.
 
     Tracers entered inside are not affected. ``names=None`` shields every name, and a

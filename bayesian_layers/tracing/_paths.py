@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ._state import _local
+from ._state import thread_state as _local
 
 
 # ``_local.frames``: the modules whose calls are open in the trace, outermost first;

@@ -1,7 +1,7 @@
 """The tracer stack's thread-local state, shared by the tracing modules.
 
-Private: no stability promise. ``_local.stack`` is this thread's tracer stack
-(innermost last); the other ``_local`` fields belong to :mod:`._paths` and
+Private: no stability promise. ``thread_state.stack`` is this thread's tracer stack
+(innermost last); the other ``thread_state`` fields belong to :mod:`._paths` and
 :mod:`._handlers`.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 Tracer = Callable[..., Any]
 
-_local = threading.local()
+thread_state = threading.local()
 
 
-def _stack() -> list[Tracer]:
-    stack = getattr(_local, "stack", None)
+def tracer_stack() -> list[Tracer]:
+    stack = getattr(thread_state, "stack", None)
     if stack is None:
-        stack = _local.stack = []
+        stack = thread_state.stack = []
     return stack
