@@ -141,9 +141,10 @@ def test_losses_are_finite_non_negative_scalars_and_the_closed_form_kl(name: str
     terms = layer.kl_terms()
     for term in layer.losses:
         assert term.shape == () and torch.isfinite(term) and term >= 0
-    if case.traced:  # a weight layer's losses are its parameters' KL terms
-        assert len(layer.losses) == len(terms)
-        assert all(torch.equal(a, b) for a, b in zip(terms.values(), layer.losses, strict=True))
+    # a layer's losses are its KL terms
+    assert len(layer.losses) == len(terms)
+    assert all(torch.equal(a, b) for a, b in zip(terms.values(), layer.losses, strict=True))
+    if case.traced:
         nested = [t for m in bl.bayesian_modules(layer) for t in m.kl_terms().values()]
         assert len(bl.losses(layer)) == len(nested)  # the model's losses: every layer's
     _check_closed_form(layer, terms)
