@@ -43,6 +43,7 @@ MOVED_MODULES = {
     "layers.mixtures": "layers.outputs.mixtures",
     "layers.logistic": "layers.outputs.logistic",
     "layers.binned": "layers.outputs.binned",
+    "layers.recurrent_cells": "layers.recurrent.cells",
     "layers.flows": "layers.reversible.flows",
     "layers.made": "layers.reversible.made",
     "layers.actnorm": "layers.reversible.actnorm",

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .layers._overrides import pop_override, push_override
+from .layers._base.overrides import pop_override, push_override
 from .layers.base import SAMPLING_MODES, BayesianLayer
 
 __all__ = [

@@ -96,7 +96,10 @@ def test_losses_of_a_normal_family_with_its_own_scale() -> None:
 
 def test_base_keeps_the_names_its_private_modules_now_hold() -> None:
     """The split of the layer base keeps every name importable from ``layers.base``."""
-    from bayesian_layers.layers import _input, _overrides, _seam, base
+    from bayesian_layers.layers import base
+    from bayesian_layers.layers._base import input as _input
+    from bayesian_layers.layers._base import overrides as _overrides
+    from bayesian_layers.layers._base import seam as _seam
 
     assert base.check_input is _input.check_input
     assert base.as_tensor is _input.as_tensor

@@ -17,7 +17,7 @@ from torch.distributed.tensor import Shard
 from torch.distributed.tensor.parallel import ParallelStyle
 from torch.distributed.tensor.placement_types import _StridedShard
 
-from ..layers.attention_base import BayesianMultiheadAttention, HeadShard
+from ..layers.attention.base import BayesianMultiheadAttention, HeadShard
 from ..layers.registry import counterparts
 from ._comm import CopyToParallel, reduce_from_parallel
 from ._sharding import (

@@ -21,13 +21,13 @@ from .. import tracing as _tracing
 from ..initializers import TrainableInitializer, get_initializer
 from ..random_variables.variable import RandomVariable
 from ..regularizers import Regularizer, get_regularizer
-from ._input import as_tensor, check_input, parameter_dtype
-from ._noise import NoiseHook, NoiseSource
-from ._overrides import pop_override, push_override
-from ._overrides import top_override as _top
-from ._seam import ParameterSeam, ParameterSpec
-from ._state import AllOrNothingLoading
-from ._state import forget_withheld_keys as _forget_withheld_keys  # noqa: F401 - old pickles name it here
+from ._base.input import as_tensor, check_input, parameter_dtype
+from ._base.noise import NoiseHook, NoiseSource
+from ._base.overrides import pop_override, push_override
+from ._base.overrides import top_override as _top
+from ._base.seam import ParameterSeam, ParameterSpec
+from ._base.state import AllOrNothingLoading
+from ._base.state import forget_withheld_keys as _forget_withheld_keys  # noqa: F401 - old pickles name it here
 
 __all__ = [
     "BayesianLayer",

@@ -1,7 +1,7 @@
 """Pure functions for the recurrent estimators: all noise and signs are passed in.
 
 These hold the math of each cell step so that ``gradcheck`` can test it; the
-modules in :mod:`bayesian_layers.layers.recurrent_cells` and
+modules in :mod:`bayesian_layers.layers.recurrent.cells` and
 :mod:`bayesian_layers.layers.recurrent` hold parameters and draw noise. Gate
 order and equations are torch's (``nn.LSTMCell``: ``i, f, g, o``; ``nn.GRUCell``:
 ``r, z, n``).

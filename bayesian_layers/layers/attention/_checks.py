@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import BayesianLayer
+from ..base import BayesianLayer
 
 __all__ = ["check_qkv", "check_masks"]
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..initializers import TrainableInitializer, TrainableNormal, get_initializer
-from ..random_variables.variable import RandomVariable
-from ..regularizers import Regularizer
+from ...initializers import TrainableInitializer, TrainableNormal, get_initializer
+from ...random_variables.variable import RandomVariable
+from ...regularizers import Regularizer
 
 __all__ = ["ParameterSpec", "ParameterSeam"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
-from ..random_variables.variable import RandomVariable
+from ...random_variables.variable import RandomVariable
 
 __all__ = ["as_tensor", "check_input", "parameter_dtype"]
 

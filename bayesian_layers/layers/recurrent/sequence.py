@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..initializers import TrainableInitializer
-from ..regularizers import Regularizer
-from ._util import check_features as _check_features
-from ._weight_draw import draw_weight
-from .base import BayesianLayer
-from .estimators import FLIPOUT, REPARAMETERIZATION, Estimator
-from .functional.recurrent import flipout_lstm_direction
-from .registry import converts
+from ...initializers import TrainableInitializer
+from ...regularizers import Regularizer
+from .._util import check_features as _check_features
+from .._weight_draw import draw_weight
+from ..base import BayesianLayer
+from ..estimators import FLIPOUT, REPARAMETERIZATION, Estimator
+from ..functional.recurrent import flipout_lstm_direction
+from ..registry import converts
 
 __all__ = ["LSTMReparameterization", "LSTMFlipout"]
 

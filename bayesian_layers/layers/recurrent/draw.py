@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .base import BayesianLayer
+    from ..base import BayesianLayer
 
 __all__ = ["SequenceDraw", "SequenceDraws", "cache_key", "graph_alive", "parameter_version"]
 

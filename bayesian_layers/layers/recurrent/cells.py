@@ -7,14 +7,14 @@ first call after :meth:`~LSTMCellReparameterization.resample`. A call with a sta
 and no draw yet draws once and keeps that draw until one of those. The draw (noise
 made through ``layer.noise``; the frozen sample in ``"frozen"`` mode) and the weights
 built from it once per parameter version are a
-:class:`~bayesian_layers.layers.recurrent_draw.SequenceDraws`.
+:class:`~bayesian_layers.layers.recurrent.draw.SequenceDraws`.
 
 The estimator is the class attribute ``estimator`` (the strategy objects of
 :mod:`bayesian_layers.layers.estimators`): whole weights and torch's fused cell step
 (reparameterization, and Flipout outside ``"sample"`` mode), or Flipout's ``(μ, Δ)``
 with signs per example drawn per sequence. The math (noise passed in) is in
 :mod:`bayesian_layers.layers.functional.recurrent`; sequence modules in
-:mod:`bayesian_layers.layers.recurrent_sequence`.
+:mod:`bayesian_layers.layers.recurrent.sequence`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..initializers import TrainableInitializer
-from ..regularizers import Regularizer
-from ._util import check_features as _check_features
-from .base import BayesianLayer
-from .estimators import FLIPOUT, REPARAMETERIZATION, Estimator
-from .functional.recurrent import flipout_matmul, gru_cell, gru_pointwise, lstm_cell, lstm_pointwise
-from .recurrent_draw import SequenceDraws
-from .registry import converts
+from ...initializers import TrainableInitializer
+from ...regularizers import Regularizer
+from .._util import check_features as _check_features
+from ..base import BayesianLayer
+from ..estimators import FLIPOUT, REPARAMETERIZATION, Estimator
+from ..functional.recurrent import (
+    flipout_matmul,
+    gru_cell,
+    gru_pointwise,
+    lstm_cell,
+    lstm_pointwise,
+)
+from ..registry import converts
+from .draw import SequenceDraws
 
 __all__ = [
     "LSTMCellReparameterization",

@@ -23,8 +23,8 @@ queries, keys and values alike:
   the attention itself (:meth:`~MultiheadAttentionReparameterization.attend`)
   follows torch's math step by step.
 
-The shared machinery is :class:`~bayesian_layers.layers.attention_base.BayesianMultiheadAttention`
-(input checks in :mod:`bayesian_layers.layers.attention_checks`). Tensor parallelism
+The shared machinery is :class:`~bayesian_layers.layers.attention.base.BayesianMultiheadAttention`
+(input checks in :mod:`bayesian_layers.layers.attention._checks`). Tensor parallelism
 splits the heads over processes through the public attribute ``head_shard`` (a
 :class:`HeadShard`, set once by :class:`bayesian_layers.distributed.BayesianAttentionParallel`).
 """
@@ -33,12 +33,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .attention_base import BayesianMultiheadAttention, HeadShard
-from .estimators import FLIPOUT, REPARAMETERIZATION
-from .linear import LinearFlipout, LinearReparameterization
-from .registry import converts
+from ..estimators import FLIPOUT, REPARAMETERIZATION
+from ..linear import LinearFlipout, LinearReparameterization
+from ..registry import converts
+from .base import BayesianMultiheadAttention
 
-__all__ = ["MultiheadAttentionReparameterization", "MultiheadAttentionFlipout", "HeadShard"]
+__all__ = ["MultiheadAttentionReparameterization", "MultiheadAttentionFlipout"]
 
 
 @converts(nn.MultiheadAttention, "reparameterization")

@@ -2,7 +2,7 @@
 in :mod:`bayesian_layers.layers.attention`).
 
 :class:`BayesianMultiheadAttention` holds the parameters, checks the inputs
-(:mod:`bayesian_layers.layers.attention_checks`), takes one draw of each projection
+(:mod:`bayesian_layers.layers.attention._checks`), takes one draw of each projection
 per call under the subclass's ``estimator``
 (:func:`~bayesian_layers.layers._weight_draw.draw_weight`), folds K function samples
 into the batch and runs either torch's fused ``F.multi_head_attention_forward`` on
@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..initializers import TrainableInitializer
-from ..regularizers import Regularizer
-from ._weight_draw import WeightDraw, draw_weight
-from .attention_checks import check_masks, check_qkv
-from .base import BayesianLayer
-from .estimators import REPARAMETERIZATION, Estimator
-from .functional.attention import attention_core, flipout_project
-from .linear import LinearReparameterization
+from ...initializers import TrainableInitializer
+from ...regularizers import Regularizer
+from .._weight_draw import WeightDraw, draw_weight
+from ..base import BayesianLayer
+from ..estimators import REPARAMETERIZATION, Estimator
+from ..functional.attention import attention_core, flipout_project
+from ..linear import LinearReparameterization
+from ._checks import check_masks, check_qkv
 
 __all__ = ["BayesianMultiheadAttention", "HeadShard"]
 

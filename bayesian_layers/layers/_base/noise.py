@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..initializers import TrainableInitializer
-from ._util import rademacher
+from ...initializers import TrainableInitializer
+from .._util import rademacher
 
 if TYPE_CHECKING:
-    from .base import BayesianLayer
+    from ..base import BayesianLayer
 
 __all__ = ["NoiseHook", "NoiseSource"]
 
