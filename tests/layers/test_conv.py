@@ -9,7 +9,6 @@ and their pure kernels (``bayesian_layers.layers.functional.convolution``).
 
 from __future__ import annotations
 
-import copy
 import inspect
 import io
 import math
@@ -269,18 +268,6 @@ def test_attributes_and_extra_repr_mirror_torch(cls: type) -> None:
 
 
 @parametrize_layers
-def test_calls_differ_and_same_seed_agrees(cls: type) -> None:
-    layer = cls(IN, OUT, 3, **RANDOM_BIAS)
-    x = make_input(cls)
-    a, b = layer(x), layer(x)
-    assert not torch.allclose(a, b)
-    torch.manual_seed(123)
-    c = layer(x)
-    torch.manual_seed(123)
-    torch.testing.assert_close(layer(x), c, rtol=0, atol=0)
-
-
-@parametrize_layers
 @pytest.mark.parametrize("bias_kwargs", [{}, RANDOM_BIAS], ids=["fixed_bias", "random_bias"])
 def test_every_parameter_gets_a_finite_gradient(cls: type, bias_kwargs: dict) -> None:
     layer = cls(IN, OUT, 3, padding=1, **bias_kwargs)
@@ -356,27 +343,6 @@ def test_state_dict_round_trip_with_weights_only(cls: type) -> None:
         "weight_regularizer.prior_loc",
         "weight_regularizer.prior_scale",
     }
-
-
-@parametrize_layers
-def test_dtype_and_device_reach_every_parameter_and_buffer(cls: type) -> None:
-    layer = cls(IN, OUT, 3, dtype=torch.float64, **RANDOM_BIAS)
-    tensors = dict(layer.named_parameters()) | dict(layer.named_buffers())
-    assert len(tensors) == 8
-    assert all(t.dtype == torch.float64 for t in tensors.values()), tensors
-    assert layer(make_input(cls, dtype=torch.float64)).dtype == torch.float64
-    assert all(t.dtype == torch.float64 for t in layer.losses)
-
-    meta = cls(IN, OUT, 3, device="meta", **RANDOM_BIAS)
-    tensors = dict(meta.named_parameters()) | dict(meta.named_buffers())
-    assert all(t.device.type == "meta" for t in tensors.values()), tensors
-    x = make_input(cls, device="meta")
-    out = meta(x)
-    assert out.device.type == "meta"
-    assert out.shape == mean_twin(cls(IN, OUT, 3, **RANDOM_BIAS))(make_input(cls)).shape
-
-    moved = cls(IN, OUT, 3, **RANDOM_BIAS).to(torch.float64)
-    assert all(t.dtype == torch.float64 for t in moved.state_dict().values())
 
 
 @parametrize_layers
@@ -535,17 +501,6 @@ def test_frozen_mode_is_one_function(cls: type) -> None:
     assert not torch.allclose(second, first)
     second.sum().backward()
     assert layer.weight_rho.grad is not None and layer.weight_rho.grad.abs().sum() > 0
-
-
-@parametrize_layers
-def test_mean_mode_is_the_torch_layer_on_posterior_means(cls: type) -> None:
-    layer = cls(IN, OUT, 3, **RANDOM_BIAS)
-    random_params(layer)
-    x = make_input(cls)
-    layer.sampling = "mean"
-    out = layer(x)
-    torch.testing.assert_close(layer(x), out, rtol=0, atol=0)
-    torch.testing.assert_close(out, mean_twin(layer)(x))
 
 
 def test_transposed_output_size_as_torch() -> None:
@@ -866,20 +821,6 @@ def test_kernels_agree_with_their_definitions(name: str) -> None:
         expected = y + bk.repeat_interleave(2, 0).unsqueeze(-1)
         torch.testing.assert_close(K.add_sample_bias(y, bk, 3), expected)
         assert K.add_sample_bias(y, None, 3) is y
-
-
-# ========================================================================= misc
-@parametrize_layers
-def test_copies_of_a_used_layer(cls: type) -> None:
-    """deepcopy (EMA, ensembles) right after a forward whose graph is still alive."""
-    layer = cls(IN, OUT, 3, **RANDOM_BIAS)
-    random_params(layer)
-    x = make_input(cls)
-    layer(x)
-    clone = copy.deepcopy(layer)
-    with bl.posterior_mean(layer), bl.posterior_mean(clone):
-        torch.testing.assert_close(clone(x), layer(x))
-    torch.testing.assert_close(clone.losses, layer.losses)
 
 
 def test_drop_in_a_small_cnn_trains() -> None:

@@ -142,11 +142,6 @@ def test_state_dict_round_trip_with_weights_only() -> None:
     torch.testing.assert_close(dst(idx), expected, rtol=0, atol=0)
 
 
-def test_float64() -> None:
-    layer = Emb(V, D, dtype=torch.float64)
-    assert layer(torch.tensor([1, 2])).dtype == torch.float64
-
-
 def test_bad_input_raises() -> None:
     layer = Emb(V, D)
     with pytest.raises(ValueError, match=r"EmbeddingReparameterization.*\[0, 10\).*\[0, 10\]"):

@@ -10,7 +10,6 @@ pure kernels (``bayesian_layers.layers.functional.linear``).
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import re
@@ -77,77 +76,6 @@ def kl_reference(layer: nn.Module, name: str, prior: Normal) -> Tensor:
     return kl_divergence(Normal(loc, F.softplus(rho)), prior).sum()
 
 
-# ========================================================================== contract
-@parametrize_layers
-@pytest.mark.parametrize("batch", [(), (4,), (2, 3)], ids=str)
-def test_output_shape_equals_nn_linear(spec: Spec, batch: tuple[int, ...]) -> None:
-    x = torch.randn(*batch, IN)
-    for bias in (True, False):
-        expected = nn.Linear(IN, OUT, bias=bias)(x).shape
-        assert spec.cls(IN, OUT, bias=bias)(x).shape == expected
-        assert spec.cls(IN, OUT, bias=bias, **RANDOM_BIAS)(x).shape == expected
-
-
-@parametrize_layers
-@pytest.mark.parametrize("bias_kwargs", [{}, RANDOM_BIAS], ids=["fixed_bias", "random_bias"])
-def test_zero_posterior_scale_is_the_deterministic_layer(spec: Spec, bias_kwargs: dict) -> None:
-    layer = spec.cls(IN, OUT, **bias_kwargs)
-    random_params(layer)
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if name.endswith("_rho"):
-                p.fill_(-100.0)  # softplus(-100) ≈ 4e-44
-    bias = layer.bias_loc if bias_kwargs else layer.bias
-    x = torch.randn(5, IN)
-    torch.testing.assert_close(layer(x), F.linear(x, layer.weight_loc, bias))
-
-
-@parametrize_layers
-def test_calls_differ_and_same_seed_agrees(spec: Spec) -> None:
-    layer = spec.cls(IN, OUT, **RANDOM_BIAS)
-    x = torch.randn(4, IN)
-    a, b = layer(x), layer(x)
-    assert not torch.allclose(a, b)
-    torch.manual_seed(123)
-    c = layer(x)
-    torch.manual_seed(123)
-    torch.testing.assert_close(layer(x), c, rtol=0, atol=0)
-
-
-@parametrize_layers
-@pytest.mark.parametrize("bias_kwargs", [{}, RANDOM_BIAS], ids=["fixed_bias", "random_bias"])
-def test_every_parameter_gets_a_finite_gradient(spec: Spec, bias_kwargs: dict) -> None:
-    layer = spec.cls(IN, OUT, **bias_kwargs)
-    out = layer(torch.randn(4, IN))
-    (out.sum() + sum(layer.losses)).backward()
-    for name, p in layer.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
-
-
-@parametrize_layers
-@pytest.mark.parametrize("bias_kwargs", [{}, RANDOM_BIAS], ids=["fixed_bias", "random_bias"])
-def test_losses_are_the_closed_form_kl(spec: Spec, bias_kwargs: dict) -> None:
-    layer = spec.cls(IN, OUT, **bias_kwargs)
-    random_params(layer)
-    terms = layer.losses
-    assert len(terms) == (2 if bias_kwargs else 1)
-    for term in terms:
-        assert term.shape == () and torch.isfinite(term) and term >= 0
-    prior = Normal(0.0, 1.0)
-    torch.testing.assert_close(terms[0], kl_reference(layer, "weight", prior))
-    if bias_kwargs:
-        torch.testing.assert_close(terms[1], kl_reference(layer, "bias", prior))
-    # on demand: never stale, never accumulated over calls
-    for _ in range(5):
-        layer(torch.randn(4, IN))
-    torch.testing.assert_close(layer.losses, terms)
-    with torch.no_grad():
-        layer.weight_loc.add_(1.0)
-    torch.testing.assert_close(layer.losses[0], kl_reference(layer, "weight", prior))
-
-
 @parametrize_layers
 def test_state_dict_round_trip_with_weights_only(spec: Spec) -> None:
     """Priors included: a fresh model built with default priors gets them from the file."""
@@ -187,25 +115,6 @@ def test_state_dict_round_trip_with_weights_only(spec: Spec) -> None:
     expected = src(x)
     torch.manual_seed(5)
     torch.testing.assert_close(dst(x), expected, rtol=0, atol=0)
-
-
-@parametrize_layers
-def test_dtype_and_device_reach_every_parameter_and_buffer(spec: Spec) -> None:
-    layer = spec.cls(IN, OUT, dtype=torch.float64, **RANDOM_BIAS)
-    tensors = dict(layer.named_parameters()) | dict(layer.named_buffers())
-    assert len(tensors) == 8
-    assert all(t.dtype == torch.float64 for t in tensors.values()), tensors
-    assert layer(torch.randn(4, IN, dtype=torch.float64)).dtype == torch.float64
-    assert all(t.dtype == torch.float64 for t in layer.losses)
-
-    meta = spec.cls(IN, OUT, device="meta", **RANDOM_BIAS)
-    tensors = dict(meta.named_parameters()) | dict(meta.named_buffers())
-    assert all(t.device.type == "meta" for t in tensors.values()), tensors
-    out = meta(torch.empty(4, IN, device="meta"))
-    assert out.device.type == "meta" and out.shape == (4, OUT)
-
-    moved = spec.cls(IN, OUT, **RANDOM_BIAS).to(torch.float64)
-    assert all(t.dtype == torch.float64 for t in moved.state_dict().values())
 
 
 @parametrize_layers
@@ -329,48 +238,6 @@ def test_weight_is_a_random_variable_of_the_posterior(spec: Spec, bias_kwargs: d
         torch.testing.assert_close(value, layer.weight_loc, rtol=0, atol=0)
 
 
-@parametrize_layers
-def test_frozen_mode_is_one_function(spec: Spec) -> None:
-    layer = spec.cls(IN, OUT, **RANDOM_BIAS)
-    random_params(layer)
-    x = torch.randn(4, IN)
-    x[1] = x[0]
-    layer.sampling = "frozen"
-    first = layer(x)
-    torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
-    torch.testing.assert_close(first[0], first[1], rtol=0, atol=0)  # one function
-    # a sub-batch sees the same function
-    torch.testing.assert_close(layer(x[2:]), first[2:])
-    layer.resample()
-    second = layer(x)
-    assert not torch.allclose(second, first)
-    torch.testing.assert_close(layer(x), second, rtol=0, atol=0)
-    # gradients still reach the posterior parameters
-    second.sum().backward()
-    assert layer.weight_rho.grad is not None and layer.weight_rho.grad.abs().sum() > 0
-
-
-@parametrize_layers
-def test_mean_mode_is_deterministic(spec: Spec) -> None:
-    layer = spec.cls(IN, OUT, **RANDOM_BIAS)
-    random_params(layer)
-    x = torch.randn(4, IN)
-    layer.sampling = "mean"
-    out = layer(x)
-    torch.testing.assert_close(layer(x), out, rtol=0, atol=0)
-    torch.testing.assert_close(out, F.linear(x, layer.weight_loc, layer.bias_loc))
-
-
-@parametrize_layers
-def test_vectorized_mode_shapes_and_errors(spec: Spec) -> None:
-    layer = spec.cls(IN, OUT, **RANDOM_BIAS)
-    x = torch.randn(3 * 4, 5, IN)
-    with bl.vectorized_samples(layer, 3):
-        assert layer(x).shape == (12, 5, OUT)
-        with pytest.raises(ValueError, match=f"{spec.cls.__name__}.*multiple of 3"):
-            layer(torch.randn(4, IN))
-
-
 def test_vectorized_reparameterization_uses_one_weight_per_sample() -> None:
     """Sample-major folding: rows ``k * B:(k + 1) * B`` see the k-th weight draw."""
     layer = layers.LinearReparameterization(IN, OUT, **RANDOM_BIAS)
@@ -403,22 +270,6 @@ def test_monte_carlo_losses_average_over_vectorized_samples() -> None:
     torch.testing.assert_close(layer.losses[0], (q.log_prob(w) - prior.log_prob(w)).sum())
 
 
-@parametrize_layers
-def test_copies_of_a_used_layer(spec: Spec) -> None:
-    """deepcopy (EMA, ensembles) right after a forward whose graph is still alive."""
-    layer = spec.cls(IN, OUT, **RANDOM_BIAS)
-    random_params(layer)
-    x = torch.randn(4, IN)
-    layer(x)
-    clone = copy.deepcopy(layer)
-    with bl.posterior_mean(layer), bl.posterior_mean(clone):
-        torch.testing.assert_close(clone(x), layer(x))
-    torch.testing.assert_close(clone.losses, layer.losses)
-    with torch.no_grad():
-        clone.weight_loc.add_(1.0)
-    assert not torch.allclose(clone.weight_loc, layer.weight_loc)
-
-
 _STALE_SCALE = (
     "initializers.py cached_softplus: the softplus(rho) cache is keyed on (id(rho), "
     "rho._version, requires_grad, grad mode); replacing or editing a parameter's data "
@@ -441,18 +292,6 @@ def test_posterior_follows_parameters_set_by_vector_to_parameters(spec: Spec) ->
             layer.weight.distribution.stddev, F.softplus(layer.weight_rho), atol=1e-30, rtol=0
         )
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight_loc, layer.bias))
-
-
-@parametrize_layers
-def test_dtype_conversion_after_a_forward(spec: Spec) -> None:
-    layer = spec.cls(IN, OUT)
-    layer(torch.randn(4, IN))  # its graph is still alive
-    layer.double()
-    out = layer(torch.randn(4, IN, dtype=torch.float64))
-    assert layer.weight.distribution.stddev.dtype == torch.float64
-    (out.sum() + sum(layer.losses)).backward()
-    for name, p in layer.named_parameters():
-        assert p.grad.dtype == torch.float64, name
 
 
 def test_extra_repr_mirrors_nn_linear() -> None:
@@ -789,19 +628,6 @@ def test_kernels_agree_with_their_definitions() -> None:
     y = torch.randn(k * 4, OUT)
     torch.testing.assert_close(K.add_sample_bias(y, bk, k), y + bk.repeat_interleave(4, 0))
     assert K.add_sample_bias(y, None, k) is y
-
-
-@pytest.mark.parametrize("cls", [layers.LinearReparameterization, layers.LinearFlipout,
-                                 layers.LinearLocalReparameterization])  # fmt: skip
-def test_bfloat16_autocast_output_dtype_matches_nn_linear(cls) -> None:
-    layer, x = cls(4, 3), torch.randn(2, 4)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = nn.Linear(4, 3)(x).dtype
-        out = layer(x)
-        with bl.posterior_mean(layer):
-            mean_out = layer(x)
-    assert out.dtype == expected == mean_out.dtype == torch.bfloat16
-    assert torch.isfinite(out.float()).all()
 
 
 @pytest.mark.parametrize("cls", [layers.LinearReparameterization, layers.LinearFlipout,

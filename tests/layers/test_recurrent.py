@@ -230,22 +230,6 @@ def test_cell_state_dict_round_trip_with_weights_only(spec: CellSpec) -> None:
 
 
 @parametrize_cells
-def test_cell_dtype_and_device_reach_every_parameter(spec: CellSpec) -> None:
-    cell = spec.cls(IN, HID, dtype=torch.float64, **RANDOM_BIAS)
-    tensors = dict(cell.named_parameters()) | dict(cell.named_buffers())
-    assert len(tensors) == 16 and all(t.dtype == torch.float64 for t in tensors.values())
-    out, _ = run_cell(cell, torch.randn(3, 2, IN, dtype=torch.float64))
-    assert out.dtype == torch.float64 and all(t.dtype == torch.float64 for t in cell.losses)
-    meta = spec.cls(IN, HID, device="meta", **RANDOM_BIAS)
-    tensors = dict(meta.named_parameters()) | dict(meta.named_buffers())
-    assert all(t.device.type == "meta" for t in tensors.values())
-    moved = spec.cls(IN, HID)
-    run_cell(moved, torch.randn(2, 2, IN))  # a draw exists
-    moved.double()
-    assert run_cell(moved, torch.randn(2, 2, IN, dtype=torch.float64))[0].dtype == torch.float64
-
-
-@parametrize_cells
 @pytest.mark.parametrize("shape", [(4, IN + 1), (IN + 1,), (2, 3, IN), ()], ids=str)
 def test_cell_wrong_input_size_names_both_shapes(spec: CellSpec, shape: tuple) -> None:
     cell = spec.cls(IN, HID)
