@@ -20,7 +20,7 @@ from . import gp as gp
 from . import outputs as outputs
 from . import reversible as reversible
 from .attention import MultiheadAttentionFlipout, MultiheadAttentionReparameterization
-from .base import SAMPLING_MODES, BayesianLayer
+from .base import SAMPLING_MODES, BayesianLayer, ParameterSpec
 from .bilinear import (
     BilinearFlipout,
     BilinearLocalReparameterization,
@@ -110,6 +110,7 @@ from .reversible import (
 __all__ = [
     "SAMPLING_MODES",
     "BayesianLayer",
+    "ParameterSpec",
     "LinearReparameterization",
     "LinearFlipout",
     "LinearLocalReparameterization",

@@ -341,6 +341,7 @@ _MEAN = "a mean function of the GP layers, not a layer (checked through them)"
 #: public classes that are not layers -> why they have no case.
 SKIP: dict[str, str] = {
     "BayesianLayer": "abstract base of the weight layers",
+    "ParameterSpec": "a record of one parameter (BayesianLayer.named_random_parameters)",
     "ReversibleLayer": "abstract base of the reversible layers",
     "StochasticOutput": "abstract base of the stochastic output layers",
     "DiscretizedDistribution": "a distribution (the output of Discretize), not a layer",
