@@ -6,12 +6,15 @@ first; package-wide checks live in :mod:`bayesian_layers._checks`.
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from .._checks import check_count
 
-__all__ = ["check_features", "rademacher"]
+__all__ = ["check_features", "rademacher", "deprecated_from_torch"]
 
 
 def check_features(owner: str, name: str, value: object) -> int:
@@ -43,3 +46,32 @@ def rademacher(shape: torch.Size, like: Tensor) -> Tensor:
     n = shape.numel()
     index = torch.randint(0, 256, ((n + 7) // 8,), device=like.device)
     return table.index_select(0, index).view(-1)[:n].view(shape)
+
+
+def deprecated_from_torch(old: str) -> Any:
+    """A classmethod ``old(module, **kwargs)`` that warns ``DeprecationWarning`` and
+    calls ``cls.from_torch`` (the one constructor name for "build from a torch layer").
+
+    Example:
+        >>> class Layer:
+        ...     @classmethod
+        ...     def from_torch(cls, module, **kwargs):
+        ...         return module
+        ...     from_linear = deprecated_from_torch("from_linear")
+        >>> import pytest
+        >>> with pytest.warns(DeprecationWarning, match="Layer.from_linear is deprecated"):
+        ...     Layer.from_linear(3)
+        3
+    """
+
+    def alias(cls: Any, module: Any, **kwargs: Any) -> Any:
+        warnings.warn(
+            f"{cls.__name__}.{old} is deprecated; use {cls.__name__}.from_torch",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cls.from_torch(module, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = "Deprecated alias of :meth:`from_torch`."
+    return classmethod(alias)

@@ -8,7 +8,6 @@ transposed, and the estimator.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 from ..initializers import TrainableInitializer, fans
 from ..regularizers import Regularizer
 from ._util import check_features as _check_features
+from ._util import deprecated_from_torch
 from .base import BayesianLayer
 from .estimators import Estimator, WeightOp
 from .functional import convolution as K
@@ -215,15 +215,7 @@ class BayesianConvNd(BayesianLayer):
         layer.load_point_estimates({"weight": cast(Tensor, weight), "bias": bias})
         return layer
 
-    @classmethod
-    def from_module(cls, module: nn.Module, **kwargs: Any) -> BayesianConvNd:
-        """Deprecated alias of :meth:`from_torch`."""
-        warnings.warn(
-            f"{cls.__name__}.from_module is deprecated; use {cls.__name__}.from_torch",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return cls.from_torch(module, **kwargs)
+    from_module = deprecated_from_torch("from_module")
 
     def extra_repr(self) -> str:
         """As ``nn.Conv*``'s (``in, out, kernel_size=..., stride=...`` and non-defaults)."""

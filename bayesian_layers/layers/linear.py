@@ -13,7 +13,6 @@ forward pass integrates over the weight posterior ``q(W) = N(μ, σ²)``:
 
 from __future__ import annotations
 
-import warnings
 from typing import ClassVar
 
 import torch
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from ..initializers import TrainableInitializer
 from ..regularizers import Regularizer
 from ._util import check_features as _check_features
+from ._util import deprecated_from_torch
 from .base import BayesianLayer
 from .estimators import FLIPOUT, LOCAL_REPARAMETERIZATION, REPARAMETERIZATION, Estimator, WeightOp
 from .functional.linear import add_sample_bias, batched_linear
@@ -120,15 +120,7 @@ class BayesianLinear(BayesianLayer):
         layer.load_point_estimates({"weight": module.weight, "bias": module.bias})
         return layer
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **kwargs: object) -> BayesianLinear:
-        """Deprecated alias of :meth:`from_torch`."""
-        warnings.warn(
-            f"{cls.__name__}.from_linear is deprecated; use {cls.__name__}.from_torch",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return cls.from_torch(linear, **kwargs)
+    from_linear = deprecated_from_torch("from_linear")
 
     def extra_repr(self) -> str:
         return (

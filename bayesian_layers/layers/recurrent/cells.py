@@ -19,7 +19,6 @@ with signs per example drawn per sequence. The math (noise passed in) is in
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from ...initializers import TrainableInitializer
 from ...regularizers import Regularizer
 from .._util import check_features as _check_features
+from .._util import deprecated_from_torch
 from ..base import BayesianLayer
 from ..estimators import FLIPOUT, REPARAMETERIZATION, Estimator
 from ..functional.recurrent import (
@@ -137,15 +137,6 @@ class _RecurrentCell(BayesianLayer):
         names = [n for n, _ in new.named_random_parameters(include_deterministic=True)]
         new.load_point_estimates({name: getattr(module, name) for name in names})
         return new
-
-    @classmethod
-    def _deprecated_from(cls, old: str, module: nn.RNNCellBase, **kwargs: Any) -> Any:
-        warnings.warn(
-            f"{cls.__name__}.{old} is deprecated; use {cls.__name__}.from_torch",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return cls.from_torch(module, **kwargs)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -256,10 +247,7 @@ class _LSTMCell(_RecurrentCell):
     _step = staticmethod(lstm_cell)
     _flipout_update = staticmethod(_lstm_flipout_update)
 
-    @classmethod
-    def from_lstm_cell(cls, cell: nn.LSTMCell, **kwargs: Any) -> Any:
-        """Deprecated alias of :meth:`from_torch`."""
-        return cls._deprecated_from("from_lstm_cell", cell, **kwargs)
+    from_lstm_cell = deprecated_from_torch("from_lstm_cell")
 
     def _zero_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         zeros = x.new_zeros(x.shape[:-1] + (self.hidden_size,))
@@ -278,10 +266,7 @@ class _GRUCell(_RecurrentCell):
     _step = staticmethod(gru_cell)
     _flipout_update = staticmethod(gru_pointwise)
 
-    @classmethod
-    def from_gru_cell(cls, cell: nn.GRUCell, **kwargs: Any) -> Any:
-        """Deprecated alias of :meth:`from_torch`."""
-        return cls._deprecated_from("from_gru_cell", cell, **kwargs)
+    from_gru_cell = deprecated_from_torch("from_gru_cell")
 
     def _zero_state(self, x: Tensor) -> Tensor:
         return x.new_zeros(x.shape[:-1] + (self.hidden_size,))

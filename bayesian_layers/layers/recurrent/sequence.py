@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ...initializers import TrainableInitializer
 from ...regularizers import Regularizer
 from .._util import check_features as _check_features
+from .._util import deprecated_from_torch
 from .._weight_draw import draw_weight
 from ..base import BayesianLayer
 from ..estimators import FLIPOUT, REPARAMETERIZATION, Estimator
@@ -134,15 +135,7 @@ class _BayesianLSTM(BayesianLayer):
         new.load_point_estimates({name: getattr(module, name) for name in new._flat_names})
         return new
 
-    @classmethod
-    def from_lstm(cls, lstm: nn.LSTM, **kwargs: Any) -> Any:
-        """Deprecated alias of :meth:`from_torch`."""
-        warnings.warn(
-            f"{cls.__name__}.from_lstm is deprecated; use {cls.__name__}.from_torch",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return cls.from_torch(lstm, **kwargs)
+    from_lstm = deprecated_from_torch("from_lstm")
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against ``nn.LSTM`` (weights are drawn per call)."""
