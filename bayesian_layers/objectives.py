@@ -56,6 +56,10 @@ def elbo_loss(
     negative ELBO divided by N. ``kl_weight < 1`` tempers the KL (a "cold"
     posterior), which often helps small data sets where full-KL variational
     Bayes is underconfident.
+
+    :func:`bayesian_layers.distributed.elbo_loss` takes the same arguments, plus
+    keywords for data and tensor parallelism (and ``global_batch_size`` for a sum of
+    per-example NLLs).
     """
     if isinstance(num_examples, bool) or not isinstance(num_examples, int):
         raise TypeError(

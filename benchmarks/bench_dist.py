@@ -95,7 +95,7 @@ def _worker(rank: int, world: int, mode: str, port: int, cfg: dict, out: str) ->
         logits = net(data[:, :-1])
         nll = F.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten(), reduction="sum")
         loss = bl.distributed.elbo_loss(
-            nll, 100_000, global_batch_size=cfg["batch"] * cfg["context"], model=model,
+            nll, model, 100_000, global_batch_size=cfg["batch"] * cfg["context"],
             data_parallel_size=dp_size,
         )  # fmt: skip
         opt.zero_grad(set_to_none=True)

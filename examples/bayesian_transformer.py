@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         logits = net(chunk[:, :-1])
         nll_sum = F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
         loss = bl.distributed.elbo_loss(
-            nll_sum, len(train), global_batch_size=batch * context * dp_size, model=model,
+            nll_sum, model, len(train), global_batch_size=batch * context * dp_size,
             data_parallel_size=dp_size,
         )  # fmt: skip
         opt.zero_grad(set_to_none=True)

@@ -68,7 +68,7 @@ def _check_ddp(rank: int, res: dict[str, Any]) -> None:
     ddp = DDP(model)
     bld.manual_seed(SEED, rank=rank)
     nll = F.cross_entropy(ddp(xs), ys, reduction="sum")
-    bld.elbo_loss(nll, N_TRAIN, global_batch_size=len(x), model=model).backward()
+    bld.elbo_loss(nll, model, N_TRAIN, global_batch_size=len(x)).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     # the single-process gradient of the global negative ELBO, with each rank's noise
     ref = mlp()
@@ -105,7 +105,7 @@ def _check_fsdp(rank: int, res: dict[str, Any]) -> None:
     bld.manual_seed(SEED, rank=rank)
     out, kl = net(x.chunk(WORLD)[rank])
     nll = F.cross_entropy(out, y.chunk(WORLD)[rank], reduction="sum")
-    bld.elbo_loss(nll, N_TRAIN, global_batch_size=len(x), kl=kl).backward()
+    bld.elbo_loss(nll, num_examples=N_TRAIN, global_batch_size=len(x), kl=kl).backward()
     opt.step()
     state = {
         k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in net.state_dict().items()
@@ -433,7 +433,7 @@ def test_elbo_loss_single_process_is_the_usual_elbo():
     x, y = batch()
     bld.manual_seed(SEED)
     nll = F.cross_entropy(model(x), y, reduction="sum")
-    loss = bld.elbo_loss(nll, N_TRAIN, global_batch_size=len(x), model=model)
+    loss = bld.elbo_loss(nll, model, N_TRAIN, global_batch_size=len(x))
     expected = bl.elbo_loss(nll / len(x), model, N_TRAIN)
     torch.testing.assert_close(loss, expected)
 
@@ -442,11 +442,11 @@ def test_elbo_loss_and_seed_reject_bad_input():
     model = mlp()
     nll = torch.tensor(1.0)
     with pytest.raises(ValueError, match="num_examples"):
-        bld.elbo_loss(nll, 0, global_batch_size=4, model=model)
+        bld.elbo_loss(nll, model, 0, global_batch_size=4)
     with pytest.raises(ValueError, match="exactly one"):
-        bld.elbo_loss(nll, 10, global_batch_size=4)
+        bld.elbo_loss(nll, num_examples=10, global_batch_size=4)
     with pytest.raises(ValueError, match="data_parallel_size"):
-        bld.elbo_loss(nll, 10, global_batch_size=4, model=model, data_parallel_size=0)
+        bld.elbo_loss(nll, model, 10, global_batch_size=4, data_parallel_size=0)
     with pytest.raises(TypeError, match="seed"):
         bld.manual_seed(1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rank"):

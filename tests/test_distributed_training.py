@@ -132,10 +132,10 @@ def _check_tp_elbo(rank: int, res: dict[str, Any], outdir: str) -> None:
     expected = (nll_sum / tokens + kl / N_TRAIN).item()
     res["elbo_expected"] = expected
     res["elbo_sum_default"] = bld.elbo_loss(
-        nll_sum, N_TRAIN, global_batch_size=tokens, model=model
+        nll_sum, model, N_TRAIN, global_batch_size=tokens
     ).item()
     res["elbo_sum_dp_mesh"] = bld.elbo_loss(
-        nll_sum, N_TRAIN, global_batch_size=tokens, model=model, dp_mesh=mesh["dp"]
+        nll_sum, model, N_TRAIN, global_batch_size=tokens, dp_mesh=mesh["dp"]
     ).item()
     res["elbo_mean"] = bld.elbo_loss(nll_sum / tokens, model, N_TRAIN).item()
     errors = {}
@@ -144,7 +144,7 @@ def _check_tp_elbo(rank: int, res: dict[str, Any], outdir: str) -> None:
         ("dp_mesh_is_tp", {"dp_mesh": mesh["tp"]}),
     ]:
         try:
-            bld.elbo_loss(nll_sum, N_TRAIN, global_batch_size=tokens, model=model, **kwargs)
+            bld.elbo_loss(nll_sum, model, N_TRAIN, global_batch_size=tokens, **kwargs)
             errors[key] = None
         except ValueError as e:
             errors[key] = str(e)
@@ -172,8 +172,7 @@ def _check_accumulation(rank: int, res: dict[str, Any], outdir: str) -> None:
                         loss = bld.elbo_loss(nll_mean, model, N_TRAIN, accumulation_steps=2)
                     else:
                         nll_sum = F.cross_entropy(ddp(xm), ym, reduction="sum")
-                        loss = bld.elbo_loss(
-                            nll_sum, N_TRAIN, global_batch_size=len(x), model=model,
+                        loss = bld.elbo_loss(nll_sum, model, N_TRAIN, global_batch_size=len(x),
                             accumulation_steps=2,
                         )  # fmt: skip
                     loss.backward()
@@ -436,8 +435,8 @@ def test_elbo_loss_mean_form_is_bl_elbo_loss_and_old_sum_calls_still_work():
     for loss in (
         bld.elbo_loss(nll_sum / len(x), model, N_TRAIN, kl_weight=0.5),
         bld.elbo_loss(nll_sum / len(x), model=model, num_examples=N_TRAIN, kl_weight=0.5),
-        bld.elbo_loss(nll_sum, N_TRAIN, global_batch_size=len(x), model=model, kl_weight=0.5),
-        bld.elbo_loss(nll_sum, np.int64(N_TRAIN), global_batch_size=len(x), model=model,
+        bld.elbo_loss(nll_sum, model, N_TRAIN, global_batch_size=len(x), kl_weight=0.5),
+        bld.elbo_loss(nll_sum, model, np.int64(N_TRAIN), global_batch_size=len(x),
                       kl_weight=0.5),
     ):  # fmt: skip
         torch.testing.assert_close(loss, expected)
@@ -453,8 +452,11 @@ def test_elbo_loss_rejects_bad_input_and_ambiguous_orders():
         bld.elbo_loss(nll, model, N_TRAIN, accumulation_steps=0)
     with pytest.raises(TypeError, match="global_batch_size"):  # a sum without its batch size
         bld.elbo_loss(nll, N_TRAIN, model=model)
-    with pytest.raises(TypeError, match="sum form"):  # a batch size beside a mean
-        bld.elbo_loss(nll, model, N_TRAIN, global_batch_size=8)
+    # bl.elbo_loss's arguments: global_batch_size selects the sum form; the older order
+    # (the training-set size second, the model by keyword) warns and gives the same loss
+    with pytest.warns(DeprecationWarning, match="pass the arguments of bl.elbo_loss"):
+        older = bld.elbo_loss(nll, N_TRAIN, global_batch_size=8, model=model)
+    torch.testing.assert_close(older, bld.elbo_loss(nll, model, N_TRAIN, global_batch_size=8))
     with pytest.raises(ValueError, match="num_examples"):
         bld.elbo_loss(nll, model, 0)
     with pytest.raises(ValueError, match="mesh"):

@@ -4,6 +4,7 @@ and the sum forms. Public names: :mod:`bayesian_layers.distributed`."""
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral
 from typing import Any
 
@@ -75,42 +76,46 @@ def _data_parallel_size(
 def _parse_order(
     first: Any, second: Any, keywords: dict[str, Any], global_batch_size: int | None
 ) -> tuple[bool, nn.Module | None, int]:
-    """``(sum form?, model, num_examples)`` from elbo_loss's positional and keyword forms."""
+    """``(sum form?, model, num_examples)`` from elbo_loss's positional and keyword forms.
+
+    The arguments are :func:`bayesian_layers.elbo_loss`'s, ``(nll, model,
+    num_examples)``; ``global_batch_size`` selects the sum form. The older sum-form
+    order ``(nll_sum, num_examples, global_batch_size=B, model=m)`` still works and
+    warns ``DeprecationWarning``.
+    """
     unknown = set(keywords) - {"model", "num_examples"}
     if unknown:
         raise TypeError(f"elbo_loss got unexpected keyword arguments {sorted(unknown)}")
     model, n = keywords.get("model"), keywords.get("num_examples")
-    sum_form = isinstance(first, Integral) and not isinstance(first, bool)
-    if sum_form:  # elbo_loss(nll_sum, num_examples, global_batch_size=B, model=...)
+    if isinstance(first, Integral) and not isinstance(first, bool):  # the older order
         if second is not None or n is not None:
             raise TypeError("elbo_loss got `num_examples` twice")
         if global_batch_size is None:
             raise TypeError(
-                "elbo_loss(nll_sum, num_examples, ...) (the sum form) expected "
-                "`global_batch_size`, the examples of the step over all data-parallel ranks; "
-                "or use the mean form elbo_loss(nll_mean, model, num_examples)"
+                "elbo_loss(nll_sum, num_examples, ...) (the older sum-form order) expected "
+                "`global_batch_size`, the examples of the step over all data-parallel ranks"
             )
-        n = first
-    else:  # elbo_loss(nll_mean, model, num_examples), as bl.elbo_loss
-        if first is not None and model is not None:
-            raise TypeError("elbo_loss got `model` twice")
-        if second is not None and n is not None:
-            raise TypeError("elbo_loss got `num_examples` twice")
-        model = first if first is not None else model
-        n = second if second is not None else n
-        if n is None:
-            raise TypeError("elbo_loss expected `num_examples`, the size of the training set")
-        if global_batch_size is not None:
-            raise TypeError(
-                "elbo_loss expected `global_batch_size` only in the sum form "
-                "elbo_loss(nll_sum, num_examples, global_batch_size=B, model=...); the mean "
-                "form elbo_loss(nll_mean, model, num_examples) takes this rank's mean NLL"
-            )
+        warnings.warn(
+            "elbo_loss(nll_sum, num_examples, global_batch_size=B, model=m) is deprecated; "
+            "pass the arguments of bl.elbo_loss: "
+            "elbo_loss(nll_sum, model, num_examples, global_batch_size=B)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return True, model, _count("num_examples", first, 1)
+    if first is not None and model is not None:
+        raise TypeError("elbo_loss got `model` twice")
+    if second is not None and n is not None:
+        raise TypeError("elbo_loss got `num_examples` twice")
+    model = first if first is not None else model
+    n = second if second is not None else n
+    if n is None:
+        raise TypeError("elbo_loss expected `num_examples`, the size of the training set")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(
             f"elbo_loss expected `model` to be an nn.Module, got {type(model).__name__}"
         )
-    return sum_form, model, _count("num_examples", n, 1)
+    return global_batch_size is not None, model, _count("num_examples", n, 1)
 
 
 def _kl_weight(value: object) -> float:
@@ -123,7 +128,7 @@ def _kl_weight(value: object) -> float:
 
 def elbo_loss(
     nll: Tensor,
-    model: nn.Module | int | None = None,
+    model: nn.Module | None = None,
     num_examples: int | None = None,
     /,
     *,
@@ -137,6 +142,9 @@ def elbo_loss(
 ) -> Tensor:
     """This rank's loss whose data-parallel-averaged gradient is the global negative ELBO's.
 
+    The arguments of :func:`bayesian_layers.elbo_loss`, ``(nll, model, num_examples)``,
+    plus keywords for data and tensor parallelism.
+
     **Mean form**, as :func:`bayesian_layers.elbo_loss`:
     ``elbo_loss(nll_mean, model, num_examples)`` returns
     ``(nll_mean + kl_weight * KL / num_examples) / accumulation_steps`` with the
@@ -146,8 +154,10 @@ def elbo_loss(
     parallelism (see the module docstring).
 
     **Sum form**, for unequal local batches:
-    ``elbo_loss(nll_sum, num_examples, global_batch_size=B, model=model)`` (an int
-    second) returns ``D * nll_sum / B + kl_weight * KL / (num_examples * accumulation_steps)``
+    ``elbo_loss(nll_sum, model, num_examples, global_batch_size=B)`` (selected by
+    ``global_batch_size``; the older order ``elbo_loss(nll_sum, num_examples,
+    global_batch_size=B, model=model)`` warns ``DeprecationWarning``) returns
+    ``D * nll_sum / B + kl_weight * KL / (num_examples * accumulation_steps)``
     with ``B`` the examples of the whole optimiser step (all ranks, all
     micro-batches) and ``D`` the data-parallel size: from ``dp_mesh``, else
     ``data_parallel_size``, else the world size over the model's tensor-parallel
