@@ -4,7 +4,7 @@ in :mod:`bayesian_layers.layers.attention`).
 :class:`BayesianMultiheadAttention` holds the parameters, checks the inputs
 (:mod:`bayesian_layers.layers.attention._checks`), takes one draw of each projection
 per call under the subclass's ``estimator``
-(:func:`~bayesian_layers.layers._weight_draw.draw_weight`), folds K function samples
+(:meth:`~bayesian_layers.layers.estimators.Estimator.draw`), folds K function samples
 into the batch and runs either torch's fused ``F.multi_head_attention_forward`` on
 whole weights or the projections with signs per sequence around :meth:`attend`.
 :class:`HeadShard` is the public extension point of tensor parallelism: the share of
@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from ...initializers import TrainableInitializer
 from ...regularizers import Regularizer
-from .._weight_draw import WeightDraw, draw_weight
 from ..base import BayesianLayer
-from ..estimators import REPARAMETERIZATION, Estimator
+from ..estimators import REPARAMETERIZATION, Estimator, WeightDraw
 from ..functional.attention import attention_core, flipout_project
 from ..linear import LinearReparameterization
 from ._checks import check_masks, check_qkv
@@ -250,8 +249,8 @@ class BayesianMultiheadAttention(BayesianLayer):
             )
         args = (need_weights, average_attn_weights, is_causal)
         in_bias, out_bias = ("in_proj_bias", "bias") if self.use_bias else (None, None)
-        in_draw = draw_weight(self, self.estimator, "in_proj_weight", in_bias)
-        out_draw = draw_weight(self.out_proj, self.estimator, "weight", out_bias)
+        in_draw = self.estimator.draw(self, "in_proj_weight", in_bias)
+        out_draw = self.estimator.draw(self.out_proj, "weight", out_bias)
         if k == 1:
             out, weights = self._call(
                 query, key, value, key_padding_mask, attn_mask, args, in_draw, out_draw

@@ -11,7 +11,7 @@ plain parameters. ``layer.losses`` holds the input projection's terms and
 
 The estimator is the class attribute ``estimator`` (the strategy objects of
 :mod:`bayesian_layers.layers.estimators`); each call takes one draw of each
-projection (:func:`~bayesian_layers.layers._weight_draw.draw_weight`), applied to
+projection (:meth:`~bayesian_layers.layers.estimators.Estimator.draw`), applied to
 queries, keys and values alike:
 
 * :class:`MultiheadAttentionReparameterization`: one whole draw of every weight

@@ -5,7 +5,7 @@ loop over the steps).
 
 The estimator is the class attribute ``estimator`` (the strategy objects of
 :mod:`bayesian_layers.layers.estimators`); each matrix's draw comes from
-:func:`~bayesian_layers.layers._weight_draw.draw_weight` (whole weights, or Flipout's
+:meth:`~bayesian_layers.layers.estimators.Estimator.draw` (whole weights, or Flipout's
 posterior mean and perturbation) and its signs from ``layer.noise``; the Flipout
 recurrence is :func:`~bayesian_layers.layers.functional.recurrent.flipout_lstm_direction`.
 """
@@ -25,7 +25,6 @@ from ...initializers import TrainableInitializer
 from ...regularizers import Regularizer
 from .._util import check_features as _check_features
 from .._util import deprecated_from_torch
-from .._weight_draw import draw_weight
 from ..base import BayesianLayer
 from ..estimators import FLIPOUT, REPARAMETERIZATION, Estimator
 from ..functional.recurrent import flipout_lstm_direction
@@ -294,8 +293,8 @@ class _BayesianLSTM(BayesianLayer):
                 index = layer * directions + direction
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
                 ih, hh = (
-                    draw_weight(self, self.estimator, f"weight_{kind}{sfx}",
-                                f"bias_{kind}{sfx}" if self.bias else None)
+                    self.estimator.draw(self, f"weight_{kind}{sfx}",
+                                        f"bias_{kind}{sfx}" if self.bias else None)
                     for kind in ("ih", "hh")
                 )  # fmt: skip
                 s_in_x, s_out_x, s_in_h, s_out_h = (

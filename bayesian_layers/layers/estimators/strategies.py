@@ -1,0 +1,237 @@
+"""The estimators as strategy objects (:class:`Estimator` and its three subclasses, one
+instance each) and their lookup by name. Part of :mod:`bayesian_layers.layers.estimators`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .draw import WeightDraw, mean_projection, whole_weight_projection
+from .op import WeightOp, local_reparameterization_moments
+
+if TYPE_CHECKING:
+    from ..base import BayesianLayer
+
+__all__ = [
+    "Estimator",
+    "Reparameterization",
+    "Flipout",
+    "LocalReparameterization",
+    "REPARAMETERIZATION",
+    "FLIPOUT",
+    "LOCAL_REPARAMETERIZATION",
+    "ESTIMATORS",
+    "get_estimator",
+]
+
+
+class Estimator:
+    """How a forward pass integrates over the weight posterior; see the module docstring.
+
+    Attributes:
+        name: the name in :data:`ESTIMATORS` (and in the converter registry).
+        exact_function_samples: whether each predictive sample is one function draw
+            (True), or only marginal-correct per example (False).
+        needs_normal: the roles (``"weight"``, ``"bias"``) whose posterior must be
+            normal or deterministic.
+    """
+
+    name: str = ""
+    exact_function_samples: bool = True
+    needs_normal: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __reduce__(self) -> str:  # the module-level instance, also after unpickling
+        return self.name.upper()
+
+    def check_posteriors(
+        self, layer: BayesianLayer, weight: str = "weight", bias: str | None = "bias"
+    ) -> None:
+        """Raise ``ValueError`` (naming the layer and the family) when a posterior this
+        estimator needs normal is neither normal nor deterministic."""
+        names = {"weight": weight, "bias": bias}
+        for role in self.needs_normal:
+            name = names[role]
+            if name is None:
+                continue
+            try:
+                init = layer.parameter_spec(name).initializer
+            except ValueError:
+                continue  # no such parameter (bias=False)
+            if not (init.is_normal or init.is_deterministic):
+                raise ValueError(
+                    f"{type(layer).__name__} needs a normal (or deterministic) {name} "
+                    f"posterior, got {type(init).__name__}; use the reparameterization "
+                    "estimator for other families"
+                )
+
+    def project(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str = "weight",
+        bias: str | None = "bias",
+    ) -> Tensor:
+        """``op(x, W, b)`` with ``W``, ``b`` integrated over by this estimator.
+
+        Args:
+            layer: the layer holding parameters ``weight`` and ``bias``.
+            x: the checked input (K function samples folded into its first dim).
+            op: the family's op.
+            weight, bias: the parameters' names; ``bias=None`` for no bias.
+        """
+        if layer.sampling == "mean":
+            return mean_projection(layer, x, op, weight, bias)
+        if not self.exact_function_samples and layer.per_example_noise():
+            loc, scale = layer.posterior_loc_scale(weight)
+            if scale is not None:  # a random weight
+                return self.per_example(layer, x, op, weight, bias, loc, scale)
+        return whole_weight_projection(layer, x, op, weight, bias)
+
+    def draw(self, layer: BayesianLayer, weight: str, bias: str | None) -> WeightDraw:
+        """One draw of ``weight`` and ``bias`` for a family that applies it several times
+        (attention's queries, keys and values; an LSTM's steps), dispatched as
+        :meth:`project`: posterior means in ``"mean"`` mode, else one whole draw per
+        function sample (Flipout overrides it with ``(μ, σ ∘ ε)`` when per-example noise
+        is allowed). All noise comes from ``layer.sample_param`` and ``layer.noise``.
+        """
+        b = None if bias is None else layer.sample_param(bias)  # a point in "mean" mode
+        if layer.sampling == "mean":
+            return WeightDraw(layer.point(weight), None, b)
+        return WeightDraw(layer.sample_param(weight), None, b)
+
+    def per_example(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str,
+        bias: str | None,
+        loc: Tensor,
+        scale: Tensor,
+    ) -> Tensor:
+        """The estimator's own path (``"sample"`` mode, no tracer, a normal weight
+        posterior ``N(loc, scale²)``); noise through ``layer.noise``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-example path")
+
+
+class Reparameterization(Estimator):
+    """One whole weight draw per call (per function sample), shared by the batch
+    (Kingma & Welling 2014; Blundell et al. 2015): exact function samples, any
+    posterior family."""
+
+    name = "reparameterization"
+    exact_function_samples = True
+
+
+class Flipout(Estimator):
+    """Flipout (Wen et al. 2018): one shared perturbation per call, decorrelated across
+    examples by random signs; a random bias gets one whole draw per call. Needs a
+    normal (or deterministic) weight posterior; about twice the op's cost."""
+
+    name = "flipout"
+    exact_function_samples = False
+    needs_normal = ("weight",)
+
+    def per_example(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str,
+        bias: str | None,
+        loc: Tensor,
+        scale: Tensor,
+    ) -> Tensor:
+        k = layer.check_samples(x)
+        b = None if bias is None else layer.sample_param(bias)
+        mean = op(x, loc, b if k == 1 else None)
+        in_shape, out_shape = op.sign_shapes(x, mean.shape)
+        sign_in = layer.noise(f"{weight}_sign_in", in_shape, x, kind="sign")
+        sign_out = layer.noise(f"{weight}_sign_out", out_shape, x, kind="sign")
+        shape = loc.shape if k == 1 else torch.Size((k, *loc.shape))
+        noise = layer.noise(weight, shape, loc)
+        if k == 1:
+            perturbation = op(x * sign_in, scale * noise, None)
+        else:
+            perturbation = op.batched(x * sign_in, scale * noise, None, k)
+        y = torch.addcmul(mean, perturbation, sign_out.to(mean.dtype))  # (to: autocast)
+        return y if k == 1 else op.add_sample_bias(y, b, k)
+
+    def draw(self, layer: BayesianLayer, weight: str, bias: str | None) -> WeightDraw:
+        """Flipout's reusable draw: the posterior mean ``μ`` and one shared perturbation
+        ``Δ = σ ∘ ε`` (a leading K in vectorised mode), applied with signs per example
+        (:func:`~bayesian_layers.layers.functional.attention.flipout_project`); whole
+        weights where per-example noise is not allowed or the weight is deterministic."""
+        if layer.sampling != "mean" and layer.per_example_noise():
+            loc, scale = layer.posterior_loc_scale(weight)
+            if scale is not None:
+                b = None if bias is None else layer.sample_param(bias)
+                k = layer.num_function_samples
+                shape = loc.shape if k == 1 else torch.Size((k, *loc.shape))
+                return WeightDraw(loc, scale * layer.noise(weight, shape, loc), b)
+        return super().draw(layer, weight, bias)
+
+
+class LocalReparameterization(Estimator):
+    """Local reparameterization (Kingma et al. 2015): every output element drawn from
+    its exact marginal, an independent weight draw per element; never draws a whole
+    weight outside ``"frozen"`` mode and tracing. Needs normal (or deterministic)
+    weight and bias posteriors; exact for any op linear in the weight in which a
+    weight element meets one input element per output element."""
+
+    name = "local_reparameterization"
+    exact_function_samples = False
+    needs_normal = ("weight", "bias")
+
+    def per_example(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str,
+        bias: str | None,
+        loc: Tensor,
+        scale: Tensor,
+    ) -> Tensor:
+        layer.check_samples(x)  # K samples need no care: every element has its own noise
+        bias_loc, bias_scale = (None, None) if bias is None else layer.posterior_loc_scale(bias)
+        mean, std = local_reparameterization_moments(op, x, loc, scale, bias_loc, bias_scale)
+        # noise in the parameter dtype (float32 under autocast), cast after the op
+        noise = layer.noise(f"{weight}_output", mean.shape, loc)
+        return torch.addcmul(mean, std, noise.to(mean.dtype))
+
+
+REPARAMETERIZATION = Reparameterization()
+FLIPOUT = Flipout()
+LOCAL_REPARAMETERIZATION = LocalReparameterization()
+
+_BY_NAME: dict[str, Estimator] = {
+    e.name: e for e in (REPARAMETERIZATION, FLIPOUT, LOCAL_REPARAMETERIZATION)
+}
+
+#: the names of the weight estimators, in the order of :func:`get_estimator`'s message.
+ESTIMATORS = tuple(_BY_NAME)
+
+
+def get_estimator(name: str | Estimator) -> Estimator:
+    """The estimator called ``name`` (an :class:`Estimator` is returned as is).
+
+    Raises:
+        ValueError: unknown name (the message lists :data:`ESTIMATORS`).
+
+    Example:
+        >>> get_estimator("local_reparameterization").exact_function_samples
+        False
+    """
+    if isinstance(name, Estimator):
+        return name
+    estimator = _BY_NAME.get(name) if isinstance(name, str) else None
+    if estimator is None:
+        raise ValueError(f"get_estimator expected a name in {ESTIMATORS}, got {name!r}")
+    return estimator
