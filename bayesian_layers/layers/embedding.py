@@ -205,7 +205,7 @@ class EmbeddingReparameterization(BayesianLayer):
             # (it raises RuntimeError, with this message, when the graph runs)
             in_range = (input.min() >= 0) & (input.max() < self.num_embeddings)
             torch._assert_async(in_range, f"{name} expected indices in [0, {self.num_embeddings})")
-        elif input.numel():
+        elif input.numel() and input.device.type != "meta":  # meta: no values to check
             low, high = int(input.min()), int(input.max())
             if low < 0 or high >= self.num_embeddings:
                 raise ValueError(
@@ -217,7 +217,8 @@ class EmbeddingReparameterization(BayesianLayer):
     def forward(self, input: Tensor) -> Tensor:
         idx = self._check_input(input)
         k = self.check_samples(idx)
-        if self.sampling == "sample" and self.per_example_noise():
+        # meta tensors have no values to deduplicate: the whole-draw path gives the shapes
+        if self.sampling == "sample" and self.per_example_noise() and idx.device.type != "meta":
             loc, scale = self.posterior_loc_scale("weight")
             if scale is not None:
                 return self._renorm(self._looked_up_rows(idx, loc, scale, k))

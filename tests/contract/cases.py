@@ -388,12 +388,7 @@ def public_classes() -> dict[str, type]:
 
 #: (test function, case name) -> why the layer breaks that contract today. Strict
 #: xfails: a fix flips the test, and the entry must go.
-KNOWN: dict[tuple[str, str], str] = {
-    (
-        "test_meta_device_reaches_every_parameter_and_the_output",
-        "EmbeddingReparameterization",
-    ): "embedding.py checks the index range with .item(), which a meta tensor lacks",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def names(**flags: bool) -> list[str]:
