@@ -316,3 +316,38 @@ def test_frozen_state_is_the_store_of_the_frozen_sample_in_effect() -> None:
         layer.resample()
         assert "mine" not in layer.frozen_state and set(layer.frozen_state) == {"weight"}
     assert layer.frozen_state is own
+
+
+def test_mc_dropout_masks_go_through_the_noise_hook() -> None:
+    """With a hook the mask's uniforms come from ``noise("mask", kind="uniform")``: all
+    ones keep every unit (scaled by 1/(1-p)), all zeros drop every unit; the default
+    uniforms keep each unit with probability 1 - p. n = 200 000 units, one check at
+    5 standard errors (family-wise failure rate < 1e-6)."""
+    drop, x = layers.MCDropout(0.25), torch.randn(3, 4)
+    seen: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def ones(layer, name, kind, shape, make):
+        seen.append((name, kind, tuple(shape)))
+        return torch.ones(shape)
+
+    handle = drop.register_noise_hook(ones)
+    assert drop.has_noise_hooks
+    torch.testing.assert_close(drop(x), x / 0.75)
+    assert seen == [("mask", "uniform", (3, 4))]
+    handle.remove()
+    handle = drop.register_noise_hook(lambda layer, name, kind, shape, make: torch.zeros(shape))
+    assert torch.equal(drop(x), torch.zeros_like(x))
+    handle.remove()
+    handle = drop.register_noise_hook(lambda layer, name, kind, shape, make: make(shape))
+    torch.manual_seed(0)
+    kept = (drop(torch.ones(200_000)) != 0).double().mean().item()
+    handle.remove()
+    assert not drop.has_noise_hooks
+    assert abs(kept - 0.75) < 5 * (0.75 * 0.25 / 200_000) ** 0.5
+
+
+def test_noise_rejects_an_unknown_kind() -> None:
+    layer = layers.LinearReparameterization(3, 2)
+    with pytest.raises(ValueError, match="LinearReparameterization.noise expected `kind` in"):
+        layer.noise("weight", (2, 3), torch.zeros(()), kind="gamma")
+    assert layer.noise("u", (5,), torch.zeros(()), kind="uniform").shape == (5,)

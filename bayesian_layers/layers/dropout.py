@@ -20,8 +20,10 @@ class MCDropout(BayesianLayer):
     modes apply: ``"mean"`` is the identity (the usual deterministic
     approximation), ``"frozen"`` keeps one mask over the non-batch dimensions
     (one function: the same units dropped for every example) until
-    :meth:`resample`. It has no parameters and no losses (for the Gal &
-    Ghahramani objective, use weight decay on the neighbouring layers).
+    :meth:`resample`. With a noise hook registered, a sampled mask's uniforms come from
+    ``noise("mask", shape, like, kind="uniform")`` (kept where ``u >= p``). It has no
+    parameters and no losses (for the Gal & Ghahramani objective, use weight decay on
+    the neighbouring layers).
 
     Args:
         p: probability of an element being zeroed, in ``[0, 1)``.
@@ -56,7 +58,12 @@ class MCDropout(BayesianLayer):
         if self.sampling == "mean" or self.p == 0.0:
             return x
         if self.sampling != "frozen":
-            return F.dropout(x, self.p, training=True)
+            if not self.has_noise_hooks:  # the fused kernel; same law as the mask below
+                return F.dropout(x, self.p, training=True)
+            # a hook sees (or sets) the mask's uniforms: kept where u >= p
+            like = x if x.dtype in (torch.float32, torch.float64) else x.float()
+            u = self.noise("mask", x.shape, like, kind="uniform")
+            return x * (u >= self.p).to(x.dtype) / (1 - self.p)
         k = self.check_samples(x)
         shape = (k, 1) + tuple(x.shape[1:]) if k > 1 else tuple(x.shape[1:])
         seed = self.frozen_state.get("mask_seed")

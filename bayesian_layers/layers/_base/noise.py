@@ -31,6 +31,13 @@ def _normal_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
     return make
 
 
+def _uniform_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
+    def make(shape: torch.Size) -> Tensor:
+        return torch.rand(shape, dtype=like.dtype, device=like.device)
+
+    return make
+
+
 def _sign_maker(like: Tensor) -> Callable[[torch.Size], Tensor]:
     def make(shape: torch.Size) -> Tensor:
         return rademacher(shape, like)
@@ -58,7 +65,8 @@ class NoiseSource(nn.Module):
                 a name of the estimator's own (``"weight_sign_in"``, ``"output"``).
             shape: the noise's shape (a leading K in vectorised mode included).
             like: a tensor whose dtype and device the noise takes.
-            kind: ``"normal"`` (standard normal), ``"sign"`` (Rademacher ±1), or
+            kind: ``"normal"`` (standard normal), ``"sign"`` (Rademacher ±1),
+                ``"uniform"`` (on ``[0, 1)``, e.g. a dropout mask), or
                 ``"parameter"`` (the noise of ``name``'s posterior family, e.g.
                 standard normal for a normal posterior).
 
@@ -71,6 +79,8 @@ class NoiseSource(nn.Module):
             make = _normal_maker(like)
         elif kind == "sign":
             make = _sign_maker(like)
+        elif kind == "uniform":
+            make = _uniform_maker(like)
         elif kind == "parameter":
             init = self._inits[name]
             if init.is_deterministic:
@@ -84,13 +94,19 @@ class NoiseSource(nn.Module):
         else:
             raise ValueError(
                 f"{type(self).__name__}.noise expected `kind` in ('normal', 'sign', "
-                f"'parameter'), got {kind!r}"
+                f"'uniform', 'parameter'), got {kind!r}"
             )
         for hook in self._noise_hooks.values():
             value = hook(cast("BayesianLayer", self), name, kind, shape, make)
             if value is not None:
                 return value
         return make(shape)
+
+    @property
+    def has_noise_hooks(self) -> bool:
+        """Whether a noise hook is registered (a layer with a fused fast path for its
+        noise, such as :class:`~bayesian_layers.layers.MCDropout`, takes it otherwise)."""
+        return bool(self._noise_hooks)
 
     def register_noise_hook(self, hook: NoiseHook) -> RemovableHandle:
         """Register ``hook(layer, name, kind, shape, make) -> Tensor | None``, called
