@@ -351,3 +351,21 @@ def test_noise_rejects_an_unknown_kind() -> None:
     with pytest.raises(ValueError, match="LinearReparameterization.noise expected `kind` in"):
         layer.noise("weight", (2, 3), torch.zeros(()), kind="gamma")
     assert layer.noise("u", (5,), torch.zeros(()), kind="uniform").shape == (5,)
+
+
+def test_set_initializer_keeps_the_estimator_s_needs() -> None:
+    """Flipout and local reparameterization need a normal weight posterior: a
+    log-normal one is refused at once (nothing changed), reparameterization takes it."""
+    log_normal = bl.initializers.get_initializer("trainable_log_normal")
+    for cls in (layers.LinearFlipout, layers.LinearLocalReparameterization):
+        layer = cls(3, 2)
+        before = layer.weight_initializer
+        with pytest.raises(
+            ValueError, match=f"{cls.__name__}.set_initializer: the .* needs a normal"
+        ):
+            layer.set_initializer("weight", log_normal)
+        assert layer.weight_initializer is before
+    layer = layers.LinearReparameterization(3, 2)
+    layer.set_initializer("weight", log_normal)
+    assert layer.parameter_spec("weight").initializer is log_normal
+    assert (layer(torch.randn(4, 3)) != 0).any()

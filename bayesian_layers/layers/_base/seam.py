@@ -162,7 +162,9 @@ class ParameterSeam(nn.Module):
         ``<name>_initializer`` and the layer's tables stay consistent.
 
         Raises:
-            ValueError: unknown ``name``, or a family with other parameters.
+            ValueError: unknown ``name``, a family with other parameters, or a
+                non-normal family where the layer's estimator needs a normal one
+                (Flipout's weight, local reparameterization's weight and bias).
 
         Example:
             >>> import bayesian_layers as bl
@@ -179,6 +181,14 @@ class ParameterSeam(nn.Module):
                 f"{owner}.set_initializer expected a family with the parameters of "
                 f"{type(old).__name__} for {name!r} (suffixes {old.suffixes}), got "
                 f"{type(init).__name__} (suffixes {init.suffixes})"
+            )
+        estimator = getattr(type(self), "estimator", None)
+        role = "bias" if "bias" in name else "weight"
+        needs = getattr(estimator, "needs_normal", ())
+        if role in needs and not (init.is_normal or init.is_deterministic):
+            raise ValueError(
+                f"{owner}.set_initializer: the {estimator.name} estimator needs a normal "  # type: ignore[union-attr]
+                f"(or deterministic) {name} posterior, got {type(init).__name__}"
             )
         setattr(self, f"{name}_initializer", init)
         self._inits[name] = init
