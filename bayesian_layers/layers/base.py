@@ -283,7 +283,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         init = self._inits[name]
         if init.is_deterministic or self.sampling == "mean":
             return init.point(self, name)
-        if _tracing._active and _tracing.is_tracing():
+        if _tracing.is_tracing():
             return self._traced_draw(name, None)
         like = next(iter(init.params(self, name).values()))
         value = init.transform(self, name, self._noise(name, init, like))
@@ -293,7 +293,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
     def draw_param(self, name: str, noise: Tensor) -> Tensor:
         """The draw of random parameter ``name`` made from standard ``noise`` (traced
         like :meth:`sample_param` while a tracer is active)."""
-        if _tracing._active and _tracing.is_tracing():
+        if _tracing.is_tracing():
             return self._traced_draw(name, noise)
         value = self._inits[name].transform(self, name, noise)
         self._last_sample[name] = value
@@ -303,7 +303,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         """Whether an estimator may skip whole weight draws (Flipout, local
         reparameterization): only in ``"sample"`` mode with no tracer active, since a
         tracer must see each weight as one random variable."""
-        return self.sampling == "sample" and not (_tracing._active and _tracing.is_tracing())
+        return self.sampling == "sample" and not (_tracing.is_tracing())
 
     def _traced_draw(self, name: str, noise: Tensor | None) -> Tensor:
         path = _tracing.module_path(self, name)

@@ -44,7 +44,7 @@ def make(
     tracer is active (:func:`bayesian_layers.trace`) the call goes to the tracers as
     ``tracer(constructor, **args, name=, value=, sample_shape=)``.
     """
-    if _tracing._active and _tracing.is_tracing():
+    if _tracing.is_tracing():
         kwargs = {**args, "name": name, "value": value, "sample_shape": sample_shape}
         return _tracing._dispatch(constructor, (), kwargs)
     kwargs = {}

@@ -43,7 +43,7 @@ def function_output(
     """``RandomVariable(dist, value, name)``, through the tracers when one is active, marked
     with :func:`~bayesian_layers._function_space.mark_function_space`. A callable ``value``
     is computed when the value is first read (at once under a tracer)."""
-    if _tracing._active and _tracing.is_tracing():
+    if _tracing.is_tracing():
         rv = _tracing.variable(dist, name=name, value=value() if callable(value) else value)
     elif callable(value):
         rv = RandomVariable.deferred(dist, value, name=name)

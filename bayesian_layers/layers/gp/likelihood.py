@@ -150,6 +150,6 @@ class GaussianLikelihood(nn.Module):
         dist = Normal(mean, (var + noise).sqrt(), validate_args=False)
         base = f.value if isinstance(f, RandomVariable) else mean
         value = base + noise.sqrt() * torch.randn_like(mean)
-        if _tracing._active and _tracing.is_tracing():
+        if _tracing.is_tracing():
             return _tracing.variable(dist, name=self.name, value=value)
         return RandomVariable(dist, value=value, name=self.name)

@@ -306,7 +306,7 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     def _random_variable(self, dist: td.Distribution) -> RandomVariable:
         """The output; a named one goes through the tracers while one is active (as
         ``bl.Normal(..., name=...)``), an unnamed one is invisible to them."""
-        if self.name is not None and _tracing._active and _tracing.is_tracing():
+        if self.name is not None and _tracing.is_tracing():
             return _tracing.variable(dist, name=self.name)  # type: ignore[no-any-return]
         return RandomVariable(dist, name=self.name)
 

@@ -353,7 +353,7 @@ class Discretize(nn.Module):
         value = inner.snap(rv.value.detach())
         if self.name is None:
             return RandomVariable(disc, value=value, sample_shape=rv.sample_shape, name=rv.name)
-        if _tracing._active and _tracing.is_tracing():
+        if _tracing.is_tracing():
             traced = _tracing.variable(
                 disc, name=self.name, value=value, sample_shape=rv.sample_shape
             )
