@@ -103,11 +103,11 @@ def _converted(estimator: str) -> Callable[[], nn.Module]:
 #: deterministic runs (see :func:`evaluate_ensemble`), not trained.
 METHODS: dict[str, Method] = {
     "deterministic": Method(lenet5),
-    "mc_dropout": Method(lambda: lenet5(dropout=0.1), num_samples=32),
+    "mc_dropout": Method(lambda: lenet5(dropout=0.1), num_samples=10),
 }
 for _est in ("reparameterization", "flipout", "local_reparameterization"):
-    METHODS[f"vi_{_est}"] = Method(_hand_built(_est), epochs=50, num_samples=32)
-    METHODS[f"vi_{_est}_converted"] = Method(_converted(_est), epochs=50, num_samples=32)
+    METHODS[f"vi_{_est}"] = Method(_hand_built(_est), epochs=50, num_samples=10)
+    METHODS[f"vi_{_est}_converted"] = Method(_converted(_est), epochs=50, num_samples=10)
 ENSEMBLES = ("ensemble_5", "ensemble_10")
 
 
@@ -266,11 +266,11 @@ PUBLISHED = (
 OOD_KEYS = ("auroc_entropy", "auroc_mutual_information", "aupr_entropy", "aupr_mutual_information")
 
 
-def _mean_se(values: list[float]) -> str:
+def _mean_se(values: list[float], digits: int = 3) -> str:
     t = torch.tensor(values, dtype=torch.float64)
     if len(values) < 2:
-        return f"{t.mean():.3f}"
-    return f"{t.mean():.3f} ± {t.std() / len(values) ** 0.5:.3f}"
+        return f"{t.mean():.{digits}f}"
+    return f"{t.mean():.{digits}f} ± {t.std() / len(values) ** 0.5:.{digits}f}"
 
 
 def write_table(out_dir: Path, path: Path) -> str:
@@ -290,15 +290,15 @@ def write_table(out_dir: Path, path: Path) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, rs in runs.items():
 
-        def col(get: Callable[[dict], float], rs: list[dict] = rs) -> str:
-            return _mean_se([get(r) for r in rs])
+        def col(get: Callable[[dict], float], rs: list[dict] = rs, digits: int = 3) -> str:
+            return _mean_se([get(r) for r in rs], digits)
 
         cost = ["—", "—"]
         if base:
             cost = [f"{sum(r['timing'][k] for r in rs) / len(rs) / base[k]:.2f}" for k in base]
         lines.append("| " + " | ".join([
             name, str(len(rs)), col(lambda r: r["test"]["nll"]),
-            col(lambda r: 100 * r["test"]["accuracy"]), col(lambda r: r["test"]["ece"]),
+            col(lambda r: 100 * r["test"]["accuracy"], digits=1), col(lambda r: r["test"]["ece"]),
             col(lambda r: r["test"]["brier"]),
             *(col(lambda r, k=k: r["ood"][k]) for k in OOD_KEYS),
             col(lambda r: r["rotation"]["90"]["nll"]), *cost]) + " |")  # fmt: skip
