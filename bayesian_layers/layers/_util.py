@@ -58,10 +58,12 @@ def deprecated_from_torch(old: str) -> Any:
         ...     def from_torch(cls, module, **kwargs):
         ...         return module
         ...     from_linear = deprecated_from_torch("from_linear")
-        >>> import pytest
-        >>> with pytest.warns(DeprecationWarning, match="Layer.from_linear is deprecated"):
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
         ...     Layer.from_linear(3)
         3
+        >>> str(caught[0].message)
+        'Layer.from_linear is deprecated; use Layer.from_torch'
     """
 
     def alias(cls: Any, module: Any, **kwargs: Any) -> Any:

@@ -163,7 +163,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         call. Subclasses with draws of their own extend it."""
         for name, init in self._inits.items():
             if name in self._random:
-                self._noise(name, init, next(iter(init.params(self, name).values())))
+                self._noise(name, init, self._like(init, name))
 
     # ------------------------------------------------------------ parameters
     def add_param(
@@ -259,8 +259,13 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         return check_input(x, type(self).__name__, argument, dtype=dtype)
 
     # ----------------------------------------------------------------- draws
+    def _like(self, init: TrainableInitializer, name: str) -> Tensor:
+        """A raw parameter of ``name``: its dtype and device are the noise's."""
+        return next(iter(init.params(self, name).values()))
+
     def _noise(self, name: str, init: TrainableInitializer, like: Tensor) -> Tensor | None:
-        lead = torch.Size((self.num_function_samples,) if self.num_function_samples > 1 else ())
+        k = self.num_function_samples
+        lead = torch.Size((k,) if k > 1 else ())
         if self.sampling != "frozen":
             return self.noise(name, lead + self._random[name], like, kind="parameter")
         cached = self.frozen_state.get(name)
@@ -285,8 +290,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
             return init.point(self, name)
         if _tracing.is_tracing():
             return self._traced_draw(name, None)
-        like = next(iter(init.params(self, name).values()))
-        value = init.transform(self, name, self._noise(name, init, like))
+        value = init.transform(self, name, self._noise(name, init, self._like(init, name)))
         self._last_sample[name] = value
         return value
 
@@ -303,7 +307,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         """Whether an estimator may skip whole weight draws (Flipout, local
         reparameterization): only in ``"sample"`` mode with no tracer active, since a
         tracer must see each weight as one random variable."""
-        return self.sampling == "sample" and not (_tracing.is_tracing())
+        return self.sampling == "sample" and not _tracing.is_tracing()
 
     def _traced_draw(self, name: str, noise: Tensor | None) -> Tensor:
         path = _tracing.module_path(self, name)
@@ -325,7 +329,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         init = self._inits[name]
         shape = self._random[name]
         k = self.num_function_samples
-        like = next(iter(init.params(self, name).values()))
+        like = self._like(init, name)
         if value is None:
             if noise is None:
                 noise = self._noise(name, init, like)

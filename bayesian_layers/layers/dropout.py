@@ -61,7 +61,12 @@ class MCDropout(BayesianLayer):
             if not self.has_noise_hooks:  # the fused kernel; same law as the mask below
                 return F.dropout(x, self.p, training=True)
             # a hook sees (or sets) the mask's uniforms: kept where u >= p
-            like = x if x.dtype in (torch.float32, torch.float64) else x.float()
+            # uniforms in float32 at least: a bf16 uniform is too coarse to compare with p
+            like = (
+                x
+                if x.dtype in (torch.float32, torch.float64)
+                else x.new_empty((), dtype=torch.float32)
+            )
             u = self.noise("mask", x.shape, like, kind="uniform")
             return x * (u >= self.p).to(x.dtype) / (1 - self.p)
         k = self.check_samples(x)

@@ -183,11 +183,10 @@ class ParameterSeam(nn.Module):
                 f"{type(init).__name__} (suffixes {init.suffixes})"
             )
         estimator = getattr(type(self), "estimator", None)
-        role = "bias" if "bias" in name else "weight"
-        needs = getattr(estimator, "needs_normal", ())
-        if role in needs and not (init.is_normal or init.is_deterministic):
+        role = "bias" if "bias" in name else "weight"  # in_proj_bias, bias_ih_l0, ...
+        if estimator is not None and not estimator.accepts(role, init):
             raise ValueError(
-                f"{owner}.set_initializer: the {estimator.name} estimator needs a normal "  # type: ignore[union-attr]
+                f"{owner}.set_initializer: the {estimator.name} estimator needs a normal "
                 f"(or deterministic) {name} posterior, got {type(init).__name__}"
             )
         setattr(self, f"{name}_initializer", init)

@@ -12,6 +12,7 @@ from .draw import WeightDraw, mean_projection, whole_weight_projection
 from .op import WeightOp, local_reparameterization_moments
 
 if TYPE_CHECKING:
+    from ...initializers import TrainableInitializer
     from ..base import BayesianLayer
 
 __all__ = [
@@ -48,6 +49,13 @@ class Estimator:
     def __reduce__(self) -> str:  # the module-level instance, also after unpickling
         return self.name.upper()
 
+    def accepts(self, role: str, initializer: TrainableInitializer) -> bool:
+        """Whether a posterior family can serve ``role`` (``"weight"`` or ``"bias"``)
+        under this estimator: any family unless the role is in :attr:`needs_normal`."""
+        if role not in self.needs_normal:
+            return True
+        return initializer.is_normal or initializer.is_deterministic
+
     def check_posteriors(
         self, layer: BayesianLayer, weight: str = "weight", bias: str | None = "bias"
     ) -> None:
@@ -62,7 +70,7 @@ class Estimator:
                 init = layer.parameter_spec(name).initializer
             except ValueError:
                 continue  # no such parameter (bias=False)
-            if not (init.is_normal or init.is_deterministic):
+            if not self.accepts(role, init):
                 raise ValueError(
                     f"{type(layer).__name__} needs a normal (or deterministic) {name} "
                     f"posterior, got {type(init).__name__}; use the reparameterization "
@@ -100,9 +108,7 @@ class Estimator:
         function sample (Flipout overrides it with ``(μ, σ ∘ ε)`` when per-example noise
         is allowed). All noise comes from ``layer.sample_param`` and ``layer.noise``.
         """
-        b = None if bias is None else layer.sample_param(bias)  # a point in "mean" mode
-        if layer.sampling == "mean":
-            return WeightDraw(layer.point(weight), None, b)
+        b = None if bias is None else layer.sample_param(bias)  # points in "mean" mode
         return WeightDraw(layer.sample_param(weight), None, b)
 
     def per_example(
