@@ -41,6 +41,7 @@ from ._metric_checks import (
 from ._metric_checks import (
     fail as _fail,
 )
+from ._ranking import RocCurve, aupr, auroc, roc_curve
 from .uncertainty import (
     VarianceDecomposition,
     expected_entropy,
@@ -51,8 +52,10 @@ from .uncertainty import (
 
 __all__ = [
     "ReliabilityBins",
+    "RocCurve",
     "VarianceDecomposition",
     "accuracy",
+    "aupr",
     "auroc",
     "brier_score",
     "expected_calibration_error",
@@ -65,6 +68,7 @@ __all__ = [
     "predictive_entropy",
     "reliability_bins",
     "rmse",
+    "roc_curve",
     "variance_decomposition",
 ]
 
@@ -218,47 +222,6 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, num_bins: int = 15
     weight = bins.counts.to(probs.dtype) / bins.counts.sum()
     gap = (bins.accuracy - bins.confidence).abs().nan_to_num(0.0)
     return (weight * gap).sum()
-
-
-def auroc(scores: Tensor, is_positive: Tensor) -> Tensor:
-    r"""Area under the ROC curve from the rank-sum (Mann-Whitney U) statistic.
-
-    .. math:: \mathrm{AUROC} = \frac{R_+ - n_+(n_+ + 1)/2}{n_+\, n_-}
-        = P(s_+ > s_-) + \tfrac12 P(s_+ = s_-)
-
-    where :math:`R_+` is the sum of the ranks of the positive examples among all
-    scores; tied scores share their average rank, so a tie counts one half.
-    Higher scores should mean "more likely positive". O(N log N).
-
-    Args:
-        scores: real scores, shape ``(N,)``.
-        is_positive: boolean (or 0/1) labels, shape ``(N,)``, with at least one
-            positive and one negative.
-
-    Example:
-        >>> auroc(torch.tensor([0.1, 0.4, 0.4, 0.8]), torch.tensor([False, False, True, True]))
-        tensor(0.8750, dtype=torch.float64)
-    """
-    if scores.dim() != 1:
-        raise _fail("auroc", "scores", "shape (N,)", f"shape {tuple(scores.shape)}")
-    _check_same("auroc", ("scores", "is_positive"), scores, is_positive)
-    if torch.isnan(scores.double()).any():
-        raise _fail("auroc", "scores", "no NaN values", "NaN")
-    positive = is_positive.to(torch.bool)
-    n_pos = int(positive.sum())
-    n_neg = positive.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise _fail(
-            "auroc",
-            "is_positive",
-            "at least one positive and one negative",
-            f"{n_pos} positives and {n_neg} negatives",
-        )
-    _, inverse, counts = torch.unique(scores.detach(), return_inverse=True, return_counts=True)
-    end = counts.cumsum(0).double()  # 1-based rank of the last element of each tie group
-    average_rank = end - (counts.double() - 1) / 2  # mean of ranks end-count+1 .. end
-    rank_sum = average_rank[inverse][positive].sum()
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 # ----------------------------------------------------------------------- regression

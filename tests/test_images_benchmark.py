@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import bayesian_layers as bl
-from bayesian_layers.metrics import auroc, expected_calibration_error
+from bayesian_layers.metrics import aupr, auroc, expected_calibration_error
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -85,7 +87,7 @@ def test_auroc_and_aupr_match_scikit_learn():
     scores[:50] = scores[:50].round()  # ties
     assert auroc(scores, labels).item() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     ap = average_precision_score(labels.numpy(), scores.numpy())
-    assert images.aupr(scores, labels).item() == pytest.approx(ap, abs=1e-12)
+    assert aupr(scores, labels).item() == pytest.approx(ap, abs=1e-12)
 
 
 def test_ece_matches_a_textbook_loop():
@@ -105,31 +107,114 @@ def test_ece_matches_a_textbook_loop():
 @pytest.mark.parametrize("name", sorted(images.METHODS))
 def test_every_method_builds_lenet5(name):
     torch.manual_seed(0)
-    model = images.METHODS[name].build()
+    args = SimpleNamespace(prior_scale=0.3, scale_init=2e-3)
+    model, config = images.build_model(name, args)
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert any(True for _ in bl.bayesian_modules(model)) == (name != "deterministic")
     assert bool(bl.losses(model)) == name.startswith("vi_")  # a KL term in the ELBO
+    if name.startswith("vi_"):  # the chosen prior and posterior init reach every layer
+        assert config == {"prior_scale": 0.3, "scale_init": 2e-3}
+        layers = list(bl.bayesian_modules(model))
+        assert len(layers) == 5
+        for layer in layers:
+            assert layer.weight_regularizer.prior_scale.item() == pytest.approx(0.3)
+            if not name.endswith("_converted"):  # converted: means start at torch's weights
+                scale = layer.random_variable("weight").distribution.stddev
+                torch.testing.assert_close(scale, torch.full_like(scale, 2e-3))
+
+
+def test_hand_built_and_converted_vi_have_the_same_layers():
+    args = SimpleNamespace(prior_scale=None, scale_init=None)
+    for est in ("reparameterization", "flipout", "local_reparameterization"):
+        hand = images.build_model(f"vi_{est}", args)[0]
+        conv = images.build_model(f"vi_{est}_converted", args)[0]
+        assert [type(m) for m in hand] == [type(m) for m in conv]
+        assert {k: v.shape for k, v in hand.state_dict().items()} == {
+            k: v.shape for k, v in conv.state_dict().items()
+        }
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``--quick`` run (a subprocess, as a user runs it): 2 seeds of the deterministic
+    network and of Flipout VI, and a 2-member ensemble."""
+    tmp = tmp_path_factory.mktemp("images")
+    out = tmp / "out"
+    cmd = [sys.executable, str(BENCH / "images.py"), "--quick", "--data-dir", str(DATA),
+           "--out-dir", str(out), "--methods", "deterministic,vi_flipout,ensemble_2",
+           "--seeds", "0,1", "--table", "--threads", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return out, done
 
 
 @pytest.mark.slow
-def test_quick_run_writes_one_json_per_method_and_seed(tmp_path):
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(BENCH / "images.py"), "--quick", "--data-dir", str(DATA),
-           "--out-dir", str(out), "--methods", "deterministic,vi_flipout,ensemble_2",
-           "--seeds", "0,1", "--table", "--table-path", str(tmp_path / "images.md")]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
+def test_quick_run_writes_one_json_per_method_and_seed(quick_run):
+    out, done = quick_run
     expected = {f"{m}_seed{s}.json" for m in ("deterministic", "vi_flipout") for s in (0, 1)}
     expected.add("ensemble_2_seed0.json")  # seed 1 would need deterministic seeds 2 and 3
     assert {p.name for p in out.glob("*.json")} == expected
     assert "ensemble_2 seed 1 needs" in done.stderr
     for f in expected:
         r = json.loads((out / f).read_text())
-        flat = [*r["test"].values(), *r["ood"].values(), *r["timing"].values()]
+        scalars = {k: v for k, v in r["ood"].items() if not k.startswith("roc_")}
+        flat = [*r["test"].values(), *scalars.values(), *r["timing"].values()]
         flat += [v for angle in r["rotation"].values() for v in angle.values()]
+        flat += r["ood"]["roc_entropy"] + r["ood"]["roc_mutual_information"]
         assert all(math.isfinite(v) for v in flat), f
         assert set(r["rotation"]) == {str(a) for a in range(0, 181, 15)}
         assert r["test"]["accuracy"] > 0.3, (f, r["test"])  # chance is 0.1
         assert 0.0 <= r["ood"]["auroc_entropy"] <= 1.0
-    table = (tmp_path / "images.md").read_text()
+        assert sum(r["reliability"]["counts"]) == 500  # every test image in one bin
+        roc = r["ood"]["roc_entropy"]
+        assert roc[0] >= 0.0 and roc[-1] == 1.0 and roc == sorted(roc)  # a ROC curve
+    table = (out / "images.md").read_text()  # --quick: the table goes beside the runs
     assert "| vi_flipout | 2 |" in table and "deep ensemble, 10 (published) | — | 0.200" in table
+    assert "separate processes" in table  # no cost.json yet
+
+
+@pytest.mark.slow
+def test_rescore_reproduces_the_metrics_from_saved_probabilities(quick_run, tmp_path):
+    out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "deterministic_seed0.json").read_text())
+    images.main(["--quick", "--data-dir", str(DATA), "--out-dir", str(copy), "--rescore"])
+    after = json.loads((copy / "deterministic_seed0.json").read_text())
+    assert after["timing"] == before["timing"] and after["validation"] == before["validation"]
+    for key in ("accuracy", "nll", "ece", "brier"):  # the probabilities are saved in float32
+        assert after["test"][key] == pytest.approx(before["test"][key], abs=1e-12), key
+        rotated = after["rotation"]["90"][key]
+        assert rotated == pytest.approx(before["rotation"]["90"][key], abs=1e-12), key
+
+
+@pytest.mark.slow
+def test_cost_ratios_side_by_side_and_figures(quick_run, tmp_path):
+    out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    images.main(["--quick", "--data-dir", str(DATA), "--out-dir", str(copy), "--cost",
+                 "--cost-rounds", "1", "--threads", "1",
+                 "--methods", "deterministic,vi_flipout,ensemble_2"])  # fmt: skip
+    cost = json.loads((copy / "cost.json").read_text())
+    assert cost["deterministic"]["train_ratio"] == 1.0 == cost["deterministic"]["predict_ratio"]
+    assert cost["ensemble_2"]["train_ratio"] == 2.0
+    assert cost["vi_flipout"]["predict_ratio"] > 1.0  # K = 10 samples against one forward
+    images.main(["--quick", "--out-dir", str(copy), "--table", "--figures"])
+    table = (copy / "images.md").read_text()
+    assert "side by side in one process" in table
+    row = next(line for line in table.splitlines() if line.startswith("| vi_flipout |"))
+    assert row.rstrip(" |").endswith(f"{cost['vi_flipout']['predict_ratio']:.2f}")
+    for name in ("images_reliability.png", "images_rotation.png", "images_ood_roc.png"):
+        assert (copy / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validation_only_run_keeps_the_test_sets_unseen(tmp_path):
+    images.main(["--quick", "--data-dir", str(DATA), "--out-dir", str(tmp_path), "--threads", "1",
+                 "--methods", "vi_reparameterization", "--validation-only", "--prior-scale", "0.5",
+                 "--tag", "_p0.5"])  # fmt: skip
+    r = json.loads((tmp_path / "vi_reparameterization_p0.5_seed0.json").read_text())
+    assert "test" not in r and "ood" not in r and r["prior_scale"] == 0.5
+    assert 0.1 < r["validation"]["accuracy"] <= 1.0
+    with pytest.raises(FileNotFoundError, match="no <method>_seed<s>.json"):
+        images.main(["--out-dir", str(tmp_path), "--table"])  # selection runs are no rows

@@ -413,3 +413,55 @@ def test_variance_decomposition_epistemic_zero_when_samples_agree() -> None:
 def test_variance_decomposition_bad_input(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ------------------------------------------------------------ ROC curve and AUPR
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aupr_matches_sklearn_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300).astype(bool)
+    scores = rng.integers(0, 8, 300) + labels * rng.integers(0, 3, 300)  # many ties
+    ref = skm.average_precision_score(labels, scores)
+    got = M.aupr(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(labels))
+    assert got.item() == pytest.approx(ref, abs=1e-12)
+
+
+def test_aupr_continuous_scores_and_extremes() -> None:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 1000)
+    scores = rng.normal(size=1000) + labels
+    ref = skm.average_precision_score(labels, scores)
+    assert M.aupr(torch.as_tensor(scores), torch.as_tensor(labels)).item() == pytest.approx(ref)
+    pos = torch.tensor([False, False, True, True])
+    assert M.aupr(torch.tensor([0.0, 1.0, 2.0, 3.0]), pos).item() == 1.0
+    # all tied: one threshold, precision = fraction of positives
+    assert M.aupr(torch.ones(4), pos).item() == 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_roc_curve_matches_sklearn_and_integrates_to_auroc(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200).astype(bool)
+    scores = rng.integers(0, 6, 200) + labels * rng.normal(size=200)
+    fpr, tpr, thr = skm.roc_curve(labels, scores, drop_intermediate=False)
+    got = M.roc_curve(torch.as_tensor(scores), torch.as_tensor(labels))
+    np.testing.assert_allclose(got.false_positive_rate.numpy(), fpr, atol=1e-12)
+    np.testing.assert_allclose(got.true_positive_rate.numpy(), tpr, atol=1e-12)
+    np.testing.assert_allclose(got.thresholds.numpy()[1:], thr[1:], atol=1e-12)
+    assert got.thresholds[0].item() == math.inf
+    area = torch.trapezoid(got.true_positive_rate, got.false_positive_rate)
+    expected = M.auroc(torch.as_tensor(scores), torch.as_tensor(labels)).item()
+    assert area.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("fn", [M.aupr, M.roc_curve, M.auroc])
+def test_ranking_metrics_reject_bad_input(fn) -> None:
+    name = fn.__name__
+    with pytest.raises(ValueError, match=rf"{name} expected is_positive at least one positive"):
+        fn(torch.tensor([0.1, 0.2]), torch.tensor([True, True]))
+    with pytest.raises(ValueError, match=rf"{name} expected scores shape \(N,\)"):
+        fn(torch.zeros(2, 2), torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=rf"{name} expected scores no NaN"):
+        fn(torch.tensor([0.1, math.nan]), torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=rf"{name} expected is_positive of shape \(3,\)"):
+        fn(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([True, False]))
