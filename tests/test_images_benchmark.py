@@ -107,11 +107,14 @@ def test_ece_matches_a_textbook_loop():
 @pytest.mark.parametrize("name", sorted(images.METHODS))
 def test_every_method_builds_lenet5(name):
     torch.manual_seed(0)
-    args = SimpleNamespace(prior_scale=0.3, scale_init=2e-3)
+    args = SimpleNamespace(prior_scale=0.3, scale_init=2e-3, dropout=0.4)
     model, config = images.build_model(name, args)
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert any(True for _ in bl.bayesian_modules(model)) == (name != "deterministic")
     assert bool(bl.losses(model)) == name.startswith("vi_")  # a KL term in the ELBO
+    if name == "mc_dropout":
+        assert config == {"dropout": 0.4}
+        assert [m.p for m in model if isinstance(m, bl.layers.MCDropout)] == [0.4, 0.4]
     if name.startswith("vi_"):  # the chosen prior and posterior init reach every layer
         assert config == {"prior_scale": 0.3, "scale_init": 2e-3}
         layers = list(bl.bayesian_modules(model))
@@ -124,7 +127,7 @@ def test_every_method_builds_lenet5(name):
 
 
 def test_hand_built_and_converted_vi_have_the_same_layers():
-    args = SimpleNamespace(prior_scale=None, scale_init=None)
+    args = SimpleNamespace(prior_scale=None, scale_init=None, dropout=None)
     for est in ("reparameterization", "flipout", "local_reparameterization"):
         hand = images.build_model(f"vi_{est}", args)[0]
         conv = images.build_model(f"vi_{est}_converted", args)[0]
@@ -218,3 +221,20 @@ def test_validation_only_run_keeps_the_test_sets_unseen(tmp_path):
     assert 0.1 < r["validation"]["accuracy"] <= 1.0
     with pytest.raises(FileNotFoundError, match="no <method>_seed<s>.json"):
         images.main(["--out-dir", str(tmp_path), "--table"])  # selection runs are no rows
+
+
+def test_full_protocol_lists_every_run_and_resumes(tmp_path, capsys):
+    full = _load("images_full", "images_full.py")
+    runs = full.jobs(list(images.METHODS))
+    assert runs[:10] == [("deterministic", s) for s in range(10)]
+    others = [m for m in images.METHODS if m != "deterministic"]
+    assert sorted(runs[10:]) == sorted((m, s) for m in others for s in (0, 1, 2))
+    (tmp_path / "deterministic_seed3.json").write_text("{}")  # a finished run is kept
+    (tmp_path / "vi_flipout_seed1.json").write_text("{}")
+    full.main(["--out-dir", str(tmp_path), "--dry-run", "--methods", "deterministic,vi_flipout"])
+    out = capsys.readouterr().out
+    assert "11 runs to do (2 already done)" in out
+    assert "deterministic seed 3\n" not in out and "vi_flipout seed 1" not in out
+    assert "deterministic seed 9" in out and "vi_flipout seed 2" in out
+    with pytest.raises(SystemExit):
+        full.main(["--methods", "nonsense", "--dry-run"])
