@@ -19,6 +19,7 @@ from __future__ import annotations
 from ._fused import softplus_normal_kl_scalar_prior as softplus_normal_kl_scalar_prior
 from .base import Regularizer
 from .base import monte_carlo_kl as monte_carlo_kl
+from .hierarchical import HierarchicalNormalKLDivergence, LearnedScaleNormalKLDivergence
 from .kl import (
     HalfCauchyKLDivergence,
     LogUniformKLDivergence,
@@ -32,6 +33,8 @@ __all__ = [
     "LogUniformKLDivergence",
     "HalfCauchyKLDivergence",
     "MonteCarloKLDivergence",
+    "LearnedScaleNormalKLDivergence",
+    "HierarchicalNormalKLDivergence",
     "get_regularizer",
     "REGULARIZERS",
 ]
