@@ -396,10 +396,11 @@ def _summary(r: dict) -> str:
     """One printed line per run (validation metrics for a model-selection run)."""
     if "test" not in r:
         v = r["validation"]
+        options = " ".join(f"{k}={r[k]}" for k in METHODS[r["method"]].options)
         return (
-            f"{r['method']:<38} seed {r['seed']} {r.get('prior_scale', '')} "
-            f"{r.get('scale_init', '')}: validation acc {v['accuracy']:.3f} NLL {v['nll']:.3f} "
-            f"ECE {v['ece']:.3f} {r['timing']['train_s_per_epoch']:.1f} s/epoch"
+            f"{r['method']:<38} seed {r['seed']} {options}: validation acc "
+            f"{v['accuracy']:.3f} NLL {v['nll']:.3f} ECE {v['ece']:.3f} "
+            f"{r['timing']['train_s_per_epoch']:.1f} s/epoch"
         )
     t, o = r["test"], r["ood"]
     return (
