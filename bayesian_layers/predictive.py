@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from math import lcm
 
 import torch
 from torch import Tensor, nn
@@ -254,12 +255,23 @@ def _marginal_samples(modules: list[nn.Module]) -> Iterator[None]:
             m.marginal_samples = p  # type: ignore[attr-defined]
 
 
+def _members_per_call(model: nn.Module) -> int:
+    """The least common multiple of the ``ensemble_size`` of the submodules whose class
+    sets ``members_as_samples = True`` (each member is one function sample; 1 if none)."""
+    sizes = [
+        m.ensemble_size for m in model.modules() if getattr(type(m), "members_as_samples", False)
+    ]
+    return lcm(*sizes) if sizes else 1  # type: ignore[arg-type]
+
+
 def _vectorized(
-    model: nn.Module, x: Tensor, num_samples: int, chunk_size: int | None
+    model: nn.Module, x: Tensor, num_samples: int, chunk_size: int | None, members: int = 1
 ) -> tuple[Tensor, dict[str, Tensor], bool]:
     """K samples in chunks of folded calls: ``(K, B, *out)``, the output moments, and
-    whether every output was marked as over function values."""
+    whether every output was marked as over function values. Chunks hold a multiple of
+    ``members`` samples."""
     chunk = auto_chunk_size(model, x) if chunk_size is None else chunk_size
+    chunk = max(members, chunk - chunk % members)
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
@@ -314,6 +326,11 @@ def predict(
     the uncertainty (``aleatoric``/``epistemic``/``total``, or
     ``predictive_entropy``/``expected_entropy``/``mutual_information``).
 
+    Ensemble layers whose class sets ``members_as_samples = True`` (BatchEnsemble, rank-1
+    layers) compute each function sample with one member: ``num_samples`` must then be a
+    multiple of their ``ensemble_size`` (sample ``k`` of ``K = E`` is member ``k``), the
+    call is vectorised, and chunks hold a multiple of it.
+
     Args:
         model: the model; its sampling mode applies (``"mean"`` gives K equal samples).
         x: input batch ``(B, *)``.
@@ -349,16 +366,29 @@ def predict(
         x = x.value
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise TypeError(f"predict expected a batched Tensor input, got {type(x).__name__}")
+    members = _members_per_call(model)
+    if num_samples % members:
+        raise ValueError(
+            f"predict: each function sample of this model is one member of its ensemble "
+            f"layers (ensemble_size {members}); expected `num_samples` a multiple of "
+            f"{members}, got {num_samples}"
+        )
     joint = _joint_modules(model)
     if vectorized and any(not hasattr(m, "marginal_samples") for m in joint):
         vectorized = False  # a joint draw would tie the K folded copies into one function
+    if not vectorized and members > 1:
+        raise ValueError(
+            "predict: a model with ensemble layers draws its members as function samples in "
+            "one vectorised call; vectorized=False (or a joint-over-the-batch layer without "
+            "marginal samples) cannot"
+        )
     with (
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint if vectorized else []),
         _normalization_in_eval(model),
     ):
         if vectorized:
-            samples, moments, marked = _vectorized(model, x, num_samples, chunk_size)
+            samples, moments, marked = _vectorized(model, x, num_samples, chunk_size, members)
         else:
             outs = [model(x) for _ in range(num_samples)]
             samples = torch.stack([output_tensor(o) for o in outs])
