@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributions as td
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..._checks import check_count, check_real
 from ...random_variables.variable import RandomVariable
@@ -147,25 +147,33 @@ class _Heteroscedastic(StochasticOutput):
             raise TypeError(f"{owner} expected `num_factors` to be an int, got {num_factors!r}")
         if num_factors < 0:
             raise ValueError(f"{owner} expected `num_factors` >= 0, got {num_factors}")
-        if parameter_efficient is not False:
-            raise ValueError(
-                f"{owner} supports only `parameter_efficient=False` (a dense projection to "
-                f"every factor loading), got {parameter_efficient!r}"
+        if not isinstance(parameter_efficient, bool):
+            raise TypeError(
+                f"{owner} expected `parameter_efficient` to be a bool, got {parameter_efficient!r}"
             )
         self.num_factors = num_factors
+        self.parameter_efficient = parameter_efficient
         self.temperature = check_real(owner, "temperature", temperature, strict=True)
         self.num_mc_samples = check_count(owner, "num_mc_samples", num_mc_samples)
         super().__init__(units, **kwargs)
+        if parameter_efficient:
+            factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+            self.shared_loadings = nn.Parameter(torch.empty(units, num_factors, **factory))
+            nn.init.xavier_uniform_(self.shared_loadings)  # Edward2: glorot for (R -> C)
 
     # ---------------------------------------------------------------- layout
     def _num_outputs(self, units: int) -> int:
-        return units * (self.num_factors + 2)
+        return units * (3 if self.parameter_efficient else self.num_factors + 2)
 
     def _split(self, raw: Tensor) -> dict[str, Tensor]:
         c, r = self.units, self.num_factors
         assert c is not None
-        loc, factor, diag = raw.split([c, c * r, c], dim=-1)  # (*, C), (*, C R), (*, C)
-        return {"loc": loc, "factor": factor.unflatten(-1, (c, r)), "diag_scale": diag}
+        if self.parameter_efficient:
+            loc, row_scale, diag = raw.split([c, c, c], dim=-1)  # 3 × (*, C)
+            factor = row_scale.unsqueeze(-1) * self.shared_loadings  # (*, C, R)
+            return {"loc": loc, "factor": factor, "diag_scale": diag}
+        loc, flat, diag = raw.split([c, c * r, c], dim=-1)  # (*, C), (*, C R), (*, C)
+        return {"loc": loc, "factor": flat.unflatten(-1, (c, r)), "diag_scale": diag}
 
     # ----------------------------------------------------------------- noise
     def _noise(self, loc: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
@@ -256,7 +264,8 @@ class _Heteroscedastic(StochasticOutput):
 
     def extra_repr(self) -> str:
         return (
-            f"num_factors={self.num_factors}, temperature={self.temperature:g}, "
+            f"num_factors={self.num_factors}, parameter_efficient={self.parameter_efficient}, "
+            f"temperature={self.temperature:g}, "
             f"num_mc_samples={self.num_mc_samples}, " + super().extra_repr()
         )
 
@@ -277,12 +286,15 @@ class HeteroscedasticCategorical(_Heteroscedastic):
         num_factors: ``R >= 0``, the rank of ``V`` (0: diagonal noise only).
         temperature: ``τ > 0``; the draws are divided by it before squashing.
         num_mc_samples: ``S``, logit draws per example and call (Edward2's default, 1000).
-        parameter_efficient: Edward2's shared-loadings variant; only ``False``.
+        parameter_efficient: ``V(h) = diag(s(h)) A`` with ``s(h)`` projected (``C``) and
+            ``A`` one trainable ``(C, R)`` matrix, ``shared_loadings`` (Edward2's variant,
+            without the bias its dense ``A`` adds, which would shift the noise's mean):
+            ``D·3C + C·R`` weights instead of ``D·C(R + 2)``.
         min_scale, event_dims, name, validate_args, device, dtype: as every
             stochastic output (:class:`.StochasticOutput`).
     Shape:
         - Input: ``(*, D)``; projection to ``[μ (C) | V (C·R, row c holds V[c, :]) |
-          d_raw (C)]``.
+          d_raw (C)]``, or ``[μ | s | d_raw]`` (each ``C``) when ``parameter_efficient``.
         - Value: ``(*)`` class indices (``sample()``, no gradient); ``log_prob``: ``(*)``.
 
     Example:
@@ -322,7 +334,10 @@ class HeteroscedasticBernoulli(_Heteroscedastic):
         num_factors: ``R >= 0``, the rank of ``V`` (0: diagonal noise only).
         temperature: ``τ > 0``; the draws are divided by it before squashing.
         num_mc_samples: ``S``, logit draws per example and call (Edward2's default, 1000).
-        parameter_efficient: Edward2's shared-loadings variant; only ``False``.
+        parameter_efficient: ``V(h) = diag(s(h)) A`` with ``s(h)`` projected (``C``) and
+            ``A`` one trainable ``(C, R)`` matrix, ``shared_loadings`` (Edward2's variant,
+            without the bias its dense ``A`` adds, which would shift the noise's mean):
+            ``D·3C + C·R`` weights instead of ``D·C(R + 2)``.
         min_scale, event_dims, name, validate_args, device, dtype: as every
             stochastic output (:class:`.StochasticOutput`).
     Shape:

@@ -60,29 +60,34 @@ def _set(layer: nn.Module, weight: Tensor | None = None, bias: Tensor | None = N
             proj.bias.copy_(bias)
 
 
-def _reference(layer: nn.Module, x: Tensor, seed: int, num_samples: int) -> np.ndarray:
-    """``(S, *, C)`` logit draws in numpy: the documented layout and draw order, the
-    projection read from the layer's weights (not through its code)."""
+def _decode(layer: nn.Module, x: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``μ (*, C)``, ``V (*, C, R)``, ``d (*, C)`` in numpy from the documented layout,
+    the projection read from the layer's weights (not through its code)."""
     c, r = layer.units, layer.num_factors
     w = layer.projection.weight.detach().numpy()
-    b = layer.projection.bias.detach().numpy()
-    raw = x.detach().numpy() @ w.T + b
-    loc, factor = raw[..., :c], raw[..., c : c + c * r].reshape(*raw.shape[:-1], c, r)
-    d = np.logaddexp(0.0, raw[..., c + c * r :]) + layer.min_scale
-    gen = _gen(seed)
-    batch = tuple(x.shape[:-1])
-    eps_r = torch.randn((num_samples, *batch, r), generator=gen, dtype=x.dtype).numpy()
-    eps_c = torch.randn((num_samples, *batch, c), generator=gen, dtype=x.dtype).numpy()
-    return loc + np.einsum("...cr,s...r->s...c", factor, eps_r) + d * eps_c
+    raw = x.detach().numpy() @ w.T + layer.projection.bias.detach().numpy()
+    if layer.parameter_efficient:
+        shared = layer.shared_loadings.detach().numpy()  # (C, R)
+        factor = raw[..., c : 2 * c, None] * shared
+    else:
+        factor = raw[..., c : c + c * r].reshape(*raw.shape[:-1], c, r)
+    d = np.logaddexp(0.0, raw[..., -c:]) + layer.min_scale
+    return raw[..., :c], factor, d
+
+
+def _reference(layer: nn.Module, x: Tensor, seed: int, num_samples: int) -> np.ndarray:
+    """``(S, *, C)`` logit draws in numpy, in the documented draw order (ε_R, then ε_C)."""
+    loc, factor, d = _decode(layer, x)
+    gen, batch = _gen(seed), tuple(x.shape[:-1])
+    eps_r = torch.randn((num_samples, *batch, layer.num_factors), generator=gen, dtype=x.dtype)
+    eps_c = torch.randn((num_samples, *batch, layer.units), generator=gen, dtype=x.dtype)
+    return loc + np.einsum("...cr,s...r->s...c", factor, eps_r.numpy()) + d * eps_c.numpy()
 
 
 def _covariance(layer: nn.Module, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    c, r = layer.units, layer.num_factors
-    raw = x.detach().numpy() @ layer.projection.weight.detach().numpy().T
-    raw = raw + layer.projection.bias.detach().numpy()
-    v = raw[..., c : c + c * r].reshape(*raw.shape[:-1], c, r)
-    d = np.logaddexp(0.0, raw[..., c + c * r :]) + layer.min_scale
-    return raw[..., :c], v @ np.swapaxes(v, -1, -2) + np.einsum("...i,ij->...ij", d**2, np.eye(c))
+    loc, v, d = _decode(layer, x)
+    eye = np.eye(layer.units)
+    return loc, v @ np.swapaxes(v, -1, -2) + np.einsum("...i,ij->...ij", d**2, eye)
 
 
 # ------------------------------------------------------------ 1. closed forms
@@ -196,10 +201,18 @@ def test_huge_temperature_gives_uniform_classes() -> None:
 
 
 # ------------------------------------------------------- 4. log_prob and probs
-@pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_categorical_log_prob_is_the_log_mean_probability(temperature: float) -> None:
+@pytest.mark.parametrize(("temperature", "efficient"), [(1.0, False), (0.5, False), (0.5, True)])
+def test_categorical_log_prob_is_the_log_mean_probability(
+    temperature: float, efficient: bool
+) -> None:
     layer = HeteroscedasticCategorical(
-        6, in_features=4, num_factors=3, num_mc_samples=300, temperature=temperature, dtype=F64
+        6,
+        in_features=4,
+        num_factors=3,
+        num_mc_samples=300,
+        temperature=temperature,
+        parameter_efficient=efficient,
+        dtype=F64,
     )
     x = torch.randn(2, 5, 4, generator=_gen(5), dtype=F64)  # two batch dims
     y = torch.randint(0, 6, (2, 5), generator=_gen(6))
@@ -210,8 +223,16 @@ def test_categorical_log_prob_is_the_log_mean_probability(temperature: float) ->
     np.testing.assert_allclose(rv.log_prob(y).detach().numpy(), expected, rtol=1e-12)
 
 
-def test_bernoulli_log_prob_is_the_log_mean_probability() -> None:
-    layer = HeteroscedasticBernoulli(4, in_features=3, num_factors=2, num_mc_samples=300, dtype=F64)
+@pytest.mark.parametrize("efficient", [False, True])
+def test_bernoulli_log_prob_is_the_log_mean_probability(efficient: bool) -> None:
+    layer = HeteroscedasticBernoulli(
+        4,
+        in_features=3,
+        num_factors=2,
+        num_mc_samples=300,
+        parameter_efficient=efficient,
+        dtype=F64,
+    )
     x = torch.randn(5, 3, generator=_gen(8), dtype=F64)
     y = torch.randint(0, 2, (5, 4), generator=_gen(9)).to(F64)
     rv = layer(x, generator=_gen(10))
@@ -245,8 +266,11 @@ def test_far_apart_logits_keep_a_finite_exact_log_prob(cls: type) -> None:
 
 
 # ---------------------------------------------------------------- 5. covariance
-def test_covariance_matches_the_logit_draws() -> None:
-    layer = HeteroscedasticCategorical(4, in_features=3, num_factors=2, dtype=F64)
+@pytest.mark.parametrize("efficient", [False, True])
+def test_covariance_matches_the_logit_draws(efficient: bool) -> None:
+    layer = HeteroscedasticCategorical(
+        4, in_features=3, num_factors=2, parameter_efficient=efficient, dtype=F64
+    )
     x = torch.randn(3, 3, generator=_gen(12), dtype=F64)
     loc, cov = _covariance(layer, x)
     dist = layer.logit_distribution(x)
@@ -278,9 +302,17 @@ def test_gradcheck_of_the_pure_math() -> None:
     assert torch.autograd.gradcheck(lambda *a: _pure(*a, eps_r, eps_c), (loc, factor, d))
 
 
+@pytest.mark.parametrize("efficient", [False, True])
 @pytest.mark.parametrize("cls", LAYERS)
-def test_gradcheck_of_the_layer_under_a_fixed_generator(cls: type) -> None:
-    layer = cls(3, in_features=2, num_factors=2, num_mc_samples=6, dtype=F64)
+def test_gradcheck_of_the_layer_under_a_fixed_generator(cls: type, efficient: bool) -> None:
+    layer = cls(
+        3,
+        in_features=2,
+        num_factors=2,
+        num_mc_samples=6,
+        parameter_efficient=efficient,
+        dtype=F64,
+    )
     x = torch.randn(4, 2, generator=_gen(15), dtype=F64, requires_grad=True)
     y = (
         torch.tensor([0, 2, 1, 1])
@@ -307,6 +339,17 @@ def test_fresh_noise_in_training_and_evaluation(cls: type, training: bool) -> No
     assert layer._generator is None  # the call's generator is not kept
 
 
+def test_parameter_efficient_shares_one_loading_matrix() -> None:
+    """``D·3C + 3C + C·R`` parameters instead of ``(D + 1)·C(R + 2)``; ``V(h)``'s rows
+    are ``s_c(h)`` times the rows of ``A``, so ``V`` has rank ``min(R, C)`` still."""
+    dense = HeteroscedasticCategorical(10, in_features=64, num_factors=5)
+    lean = HeteroscedasticCategorical(10, in_features=64, num_factors=5, parameter_efficient=True)
+    count = [sum(p.numel() for p in m.parameters()) for m in (dense, lean)]
+    assert count == [65 * 10 * 7, 65 * 30 + 10 * 5]
+    assert lean.logit_distribution(torch.randn(3, 64)).cov_factor.shape == (3, 10, 5)
+    assert "parameter_efficient=True" in repr(lean)
+
+
 def test_lazy_construction_and_repr() -> None:
     layer = HeteroscedasticBernoulli(3, num_factors=2)
     assert layer(torch.randn(4, 7)).shape == (4, 3)
@@ -330,7 +373,7 @@ def test_lazy_construction_and_repr() -> None:
         ((2,), {"temperature": "hot"}, TypeError, "`temperature`"),
         ((2,), {"num_mc_samples": 0}, ValueError, "`num_mc_samples` >= 1"),
         ((2,), {"num_mc_samples": 2.0}, TypeError, "`num_mc_samples`"),
-        ((2,), {"parameter_efficient": True}, ValueError, "parameter_efficient=False"),
+        ((2,), {"parameter_efficient": "yes"}, TypeError, "`parameter_efficient`"),
     ],
 )
 def test_bad_constructor_arguments(
