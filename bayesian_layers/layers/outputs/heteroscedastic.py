@@ -278,7 +278,8 @@ class HeteroscedasticCategorical(_Heteroscedastic):
     min_scale``; ``p = (1/S) Σ_s softmax((μ + V ε_R,s + d ∘ ε_C,s) / τ)`` with fresh
     noise at every call (training and evaluation; pass ``generator=`` to fix it). The
     value is a class drawn from ``p``; ``log_prob(y) = log p_y`` is the loss
-    ``-log of the MC mean probability``. Cost: ``O(S B C R)`` per call.
+    ``-log of the MC mean probability``. Cost per call: time ``O(S B C R)``, memory
+    ``O(S B (C + R))`` for ``B`` examples.
 
     Args:
         units: ``C``, the number of classes (labels), through a trainable projection.
