@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,6 +22,16 @@ from bayesian_layers.regularizers.hierarchical import (
     HierarchicalNormalKLDivergence,
     LearnedScaleNormalKLDivergence,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # One intra-op thread: these tensors are tiny and thread hand-off dominates otherwise.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 Z = 5.0  # standard errors
 

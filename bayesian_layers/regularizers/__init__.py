@@ -26,6 +26,7 @@ from .kl import (
     MonteCarloKLDivergence,
     NormalKLDivergence,
 )
+from .noise_contrastive import NoiseContrastivePrior
 
 __all__ = [
     "Regularizer",
@@ -35,6 +36,7 @@ __all__ = [
     "MonteCarloKLDivergence",
     "LearnedScaleNormalKLDivergence",
     "HierarchicalNormalKLDivergence",
+    "NoiseContrastivePrior",
     "get_regularizer",
     "REGULARIZERS",
 ]
