@@ -10,6 +10,10 @@ optimizer built from it updates them, and ``bl.losses(model)`` carries their gra
 - :class:`HierarchicalNormalKLDivergence`: ``w | τ ~ N(loc, τ²)`` with a hyperprior
   ``p(τ)`` (half-Cauchy or log-normal) and a log-normal variational posterior ``q(τ)``;
   the penalty is the KL of the joint, in closed form.
+
+Both are for unsharded weights: under FSDP2 or tensor parallelism
+(``bl.distributed.kl_divergence`` sums per-shard terms) a per-unit scale would not
+match a local shard, and the hyperprior term would be counted once per shard.
 """
 
 from __future__ import annotations
