@@ -5,6 +5,7 @@ and bad input."""
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -215,10 +216,10 @@ def test_head_bad_input_raises() -> None:
         ValueError, match=r"SNGPHead expected input of shape \(\*, 3\), got \(5, 4\)"
     ):
         head(torch.randn(5, 4))
-    with pytest.raises(TypeError, match="RandomFourierFeatures expected input `x` of dtype"):
+    with pytest.raises(TypeError, match="SNGPHead expected input `x` of dtype torch.float32"):
         head(torch.randn(5, 3, dtype=F64))
     before = head.precision.clone()
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="SNGPHead: .*expected finite"):
         head(torch.full((2, 3), math.nan))
     assert torch.equal(head.precision, before)
 
@@ -323,3 +324,29 @@ def test_sngp_bad_input_raises_and_changes_nothing() -> None:
     sngp(model, num_features=8)
     with pytest.raises(ValueError, match="already has an SNGPHead"):
         sngp(model)
+
+
+# Torch 2.13's Dynamo warns while it resumes across graph breaks (reads `.grad` of
+# non-leaf tensors): torch's warnings, as in tests/test_compile_gp.py.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_compiled_sngp_model_matches_eager() -> None:
+    """torch.compile (eager backend; the head's finiteness check and Cholesky jitter
+    check break the graph, as for the Laplace RFF): training steps give the eager logits
+    and precision, evaluation the eager variance."""
+    torch.manual_seed(0)
+    model = sngp(_mlp(), num_features=32)
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="eager")
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    for step in range(3):
+        x = torch.randn(8, 2, generator=torch.Generator().manual_seed(step))
+        a, b = eager(x), compiled(x)
+        torch.testing.assert_close(b.value, a.value)
+        F.cross_entropy(a, y).backward()
+        F.cross_entropy(b, y).backward()
+    torch.testing.assert_close(model[4].precision, eager[4].precision)
+    torch.testing.assert_close(model[0].parametrizations.weight.original.grad,
+                               eager[0].parametrizations.weight.original.grad)  # fmt: skip
+    model.eval(), eager.eval()
+    x = torch.randn(8, 2)
+    torch.testing.assert_close(compiled(x).distribution.variance, eager(x).distribution.variance)

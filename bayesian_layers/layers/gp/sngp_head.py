@@ -25,7 +25,7 @@ from torch.distributions import Normal
 from ..._checks import check_count, check_name, check_real
 from ...random_variables.variable import RandomVariable
 from ..base import as_tensor
-from ._util import function_output
+from ._util import check_input_dtype, function_output
 from .random_features import RandomFourierFeatures
 
 __all__ = ["SNGPHead", "mean_field_logits", "MEAN_FIELD_FACTOR"]
@@ -222,10 +222,12 @@ class SNGPHead(nn.Module):
 
     def features(self, x: Tensor | RandomVariable) -> Tensor:
         """``φ(h)``: ``(*, D) -> (*, M)`` (after the layer norm, if any)."""
-        x = as_tensor(x, type(self).__name__)
+        owner = type(self).__name__
+        x = as_tensor(x, owner)
+        check_input_dtype(owner, x, self.gp.phases.dtype)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{type(self).__name__} expected input of shape (*, "
-                             f"{self.in_features}), got {tuple(x.shape)}")  # fmt: skip
+            raise ValueError(f"{owner} expected input of shape (*, {self.in_features}), got "
+                             f"{tuple(x.shape)}")  # fmt: skip
         if self.input_norm is not None:
             x = self.input_norm(x)
         return self.gp.features(x)
@@ -238,7 +240,10 @@ class SNGPHead(nn.Module):
         gp = self.gp
         phi = self.features(x)  # (*, M)
         if gp.is_training_step():
-            gp.update_precision(phi)  # checks first: NaN features raise, P unchanged
+            try:  # checks first: NaN features raise, P unchanged
+                gp.update_precision(phi)
+            except ValueError as error:
+                raise ValueError(f"{type(self).__name__}: {error}") from None
             mean = F.linear(phi, gp.point("weight"), gp.bias)  # (*, C)
             dist: Normal = _DeferredNormal(mean, lambda: self._stddev(phi, mean))
         else:
