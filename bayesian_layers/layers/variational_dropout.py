@@ -145,7 +145,9 @@ class LinearVariationalDropout(_VariationalDropout, BayesianLinear):
     KL to the log-uniform prior (Molchanov et al.'s approximation), which drives
     ``α → ∞`` for the weights the data do not need. In ``"mean"`` sampling mode the
     layer computes ``x (θ ∘ m)ᵀ + b`` with ``m = [log α <= threshold]``: the sparse
-    network of the paper's evaluation.
+    network of the paper's evaluation. ``"sample"`` and ``"frozen"`` modes draw from
+    the whole posterior, in training and evaluation alike (``model.eval()`` changes
+    nothing, as for every Bayesian layer); :meth:`sparsity` reports the pruned fraction.
 
     Args:
         in_features: size of each input sample.

@@ -50,9 +50,10 @@ def _seed_and_threads() -> Iterator[None]:
 
 
 def _set(layer: nn.Module, loc: Tensor, log_sigma2: Tensor) -> None:
+    params = dict(layer.named_parameters())
     with torch.no_grad():
-        layer.weight_loc.copy_(loc)
-        layer.weight_log_sigma2.copy_(log_sigma2)
+        params["weight_loc"].copy_(loc)
+        params["weight_log_sigma2"].copy_(log_sigma2)
 
 
 def _two_sample_moments(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,9 +250,10 @@ def test_training_prunes_the_irrelevant_inputs() -> None:
     At the ELBO's optimum an irrelevant weight is pruned when the data cannot tell it
     from zero: its least-squares z-score ``θ̂ / se(θ̂)`` is small (ARD-like; about
     |z| < 1.7 at the optimum, slower to reach for larger |z|). Checked: the relevant
-    weights are kept (log α < -5) and fitted, every irrelevant weight with |z| < 0.5
-    is pruned, at least 40% of the irrelevant ones are (measured: 50%), and every
-    irrelevant weight of the sparse mean network is within 3 se of zero."""
+    weights are kept (log α < -5; measured -9.4, -10.3) and fitted, every irrelevant
+    weight with |z| < 0.5 is at log α > 2.5 (measured: > 3.1, all pruned), at least 40%
+    of the irrelevant ones are pruned (measured: 50%, the same under torch seeds 0-2),
+    and every irrelevant weight of the sparse mean network is within 3 se of zero."""
     gen = torch.Generator().manual_seed(1)
     n, d, noise = 200, 20, 0.1
     x = torch.randn(n, d, generator=gen)
@@ -277,7 +279,7 @@ def test_training_prunes_the_irrelevant_inputs() -> None:
     log_alpha = layer.log_alpha.detach()[0]
     irrelevant = log_alpha[2:]
     assert (log_alpha[:2] < -5).all(), log_alpha
-    assert (irrelevant[z.abs() < 0.5] > 3).all(), (z, irrelevant)
+    assert (irrelevant[z.abs() < 0.5] > 2.5).all(), (z, irrelevant)  # measured: > 3.1
     assert (irrelevant > 3).float().mean() >= 0.4, (z, irrelevant)
     report = variational_dropout_sparsity(layer)
     assert report.counts == {"": (int((irrelevant > 3).sum()), d)}
@@ -352,6 +354,9 @@ def test_state_dict_pickle_copy_and_from_torch() -> None:
             clone.sampling = "mean"
             assert torch.equal(clone(x), conv(x))
     assert pickle.loads(pickle.dumps(conv.estimator)) is conv.estimator
+    torch_conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    from_conv = Conv2dVariationalDropout.from_torch(torch_conv)
+    assert torch.equal(from_conv.weight_loc, torch_conv.weight) and from_conv.bias is None
     torch_linear = nn.Linear(3, 2)
     layer = LinearVariationalDropout.from_torch(torch_linear, threshold=5.0)
     assert torch.equal(layer.weight_loc, torch_linear.weight) and layer.threshold == 5.0
