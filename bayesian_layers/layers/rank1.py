@@ -108,6 +108,7 @@ class RankOneConv2d(MemberEnsemble, BayesianConv):
 
     _dims, _torch_class = 2, nn.Conv2d
     estimator = REPARAMETERIZATION  # of the (point-estimate) shared weight: never drawn
+    whole_weights = True  # one grouped convolution: no transposed convolution in backward
     _from_torch_factor_std: ClassVar[float] = 0.0
 
     def _setup_members(self, bias: bool, **members: Any) -> None:

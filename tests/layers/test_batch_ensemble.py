@@ -153,3 +153,19 @@ def test_predict_with_two_ensemble_sizes_takes_their_least_common_multiple() -> 
     assert bl.predict(model, x, num_samples=6).samples.shape == (6, 2, 2)
     with pytest.raises(ValueError, match=r"multiple of 6, got 4"):
         bl.predict(model, x, num_samples=4)
+
+
+@pytest.mark.parametrize("cls", [LinearBatchEnsemble, Conv2dBatchEnsemble])
+def test_bf16_autocast_gives_torchs_output_dtype_and_float32_gradients(cls: type) -> None:
+    """(The contract suite's autocast checks read posterior scales, which these point
+    estimates lack, so the family checks it here.)"""
+    args, shape = _args(cls)
+    layer, x = cls(*args, ensemble_size=E), torch.randn(shape)
+    reference = (nn.Linear if cls is LinearBatchEnsemble else nn.Conv2d)(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = layer(x), reference(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    full = layer(x)
+    torch.testing.assert_close(out.float(), full, rtol=0, atol=2**-5 * full.abs().max().item())
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters())

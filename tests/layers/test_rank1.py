@@ -136,7 +136,30 @@ def test_rank1_kernel_passes_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *a: rank1_output(LINEAR, *a, channel_dim=-1), inputs)
     op = ConvOp(ConvSpec((1, 1), (1, 1), (1, 1), 2))  # groups 2
     conv_inputs = (t(2, 4, 3, 3), t(2, 2, 2, 2), t(2, 2), t(2, 4), t(2, 2))
-    assert torch.autograd.gradcheck(lambda *a: rank1_output(op, *a, channel_dim=1), conv_inputs)
+    for whole in (False, True):
+
+        def f(*a: torch.Tensor, whole: bool = whole) -> torch.Tensor:
+            return rank1_output(op, *a, channel_dim=1, whole_weights=whole, groups=2)
+
+        assert torch.autograd.gradcheck(f, conv_inputs)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_factor_and_the_whole_weight_forms_agree(groups: int) -> None:
+    """Both forms of the kernel (``x ∘ s`` then the op, or the effective weights in one
+    grouped call) give the same output, for dense and convolutional ops."""
+    x, w = torch.randn(6, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    r, s, b = (torch.randn(3, n, dtype=torch.float64) for n in (2, 4, 2))
+    torch.testing.assert_close(
+        rank1_output(LINEAR, x, w, r, s, b), rank1_output(LINEAR, x, w, r, s, b, whole_weights=True)
+    )
+    op = ConvOp(ConvSpec((2, 2), (1, 1), (1, 1), groups))
+    x = torch.randn(6, 4, 5, 5, dtype=torch.float64)
+    w = torch.randn(6, 4 // groups, 3, 3, dtype=torch.float64)
+    r, s, b = (torch.randn(3, n, dtype=torch.float64) for n in (6, 4, 6))
+    factor = rank1_output(op, x, w, r, s, b, 1)
+    whole = rank1_output(op, x, w, r, s, b, 1, whole_weights=True, groups=groups)
+    torch.testing.assert_close(factor, whole, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls", [LinearRank1, Conv2dRank1])

@@ -93,13 +93,21 @@ def rank1_output(
     s: Tensor,
     bias: Tensor | None,
     channel_dim: int = -1,
+    *,
+    whole_weights: bool = False,
+    groups: int = 1,
 ) -> Tensor:
     """``op(x ∘ s_g, W) ∘ r_g + b_g`` for block ``g`` of the rows of ``x``: each block with
     the effective weight ``W ∘ (r_g s_gᵀ)`` (pure; gradcheck-able).
 
-    Exact for an op linear in its weight whose weight is ``(out, in, *kernel)`` and whose
-    input and output carry channels on ``channel_dim`` (dense: the last dim; a convolution
-    without groups or with groups: dim 1).
+    Exact for an op linear in its weight whose weight is ``(out, in / groups, *kernel)``
+    and whose input and output carry channels on ``channel_dim`` (dense: the last dim; a
+    convolution: dim 1). Two equal forms: the factor form above (``O(in + out)`` extra per
+    example, but its backward needs the input gradient of the op to reach ``s``), or with
+    ``whole_weights`` the ``G`` effective weights ``W ∘ (r_g s_gᵀ)`` formed once
+    (``O(G · |W|)`` extra per call) and applied with ``op.batched`` (one grouped
+    convolution); the latter is faster for convolutions on CPU whenever the input needs no
+    gradient (the first layer), as no transposed convolution runs in the backward pass.
 
     Args:
         op: the family's deterministic op, called with ``bias=None``.
@@ -107,6 +115,8 @@ def rank1_output(
         weight: the shared weight.
         r: ``(G, out)`` output factors; s: ``(G, in)`` input factors; bias: ``(G, out)`` or None.
         channel_dim: the channel dim of ``x`` and of the output.
+        whole_weights: form the effective weights (see above).
+        groups: the op's channel groups (``whole_weights`` only).
 
     Returns:
         ``(N, ...)``: the op's output.
@@ -120,6 +130,12 @@ def rank1_output(
         True
     """
     g, n = r.shape[0], x.shape[0]
+    if whole_weights:
+        out = weight.shape[0]
+        s_of = s.reshape(g, groups, -1)[:, torch.arange(out, device=s.device) // (out // groups)]
+        trailing = (1,) * (weight.dim() - 2)
+        rs = r.view(g, out, 1, *trailing) * s_of.view(g, out, -1, *trailing)  # (G, out, in/gr, 1..)
+        return op.batched(x, weight * rs, bias, g)
     xg = x.reshape(g, n // g, *x.shape[1:])  # (G, N/G, ...)
     xs = (xg * _along(s.to(x.dtype), xg.dim(), channel_dim)).flatten(0, 1)
     y = op(xs, weight, None)
@@ -145,6 +161,9 @@ class MemberEnsemble(BayesianLayer):
     """
 
     members_as_samples: ClassVar[bool] = True
+    #: form the members' effective weights when they are no larger than the input
+    #: (convolutions: see :func:`rank1_output`)
+    whole_weights: ClassVar[bool] = False
     ensemble_size: int
 
     def add_members(
@@ -247,7 +266,10 @@ class MemberEnsemble(BayesianLayer):
             )
         r, s = self.member_values("r", k), self.member_values("s", k)
         b = self.member_values("bias", k) if self.use_bias else None
-        return rank1_output(op, x, self.point("weight"), r, s, b, channel_dim)
+        w = self.point("weight")
+        whole = self.whole_weights and 0 < r.shape[0] * w.numel() <= x.numel()
+        groups = getattr(self, "groups", 1)
+        return rank1_output(op, x, w, r, s, b, channel_dim, whole_weights=whole, groups=groups)
 
     def kl_terms(self) -> dict[str, Tensor]:
         """The penalty of each member-indexed parameter: the average over the members,
