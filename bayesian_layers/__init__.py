@@ -19,6 +19,7 @@ from .sampling import (
     set_sampling,
     vectorized_samples,
 )
+from .sngp import sngp
 from .tracing import condition, name_scope, tape, trace, traceable
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __all__ = [
     "layers",
     "losses",
     "to_bayesian",
+    "sngp",
     "elbo_loss",
     "predict",
     "Predictive",

@@ -465,6 +465,8 @@ def test_get_regularizer_resolves_and_rejects() -> None:
         "normal_kl_divergence",
         "log_uniform_kl_divergence",
         "half_cauchy_kl_divergence",
+        "learned_scale_normal_kl_divergence",
+        "hierarchical_normal_kl_divergence",
     }
     for name, cls in REGULARIZERS.items():
         assert type(get_regularizer(name)) is cls

@@ -61,16 +61,20 @@ from .gp import (
     ProductKernel,
     RandomFourierFeatures,
     RationalQuadratic,
+    SNGPHead,
     SparseGaussianProcess,
     StationaryKernel,
     SumKernel,
     WhiteNoise,
     ZeroMean,
+    mean_field_logits,
 )
 from .linear import LinearFlipout, LinearLocalReparameterization, LinearReparameterization
 from .outputs import (
     Bernoulli,
     Categorical,
+    HeteroscedasticBernoulli,
+    HeteroscedasticCategorical,
     Laplace,
     LogNormal,
     MixtureLogistic,
@@ -105,6 +109,17 @@ from .reversible import (
     ReversibleLayer,
     reverse_sequential,
     sequential_log_det_jacobian,
+)
+from .spectral_norm import (
+    SpectralNormalization,
+    is_spectral_normalized,
+    spectral_normalization,
+)
+from .variational_dropout import (
+    Conv2dVariationalDropout,
+    LinearVariationalDropout,
+    SparsityReport,
+    variational_dropout_sparsity,
 )
 
 __all__ = [
@@ -165,6 +180,12 @@ __all__ = [
     "MixtureNormal",
     "MixtureLogistic",
     "MultivariateNormalTriL",
+    "HeteroscedasticCategorical",
+    "HeteroscedasticBernoulli",
+    "LinearVariationalDropout",
+    "Conv2dVariationalDropout",
+    "SparsityReport",
+    "variational_dropout_sparsity",
     "PoissonProcess",
     "PoissonProcessDistribution",
     "PointSetVariable",
@@ -172,6 +193,11 @@ __all__ = [
     "SparseGaussianProcess",
     "GaussianLikelihood",
     "RandomFourierFeatures",
+    "SNGPHead",
+    "mean_field_logits",
+    "SpectralNormalization",
+    "spectral_normalization",
+    "is_spectral_normalized",
     "NotPositiveDefiniteError",
     "JitterWarning",
     "Kernel",

@@ -46,6 +46,8 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "normal_kl_divergence": NormalKLDivergence,
     "log_uniform_kl_divergence": LogUniformKLDivergence,
     "half_cauchy_kl_divergence": HalfCauchyKLDivergence,
+    "learned_scale_normal_kl_divergence": LearnedScaleNormalKLDivergence,
+    "hierarchical_normal_kl_divergence": HierarchicalNormalKLDivergence,
 }
 
 

@@ -11,6 +11,7 @@ in neither :data:`CASES` nor :data:`SKIP`.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,6 +273,9 @@ def _made(**kwargs: Any) -> Callable[..., nn.Module]:
 _ESTIMATORS = ("Reparameterization", "Flipout")
 _CONVS = [f"Conv{t}{d}d{e}" for t in ("", "Transpose") for d in (1, 2, 3) for e in _ESTIMATORS]
 _CONVS.append("Conv2dLocalReparameterization")
+#: variational dropout without pruning: its counterpart on posterior means is the unpruned
+#: mean (pruning is tested in tests/layers/test_variational_dropout.py)
+_NO_PRUNING = {"threshold": math.inf}
 _DENSE = ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
 _OUTPUTS = ("Normal", "LogNormal", "StudentT", "Laplace", "Bernoulli", "Poisson")
 _OUTPUTS += ("NegativeBinomial", "Categorical", "OneHotCategorical", "MultivariateNormalTriL")
@@ -329,6 +333,21 @@ _ALL: list[Case] = [
          {"in_features": 3, "posterior": "laplace"}, variant="laplace", factory=True,
          compile=False),
     Case(layers.GaussianLikelihood, (2,), (4, 2), random=True),
+    # the Laplace precision's Cholesky jitter check breaks the graph, as for the Laplace RFF
+    Case(layers.SNGPHead, (3, 2), (5, 3), {"num_features": 16}, factory=True, compile=False),
+    # five classes: two draws of four labels from two classes coincide too often
+    *(Case(getattr(layers, n), (5,), (4, 3), {"in_features": 3, "num_factors": 2}, random=True)
+      for n in ("HeteroscedasticCategorical", "HeteroscedasticBernoulli")),
+    *(Case(getattr(layers, n), (5,), (4, 3),
+           {"in_features": 3, "num_factors": 2, "parameter_efficient": True},
+           variant="efficient", random=True)
+      for n in ("HeteroscedasticCategorical", "HeteroscedasticBernoulli")),
+    _dense(layers.LinearVariationalDropout, **(RANDOM_BIAS | _NO_PRUNING)),
+    _dense(layers.LinearVariationalDropout, "no_bias", bias=False, **_NO_PRUNING),
+    Case(layers.Conv2dVariationalDropout, (3, 4, 3), (2, 3, 6, 6),
+         {"padding": 1} | RANDOM_BIAS | _NO_PRUNING, feature_dim=-3, min_rank=3, max_rank=4,
+         more_shapes=((3, 6, 6), (1, 3, 6, 6)),
+         counterpart=lambda **f: nn.Conv2d(3, 4, 3, padding=1, **f), **_WEIGHT),
 ]
 # fmt: on
 
@@ -350,6 +369,10 @@ SKIP: dict[str, str] = {
     "MultivariateNormalColumns": "a distribution (the output of the GP layers), not a layer",
     "NotPositiveDefiniteError": "an exception",
     "JitterWarning": "a warning",
+    "SpectralNormalization": "a weight parametrization that spectral_normalization registers "
+    "on a torch layer (the layer stays torch's; tests/layers/test_spectral_norm.py)",
+    "SparsityReport": "a record of the sparsity reached (variational_dropout_sparsity), "
+    "not a layer",
     **{
         name: _KERNEL
         for name in (

@@ -54,7 +54,7 @@ def test_posterior_mean_output_and_gradients_are_float32_to_bf16_precision(name:
     for these tiny K ≤ 54, so the tolerance is 2⁻⁵ of the output's scale."""
     case = CASES[name]
     layer, args = _build(case)
-    params = [p for n, p in layer.named_parameters() if n.endswith(("_loc", "_rho"))]
+    params = [p for n, p in layer.named_parameters() if n.endswith(("_loc", "_rho", "_log_sigma2"))]
     with bl.posterior_mean(layer):
         full = first(layer(*args))
         full_grads = torch.autograd.grad(
@@ -81,9 +81,9 @@ def test_sampled_backward_gives_finite_float32_gradients(name: str) -> None:
     with torch.autocast("cpu", dtype=BF16):
         loss = first(layer(*args)).float().sum() + sum(bl.losses(layer))
     loss.backward()
-    assert any(n.endswith("_rho") for n, _ in layer.named_parameters())
+    assert any(n.endswith(("_rho", "_log_sigma2")) for n, _ in layer.named_parameters())
     for n, p in layer.named_parameters():
-        if n.endswith(("_loc", "_rho")):
+        if n.endswith(("_loc", "_rho", "_log_sigma2")):
             assert p.grad is not None and p.grad.dtype == torch.float32, n
             assert torch.isfinite(p.grad).all(), n
 

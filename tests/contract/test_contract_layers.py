@@ -78,6 +78,8 @@ def _zero_scale(layer: torch.nn.Module) -> None:
         for n, p in layer.named_parameters():
             if n.endswith("_rho"):
                 p.fill_(-100.0)  # softplus(-100) ≈ 4e-44
+            elif n.endswith("_log_sigma2"):
+                p.fill_(-200.0)  # σ = exp(-100)
 
 
 @pytest.mark.parametrize("name", [n for n in COUNTERPART if CASES[n].vectorized])

@@ -83,7 +83,8 @@ def test_frozen_mode_is_one_function_until_resample(name: str) -> None:
         if case.traced:  # gradients still reach the posterior scales
             out = tensors(case.call(layer, x))
             torch.stack([t.sum() for t in out]).sum().backward()
-            rho = [p.grad for n, p in layer.named_parameters() if n.endswith("_rho")]
+            scales = ("_rho", "_log_sigma2")  # softplus⁻¹ σ; variational dropout's log σ²
+            rho = [p.grad for n, p in layer.named_parameters() if n.endswith(scales)]
             assert rho and any(g is not None and g.abs().sum() > 0 for g in rho)
 
 

@@ -51,6 +51,8 @@ def random_params(layer: nn.Module, scale_low: float = 0.3, scale_high: float = 
             if name.endswith("_rho"):
                 scale = torch.empty_like(p).uniform_(scale_low, scale_high)
                 p.copy_(scale.expm1().log())  # softplus⁻¹
+            elif name.endswith("_log_sigma2"):  # variational dropout: log σ²
+                p.copy_(2 * torch.empty_like(p).uniform_(scale_low, scale_high).log())
             else:
                 p.normal_()
 

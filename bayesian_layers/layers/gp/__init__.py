@@ -40,12 +40,15 @@ from .likelihood import GaussianLikelihood
 from .linalg import JitterWarning, NotPositiveDefiniteError, cholesky_with_jitter
 from .means import ConstantMean, LinearMean, ZeroMean
 from .random_features import RandomFourierFeatures
+from .sngp_head import SNGPHead, mean_field_logits
 from .sparse import SparseGaussianProcess
 
 __all__ = [
     "GaussianProcess",
     "SparseGaussianProcess",
     "RandomFourierFeatures",
+    "SNGPHead",
+    "mean_field_logits",
     "GaussianLikelihood",
     "MultivariateNormalColumns",
     "Kernel",

@@ -13,6 +13,7 @@
 """
 
 from .base import StochasticOutput
+from .heteroscedastic import HeteroscedasticBernoulli, HeteroscedasticCategorical
 from .mixtures import MixtureLogistic, MixtureNormal
 from .stochastic import (
     Bernoulli,
@@ -41,4 +42,6 @@ __all__ = [
     "MixtureNormal",
     "MixtureLogistic",
     "MultivariateNormalTriL",
+    "HeteroscedasticCategorical",
+    "HeteroscedasticBernoulli",
 ]
