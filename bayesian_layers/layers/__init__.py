@@ -5,7 +5,10 @@ The package is laid out by family; this module re-exports every public layer.
 - uncertainty over weights: :mod:`.linear`, :mod:`.conv`, :mod:`.recurrent`,
   :mod:`.attention`, :mod:`.embedding` on the base :class:`BayesianLayer`
   (:mod:`.base`) and the shared estimator template (:mod:`.estimators`);
-- over pre-activations: :mod:`.dropout` (:class:`MCDropout`);
+- rank-1 factors and BatchEnsemble members: :mod:`.rank1`, :mod:`.batch_ensemble`
+  (their template in :mod:`.estimators.rank1`);
+- over pre-activations: :mod:`.dropout` (:class:`MCDropout`), :mod:`.variational_dropout`;
+- spectral normalisation (SNGP): :mod:`.spectral_norm`;
 - over outputs: :mod:`.outputs` (stochastic output layers);
 - over the function itself: :mod:`.gp` (Gaussian processes, kernels, means);
 - reversible layers: :mod:`.reversible`;
@@ -21,6 +24,7 @@ from . import outputs as outputs
 from . import reversible as reversible
 from .attention import MultiheadAttentionFlipout, MultiheadAttentionReparameterization
 from .base import SAMPLING_MODES, BayesianLayer, ParameterSpec
+from .batch_ensemble import Conv2dBatchEnsemble, LinearBatchEnsemble
 from .bilinear import (
     BilinearFlipout,
     BilinearLocalReparameterization,
@@ -88,6 +92,7 @@ from .outputs import (
     StudentT,
 )
 from .point_process import PointSetVariable, PoissonProcess, PoissonProcessDistribution
+from .rank1 import Conv2dRank1, LinearRank1
 from .recurrent import (
     GRUCellFlipout,
     GRUCellReparameterization,
@@ -182,6 +187,10 @@ __all__ = [
     "MultivariateNormalTriL",
     "HeteroscedasticCategorical",
     "HeteroscedasticBernoulli",
+    "LinearRank1",
+    "Conv2dRank1",
+    "LinearBatchEnsemble",
+    "Conv2dBatchEnsemble",
     "LinearVariationalDropout",
     "Conv2dVariationalDropout",
     "SparsityReport",

@@ -59,6 +59,9 @@ class Case:
         more_shapes: other valid input shapes (unbatched, extra batch dims).
         counterpart: torch's deterministic layer with the same arguments: output
             shapes (and with posterior scale 0, values on the posterior means) agree.
+        counterpart_values: the counterpart loaded with the posterior means is this layer
+            (False for rank-1 / BatchEnsemble: their means are W plus per-member factors
+            and an (E, out) bias, which torch's layer cannot hold).
         factory: accepts ``device=`` / ``dtype=``.
         random: two calls give different outputs (and the same seed the same).
         vectorized: supports ``bl.vectorized_samples`` (K folded into ``batch_dim``).
@@ -92,6 +95,7 @@ class Case:
     max_rank: int | None = None
     more_shapes: tuple[tuple[int, ...], ...] = ()
     counterpart: Callable[..., nn.Module] | None = None
+    counterpart_values: bool = True
     factory: bool = False
     random: bool = False
     vectorized: bool = False
@@ -276,6 +280,23 @@ _CONVS.append("Conv2dLocalReparameterization")
 #: variational dropout without pruning: its counterpart on posterior means is the unpruned
 #: mean (pruning is tested in tests/layers/test_variational_dropout.py)
 _NO_PRUNING = {"threshold": math.inf}
+
+
+def _members(cls: type[nn.Module], variant: str = "", **kwargs: Any) -> Case:
+    """Rank-1 / BatchEnsemble with ensemble_size=1: any batch is valid (E > 1 needs a
+    batch divisible by E: tests/layers/test_rank1.py, test_batch_ensemble.py)."""
+    kwargs.setdefault("ensemble_size", 1)
+    random = "Rank1" in cls.__name__  # BatchEnsemble: point estimates, no _rho
+    flags = _WEIGHT | {"random": random, "traced": random, "vectorized": random}
+    flags |= {"autocast": random, "counterpart_values": False}
+    if "Conv" in cls.__name__:
+        return Case(cls, (3, 4, 3), (2, 3, 6, 6), kwargs, variant, feature_dim=-3, min_rank=3,
+                    max_rank=4, more_shapes=((3, 6, 6), (1, 3, 6, 6)),
+                    counterpart=lambda **f: nn.Conv2d(3, 4, 3, **f), **flags)  # fmt: skip
+    return Case(cls, (3, 5), (2, 3), kwargs, variant, more_shapes=((3,), (2, 4, 3)),
+                counterpart=lambda **f: nn.Linear(3, 5, **f), **flags)  # fmt: skip
+
+
 _DENSE = ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
 _OUTPUTS = ("Normal", "LogNormal", "StudentT", "Laplace", "Bernoulli", "Poisson")
 _OUTPUTS += ("NegativeBinomial", "Categorical", "OneHotCategorical", "MultivariateNormalTriL")
@@ -333,6 +354,9 @@ _ALL: list[Case] = [
          {"in_features": 3, "posterior": "laplace"}, variant="laplace", factory=True,
          compile=False),
     Case(layers.GaussianLikelihood, (2,), (4, 2), random=True),
+    *(_members(getattr(layers, n))
+      for n in ("LinearRank1", "Conv2dRank1", "LinearBatchEnsemble", "Conv2dBatchEnsemble")),
+    _members(layers.LinearRank1, "random_bias", **RANDOM_BIAS),
     # the Laplace precision's Cholesky jitter check breaks the graph, as for the Laplace RFF
     Case(layers.SNGPHead, (3, 2), (5, 3), {"num_features": 16}, factory=True, compile=False),
     # five classes: two draws of four labels from two classes coincide too often
