@@ -138,7 +138,7 @@ def _converted(estimator: str) -> Callable[..., nn.Module]:
 #: deterministic runs (see :func:`evaluate_ensemble`), not trained.
 METHODS: dict[str, Method] = {
     "deterministic": Method(lenet5),
-    "mc_dropout": Method(lambda dropout: lenet5(dropout=dropout), 25, 10, {"dropout": 0.1}),
+    "mc_dropout": Method(lambda dropout: lenet5(dropout=dropout), 25, 10, {"dropout": 0.5}),
 }
 for _est in ("reparameterization", "flipout", "local_reparameterization"):
     METHODS[f"vi_{_est}"] = Method(_hand_built(_est), 10, 10, VI_DEFAULTS)
