@@ -27,6 +27,7 @@ PUBLISHED = (
     ("refined VI (published)", 0.259, 90.6, 0.011),
     ("VI (published)", 0.292, 89.5, 0.011),
 )
+MIN_BIN_COUNT = 20  # reliability bins with fewer test images per seed are not drawn
 OOD_KEYS = ("auroc_entropy", "auroc_mutual_information", "aupr_entropy", "aupr_mutual_information")
 
 
@@ -38,8 +39,21 @@ def mean_se(values: list[float], digits: int = 3) -> str:
     return f"{t.mean():.{digits}f} ± {t.std() / len(values) ** 0.5:.{digits}f}"
 
 
+def _row_order(method: str) -> tuple[int, int, str]:
+    """Deterministic, ensembles by size, MC dropout, hand-built VI, converted VI, others."""
+    if method == "deterministic":
+        return (0, 0, method)
+    if method.startswith("ensemble_") and method.rsplit("_", 1)[1].isdigit():
+        return (1, int(method.rsplit("_", 1)[1]), method)
+    if method == "mc_dropout":
+        return (2, 0, method)
+    if method.startswith("vi_"):
+        return (4 if method.endswith("_converted") else 3, 0, method)
+    return (5, 0, method)
+
+
 def load_runs(out_dir: Path) -> dict[str, list[dict]]:
-    """method -> its runs (one dict per seed), in file-name order."""
+    """method -> its runs (one dict per seed, in seed order), methods in table order."""
     runs: dict[str, list[dict]] = {}
     for f in sorted(out_dir.glob("*_seed*.json")):
         r = json.loads(f.read_text())
@@ -47,7 +61,7 @@ def load_runs(out_dir: Path) -> dict[str, list[dict]]:
             runs.setdefault(r["method"], []).append(r)
     if not runs:
         raise FileNotFoundError(f"images_report: no <method>_seed<s>.json in {out_dir}")
-    return runs
+    return {m: sorted(runs[m], key=lambda r: r["seed"]) for m in sorted(runs, key=_row_order)}
 
 
 def cost_ratios(out_dir: Path, runs: dict[str, list[dict]]) -> tuple[dict[str, list[str]], str]:
@@ -117,7 +131,8 @@ def _mean(curves: list[list[float]]) -> list[float]:
 
 
 def _pooled_reliability(rs: list[dict]) -> tuple[list[float], list[float]]:
-    """Bin confidence and accuracy pooled over seeds (count-weighted); empty bins NaN."""
+    """Bin confidence and accuracy pooled over seeds (count-weighted); bins holding fewer
+    than :data:`MIN_BIN_COUNT` images per seed are NaN (not drawn: too noisy)."""
     counts = torch.tensor([r["reliability"]["counts"] for r in rs], dtype=torch.float64)
 
     def pooled(key: str) -> list[float]:
@@ -127,20 +142,24 @@ def _pooled_reliability(rs: list[dict]) -> tuple[list[float], list[float]]:
         )
         total = (values.nan_to_num(0.0) * counts).sum(0)
         n = counts.sum(0)
-        return torch.where(n > 0, total / n.clamp_min(1), math.nan).tolist()
+        enough = n >= MIN_BIN_COUNT * len(rs)
+        return torch.where(enough, total / n.clamp_min(1), math.nan).tolist()
 
     return pooled("confidence"), pooled("accuracy")
 
 
 def write_figures(out_dir: Path, fig_dir: Path, methods: list[str] | None = None) -> list[Path]:
-    """Reliability diagram, metrics against rotation angle and OOD ROC curves (PNG)."""
+    """Reliability diagram, metrics against rotation angle and OOD ROC curves (PNG) of
+    ``methods`` (default: every method in ``out_dir`` but the ``*_converted`` VI rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = load_runs(out_dir)
-    names = [m for m in (methods or list(runs)) if m in runs]
+    if methods is None:  # the converted VI rows differ from the hand-built ones in init only
+        methods = [m for m in runs if not m.endswith("_converted")]
+    names = [m for m in methods if m in runs]
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
@@ -149,7 +168,11 @@ def write_figures(out_dir: Path, fig_dir: Path, methods: list[str] | None = None
     for name in names:
         conf, acc = _pooled_reliability(runs[name])
         ax.plot(conf, acc, "o-", ms=3, label=name)
-    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability, Fashion-MNIST test")
+    ax.set(
+        xlabel="confidence",
+        ylabel="accuracy",
+        title=f"Reliability, Fashion-MNIST test (bins of ≥ {MIN_BIN_COUNT} images)",
+    )
     ax.legend(fontsize=7)
     paths.append(fig_dir / "images_reliability.png")
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
@@ -173,6 +196,8 @@ def write_figures(out_dir: Path, fig_dir: Path, methods: list[str] | None = None
     for ax, score in zip(axes, ("entropy", "mutual_information"), strict=True):
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         for name in names:
+            if score == "mutual_information" and runs[name][0].get("num_samples") == 1:
+                continue  # one function: the mutual information is 0 everywhere
             tpr = _mean([r["ood"][f"roc_{score}"] for r in runs[name]])
             fpr = torch.linspace(0, 1, len(tpr)).tolist()
             auc = sum(r["ood"][f"auroc_{score}"] for r in runs[name]) / len(runs[name])
