@@ -9,6 +9,7 @@ log-likelihood in the original target units; mean ± standard error over splits.
 
     .venv/bin/python benchmarks/uci.py [--quick] [--data-dir DIR] [--datasets a,b]
         [--splits N] [--methods m1,m2] [--out-dir DIR] [--table PATH] [--validation]
+        [--table-only] [--import-table PATH]
 
 Each (data set, method) writes one JSON file under ``--out-dir``; the Markdown table
 (``--table``) is rebuilt from every JSON file there, so methods run in separate processes
@@ -110,6 +111,7 @@ class Defaults:
     deep_gp_width: int = 30  # deep GP: inner layer width min(D, this)
     quick_steps: int = 400  # --quick
     quick_splits: int = 3  # --quick
+    ensemble_size: int = 4  # rank-1: members (test_samples must be a multiple of it)
 
 
 DEFAULTS = Defaults()
@@ -251,6 +253,8 @@ class Method:
     sampled: bool  # whether prediction averages K function samples
     nll: Callable[[nn.Module, Tensor, Tensor], Tensor] = _normal_nll
     predictive: Callable[[nn.Module, Tensor, int], tuple[Tensor, Tensor]] = _normal_predictive
+    # per-split extras recorded in the JSON after scoring: (model, split, d) -> {key: value}
+    extras: Callable[[nn.Module, Split, Defaults], dict] | None = None
 
 
 def _posterior(d: Defaults) -> dict:
@@ -346,12 +350,104 @@ def _kl_per_example(model: nn.Module, n: int, d: Defaults) -> Tensor:
     return torch.stack(bl.losses(model)).sum() / n  # full ELBO: KL / N per example
 
 
+def _rank1(d_in: int, hidden: int, d: Defaults) -> nn.Module:
+    """Rank-1 network: the shared weights are point estimates (the layer's ``nn.Linear``
+    start), the factors ``r``, ``s`` of each of the ``ensemble_size`` members normal with
+    the layer's default N(1, 1) priors; biases per member, deterministic."""
+    from bayesian_layers.layers.rank1 import LinearRank1
+
+    e = d.ensemble_size
+    return nn.Sequential(
+        LinearRank1(d_in, hidden, ensemble_size=e),
+        nn.ReLU(),
+        LinearRank1(hidden, 1, ensemble_size=e),
+        layers.Normal(),
+    )
+
+
+def _ensemble_size(model: nn.Module) -> int:
+    sizes = {m.ensemble_size for m in model.modules() if hasattr(m, "ensemble_size")}
+    if len(sizes) != 1:
+        raise ValueError(f"uci: expected one ensemble_size in the rank-1 model, got {sizes}")
+    return int(sizes.pop())
+
+
+def _member_nll(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Mean NLL with the batch split across the members, as the rank-1 layers do.
+
+    The rows are shuffled (so on the full-batch sets, boston and yacht, each member sees
+    a fresh random quarter every step rather than a fixed block of the file order) and
+    the last ``len(x) mod ensemble_size`` of them are dropped: each member gets
+    ``len(x) // ensemble_size`` rows. ``train`` itself drops the incomplete last batch
+    of an epoch, so no batch smaller than ``batch_size`` reaches this.
+    """
+    e = _ensemble_size(model)
+    n = len(x) - len(x) % e
+    if n == 0:
+        raise ValueError(f"uci: a batch of {len(x)} rows cannot feed {e} members")
+    idx = torch.randperm(len(x))[:n]
+    return _normal_nll(model, x[idx], y[idx])
+
+
+def _kl_and_l2_per_example(model: nn.Module, n: int, d: Defaults) -> Tensor:
+    """Rank-1: the factors' KL / N (the members' average) plus the MAP term of the same
+    N(0, prior_scale²) prior on the shared point-estimate weights, per example."""
+    sq = sum(
+        m.point("weight").square().sum() for m in model.modules() if hasattr(m, "ensemble_size")
+    )
+    return _kl_per_example(model, n, d) + sq / (2 * d.prior_scale**2 * n)
+
+
+def _predict_members(model: nn.Module, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``(K, n)`` Gaussian components from ``bl.predict``: sample ``k`` is member ``k mod
+    E`` with its own draw of the factors (``K`` a multiple of ``E``)."""
+    pred = bl.predict(model, x, num_samples=k)
+    return pred.output_mean.reshape(k, -1), pred.output_variance.sqrt().reshape(k, -1)
+
+
+def _variational_dropout(d_in: int, hidden: int, d: Defaults) -> nn.Module:
+    """Sparse variational dropout: ``VariationalDropoutNormal`` posteriors (``θ`` started
+    like ``nn.Linear``'s weight, ``log σ² = -10``) under the log-uniform prior (the
+    layer's defaults); threshold ``log α > 3`` for the sparsity."""
+    return nn.Sequential(
+        layers.LinearVariationalDropout(d_in, hidden),
+        nn.ReLU(),
+        layers.LinearVariationalDropout(hidden, 1),
+        layers.Normal(),
+    )
+
+
+@torch.no_grad()
+def _sparsity_extras(model: nn.Module, split: Split, d: Defaults) -> dict:
+    """The sparsity reached (``log α > threshold``) and the scores of the thresholded
+    posterior-mean network (one Gaussian per point), which is what the sparsity buys."""
+    report = layers.variational_dropout_sparsity(model)
+    x = torch.as_tensor(split.x_test, dtype=torch.float32)
+    with bl.posterior_mean(model):
+        dist = model(x).distribution
+    loc = dist.mean.reshape(1, -1).double().numpy()
+    scale = dist.stddev.expand_as(dist.mean).reshape(1, -1).double().numpy()
+    rmse, ll = predictive_scores(loc, scale, split.y_test, split.y_mean, split.y_std)
+    return {
+        "sparsity": report.fraction,
+        "sparsity_per_layer": report.per_layer,
+        "pruned_weights": report.pruned,
+        "total_weights": report.total,
+        "sparse_mean_rmse": rmse,
+        "sparse_mean_ll": ll,
+    }
+
+
 METHODS: dict[str, Method] = {
     "deterministic": Method(_deterministic, _l2_prior, sampled=False),
     "mc_dropout": Method(_mc_dropout, _l2_prior, sampled=True),
     "vi_reparameterization": _vi(layers.LinearReparameterization),
     "vi_flipout": _vi(layers.LinearFlipout),
     "vi_local_reparameterization": _vi(layers.LinearLocalReparameterization),
+    "rank1": Method(_rank1, _kl_and_l2_per_example, True, _member_nll, _predict_members),
+    "variational_dropout": Method(
+        _variational_dropout, _kl_per_example, sampled=True, extras=_sparsity_extras
+    ),
 }
 NN_METHODS = tuple(METHODS)
 if hasattr(layers, "SparseGaussianProcess"):
@@ -366,6 +462,8 @@ METHOD_LABELS = {
     "vi_reparameterization": "VI reparam.",
     "vi_flipout": "VI Flipout",
     "vi_local_reparameterization": "VI local reparam.",
+    "rank1": "rank-1 (4 members)",
+    "variational_dropout": "variational dropout",
     "sparse_gp": "sparse GP",
     "deep_gp": "deep GP (2 layers)",
 }
@@ -416,7 +514,8 @@ def predict(model: nn.Module, method: Method, x_test: np.ndarray, d: Defaults):
     return loc.double().numpy(), scale.double().numpy()
 
 
-def run_split(name: str, method_name: str, split: Split, steps: int, seed: int, d: Defaults):
+def fit_split(name: str, method_name: str, split: Split, steps: int, seed: int, d: Defaults):
+    """Train one model on ``split`` and score it: ``(model, rmse, ll, seconds, cpu)``."""
     torch.manual_seed(seed)
     method = METHODS[method_name]
     hidden = d.hidden_protein if name == "protein-tertiary-structure" else d.hidden
@@ -426,7 +525,12 @@ def run_split(name: str, method_name: str, split: Split, steps: int, seed: int, 
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     loc, scale = predict(model, method, split.x_test, d)
     rmse, ll = predictive_scores(loc, scale, split.y_test, split.y_mean, split.y_std)
-    return rmse, ll, seconds, cpu
+    return model, rmse, ll, seconds, cpu
+
+
+def run_split(name: str, method_name: str, split: Split, steps: int, seed: int, d: Defaults):
+    """``(rmse, ll, seconds, cpu)`` of one trained model (see :func:`fit_split`)."""
+    return fit_split(name, method_name, split, steps, seed, d)[1:]
 
 
 # --------------------------------------------------------------------------------------
@@ -452,6 +556,63 @@ def load_results(out_dir: Path) -> dict[tuple[str, str], dict]:
     return results
 
 
+def _n_splits(r: dict) -> int:
+    return int(r["n_splits"]) if "summary" in r else len(r["rmse"])
+
+
+def _scores(r: dict) -> dict[str, tuple[float, float]]:
+    """``{"rmse": (mean, se), "ll": (mean, se)}`` of a per-split or a summary record."""
+    if "summary" in r:
+        return {k: (float(r["summary"][k][0]), float(r["summary"][k][1])) for k in ("rmse", "ll")}
+    return {"rmse": mean_se(r["rmse"]), "ll": mean_se(r["ll"])}
+
+
+def records_from_table(text: str, source: str) -> dict[tuple[str, str], dict]:
+    """Summary records (mean ± SE as printed, split count, the method's total CPU minutes)
+    of every row of a table written by :func:`build_table`.
+
+    For rows whose per-split JSON files are gone: written into ``--out-dir`` by
+    ``--import-table``, they put those rows back in a rebuilt table (the per-split JSON of
+    a later run of the method replaces them). ``source`` says where the numbers came from.
+    """
+    labels = {label: m for m, label in METHOD_LABELS.items()}
+    short = {v: k for k, v in SHORT_NAMES.items()}
+    records: dict[tuple[str, str], dict] = {}
+    metric, head = None, None
+    cpu: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("## "):
+            metric = {"## RMSE": "rmse", "## Test log-likelihood": "ll"}.get(line.strip())
+            head = None
+        elif line.startswith("Training CPU time"):
+            for part in line.split(":", 1)[1].strip().rstrip(".").split(", "):
+                label, minutes = part.rsplit(" ", 2)[0], part.rsplit(" ", 2)[1]
+                if label in labels:
+                    cpu[labels[label]] = float(minutes)
+        elif metric and line.startswith("| data set |"):
+            head = [c.strip() for c in line.strip().strip("|").split("|")]
+        elif metric and head and line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            name = short.get(cells[0], cells[0])
+            for label, cell in zip(head[2:], cells[2:], strict=True):
+                if label not in labels or "±" not in cell:
+                    continue  # a published column or a missing cell
+                mean, rest = cell.split("±")
+                se, *note = rest.split()
+                n = int(note[0].strip("(")) if note else int(cells[1])
+                rec = records.setdefault((name, labels[label]), {
+                    "dataset": name, "method": labels[label], "summary": {},
+                    "n_splits": n, "reconstructed_from": source,
+                })  # fmt: skip
+                rec["summary"][metric] = [float(mean), float(se)]
+    for (_, m), rec in records.items():
+        if set(rec["summary"]) != {"rmse", "ll"}:
+            raise ValueError(f"records_from_table: {rec['dataset']} / {m} lacks a metric")
+        if m in cpu:
+            rec["method_cpu_minutes"] = cpu[m]
+    return records
+
+
 def build_table(results: dict[tuple[str, str], dict], *, validation: bool = False) -> str:
     """Markdown: an RMSE table and a log-likelihood table, ours beside the published."""
     datasets = [n for n in DATASETS if any(k[0] == n for k in results)]
@@ -469,7 +630,7 @@ def build_table(results: dict[tuple[str, str], dict], *, validation: bool = Fals
     ]
     scores: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
     for key, r in results.items():
-        scores[key] = {"rmse": mean_se(r["rmse"]), "ll": mean_se(r["ll"])}
+        scores[key] = _scores(r)
     for metric, title, col in (("rmse", "RMSE", 0), ("ll", "Test log-likelihood", 1)):
         lines += [f"## {title}", ""]
         head = ["data set", "splits"] + [METHOD_LABELS.get(m, m) for m in methods]
@@ -477,7 +638,7 @@ def build_table(results: dict[tuple[str, str], dict], *, validation: bool = Fals
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for name in datasets:
-            ns = {m: len(results[(name, m)]["rmse"]) for m in methods if (name, m) in results}
+            ns = {m: _n_splits(results[(name, m)]) for m in methods if (name, m) in results}
             full = max(ns.values())
             row = [SHORT_NAMES.get(name, name), str(full)]
             for m in methods:
@@ -489,19 +650,48 @@ def build_table(results: dict[tuple[str, str], dict], *, validation: bool = Fals
             row += [f"{PUBLISHED[name][c][col]:.2f}" for c in PUBLISHED_COLUMNS]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-    lines += summary_lines(scores, datasets, methods)
+    rounded = {key for key, r in results.items() if "summary" in r}
+    lines += summary_lines(scores, datasets, methods, rounded)
     times = []
     for m in methods:
         rs = [r for k, r in results.items() if k[1] == m]
-        cpu = sum(sum(r.get("cpu_seconds", r["seconds"])) for r in rs)
+        cpu = sum(sum(r.get("cpu_seconds", r["seconds"])) for r in rs if "summary" not in r)
+        # summary records carry their method's total (all sets) once, not per set
+        cpu += 60 * max((r.get("method_cpu_minutes", 0.0) for r in rs if "summary" in r),
+                        default=0.0)  # fmt: skip
         times.append(f"{METHOD_LABELS.get(m, m)} {cpu / 60:.1f} min")
     lines += ["", "Training CPU time (sum over data sets and splits, one thread): "
               + ", ".join(times) + ".", ""]  # fmt: skip
+    lines += sparsity_lines(results, datasets)
     return "\n".join(lines)
 
 
-def summary_lines(scores: dict, datasets: list[str], methods: list[str]) -> list[str]:
-    """How many data sets our VI rows beat published VI (LL), and reach published MC dropout."""
+def sparsity_lines(results: dict[tuple[str, str], dict], datasets: list[str]) -> list[str]:
+    """Mean over splits of the variational dropout sparsity (``log α > 3``), per data set,
+    and the test log-likelihood of the thresholded posterior-mean network."""
+    cells = []
+    for name in datasets:
+        r = results.get((name, "variational_dropout"))
+        if r and r.get("sparsity"):
+            cell = f"{SHORT_NAMES.get(name, name)} {100 * np.mean(r['sparsity']):.0f}%"
+            if "sparse_mean_ll" in r:
+                cell += f" (LL {_fmt(*mean_se(r['sparse_mean_ll']), _digits(name, 'll'))})"
+            cells.append(cell)
+    if not cells:
+        return []
+    return ["Variational dropout: fraction of weights with log α > 3, mean over splits (in",
+            "brackets the test log-likelihood of the posterior-mean network with those weights",
+            "set to zero): " + "; ".join(cells) + ".", ""]  # fmt: skip
+
+
+def summary_lines(
+    scores: dict, datasets: list[str], methods: list[str], rounded: set | frozenset = frozenset()
+) -> list[str]:
+    """How many data sets our VI rows beat published VI (LL), and reach published MC dropout.
+
+    ``rounded``: keys whose scores are the table's rounded figures (summary records); a
+    tie with the target there counts as short of it, since rounding may have made it.
+    """
     vi = [m for m in methods if m in VI_METHODS]
     lines = ["## Against the published log-likelihoods", ""]
     if vi:
@@ -517,8 +707,8 @@ def summary_lines(scores: dict, datasets: list[str], methods: list[str]) -> list
     close = []
     for n in datasets:
         target = PUBLISHED[n]["MC dropout"][1]
-        hits = [m for m in methods if (n, m) in scores
-                and scores[(n, m)]["ll"][0] + scores[(n, m)]["ll"][1] >= target]  # fmt: skip
+        hits = [m for m in methods if (n, m) in scores and _reaches(
+                    sum(scores[(n, m)]["ll"]), target, strict=(n, m) in rounded)]  # fmt: skip
         if hits:
             close.append(f"{SHORT_NAMES.get(n, n)} ({', '.join(METHOD_LABELS[m] for m in hits)})")
     lines.append(
@@ -528,11 +718,21 @@ def summary_lines(scores: dict, datasets: list[str], methods: list[str]) -> list
     return lines
 
 
+def _reaches(value: float, target: float, *, strict: bool) -> bool:
+    return value > target + 1e-9 if strict else value >= target
+
+
 def run(args: argparse.Namespace) -> None:
     d = DEFAULTS
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in [] if args.table_only else args.datasets:
+    if args.import_table is not None:
+        source = str(args.import_table)
+        for (name, m), rec in records_from_table(Path(source).read_text(), source).items():
+            path = out_dir / f"{name}.{m}.json"
+            if not path.exists():  # never replaces a run's per-split record
+                path.write_text(json.dumps(rec, indent=1))
+    for name in [] if args.table_only or args.import_table else args.datasets:
         x, y, n_splits = load_dataset(args.data_dir, name)
         splits = range(min(n_splits, args.splits)) if args.splits else range(n_splits)
         for method_name in args.methods:
@@ -553,7 +753,11 @@ def run(args: argparse.Namespace) -> None:
             for i in splits:
                 train_idx, test_idx = split_indices(args.data_dir, name, i)
                 split = make_split(x, y, train_idx, test_idx, validation=args.validation)
-                rmse, ll, seconds, cpu = run_split(name, method_name, split, steps, seed=i, d=d)
+                model, rmse, ll, seconds, cpu = fit_split(name, method_name, split, steps,
+                                                          seed=i, d=d)  # fmt: skip
+                extras = METHODS[method_name].extras
+                for key, value in (extras(model, split, d) if extras else {}).items():
+                    record.setdefault(key, []).append(value)
                 base_rmse, base_ll = train_mean_baseline(split)
                 for key, value in (("splits", i), ("rmse", rmse), ("ll", ll),
                                    ("seconds", seconds), ("cpu_seconds", cpu),
@@ -610,6 +814,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--table-only", action="store_true",
                    help="only rebuild the table from the JSON files in --out-dir")  # fmt: skip
+    p.add_argument("--import-table", type=Path, default=None,
+                   help="write summary JSONs (mean ± SE as printed) of the rows of this "
+                        "table whose JSON is missing from --out-dir, then rebuild the "
+                        "table; runs nothing")  # fmt: skip
     args = p.parse_args(argv)
     if args.data_dir is None:
         args.data_dir = DEFAULT_DATA_DIR

@@ -165,6 +165,10 @@ def test_quick_run_beats_the_training_mean(tmp_path: Path):
         # far better than N(train mean, train std²) on these near-deterministic sets
         assert np.mean(r["rmse"]) < 0.5 * np.mean(r["baseline_rmse"]), r["method"]
         assert np.mean(r["ll"]) > np.mean(r["baseline_ll"]) + 0.5, r["method"]
+        if r["method"] == "variational_dropout":  # the sparsity, per split
+            assert len(r["sparsity"]) == 3 and all(0.0 <= s <= 1.0 for s in r["sparsity"])
+            assert all(math.isfinite(v) for v in r["sparse_mean_rmse"] + r["sparse_mean_ll"])
+    assert {"rank1", "variational_dropout"} <= set(uci.NN_METHODS)
     text = table.read_text()
     for col in ("published VI", "published PBP", "published MC dropout"):
         assert col in text
@@ -191,3 +195,128 @@ def test_gp_predictive_adds_the_noise_variance():
     assert loc.shape == scale.shape == (1, 7)
     torch.testing.assert_close(scale.square(), (f.variance + noise.square()).reshape(1, 7))
     torch.testing.assert_close(loc, f.mean.reshape(1, 7))
+
+
+# --------------------------------------------------------------------------------------
+# The rank-1 and variational dropout rows
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["rank1", "variational_dropout"])
+def test_rank1_and_variational_dropout_learn_yacht(method: str):
+    x, y, _ = uci.load_dataset(DATA, "yacht")
+    split = uci.make_split(x, y, *uci.split_indices(DATA, "yacht", 0), validation=False)
+    assert len(split.y_train) % uci.DEFAULTS.ensemble_size != 0  # the full batch: 277 rows
+    rmse, ll, _, _ = uci.run_split("yacht", method, split, 200, seed=0, d=uci.DEFAULTS)
+    base_rmse, base_ll = uci.train_mean_baseline(split)
+    assert math.isfinite(ll) and rmse < 0.5 * base_rmse and ll > base_ll + 0.5
+
+
+def test_rank1_nll_splits_a_shuffled_batch_and_drops_the_remainder():
+    torch = pytest.importorskip("torch")
+    model = uci.METHODS["rank1"].build(3, 8, uci.DEFAULTS)
+    x, y = torch.randn(10, 3), torch.randn(10, 1)
+    torch.manual_seed(5)
+    got = uci._member_nll(model, x, y)
+    torch.manual_seed(5)
+    idx = torch.randperm(10)[:8]  # 10 rows, 4 members: 2 rows each, 2 rows dropped
+    want = -model(x[idx]).distribution.log_prob(y[idx]).mean()
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="a batch of 3 rows cannot feed 4 members"):
+        uci._member_nll(model, x[:3], y[:3])
+
+
+def test_rank1_penalty_is_the_factor_kl_plus_the_shared_weight_prior():
+    torch = pytest.importorskip("torch")
+    bl = pytest.importorskip("bayesian_layers")
+    d = uci.DEFAULTS
+    model = uci.METHODS["rank1"].build(3, 8, d)
+    n = 37
+    sq = model[0].weight.square().sum() + model[2].weight.square().sum()
+    want = torch.stack(bl.losses(model)).sum() / n + sq / (2 * d.prior_scale**2 * n)
+    torch.testing.assert_close(uci.METHODS["rank1"].penalty(model, n, d), want)
+
+
+def test_rank1_predictive_sample_k_is_member_k_mod_e():
+    """With the factors at their means, sample k of bl.predict equals member k mod E run
+    on its own block of the batch tiled E times."""
+    torch = pytest.importorskip("torch")
+    bl = pytest.importorskip("bayesian_layers")
+    e = uci.DEFAULTS.ensemble_size
+    model = uci.METHODS["rank1"].build(3, 8, uci.DEFAULTS)
+    x = torch.randn(5, 3)
+    with bl.posterior_mean(model), torch.no_grad():
+        loc, scale = uci.METHODS["rank1"].predictive(model, x, 2 * e)
+        members = model(x.repeat(e, 1)).distribution
+    assert loc.shape == scale.shape == (2 * e, 5)
+    want = members.mean.reshape(e, 5).repeat(2, 1)
+    torch.testing.assert_close(loc, want)
+    torch.testing.assert_close(scale, members.stddev.expand_as(members.mean).reshape(e, 5)
+                               .repeat(2, 1))  # fmt: skip
+    assert not torch.allclose(loc[0], loc[1])  # the members differ
+    with pytest.raises(ValueError, match="multiple of 4"):
+        uci.METHODS["rank1"].predictive(model, x, 6)
+
+
+def test_rank1_test_samples_are_a_multiple_of_the_ensemble_size():
+    assert uci.DEFAULTS.test_samples % uci.DEFAULTS.ensemble_size == 0
+    assert uci.METHOD_LABELS["rank1"] == f"rank-1 ({uci.DEFAULTS.ensemble_size} members)"
+
+
+def test_variational_dropout_extras_report_the_sparsity_and_the_pruned_network():
+    torch = pytest.importorskip("torch")
+    bl = pytest.importorskip("bayesian_layers")
+    x, y, _ = uci.load_dataset(DATA, "yacht")
+    split = uci.make_split(x, y, *uci.split_indices(DATA, "yacht", 0), validation=False)
+    model = uci.METHODS["variational_dropout"].build(6, 8, uci.DEFAULTS)
+    with torch.no_grad():  # log α = log σ² - log θ²: prune exactly the first 5 of 48 + 8
+        model[0].weight_loc.fill_(1.0)
+        model[0].weight_loc.view(-1)[:5] = 1e-4
+        model[2].weight_loc.fill_(1.0)
+    out = uci.METHODS["variational_dropout"].extras(model, split, uci.DEFAULTS)
+    assert out["pruned_weights"] == 5 and out["total_weights"] == 56
+    assert out["sparsity"] == pytest.approx(5 / 56)
+    assert out["sparsity_per_layer"] == {"0": pytest.approx(5 / 48), "2": 0.0}
+    with torch.no_grad():
+        model[0].weight_loc.view(-1)[:5] = 0.0  # what the thresholded mean network uses
+        with bl.posterior_mean(model):
+            dist = model(torch.as_tensor(split.x_test, dtype=torch.float32)).distribution
+    loc = dist.mean.reshape(1, -1).double().numpy()
+    scale = dist.stddev.expand_as(dist.mean).reshape(1, -1).double().numpy()
+    rmse, ll = uci.predictive_scores(loc, scale, split.y_test, split.y_mean, split.y_std)
+    assert out["sparse_mean_rmse"] == pytest.approx(rmse, rel=1e-6)
+    assert out["sparse_mean_ll"] == pytest.approx(ll, rel=1e-6)
+
+
+def test_table_round_trips_through_summary_records():
+    """A table's rows read back as summary records rebuild the same table (the rows whose
+    per-split JSON files are gone), beside new per-split records."""
+    results = {
+        ("yacht", "vi_flipout"): _record("yacht", "vi_flipout", [-1.5, -1.7]),
+        ("yacht", "deterministic"): _record("yacht", "deterministic", [-9.0, -8.0]),
+        ("kin8nm", "vi_flipout"): _record("kin8nm", "vi_flipout", [1.0625, 1.0]),
+    }
+    results[("yacht", "deterministic")]["cpu_seconds"] = [30.0, 60.0]
+    table = uci.build_table(results)
+    back = uci.records_from_table(table, "t.md")
+    assert set(back) == set(results)
+    assert back[("yacht", "vi_flipout")]["summary"] == {"rmse": [1.0, 0.0], "ll": [-1.6, 0.1]}
+    assert back[("kin8nm", "vi_flipout")]["summary"]["ll"] == [1.031, 0.031]  # 3 digits
+    assert back[("yacht", "deterministic")]["method_cpu_minutes"] == 1.5
+    assert back[("yacht", "vi_flipout")]["n_splits"] == 2
+    assert uci.build_table(back) == table
+    # a new method's per-split record beside them, and the sparsity line
+    new = _record("yacht", "variational_dropout", [-1.0, -1.2])
+    new |= {"sparsity": [0.9, 0.8], "sparse_mean_ll": [-1.1, -1.3]}
+    mixed = uci.build_table({**back, ("yacht", "variational_dropout"): new})
+    assert "| VI Flipout | variational dropout |" in mixed
+    assert "-1.10 ± 0.10" in mixed and "yacht 85% (LL -1.20 ± 0.10)" in mixed
+
+
+def test_rounded_rows_need_to_pass_the_published_target_strictly():
+    # -1.60 + 0.05 = -1.55: the published yacht MC-dropout LL, a tie only after rounding
+    rec = {"dataset": "yacht", "method": "vi_flipout", "n_splits": 20,
+           "summary": {"rmse": [1.0, 0.1], "ll": [-1.6, 0.05]}}  # fmt: skip
+    assert "on 0 of 1 sets: none." in uci.build_table({("yacht", "vi_flipout"): rec})
+    exact = _record("yacht", "vi_flipout", [-1.55, -1.55])
+    assert "on 1 of 1 sets: yacht" in uci.build_table({("yacht", "vi_flipout"): exact})
