@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -89,9 +90,51 @@ def lenet5(
     )
 
 
+def logits_loss(out: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (an SNGP head's random variable acts as its logits)."""
+    return F.cross_entropy(out, y)
+
+
+def output_loss(out: bl.RandomVariable, y: Tensor) -> Tensor:
+    """Mean negative log-likelihood of a stochastic output layer's random variable."""
+    return -out.log_prob(y).mean()
+
+
+def sampled_probs(model: nn.Module, x: Tensor, k: int) -> Tensor:
+    """Softmax outputs of ``k`` function samples of a logits model, ``(k, B, C)``."""
+    # A loop of K calls: on CPU it is about 2x faster than the vectorised call for these
+    # convolutions (measured on LeNet-5, batch 500, one thread).
+    softmax = partial(torch.softmax, dim=-1)
+    return bl.predict(model, x, num_samples=k, transform=softmax, vectorized=False).samples
+
+
+def member_probs(model: nn.Module, x: Tensor, k: int) -> Tensor:
+    """As :func:`sampled_probs` for rank-1 / BatchEnsemble models: ``bl.predict`` gives
+    each member ``k / E`` of the ``k`` samples (its vectorised call; members share it)."""
+    softmax = partial(torch.softmax, dim=-1)
+    return bl.predict(model, x, num_samples=k, transform=softmax).samples
+
+
+def output_probs(model: nn.Module, x: Tensor, k: int) -> Tensor:
+    """The class probabilities of a stochastic output layer's distribution, ``(1, B, C)``
+    (a deterministic network: one function)."""
+    return model(x).distribution.probs.unsqueeze(0)
+
+
+def mean_field_probs(model: nn.Module, x: Tensor, k: int) -> Tensor:
+    """An SNGP model's mean-field predictive, ``softmax(m / sqrt(1 + λ v))``, ``(1, B, C)``."""
+    head = sngp_head(model)
+    return head.mean_field_logits(model(x)).softmax(-1).unsqueeze(0)
+
+
+def sngp_head(model: nn.Module) -> bl.layers.SNGPHead:
+    """The model's :class:`~bayesian_layers.layers.SNGPHead`."""
+    return next(m for m in model.modules() if isinstance(m, bl.layers.SNGPHead))
+
+
 @dataclass(frozen=True)
 class Method:
-    """One row of the table: how to build the model, and its defaults."""
+    """One row of the table: how to build, train and predict with the model, its defaults."""
 
     build: Callable[..., nn.Module]  # takes the options as keyword arguments
     epochs: int = 25  # uncertainty-baselines: 5000 steps of 256 on 50 000 images
@@ -99,6 +142,17 @@ class Method:
     #: hyperparameters with their defaults (chosen on the validation split); each has a
     #: command-line flag (``--prior-scale`` for ``prior_scale``) and is kept in the JSON
     options: dict[str, float] = field(default_factory=dict)
+    #: the per-example data term of the loss, from the model's output and the labels
+    loss: Callable[..., Tensor] = logits_loss
+    #: probabilities of ``k`` function samples on a chunk of images, ``(k, B, C)``
+    probs: Callable[[nn.Module, Tensor, int], Tensor] = sampled_probs
+    #: called at the start of every training epoch (SNGP resets its precision matrix)
+    on_epoch: Callable[[nn.Module], None] | None = None
+    #: training batches are cut to a multiple of this (ensemble layers split the batch)
+    batch_multiple: int = 1
+    #: after training, fits predictive-only settings on the validation split (SNGP's
+    #: mean-field factor); returns them for the JSON
+    tune: Callable[[nn.Module, Tensor, Tensor], dict[str, float]] | None = None
 
 
 #: The VI posterior and prior, chosen on the validation split (docs/images.md): weight
@@ -134,15 +188,84 @@ def _converted(estimator: str) -> Callable[..., nn.Module]:
     return build
 
 
+#: Members of the rank-1 and BatchEnsemble networks (uncertainty-baselines: 4).
+ENSEMBLE_SIZE = 4
+#: SNGP's mean-field factors tried on the validation split (uncertainty-baselines tunes
+#: λ; π/8 is the probit approximation's, 0 the MAP logits).
+MEAN_FIELD_GRID = (0.0, math.pi / 8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
+
+
+def members(estimator: str) -> Callable[..., nn.Module]:
+    """LeNet-5 of rank-1 (``"rank1"``) or BatchEnsemble layers, ``ENSEMBLE_SIZE`` members."""
+    conv, linear = {
+        "rank1": (bl.layers.Conv2dRank1, bl.layers.LinearRank1),
+        "batch_ensemble": (bl.layers.Conv2dBatchEnsemble, bl.layers.LinearBatchEnsemble),
+    }[estimator]
+
+    def build() -> nn.Module:
+        kw = {"ensemble_size": ENSEMBLE_SIZE}
+        return lenet5(partial(conv, **kw), partial(linear, **kw))
+
+    return build
+
+
+def heteroscedastic(temperature: float) -> nn.Module:
+    """LeNet-5 whose last layer is a heteroscedastic categorical output (10 factors,
+    1000 MC logit draws, Edward2's defaults)."""
+    model = lenet5()
+    model[-1] = bl.layers.HeteroscedasticCategorical(10, in_features=84, temperature=temperature)
+    return model
+
+
+def sngp_lenet5(norm_bound: float) -> nn.Module:
+    """LeNet-5 made an SNGP: spectral norm ``<= norm_bound`` on the hidden layers, a GP
+    head of 1024 random features on the 84 hidden units."""
+    return bl.sngp(lenet5(), norm_bound=norm_bound)
+
+
+def reset_precision(model: nn.Module) -> None:
+    sngp_head(model).reset_precision()
+
+
+@torch.no_grad()
+def tune_mean_field(model: nn.Module, x_val: Tensor, y_val: Tensor) -> dict[str, float]:
+    """Set the SNGP head's mean-field factor to the one of :data:`MEAN_FIELD_GRID` with the
+    lowest validation NLL."""
+    model.eval()
+    head = sngp_head(model)
+    outs = [model(xb) for xb in x_val.split(500)]
+    logits = torch.cat([o.value for o in outs])
+    variance = torch.cat([o.distribution.variance for o in outs])
+    nll = {
+        lam: F.cross_entropy(bl.layers.mean_field_logits(logits, variance, mean_field_factor=lam),
+                             y_val).item()
+        for lam in MEAN_FIELD_GRID
+    }  # fmt: skip
+    head.mean_field_factor = min(nll, key=nll.__getitem__)
+    return {"mean_field_factor": head.mean_field_factor}
+
+
 #: name -> Method. Later issues add one entry each; ``ensemble_<k>`` is built from the
 #: deterministic runs (see :func:`evaluate_ensemble`), not trained.
 METHODS: dict[str, Method] = {
     "deterministic": Method(lenet5),
+    # the control for the methods trained 10 epochs: the same network, stopped there
+    "deterministic_10_epochs": Method(lenet5, 10),
     "mc_dropout": Method(lambda dropout: lenet5(dropout=dropout), 25, 10, {"dropout": 0.5}),
 }
 for _est in ("reparameterization", "flipout", "local_reparameterization"):
     METHODS[f"vi_{_est}"] = Method(_hand_built(_est), 10, 10, VI_DEFAULTS)
     METHODS[f"vi_{_est}_converted"] = Method(_converted(_est), 10, 10, VI_DEFAULTS)
+for _est, _k in (("rank1", 2 * ENSEMBLE_SIZE), ("batch_ensemble", ENSEMBLE_SIZE)):
+    # rank-1: two draws of every member's factors; BatchEnsemble: each member once
+    METHODS[_est] = Method(members(_est), 10, _k, probs=member_probs, batch_multiple=ENSEMBLE_SIZE)
+METHODS["heteroscedastic"] = Method(
+    heteroscedastic, 10, 1, {"temperature": 1.0}, loss=output_loss, probs=output_probs
+)
+METHODS["sngp"] = Method(
+    sngp_lenet5, 10, 1, {"norm_bound": 6.0}, probs=mean_field_probs,
+    on_epoch=reset_precision, tune=tune_mean_field,
+)  # fmt: skip
 ENSEMBLES = ("ensemble_5", "ensemble_10")
 
 
@@ -190,30 +313,36 @@ def reliability(probs: Tensor, labels: Tensor) -> dict[str, list]:
 
 
 @torch.no_grad()
-def prob_samples(model: nn.Module, x: Tensor, num_samples: int, chunk: int = 500) -> Tensor:
-    """Softmax outputs of ``num_samples`` function samples, ``(K, N, C)``."""
+def prob_samples(
+    model: nn.Module, method: Method, x: Tensor, num_samples: int, chunk: int = 500
+) -> Tensor:
+    """Probabilities of ``num_samples`` function samples (the method's predictive),
+    ``(K, N, C)``, in chunks of ``chunk`` images."""
     model.eval()
-    # A loop of K calls: on CPU it is about 2x faster than the vectorised call for these
-    # convolutions (measured on LeNet-5, batch 500, one thread).
-    parts = [
-        bl.predict(
-            model, xb, num_samples=num_samples, transform=lambda z: z.softmax(-1), vectorized=False
-        ).samples
-        for xb in x.split(chunk)
-    ]
-    return torch.cat(parts, dim=1)
+    return torch.cat([method.probs(model, xb, num_samples) for xb in x.split(chunk)], dim=1)
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr: float) -> float:
-    """Adam on the per-example ELBO, NLL + KL/N (the KL is 0 for non-Bayesian models);
-    returns seconds per epoch."""
+def train_step(model: nn.Module, method: Method, x: Tensor, y: Tensor, num_train: int) -> Tensor:
+    """The per-example ELBO on one batch, data term + KL/N (the KL is 0 for non-Bayesian
+    models; an SNGP head's is its MAP weight penalty)."""
+    cut = len(x) - len(x) % method.batch_multiple
+    return method.loss(model(x[:cut]), y[:cut]) + sum(bl.losses(model)) / num_train
+
+
+def train(
+    model: nn.Module, method: Method, x: Tensor, y: Tensor, epochs: int, batch_size: int,
+    lr: float,
+) -> float:  # fmt: skip
+    """Adam on the per-example ELBO (:func:`train_step`); returns seconds per epoch."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(x)
     model.train()
     start = time.perf_counter()
     for _ in range(epochs):
+        if method.on_epoch is not None:
+            method.on_epoch(model)
         for idx in torch.randperm(n).split(batch_size):
-            loss = F.cross_entropy(model(x[idx]), y[idx]) + sum(bl.losses(model)) / n
+            loss = train_step(model, method, x[idx], y[idx], n)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -234,18 +363,20 @@ def evaluate(samples: dict[str, Tensor], data: dict[str, Tensor]) -> dict:
     }
 
 
-def predict_all(model: nn.Module, data: dict[str, Tensor], k: int) -> tuple[dict, float]:
+def predict_all(
+    model: nn.Module, method: Method, data: dict[str, Tensor], k: int
+) -> tuple[dict, float]:
     """Probability samples on every evaluation set; milliseconds per test image."""
     start = time.perf_counter()
-    samples = {"test": prob_samples(model, data["x_test"], k)}
+    samples = {"test": prob_samples(model, method, data["x_test"], k)}
     ms = 1e3 * (time.perf_counter() - start) / len(data["x_test"])
-    samples["ood"] = prob_samples(model, data["x_ood"], k)
+    samples["ood"] = prob_samples(model, method, data["x_ood"], k)
     x_sub = data["x_test"][::ROTATION_STRIDE]
     for a in ANGLES:
         samples[f"rot{a}"] = (
             samples["test"][:, ::ROTATION_STRIDE]
             if a == 0
-            else prob_samples(model, rotate(x_sub, a), k)
+            else prob_samples(model, method, rotate(x_sub, a), k)
         )
     return samples, ms
 
@@ -282,13 +413,13 @@ def measure_cost(names: list[str], data: dict[str, Tensor], args: argparse.Names
             model.train()
             start = time.perf_counter()
             for _ in range(steps):
-                loss = F.cross_entropy(model(x), y) + sum(bl.losses(model)) / num_train
+                loss = train_step(model, METHODS[n], x, y, num_train)
                 opts[n].zero_grad()
                 loss.backward()
                 opts[n].step()
             times[n]["train"].append((time.perf_counter() - start) / steps)
             start = time.perf_counter()
-            prob_samples(model, x_eval, METHODS[n].num_samples)
+            prob_samples(model, METHODS[n], x_eval, METHODS[n].num_samples)
             times[n]["predict"].append(1e3 * (time.perf_counter() - start) / len(x_eval))
     median = {
         n: {k: float(torch.tensor(v).median()) for k, v in t.items()} for n, t in times.items()
@@ -337,8 +468,11 @@ def run_one(name: str, seed: int, data: dict[str, Tensor], args: argparse.Namesp
     k = args.num_samples if (args.num_samples and method.num_samples > 1) else method.num_samples
     torch.manual_seed(seed)
     model, config = build_model(name, args)
-    sec = train(model, data["x_train"], data["y_train"], epochs, args.batch_size, args.lr)
-    val = classification_metrics(prob_samples(model, data["x_val"], k).mean(0), data["y_val"])
+    sec = train(model, method, data["x_train"], data["y_train"], epochs, args.batch_size, args.lr)
+    if method.tune is not None:
+        config = {**config, **method.tune(model, data["x_val"], data["y_val"])}
+    val_probs = prob_samples(model, method, data["x_val"], k).mean(0)
+    val = classification_metrics(val_probs, data["y_val"])
     common = {
         "method": name, "seed": seed, "epochs": epochs, "num_samples": k, **config,
         "batch_size": args.batch_size, "lr": args.lr, "num_train": len(data["x_train"]),
@@ -346,7 +480,7 @@ def run_one(name: str, seed: int, data: dict[str, Tensor], args: argparse.Namesp
     }  # fmt: skip
     if args.validation_only:  # model selection: the test sets stay unseen
         return {**common, "timing": {"train_s_per_epoch": sec}}
-    samples, ms = predict_all(model, data, k)
+    samples, ms = predict_all(model, method, data, k)
     if name == "deterministic":
         torch.save(
             samples,
@@ -437,6 +571,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--prior-scale", type=float, default=None, help="VI methods' prior")
     parser.add_argument("--scale-init", type=float, default=None, help="VI posterior init")
     parser.add_argument("--dropout", type=float, default=None, help="MC dropout's rate")
+    parser.add_argument("--temperature", type=float, default=None, help="heteroscedastic τ")
+    parser.add_argument("--norm-bound", type=float, default=None, help="SNGP's spectral bound")
     parser.add_argument(
         "--validation-only", action="store_true", help="model selection: skip the test sets"
     )

@@ -39,17 +39,24 @@ def mean_se(values: list[float], digits: int = 3) -> str:
     return f"{t.mean():.{digits}f} ± {t.std() / len(values) ** 0.5:.{digits}f}"
 
 
+#: single-model methods after the VI rows, in this order
+SINGLE_MODEL_ORDER = ("batch_ensemble", "rank1", "sngp", "heteroscedastic")
+
+
 def _row_order(method: str) -> tuple[int, int, str]:
-    """Deterministic, ensembles by size, MC dropout, hand-built VI, converted VI, others."""
-    if method == "deterministic":
-        return (0, 0, method)
+    """Deterministic, ensembles by size, MC dropout, hand-built VI, converted VI,
+    BatchEnsemble, rank-1, SNGP, heteroscedastic, others."""
+    if method.startswith("deterministic"):
+        return (0, method != "deterministic", method)
     if method.startswith("ensemble_") and method.rsplit("_", 1)[1].isdigit():
         return (1, int(method.rsplit("_", 1)[1]), method)
     if method == "mc_dropout":
         return (2, 0, method)
     if method.startswith("vi_"):
         return (4 if method.endswith("_converted") else 3, 0, method)
-    return (5, 0, method)
+    if method in SINGLE_MODEL_ORDER:
+        return (5, SINGLE_MODEL_ORDER.index(method), method)
+    return (6, 0, method)
 
 
 def load_runs(out_dir: Path) -> dict[str, list[dict]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -104,17 +105,36 @@ def test_ece_matches_a_textbook_loop():
     assert expected_calibration_error(probs, labels, num_bins=15).item() == pytest.approx(ece)
 
 
+#: methods whose ELBO has a penalty from bl.losses: the VI KL, rank-1's factor KL, the
+#: SNGP head's MAP weight penalty
+PENALISED = ("vi_", "rank1", "sngp")
+
+
 @pytest.mark.parametrize("name", sorted(images.METHODS))
 def test_every_method_builds_lenet5(name):
     torch.manual_seed(0)
-    args = SimpleNamespace(prior_scale=0.3, scale_init=2e-3, dropout=0.4)
+    args = SimpleNamespace(prior_scale=0.3, scale_init=2e-3, dropout=0.4, temperature=0.7,
+                           norm_bound=3.0)  # fmt: skip
     model, config = images.build_model(name, args)
-    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
-    assert any(True for _ in bl.bayesian_modules(model)) == (name != "deterministic")
-    assert bool(bl.losses(model)) == name.startswith("vi_")  # a KL term in the ELBO
+    probs = images.METHODS[name].probs(model.eval(), torch.rand(4, 1, 28, 28), 8)
+    assert probs.shape[1:] == (4, 10)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
+    assert probs.shape[0] == (1 if name in ("sngp", "heteroscedastic") else 8)  # K functions
+    no_bayesian_layer = ("deterministic", "heteroscedastic")  # (the SNGP head is one)
+    no_bayesian_layer += ("deterministic_10_epochs",)
+    assert any(True for _ in bl.bayesian_modules(model)) == (name not in no_bayesian_layer)
+    assert bool(bl.losses(model)) == name.startswith(PENALISED)
     if name == "mc_dropout":
         assert config == {"dropout": 0.4}
         assert [m.p for m in model if isinstance(m, bl.layers.MCDropout)] == [0.4, 0.4]
+    if name == "heteroscedastic":
+        assert config == {"temperature": 0.7} and model[-1].temperature == 0.7
+    if name == "sngp":
+        assert config == {"norm_bound": 3.0}
+        assert sum(bl.layers.is_spectral_normalized(m) for m in model) == 4  # 3 convs, 1 dense
+    if name in ("rank1", "batch_ensemble"):
+        layers = list(bl.bayesian_modules(model))
+        assert len(layers) == 5 and {m.ensemble_size for m in layers} == {images.ENSEMBLE_SIZE}
     if name.startswith("vi_"):  # the chosen prior and posterior init reach every layer
         assert config == {"prior_scale": 0.3, "scale_init": 2e-3}
         layers = list(bl.bayesian_modules(model))
@@ -124,6 +144,48 @@ def test_every_method_builds_lenet5(name):
             if not name.endswith("_converted"):  # converted: means start at torch's weights
                 scale = layer.random_variable("weight").distribution.stddev
                 torch.testing.assert_close(scale, torch.full_like(scale, 2e-3))
+
+
+def test_member_predictive_gives_every_member_its_share_of_the_samples():
+    torch.manual_seed(0)
+    model = images.METHODS["batch_ensemble"].build().eval()
+    x = torch.rand(3, 1, 28, 28)
+    probs = images.member_probs(model, x, images.ENSEMBLE_SIZE)
+    # member m alone: the same input tiled so that every member sees it, row block m
+    tiled = model(x.repeat(images.ENSEMBLE_SIZE, 1, 1, 1)).softmax(-1)
+    torch.testing.assert_close(probs, tiled.reshape(images.ENSEMBLE_SIZE, 3, 10))
+
+
+def test_train_step_cuts_the_batch_to_a_multiple_of_the_members():
+    torch.manual_seed(0)
+    method = images.METHODS["rank1"]
+    model = method.build()
+    x, y = torch.rand(10, 1, 28, 28), torch.randint(0, 10, (10,))
+    loss = images.train_step(model, method, x, y, num_train=100)  # 10 -> 8 rows
+    assert loss.isfinite() and loss > sum(bl.losses(model)) / 100
+
+
+def test_sngp_resets_its_precision_and_tunes_the_mean_field_factor_on_validation():
+    torch.manual_seed(0)
+    method = images.METHODS["sngp"]
+    model = method.build(norm_bound=6.0)
+    head = images.sngp_head(model)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    calls = []
+    counting = dataclasses.replace(method, on_epoch=lambda m: calls.append(m) or reset(m))
+    reset = method.on_epoch
+    images.train(model, counting, x, y, epochs=2, batch_size=8, lr=1e-3)
+    assert calls == [model, model]
+    # P = I/s² + Σ φ φᵀ over one epoch (the reset dropped the first): trace(Σ φ φᵀ) is the
+    # sum of ‖φ_n‖² = (2/M) Σ_j cos²(·) ≈ 1 ± 0.02 (M = 1024) over the 16 images, not 32
+    extra = head.precision - torch.eye(head.precision.shape[0])  # s = 1
+    assert abs(extra.trace().item() - 16) < 1.0
+    chosen = images.tune_mean_field(model, x, y)
+    assert chosen == {"mean_field_factor": head.mean_field_factor}
+    out = model(x)
+    nll = {lam: torch.nn.functional.cross_entropy(bl.layers.mean_field_logits(
+        out, mean_field_factor=lam), y).item() for lam in images.MEAN_FIELD_GRID}  # fmt: skip
+    assert nll[head.mean_field_factor] == min(nll.values())
 
 
 def test_hand_built_and_converted_vi_have_the_same_layers():
