@@ -172,7 +172,14 @@ def lstm_contenders(x: Tensor, y: Tensor) -> dict[str, Step]:
     return out
 
 
-def run(steps: dict[str, Step], repeats: int, per_repeat: int, warmup: int) -> dict[str, dict]:
+def run(
+    steps: dict[str, Step],
+    repeats: int,
+    per_repeat: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, dict]:
+    """Round-robin timing (ms on ``clock``; ``time.process_time``: CPU time, see README)."""
     names = list(steps)
     for s in steps.values():
         for _ in range(warmup):
@@ -183,9 +190,9 @@ def run(steps: dict[str, Step], repeats: int, per_repeat: int, warmup: int) -> d
         for n in names[k:] + names[:k]:
             ts = []
             for _ in range(per_repeat):
-                t0 = time.perf_counter()
+                t0 = clock()
                 steps[n]()
-                ts.append((time.perf_counter() - t0) * 1e3)
+                ts.append((clock() - t0) * 1e3)
             times[n].append(statistics.median(ts))
     base = names[0]
     return {
