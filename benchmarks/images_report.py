@@ -98,25 +98,32 @@ def write_table(out_dir: Path, path: Path) -> str:
     """Merge the runs in ``out_dir`` into a Markdown table at ``path``; returns its text."""
     runs = load_runs(out_dir)
     cost, cost_source = cost_ratios(out_dir, runs)
-    cols = ["method", "seeds", "NLL", "accuracy %", "ECE", "Brier", "AUROC H", "AUROC MI",
-            "AUPR H", "AUPR MI", "acc at 90°", "NLL at 90°", "train ×det",
-            "predict ×det"]  # fmt: skip
+    cols = ["method", "seeds", "epochs", "NLL", "accuracy %", "ECE", "Brier", "AUROC H",
+            "AUROC MI", "AUPR H", "AUPR MI", "acc at 90°", "NLL at 90°", "train ×det",
+            "training ×det", "predict ×det"]  # fmt: skip
+    det_epochs = runs["deterministic"][0]["epochs"] if "deterministic" in runs else None
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, rs in runs.items():
 
         def col(get: Callable[[dict], float], rs: list[dict] = rs, digits: int = 3) -> str:
             return mean_se([get(r) for r in rs], digits)
 
+        epochs = rs[0].get("epochs")  # None for an ensemble: its members' epochs
+        train, predict = cost.get(name, ["—", "—"])
+        total = train  # the whole training run, epochs included
+        if train != "—" and epochs is not None and det_epochs is not None:
+            total = f"{float(train) * epochs / det_epochs:.2f}"
         lines.append("| " + " | ".join([
-            name, str(len(rs)), col(lambda r: r["test"]["nll"]),
+            name, str(len(rs)), "—" if epochs is None else str(epochs),
+            col(lambda r: r["test"]["nll"]),
             col(lambda r: 100 * r["test"]["accuracy"], digits=1), col(lambda r: r["test"]["ece"]),
             col(lambda r: r["test"]["brier"]),
             *(col(lambda r, k=k: r["ood"][k]) for k in OOD_KEYS),
             col(lambda r: 100 * r["rotation"]["90"]["accuracy"], digits=1),
             col(lambda r: r["rotation"]["90"]["nll"]),
-            *cost.get(name, ["—", "—"])]) + " |")  # fmt: skip
+            train, total, predict]) + " |")  # fmt: skip
     for name, nll, acc, ece in PUBLISHED:
-        cells = [name, "—", f"{nll:.3f}", f"{acc:.1f}", "—" if ece is None else f"{ece:.3f}"]
+        cells = [name, "—", "—", f"{nll:.3f}", f"{acc:.1f}", "—" if ece is None else f"{ece:.3f}"]
         lines.append("| " + " | ".join(cells + ["—"] * (len(cols) - len(cells))) + " |")
     text = (
         "# Image benchmark: LeNet-5 on Fashion-MNIST (benchmarks/images.py)\n\n"
@@ -124,8 +131,11 @@ def write_table(out_dir: Path, path: Path) -> str:
         "deterministic members). NLL, accuracy, ECE (15 bins) and Brier on the 10 000 test "
         "images; OOD: MNIST digits as positives, scored by predictive entropy (H) or mutual "
         "information (MI); rotation: every 5th test image turned by 90°. Cost: training time "
-        "per epoch and predictive time per image as ratios to the deterministic network, "
-        f"{cost_source}. Protocol and discussion: docs/images.md.\n\n" + "\n".join(lines) + "\n"
+        "per step (train) and for the whole run (training: per step × epochs / the "
+        "deterministic network's epochs), and predictive time per image, as ratios to the "
+        f"deterministic network, {cost_source}. Protocol and discussion: docs/images.md.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -167,6 +177,8 @@ def write_figures(out_dir: Path, fig_dir: Path, methods: list[str] | None = None
     if methods is None:  # the converted VI rows differ from the hand-built ones in init only
         methods = [m for m in runs if not m.endswith("_converted")]
     names = [m for m in methods if m in runs]
+    tab20 = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+    color = {m: tab20[(2 * i) % 20 + (2 * i) // 20 % 2] for i, m in enumerate(names)}  # 20 hues
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
@@ -174,7 +186,7 @@ def write_figures(out_dir: Path, fig_dir: Path, methods: list[str] | None = None
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
     for name in names:
         conf, acc = _pooled_reliability(runs[name])
-        ax.plot(conf, acc, "o-", ms=3, label=name)
+        ax.plot(conf, acc, "o-", ms=3, label=name, color=color[name])
     ax.set(
         xlabel="confidence",
         ylabel="accuracy",
@@ -192,7 +204,7 @@ def write_figures(out_dir: Path, fig_dir: Path, methods: list[str] | None = None
         for name in names:
             angles = sorted(int(a) for a in runs[name][0]["rotation"])
             curve = [[r["rotation"][str(a)][key] for a in angles] for r in runs[name]]
-            ax.plot(angles, _mean(curve), "o-", ms=3, label=name)
+            ax.plot(angles, _mean(curve), "o-", ms=3, label=name, color=color[name])
         ax.set(xlabel="rotation (degrees)", ylabel=label, title=f"{label} under rotation")
     axes[0].legend(fontsize=7)
     paths.append(fig_dir / "images_rotation.png")
@@ -208,7 +220,7 @@ def write_figures(out_dir: Path, fig_dir: Path, methods: list[str] | None = None
             tpr = _mean([r["ood"][f"roc_{score}"] for r in runs[name]])
             fpr = torch.linspace(0, 1, len(tpr)).tolist()
             auc = sum(r["ood"][f"auroc_{score}"] for r in runs[name]) / len(runs[name])
-            ax.plot(fpr, tpr, label=f"{name} ({auc:.3f})")
+            ax.plot(fpr, tpr, label=f"{name} ({auc:.3f})", color=color[name])
         ax.set(
             xlabel="false-positive rate (Fashion-MNIST)",
             ylabel="true-positive rate (MNIST)",

@@ -234,7 +234,8 @@ def test_quick_run_writes_one_json_per_method_and_seed(quick_run):
         roc = r["ood"]["roc_entropy"]
         assert roc[0] >= 0.0 and roc[-1] == 1.0 and roc == sorted(roc)  # a ROC curve
     table = (out / "images.md").read_text()  # --quick: the table goes beside the runs
-    assert "| vi_flipout | 2 |" in table and "deep ensemble, 10 (published) | — | 0.200" in table
+    assert "| vi_flipout | 2 | 1 |" in table  # 2 seeds of 1 epoch
+    assert "deep ensemble, 10 (published) | — | — | 0.200" in table
     assert "separate processes" in table  # no cost.json yet
 
 
