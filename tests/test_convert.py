@@ -457,7 +457,12 @@ def test_converting_a_bayesian_model_again_does_not_warn() -> None:
 
 
 def test_estimator_names_are_one_canonical_tuple() -> None:
-    assert convert.ESTIMATORS == ("reparameterization", "flipout", "local_reparameterization")
+    assert convert.ESTIMATORS == (
+        "reparameterization",
+        "flipout",
+        "local_reparameterization",
+        "variational_dropout",
+    )
     assert bl.convert.ESTIMATORS is convert.ESTIMATORS
     for name in convert.ESTIMATORS:
         assert convert.canonical_estimator(name) == name

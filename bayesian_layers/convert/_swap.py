@@ -33,9 +33,10 @@ __all__ = ["to_bayesian", "canonical_estimator", "ESTIMATORS"]
 
 _REP = "reparameterization"
 #: Older spellings, accepted with a DeprecationWarning: the class-name suffixes
-#: (``"LocalReparameterization"``) and ``"local"``.
+#: (``"LocalReparameterization"``) and ``"local"``, of the three weight estimators only
+#: (``"variational_dropout"`` never had another spelling).
 _DEPRECATED = {
-    **{"".join(w.capitalize() for w in name.split("_")): name for name in ESTIMATORS},
+    **{"".join(w.capitalize() for w in name.split("_")): name for name in ESTIMATORS[:3]},
     "local": "local_reparameterization",
 }
 
@@ -167,15 +168,20 @@ def to_bayesian(
     Estimator rule: where the registry holds no counterpart for ``estimator``
     (:func:`~bayesian_layers.layers.registry.counterparts`: local reparameterization
     exists for ``nn.Linear``, ``nn.Bilinear`` and ``nn.Conv2d`` only; flipout for all
-    but ``nn.Embedding``), the layer uses ``"reparameterization"``, and the report's
-    ``estimator`` field says so. A registered torch class with no
-    class under either is skipped, and named in the report's ``skipped``.
+    but ``nn.Embedding``; variational dropout for ``nn.Linear`` and ``nn.Conv2d``), the
+    layer uses ``"reparameterization"``, and the report's ``estimator`` field says so.
+    A registered torch class with no class under either is skipped, and named in the
+    report's ``skipped``.
 
     Args:
         module: any module; a torch layer passed directly is replaced and returned.
-        estimator: one of :data:`ESTIMATORS`: ``"reparameterization"``, ``"flipout"``
-            or ``"local_reparameterization"`` (older spellings such as ``"Flipout"``
-            work with a ``DeprecationWarning``; see :func:`canonical_estimator`).
+        estimator: one of :data:`ESTIMATORS`: ``"reparameterization"``, ``"flipout"``,
+            ``"local_reparameterization"`` (older spellings such as ``"Flipout"``
+            work with a ``DeprecationWarning``; see :func:`canonical_estimator`), or
+            ``"variational_dropout"``: sparse variational dropout
+            (:class:`~bayesian_layers.layers.LinearVariationalDropout`,
+            ``Conv2dVariationalDropout``), ``θ`` at the weights and ``log σ²`` at its
+            start (-10); ``pretrained_scale`` does not apply to it.
         include: glob pattern(s) (:func:`fnmatch.fnmatchcase`) on qualified module
             names (``"features.*"``, ``"fc"``); a layer is converted when its name or
             an ancestor's matches. ``None``: every supported layer. A pattern that

@@ -15,7 +15,7 @@ Example:
     >>> from torch import nn
     >>> from bayesian_layers.layers import registry
     >>> sorted(registry.counterparts(nn.Linear))
-    ['flipout', 'local_reparameterization', 'reparameterization']
+    ['flipout', 'local_reparameterization', 'reparameterization', 'variational_dropout']
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from torch import nn
 
 __all__ = ["converts", "counterparts", "registered_torch_classes", "unregister", "ESTIMATORS"]
 
-#: The weight estimators a family may offer, one spelling each (others come with later
-#: families); :data:`bayesian_layers.convert.ESTIMATORS` is this tuple.
-ESTIMATORS = ("reparameterization", "flipout", "local_reparameterization")
+#: The names a Bayesian class may register under, one spelling each: the three weight
+#: estimators every family may offer, then whole families that stand in for a torch layer
+#: (``"variational_dropout"``: :mod:`~bayesian_layers.layers.variational_dropout`, for
+#: ``nn.Linear`` and ``nn.Conv2d``); :data:`bayesian_layers.convert.ESTIMATORS` is this
+#: tuple.
+ESTIMATORS = ("reparameterization", "flipout", "local_reparameterization", "variational_dropout")
 
 _REGISTRY: dict[type[nn.Module], dict[str, type[nn.Module]]] = {}
 

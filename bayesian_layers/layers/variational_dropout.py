@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,7 @@ from .base import BayesianLayer
 from .conv_base import BayesianConv
 from .estimators import LocalReparameterization, WeightOp
 from .linear import BayesianLinear
+from .registry import converts
 
 __all__ = [
     "LinearVariationalDropout",
@@ -135,6 +137,7 @@ class _VariationalDropout(BayesianLayer):
         return pruned / total
 
 
+@converts(nn.Linear, "variational_dropout")
 class LinearVariationalDropout(_VariationalDropout, BayesianLinear):
     """Dense layer with sparse variational dropout (Kingma et al. 2015; Molchanov et al.
     2017). Drop-in for ``nn.Linear``.
@@ -217,10 +220,36 @@ class LinearVariationalDropout(_VariationalDropout, BayesianLinear):
         )  # fmt: skip
         self.threshold = threshold
 
+    @classmethod
+    def from_torch(cls, module: nn.Linear, **kwargs: Any) -> LinearVariationalDropout:
+        """A variational dropout layer with ``module``'s sizes, device and dtype: ``θ`` (the
+        posterior mean) is ``module``'s weight, the bias ``module``'s bias, and ``log σ²``
+        starts where the weight initializer starts it (-10 by default).
+        :func:`bayesian_layers.to_bayesian` with ``"variational_dropout"`` calls it.
+
+        Keyword arguments go to the constructor (``threshold``, ``weight_initializer``,
+        ...). In ``"mean"`` mode a weight with ``log α = log σ² - log θ² > threshold`` is
+        zero: with the defaults, every ``|θ| < exp((-10 - 3) / 2) ≈ 1.5e-3``. Pass
+        ``threshold=math.inf`` for the torch layer's function exactly.
+
+        Example:
+            >>> import math, torch, bayesian_layers as bl
+            >>> torch_layer = nn.Linear(3, 2)
+            >>> layer = LinearVariationalDropout.from_torch(torch_layer, threshold=math.inf)
+            >>> x = torch.randn(4, 3)
+            >>> with bl.posterior_mean(layer), torch.no_grad():
+            ...     torch.equal(layer(x), torch_layer(x))
+            True
+            >>> layer.weight_log_sigma2.detach().unique().tolist()
+            [-10.0]
+        """
+        return cast(LinearVariationalDropout, super().from_torch(module, **kwargs))
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, threshold={self.threshold}"
 
 
+@converts(nn.Conv2d, "variational_dropout")
 class Conv2dVariationalDropout(_VariationalDropout, BayesianConv):
     """2-d convolution with sparse variational dropout (Kingma et al. 2015; Molchanov
     et al. 2017). Drop-in for ``nn.Conv2d``.
@@ -290,6 +319,22 @@ class Conv2dVariationalDropout(_VariationalDropout, BayesianConv):
             bias_regularizer=bias_regularizer, device=device, dtype=dtype,
         )  # fmt: skip
         self.threshold = threshold
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, **kwargs: Any) -> Conv2dVariationalDropout:
+        """As :meth:`LinearVariationalDropout.from_torch`, for ``nn.Conv2d`` (its
+        hyperparameters too): ``θ`` is the convolution's weight, ``log σ²`` at -10.
+
+        Example:
+            >>> import math, torch, bayesian_layers as bl
+            >>> conv = nn.Conv2d(3, 4, 3, padding=1)
+            >>> layer = Conv2dVariationalDropout.from_torch(conv, threshold=math.inf)
+            >>> x = torch.randn(2, 3, 5, 5)
+            >>> with bl.posterior_mean(layer), torch.no_grad():
+            ...     torch.equal(layer(x), conv(x))
+            True
+        """
+        return cast(Conv2dVariationalDropout, super().from_torch(module, **kwargs))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, threshold={self.threshold}"
