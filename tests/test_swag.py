@@ -255,7 +255,7 @@ def _lenet() -> nn.Sequential:
 def _images(n_batches: int = 2) -> list:
     g = torch.Generator().manual_seed(2)
     return [
-        (torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g))
+        (torch.randn(4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g))
         for _ in range(n_batches)
     ]
 
@@ -265,7 +265,7 @@ def test_lenet5_with_batchnorm_smoke() -> None:
     statistics, and swag.predict restores them and gives finite samples."""
     model, data = _lenet(), _images()
     moments = swag.collect(
-        model, data, F.cross_entropy, lr=0.01, epochs=3, max_rank=2, momentum=0.9
+        model, data, F.cross_entropy, lr=0.01, epochs=2, max_rank=2, momentum=0.9
     )
     assert moments.rank == 2
     bn = model[1]
@@ -282,9 +282,22 @@ def test_lenet5_with_batchnorm_smoke() -> None:
     torch.testing.assert_close(bn.running_mean, at_swa)
 
     pred = swag.predict(model, data[0][0], 3, bn_loader=data, transform=lambda z: z.softmax(-1))
-    assert pred.samples.shape == (3, 8, 10) and torch.isfinite(pred.samples).all()
+    assert pred.samples.shape == (3, 4, 10) and torch.isfinite(pred.samples).all()
     assert not torch.allclose(pred.samples[0], pred.samples[1])
     torch.testing.assert_close(bn.running_mean, at_swa)
+
+
+def test_converted_network_starts_from_its_trained_weights() -> None:
+    """bl.to_bayesian(net, "reparameterization") keeps the trained weights as means; with
+    a tiny lr SWAG's θ_SWA stays within lr·epochs·|grad| of them and BatchNorm's affine
+    parameters are averaged too."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+    model = bl.to_bayesian(copy.deepcopy(net), "reparameterization")
+    moments = swag.collect(model, _data(), F.mse_loss, lr=1e-4, epochs=3, max_rank=3)
+    assert "1.weight" in moments.mean  # BatchNorm's gamma, a point estimate
+    torch.testing.assert_close(model[0].weight_loc, net[0].weight, atol=1e-3, rtol=0)
+    assert isinstance(model[3].weight_initializer, SWAGNormal)
+    assert model[0].weight_loc.sub(net[0].weight).abs().max() > 0  # it did move
 
 
 # ------------------------------------------------------------------ state
