@@ -264,6 +264,27 @@ def _members_per_call(model: nn.Module) -> int:
     return lcm(*sizes) if sizes else 1  # type: ignore[arg-type]
 
 
+@contextmanager
+def _folded_samples(model: nn.Module, k: int) -> Iterator[None]:
+    """Ensemble modules that hold whole member models (their class sets
+    ``members_as_samples = True`` and they have a ``folded_samples`` attribute, e.g.
+    :class:`~bayesian_layers.ensemble.Ensemble`) get ``folded_samples = k`` meanwhile: they
+    read the folded ``(k B, ...)`` batch as one block per member and keep its shape."""
+    modules = [
+        m
+        for m in model.modules()
+        if getattr(type(m), "members_as_samples", False) and hasattr(m, "folded_samples")
+    ]
+    previous = [m.folded_samples for m in modules]
+    for m in modules:
+        m.folded_samples = k  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for m, p in zip(modules, previous, strict=True):
+            m.folded_samples = p
+
+
 def _vectorized(
     model: nn.Module, x: Tensor, num_samples: int, chunk_size: int | None, members: int = 1
 ) -> tuple[Tensor, dict[str, Tensor], bool]:
@@ -276,7 +297,7 @@ def _vectorized(
     for k in _split(num_samples, chunk):
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
         try:
-            with vectorized_samples(model, k):
+            with vectorized_samples(model, k), _folded_samples(model, k):
                 rv = model(xk)
         except (ValueError, TypeError, IndexError, RuntimeError) as err:
             _explain_failure(model, x, err)
@@ -329,7 +350,9 @@ def predict(
     Ensemble layers whose class sets ``members_as_samples = True`` (BatchEnsemble, rank-1
     layers) compute each function sample with one member: ``num_samples`` must then be a
     multiple of their ``ensemble_size`` (sample ``k`` of ``K = E`` is member ``k``), the
-    call is vectorised, and chunks hold a multiple of it.
+    call is vectorised, and chunks hold a multiple of it. A deep ensemble
+    (:class:`~bayesian_layers.ensemble.Ensemble`) is such a module: within a chunk of ``k``
+    samples, sample ``j`` is member ``j * n // k``.
 
     Args:
         model: the model; its sampling mode applies (``"mean"`` gives K equal samples).
