@@ -92,9 +92,9 @@ def collect(
     Learning rate: constant ``lr``, or, with ``lr_min``, cyclic (the paper's): inside each
     collection period of ``c`` steps, step ``j = 1..c`` uses ``(1 - j/c)·lr + (j/c)·lr_min``
     so the collected iterate is taken at ``lr_min``. With ``optimizer`` given (it should
-    hold :func:`trained_parameters`-like tensors: the means, not the ``*_rho``), its
-    groups' ``lr`` are set by this schedule; otherwise ``torch.optim.SGD(lr, momentum,
-    weight_decay)`` is used.
+    hold the tensors this trains: the means and point estimates, not the ``*_rho``), its
+    groups' ``lr`` are set by this schedule (``lr`` throughout when constant);
+    otherwise ``torch.optim.SGD(lr, momentum, weight_decay)`` is used.
 
     Cost: ``epochs`` passes of SGD; memory ``(K + 2)·P`` floats in float64 for ``P``
     trained entries; the saved low-rank posterior adds ``K·P_random`` to ``state_dict``.
@@ -176,6 +176,9 @@ def collect(
         optimizer = torch.optim.SGD(
             list(trained.values()), lr=lr, momentum=momentum, weight_decay=weight_decay
         )
+    else:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     moments = SWAGMoments(max_rank)
     was_training = model.training
     model.train()
