@@ -3,7 +3,16 @@
 ``import bayesian_layers as bl`` and ``from bayesian_layers import layers``.
 """
 
-from . import _moved, initializers, layers, metrics, random_variables, regularizers, tracing
+from . import (
+    _moved,
+    initializers,
+    layers,
+    metrics,
+    random_variables,
+    regularizers,
+    swag,
+    tracing,
+)
 from .convert import to_bayesian
 from .distributions import Deterministic as DeterministicDistribution
 from .inference import make_log_joint_fn, program_elbo
@@ -47,6 +56,7 @@ __all__ = [
     "losses",
     "to_bayesian",
     "sngp",
+    "swag",
     "elbo_loss",
     "predict",
     "Predictive",

@@ -33,6 +33,7 @@ from .base import TrainableInitializer
 from .deterministic import TrainableDeterministic
 from .normal import TrainableGlorotNormal, TrainableHeNormal, TrainableNormal
 from .positive import TrainableHalfCauchy, TrainableLogNormal
+from .swag_normal import SWAGNormal
 
 __all__ = [
     "TrainableInitializer",
@@ -42,6 +43,7 @@ __all__ = [
     "TrainableLogNormal",
     "TrainableHalfCauchy",
     "TrainableDeterministic",
+    "SWAGNormal",
     "get_initializer",
     "log_softplus",
     "LOG_SOFTPLUS_CUT",
