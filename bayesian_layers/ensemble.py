@@ -90,6 +90,11 @@ class Ensemble(nn.Module):
     latest weight draw (for Monte Carlo regularizers), which a vmapped call cannot leave
     behind. ``vectorize=False`` loops from the start.
 
+    **Limitation.** The members' modules live outside ``ensemble.modules()`` (only the
+    stacked tensors are registered), so the sampling-mode tools
+    (``bl.posterior_mean``, ``bl.frozen_sample``, ``bl.set_sampling``) given the ensemble
+    do not reach Bayesian layers inside the members: they keep sampling afresh.
+
     **Predictive.** The class sets ``members_as_samples = True`` and ``ensemble_size = n``,
     so :func:`bayesian_layers.predict` treats the members as function samples:
     ``num_samples = K`` must be a multiple of ``n``; within each vectorised chunk of

@@ -179,7 +179,6 @@ def test_state_dict_round_trip_through_a_weights_only_load():
     ens(x)  # update the running statistics
     ens.eval()
     keys = ens.state_dict().keys()
-    assert {"members.0__weight", "members.1__running_mean", "members.1__num_batches_tracked"}
     assert {"members.0__weight", "members.1__running_mean"} <= set(keys)
     assert ens.members.get_buffer("1__running_mean").shape == (N, 4)
     buffer = io.BytesIO()
