@@ -14,6 +14,8 @@ __all__ = ["IVON"]
 
 HESS_APPROX = ("price", "gradsq")
 
+_Draw = tuple[list[Tensor], list[Tensor], list[Tensor]]  # params, means, perturbations
+
 
 def _check_float(name: str, value: object, low: float, high: float, *, open_low: bool) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -206,53 +208,68 @@ class IVON(torch.optim.Optimizer):
         if self._inside:
             raise RuntimeError("IVON.sampled_params: already inside sampled_params")
         self._inside = True
-        saved: list[tuple[Tensor, Tensor, Tensor]] = []  # (param, mean, perturbation)
+        saved: list[_Draw] = []  # per group: (params, means, perturbations)
         ok = False
         try:
             with torch.no_grad():
                 for group in self.param_groups:
-                    saved += self._perturb(group)
+                    if group["params"]:
+                        saved.append(self._perturb(group))
             yield
             ok = True
         finally:
             with torch.no_grad():
-                for p, mean, _ in saved:
-                    p.copy_(mean)
+                for params, means, _ in saved:
+                    torch._foreach_copy_(params, means)
             self._inside = False
         if ok and train:
             self._collect(saved)
 
-    def _perturb(self, group: dict[str, Any]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        params = group["params"]
-        if not params:
-            return []
-        numel = sum(p.numel() for p in params)
+    def _perturb(self, group: dict[str, Any]) -> _Draw:
+        # one randn of the group's size (the reference's draw), split per parameter;
+        # perturbation = ε / sqrt(ess (h + δ)). Multi-tensor (foreach) ops throughout.
+        params: list[Tensor] = group["params"]
         eps = torch.randn(
-            numel, dtype=params[0].dtype, device=params[0].device, generator=self.generator
+            sum(p.numel() for p in params),
+            dtype=params[0].dtype,
+            device=params[0].device,
+            generator=self.generator,
         )
-        out, offset = [], 0
-        for p in params:
-            hess = self.state[p]["hess"]
-            prec = group["ess"] * (hess + group["weight_decay"])  # 1 / σ²
-            noise = eps[offset : offset + p.numel()].view_as(p) / prec.sqrt()
-            out.append((p, p.detach().clone(), noise))
-            p.add_(noise)
-            offset += p.numel()
-        return out
+        eps_views = [
+            e.view_as(p)
+            for e, p in zip(eps.split([p.numel() for p in params]), params, strict=True)
+        ]
+        root_prec = torch._foreach_add(
+            [self.state[p]["hess"] for p in params], group["weight_decay"]
+        )
+        torch._foreach_mul_(root_prec, group["ess"])
+        torch._foreach_sqrt_(root_prec)  # 1 / σ
+        noise = list(torch._foreach_div(eps_views, root_prec))
+        means = [p.detach().clone() for p in params]
+        torch._foreach_add_(params, noise)
+        return params, means, noise
 
     @torch.no_grad()
-    def _collect(self, saved: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+    def _collect(self, saved: list[_Draw]) -> None:
         self._count += 1
         n = self._count
-        for p, _, noise in saved:
-            g = torch.zeros_like(p) if p.grad is None else p.grad.detach()
-            state = self.state[p]
-            stat = noise * g if self.hess_approx == "price" else g.square()
+        for params, _, noise in saved:
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+            if self.hess_approx == "price":
+                stats = torch._foreach_mul(noise, grads)
+            else:
+                stats = torch._foreach_mul(grads, grads)
+            states = [self.state[p] for p in params]
             if n == 1:
-                state["avg_grad"], state["avg_stat"] = g.clone(), stat
-            else:  # running means (Welford), as the reference
-                state["avg_grad"] += (g - state["avg_grad"]) / n
-                state["avg_stat"] += (stat - state["avg_stat"]) / n
+                for st, g, stat in zip(states, grads, stats, strict=True):
+                    st["avg_grad"], st["avg_stat"] = g.clone(), stat
+                continue
+            # running means (Welford), as the reference: avg += (new - avg) / n
+            for key, new in (("avg_grad", grads), ("avg_stat", stats)):
+                avg = [st[key] for st in states]
+                delta = torch._foreach_sub(new, avg)
+                torch._foreach_div_(delta, float(n))
+                torch._foreach_add_(avg, delta)
 
     # ---------------------------------------------------------------------- step
     @torch.no_grad()
@@ -285,27 +302,46 @@ class IVON(torch.optim.Optimizer):
         return loss
 
     def _update(self, group: dict[str, Any]) -> None:
+        params: list[Tensor] = group["params"]
+        if not params:
+            return
         ess, wd, b1, b2 = group["ess"], group["weight_decay"], group["beta1"], group["beta2"]
         lr = group["lr"] * (group["hess_init"] + wd) if self.rescale_lr else group["lr"]
         r = group["clip_radius"]
-        for p in group["params"]:
-            state = self.state[p]
-            g, stat = state.pop("avg_grad"), state.pop("avg_stat")
-            hess = state["hess"]
-            h_hat = stat * (ess * (hess + wd)) if self.hess_approx == "price" else stat * ess
-            new_hess = (
-                b2 * hess
-                + (1.0 - b2) * h_hat
-                + 0.5 * (1.0 - b2) ** 2 * (hess - h_hat).square() / (hess + wd)
-            )
-            state["hess"] = new_hess
-            momentum = state["momentum"].mul_(b1).add_(g, alpha=1.0 - b1)
-            state["step"] += 1
-            debias = 1.0 - b1 ** state["step"] if self.debias else 1.0
-            direction = (momentum / debias + wd * p) / (new_hess + wd)
-            if math.isfinite(r):
-                direction = direction.clamp(-r, r)
-            p.sub_(lr * direction)
+        states = [self.state[p] for p in params]
+        grads = [st.pop("avg_grad") for st in states]
+        stats = [st.pop("avg_stat") for st in states]
+        hess = [st["hess"] for st in states]
+        # ĥ = ess (h + δ) avg(g · perturbation)  ("price")  or  ess avg(g²)  ("gradsq")
+        if self.hess_approx == "price":
+            h_hat = list(torch._foreach_add(hess, wd))
+            torch._foreach_mul_(h_hat, stats)
+        else:
+            h_hat = stats
+        torch._foreach_mul_(h_hat, ess)
+        # h ← β₂ h + (1-β₂) ĥ + ½(1-β₂)² (h - ĥ)² / (h + δ)
+        correction = torch._foreach_sub(hess, h_hat)
+        torch._foreach_mul_(correction, correction)
+        torch._foreach_div_(correction, torch._foreach_add(hess, wd))
+        torch._foreach_mul_(hess, b2)
+        torch._foreach_add_(hess, h_hat, alpha=1.0 - b2)
+        torch._foreach_add_(hess, correction, alpha=0.5 * (1.0 - b2) ** 2)
+        # g_m ← β₁ g_m + (1-β₁) ĝ
+        momentum = [st["momentum"] for st in states]
+        torch._foreach_mul_(momentum, b1)
+        torch._foreach_add_(momentum, grads, alpha=1.0 - b1)
+        # m ← m - α clip((g_m / (1-β₁ᵗ) + δ m) / (h + δ), ±r)
+        debias = []
+        for st in states:
+            st["step"] += 1
+            debias.append(1.0 - b1 ** st["step"] if self.debias else 1.0)
+        direction = torch._foreach_div(momentum, debias)
+        torch._foreach_add_(direction, params, alpha=wd)
+        torch._foreach_div_(direction, torch._foreach_add(hess, wd))
+        if math.isfinite(r):
+            torch._foreach_clamp_min_(direction, -r)
+            torch._foreach_clamp_max_(direction, r)
+        torch._foreach_add_(params, direction, alpha=-lr)
 
     # ------------------------------------------------------------------ posterior
     def write_posterior(self, model: nn.Module) -> list[str]:
