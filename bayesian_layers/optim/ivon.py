@@ -82,7 +82,14 @@ class IVON(torch.optim.Optimizer):
         generator: a ``torch.Generator`` for the draws (default: torch's global RNG;
             one ``randn`` of the group's size per group, as the reference draws).
 
-    State (per parameter ``p``): ``momentum`` and ``hess`` (shape of ``p``), ``step``.
+    State (per parameter ``p``): ``momentum`` and ``hess`` (shape of ``p``), ``step``;
+    saved by ``state_dict()`` and loadable with ``torch.load(..., weights_only=True)``.
+    Each operation runs once per group over all its tensors (``torch._foreach_*``).
+
+    Data parallel: DDP averages the gradients across ranks; give every rank a
+    ``generator`` seeded alike so all ranks draw the same ``ε`` and the means and
+    Hessians stay identical (not tested here yet). AMP's ``GradScaler`` is not supported
+    (the gradients are read at the exit of :meth:`sampled_params`, before unscaling).
 
     Example:
         >>> import torch, bayesian_layers as bl
