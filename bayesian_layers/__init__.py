@@ -15,6 +15,7 @@ from . import (
 )
 from .convert import to_bayesian
 from .distributions import Deterministic as DeterministicDistribution
+from .ensemble import Ensemble
 from .inference import make_log_joint_fn, program_elbo
 from .objectives import elbo_loss, losses
 from .predictive import Predictive, predict
@@ -57,6 +58,7 @@ __all__ = [
     "to_bayesian",
     "sngp",
     "swag",
+    "Ensemble",
     "elbo_loss",
     "predict",
     "Predictive",
