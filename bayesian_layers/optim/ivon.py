@@ -88,7 +88,9 @@ class IVON(torch.optim.Optimizer):
 
     Data parallel: DDP averages the gradients across ranks; give every rank a
     ``generator`` seeded alike so all ranks draw the same ``ε`` and the means and
-    Hessians stay identical (not tested here yet). AMP's ``GradScaler`` is not supported
+    Hessians stay identical, and freeze the parameters IVON does not train
+    (``requires_grad_(False)`` on the scales) or pass ``find_unused_parameters=True``,
+    since the scales get no gradient. AMP's ``GradScaler`` is not supported
     (the gradients are read at the exit of :meth:`sampled_params`, before unscaling).
 
     Example:
