@@ -222,6 +222,8 @@ def test_sampled_params_perturb_restore_and_moments() -> None:
     [
         ("lr", -0.1),
         ("lr", math.nan),
+        ("lr", math.inf),
+        ("weight_decay", math.inf),
         ("ess", 0.0),
         ("ess", "64"),
         ("hess_init", 0.0),

@@ -20,11 +20,13 @@ _Draw = tuple[list[Tensor], list[Tensor], list[Tensor]]  # params, means, pertur
 def _check_float(name: str, value: object, low: float, high: float, *, open_low: bool) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     v = float(value) if ok else math.nan  # type: ignore[arg-type]
-    ok = ok and not math.isnan(v) and (v > low if open_low else v >= low) and v <= high
+    finite = math.isfinite(v) or (name == "clip_radius" and v == math.inf)
+    ok = ok and finite and (v > low if open_low else v >= low) and v <= high
     if not ok:
         bracket = "(" if open_low else "["
+        close = ")" if high == math.inf and name != "clip_radius" else "]"
         raise ValueError(
-            f"IVON expected `{name}` a number in {bracket}{low}, {high}], got {value!r}"
+            f"IVON expected `{name}` a number in {bracket}{low}, {high}{close}, got {value!r}"
         )
     return v
 
