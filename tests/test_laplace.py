@@ -214,6 +214,14 @@ def test_against_laplace_torch(arch: str, hessian: str, likelihood: str) -> None
                 rtol=1e-7,
                 atol=1e-10,
             )
+    xt = torch.randn(4, *x.shape[1:], dtype=DT)  # the linearised predictive at τ = 1
+    expect_pred = ref(xt, pred_type="glm", link_approx="probit")
+    ours_pred = bll.glm_predictive(post, xt, likelihood)
+    if likelihood == "classification":
+        torch.testing.assert_close(ours_pred, expect_pred.to(DT))
+    else:
+        torch.testing.assert_close(ours_pred[0], expect_pred[0].to(DT))
+        torch.testing.assert_close(ours_pred[1], expect_pred[1].to(DT))
     for tau in (0.5, 3.0):
         expect = ref.log_marginal_likelihood(torch.tensor(tau, dtype=DT))
         torch.testing.assert_close(bll.log_marginal_likelihood(post, tau), expect.to(DT))
@@ -222,6 +230,53 @@ def test_against_laplace_torch(arch: str, hessian: str, likelihood: str) -> None
         ref.optimize_prior_precision(method="marglik")
     ours_tau = bll.optimize_prior_precision(post)
     torch.testing.assert_close(ours_tau, ref.prior_precision.reshape(()).to(DT))
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron"])
+def test_glm_predictive_equals_dense_jacobian_covariance(hessian: str) -> None:
+    """J Σ Jᵀ with J from jacrev on the torch model and Σ the dense covariance of every
+    block (weight: (G ⊗ A + τ I)⁻¹ as built from the layer's buffers; diag: σ²)."""
+    torch.manual_seed(9)
+    net = _mlp()
+    _, _, loader = _data("regression", (3,))
+    post = bll.fit(net, loader, "regression", hessian, prior_precision=1.5, sigma_noise=0.5)
+    xt = torch.randn(4, 3, dtype=DT)
+    mean, cov = bll.glm_predictive(post, xt, "regression")
+    names = [n for n, _ in net.named_parameters()]
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    jac = jacrev(lambda p: functional_call(net, p, (xt,)))(params)
+    expect = torch.zeros(4, 3, 3, dtype=DT)
+    for n in names:
+        layer, pname = post[int(n.split(".")[0])], n.split(".")[1]
+        init = layer.parameter_spec(pname).initializer
+        if hessian == "kron":
+            qg, qa = init.eigvecs_g, init.eigvecs_a
+            lam = torch.outer(init.eigvals_g, init.eigvals_a).reshape(-1) + init.prior_precision
+            q = torch.kron(qg, qa)
+            sigma = q @ torch.diag(lam.reciprocal()) @ q.T
+        else:
+            sigma = torch.diag(layer.posterior(pname).variance.reshape(-1))
+        j = jac[n].reshape(4, 3, -1)
+        expect += j @ sigma @ j.transpose(1, 2)
+    torch.testing.assert_close(mean, net(xt))
+    torch.testing.assert_close(cov, expect)
+    probs = bll.glm_predictive(post, xt)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(4, dtype=DT))
+    kappa = (1 + torch.pi / 8 * expect.diagonal(dim1=1, dim2=2)).rsqrt()
+    torch.testing.assert_close(probs, torch.softmax(kappa * net(xt), -1))
+
+
+def test_fit_in_place_on_a_bayesian_model() -> None:
+    """A Bayesian model is fitted in place at its means; its point-estimate biases stay
+    point estimates (the weight block then uses A without the bias column)."""
+    torch.manual_seed(10)
+    model = bl.to_bayesian(_mlp())
+    _, _, loader = _data("classification", (3,))
+    post = bll.fit(model, loader, hessian="kron")
+    assert post is model
+    assert [p for _, p in post.laplace_curvature.groups()] == ["weight", "weight"]
+    assert type(model[0].bias_initializer).__name__ == "TrainableDeterministic"
+    assert model[0].weight_initializer.eigvals_a.shape == (3,)
 
 
 class _LeNetBN(nn.Module):
@@ -275,9 +330,9 @@ def test_batchnorm_and_lstm_models_fit(make, shape, subset, hessian, fitted) -> 
     point estimates, the rest gets a posterior, predictions stay finite."""
     torch.manual_seed(6)
     net = make().to(DT)
-    x = torch.randn(12, *shape, dtype=DT)
-    y = torch.randint(0, 10 if make is _LeNetBN else 3, (12,))
-    post = bll.fit(net, [(x[:6], y[:6]), (x[6:], y[6:])], hessian=hessian, subset=subset)
+    x = torch.randn(4, *shape, dtype=DT)
+    y = torch.randint(0, 10 if make is _LeNetBN else 3, (4,))
+    post = bll.fit(net, [(x[:2], y[:2]), (x[2:], y[2:])], hessian=hessian, subset=subset)
     assert len(post.laplace_curvature.layers) == fitted
     assert sum(isinstance(m, bl.layers.base.BayesianLayer) for m in post.modules()) == fitted
     pred = bl.predict(post, x[:3], 4, vectorized=False)
@@ -334,3 +389,11 @@ def test_empty_loader_and_unfitted_model_raise() -> None:
         )
     with pytest.raises(ValueError, match="out_dim"):
         KroneckerNormal(0, 3)
+    with pytest.raises(ValueError, match=r"laplace\.glm_predictive expected a model with random"):
+        bll.glm_predictive(_mlp(), torch.randn(2, 3, dtype=DT))
+    with pytest.raises(ValueError, match="likelihood"):
+        bll.glm_predictive(_mlp(), torch.randn(2, 3, dtype=DT), "poisson")
+    with pytest.raises(ValueError, match="eigvals_g"):
+        KroneckerNormal(2, 3).set_factors(
+            torch.ones(3), torch.eye(2), torch.ones(3), torch.eye(3), 1.0
+        )

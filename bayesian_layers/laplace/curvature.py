@@ -59,6 +59,8 @@ class LayerCurvature:
         A: ``"kron"`` only: ``(I, I)`` input factor, ``I = in_features`` (times the kernel
             size for a convolution), plus 1 when the layer has a bias.
         G: ``"kron"`` only: ``(O, O)`` output-gradient factor.
+        eigen: ``"kron"`` only: cached eigendecompositions ``(λ, Q)`` of ``G`` and of
+            each parameter's ``A`` block (filled on first use).
     """
 
     name: str
@@ -67,6 +69,7 @@ class LayerCurvature:
     diag: dict[str, Tensor] = field(default_factory=dict)
     A: Tensor | None = None
     G: Tensor | None = None
+    eigen: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 @dataclass

@@ -35,15 +35,22 @@ _FN = "laplace.fit"
 
 
 def kron_eigen(lc: LayerCurvature, param: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(λ_G, Q_G, λ_A, Q_A)`` of parameter ``param``'s Kronecker block (eigenvalues
-    clamped at 0: the factors are PSD up to rounding)."""
+    """``(λ_G, Q_G, λ_A, Q_A)`` of parameter ``param``'s Kronecker block (weight:
+    ``A[:-1, :-1]`` when the layer has a bias, else ``A``; bias: ``A[-1:, -1:]``);
+    eigenvalues clamped at 0 (the factors are PSD up to rounding); cached in ``lc``."""
     assert lc.A is not None and lc.G is not None
-    a = lc.A[:-1, :-1] if "bias" in _declared(lc) and param == "weight" else lc.A
-    if param == "bias":
-        a = lc.A[-1:, -1:]
-    lg, qg = torch.linalg.eigh(lc.G)
-    la, qa = torch.linalg.eigh(a)
-    return lg.clamp_min(0), qg, la.clamp_min(0), qa
+    if "G" not in lc.eigen:
+        lg, qg = torch.linalg.eigh(lc.G)
+        lc.eigen["G"] = (lg.clamp_min(0), qg)
+    if param not in lc.eigen:
+        a = lc.A
+        if param == "bias":
+            a = lc.A[-1:, -1:]
+        elif "bias" in _declared(lc):
+            a = lc.A[:-1, :-1]
+        la, qa = torch.linalg.eigh(a)
+        lc.eigen[param] = (la.clamp_min(0), qa)
+    return lc.eigen["G"] + lc.eigen[param]
 
 
 def _declared(lc: LayerCurvature) -> tuple[str, ...]:

@@ -1,0 +1,129 @@
+"""The linearised (GLM) predictive of a posterior held in the layers: :func:`glm_predictive`.
+
+Linearising the network around the posterior means ``θ*``,
+``f(x; θ) ≈ f(x; θ*) + J(x) (θ - θ*)``, a Gaussian posterior gives a Gaussian over the
+outputs: mean ``f(x; θ*)``, covariance ``J Σ Jᵀ`` summed over the random parameter
+tensors (Immer et al. 2021; Laplace Redux §4). For a Kronecker posterior of a weight
+``(O, I)``, ``J Σ Jᵀ = Σ_{oi} J̃_{c,oi} J̃_{d,oi} / (λ_Go λ_Ai + τ)`` with
+``J̃ = Q_Gᵀ J Q_A``; for a normal one, ``Σ_p J_cp σ_p² J_dp``. Classification uses the
+probit approximation ``softmax(f / sqrt(1 + π/8 · diag(J Σ Jᵀ)))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev
+
+from ..initializers.kron_normal import KroneckerNormal
+from ..layers.base import BayesianLayer
+from ..sampling import posterior_mean
+from ._checks import LIKELIHOODS, check_choice
+
+__all__ = ["glm_predictive"]
+
+_FN = "laplace.glm_predictive"
+
+
+def _posterior_parts(model: nn.Module) -> list[tuple[str, BayesianLayer, str]]:
+    """``(state name of the mean, layer, parameter)`` of every random parameter."""
+    out = []
+    for path, layer in model.named_modules():
+        if not isinstance(layer, BayesianLayer):
+            continue
+        for name, spec in layer.named_random_parameters():
+            init = spec.initializer
+            if not (isinstance(init, KroneckerNormal) or init.is_normal):
+                raise ValueError(
+                    f"{_FN} expected normal or Kronecker posteriors, got "
+                    f"{type(init).__name__} for {path}.{name}"
+                )
+            if init.suffixes[0] != "loc":
+                raise ValueError(f"{_FN} expected a `loc` mean for {path}.{name}")
+            out.append((f"{path}.{name}_loc" if path else f"{name}_loc", layer, name))
+    if not out:
+        raise ValueError(f"{_FN} expected a model with random parameters, got none")
+    return out
+
+
+def _variance_term(jac: Tensor, layer: BayesianLayer, name: str) -> Tensor:
+    """``J Σ Jᵀ`` of one parameter: ``jac`` ``(B, C, *shape)`` -> ``(B, C, C)``."""
+    init = layer.parameter_spec(name).initializer
+    b, c = jac.shape[:2]
+    if isinstance(init, KroneckerNormal):
+        o = init.eigvals_g.shape[0]
+        j = jac.reshape(b, c, o, -1)  # (B, C, O, I)
+        jt = init.eigvecs_g.T @ j @ init.eigvecs_a  # in the eigenbasis
+        inv = (torch.outer(init.eigvals_g, init.eigvals_a) + init.prior_precision).reciprocal()
+        return torch.einsum("bcoi,oi,bdoi->bcd", jt, inv, jt)
+    _, scale = layer.posterior_loc_scale(name)
+    assert scale is not None  # a random normal parameter
+    j = jac.reshape(b, c, -1)
+    return torch.einsum("bcp,p,bdp->bcd", j, scale.reshape(-1).square(), j)
+
+
+def glm_predictive(
+    model: nn.Module, x: Tensor, likelihood: str = "classification"
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The linearised predictive at ``x`` of the posterior in ``model``'s layers.
+
+    Works for any posterior of normal (diagonal) or
+    :class:`~bayesian_layers.initializers.kron_normal.KroneckerNormal` families (a
+    Laplace fit, or a mean-field variational one). Cost: a Jacobian of the ``(B, C)``
+    outputs with respect to the random means, ``O(B C P)`` memory.
+
+    Args:
+        model: a Bayesian model (e.g. returned by :func:`~bayesian_layers.laplace.fit`),
+            run in eval mode on its posterior means (its mode is restored after).
+        x: a batch of inputs.
+        likelihood: ``"classification"``: probit-approximated class probabilities;
+            ``"regression"``: the Gaussian over ``f`` (observation noise not added).
+
+    Returns:
+        classification: ``(B, C)`` probabilities; regression: ``(mean (B, C),
+        covariance (B, C, C))``.
+
+    Raises:
+        ValueError: an unknown ``likelihood``, a model without random parameters, or
+            a posterior that is neither normal nor Kronecker.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from bayesian_layers.laplace import fit
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> post = fit(net, [(torch.randn(8, 3), torch.randint(0, 2, (8,)))], hessian="kron")
+        >>> p = glm_predictive(post, torch.randn(5, 3))
+        >>> p.shape, torch.allclose(p.sum(-1), torch.ones(5))
+        (torch.Size([5, 2]), True)
+    """
+    check_choice(_FN, "likelihood", likelihood, LIKELIHOODS)
+    parts = _posterior_parts(model)
+    means = {key: layer.point(name).detach() for key, layer, name in parts}
+
+    def f(params: dict[str, Tensor]) -> Tensor:
+        return functional_call(model, params, (x,), strict=False)
+
+    was_training = model.training
+    model.eval()  # batch norm on its running statistics, as the curvature was
+    try:
+        with posterior_mean(model), torch.no_grad():
+            f_mu = f(means)
+        if f_mu.dim() != 2:
+            raise ValueError(
+                f"{_FN} expected model outputs of shape (B, C), got {tuple(f_mu.shape)}"
+            )
+        with posterior_mean(model):
+            jacs = jacrev(f)(means)
+    finally:
+        model.train(was_training)
+    f_var = sum(
+        (_variance_term(jacs[key], layer, name) for key, layer, name in parts),
+        torch.zeros(f_mu.shape + f_mu.shape[-1:], dtype=f_mu.dtype, device=f_mu.device),
+    )
+    if likelihood == "regression":
+        return f_mu, f_var
+    kappa = (1 + math.pi / 8 * f_var.diagonal(dim1=-2, dim2=-1)).rsqrt()
+    return torch.softmax(kappa * f_mu, dim=-1)
