@@ -205,6 +205,7 @@ def test_registry_maps_nn_linear_to_every_estimator() -> None:
         "reparameterization": layers.LinearReparameterization,
         "flipout": layers.LinearFlipout,
         "local_reparameterization": layers.LinearLocalReparameterization,
+        "variational_dropout": layers.LinearVariationalDropout,  # a family with its posterior
     }
 
 
