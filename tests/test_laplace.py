@@ -349,12 +349,8 @@ def test_kron_state_dict_round_trip_with_weights_only_load() -> None:
     torch.save(post.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    fresh = bl.to_bayesian(_mlp(), bias_initializer="trainable_normal")
-    for layer in (fresh[0], fresh[2]):
-        out, inp = layer.weight_loc.shape
-        layer.set_initializer("weight", KroneckerNormal(out, inp, dtype=DT))
-        layer.set_initializer("bias", KroneckerNormal(out, 1, dtype=DT))
-    fresh.load_state_dict(state)
+    fresh = bll.restore(_mlp(), state)
+    assert type(fresh[2].bias_initializer) is KroneckerNormal
     x = torch.randn(5, 3, dtype=DT)
     torch.manual_seed(8)
     a = post(x)
@@ -376,6 +372,15 @@ def test_bad_arguments_raise(kwargs: dict, argument: str) -> None:
     _, _, loader = _data("classification", (3,))
     with pytest.raises(ValueError, match=argument):
         bll.fit(_mlp(), loader, **kwargs)
+
+
+def test_flipout_model_takes_diag_and_refuses_kron() -> None:
+    model = bl.to_bayesian(_mlp(), "flipout")
+    _, _, loader = _data("classification", (3,))
+    with pytest.raises(ValueError, match=r"laplace\.fit with hessian='kron'.*LinearFlipout"):
+        bll.fit(model, loader, hessian="kron")
+    post = bll.fit(model, loader, hessian="diag", subset="last_layer")
+    assert post is model and len(post.laplace_curvature.layers) == 1
 
 
 def test_empty_loader_and_unfitted_model_raise() -> None:

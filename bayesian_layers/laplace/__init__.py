@@ -15,11 +15,12 @@ predictive).
 
 from .curvature import Curvature, LayerCurvature, compute_curvature, supported_layers
 from .marglik import log_marginal_likelihood, optimize_prior_precision
-from .posterior import fit, write_posterior
+from .posterior import fit, restore, write_posterior
 from .predictive import glm_predictive
 
 __all__ = [
     "fit",
+    "restore",
     "compute_curvature",
     "write_posterior",
     "log_marginal_likelihood",

@@ -29,7 +29,7 @@ from .curvature import (
     supported_layers,
 )
 
-__all__ = ["fit", "write_posterior", "group_precisions", "kron_eigen"]
+__all__ = ["fit", "restore", "write_posterior", "group_precisions", "kron_eigen"]
 
 _FN = "laplace.fit"
 
@@ -112,16 +112,79 @@ def write_posterior(curv: Curvature, prior_precision: float | Tensor = 1.0) -> N
             init.params(layer, name)["rho"].copy_(inverse_softplus(scale))
 
 
-def _prepare(model: nn.Module, subset: str) -> nn.Module:
-    if any(isinstance(m, BayesianLayer) for m in model.modules()):
-        return model
-    model = copy.deepcopy(model)
-    names = [n for n, _ in supported_layers(model, subset)]
-    if not names:
-        raise ValueError(f"{_FN} expected a model with a Linear or Conv2d layer, got none")
+def _convert(model: nn.Module, names: list[str]) -> nn.Module:
+    """A copy of deterministic ``model`` with the layers ``names`` made Bayesian
+    (reparameterization, random biases), as :func:`fit` and :func:`restore` do."""
     return to_bayesian(
-        model, "reparameterization", include=names, bias_initializer="trainable_normal"
+        copy.deepcopy(model),
+        "reparameterization",
+        include=names,
+        bias_initializer="trainable_normal",
     )
+
+
+def _prepare(model: nn.Module, subset: str, hessian: str) -> nn.Module:
+    if not any(isinstance(m, BayesianLayer) for m in model.modules()):
+        names = [n for n, _ in supported_layers(model, subset)]
+        if not names:
+            raise ValueError(f"{_FN} expected a model with a Linear or Conv2d layer, got none")
+        return _convert(model, names)
+    if hessian == "kron":
+        for name, layer in supported_layers(model, subset):
+            estimator = getattr(layer, "estimator", None)
+            if estimator is not None and estimator.name != "reparameterization":
+                raise ValueError(
+                    f"{_FN} with hessian='kron' expected reparameterization layers, got "
+                    f"{type(layer).__name__} at {name!r} (use hessian='diag')"
+                )
+    return model
+
+
+def restore(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
+    """Load a Laplace posterior saved with ``state_dict()`` into a freshly built model.
+
+    A deterministic ``model`` is copied and converted as :func:`fit` converts it (the
+    layers with a ``<path>.weight_loc`` entry in ``state_dict``); every parameter with
+    Kronecker buffers in ``state_dict`` gets a
+    :class:`~bayesian_layers.initializers.kron_normal.KroneckerNormal` of their size;
+    then ``load_state_dict`` (strict).
+
+    Args:
+        model: the architecture, deterministic or already converted.
+        state_dict: e.g. ``torch.load(path, weights_only=True)``.
+
+    Returns:
+        the model holding the posterior.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> post = fit(net, [(torch.randn(8, 3), torch.randint(0, 2, (8,)))], hessian="kron")
+        >>> again = restore(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)),
+        ...                 post.state_dict())
+        >>> torch.equal(again[0].weight_initializer.eigvecs_a, post[0].weight_initializer.eigvecs_a)
+        True
+    """
+    if not any(isinstance(m, BayesianLayer) for m in model.modules()):
+        names = [n for n, m in model.named_modules() if f"{n}.weight_loc" in state_dict]
+        model = _convert(model, names)
+    for path, layer in model.named_modules():
+        if not isinstance(layer, BayesianLayer):
+            continue
+        for name, _ in layer.named_random_parameters():
+            key = f"{path}.{name}_initializer." if path else f"{name}_initializer."
+            if f"{key}eigvals_g" in state_dict:
+                loc = layer.point(name)
+                q = KroneckerNormal(
+                    state_dict[f"{key}eigvals_g"].shape[0],
+                    state_dict[f"{key}eigvals_a"].shape[0],
+                    device=loc.device,
+                    dtype=loc.dtype,
+                )
+                layer.set_initializer(name, q)
+    model.load_state_dict(state_dict)
+    return model
 
 
 def fit(
@@ -172,7 +235,7 @@ def fit(
     """
     check_choice(_FN, "likelihood", likelihood, LIKELIHOODS)
     check_choice(_FN, "hessian", hessian, HESSIANS)
-    model = _prepare(model, check_choice(_FN, "subset", subset, ("all", "last_layer")))
+    model = _prepare(model, check_choice(_FN, "subset", subset, ("all", "last_layer")), hessian)
     curv = compute_curvature(
         model,
         loader,
