@@ -370,7 +370,7 @@ def test_kron_state_dict_round_trip_with_weights_only_load() -> None:
 )
 def test_bad_arguments_raise(kwargs: dict, argument: str) -> None:
     _, _, loader = _data("classification", (3,))
-    with pytest.raises(ValueError, match=argument):
+    with pytest.raises(ValueError, match=rf"laplace\.fit expected `{argument}`.*got"):
         bll.fit(_mlp(), loader, **kwargs)
 
 

@@ -209,7 +209,11 @@ class _Accumulator:
         x = self.inputs(a)  # (B, T, I)
         g = torch.stack([self._rows(gc) for gc in gs], 1)  # (B, C, T, O)
         if self.hessian == "diag":
-            w = torch.einsum("bcto,bti->bcoi", g, x).square().sum((0, 1))  # (O, I)
+            # per-example gradients, one output column at a time: (B, O, I) in memory
+            w = sum(
+                torch.einsum("bto,bti->boi", g[:, c], x).square().sum(0) for c in range(g.shape[1])
+            )
+            assert isinstance(w, Tensor)
             w = w.reshape(self.weight_shape)
             self._acc(self.lc.diag, "weight", w)
             if "bias" in self.lc.params:

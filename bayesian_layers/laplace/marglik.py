@@ -88,7 +88,7 @@ def log_marginal_likelihood(
     curv = _curvature(model, "log_marginal_likelihood")
     if prior_precision is None:
         prior_precision = curv.prior_precision
-    taus = group_precisions(curv, prior_precision)  # type: ignore[arg-type]
+    taus = group_precisions(curv, prior_precision, fn="laplace.log_marginal_likelihood")
     return _lml(curv, _eigen_terms(curv), taus)
 
 
@@ -139,7 +139,7 @@ def optimize_prior_precision(
     opt = torch.optim.Adam([log_tau], lr=lr)
     for _ in range(n_steps):
         opt.zero_grad()
-        taus = group_precisions(curv, log_tau.exp())
+        taus = group_precisions(curv, log_tau.exp(), fn=fn)
         (-_lml(curv, terms, taus)).backward()
         opt.step()
     tau = log_tau.detach().exp()

@@ -61,7 +61,9 @@ def _declared(lc: LayerCurvature) -> tuple[str, ...]:
     return ("weight", "bias") if lc.A.shape[0] == w[0].numel() + 1 else ("weight",)
 
 
-def group_precisions(curv: Curvature, prior_precision: float | Tensor) -> list[Tensor]:
+def group_precisions(
+    curv: Curvature, prior_precision: float | Tensor, *, fn: str = _FN
+) -> list[Tensor]:
     """``τ_g`` per parameter group of ``curv`` from a scalar or one value per group.
 
     Raises:
@@ -72,11 +74,11 @@ def group_precisions(curv: Curvature, prior_precision: float | Tensor) -> list[T
     tau = torch.as_tensor(prior_precision, dtype=curv.loss.dtype)
     if tau.numel() not in (1, n):
         raise ValueError(
-            f"laplace: expected `prior_precision` a scalar or {n} values (one per parameter "
+            f"{fn} expected `prior_precision` a scalar or {n} values (one per parameter "
             f"tensor), got shape {tuple(tau.shape)}"
         )
     if not bool((tau > 0).all()) or not bool(torch.isfinite(tau).all()):
-        raise ValueError(f"laplace: expected `prior_precision` > 0 and finite, got {tau}")
+        raise ValueError(f"{fn} expected `prior_precision` > 0 and finite, got {tau}")
     tau = tau.reshape(-1)
     return [tau[0] if tau.numel() == 1 else tau[i] for i in range(n)]
 
