@@ -11,15 +11,15 @@ vectorised call (:func:`torch.vmap` over :func:`torch.func.functional_call`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
-from torch.nn.modules.batchnorm import _NormBase
 
+from ._model_parts import normalization_in_eval
 from .layers.base import BayesianLayer
 from .objectives import losses as collect_losses
 from .sampling import vectorized_samples
@@ -39,19 +39,6 @@ class _LossesOf(nn.Module):
 
     def forward(self) -> list[Tensor]:
         return collect_losses(self.model)
-
-
-@contextmanager
-def _norms_in_eval(model: nn.Module) -> Iterator[None]:
-    """Running-statistics layers of ``model`` in eval mode meanwhile (as ``bl.predict``)."""
-    norms = [m for m in model.modules() if isinstance(m, _NormBase) and m.training]
-    for m in norms:
-        m.train(False)
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.train(True)
 
 
 class Ensemble(nn.Module):
@@ -278,7 +265,7 @@ class Ensemble(nn.Module):
         blocks = x.reshape(n, x.shape[0] // n, *x.shape[1:])  # (n, k B / n, *)
         with ExitStack() as stack:
             for t in self._templates:
-                stack.enter_context(_norms_in_eval(t))
+                stack.enter_context(normalization_in_eval(t))
             out = self._run(blocks, split=True, samples=k // n)  # (n, k B / n, *out)
         return out.reshape(-1, *out.shape[2:])  # (k B, *out)
 

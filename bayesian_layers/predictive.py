@@ -16,10 +16,10 @@ from math import lcm
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _NormBase
 
 from . import metrics
 from ._function_space import is_function_space
+from ._model_parts import normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
 from .random_variables.variable import RandomVariable
 from .sampling import bayesian_modules, vectorized_samples
@@ -208,20 +208,6 @@ def auto_chunk_size(model: nn.Module, x: Tensor) -> int:
     return max(1, CHUNK_BYTES // max(per_sample, 1))
 
 
-@contextmanager
-def _normalization_in_eval(model: nn.Module) -> Iterator[None]:
-    """Batch-norm-type layers (running statistics) in eval mode meanwhile: the folded
-    ``K × B`` batch must neither update their statistics nor be normalised as one batch."""
-    norms = [m for m in model.modules() if isinstance(m, _NormBase) and m.training]
-    for m in norms:
-        m.train(False)
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.train(True)
-
-
 def _explain_failure(model: nn.Module, x: Tensor, err: Exception) -> None:
     """After the folded call failed: if ``model(x)`` works, raise an error about the
     batch convention in the user's shapes; if it fails too, that error names them."""
@@ -408,7 +394,7 @@ def predict(
     with (
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint if vectorized else []),
-        _normalization_in_eval(model),
+        normalization_in_eval(model),
     ):
         if vectorized:
             samples, moments, marked = _vectorized(model, x, num_samples, chunk_size, members)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import inverse_softplus
+from .._model_parts import prior_parameter_ids
 from ..initializers import TrainableNormal
 from ..layers.base import BayesianLayer
 
@@ -66,12 +67,7 @@ def ivon_parameters(model: nn.Module) -> list[nn.Parameter]:
     excluded: set[int] = set()
     for _, _, _, _, rho in _random_normals(model):
         excluded.add(id(rho))
-    for layer in model.modules():
-        if isinstance(layer, BayesianLayer):
-            for name in dict(layer.named_random_parameters(include_deterministic=True)):
-                reg = layer._modules.get(f"{name}_regularizer")
-                if reg is not None:
-                    excluded.update(id(p) for p in reg.parameters())
+    excluded |= prior_parameter_ids(model)
     return [p for p in model.parameters() if id(p) not in excluded]
 
 

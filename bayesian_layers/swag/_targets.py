@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .._model_parts import prior_parameter_ids
 from ..initializers import TrainableNormal
 from ..layers.base import BayesianLayer
 
@@ -75,11 +76,5 @@ def trained_parameters(model: nn.Module, targets: list[RandomNormal]) -> dict[st
     regularizers' prior hyperparameters; so the Bayesian layers' means, their point
     estimates (a deterministic ``bias``) and every parameter of other modules (BatchNorm's
     affine, a plain ``nn.Linear``)."""
-    excluded = {id(t.rho) for t in targets}
-    for layer in model.modules():
-        if isinstance(layer, BayesianLayer):
-            for name in dict(layer.named_random_parameters(include_deterministic=True)):
-                reg = layer._modules.get(f"{name}_regularizer")
-                if reg is not None:
-                    excluded.update(id(p) for p in reg.parameters())
+    excluded = {id(t.rho) for t in targets} | prior_parameter_ids(model)
     return {k: p for k, p in model.named_parameters() if p.requires_grad and id(p) not in excluded}
