@@ -27,10 +27,15 @@ demo: $(VENV)/.installed
 # Peers for benchmarks/. bayesian-torch and blitz declare an unpinned torchvision (which
 # would pull a CUDA build of a newer torch): --no-deps, then check torch was left alone.
 # nflows declares tensorboard (and matplotlib, tqdm) that its flows do not import: --no-deps.
+# laplace-torch (the reference of tests/test_laplace.py) asks for torchvision: --no-deps, with
+# the pure-Python packages it imports (linear_operator comes with gpytorch).
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m pip install --quiet --no-deps bayesian-torch blitz-bayesian-pytorch
 	$(PY) -m pip install --quiet --no-deps nflows
+	$(PY) -m pip install --quiet --no-deps laplace-torch==0.3 curvlinops-for-pytorch==3.0.1 \
+		backpack-for-pytorch==1.7.1 asdfghjkl==0.1a4 torchmetrics==1.9.0 \
+		lightning-utilities==0.15.3 opt-einsum==3.4.0 einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0
 	$(PY) -m pip list 2>/dev/null | grep -i torch
 	@! $(PY) -m pip show torchvision >/dev/null 2>&1 || { echo "torchvision got installed"; exit 1; }
 	@$(PY) -c "import sys, torch; t = '$(TORCH)'.partition('=='); \

@@ -6,6 +6,7 @@
 from . import (
     _moved,
     initializers,
+    laplace,
     layers,
     metrics,
     optim,
@@ -60,6 +61,7 @@ __all__ = [
     "to_bayesian",
     "sngp",
     "swag",
+    "laplace",
     "Ensemble",
     "elbo_loss",
     "predict",

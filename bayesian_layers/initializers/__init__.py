@@ -31,6 +31,7 @@ from ._util import fans as fans
 from ._util import softplus_scale as softplus_scale
 from .base import TrainableInitializer
 from .deterministic import TrainableDeterministic
+from .kron_normal import KroneckerNormal, KroneckerNormalDistribution
 from .normal import TrainableGlorotNormal, TrainableHeNormal, TrainableNormal
 from .positive import TrainableHalfCauchy, TrainableLogNormal
 from .swag_normal import SWAGNormal
@@ -44,6 +45,8 @@ __all__ = [
     "TrainableHalfCauchy",
     "TrainableDeterministic",
     "SWAGNormal",
+    "KroneckerNormal",
+    "KroneckerNormalDistribution",
     "get_initializer",
     "log_softplus",
     "LOG_SOFTPLUS_CUT",
