@@ -132,6 +132,53 @@ def sngp_head(model: nn.Module) -> bl.layers.SNGPHead:
     return next(m for m in model.modules() if isinstance(m, bl.layers.SNGPHead))
 
 
+class AdamTrainer:
+    """Adam (``lr``) on the per-example ELBO, one :meth:`step` per batch."""
+
+    def __init__(
+        self, model: nn.Module, method: Method, config: dict, num_train: int, total_steps: int,
+        lr: float,
+    ) -> None:  # fmt: skip
+        self.model, self.method, self.num_train = model, method, num_train
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        loss = train_step(self.model, self.method, x, y, self.num_train)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def finish(self) -> None:
+        """Called once after the last step."""
+
+
+class IVONTrainer(AdamTrainer):
+    """``bl.optim.IVON`` (ess = N, one draw per step) on the data term alone, its learning
+    rate ``ivon_lr`` annealed to 0 by a cosine over the run, the model in posterior-mean
+    mode; :meth:`finish` writes the posterior ``N(m, 1/(N(h + δ)))`` into the layers."""
+
+    def __init__(
+        self, model: nn.Module, method: Method, config: dict, num_train: int, total_steps: int,
+        lr: float,
+    ) -> None:  # fmt: skip
+        self.model, self.method, self.num_train = model, method, num_train
+        params = bl.optim.ivon_parameters(model)
+        self.ivon = bl.optim.IVON(
+            params, lr=config["ivon_lr"], ess=num_train, hess_init=config["hess_init"]
+        )
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.ivon, total_steps)
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        with bl.posterior_mean(self.model), self.ivon.sampled_params(train=True):
+            self.ivon.zero_grad()
+            self.method.loss(self.model(x), y).backward()
+        self.ivon.step()
+        self.schedule.step()
+
+    def finish(self) -> None:
+        self.ivon.write_posterior(self.model)
+
+
 @dataclass(frozen=True)
 class Method:
     """One row of the table: how to build, train and predict with the model, its defaults."""
@@ -153,6 +200,8 @@ class Method:
     #: after training, fits predictive-only settings on the validation split (SNGP's
     #: mean-field factor); returns them for the JSON
     tune: Callable[[nn.Module, Tensor, Tensor], dict[str, float]] | None = None
+    #: how the model is trained (:class:`AdamTrainer` or :class:`IVONTrainer`)
+    trainer: type[AdamTrainer] = AdamTrainer
 
 
 #: The VI posterior and prior, chosen on the validation split (docs/images.md): weight
@@ -259,6 +308,13 @@ for _est in ("reparameterization", "flipout", "local_reparameterization"):
 for _est, _k in (("rank1", 2 * ENSEMBLE_SIZE), ("batch_ensemble", ENSEMBLE_SIZE)):
     # rank-1: two draws of every member's factors; BatchEnsemble: each member once
     METHODS[_est] = Method(members(_est), 10, _k, probs=member_probs, batch_multiple=ENSEMBLE_SIZE)
+#: IVON's options (chosen on the validation split, docs/images.md); weight decay δ = 1e-4
+#: (the prior N(0, 1/(N δ))), β₂ = 0.99999, one draw per step: the reference's defaults
+IVON_DEFAULTS = {"ivon_lr": 0.5, "hess_init": 1.0}
+METHODS["ivon"] = Method(
+    lambda ivon_lr, hess_init: bl.to_bayesian(lenet5(), "reparameterization"), 10, 10,
+    IVON_DEFAULTS, trainer=IVONTrainer,
+)  # fmt: skip
 METHODS["heteroscedastic"] = Method(
     heteroscedastic, 10, 1, {"temperature": 1.0}, loss=output_loss, probs=output_probs
 )
@@ -330,22 +386,22 @@ def train_step(model: nn.Module, method: Method, x: Tensor, y: Tensor, num_train
 
 
 def train(
-    model: nn.Module, method: Method, x: Tensor, y: Tensor, epochs: int, batch_size: int,
-    lr: float,
+    model: nn.Module, method: Method, config: dict, x: Tensor, y: Tensor, epochs: int,
+    batch_size: int, lr: float,
 ) -> float:  # fmt: skip
-    """Adam on the per-example ELBO (:func:`train_step`); returns seconds per epoch."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    """The method's trainer (Adam on the per-example ELBO, :func:`train_step`, by default)
+    over ``epochs``; returns seconds per epoch."""
     n = len(x)
+    steps = epochs * -(-n // batch_size)
+    trainer = method.trainer(model, method, config, n, steps, lr)
     model.train()
     start = time.perf_counter()
     for _ in range(epochs):
         if method.on_epoch is not None:
             method.on_epoch(model)
         for idx in torch.randperm(n).split(batch_size):
-            loss = train_step(model, method, x[idx], y[idx], n)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            trainer.step(x[idx], y[idx])
+    trainer.finish()
     return (time.perf_counter() - start) / max(epochs, 1)
 
 
@@ -400,23 +456,20 @@ def measure_cost(names: list[str], data: dict[str, Tensor], args: argparse.Names
     trained = [n for n in dict.fromkeys(["deterministic", *names]) if n in METHODS]
     x, y = data["x_train"][: args.batch_size], data["y_train"][: args.batch_size]
     x_eval = data["x_test"][:500]
-    models = {}
+    models, trainers = {}, {}
+    num_train, steps = len(data["x_train"]), 5  # steps per round
     for n in trained:
         torch.manual_seed(0)
-        models[n] = build_model(n, args)[0]
-    opts = {n: torch.optim.Adam(m.parameters(), lr=args.lr) for n, m in models.items()}
-    num_train = len(data["x_train"])
+        models[n], config = build_model(n, args)
+        total = args.cost_rounds * steps
+        trainers[n] = METHODS[n].trainer(models[n], METHODS[n], config, num_train, total, args.lr)
     times: dict[str, dict[str, list[float]]] = {n: {"train": [], "predict": []} for n in trained}
-    steps = 5
     for _ in range(args.cost_rounds):
         for n, model in models.items():
             model.train()
             start = time.perf_counter()
             for _ in range(steps):
-                loss = train_step(model, METHODS[n], x, y, num_train)
-                opts[n].zero_grad()
-                loss.backward()
-                opts[n].step()
+                trainers[n].step(x, y)
             times[n]["train"].append((time.perf_counter() - start) / steps)
             start = time.perf_counter()
             prob_samples(model, METHODS[n], x_eval, METHODS[n].num_samples)
@@ -468,7 +521,8 @@ def run_one(name: str, seed: int, data: dict[str, Tensor], args: argparse.Namesp
     k = args.num_samples if (args.num_samples and method.num_samples > 1) else method.num_samples
     torch.manual_seed(seed)
     model, config = build_model(name, args)
-    sec = train(model, method, data["x_train"], data["y_train"], epochs, args.batch_size, args.lr)
+    x, y = data["x_train"], data["y_train"]
+    sec = train(model, method, config, x, y, epochs, args.batch_size, args.lr)
     if method.tune is not None:
         config = {**config, **method.tune(model, data["x_val"], data["y_val"])}
     val_probs = prob_samples(model, method, data["x_val"], k).mean(0)
@@ -573,6 +627,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--dropout", type=float, default=None, help="MC dropout's rate")
     parser.add_argument("--temperature", type=float, default=None, help="heteroscedastic τ")
     parser.add_argument("--norm-bound", type=float, default=None, help="SNGP's spectral bound")
+    parser.add_argument("--ivon-lr", type=float, default=None, help="IVON's learning rate")
+    parser.add_argument("--hess-init", type=float, default=None, help="IVON's initial Hessian")
     parser.add_argument(
         "--validation-only", action="store_true", help="model selection: skip the test sets"
     )

@@ -105,16 +105,17 @@ def test_ece_matches_a_textbook_loop():
     assert expected_calibration_error(probs, labels, num_bins=15).item() == pytest.approx(ece)
 
 
-#: methods whose ELBO has a penalty from bl.losses: the VI KL, rank-1's factor KL, the
-#: SNGP head's MAP weight penalty
-PENALISED = ("vi_", "rank1", "sngp")
+#: methods whose model has a penalty in bl.losses: the VI KL, rank-1's factor KL, the
+#: SNGP head's MAP weight penalty, the KL of IVON's converted layers (which IVON's
+#: training does not use: its prior is its weight decay)
+PENALISED = ("vi_", "rank1", "sngp", "ivon")
 
 
 @pytest.mark.parametrize("name", sorted(images.METHODS))
 def test_every_method_builds_lenet5(name):
     torch.manual_seed(0)
     args = SimpleNamespace(prior_scale=0.3, scale_init=2e-3, dropout=0.4, temperature=0.7,
-                           norm_bound=3.0)  # fmt: skip
+                           norm_bound=3.0, ivon_lr=0.3, hess_init=0.5)  # fmt: skip
     model, config = images.build_model(name, args)
     probs = images.METHODS[name].probs(model.eval(), torch.rand(4, 1, 28, 28), 8)
     assert probs.shape[1:] == (4, 10)
@@ -127,6 +128,8 @@ def test_every_method_builds_lenet5(name):
     if name == "mc_dropout":
         assert config == {"dropout": 0.4}
         assert [m.p for m in model if isinstance(m, bl.layers.MCDropout)] == [0.4, 0.4]
+    if name == "ivon":
+        assert config == {"ivon_lr": 0.3, "hess_init": 0.5}
     if name == "heteroscedastic":
         assert config == {"temperature": 0.7} and model[-1].temperature == 0.7
     if name == "sngp":
@@ -156,6 +159,27 @@ def test_member_predictive_gives_every_member_its_share_of_the_samples():
     torch.testing.assert_close(probs, tiled.reshape(images.ENSEMBLE_SIZE, 3, 10))
 
 
+def test_ivon_trains_the_means_and_writes_its_posterior_into_the_layers():
+    torch.manual_seed(0)
+    method = images.METHODS["ivon"]
+    # N = 16 examples: h0 = 1e4 keeps the weight noise σ = 1/sqrt(N h0) small, as N = 50 000
+    # does in the benchmark (with h0 = 1, σ = 0.0045)
+    config = {"ivon_lr": 0.2, "hess_init": 1e4}
+    model = method.build(**config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    images.train(model, method, config, x, y, epochs=2, batch_size=8, lr=1e-3)
+    layers = list(bl.bayesian_modules(model))
+    assert len(layers) == 5
+    for layer in layers:
+        loc, scale = layer.posterior_loc_scale("weight")
+        name = next(n for n, m in model.named_modules() if m is layer)
+        assert not torch.equal(loc, before[f"{name}.weight_loc"])  # the means moved
+        # σ = 1/sqrt(N (h + δ)): h stays near h0 over 4 steps (β₂ = 0.99999)
+        torch.testing.assert_close(scale, torch.full_like(scale, (16 * 1e4) ** -0.5),
+                                   rtol=1e-3, atol=0)  # fmt: skip
+
+
 def test_train_step_cuts_the_batch_to_a_multiple_of_the_members():
     torch.manual_seed(0)
     method = images.METHODS["rank1"]
@@ -174,7 +198,7 @@ def test_sngp_resets_its_precision_and_tunes_the_mean_field_factor_on_validation
     calls = []
     counting = dataclasses.replace(method, on_epoch=lambda m: calls.append(m) or reset(m))
     reset = method.on_epoch
-    images.train(model, counting, x, y, epochs=2, batch_size=8, lr=1e-3)
+    images.train(model, counting, {}, x, y, epochs=2, batch_size=8, lr=1e-3)
     assert calls == [model, model]
     # P = I/s² + Σ φ φᵀ over one epoch (the reset dropped the first): trace(Σ φ φᵀ) is the
     # sum of ‖φ_n‖² = (2/M) Σ_j cos²(·) ≈ 1 ± 0.02 (M = 1024) over the 16 images, not 32
