@@ -107,8 +107,9 @@ def test_ece_matches_a_textbook_loop():
 
 #: methods whose model has a penalty in bl.losses: the VI KL, rank-1's factor KL, the
 #: SNGP head's MAP weight penalty, the KL of IVON's converted layers (which IVON's
-#: training does not use: its prior is its weight decay)
-PENALISED = ("vi_", "rank1", "sngp", "ivon")
+#: training does not use: its prior is its weight decay), the KL of Laplace's converted
+#: last layer (unused: the prior precision enters through the fit)
+PENALISED = ("vi_", "rank1", "sngp", "ivon", "laplace")
 
 
 @pytest.mark.parametrize("name", sorted(images.METHODS))
@@ -117,10 +118,15 @@ def test_every_method_builds_lenet5(name):
     args = SimpleNamespace(prior_scale=0.3, scale_init=2e-3, dropout=0.4, temperature=0.7,
                            norm_bound=3.0, ivon_lr=0.3, hess_init=0.5)  # fmt: skip
     model, config = images.build_model(name, args)
-    probs = images.METHODS[name].probs(model.eval(), torch.rand(4, 1, 28, 28), 8)
+    x = torch.rand(4, 1, 28, 28)
+    if images.METHODS[name].posthoc is not None:  # Laplace: a posterior from (x, y)
+        model, fitted = images.METHODS[name].posthoc(model, x, torch.arange(4))
+        assert fitted["prior_precision"] > 0
+    probs = images.METHODS[name].probs(model.eval(), x, 8)
     assert probs.shape[1:] == (4, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
-    assert probs.shape[0] == (1 if name in ("sngp", "heteroscedastic") else 8)  # K functions
+    one_function = ("sngp", "heteroscedastic", "laplace_last_layer")  # one predictive
+    assert probs.shape[0] == (1 if name in one_function else 8)  # K functions
     no_bayesian_layer = ("deterministic", "heteroscedastic")  # (the SNGP head is one)
     no_bayesian_layer += ("deterministic_10_epochs",)
     assert any(True for _ in bl.bayesian_modules(model)) == (name not in no_bayesian_layer)
