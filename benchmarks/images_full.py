@@ -4,7 +4,7 @@ Ten deterministic seeds (they also make the ensembles), three seeds of every oth
 in ``images.METHODS``; each (method, seed) is one ``images.py`` process writing its own
 JSON, and a JSON already in ``--out-dir`` is not run again, so an interrupted run picks up
 where it stopped. Then the 5- and 10-member ensembles, the side-by-side cost ratios, the
-table and the figures. About 2.5 hours on 2 cores (docs/images.md).
+table and the figures. About 4 hours on 2 cores (docs/images.md).
 
     python benchmarks/images_full.py --workers 2
     python benchmarks/images_full.py --workers 1 --methods deterministic,vi_flipout
