@@ -402,3 +402,25 @@ def test_empty_loader_and_unfitted_model_raise() -> None:
         KroneckerNormal(2, 3).set_factors(
             torch.ones(3), torch.eye(2), torch.ones(3), torch.eye(3), 1.0
         )
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note
+@pytest.mark.parametrize("kernel", [3, 4])  # symmetric and torch's asymmetric split
+def test_same_padding_curvature_equals_explicit_padding(kernel: int) -> None:
+    torch.manual_seed(0)
+    same = nn.Sequential(nn.Conv2d(2, 3, kernel, padding="same"), nn.Flatten(),
+                         nn.Linear(3 * 36, 4)).double()  # fmt: skip
+    total = kernel - 1
+    pad = nn.ZeroPad2d((total // 2, total - total // 2) * 2)  # (left, right, top, bottom)
+    explicit = nn.Sequential(pad, nn.Conv2d(2, 3, kernel), nn.Flatten(),
+                             nn.Linear(3 * 36, 4)).double()  # fmt: skip
+    explicit[1].load_state_dict(same[0].state_dict())
+    explicit[3].load_state_dict(same[2].state_dict())
+    data = [(torch.randn(5, 2, 6, 6, dtype=torch.float64), torch.randint(0, 4, (5,)))]
+    torch.testing.assert_close(same(data[0][0]), explicit(data[0][0]))
+    for hessian in ("diag", "kron"):
+        a = bl.laplace.fit(same, data, hessian=hessian)
+        b = bl.laplace.fit(explicit, data, hessian=hessian)
+        lml_a = bl.laplace.log_marginal_likelihood(a, 1.0)
+        lml_b = bl.laplace.log_marginal_likelihood(b, 1.0)
+        torch.testing.assert_close(lml_a, lml_b, rtol=1e-10, atol=1e-10)

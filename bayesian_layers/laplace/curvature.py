@@ -156,9 +156,13 @@ def _patches(module: Any, a: Tensor) -> Tensor:
             f"({type(module).__name__})"
         )
     padding = module.padding
-    if isinstance(padding, str):
-        if padding != "valid":
-            raise ValueError(f"{_FN} does not support padding={padding!r} in convolutions")
+    if padding == "same":  # torch's split (stride 1): the odd extra pixel goes right/bottom
+        pads: list[int] = []
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size), strict=True):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        a, padding = F.pad(a, pads), 0
+    elif isinstance(padding, str):  # "valid"
         padding = 0
     return F.unfold(a, module.kernel_size, module.dilation, padding, module.stride)
 
