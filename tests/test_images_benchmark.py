@@ -109,7 +109,7 @@ def test_ece_matches_a_textbook_loop():
 #: SNGP head's MAP weight penalty, the KL of IVON's converted layers (which IVON's
 #: training does not use: its prior is its weight decay), the KL of Laplace's converted
 #: last layer (unused: the prior precision enters through the fit)
-PENALISED = ("vi_", "rank1", "sngp", "ivon", "laplace")
+PENALISED = ("vi_", "rank1", "sngp", "ivon", "laplace", "swag")  # (SWAG's: unused too)
 
 
 @pytest.mark.parametrize("name", sorted(images.METHODS))
@@ -119,9 +119,9 @@ def test_every_method_builds_lenet5(name):
                            norm_bound=3.0, ivon_lr=0.3, hess_init=0.5)  # fmt: skip
     model, config = images.build_model(name, args)
     x = torch.rand(4, 1, 28, 28)
-    if images.METHODS[name].posthoc is not None:  # Laplace: a posterior from (x, y)
+    if images.METHODS[name].posthoc is not None:  # Laplace, SWAG: a posterior from (x, y)
         model, fitted = images.METHODS[name].posthoc(model, x, torch.arange(4))
-        assert fitted["prior_precision"] > 0
+        assert fitted.get("prior_precision", 1.0) > 0 and fitted.get("swag_rank", 2) >= 2
     probs = images.METHODS[name].probs(model.eval(), x, 8)
     assert probs.shape[1:] == (4, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
