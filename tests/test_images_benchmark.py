@@ -121,7 +121,10 @@ def test_every_method_builds_lenet5(name):
     x = torch.rand(4, 1, 28, 28)
     if images.METHODS[name].posthoc is not None:  # Laplace, SWAG: a posterior from (x, y)
         model, fitted = images.METHODS[name].posthoc(model, x, torch.arange(4))
-        assert fitted.get("prior_precision", 1.0) > 0 and fitted.get("swag_rank", 2) >= 2
+        if name == "swag":
+            assert fitted["swag_rank"] >= 2  # a low-rank part to draw from
+        else:
+            assert fitted["prior_precision"] > 0  # the evidence's optimum
     probs = images.METHODS[name].probs(model.eval(), x, 8)
     assert probs.shape[1:] == (4, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
