@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 LIKELIHOODS = ("classification", "regression")
-HESSIANS = ("diag", "kron")
+HESSIANS = ("diag", "kron", "full")
 SUBSETS = ("all", "last_layer")
 
 

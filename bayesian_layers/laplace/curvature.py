@@ -1,4 +1,5 @@
-"""Per-layer generalised Gauss–Newton curvature: its diagonal, or its Kronecker factors.
+"""Per-layer generalised Gauss–Newton curvature: its diagonal, Kronecker factors, or the
+full matrix.
 
 For a network ``f(x; θ)`` and a likelihood with log-likelihood Hessian ``-Λ`` in the
 outputs, the GGN is ``H = Σ_n J_nᵀ Λ_n J_n`` (``J_n = ∂f(x_n)/∂θ``):
@@ -9,8 +10,8 @@ outputs, the GGN is ``H = Σ_n J_nᵀ Λ_n J_n`` (``J_n = ∂f(x_n)/∂θ``):
 Writing ``Λ = S Sᵀ`` (``S[:, c] = sqrt(p_c) (e_c - p)`` for the softmax, ``I / σ`` for
 the Gaussian), the GGN is exact with one backward pass per output column ``c``: the
 "gradient" of a layer's pre-activation ``z`` is ``g_c = (∂f/∂z)ᵀ S[:, c]``. No Monte
-Carlo labels are drawn. For a layer ``z = W a + b`` (a convolution: the same on every
-patch ``t``):
+Carlo labels are drawn. For a linear or 2-d convolution layer ``z = W a + b`` (the same
+on every patch ``t``), by forward hooks:
 
 * ``"diag"``: the exact diagonal, ``Σ_n Σ_c (Σ_t g_{nct} a_{ntᵀ})²`` (and
   ``Σ_n Σ_c (Σ_t g_{nct})²`` for the bias), from per-example gradients;
@@ -20,10 +21,16 @@ patch ``t``):
   the bias block ``A[-1, -1] G = G``; the weight–bias cross block is dropped (as in
   laplace-torch, whose Kronecker factors keep weight and bias apart).
 
-Supported modules: ``nn.Linear``, ``nn.Conv2d`` and the Bayesian linear and 2-d
-convolution layers (at their posterior means). Other modules (BatchNorm, LayerNorm,
-activations, recurrent layers outside the subset) are traversed as point estimates.
-Cost: ``C`` backward passes per batch (``C`` outputs).
+Recurrent (LSTM, LSTM and GRU cells), attention and embedding layers (torch's or
+Bayesian; :mod:`._layers`) go through per-example Jacobians (:mod:`._per_example`):
+their exact GGN diagonal ``Σ_n Σ_c (S_nᵀ J_n)_c²``, for ``"diag"`` and ``"kron"`` alike
+(a Kronecker fit keeps their diagonal). ``"full"``: the whole ``P × P`` GGN over every
+fitted parameter jointly, ``Σ_n R_nᵀ R_n`` with ``R_n = S_nᵀ J_n``, all layers through
+per-example Jacobians (small models: ``O(P²)`` memory).
+
+Other modules (BatchNorm, LayerNorm, ``nn.GRU``, activations) are traversed as point
+estimates, the model in eval mode. Cost: ``C`` backward passes per batch for the hooked
+layers, ``B·C`` vector–Jacobian products (vectorised) for the others.
 """
 
 from __future__ import annotations
@@ -36,13 +43,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.base import BayesianLayer
-from ..layers.conv_base import BayesianConvNd
-from ..layers.linear import BayesianLinear
 from ..sampling import posterior_mean
-from ._checks import HESSIANS, LIKELIHOODS, SUBSETS, check_choice, check_positive_float
+from ._checks import HESSIANS, LIKELIHOODS, check_choice, check_positive_float
+from ._layers import point_value, random_params, targets
+from ._per_example import JacobianAccumulator
 
-__all__ = ["LayerCurvature", "Curvature", "compute_curvature", "supported_layers"]
+__all__ = [
+    "LayerCurvature",
+    "Curvature",
+    "compute_curvature",
+    "supported_layers",
+    "point_value",
+    "hessian_sqrt",
+]
 
 _FN = "laplace.fit"
 
@@ -61,6 +74,9 @@ class LayerCurvature:
         G: ``"kron"`` only: ``(O, O)`` output-gradient factor.
         eigen: ``"kron"`` only: cached eigendecompositions ``(λ, Q)`` of ``G`` and of
             each parameter's ``A`` block (filled on first use).
+        structure: ``"diag"`` (``diag`` holds the curvature), ``"kron"`` (``A``, ``G``)
+            or ``"full"`` (a block of :attr:`Curvature.full`). A Kronecker fit has
+            ``"diag"`` layers too: the recurrent, attention and embedding ones.
     """
 
     name: str
@@ -70,6 +86,7 @@ class LayerCurvature:
     A: Tensor | None = None
     G: Tensor | None = None
     eigen: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    structure: str = "diag"
 
 
 @dataclass
@@ -85,6 +102,10 @@ class Curvature:
         n_outputs: ``C``, the outputs per example.
         sigma_noise: ``σ`` of the Gaussian likelihood (1 for classification).
         prior_precision: the ``τ`` last written into the layers.
+        full: ``"full"`` only: the ``(P, P)`` GGN over the parameter tensors of
+            :meth:`groups`, flattened and concatenated in that order.
+        joint: ``"full"`` only: the noise hook shared by the layers (set when the
+            posterior is written).
     """
 
     layers: list[LayerCurvature]
@@ -95,6 +116,8 @@ class Curvature:
     n_outputs: int
     sigma_noise: float = 1.0
     prior_precision: float | Tensor = 1.0
+    full: Tensor | None = None
+    joint: Any = None
 
     def groups(self) -> list[tuple[LayerCurvature, str]]:
         """``(layer, parameter name)`` of every parameter tensor in the posterior, in
@@ -102,20 +125,11 @@ class Curvature:
         return [(lc, p) for lc in self.layers for p in lc.params]
 
 
-def _kind(module: nn.Module) -> str | None:
-    if isinstance(module, (nn.Linear, BayesianLinear)):
-        return "linear"
-    if isinstance(module, nn.Conv2d) or (
-        isinstance(module, BayesianConvNd) and module._dims == 2 and not module._transposed
-    ):
-        return "conv2d"
-    return None
-
-
 def supported_layers(model: nn.Module, subset: str = "all") -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the layers whose curvature :func:`compute_curvature` takes:
-    every linear and 2-d convolution (torch's or Bayesian), or only the last linear
-    layer for ``subset="last_layer"``.
+    every linear and 2-d convolution, recurrent (LSTM, LSTM and GRU cells), attention
+    and embedding layer (torch's or Bayesian), or only the last linear layer for
+    ``subset="last_layer"``.
 
     Example:
         >>> from torch import nn
@@ -123,28 +137,7 @@ def supported_layers(model: nn.Module, subset: str = "all") -> list[tuple[str, n
         >>> [n for n, _ in supported_layers(net, "last_layer")]
         ['2']
     """
-    check_choice(_FN, "subset", subset, SUBSETS)
-    found = [(n, m) for n, m in model.named_modules() if _kind(m) is not None]
-    if subset == "last_layer":
-        found = [(n, m) for n, m in found if _kind(m) == "linear"][-1:]
-    return found
-
-
-def _random_params(module: nn.Module) -> tuple[str, ...]:
-    names = ["weight"] + (["bias"] if point_value(module, "bias") is not None else [])
-    if isinstance(module, BayesianLayer):
-        random = {n for n, _ in module.named_random_parameters()}
-        names = [n for n in names if n in random]
-    return tuple(names)
-
-
-def point_value(module: nn.Module, name: str) -> Tensor | None:
-    """The value of ``module``'s parameter ``name`` (a Bayesian layer's posterior mean),
-    ``None`` when it has none."""
-    if isinstance(module, BayesianLayer):
-        declared = dict(module.named_random_parameters(include_deterministic=True))
-        return module.point(name) if name in declared else None
-    return getattr(module, name, None)
+    return [(n, m) for n, m, _ in targets(model, subset)]
 
 
 def _patches(module: Any, a: Tensor) -> Tensor:
@@ -167,7 +160,7 @@ def _patches(module: Any, a: Tensor) -> Tensor:
     return F.unfold(a, module.kernel_size, module.dilation, padding, module.stride)
 
 
-def _hessian_sqrt(f: Tensor, likelihood: str, sigma: float) -> Tensor:
+def hessian_sqrt(f: Tensor, likelihood: str, sigma: float) -> Tensor:
     """``S`` with ``Λ = S Sᵀ``: ``(B, C, C)``, column ``c`` is ``S[:, :, c]``."""
     b, c = f.shape
     if likelihood == "regression":
@@ -192,14 +185,13 @@ def _loss(f: Tensor, y: Tensor, likelihood: str) -> Tensor:
 class _Accumulator:
     """Sums one layer's curvature over batches."""
 
-    def __init__(self, name: str, module: nn.Module, hessian: str) -> None:
-        self.lc = LayerCurvature(name, module, _random_params(module))
-        self.kind = _kind(module)
+    def __init__(self, name: str, module: nn.Module, kind: str, hessian: str) -> None:
+        self.lc = LayerCurvature(name, module, random_params(module, kind), structure=hessian)
+        self.kind = kind
         self.hessian = hessian
         self.positions = 0  # N·T, the rows that went into A
-        weight = point_value(module, "weight")
-        assert weight is not None  # every supported layer has one
-        self.weight_shape = weight.shape
+        weight = point_value(module, "weight") if kind != "generic" else None
+        self.weight_shape = None if weight is None else weight.shape  # hooked layers' only
 
     def inputs(self, a: Tensor) -> Tensor:
         """``(B, T, I)`` inputs (patches), T positions per example."""
@@ -218,6 +210,7 @@ class _Accumulator:
                 torch.einsum("bto,bti->boi", g[:, c], x).square().sum(0) for c in range(g.shape[1])
             )
             assert isinstance(w, Tensor)
+            assert self.weight_shape is not None  # a linear or conv layer has a weight
             w = w.reshape(self.weight_shape)
             self._acc(self.lc.diag, "weight", w)
             if "bias" in self.lc.params:
@@ -265,8 +258,11 @@ def compute_curvature(
         loader: an iterable of ``(x, y)`` batches; ``y`` class indices ``(B,)`` or
             regression targets ``(B, C)``.
         likelihood: ``"classification"`` or ``"regression"``.
-        hessian: ``"diag"`` (exact GGN diagonal) or ``"kron"`` (KFAC factors).
-        subset: ``"all"`` supported layers or only the ``"last_layer"`` linear one.
+        hessian: ``"diag"`` (exact GGN diagonal), ``"kron"`` (KFAC factors; the exact
+            diagonal for recurrent, attention and embedding layers) or ``"full"`` (the
+            ``(P, P)`` GGN of all fitted parameters jointly, :attr:`Curvature.full`).
+        subset: ``"all"`` supported layers (:func:`supported_layers`) or only the
+            ``"last_layer"`` linear one.
         sigma_noise: ``σ`` of the Gaussian likelihood (regression).
 
     Returns:
@@ -288,24 +284,37 @@ def compute_curvature(
     check_choice(_FN, "likelihood", likelihood, LIKELIHOODS)
     check_choice(_FN, "hessian", hessian, HESSIANS)
     sigma = check_positive_float(_FN, "sigma_noise", sigma_noise)
-    targets = supported_layers(model, subset)
-    if not targets:
+    found = targets(model, subset)
+    if not found:
         raise ValueError(
-            f"{_FN} expected a model with a Linear or Conv2d layer, got none in "
-            f"{type(model).__name__}"
+            f"{_FN} expected a model with a Linear, Conv2d, recurrent, attention or "
+            f"Embedding layer, got none in {type(model).__name__}"
         )
-    accs = {name: _Accumulator(name, m, hessian) for name, m in targets}
+    hooked = [(n, m) for n, m, kind in found if kind != "generic" and hessian != "full"]
+    accs = {name: _Accumulator(name, m, kind, hessian) for name, m, kind in found}
+    for name, _, kind in found:
+        if kind == "generic" or hessian == "full":
+            accs[name].lc.structure = "full" if hessian == "full" else "diag"
+    jacobians = JacobianAccumulator(
+        model,
+        [accs[n].lc for n, _, kind in found if kind == "generic" or hessian == "full"],
+        full=hessian == "full",
+        fn=_FN,
+    )
     seen: dict[str, tuple[Tensor, Tensor]] = {}
+    active = [True]  # hooks off while the per-example Jacobians re-run the model
 
     def hook(name: str):  # noqa: ANN202 - a forward hook
-        def record(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Any:
+            if not active[0]:
+                return None
             probe = torch.zeros_like(out, requires_grad=True)  # dF/dprobe = dF/dz
             seen[name] = (inputs[0].detach(), probe)
             return out + probe
 
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in targets]
+    handles = [m.register_forward_hook(hook(n)) for n, m in hooked]
     was_training = model.training
     model.eval()
     loss = torch.zeros(())
@@ -314,20 +323,25 @@ def compute_curvature(
         with posterior_mean(model), torch.enable_grad():
             for x, y in loader:
                 seen.clear()
-                f = model(x)
+                active[0] = True
+                with torch.set_grad_enabled(bool(hooked)):
+                    f = model(x)
                 if f.dim() != 2:
                     raise ValueError(
                         f"{_FN} expected model outputs of shape (B, C), got {tuple(f.shape)}"
                     )
                 loss = loss.to(f) + _loss(f.detach(), y, likelihood)
-                s = _hessian_sqrt(f, likelihood, sigma)
-                probes = [seen[n][1] for n, _ in targets]
-                cols = [
-                    torch.autograd.grad(f, probes, s[:, :, c], retain_graph=True)
-                    for c in range(f.shape[1])
-                ]
-                for i, (name, _) in enumerate(targets):
-                    accs[name].add(seen[name][0], [col[i] for col in cols])
+                s = hessian_sqrt(f, likelihood, sigma)
+                if hooked:
+                    probes = [seen[n][1] for n, _ in hooked]
+                    cols = [
+                        torch.autograd.grad(f, probes, s[:, :, c], retain_graph=True)
+                        for c in range(f.shape[1])
+                    ]
+                    for i, (name, _) in enumerate(hooked):
+                        accs[name].add(seen[name][0], [col[i] for col in cols])
+                active[0] = False
+                jacobians.add(x, s)
                 n_data += f.shape[0]
                 n_out = f.shape[1]
     finally:
@@ -337,11 +351,12 @@ def compute_curvature(
     if n_data == 0:
         raise ValueError(f"{_FN} expected a `loader` with at least one batch, got an empty one")
     return Curvature(
-        layers=[accs[n].finish() for n, _ in targets],
+        layers=[accs[n].finish() for n, _, _ in found],
         likelihood=likelihood,
         hessian=hessian,
         loss=loss,
         n_data=n_data,
         n_outputs=n_out,
         sigma_noise=sigma,
+        full=jacobians.matrix,
     )

@@ -3,7 +3,10 @@
 ``log p(D) ≈ log p(D | θ*) - ½ (log det P - log det P₀ + Σ_g τ_g ‖θ*_g‖²)`` with the
 posterior precision ``P = H + τ I`` and the prior ``P₀ = τ I`` per parameter group ``g``
 (Laplace Redux, Daxberger et al. 2021, eq. 3; as laplace-torch). ``log det P`` is
-``Σ log(h + τ)`` for the diagonal and ``Σ_ij log(λ_Gi λ_Aj + τ)`` for a Kronecker block.
+``Σ log(h + τ)`` for the diagonal, ``Σ_ij log(λ_Gi λ_Aj + τ)`` for a Kronecker block
+(a fit may mix the two: its recurrent, attention and embedding layers are diagonal), and
+``2 Σ log diag L`` with the Cholesky factor ``L`` of the joint ``H + diag(τ)`` for
+``hessian="full"``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .curvature import Curvature, point_value
-from .posterior import group_precisions, kron_eigen, write_posterior
+from .posterior import group_precisions, joint_precision, kron_eigen, write_posterior
 
 __all__ = ["log_marginal_likelihood", "optimize_prior_precision"]
 
@@ -37,7 +40,9 @@ def _eigen_terms(curv: Curvature) -> list[tuple[Tensor, Tensor]]:
     for lc, name in curv.groups():
         theta = point_value(lc.module, name)
         assert theta is not None  # a fitted parameter exists
-        if curv.hessian == "diag":
+        if curv.hessian == "full":
+            h = theta.new_zeros(0)  # the joint log det is taken apart (_lml_full)
+        elif lc.structure == "diag":
             h = lc.diag[name].reshape(-1)
         else:
             lg, _, la, _ = kron_eigen(lc, name)
@@ -54,7 +59,22 @@ def _log_likelihood(curv: Curvature) -> Tensor:
     return -curv.loss / s2 - norm
 
 
+def _lml_full(curv: Curvature, terms: list[tuple[Tensor, Tensor]], taus: list[Tensor]) -> Tensor:
+    prec, tau = joint_precision(curv, taus)
+    chol, info = torch.linalg.cholesky_ex(prec)
+    if int(info):
+        raise ValueError(
+            "laplace.log_marginal_likelihood expected a positive definite posterior "
+            f"precision, got one whose Cholesky factorisation failed at column {int(info)}"
+        )
+    theta = torch.cat([t for _, t in terms]).to(prec)
+    log_det_ratio = 2 * chol.diagonal().log().sum() - tau.log().sum()
+    return _log_likelihood(curv) - 0.5 * (log_det_ratio + (tau * theta.square()).sum())
+
+
 def _lml(curv: Curvature, terms: list[tuple[Tensor, Tensor]], taus: list[Tensor]) -> Tensor:
+    if curv.hessian == "full":
+        return _lml_full(curv, terms, taus)
     total = _log_likelihood(curv)
     for (h, theta), tau in zip(terms, taus, strict=True):
         log_det_ratio = (h + tau).log().sum() - h.numel() * tau.log()

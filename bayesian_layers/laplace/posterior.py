@@ -1,10 +1,15 @@
 """Write a Laplace posterior into the layers: :func:`fit`.
 
-``"diag"``: each random parameter's normal posterior gets ``scale = 1 / sqrt(h + τ)``
-(``rho = softplus⁻¹(scale)``). ``"kron"``: each gets a
+``"diag"`` (and the diagonal layers of a Kronecker fit: recurrent, attention,
+embedding): each random parameter's normal posterior gets ``scale = 1 / sqrt(h + τ)``
+(``rho = softplus⁻¹(scale)``). ``"kron"``: each linear and conv parameter gets a
 :class:`~bayesian_layers.initializers.kron_normal.KroneckerNormal` holding the
 eigendecompositions of its factors (weight: ``G`` and ``A[:-1, :-1]``; bias: ``G`` and
-``A[-1, -1]``). The means stay the trained weights.
+``A[-1, -1]``). ``"full"``: with the Cholesky factor ``L`` of the joint precision
+``H + diag(τ)``, ``U = L⁻ᵀ`` (``U Uᵀ = Σ``); each parameter gets a
+:class:`~bayesian_layers.initializers.full_normal.FullNormal` holding its rows of ``U``,
+and the layers share one noise ``z ∈ R^P`` per function sample (:mod:`._joint`), so draws
+follow the joint posterior. The means stay the trained weights.
 """
 
 from __future__ import annotations
@@ -18,18 +23,22 @@ from torch import Tensor, nn
 
 from .._checks import inverse_softplus
 from ..convert import to_bayesian
+from ..initializers.full_normal import FullNormal
 from ..initializers.kron_normal import KroneckerNormal
 from ..layers.base import BayesianLayer
 from ._checks import HESSIANS, LIKELIHOODS, check_choice
-from .curvature import (
-    Curvature,
-    LayerCurvature,
-    compute_curvature,
-    point_value,
-    supported_layers,
-)
+from ._joint import share_joint_noise
+from ._layers import targets
+from .curvature import Curvature, LayerCurvature, compute_curvature, point_value
 
-__all__ = ["fit", "restore", "write_posterior", "group_precisions", "kron_eigen"]
+__all__ = [
+    "fit",
+    "restore",
+    "write_posterior",
+    "group_precisions",
+    "kron_eigen",
+    "joint_precision",
+]
 
 _FN = "laplace.fit"
 
@@ -83,19 +92,73 @@ def group_precisions(
     return [tau[0] if tau.numel() == 1 else tau[i] for i in range(n)]
 
 
+def joint_precision(curv: Curvature, taus: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """``"full"``: the posterior precision ``H + diag(τ)`` ``(P, P)`` and the prior
+    precisions ``τ`` per parameter ``(P,)`` (each group's ``τ_g`` repeated)."""
+    assert curv.full is not None
+    sizes = [_value(lc, name).numel() for lc, name in curv.groups()]
+    tau = torch.cat([t.reshape(1).expand(n) for t, n in zip(taus, sizes, strict=True)])
+    tau = tau.to(curv.full)
+    return curv.full + torch.diag(tau), tau
+
+
+def _value(lc: LayerCurvature, name: str) -> Tensor:
+    value = point_value(lc.module, name)
+    assert value is not None  # a fitted parameter exists
+    return value
+
+
+def _layer(lc: LayerCurvature) -> BayesianLayer:
+    if not isinstance(lc.module, BayesianLayer):
+        raise ValueError(f"{_FN}: {lc.name!r} is not a Bayesian layer; convert it first")
+    return lc.module
+
+
+def _write_full(curv: Curvature, taus: list[Tensor]) -> None:
+    prec, _ = joint_precision(curv, taus)
+    chol, info = torch.linalg.cholesky_ex(prec)
+    if int(info):
+        raise ValueError(
+            f"{_FN} expected a positive definite posterior precision H + τ I, got one whose "
+            f"Cholesky factorisation failed at column {int(info)}; raise `prior_precision`"
+        )
+    eye = torch.eye(prec.shape[0], dtype=prec.dtype, device=prec.device)
+    u = torch.linalg.solve_triangular(chol, eye, upper=False).T  # L⁻ᵀ: U Uᵀ = Σ
+    start = 0
+    for lc, name in curv.groups():
+        layer = _layer(lc)
+        loc = layer.point(name)
+        rows = u[start : start + loc.numel()]  # (P_l, P)
+        start += loc.numel()
+        with torch.no_grad():
+            factor = rows.T.reshape(u.shape[0], *loc.shape).to(loc)
+            layer.set_initializer(name, FullNormal(factor))
+            std = rows.square().sum(1).sqrt().reshape(loc.shape).to(loc)
+            layer.parameter_spec(name).initializer.params(layer, name)["rho"].copy_(
+                inverse_softplus(std)
+            )
+    if curv.joint is None:
+        curv.joint = share_joint_noise(lc.module for lc in curv.layers)
+
+
 def write_posterior(curv: Curvature, prior_precision: float | Tensor = 1.0) -> None:
     """Write the Laplace posterior of ``curv`` into its (Bayesian) layers, in place.
 
     Raises:
         ValueError: a layer that is not a Bayesian layer, or (``"diag"``) whose posterior
-            is not a ``loc``/``rho`` normal family.
+            is not a ``loc``/``rho`` normal family, or (``"full"``) a precision that is
+            not positive definite.
     """
     taus = group_precisions(curv, prior_precision)
+    if curv.hessian == "full":
+        _write_full(curv, taus)
+        return
     for (lc, name), tau in zip(curv.groups(), taus, strict=True):
-        layer = lc.module
-        if not isinstance(layer, BayesianLayer):
-            raise ValueError(f"{_FN}: {lc.name!r} is not a Bayesian layer; convert it first")
+        layer = _layer(lc)
         init = layer.parameter_spec(name).initializer
+        if lc.structure == "diag" and isinstance(init, (KroneckerNormal, FullNormal)):
+            layer.set_initializer(name, "trainable_normal")  # an earlier fit's family
+            init = layer.parameter_spec(name).initializer
         if init.suffixes != ("loc", "rho"):
             raise ValueError(
                 f"{_FN} expected a loc/rho normal posterior for {lc.name}.{name}, got "
@@ -103,7 +166,7 @@ def write_posterior(curv: Curvature, prior_precision: float | Tensor = 1.0) -> N
             )
         with torch.no_grad():
             loc = layer.point(name)
-            if curv.hessian == "diag":
+            if lc.structure == "diag":
                 scale = (lc.diag[name] + tau).rsqrt()
             else:
                 lg, qg, la, qa = kron_eigen(lc, name)
@@ -116,28 +179,39 @@ def write_posterior(curv: Curvature, prior_precision: float | Tensor = 1.0) -> N
 
 def _convert(model: nn.Module, names: list[str]) -> nn.Module:
     """A copy of deterministic ``model`` with the layers ``names`` made Bayesian
-    (reparameterization, random biases), as :func:`fit` and :func:`restore` do."""
-    return to_bayesian(
-        copy.deepcopy(model),
-        "reparameterization",
-        include=names,
-        bias_initializer="trainable_normal",
-    )
+    (reparameterization, random biases), as :func:`fit` and :func:`restore` do. A name
+    inside another (an attention's ``out_proj``) converts with it; embeddings have no
+    bias."""
+    top = [n for n in names if not any(n.startswith(f"{o}.") for o in names if o and o != n)]
+    emb = [n for n in top if isinstance(model.get_submodule(n), nn.Embedding)]
+    rest = [n for n in top if n not in emb]
+    net = copy.deepcopy(model)
+    if rest:
+        net = to_bayesian(
+            net, "reparameterization", include=rest, bias_initializer="trainable_normal"
+        )
+    if emb:
+        net = to_bayesian(net, "reparameterization", include=emb)
+    return net
 
 
 def _prepare(model: nn.Module, subset: str, hessian: str) -> nn.Module:
+    found = targets(model, subset)
     if not any(isinstance(m, BayesianLayer) for m in model.modules()):
-        names = [n for n, _ in supported_layers(model, subset)]
-        if not names:
-            raise ValueError(f"{_FN} expected a model with a Linear or Conv2d layer, got none")
-        return _convert(model, names)
-    if hessian == "kron":
-        for name, layer in supported_layers(model, subset):
+        if not found:
+            raise ValueError(
+                f"{_FN} expected a model with a Linear, Conv2d, recurrent, attention or "
+                "Embedding layer, got none"
+            )
+        return _convert(model, [n for n, _, _ in found])
+    if hessian in ("kron", "full"):
+        for name, layer, kind in found:
             estimator = getattr(layer, "estimator", None)
-            if estimator is not None and estimator.name != "reparameterization":
+            whole = hessian == "full" or kind != "generic"  # kron: generic layers stay diagonal
+            if whole and estimator is not None and estimator.name != "reparameterization":
                 raise ValueError(
-                    f"{_FN} with hessian='kron' expected reparameterization layers, got "
-                    f"{type(layer).__name__} at {name!r} (use hessian='diag')"
+                    f"{_FN} with hessian={hessian!r} expected reparameterization layers, got "
+                    f"{type(layer).__name__} ({estimator.name}) at {name!r} (use hessian='diag')"
                 )
     return model
 
@@ -146,10 +220,13 @@ def restore(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
     """Load a Laplace posterior saved with ``state_dict()`` into a freshly built model.
 
     A deterministic ``model`` is copied and converted as :func:`fit` converts it (the
-    layers with a ``<path>.weight_loc`` entry in ``state_dict``); every parameter with
-    Kronecker buffers in ``state_dict`` gets a
-    :class:`~bayesian_layers.initializers.kron_normal.KroneckerNormal` of their size;
-    then ``load_state_dict`` (strict).
+    supported layers with a ``<path>.<parameter>_loc`` entry in ``state_dict``); every
+    parameter with Kronecker buffers in ``state_dict`` gets a
+    :class:`~bayesian_layers.initializers.kron_normal.KroneckerNormal` of their size, and
+    every one with a joint factor (``hessian="full"``) a
+    :class:`~bayesian_layers.initializers.full_normal.FullNormal`; then ``load_state_dict``
+    (strict), and the joint tensors share one noise again, so a fixed seed gives the
+    fitted model's draws.
 
     Args:
         model: the architecture, deterministic or already converted.
@@ -169,7 +246,7 @@ def restore(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
         True
     """
     if not any(isinstance(m, BayesianLayer) for m in model.modules()):
-        names = [n for n, m in model.named_modules() if f"{n}.weight_loc" in state_dict]
+        names = [n for n, _, _ in targets(model, "all") if _has_loc(state_dict, n)]
         model = _convert(model, names)
     for path, layer in model.named_modules():
         if not isinstance(layer, BayesianLayer):
@@ -185,8 +262,21 @@ def restore(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
                     dtype=loc.dtype,
                 )
                 layer.set_initializer(name, q)
+            elif f"{key}deviations" in state_dict:
+                like = layer.point(name)
+                factor = torch.zeros_like(state_dict[f"{key}deviations"], device=like.device)
+                layer.set_initializer(name, FullNormal(factor.to(like)))
     model.load_state_dict(state_dict)
+    share_joint_noise(model)
     return model
+
+
+def _has_loc(state_dict: dict[str, Tensor], path: str) -> bool:
+    """Whether ``state_dict`` holds a posterior mean of the module at ``path`` itself."""
+    head = f"{path}." if path else ""
+    return any(
+        k.startswith(head) and k.endswith("_loc") and "." not in k[len(head) :] for k in state_dict
+    )
 
 
 def fit(
@@ -202,7 +292,9 @@ def fit(
     """Post-hoc Laplace: a Gaussian posterior around the trained weights, in the layers.
 
     The posterior precision of each parameter tensor is its GGN block plus the prior's,
-    ``H + τ I`` (:mod:`.curvature`); the posterior is written into the layers, so
+    ``H + τ I`` (:mod:`.curvature`), or for ``hessian="full"`` the joint GGN of all of
+    them plus ``diag(τ)``; BatchNorm, LayerNorm and other modules without a rule stay
+    point estimates (the model is run in eval mode). The posterior is written into the layers, so
     :func:`bayesian_layers.predict`, the sampling modes and ``state_dict`` work as for any
     Bayesian model. ``model.laplace_curvature`` keeps the :class:`Curvature` for
     :func:`~bayesian_layers.laplace.log_marginal_likelihood` and
@@ -214,8 +306,12 @@ def fit(
             with Bayesian layers is fitted in place at its posterior means.
         loader: ``(x, y)`` batches of the training data.
         likelihood: ``"classification"`` (softmax) or ``"regression"`` (Gaussian).
-        hessian: ``"diag"`` or ``"kron"`` (needs reparameterization layers).
-        subset: ``"all"`` linear and 2-d conv layers, or ``"last_layer"`` (the last linear).
+        hessian: ``"diag"`` (exact GGN diagonal), ``"kron"`` (KFAC for linear and conv
+            layers, the exact diagonal for the others; needs reparameterization layers)
+            or ``"full"`` (the joint ``P × P`` GGN of all fitted parameters, for small
+            models; needs reparameterization layers).
+        subset: ``"all"`` supported layers (linear, 2-d conv, LSTM, LSTM/GRU cells,
+            multi-head attention, embedding), or ``"last_layer"`` (the last linear).
         prior_precision: ``τ``, a scalar or one value per parameter tensor.
         sigma_noise: the regression likelihood's standard deviation.
 

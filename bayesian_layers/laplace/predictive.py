@@ -5,7 +5,9 @@ Linearising the network around the posterior means ``θ*``,
 outputs: mean ``f(x; θ*)``, covariance ``J Σ Jᵀ`` summed over the random parameter
 tensors (Immer et al. 2021; Laplace Redux §4). For a Kronecker posterior of a weight
 ``(O, I)``, ``J Σ Jᵀ = Σ_{oi} J̃_{c,oi} J̃_{d,oi} / (λ_Go λ_Ai + τ)`` with
-``J̃ = Q_Gᵀ J Q_A``; for a normal one, ``Σ_p J_cp σ_p² J_dp``. Classification uses the
+``J̃ = Q_Gᵀ J Q_A``; for a normal one, ``Σ_p J_cp σ_p² J_dp``; for the joint posterior of
+a full Laplace fit (``Σ = U Uᵀ``, each tensor holding its rows ``U_l``),
+``(Σ_l J_l U_l)(Σ_l J_l U_l)ᵀ``, cross-layer covariances included. Classification uses the
 probit approximation ``softmax(f / sqrt(1 + π/8 · diag(J Σ Jᵀ)))``.
 """
 
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
+from ..initializers.full_normal import FullNormal
 from ..initializers.kron_normal import KroneckerNormal
 from ..layers.base import BayesianLayer
 from ..sampling import posterior_mean
@@ -35,9 +38,9 @@ def _posterior_parts(model: nn.Module) -> list[tuple[str, BayesianLayer, str]]:
             continue
         for name, spec in layer.named_random_parameters():
             init = spec.initializer
-            if not (isinstance(init, KroneckerNormal) or init.is_normal):
+            if not (isinstance(init, (KroneckerNormal, FullNormal)) or init.is_normal):
                 raise ValueError(
-                    f"{_FN} expected normal or Kronecker posteriors, got "
+                    f"{_FN} expected normal, Kronecker or full Laplace posteriors, got "
                     f"{type(init).__name__} for {path}.{name}"
                 )
             if init.suffixes[0] != "loc":
@@ -119,10 +122,19 @@ def glm_predictive(
             jacs = jacrev(f)(means)
     finally:
         model.train(was_training)
-    f_var = sum(
-        (_variance_term(jacs[key], layer, name) for key, layer, name in parts),
-        torch.zeros(f_mu.shape + f_mu.shape[-1:], dtype=f_mu.dtype, device=f_mu.device),
-    )
+    f_var = torch.zeros(f_mu.shape + f_mu.shape[-1:], dtype=f_mu.dtype, device=f_mu.device)
+    ju: Tensor | None = None  # Σ_l J_l U_l over the joint (full) tensors: (B, C, P)
+    for key, layer, name in parts:
+        init = layer.parameter_spec(name).initializer
+        if isinstance(init, FullNormal):
+            jac = jacs[key].flatten(2)  # (B, C, P_l)
+            u = init.deviations.reshape(init.joint_size, -1).to(jac)  # U_lᵀ: (P, P_l)
+            term = torch.einsum("bcl,pl->bcp", jac, u)
+            ju = term if ju is None else ju + term
+        else:
+            f_var = f_var + _variance_term(jacs[key], layer, name)
+    if ju is not None:
+        f_var = f_var + ju @ ju.transpose(1, 2)
     if likelihood == "regression":
         return f_mu, f_var
     kappa = (1 + math.pi / 8 * f_var.diagonal(dim1=-2, dim2=-1)).rsqrt()

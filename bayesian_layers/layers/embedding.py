@@ -218,11 +218,19 @@ class EmbeddingReparameterization(BayesianLayer):
         idx = self._check_input(input)
         k = self.check_samples(idx)
         # meta tensors have no values to deduplicate: the whole-draw path gives the shapes
-        if self.sampling == "sample" and self.per_example_noise() and idx.device.type != "meta":
+        # rows of a mean-field normal table only: another family (a joint or low-rank
+        # posterior, e.g. a full Laplace or SWAG fit) draws the whole table
+        normal = self.parameter_spec("weight").initializer.is_normal
+        if (
+            normal
+            and self.sampling == "sample"
+            and self.per_example_noise()
+            and idx.device.type != "meta"
+        ):
             loc, scale = self.posterior_loc_scale("weight")
             if scale is not None:
                 return self._renorm(self._looked_up_rows(idx, loc, scale, k))
-        # mean, frozen, traced or a deterministic table: the template's whole draws
+        # mean, frozen, traced, a deterministic or non-normal table: whole draws
         out = self.estimator.project(self, idx, EmbeddingLookup(self), "weight", None)
         return self._renorm(out)
 
