@@ -24,10 +24,12 @@ from ..initializers.kron_normal import KroneckerNormal
 from ..layers.base import BayesianLayer
 from ..sampling import posterior_mean
 from ._checks import LIKELIHOODS, check_choice
+from ._kron_glm import probe_moments
 
 __all__ = ["glm_predictive"]
 
 _FN = "laplace.glm_predictive"
+METHODS = ("auto", "jacobian")
 
 
 def _posterior_parts(model: nn.Module) -> list[tuple[str, BayesianLayer, str]]:
@@ -68,14 +70,19 @@ def _variance_term(jac: Tensor, layer: BayesianLayer, name: str) -> Tensor:
 
 
 def glm_predictive(
-    model: nn.Module, x: Tensor, likelihood: str = "classification"
+    model: nn.Module, x: Tensor, likelihood: str = "classification", *, method: str = "auto"
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The linearised predictive at ``x`` of the posterior in ``model``'s layers.
 
     Works for any posterior of normal (diagonal) or
     :class:`~bayesian_layers.initializers.kron_normal.KroneckerNormal` families (a
-    Laplace fit, or a mean-field variational one). Cost: a Jacobian of the ``(B, C)``
-    outputs with respect to the random means, ``O(B C P)`` memory.
+    Laplace fit, or a mean-field variational one). Cost: when every random parameter is
+    the weight or bias of a linear or 2-d convolution layer, one forward and ``C``
+    backward passes that record each layer's inputs and output gradients
+    (:mod:`._kron_glm`: no Jacobian of the whole network is formed, and a linear
+    layer's Kronecker term costs ``O(O² + I²)`` per example); otherwise per-example
+    Jacobians of the ``(B, C)`` outputs with respect to the random means,
+    ``O(B C P)`` memory.
 
     Args:
         model: a Bayesian model (e.g. returned by :func:`~bayesian_layers.laplace.fit`),
@@ -83,13 +90,17 @@ def glm_predictive(
         x: a batch of inputs.
         likelihood: ``"classification"``: probit-approximated class probabilities;
             ``"regression"``: the Gaussian over ``f`` (observation noise not added).
+        method: ``"auto"`` (the recorded-gradient path when the layers allow it, else
+            the Jacobian) or ``"jacobian"`` (always ``torch.func.jacrev``; the
+            reference the other is tested against).
 
     Returns:
         classification: ``(B, C)`` probabilities; regression: ``(mean (B, C),
         covariance (B, C, C))``.
 
     Raises:
-        ValueError: an unknown ``likelihood``, a model without random parameters, or
+        ValueError: an unknown ``likelihood`` or ``method``, a model without random
+            parameters, or
             a posterior that is neither normal nor Kronecker.
 
     Example:
@@ -103,7 +114,11 @@ def glm_predictive(
         (torch.Size([5, 2]), True)
     """
     check_choice(_FN, "likelihood", likelihood, LIKELIHOODS)
+    check_choice(_FN, "method", method, METHODS)
     parts = _posterior_parts(model)
+    moments = probe_moments(model, x) if method == "auto" else None
+    if moments is not None:
+        return _predictive(*moments, likelihood)
     means = {key: layer.point(name).detach() for key, layer, name in parts}
 
     def f(params: dict[str, Tensor]) -> Tensor:
@@ -135,6 +150,11 @@ def glm_predictive(
             f_var = f_var + _variance_term(jacs[key], layer, name)
     if ju is not None:
         f_var = f_var + ju @ ju.transpose(1, 2)
+    return _predictive(f_mu, f_var, likelihood)
+
+
+def _predictive(f_mu: Tensor, f_var: Tensor, likelihood: str) -> Tensor | tuple[Tensor, Tensor]:
+    """The Gaussian over ``f`` (regression) or its probit-approximated softmax."""
     if likelihood == "regression":
         return f_mu, f_var
     kappa = (1 + math.pi / 8 * f_var.diagonal(dim1=-2, dim2=-1)).rsqrt()
