@@ -4,10 +4,11 @@ predicts identically (``torch.equal``) for a fixed seed.
 
 Every method and variant on real data (scikit-learn's 8×8 digits, 10 classes): Laplace
 (``"diag"``/``"kron"`` × ``subset="all"``/``"last_layer"``, on an MLP and on a small CNN
-with BatchNorm; ``"full"`` when the library has it), SWAG (``"low_rank"`` with joint
+with BatchNorm; ``"full"`` with a fixed τ), SWAG (``"low_rank"`` with joint
 low-rank draws and ``"diagonal"``, BatchNorm statistics per draw on the CNN), IVON
 (after ``write_posterior``) and deep ensembles (deterministic and Bayesian members).
-Each fresh model is loaded through the documented path (``bl.laplace.restore``,
+Laplace also on an LSTM and a self-attention classifier (the rows of the image as a
+sequence). Each fresh model is loaded through the documented path (``bl.laplace.restore``,
 ``bl.swag.prepare``, ``bl.to_bayesian``, a new ``bl.Ensemble``), and each test also
 shows the loaded posterior is not trivial: draws differ across seeds, and the scales
 are the fitted ones, not the prior's or the fresh model's.
@@ -27,7 +28,6 @@ from torch import Tensor, nn
 import bayesian_layers as bl
 from bayesian_layers import laplace, swag
 from bayesian_layers.ensemble import Ensemble
-from bayesian_layers.laplace import _checks as laplace_checks
 from bayesian_layers.layers.base import BayesianLayer
 from bayesian_layers.optim import IVON, ivon_parameters
 
@@ -150,27 +150,34 @@ def scales(model: nn.Module) -> dict[str, Tensor]:
 
 
 # ------------------------------------------------------------------ Laplace
-HESSIANS = [h for h in ("diag", "kron") if h in laplace_checks.HESSIANS]
-HAS_FULL = "full" in laplace_checks.HESSIANS
+HESSIANS = ["diag", "kron"]
 
 
-def _laplace_round_trip(arch: str, hessian: str, subset: str, tmp_path: Path) -> None:
+def _laplace_round_trip(
+    arch: str, hessian: str, subset: str, tmp_path: Path, *, evidence: bool = True
+) -> None:
     torch.manual_seed(1)
-    post = laplace.fit(trained(arch), LOADER, hessian=hessian, subset=subset)
-    structure = "layerwise" if arch == "cnn" else "scalar"
-    tau = laplace.optimize_prior_precision(post, structure=structure, n_steps=30)
+    post = laplace.fit(trained(arch), LOADER, hessian=hessian, subset=subset, prior_precision=2.0)
+    tau = torch.tensor(2.0)
+    if evidence:  # τ by the evidence, one per tensor on the CNN
+        structure = "layerwise" if arch == "cnn" else "scalar"
+        tau = laplace.optimize_prior_precision(post, structure=structure, n_steps=30)
     post.eval()
     state = save_and_load(post, tmp_path)
     fresh = laplace.restore(_fresh(ARCHS[arch]), state).eval()
     assert_same_state(fresh, post)
     n_fitted = 1 if subset == "last_layer" else 2
     assert sum(isinstance(m, BayesianLayer) for m in fresh.modules()) == n_fitted
-    # the scales are the fitted ones: below the prior's 1/sqrt(τ) where the data speak
+    # the scales are the fitted ones: at most the prior's 1/sqrt(τ), and well below it
+    # where the data speak (the posterior is not the prior)
     s_fit, s_new = scales(post), scales(fresh)
     taus = torch.as_tensor(tau).reshape(-1).expand(len(s_fit))
+    shrunk = []
     for (key, s), t in zip(s_fit.items(), taus, strict=True):
         assert torch.equal(s_new[key], s), key
-        assert (s <= t.rsqrt() * (1 + 1e-5)).all() and (s < 0.9 * t.rsqrt()).any(), key
+        assert (s <= t.rsqrt() * (1 + 1e-5)).all(), key
+        shrunk.append(bool((s < 0.9 * t.rsqrt()).any()))
+    assert any(shrunk)
     # the sampling predictive (vectorised) and the linearised (GLM, probit) one
     assert_same_predictions(fresh, post, sample_probs)
     glm_fit, glm_new = laplace.glm_predictive(post, X_TEST), laplace.glm_predictive(fresh, X_TEST)
@@ -190,12 +197,66 @@ def test_laplace_round_trip(arch: str, hessian: str, subset: str, tmp_path: Path
     _laplace_round_trip(arch, hessian, subset, tmp_path)
 
 
-@pytest.mark.skipif(not HAS_FULL, reason="bl.laplace has no hessian='full' yet")
 @pytest.mark.parametrize("subset", ["all", "last_layer"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_laplace_full_hessian_round_trip(arch: str, subset: str, tmp_path: Path) -> None:
-    """The same round trip for the full-covariance Laplace posterior."""
-    _laplace_round_trip(arch, "full", subset, tmp_path)
+    """The same round trip for the full-covariance Laplace posterior (τ fixed: the
+    evidence's optimisation costs ~0.8 s a step for the MLP's 1 210 weights)."""
+    _laplace_round_trip(arch, "full", subset, tmp_path, evidence=False)
+
+
+class LSTMNet(nn.Module):
+    """The digit's 8 rows as a sequence of 8 steps of 8 pixels; the last state classifies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 12, batch_first=True)
+        self.out = nn.Linear(12, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, _ = self.lstm(x.reshape(-1, 8, 8))
+        return self.out(h[:, -1])
+
+
+class AttentionNet(nn.Module):
+    """Self-attention over the digit's 8 rows, mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.embed(x.reshape(-1, 8, 8))
+        h, _ = self.attn(z, z, z, need_weights=False)
+        return self.out(h.mean(1))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap, SDPA
+@pytest.mark.parametrize(
+    ("build", "hessian", "fitted"),
+    [
+        (LSTMNet, "kron", {"lstm", "out"}),
+        (AttentionNet, "diag", {"embed", "attn", "attn.out_proj", "out"}),
+    ],
+)
+def test_laplace_recurrent_and_attention_round_trip(
+    build: Build, hessian: str, fitted: set[str], tmp_path: Path
+) -> None:
+    """Recurrent and attention layers get a posterior too; restore converts them in the
+    fresh deterministic model from the saved keys."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = _train(build(), epochs=3)
+    post = laplace.fit(net, LOADER, hessian=hessian).eval()
+    state = save_and_load(post, tmp_path)
+    fresh = laplace.restore(_fresh(build), state).eval()
+    assert {n for n, m in fresh.named_modules() if isinstance(m, BayesianLayer)} == fitted
+    assert_same_state(fresh, post)
+    assert_same_predictions(fresh, post, sample_probs)
+    x = X_TEST[:8]
+    assert torch.equal(laplace.glm_predictive(fresh, x), laplace.glm_predictive(post, x))
 
 
 def test_laplace_fitted_in_place_on_a_bayesian_model_round_trip(tmp_path: Path) -> None:
