@@ -5,17 +5,20 @@ embedding layers) and for the full GGN. With ``J_n = ∂f(x_n)/∂θ`` ``(C, P)`
 ``Λ_n = S_n S_nᵀ`` (:func:`~bayesian_layers.laplace.curvature.hessian_sqrt`), the GGN is
 ``Σ_n R_nᵀ R_n`` with ``R_n = S_nᵀ J_n`` ``(C, P)``; its diagonal ``Σ_n Σ_c R_{ncp}²``.
 
-The model runs in eval mode on its posterior means (the caller arranges both), so
-example ``n``'s outputs depend on ``x_n`` alone and ``∂f_n/∂θ`` of the batch output is
-the per-example Jacobian: one ``vjp`` with the cotangent ``e_n ⊗ S_n[:, c]`` gives row
-``R_{nc}``. The ``B·C`` cotangents go through ``torch.func.vmap`` at once, or one at a
-time (``vectorize=False``, or when ``vmap`` cannot batch an operation of the model).
-Cost: ``B·C`` vector–Jacobian products, ``O(B C P)`` memory per batch.
+Each example runs alone (``x[n:n+1]``; the model in eval mode, so its outputs are those of
+the batch) and the ``C`` vector–Jacobian products with the cotangents ``S_n[:, c]`` give
+its rows, ``torch.func.vmap`` over the examples and the cotangents: ``B`` single-example
+forward passes, ``B·C`` products, ``O(B C P)`` memory per batch. Where ``vmap`` cannot run
+the model per example (an embedding's index check, say), chunks of ``m = 8`` examples go
+through the chunk's output, ``∂f_n/∂θ`` being the per-example Jacobian: the cotangent
+``e_n ⊗ S_n[:, c]`` gives row ``(n, c)``, ``m·C`` products of a chunk vmapped (cost
+``O(B m C)`` single-example backward passes); ``vectorize=False`` loops over everything.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,10 +29,22 @@ from ._layers import point_value
 
 __all__ = ["per_example_rows", "JacobianAccumulator", "getattr_path"]
 
+_VMAP_FAILS = (RuntimeError, NotImplementedError)
+#: examples per batch-output product where vmap cannot run the model per example (its
+#: cost is quadratic in this size, its Python overhead inversely proportional)
+_CHUNK = 8
+
+
+def _quiet(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, silent about a batching rule torch falls back on (still exact)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*performance drop.*")
+        return fn(*args)
+
 
 def per_example_rows(
     model: nn.Module,
-    x: Any,
+    x: Tensor,
     means: dict[str, Tensor],
     s: Tensor,
     *,
@@ -39,16 +54,19 @@ def per_example_rows(
 
     Args:
         model: in eval mode, on its posterior means (``bl.posterior_mean``).
-        x: the batch ``model`` takes.
+        x: the batch ``(B, ...)`` ``model`` takes (one tensor).
         means: state name (``"lstm.weight_ih_l0_loc"``, ``"0.weight"``) -> the value the
             Jacobian is taken at.
         s: ``(B, C, C)``, ``Λ_n = S_n S_nᵀ``, column ``c`` of example ``n`` is
             ``s[n, :, c]``.
-        vectorize: batch the ``B·C`` products with ``vmap`` (a loop if ``False`` or if
-            ``vmap`` fails).
+        vectorize: batch the products with ``vmap`` (a loop over examples and outputs
+            if ``False``).
 
     Returns:
         state name -> ``(B, C, *shape)``, row ``[n, c]`` is ``Σ_d S_n[d, c] ∂f_{nd}/∂θ``.
+
+    Raises:
+        TypeError: ``x`` is not a tensor.
 
     Example:
         >>> import torch
@@ -60,27 +78,57 @@ def per_example_rows(
         >>> torch.allclose(rows["weight"][1, 0, 0], x[1])  # ∂f_{1,0}/∂W[0, :] = x_1
         True
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            "laplace.fit expected batches whose input is one tensor for the per-example "
+            f"Jacobians of recurrent, attention, embedding layers or hessian='full', got "
+            f"{type(x).__name__}"
+        )
     keys = list(means)
+    values = tuple(means[k].detach() for k in keys)
 
-    def f(*values: Tensor) -> Tensor:
-        return functional_call(model, dict(zip(keys, values, strict=True)), (x,), strict=False)
+    def pullback_of(xs: Tensor, squeeze: bool) -> Callable[..., tuple[Tensor, ...]]:
+        def f(*v: Tensor) -> Tensor:
+            out = functional_call(model, dict(zip(keys, v, strict=True)), (xs,), strict=False)
+            return out[0] if squeeze else out
 
-    out, pullback = vjp(f, *(means[k].detach() for k in keys))[:2]
-    b, c = out.shape
-    eye = torch.eye(b, dtype=s.dtype, device=s.device)
-    # cotangent (n, c): e_n ⊗ S_n[:, c], laid out (B, C, B, C) -> (B·C, B, C)
-    cot = (eye[:, None, :, None] * s.transpose(1, 2)[:, :, None, :]).reshape(b * c, b, c)
-    rows: tuple[Tensor, ...] | None = None
+        return vjp(f, *values)[1]
+
+    def one(xn: Tensor, sn: Tensor) -> tuple[Tensor, ...]:  # vmapped over the examples
+        return vmap(pullback_of(xn.unsqueeze(0), True))(sn.T)  # cotangent c: S_n[:, c]
+
     if vectorize:
         try:
-            with warnings.catch_warnings():  # a batching rule torch falls back on: still exact
-                warnings.filterwarnings("ignore", message=".*performance drop.*")
-                rows = vmap(pullback)(cot)
-        except (RuntimeError, NotImplementedError):  # an op vmap cannot batch
-            rows = None
-    if rows is None:
-        parts = [pullback(cot[i]) for i in range(b * c)]
-        rows = tuple(torch.stack([p[j] for p in parts]) for j in range(len(keys)))
+            rows = _quiet(vmap(one), x, s)
+            return _shaped(rows, keys, means, s)
+        except _VMAP_FAILS:  # the model cannot run under vmap over the examples
+            pass
+    # a few examples at a time through the batch output: cotangent (n, c) = e_n ⊗ S_n[:, c]
+    parts = []
+    size = _CHUNK if vectorize else 1
+    for xs, ss in zip(x.split(size), s.split(size), strict=True):
+        m, c = ss.shape[:2]
+        eye = torch.eye(m, dtype=ss.dtype, device=ss.device)
+        cot = (eye[:, None, :, None] * ss.transpose(1, 2)[:, :, None, :]).reshape(m * c, m, c)
+        pullback = pullback_of(xs, False)
+        part: tuple[Tensor, ...] | None = None
+        if vectorize:
+            try:
+                part = _quiet(vmap(pullback), cot)
+            except _VMAP_FAILS:
+                part = None
+        if part is None:
+            each = [pullback(cot[i]) for i in range(m * c)]
+            part = tuple(torch.stack([e[j] for e in each]) for j in range(len(keys)))
+        parts.append(part)
+    rows = tuple(torch.cat([p[j] for p in parts]) for j in range(len(keys)))
+    return _shaped(rows, keys, means, s)
+
+
+def _shaped(
+    rows: tuple[Tensor, ...], keys: list[str], means: dict[str, Tensor], s: Tensor
+) -> dict[str, Tensor]:
+    b, c = s.shape[:2]
     return {k: r.detach().reshape(b, c, *means[k].shape) for k, r in zip(keys, rows, strict=True)}
 
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ..sampling import posterior_mean
 from ._checks import HESSIANS, LIKELIHOODS, check_choice, check_positive_float
-from ._layers import point_value, random_params, targets
+from ._layers import layer_kind, point_value, random_params, targets
 from ._per_example import JacobianAccumulator
 
 __all__ = [
@@ -123,6 +123,13 @@ class Curvature:
         """``(layer, parameter name)`` of every parameter tensor in the posterior, in
         order: the groups of a per-layer prior precision."""
         return [(lc, p) for lc in self.layers for p in lc.params]
+
+
+def _kind(module: nn.Module) -> str | None:
+    """``"linear"`` or ``"conv2d"`` for a layer the hooks handle, else ``None``
+    (recurrent, attention and embedding layers go through per-example Jacobians)."""
+    kind = layer_kind(module)
+    return kind if kind in ("linear", "conv2d") else None
 
 
 def supported_layers(model: nn.Module, subset: str = "all") -> list[tuple[str, nn.Module]]:
