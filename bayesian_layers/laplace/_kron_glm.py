@@ -14,7 +14,9 @@ Jacobian at all:
 
 ``O(O² + I² + O I)`` per example instead of the ``O(C (O² I + O I²))`` of rotating a
 Jacobian; for a diagonal posterior ``(J Σ Jᵀ)_cd = Σ_o g_co g_do Σ_i a_i² σ²_oi``.
-Convolutions (``T > 1``) form ``J_nc`` per example, a few examples at a time.
+Convolutions (``T > 1``) rotate ``g`` and ``a`` per position first
+(``Q_Gᵀ J Q_A = Σ_t g̃_t ã_tᵀ``, ``O(T (O² + I²))``) and then form the rotated
+``J_nc`` per example, a few examples at a time.
 """
 
 from __future__ import annotations
@@ -47,19 +49,20 @@ def _weight_term(layer: BayesianLayer, x: Tensor, g: Tensor) -> Tensor:
         assert scale is not None  # a random normal weight
         inv = scale.reshape(o, -1).square()  # σ²_oi
         qg = qa = None
+    if qg is not None and qa is not None:  # into the eigenbases: Q_Gᵀ J Q_A = Σ_t g̃ ãᵀ
+        g, x = g @ qg, x @ qa
     if t == 1:
-        g1, a1 = g[:, :, 0], x[:, 0]
-        if qg is not None and qa is not None:
-            g1, a1 = g1 @ qg, a1 @ qa  # (B, C, O), (B, I) in the eigenbases
+        g1, a1 = g[:, :, 0], x[:, 0]  # (B, C, O), (B, I)
         w = a1.square() @ inv.T  # (B, O): Σ_i ã_i² inv_oi
         return torch.einsum("bco,bo,bdo->bcd", g1, w, g1)
     out = []
     step = max(1, _CHUNK_ELEMENTS // (c * o * x.shape[-1]))
+    inv = inv.reshape(1, 1, -1)
     for gs, xs in zip(g.split(step), x.split(step), strict=True):
-        jac = torch.einsum("bcto,bti->bcoi", gs, xs)  # (b, C, O, I)
-        if qg is not None and qa is not None:
-            jac = qg.T @ jac @ qa
-        out.append(torch.einsum("bcoi,oi,bdoi->bcd", jac, inv, jac))
+        n = gs.shape[0]
+        # (n, C·O, T) @ (n, T, I): the rotated Jacobians, flattened to (n, C, O·I)
+        jac = torch.bmm(gs.transpose(2, 3).reshape(n, c * o, t), xs).reshape(n, c, -1)
+        out.append(torch.bmm(jac * inv, jac.transpose(1, 2)))
     return torch.cat(out)
 
 
