@@ -325,14 +325,14 @@ def test_swag_round_trip(arch: str, covariance: str, estimator: str, tmp_path: P
             return sample_probs(m)
 
     assert_same_predictions(fresh, model, joint)
-    if arch == "cnn":  # the paper's predictive: BatchNorm statistics per draw
-        bn_loader = LOADER[:2]
+    # swag.predict: the paper's predictive, BatchNorm statistics recomputed per draw
+    bn_loader = LOADER[:2] if arch == "cnn" else None
 
-        def per_draw(m: nn.Module) -> Tensor:
-            return swag.predict(m, X_TEST, 3, bn_loader=bn_loader).samples
+    def per_draw(m: nn.Module) -> Tensor:
+        return swag.predict(m, X_TEST, 3, bn_loader=bn_loader).samples
 
-        assert_same_predictions(fresh, model, per_draw)
-        assert_same_state(fresh, model)  # swag.predict restored the statistics
+    assert_same_predictions(fresh, model, per_draw)
+    assert_same_state(fresh, model)  # swag.predict restored the statistics
 
 
 # ------------------------------------------------------------------ IVON
