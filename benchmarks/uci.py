@@ -27,7 +27,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,6 +112,16 @@ class Defaults:
     quick_steps: int = 400  # --quick
     quick_splits: int = 3  # --quick
     ensemble_size: int = 4  # rank-1: members (test_samples must be a multiple of it)
+    deep_ensemble_size: int = 5  # deep ensemble: members (Lakshminarayanan et al.: 5)
+    laplace_marglik_steps: int = 100  # Adam steps (lr 0.1, from 1) on log τ: the evidence
+    swag_steps: int = 300  # SGD steps from the MAP network (half the training budget)
+    swag_batch_size: int = 64  # min(this, N_train) examples per SGD step
+    swag_lr: float = 0.01  # SGD learning rate on σ² × the MAP objective (σ: trained noise)
+    swag_momentum: float = 0.9
+    swag_rank: int = 20  # iterates collected (one every swag_steps // swag_rank steps)
+    ivon_lr: float = 0.1  # IVON's learning rate (rescaled by h0 + δ, as ivon-opt does)
+    ivon_hess_init: float = 10.0  # IVON's initial Hessian h0
+    ivon_beta2: float = 0.999  # IVON's Hessian momentum
 
 
 DEFAULTS = Defaults()
@@ -255,6 +265,10 @@ class Method:
     predictive: Callable[[nn.Module, Tensor, int], tuple[Tensor, Tensor]] = _normal_predictive
     # per-split extras recorded in the JSON after scoring: (model, split, d) -> {key: value}
     extras: Callable[[nn.Module, Split, Defaults], dict] | None = None
+    # how the model is trained: (model, method, split, steps, d) -> None; None: Adam (train)
+    trainer: Callable[..., None] | None = None
+    # after training, a post-hoc posterior: (trained model, split, d) -> model to predict with
+    posthoc: Callable[[nn.Module, Split, Defaults], nn.Module] | None = None
 
 
 def _posterior(d: Defaults) -> dict:
@@ -456,6 +470,207 @@ if hasattr(layers, "SparseGaussianProcess"):
     METHODS["sparse_gp"] = Method(_sparse_gp, _kl_per_example, False, _gp_nll, _gp_predictive)
     METHODS["deep_gp"] = Method(_deep_gp, _kl_per_example, True, _gp_nll, _gp_predictive)
 GP_METHODS = ("sparse_gp", "deep_gp")
+
+
+# --------------------------------------------------------------------------------------
+# Posteriors from elsewhere than the KL term (issue 19): post-hoc Laplace and SWAG on the
+# trained deterministic network, the IVON optimizer, and a deep ensemble.
+# --------------------------------------------------------------------------------------
+
+
+class NoisyNet(nn.Module):
+    """A Bayesian network of the means followed by the trained homoscedastic noise layer:
+    ``forward(x) = noise(net(x))``, a ``layers.Normal`` random variable.
+
+    Args:
+        net: maps ``(B, D)`` inputs to ``(B, 1)`` means (e.g. returned by
+            ``bl.laplace.fit``).
+        noise: the trained ``layers.Normal()`` (its scale is a point estimate).
+    """
+
+    def __init__(self, net: nn.Module, noise: nn.Module) -> None:
+        super().__init__()
+        self.net, self.noise = net, noise
+
+    def forward(self, x: Tensor):  # -> a layers.Normal random variable
+        return self.noise(self.net(x))
+
+    def noise_scale(self) -> float:
+        """The noise standard deviation in standardised units."""
+        with torch.no_grad():
+            return float(self.noise(torch.zeros(1, 1)).distribution.stddev.reshape(()))
+
+
+def _training_loader(split: Split, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    x = torch.as_tensor(split.x_train, dtype=torch.float32)
+    y = torch.as_tensor(split.y_train, dtype=torch.float32).unsqueeze(-1)
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+
+
+def _laplace(model: nn.Module, split: Split, d: Defaults) -> nn.Module:
+    """Post-hoc Kronecker-factored Laplace over every layer (weights and biases) of the
+    trained deterministic network, GGN curvature with the Gaussian likelihood at the
+    network's trained noise σ, one scalar prior precision τ maximising the evidence."""
+    net, noise = model[:-1], model[-1]
+    sigma = NoisyNet(net, noise).noise_scale()
+    loader = _training_loader(split, d.batch_size)
+    post = bl.laplace.fit(net, loader, "regression", hessian="kron", subset="all",
+                          sigma_noise=sigma)  # fmt: skip
+    bl.laplace.optimize_prior_precision(post, n_steps=d.laplace_marglik_steps)
+    return NoisyNet(post, noise)
+
+
+def _laplace_predictive(model: nn.Module, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The linearised (GLM) predictive, one Gaussian per point: ``f`` ~ N(f(x; θ*),
+    J Σ Jᵀ) plus the noise, variance ``J Σ Jᵀ + σ²``; ``(1, n)`` means and stds."""
+    mean, cov = bl.laplace.glm_predictive(model.net, x, likelihood="regression")
+    var = cov.reshape(-1) + model.noise_scale() ** 2
+    return mean.reshape(1, -1), var.sqrt().reshape(1, -1)
+
+
+def _laplace_extras(model: nn.Module, split: Split, d: Defaults) -> dict:
+    curv = model.net.laplace_curvature
+    return {"prior_precision": float(curv.prior_precision), "noise_scale": model.noise_scale()}
+
+
+def _weight_sq(model: nn.Module) -> Tensor:
+    """``Σ ‖W‖²`` over the weights (not biases) of the linear layers, plain or Bayesian
+    (their posterior means)."""
+    terms = [m.point("weight").square().sum() for m in model.modules()
+             if isinstance(m, bl.layers.BayesianLayer)]  # fmt: skip
+    terms += [m.weight.square().sum() for m in model.modules() if isinstance(m, nn.Linear)]
+    return torch.stack(terms).sum()
+
+
+def _swag(model: nn.Module, split: Split, d: Defaults) -> nn.Module:
+    """SWAG (diagonal + low rank) from the trained deterministic network: its linear
+    layers converted in place to reparameterization layers (means = the trained weights
+    and biases), the noise frozen at its trained value σ, then ``swag_steps`` SGD steps on
+    σ² × (mean NLL + ‖W‖² / (2 N)) (the MAP objective on the squared-error scale, so one
+    learning rate suits every data set), an iterate every ``swag_steps / swag_rank``."""
+    noise = model[-1]
+    sigma2 = NoisyNet(model[:-1], noise).noise_scale() ** 2
+    noise.requires_grad_(False)
+    post = bl.to_bayesian(model, "reparameterization", bias_initializer="trainable_normal")
+    x = torch.as_tensor(split.x_train, dtype=torch.float32)
+    y = torch.as_tensor(split.y_train, dtype=torch.float32).unsqueeze(-1)
+    n = len(x)
+    batch = min(d.swag_batch_size, n)
+    per_epoch = n // batch
+    order = torch.cat([torch.randperm(n)[: per_epoch * batch]
+                       for _ in range(-(-d.swag_steps // per_epoch))])  # fmt: skip
+    loader = [(x[i], y[i]) for i in order.split(batch)[: d.swag_steps]]
+
+    def loss_fn(out, target: Tensor) -> Tensor:
+        nll = -out.distribution.log_prob(target).mean()
+        return sigma2 * (nll + _weight_sq(post) / (2 * d.prior_scale**2 * n))
+
+    bl.swag.collect(
+        post, loader, loss_fn, lr=d.swag_lr, epochs=1, momentum=d.swag_momentum,
+        collect_every=d.swag_steps // d.swag_rank, collect_unit="step", max_rank=d.swag_rank,
+    )  # fmt: skip
+    return post
+
+
+def _swag_predictive(model: nn.Module, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """K joint draws from SWAG (one low-rank noise shared by all layers per draw)."""
+    with bl.swag.joint_low_rank(model):
+        return _normal_predictive(model, x, k)
+
+
+def _swag_extras(model: nn.Module, split: Split, d: Defaults) -> dict:
+    ranks = {m.weight_initializer.deviations.shape[0] for m in model.modules()
+             if isinstance(m, bl.layers.BayesianLayer)}  # fmt: skip
+    return {"swag_rank": max(ranks)}
+
+
+def _converted(d_in: int, hidden: int, d: Defaults) -> nn.Module:
+    """The deterministic network (same initial weights for the same seed) with its linear
+    layers converted to reparameterization layers, biases random."""
+    return bl.to_bayesian(_deterministic(d_in, hidden, d), "reparameterization",
+                          bias_initializer="trainable_normal")  # fmt: skip
+
+
+def _train_ivon(model: nn.Module, method: Method, split: Split, steps: int, d: Defaults) -> None:
+    """``bl.optim.IVON`` (ess = N, one draw per step) on the mean NLL alone, the N(0,
+    prior_scale²) prior as its weight decay δ = 1 / (prior_scale² N), with the MAP row's
+    batches, step count and learning-rate schedule; then its posterior
+    ``N(m, 1 / (N (h + δ)))`` is written into the layers. IVON trains every parameter but
+    the layers' scales: the weight and bias means and the noise's raw scale."""
+    n = len(split.x_train)
+    with torch.no_grad():  # materialise the noise layer's lazy scale parameter
+        model(torch.as_tensor(split.x_train[:1], dtype=torch.float32))
+    opt = bl.optim.IVON(
+        bl.optim.ivon_parameters(model), lr=d.ivon_lr, ess=n, hess_init=d.ivon_hess_init,
+        beta2=d.ivon_beta2, weight_decay=1.0 / (d.prior_scale**2 * n),
+    )  # fmt: skip
+    model.train()
+    with bl.posterior_mean(model):
+        for lr_factor, xb, yb in _batches(split, steps, d):
+            for group in opt.param_groups:
+                group["lr"] = d.ivon_lr * lr_factor
+            with opt.sampled_params(train=True):
+                opt.zero_grad(set_to_none=True)
+                method.nll(model, xb, yb).backward()
+            opt.step()
+    opt.write_posterior(model)
+
+
+class _Member(nn.Module):
+    """One deep-ensemble member: the deterministic network and its own homoscedastic
+    noise, ``scale = softplus(scale_rho) + 1e-3`` starting at 1 as ``layers.Normal()``'s.
+    Output ``(B, 2)``: ``[loc | scale]`` (``bl.Ensemble`` members return a tensor)."""
+
+    min_scale = 1e-3
+
+    def __init__(self, d_in: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        rho = math.log(math.expm1(1.0 - self.min_scale))
+        self.scale_rho = nn.Parameter(torch.full((1,), rho))
+
+    def forward(self, x: Tensor) -> Tensor:
+        loc = self.net(x)
+        scale = nn.functional.softplus(self.scale_rho) + self.min_scale
+        return torch.cat([loc, scale.expand_as(loc)], dim=-1)
+
+
+def _deep_ensemble(d_in: int, hidden: int, d: Defaults) -> nn.Module:
+    from bayesian_layers.ensemble import Ensemble
+
+    return Ensemble(lambda: _Member(d_in, hidden), d.deep_ensemble_size)
+
+
+def _ensemble_nll(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The sum over members of each member's mean NLL (so Adam on it takes each member's
+    own step, see ``bl.Ensemble``)."""
+    out = model(x)  # (n, B, 2)
+    dist = torch.distributions.Normal(out[..., :1], out[..., 1:])
+    return -dist.log_prob(y).mean(dim=(1, 2)).sum()
+
+
+def _ensemble_l2(model: nn.Module, n: int, d: Defaults) -> Tensor:
+    """Each member's MAP term ``‖W_i‖² / (2 prior_scale² N)``, summed over the members."""
+    sq = sum(p.square().sum() for name, p in model.members.named_parameters()
+             if name.endswith("weight"))  # fmt: skip
+    return sq / (2 * d.prior_scale**2 * n)
+
+
+def _ensemble_predictive(model: nn.Module, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The equal-weight mixture of the members' Gaussians, ``(n_members, n)`` means and
+    stds (``k`` is not used: each member is one function sample)."""
+    samples = bl.predict(model, x, num_samples=model.ensemble_size).samples  # (n, B, 2)
+    return samples[..., 0], samples[..., 1]
+
+
+METHODS["laplace"] = Method(_deterministic, _l2_prior, False, predictive=_laplace_predictive,
+                            extras=_laplace_extras, posthoc=_laplace)  # fmt: skip
+METHODS["swag"] = Method(_deterministic, _l2_prior, True, predictive=_swag_predictive,
+                         extras=_swag_extras, posthoc=_swag)  # fmt: skip
+METHODS["ivon"] = Method(_converted, lambda model, n, d: 0.0, True, trainer=_train_ivon)
+METHODS["deep_ensemble"] = Method(_deep_ensemble, _ensemble_l2, True, _ensemble_nll,
+                                  _ensemble_predictive)  # fmt: skip
+POSTERIOR_METHODS = ("laplace", "swag", "ivon", "deep_ensemble")
 METHOD_LABELS = {
     "deterministic": "deterministic (MAP)",
     "mc_dropout": "MC dropout",
@@ -466,6 +681,10 @@ METHOD_LABELS = {
     "variational_dropout": "variational dropout",
     "sparse_gp": "sparse GP",
     "deep_gp": "deep GP (2 layers)",
+    "laplace": "Laplace (KFAC, GLM)",
+    "swag": "SWAG",
+    "ivon": "IVON",
+    "deep_ensemble": "deep ensemble (5)",
 }
 VI_METHODS = ("vi_reparameterization", "vi_flipout", "vi_local_reparameterization")
 
@@ -475,29 +694,40 @@ VI_METHODS = ("vi_reparameterization", "vi_flipout", "vi_local_reparameterizatio
 # --------------------------------------------------------------------------------------
 
 
-def train(model: nn.Module, method: Method, split: Split, steps: int, d: Defaults) -> None:
-    """Adam on mean NLL + the method's per-example penalty; minibatches without replacement."""
+def _batches(split: Split, steps: int, d: Defaults) -> Iterator[tuple[float, Tensor, Tensor]]:
+    """``(lr_factor, x, y)`` for each of ``steps`` steps: minibatches of ``min(batch_size,
+    N)`` without replacement (the incomplete last batch of an epoch dropped); the learning
+    rate is ``lr_factor`` times the base one: 1 over the first half of the steps, then a
+    linear decay to ``final_lr_fraction`` at the last."""
     x = torch.as_tensor(split.x_train, dtype=torch.float32)
     y = torch.as_tensor(split.y_train, dtype=torch.float32).unsqueeze(-1)
     n = len(x)
     batch = min(d.batch_size, n)
-    opt = torch.optim.Adam(model.parameters(), lr=d.lr)
     half = steps // 2
     perm, pos = torch.randperm(n), 0
-    model.train()
     for step in range(steps):
+        factor = 1.0
         if step >= half:  # linear decay to final_lr_fraction over the second half
             frac = (step - half) / max(1, steps - half)
-            for group in opt.param_groups:
-                group["lr"] = d.lr * (1 - (1 - d.final_lr_fraction) * frac)
+            factor = 1 - (1 - d.final_lr_fraction) * frac
         if batch == n:
-            xb, yb = x, y
-        else:
-            if pos + batch > n:
-                perm, pos = torch.randperm(n), 0
-            idx = perm[pos : pos + batch]
-            pos += batch
-            xb, yb = x[idx], y[idx]
+            yield factor, x, y
+            continue
+        if pos + batch > n:
+            perm, pos = torch.randperm(n), 0
+        idx = perm[pos : pos + batch]
+        pos += batch
+        yield factor, x[idx], y[idx]
+
+
+def train(model: nn.Module, method: Method, split: Split, steps: int, d: Defaults) -> None:
+    """Adam on mean NLL + the method's per-example penalty; minibatches without replacement."""
+    n = len(split.x_train)
+    opt = torch.optim.Adam(model.parameters(), lr=d.lr)
+    model.train()
+    for factor, xb, yb in _batches(split, steps, d):
+        for group in opt.param_groups:
+            group["lr"] = d.lr * factor
         loss = method.nll(model, xb, yb) + method.penalty(model, n, d)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -521,7 +751,9 @@ def fit_split(name: str, method_name: str, split: Split, steps: int, seed: int, 
     hidden = d.hidden_protein if name == "protein-tertiary-structure" else d.hidden
     model = method.build(split.x_train.shape[1], hidden, d)
     t0, c0 = time.perf_counter(), time.process_time()
-    train(model, method, split, steps, d)
+    (method.trainer or train)(model, method, split, steps, d)
+    if method.posthoc is not None:  # a post-hoc posterior: its cost counts as training
+        model = method.posthoc(model, split, d)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     loc, scale = predict(model, method, split.x_test, d)
     rmse, ll = predictive_scores(loc, scale, split.y_test, split.y_mean, split.y_std)

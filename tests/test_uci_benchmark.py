@@ -320,3 +320,173 @@ def test_rounded_rows_need_to_pass_the_published_target_strictly():
     assert "on 0 of 1 sets: none." in uci.build_table({("yacht", "vi_flipout"): rec})
     exact = _record("yacht", "vi_flipout", [-1.55, -1.55])
     assert "on 1 of 1 sets: yacht" in uci.build_table({("yacht", "vi_flipout"): exact})
+
+
+# --------------------------------------------------------------------------------------
+# Posteriors from elsewhere than the KL term: Laplace, SWAG, IVON, deep ensemble
+# --------------------------------------------------------------------------------------
+
+_SMALL = {"swag_steps": 40, "swag_rank": 4, "laplace_marglik_steps": 30}
+
+
+def _yacht_split(validation: bool = False):
+    x, y, _ = uci.load_dataset(DATA, "yacht")
+    return uci.make_split(x, y, *uci.split_indices(DATA, "yacht", 0), validation=validation)
+
+
+def _small_defaults():
+    import dataclasses
+
+    return dataclasses.replace(uci.DEFAULTS, **_SMALL)
+
+
+def test_batches_cover_each_epoch_once_with_the_lr_schedule():
+    torch = pytest.importorskip("torch")
+    d = uci.DEFAULTS
+    split = uci.Split(np.arange(10.0)[:, None], np.arange(10.0), np.zeros((1, 1)), np.zeros(1),
+                      0.0, 1.0)  # fmt: skip
+    import dataclasses
+
+    d = dataclasses.replace(d, batch_size=3)
+    torch.manual_seed(0)
+    out = list(uci._batches(split, 6, d))
+    assert [f for f, _, _ in out] == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.7, 0.4])
+    rows = [xb[:, 0].long().tolist() for _, xb, _ in out]
+    assert all(len(r) == 3 for r in rows)
+    assert len(set(sum(rows[:3], []))) == 9  # one epoch: 3 disjoint batches, 1 row dropped
+    assert len(set(sum(rows[3:], []))) == 9
+    for _, xb, yb in out:  # rows and targets stay paired
+        torch.testing.assert_close(xb[:, 0], yb[:, 0])
+
+
+@pytest.mark.parametrize("method", uci.POSTERIOR_METHODS)
+def test_posterior_rows_learn_yacht(method: str):
+    split = _yacht_split()
+    rmse, ll, seconds, cpu = uci.run_split("yacht", method, split, 200, seed=0,
+                                           d=_small_defaults())  # fmt: skip
+    base_rmse, base_ll = uci.train_mean_baseline(split)
+    assert math.isfinite(ll) and math.isfinite(rmse) and seconds > 0 and cpu > 0
+    assert rmse < 0.5 * base_rmse and ll > base_ll + 0.5
+    assert method in uci.METHOD_LABELS and method in uci.METHODS
+
+
+def _trained(method: str, steps: int = 100, d=None):
+    d = d or _small_defaults()
+    return uci.fit_split("yacht", method, _yacht_split(), steps, seed=3, d=d)[0], d
+
+
+def test_laplace_is_post_hoc_on_the_deterministic_network():
+    """Same seed: the Laplace means are the trained MAP weights, its predictive mean is the
+    MAP network's, and its variance is J Σ Jᵀ + σ² with σ the MAP network's noise."""
+    torch = pytest.importorskip("torch")
+    bl = pytest.importorskip("bayesian_layers")
+    det, _ = _trained("deterministic")
+    lap, _ = _trained("laplace")
+    assert isinstance(lap, uci.NoisyNet) and lap.noise is not None
+    for i in (0, 2):  # both linear layers, weights and biases
+        torch.testing.assert_close(lap.net[i].weight_loc, det[i].weight)
+        torch.testing.assert_close(lap.net[i].bias_loc, det[i].bias)
+        assert type(lap.net[i].weight_initializer).__name__ == "KroneckerNormal"
+    x = torch.as_tensor(_yacht_split().x_test, dtype=torch.float32)
+    with torch.no_grad():
+        map_out = det(x).distribution
+    sigma = float(map_out.stddev.reshape(-1)[0])
+    assert lap.noise_scale() == pytest.approx(sigma, rel=1e-6)
+    loc, scale = uci.METHODS["laplace"].predictive(lap, x, 1)
+    assert loc.shape == scale.shape == (1, len(x))
+    torch.testing.assert_close(loc[0], map_out.mean.reshape(-1), rtol=1e-5, atol=1e-5)
+    _, cov = bl.laplace.glm_predictive(lap.net, x, likelihood="regression")
+    torch.testing.assert_close(scale[0].square(), cov.reshape(-1) + sigma**2)
+    assert bool((scale[0].square() > sigma**2).all())  # epistemic variance on top of noise
+
+
+def test_laplace_prior_precision_maximises_the_evidence():
+    bl = pytest.importorskip("bayesian_layers")
+    lap, d = _trained("laplace", d=uci.DEFAULTS)  # the full 100 marginal-likelihood steps
+    tau = float(lap.net.laplace_curvature.prior_precision)
+    best = float(bl.laplace.log_marginal_likelihood(lap.net, tau))
+    for factor in (0.8, 1.25):
+        assert float(bl.laplace.log_marginal_likelihood(lap.net, tau * factor)) < best
+    extras = uci.METHODS["laplace"].extras(lap, _yacht_split(), d)
+    assert extras["prior_precision"] == pytest.approx(tau)
+    assert extras["noise_scale"] == pytest.approx(lap.noise_scale())
+
+
+def test_swag_draws_centre_on_the_swa_mean_with_the_trained_noise():
+    torch = pytest.importorskip("torch")
+    bl = pytest.importorskip("bayesian_layers")
+    det, _ = _trained("deterministic")
+    swag, d = _trained("swag")
+    with torch.no_grad():
+        sigma = float(det(torch.zeros(1, 6)).distribution.stddev.reshape(-1)[0])
+    assert float(swag(torch.zeros(1, 6)).distribution.stddev.reshape(-1)[0]) == pytest.approx(
+        sigma, rel=1e-6)  # the noise stays the MAP network's  # fmt: skip
+    assert uci.METHODS["swag"].extras(swag, _yacht_split(), d) == {"swag_rank": d.swag_rank}
+    assert all(type(m.weight_initializer).__name__ == "SWAGNormal" for m in (swag[0], swag[2]))
+    x = torch.as_tensor(_yacht_split().x_test, dtype=torch.float32)
+    k = 400
+    torch.manual_seed(0)
+    loc, scale = uci.METHODS["swag"].predictive(swag, x, k)
+    assert loc.shape == scale.shape == (k, len(x))
+    torch.testing.assert_close(scale, torch.full_like(scale, sigma))
+    with bl.posterior_mean(swag), torch.no_grad():
+        centre = swag(x).distribution.mean.reshape(-1)
+    spread = loc.std(0)
+    assert bool((spread > 0).all())  # the draws differ
+    # the network is nonlinear (ReLU): allow a small bias beside 5 Monte Carlo SEs
+    assert bool(((loc.mean(0) - centre).abs() <= 5 * spread / math.sqrt(k) + 0.05 * spread).all())
+
+
+def test_ivon_writes_its_posterior_with_ess_n_and_the_prior_as_weight_decay():
+    """With no steps the Hessian is still h0, so every layer scale is 1 / sqrt(N (h0 + δ)),
+    δ = 1 / (prior_scale² N): the N(0, prior_scale²) prior of the MAP row."""
+    torch = pytest.importorskip("torch")
+    d = uci.DEFAULTS
+    split = _yacht_split()
+    n = len(split.x_train)
+    torch.manual_seed(0)
+    model = uci.METHODS["ivon"].build(6, 8, d)
+    uci._train_ivon(model, uci.METHODS["ivon"], split, 0, d)
+    want = 1 / math.sqrt(n * (d.ivon_hess_init + 1 / (d.prior_scale**2 * n)))
+    for layer in (model[0], model[2]):
+        for name in ("weight", "bias"):
+            _, scale = layer.posterior_loc_scale(name)
+            torch.testing.assert_close(scale, torch.full_like(scale, want))
+
+
+def test_ivon_trains_the_means_and_predicts_with_samples():
+    torch = pytest.importorskip("torch")
+    model, d = _trained("ivon")
+    x = torch.as_tensor(_yacht_split().x_test, dtype=torch.float32)
+    loc, scale = uci.METHODS["ivon"].predictive(model, x, 16)
+    assert loc.shape == scale.shape == (16, len(x))
+    assert bool((loc.std(0) > 0).all())  # function samples differ
+    for layer in (model[0], model[2]):
+        _, s = layer.posterior_loc_scale("weight")
+        assert bool((s < d.prior_scale).all())  # the data shrank the posterior below the prior
+
+
+def test_deep_ensemble_is_a_mixture_of_its_members():
+    torch = pytest.importorskip("torch")
+    d = uci.DEFAULTS
+    torch.manual_seed(0)
+    ens = uci.METHODS["deep_ensemble"].build(3, 8, d)
+    assert ens.ensemble_size == d.deep_ensemble_size == 5
+    x, y = torch.randn(7, 3), torch.randn(7, 1)
+    with torch.no_grad():
+        members = [ens.member(i)(x) for i in range(5)]  # (7, 2) each: [loc | scale]
+    loc, scale = uci.METHODS["deep_ensemble"].predictive(ens, x, 100)
+    assert loc.shape == scale.shape == (5, 7)
+    for i, out in enumerate(members):
+        torch.testing.assert_close(loc[i], out[:, 0])
+        torch.testing.assert_close(scale[i], out[:, 1])
+    torch.testing.assert_close(loc.mean(0), torch.stack(members)[..., 0].mean(0))
+    assert not torch.allclose(loc[0], loc[1])  # independently initialised members
+    torch.testing.assert_close(scale, torch.ones_like(scale))  # noise starts at 1
+    # the loss: the sum over members of each member's mean NLL and MAP term
+    nll = uci._ensemble_nll(ens, x, y)
+    want = sum(-torch.distributions.Normal(m[:, :1], m[:, 1:]).log_prob(y).mean()
+               for m in members)  # fmt: skip
+    torch.testing.assert_close(nll, want)
+    sq = sum(ens.member(i).net[j].weight.square().sum() for i in range(5) for j in (0, 2))
+    torch.testing.assert_close(uci._ensemble_l2(ens, 37, d), sq / (2 * d.prior_scale**2 * 37))
