@@ -64,6 +64,34 @@ class _GRUCellNet(nn.Module):
         return self.out(h)
 
 
+class _LSTMCellNet(nn.Module):
+    """An LSTM cell unrolled over the tokens -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.LSTMCell(4, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = c = x.new_zeros(x.shape[0], 5)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return self.out(h)
+
+
+class _DeepLSTMNet(nn.Module):
+    """A 2-layer bidirectional LSTM, sequence first ``(T, B, F)`` -> last step -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(x)
+        return self.out(h[-1])
+
+
 class _LeNet5BN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -101,13 +129,16 @@ def _inputs(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
         return torch.randn(n, 1, 28, 28, generator=g, dtype=DT)
     if kind == "mlp":
         return torch.randn(n, 3, generator=g, dtype=DT)
+    if kind == "deep_lstm":  # sequence first, as many steps as examples
+        return torch.randn(n, n, 4, generator=g, dtype=DT)
     return torch.randn(n, 5, 4, generator=g, dtype=DT)
 
 
 def _problem(kind: str, n: int = 8, seed: int = 0, likelihood: str = "classification"):
     torch.manual_seed(seed)
     make = {"lstm": _LSTMNet, "attention": _AttentionNet, "gru_cell": _GRUCellNet,
-            "lenet": _LeNet5BN, "mlp": _mlp}[kind]  # fmt: skip
+            "lstm_cell": _LSTMCellNet, "deep_lstm": _DeepLSTMNet, "lenet": _LeNet5BN,
+            "mlp": _mlp}[kind]  # fmt: skip
     net = make().to(DT).eval()
     g = torch.Generator().manual_seed(seed)
     x = _inputs(kind, n, g)
@@ -116,6 +147,8 @@ def _problem(kind: str, n: int = 8, seed: int = 0, likelihood: str = "classifica
         y = torch.randint(0, c, (n,), generator=g)
     else:
         y = torch.randn(n, c, generator=g, dtype=DT)
+    if kind == "deep_lstm":  # one batch: the examples are the second dimension
+        return net, x, y, [(x, y)]
     half = n // 2
     return net, x, y, [(x[:half], y[:half]), (x[half:], y[half:])]
 
@@ -132,8 +165,9 @@ def _brute_force_diag(net: nn.Module, x: torch.Tensor, names: list[str]) -> dict
     torch.autograd.grad on the torch model (eval mode), Λ written out."""
     params = dict(net.named_parameters())
     ref = {n: torch.zeros_like(params[n]) for n in names}
-    for i in range(x.shape[0]):
-        f = net(x[i : i + 1])[0]  # (C,)
+    dim = 1 if isinstance(net, _DeepLSTMNet) else 0  # where the examples are
+    for i in range(x.shape[dim]):
+        f = net(x.narrow(dim, i, 1))[0]  # (C,)
         lam = _lambda(f.detach())
         rows = [torch.autograd.grad(f[c], [params[n] for n in names], retain_graph=True)
                 for c in range(f.shape[0])]  # fmt: skip
@@ -156,7 +190,7 @@ def _check_diag(curv, net: nn.Module, x: torch.Tensor, only: tuple[str, ...] | N
 
 # ------------------------------------------------------------------ (a), (b): layers
 @pytest.mark.parametrize("hessian", ["diag", "kron"])
-@pytest.mark.parametrize("kind", ["lstm", "attention", "gru_cell"])
+@pytest.mark.parametrize("kind", ["lstm", "attention", "gru_cell", "lstm_cell", "deep_lstm"])
 def test_recurrent_attention_embedding_curvature_equals_brute_force(kind: str, hessian: str):
     """Every fitted parameter tensor, converted layers included: the exact GGN diagonal
     (kron: the recurrent, attention and embedding layers keep their diagonal; the last
@@ -170,20 +204,24 @@ def test_recurrent_attention_embedding_curvature_equals_brute_force(kind: str, h
         "lstm": {"emb": "diag", "lstm": "diag"},
         "attention": {"att": "diag", "att.out_proj": "diag"},
         "gru_cell": {"cell": "diag"},
+        "lstm_cell": {"cell": "diag"},
+        "deep_lstm": {"lstm": "diag"},
     }[kind]
     assert fitted == {**expected, "out": hessian}
     names = _check_diag(curv, net, x)
-    assert len(names) == {"lstm": 5, "attention": 4, "gru_cell": 4}[kind] + (hessian == "diag") * 2
+    n_diag = {"lstm": 5, "attention": 4, "gru_cell": 4, "lstm_cell": 4, "deep_lstm": 16}[kind]
+    assert len(names) == n_diag + (hessian == "diag") * 2
     # the written posterior: scale = (h + τ)^-1/2 for the diagonal groups
     for lc, p in curv.groups():
         if lc.structure == "diag":
             expect = (lc.diag[p] + 1.0).rsqrt()
             torch.testing.assert_close(lc.module.posterior(p).stddev, expect)
-    assert not any(isinstance(m, (nn.LSTM, nn.MultiheadAttention, nn.GRUCell, nn.Embedding))
-                   for m in post.modules())  # fmt: skip
-    pred = bl.predict(post, x[:3], 4, vectorized=False)
+    torch_kinds = (nn.LSTM, nn.MultiheadAttention, nn.GRUCell, nn.LSTMCell, nn.Embedding)
+    assert not any(isinstance(m, torch_kinds) for m in post.modules())
+    xp = x[:, :3] if kind == "deep_lstm" else x[:3]  # 3 examples
+    pred = bl.predict(post, xp, 4, vectorized=False)
     assert pred.samples.shape == (4, 3, 3) and torch.isfinite(pred.samples).all()
-    probs = bll.glm_predictive(post, x[:3])
+    probs = bll.glm_predictive(post, xp)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, dtype=DT))
     lml0 = bll.log_marginal_likelihood(post, 1.0)
     assert torch.isfinite(lml0)

@@ -6,10 +6,11 @@ embedding layers) and for the full GGN. With ``J_n = ∂f(x_n)/∂θ`` ``(C, P)`
 ``Σ_n R_nᵀ R_n`` with ``R_n = S_nᵀ J_n`` ``(C, P)``; its diagonal ``Σ_n Σ_c R_{ncp}²``.
 
 Each example runs alone (``x[n:n+1]``; the model in eval mode, so its outputs are those of
-the batch) and the ``C`` vector–Jacobian products with the cotangents ``S_n[:, c]`` give
-its rows, ``torch.func.vmap`` over the examples and the cotangents: ``B`` single-example
-forward passes, ``B·C`` products, ``O(B C P)`` memory per batch. Where ``vmap`` cannot run
-the model per example (an embedding's index check, say), chunks of ``m = 8`` examples go
+the batch; checked on the first example, and a sequence-first input ``(T, B, ...)`` runs
+as a whole batch instead, ``O(B²)``) and the ``C`` vector–Jacobian products with the
+cotangents ``S_n[:, c]`` give its rows, ``torch.func.vmap`` over the examples and the
+cotangents: ``B`` single-example forward passes, ``B·C`` products, ``O(B C P)`` memory
+per batch. Where ``vmap`` cannot run the model per example (an embedding's index check, say), chunks of ``m = 8`` examples go
 through the chunk's output, ``∂f_n/∂θ`` being the per-example Jacobian: the cotangent
 ``e_n ⊗ S_n[:, c]`` gives row ``(n, c)``, ``m·C`` products of a chunk vmapped (cost
 ``O(B m C)`` single-example backward passes); ``vectorize=False`` loops over everything.
@@ -48,6 +49,7 @@ def per_example_rows(
     means: dict[str, Tensor],
     s: Tensor,
     *,
+    f: Tensor | None = None,
     vectorize: bool = True,
 ) -> dict[str, Tensor]:
     """``R_n = S_nᵀ J_n`` for each tensor of ``means``.
@@ -59,6 +61,8 @@ def per_example_rows(
             Jacobian is taken at.
         s: ``(B, C, C)``, ``Λ_n = S_n S_nᵀ``, column ``c`` of example ``n`` is
             ``s[n, :, c]``.
+        f: the batch's outputs ``(B, C)``, if known: running example 0 alone must give
+            ``f[0]`` (else the batch runs whole).
         vectorize: batch the products with ``vmap`` (a loop over examples and outputs
             if ``False``).
 
@@ -97,16 +101,20 @@ def per_example_rows(
     def one(xn: Tensor, sn: Tensor) -> tuple[Tensor, ...]:  # vmapped over the examples
         return vmap(pullback_of(xn.unsqueeze(0), True))(sn.T)  # cotangent c: S_n[:, c]
 
-    if vectorize:
+    split = _splits_by_example(model, x, s.shape[0], f)
+    if vectorize and split:
         try:
             rows = _quiet(vmap(one), x, s)
             return _shaped(rows, keys, means, s)
         except _VMAP_FAILS:  # the model cannot run under vmap over the examples
             pass
-    # a few examples at a time through the batch output: cotangent (n, c) = e_n ⊗ S_n[:, c]
+    # a few examples at a time (all of them when the input's first dimension is not the
+    # examples') through their output: cotangent (n, c) = e_n ⊗ S_n[:, c]
     parts = []
-    size = _CHUNK if vectorize else 1
+    size = (_CHUNK if vectorize else 1) if split else s.shape[0]
     for xs, ss in zip(x.split(size), s.split(size), strict=True):
+        if not split:
+            xs = x
         m, c = ss.shape[:2]
         eye = torch.eye(m, dtype=ss.dtype, device=ss.device)
         cot = (eye[:, None, :, None] * ss.transpose(1, 2)[:, :, None, :]).reshape(m * c, m, c)
@@ -114,7 +122,7 @@ def per_example_rows(
         part: tuple[Tensor, ...] | None = None
         if vectorize:
             try:
-                part = _quiet(vmap(pullback), cot)
+                part = _quiet(vmap(pullback, chunk_size=_CHUNK * c), cot)
             except _VMAP_FAILS:
                 part = None
         if part is None:
@@ -123,6 +131,24 @@ def per_example_rows(
         parts.append(part)
     rows = tuple(torch.cat([p[j] for p in parts]) for j in range(len(keys)))
     return _shaped(rows, keys, means, s)
+
+
+def _splits_by_example(model: nn.Module, x: Tensor, b: int, f: Tensor | None) -> bool:
+    """Whether ``x[n:n+1]`` is example ``n`` alone: ``x``'s first dimension has the ``B``
+    examples and the first one run alone gives one ``(1, C)`` output (equal to ``f[0]``
+    when given). A sequence-first input ``(T, B, ...)`` fails it."""
+    if x.dim() == 0 or x.shape[0] != b:
+        return False
+    if b == 1:
+        return True
+    with torch.no_grad():
+        first = model(x[:1])
+    if first.dim() != 2 or first.shape[0] != 1:
+        return False
+    if f is None:
+        return True
+    f0 = f[:1].detach()
+    return bool(torch.allclose(first, f0, rtol=1e-3, atol=1e-3 * (1 + float(f0.abs().max()))))
 
 
 def _shaped(
@@ -169,11 +195,12 @@ class JacobianAccumulator:
         self.full = full
         self.matrix: Tensor | None = None
 
-    def add(self, x: Any, s: Tensor) -> None:
-        """Add batch ``x`` with ``Λ_n = S_n S_nᵀ`` (``s``: ``(B, C, C)``)."""
+    def add(self, x: Any, s: Tensor, f: Tensor | None = None) -> None:
+        """Add batch ``x`` (outputs ``f`` ``(B, C)``) with ``Λ_n = S_n S_nᵀ`` (``s``:
+        ``(B, C, C)``)."""
         if not self.parts:
             return
-        rows = per_example_rows(self.model, x, self.means, s)
+        rows = per_example_rows(self.model, x, self.means, s, f=f)
         if self.full:
             r = torch.cat([rows[key].flatten(2) for _, _, key in self.parts], -1)  # (B, C, P)
             h = torch.einsum("bcp,bcq->pq", r, r)

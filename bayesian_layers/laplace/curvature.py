@@ -348,7 +348,7 @@ def compute_curvature(
                     for i, (name, _) in enumerate(hooked):
                         accs[name].add(seen[name][0], [col[i] for col in cols])
                 active[0] = False
-                jacobians.add(x, s)
+                jacobians.add(x, s, f.detach())
                 n_data += f.shape[0]
                 n_out = f.shape[1]
     finally:
