@@ -31,6 +31,7 @@ from ._util import fans as fans
 from ._util import softplus_scale as softplus_scale
 from .base import TrainableInitializer
 from .deterministic import TrainableDeterministic
+from .full_normal import FullNormal
 from .kron_normal import KroneckerNormal, KroneckerNormalDistribution
 from .normal import TrainableGlorotNormal, TrainableHeNormal, TrainableNormal
 from .positive import TrainableHalfCauchy, TrainableLogNormal
@@ -46,6 +47,7 @@ __all__ = [
     "TrainableDeterministic",
     "SWAGNormal",
     "KroneckerNormal",
+    "FullNormal",
     "KroneckerNormalDistribution",
     "get_initializer",
     "log_softplus",

@@ -42,15 +42,13 @@ def _weight_term(layer: BayesianLayer, x: Tensor, g: Tensor) -> Tensor:
     init = layer.parameter_spec("weight").initializer
     b, c, t, o = g.shape
     if isinstance(init, KroneckerNormal):
-        qg, qa = init.eigvecs_g, init.eigvecs_a
         inv = (torch.outer(init.eigvals_g, init.eigvals_a) + init.prior_precision).reciprocal()
+        # into the eigenbases: Q_Gᵀ J Q_A = Σ_t g̃ ãᵀ
+        g, x = g @ init.eigvecs_g, x @ init.eigvecs_a
     else:
         _, scale = layer.posterior_loc_scale("weight")
         assert scale is not None  # a random normal weight
         inv = scale.reshape(o, -1).square()  # σ²_oi
-        qg = qa = None
-    if qg is not None and qa is not None:  # into the eigenbases: Q_Gᵀ J Q_A = Σ_t g̃ ãᵀ
-        g, x = g @ qg, x @ qa
     if t == 1:
         g1, a1 = g[:, :, 0], x[:, 0]  # (B, C, O), (B, I)
         w = a1.square() @ inv.T  # (B, O): Σ_i ã_i² inv_oi

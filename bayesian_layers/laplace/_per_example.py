@@ -10,10 +10,11 @@ the batch; checked on the first example, and a sequence-first input ``(T, B, ...
 as a whole batch instead, ``O(B²)``) and the ``C`` vector–Jacobian products with the
 cotangents ``S_n[:, c]`` give its rows, ``torch.func.vmap`` over the examples and the
 cotangents: ``B`` single-example forward passes, ``B·C`` products, ``O(B C P)`` memory
-per batch. Where ``vmap`` cannot run the model per example (an embedding's index check, say), chunks of ``m = 8`` examples go
-through the chunk's output, ``∂f_n/∂θ`` being the per-example Jacobian: the cotangent
-``e_n ⊗ S_n[:, c]`` gives row ``(n, c)``, ``m·C`` products of a chunk vmapped (cost
-``O(B m C)`` single-example backward passes); ``vectorize=False`` loops over everything.
+per batch. Where ``vmap`` cannot run the model per example (an embedding's index check,
+say), chunks of ``m = 8`` examples go through the chunk's output, ``∂f_n/∂θ`` being the
+per-example Jacobian: the cotangent ``e_n ⊗ S_n[:, c]`` gives row ``(n, c)``, ``m·C``
+products of a chunk vmapped (cost ``O(B m C)`` single-example backward passes);
+``vectorize=False`` loops over everything.
 """
 
 from __future__ import annotations
