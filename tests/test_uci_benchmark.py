@@ -362,15 +362,15 @@ def test_batches_cover_each_epoch_once_with_the_lr_schedule():
 @pytest.mark.parametrize("method", uci.POSTERIOR_METHODS)
 def test_posterior_rows_learn_yacht(method: str):
     split = _yacht_split()
-    rmse, ll, seconds, cpu = uci.run_split("yacht", method, split, 200, seed=0,
+    rmse, ll, seconds, cpu = uci.run_split("yacht", method, split, 100, seed=0,
                                            d=_small_defaults())  # fmt: skip
     base_rmse, base_ll = uci.train_mean_baseline(split)
     assert math.isfinite(ll) and math.isfinite(rmse) and seconds > 0 and cpu > 0
-    assert rmse < 0.5 * base_rmse and ll > base_ll + 0.5
+    assert rmse < 0.7 * base_rmse and ll > base_ll + 0.3
     assert method in uci.METHOD_LABELS and method in uci.METHODS
 
 
-def _trained(method: str, steps: int = 100, d=None):
+def _trained(method: str, steps: int = 40, d=None):
     d = d or _small_defaults()
     return uci.fit_split("yacht", method, _yacht_split(), steps, seed=3, d=d)[0], d
 
