@@ -291,6 +291,8 @@ def laplace_rows(args: argparse.Namespace) -> list[dict]:
         model, x, y = model_and_data(kind, n)
         calls = laplace_fitters(model, loader(x, y, batch), hessian, subset)
         warm = laplace_fitters(model, loader(x[:2], y[:2], 2), hessian, subset)
+        if args.contenders:  # "ours" stays: it is what the ratios are of
+            calls = {c: f for c, f in calls.items() if c == "ours" or c in args.contenders}
         failed: dict[str, str] = {}
         times = round_robin(calls, repeats, 1, warm, failed)
         base = {"model": kind, "hessian": hessian, "subset": subset, "n": n, "batch": batch,
@@ -299,7 +301,8 @@ def laplace_rows(args: argparse.Namespace) -> list[dict]:
         if args.memory:
             who = list(calls)[:2] if args.quick else list(calls)  # quick: ours, default peer
             mem = {c: measure_memory(args, kind, hessian, subset, c) for c in who}
-        names = list(calls) + ([] if not missing else list(LAPLACE_PEERS))
+        peers = [c for c in LAPLACE_PEERS if not args.contenders or c in args.contenders]
+        names = list(calls) + ([] if not missing else peers)
         for c in names:
             row: dict[str, Any] = {**base, "contender": c}
             if c not in calls:
@@ -502,6 +505,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: this process's CPU time (see README, Caveats)")  # fmt: skip
     p.add_argument("--only", choices=("laplace", "ivon"), default=None)
+    p.add_argument(
+        "--configs",
+        dest="config_filter",
+        default=None,
+        help="Laplace configurations, e.g. cnn:kron:all,mlp:diag:last_layer",
+    )
+    p.add_argument(
+        "--contenders",
+        default=None,
+        help="Laplace contenders to run, e.g. 'ours,laplace-torch BackPACK'",
+    )
     p.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -511,6 +525,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     else:
         args.configs = ALL_CONFIGS
         args.ivon_models, args.ivon_batch = ["mlp", "cnn"], 128
+    if args.config_filter:
+        args.configs = [tuple(c.split(":")) for c in args.config_filter.split(",")]
+        unknown = [c for c in args.configs if c not in ALL_CONFIGS]
+        if unknown:
+            p.error(f"--configs: unknown {unknown}; choose from model:hessian:subset in "
+                    f"{[':'.join(c) for c in ALL_CONFIGS]}")  # fmt: skip
+    if args.contenders:
+        args.contenders = args.contenders.split(",")
     return args
 
 

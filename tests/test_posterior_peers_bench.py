@@ -82,9 +82,12 @@ def test_missing_peers_are_reported_not_installed(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocked),
            os.environ.get("PYTHONPATH")]))}  # fmt: skip
     out = tmp_path / "out"
-    data = _run(out, "--no-memory", env=env)
+    data = _run(out, "--no-memory", "--configs", "cnn:diag:last_layer", env=env)
     rows = {r["contender"]: r for r in data["laplace"]}
     assert set(rows) == {"ours", *PEERS}
+    assert {(r["model"], r["hessian"], r["subset"]) for r in data["laplace"]} == {
+        ("cnn", "diag", "last_layer")
+    }
     assert rows["ours"]["status"] == "ok" and rows["ours"]["median_ms"] > 0
     for name in PEERS:
         assert rows[name]["status"].startswith("not installed"), rows[name]
@@ -95,3 +98,23 @@ def test_missing_peers_are_reported_not_installed(tmp_path: Path) -> None:
     assert not any("ivon-opt" in key for key in ivon_row["ratios"])
     md = (out / "posterior_peers.quick.md").read_text()
     assert md.count("not installed") >= 3
+
+
+def test_command_line_filters() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import posterior_peers as pp
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    args = pp.parse(["--configs", "cnn:kron:all,mlp:diag:last_layer", "--contenders", "ours"])
+    assert args.configs == [("cnn", "kron", "all"), ("mlp", "diag", "last_layer")]
+    assert args.contenders == ["ours"] and args.repeats == 7 and args.memory
+    assert len(pp.parse([]).configs) == 8
+    quick = pp.parse(["--quick"])
+    assert quick.repeats == 2 and quick.configs == [("mlp", "kron", "last_layer")]
+    assert pp.sizes(quick, "cnn", "diag", "all") == (32, 16)
+    full = pp.parse([])
+    assert pp.sizes(full, "cnn", "diag", "all") == (128, 128)  # one batch: see the docstring
+    assert pp.sizes(full, "cnn", "kron", "all") == (1024, 128)
+    with pytest.raises(SystemExit):
+        pp.parse(["--configs", "cnn:full:all"])
