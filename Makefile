@@ -62,6 +62,8 @@ bench: $(VENV)/.bench-installed
 		$(PY) benchmarks/svgp_step.py --threads $(BENCH_THREADS)
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/compile_step.py --threads $(BENCH_THREADS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/posterior_peers.py --threads $(BENCH_THREADS)
 
 # The Bayesian Transformer at 1, 2 and 4 processes (gloo, CPU), tensor- and data-parallel:
 # step time and per-rank parameter memory (benchmarks/bench_dist.py; DIST_ARGS=--quick).

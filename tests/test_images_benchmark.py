@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
 
 import bayesian_layers as bl
 from bayesian_layers.metrics import aupr, auroc, expected_calibration_error
@@ -112,6 +114,33 @@ def test_ece_matches_a_textbook_loop():
 PENALISED = ("vi_", "rank1", "sngp", "ivon", "laplace", "swag")  # (SWAG's: unused too)
 
 
+def test_laplace_kron_fits_every_layer_and_predicts_with_the_glm():
+    """``laplace_kron`` on a LeNet-shaped network small enough to fit here: every conv and
+    linear layer gets a Kronecker posterior, the evidence's prior precision is written,
+    and the GLM predictive is one function of probabilities."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 5, padding=2), nn.ReLU(), nn.MaxPool2d(4),
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 12), nn.ReLU(),
+        nn.Linear(12, 10),
+    )  # fmt: skip
+    assert images.METHODS["laplace_kron"].build is images.lenet5
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+    post, fitted = images.METHODS["laplace_kron"].posthoc(net, x, y)
+    layers = list(bl.bayesian_modules(post))
+    assert len(layers) == 4
+    assert {type(m.weight_initializer).__name__ for m in layers} == {"KroneckerNormal"}
+    tau = fitted["prior_precision"]
+    assert tau > 0 and tau != 1.0  # moved from the starting value
+    assert all(m.weight_initializer.prior_precision.item() == pytest.approx(tau) for m in layers)
+    probs = images.METHODS["laplace_kron"].probs(post.eval(), x[:5], 10)
+    assert probs.shape == (1, 5, 10)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(1, 5))
+    with torch.no_grad(), bl.posterior_mean(post):
+        mean = torch.softmax(post(x[:5]), -1)
+    assert not torch.allclose(probs[0], mean)  # the posterior's variance reaches the output
+
+
 @pytest.mark.parametrize("name", sorted(images.METHODS))
 def test_every_method_builds_lenet5(name):
     torch.manual_seed(0)
@@ -119,19 +148,22 @@ def test_every_method_builds_lenet5(name):
                            norm_bound=3.0, ivon_lr=0.3, hess_init=0.5)  # fmt: skip
     model, config = images.build_model(name, args)
     x = torch.rand(4, 1, 28, 28)
+    if name == "laplace_kron":  # its 5880-input layer's eigendecomposition alone takes
+        return  # minutes on 2 busy cores: fitted on a smaller network below
     if images.METHODS[name].posthoc is not None:  # Laplace, SWAG: a posterior from (x, y)
         model, fitted = images.METHODS[name].posthoc(model, x, torch.arange(4))
         if name == "swag":
             assert fitted["swag_rank"] >= 2  # a low-rank part to draw from
         else:
             assert fitted["prior_precision"] > 0  # the evidence's optimum
-    probs = images.METHODS[name].probs(model.eval(), x, 8)
+    k = {"deep_ensemble": images.DEEP_ENSEMBLE_SIZE}.get(name, 8)  # its members
+    probs = images.METHODS[name].probs(model.eval(), x, k)
     assert probs.shape[1:] == (4, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
-    one_function = ("sngp", "heteroscedastic", "laplace_last_layer")  # one predictive
-    assert probs.shape[0] == (1 if name in one_function else 8)  # K functions
+    one_function = ("sngp", "heteroscedastic", "laplace_last_layer", "laplace_kron")
+    assert probs.shape[0] == (1 if name in one_function else k)  # K functions
     no_bayesian_layer = ("deterministic", "heteroscedastic")  # (the SNGP head is one)
-    no_bayesian_layer += ("deterministic_10_epochs",)
+    no_bayesian_layer += ("deterministic_10_epochs", "deep_ensemble")
     assert any(True for _ in bl.bayesian_modules(model)) == (name not in no_bayesian_layer)
     assert bool(bl.losses(model)) == name.startswith(PENALISED)
     if name == "mc_dropout":
@@ -144,6 +176,12 @@ def test_every_method_builds_lenet5(name):
     if name == "sngp":
         assert config == {"norm_bound": 3.0}
         assert sum(bl.layers.is_spectral_normalized(m) for m in model) == 4  # 3 convs, 1 dense
+    if name == "deep_ensemble":  # independently initialised members, each its own function
+        assert len(model) == images.DEEP_ENSEMBLE_SIZE
+        assert not torch.allclose(probs[0], probs[1])
+        out = model(x)
+        each = sum(F.cross_entropy(out[i], torch.arange(4)) for i in range(len(model)))
+        torch.testing.assert_close(images.METHODS[name].loss(out, torch.arange(4)), each)
     if name in ("rank1", "batch_ensemble"):
         layers = list(bl.bayesian_modules(model))
         assert len(layers) == 5 and {m.ensemble_size for m in layers} == {images.ENSEMBLE_SIZE}
