@@ -78,8 +78,12 @@ def test_the_comparison_quotes_the_benchmark_table() -> None:
     theirs = _table(RESULTS.read_text(), "method")
     assert {"deterministic", "laplace_last_layer", "swag", "ivon", "ensemble_10"} <= set(ours)
     for method, row in ours.items():
+        assert method in theirs, f"{method!r} is not a row of {RESULTS.name}"
         for column, cell in row.items():
-            assert theirs[method][column] == cell, (method, column)
+            assert theirs[method][column] == cell, (
+                f"docs/posteriors.md quotes {cell!r} for {method} / {column}, "
+                f"{RESULTS.name} has {theirs[method][column]!r}: update the page's comparison"
+            )
     assert "benchmarks/results/images.md" in _sections()["How they compare"]
 
 
