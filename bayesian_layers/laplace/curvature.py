@@ -14,7 +14,8 @@ Carlo labels are drawn. For a linear or 2-d convolution layer ``z = W a + b`` (t
 on every patch ``t``), by forward hooks:
 
 * ``"diag"``: the exact diagonal, ``Σ_n Σ_c (Σ_t g_{nct} a_{ntᵀ})²`` (and
-  ``Σ_n Σ_c (Σ_t g_{nct})²`` for the bias), from per-example gradients;
+  ``Σ_n Σ_c (Σ_t g_{nct})²`` for the bias), from per-example gradients (a linear
+  layer on one position: ``Σ_c (g_c²)ᵀ (a²)``, one matrix product per column);
 * ``"kron"``: KFAC ("expand" over patches, as curvlinops and laplace-torch), with
   ``A = Σ_{n,t} ã ãᵀ / (N T)`` of the input with a 1 appended for the bias
   (``ã = [a; 1]``) and ``G = Σ_{n,t,c} g gᵀ``; the weight block is ``G ⊗ A[:-1, :-1]``,
@@ -30,12 +31,15 @@ per-example Jacobians (small models: ``O(P²)`` memory).
 
 Other modules (BatchNorm, LayerNorm, ``nn.GRU``, activations) are traversed as point
 estimates, the model in eval mode. Cost: ``C`` backward passes per batch for the hooked
-layers, ``B·C`` vector–Jacobian products (vectorised) for the others.
+layers, one output column at a time, each reduced at once (``O(B·T·O)`` gradient memory
+per layer; the forward runs with the parameters' ``requires_grad`` off, the probes
+carrying the graph), ``B·C`` vector–Jacobian products (vectorised) for the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +62,8 @@ __all__ = [
 ]
 
 _FN = "laplace.fit"
+#: examples per chunk of a layer's inputs (a convolution's patches) for the factor ``A``
+_A_CHUNK = 16
 
 
 @dataclass
@@ -199,6 +205,7 @@ class _Accumulator:
         self.positions = 0  # N·T, the rows that went into A
         weight = point_value(module, "weight") if kind != "generic" else None
         self.weight_shape = None if weight is None else weight.shape  # hooked layers' only
+        self.x: Tensor | None = None  # "diag": the current batch's (B, T, I) inputs
 
     def inputs(self, a: Tensor) -> Tensor:
         """``(B, T, I)`` inputs (patches), T positions per example."""
@@ -206,31 +213,48 @@ class _Accumulator:
             return _patches(self.lc.module, a).transpose(1, 2)
         return a.reshape(a.shape[0], -1, a.shape[-1])
 
-    def add(self, a: Tensor, gs: list[Tensor]) -> None:
-        """``a``: the layer's input; ``gs``: per output column, ``(B, O, ...)`` (conv) or
-        ``(B, ..., O)`` (linear) gradients of the pre-activation."""
-        x = self.inputs(a)  # (B, T, I)
-        g = torch.stack([self._rows(gc) for gc in gs], 1)  # (B, C, T, O)
-        if self.hessian == "diag":
-            # per-example gradients, one output column at a time: (B, O, I) in memory
-            w = sum(
-                torch.einsum("bto,bti->boi", g[:, c], x).square().sum(0) for c in range(g.shape[1])
-            )
-            assert isinstance(w, Tensor)
-            assert self.weight_shape is not None  # a linear or conv layer has a weight
-            w = w.reshape(self.weight_shape)
-            self._acc(self.lc.diag, "weight", w)
-            if "bias" in self.lc.params:
-                self._acc(self.lc.diag, "bias", g.sum(2).square().sum((0, 1)))
+    def begin(self, a: Tensor) -> None:
+        """A batch's layer input ``a``. ``"diag"``: kept as ``(B, T, I)`` rows for the
+        columns to come; ``"kron"``: ``A`` grows by ``[[XᵀX, Xᵀ1], [1ᵀX, BT]]`` (the
+        appended 1 of the bias from column sums, no copy), ``_A_CHUNK`` examples at a
+        time (a convolution's patches are ``T·I`` numbers per example)."""
+        if self.hessian != "kron":
+            self.x = self.inputs(a)  # (B, T, I)
             return
         has_bias = point_value(self.lc.module, "bias") is not None
-        if has_bias:
-            x = torch.cat([x, x.new_ones(x.shape[:-1] + (1,))], -1)  # (B, T, I+1)
-        xs = x.reshape(-1, x.shape[-1])
-        self.lc.A = xs.T @ xs if self.lc.A is None else self.lc.A + xs.T @ xs
-        self.positions += xs.shape[0]
-        gg = g.reshape(-1, g.shape[-1])
-        self.lc.G = gg.T @ gg if self.lc.G is None else self.lc.G + gg.T @ gg
+        for chunk in a.split(_A_CHUNK):
+            x = self.inputs(chunk)
+            xs = x.reshape(-1, x.shape[-1])  # (b·T, I)
+            aa = xs.T @ xs
+            if has_bias:
+                col = xs.sum(0)  # (I,)
+                corner = col.new_full((1,), float(xs.shape[0]))
+                aa = torch.cat([torch.cat([aa, col[:, None]], 1), torch.cat([col, corner])[None]])
+            self.lc.A = aa if self.lc.A is None else self.lc.A + aa
+            self.positions += xs.shape[0]
+
+    def add_column(self, gc: Tensor) -> None:
+        """One output column's pre-activation gradient, ``(B, O, ...)`` (conv) or
+        ``(B, ..., O)`` (linear): reduced at once (``"diag"``: ``Σ_n (Σ_t g_t a_tᵀ)²``,
+        for one position ``t`` the product ``(g²)ᵀ (a²)``; ``"kron"``: ``G += gᵀ g``)."""
+        g = self._rows(gc)  # (B, T, O)
+        if self.hessian == "kron":
+            gg = g.reshape(-1, g.shape[-1])
+            self.lc.G = gg.T @ gg if self.lc.G is None else self.lc.G + gg.T @ gg
+            return
+        x = self.x  # (B, T, I)
+        assert x is not None and self.weight_shape is not None  # begin() ran; a weight
+        if g.shape[1] == 1:  # per-example gradient g aᵀ, squared elementwise g² (a²)ᵀ
+            w = g[:, 0].square().T @ x[:, 0].square()  # (O, I)
+        else:  # per-example gradients Σ_t g_t a_tᵀ: (B, O, I)
+            w = torch.bmm(g.transpose(1, 2), x).square().sum(0)
+        self._acc(self.lc.diag, "weight", w.reshape(self.weight_shape))
+        if "bias" in self.lc.params:
+            self._acc(self.lc.diag, "bias", g.sum(1).square().sum(0))
+
+    def end(self) -> None:
+        """Drop the batch's inputs."""
+        self.x = None
 
     def _rows(self, gc: Tensor) -> Tensor:
         if self.kind == "conv2d":
@@ -245,6 +269,20 @@ class _Accumulator:
         if self.lc.A is not None:
             self.lc.A = self.lc.A / self.positions
         return self.lc
+
+
+@contextmanager
+def _frozen(model: nn.Module, on: bool) -> Iterator[None]:
+    """Context: ``model``'s parameters without ``requires_grad`` (when ``on``), each
+    restored at exit; the forward then keeps no graph for the weights' gradients."""
+    params = [p for p in model.parameters() if p.requires_grad] if on else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def compute_curvature(
@@ -331,8 +369,8 @@ def compute_curvature(
             for x, y in loader:
                 seen.clear()
                 active[0] = True
-                with torch.set_grad_enabled(bool(hooked)):
-                    f = model(x)
+                with torch.set_grad_enabled(bool(hooked)), _frozen(model, bool(hooked)):
+                    f = model(x)  # the probes alone carry the graph
                 if f.dim() != 2:
                     raise ValueError(
                         f"{_FN} expected model outputs of shape (B, C), got {tuple(f.shape)}"
@@ -341,12 +379,16 @@ def compute_curvature(
                 s = hessian_sqrt(f, likelihood, sigma)
                 if hooked:
                     probes = [seen[n][1] for n, _ in hooked]
-                    cols = [
-                        torch.autograd.grad(f, probes, s[:, :, c], retain_graph=True)
-                        for c in range(f.shape[1])
-                    ]
-                    for i, (name, _) in enumerate(hooked):
-                        accs[name].add(seen[name][0], [col[i] for col in cols])
+                    for name, _ in hooked:
+                        accs[name].begin(seen[name][0])
+                    last = f.shape[1] - 1
+                    for c in range(f.shape[1]):  # one column at a time: O(B·T·O) memory
+                        col = torch.autograd.grad(f, probes, s[:, :, c], retain_graph=c < last)
+                        for i, (name, _) in enumerate(hooked):
+                            accs[name].add_column(col[i])
+                        del col
+                    for name, _ in hooked:
+                        accs[name].end()
                 active[0] = False
                 jacobians.add(x, s, f.detach())
                 n_data += f.shape[0]
