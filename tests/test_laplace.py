@@ -425,3 +425,44 @@ def test_same_padding_curvature_equals_explicit_padding(kernel: int) -> None:
         lml_a = bl.laplace.log_marginal_likelihood(a, 1.0)
         lml_b = bl.laplace.log_marginal_likelihood(b, 1.0)
         torch.testing.assert_close(lml_a, lml_b, rtol=1e-10, atol=1e-10)
+
+
+def test_curvature_restores_requires_grad_even_when_it_raises() -> None:
+    """The curvature forward turns the parameters' gradients off (the probes carry the
+    graph); every flag comes back as it was, after success and after an error."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    net[0].bias.requires_grad_(False)  # a mixed model: the flags must come back as they were
+    flags = [p.requires_grad for p in net.parameters()]
+    data = [(torch.randn(5, 3), torch.randint(0, 2, (5,)))]
+    compute_curvature(net, data, hessian="diag")
+    assert [p.requires_grad for p in net.parameters()] == flags
+    bad = [(torch.randn(5, 3), torch.randn(5, 3))]  # regression targets of the wrong shape
+    with pytest.raises(ValueError, match="expected regression targets"):
+        compute_curvature(net, bad, likelihood="regression")
+    assert [p.requires_grad for p in net.parameters()] == flags
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_diagonal_equals_per_example_brute_force(bias: bool) -> None:
+    """The linear layers' GGN diagonal, Σ_n Σ_c (S_nᵀ J_n)_c², against per-example
+    Jacobians from torch.func and Λ = diag(p) - p pᵀ written out, float64."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 5, bias=bias), nn.Tanh(), nn.Linear(5, 3, bias=bias))
+    net = net.double()
+    x = torch.randn(7, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (7,))
+    curv = compute_curvature(net, [(x, y)], hessian="diag")
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    want = {k: torch.zeros_like(v) for k, v in params.items()}
+    for n in range(len(x)):
+        jac = jacrev(lambda p, n=n: functional_call(net, p, (x[n : n + 1],))[0])(params)
+        prob = torch.softmax(net(x[n : n + 1])[0], -1).detach()
+        lam = torch.diag(prob) - torch.outer(prob, prob)
+        for k, j in jac.items():
+            jf = j.reshape(3, -1)  # (C, P)
+            want[k] += torch.einsum("cp,cd,dp->p", jf, lam, jf).reshape(want[k].shape)
+    for lc in curv.layers:
+        for name in lc.params:
+            torch.testing.assert_close(
+                lc.diag[name], want[f"{lc.name}.{name}"], rtol=1e-10, atol=1e-12
+            )
