@@ -11,45 +11,28 @@ without a context. A parameter asking a second time starts the next function sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..initializers.full_normal import FullNormal
-from ..initializers.swag_normal import LOW_RANK_SUFFIX
 from ..layers.base import BayesianLayer
+from ..swag._predict import SharedLowRankNoise
 
 __all__ = ["JointNoise", "share_joint_noise"]
 
 
-class JointNoise:
-    """The hook: one ``z`` shared by every joint tensor of a function sample.
+class JointNoise(SharedLowRankNoise):
+    """The hook: one ``z`` shared by every joint tensor of a function sample (SWAG's
+    :class:`~bayesian_layers.swag._predict.SharedLowRankNoise`, kept registered).
 
     Attributes:
         handles: the registrations (``remove()`` each to detach it).
     """
 
     def __init__(self) -> None:
-        self.value: Tensor | None = None
-        self.users: set[tuple[int, str]] = set()
+        super().__init__()
         self.handles: list = []
-
-    def __call__(
-        self,
-        layer: BayesianLayer,
-        name: str,
-        kind: str,
-        shape: torch.Size,
-        make: Callable[[torch.Size], Tensor],
-    ) -> Tensor | None:
-        if not name.endswith(LOW_RANK_SUFFIX):
-            return None
-        key = (id(layer), name)
-        if self.value is None or key in self.users or self.value.shape != shape:
-            self.value, self.users = make(shape), set()
-        self.users.add(key)
-        return self.value
 
     def remove(self) -> None:
         """Unregister the hook from every layer."""

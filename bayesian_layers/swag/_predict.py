@@ -19,7 +19,7 @@ from ..predictive import Predictive
 from ..predictive import predict as bl_predict
 from ..sampling import frozen_sample, resample
 
-__all__ = ["joint_low_rank", "predict", "update_bn"]
+__all__ = ["SharedLowRankNoise", "joint_low_rank", "predict", "update_bn"]
 
 
 def _batch_norms(model: nn.Module) -> list[_BatchNorm]:
@@ -70,7 +70,7 @@ def update_bn(model: nn.Module, loader: Iterable[Any]) -> None:
     torch.optim.swa_utils.update_bn(itertools.chain([first], it), model)
 
 
-class _SharedLowRankNoise:
+class SharedLowRankNoise:
     """A noise hook: every SWAG parameter of one forward pass gets the same ``z₂``; a
     parameter asking a second time starts the next function sample."""
 
@@ -117,7 +117,7 @@ def joint_low_rank(model: nn.Module) -> Iterator[nn.Module]:
         ...     bl.predict(model, torch.randn(4, 3), num_samples=8).samples.shape
         torch.Size([8, 4, 2])
     """
-    hook = _SharedLowRankNoise()
+    hook = SharedLowRankNoise()
     handles = []
     try:
         for layer in model.modules():
