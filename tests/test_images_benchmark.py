@@ -114,26 +114,33 @@ def test_ece_matches_a_textbook_loop():
 PENALISED = ("vi_", "rank1", "sngp", "ivon", "laplace", "swag")  # (SWAG's: unused too)
 
 
-def test_laplace_kron_fits_every_layer_and_predicts_with_the_glm():
+@pytest.mark.parametrize("name", ["laplace_kron", "laplace_kron_layerwise"])
+def test_laplace_kron_fits_every_layer_and_predicts_with_the_glm(name):
     """``laplace_kron`` on a LeNet-shaped network small enough to fit here: every conv and
-    linear layer gets a Kronecker posterior, the evidence's prior precision is written,
-    and the GLM predictive is one function of probabilities."""
+    linear layer gets a Kronecker posterior, the evidence's prior precision (one, or one
+    per parameter tensor) is written, and the GLM predictive is one function."""
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(1, 3, 5, padding=2), nn.ReLU(), nn.MaxPool2d(4),
         nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 12), nn.ReLU(),
         nn.Linear(12, 10),
     )  # fmt: skip
-    assert images.METHODS["laplace_kron"].build is images.lenet5
+    assert images.METHODS[name].build is images.lenet5
     x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
-    post, fitted = images.METHODS["laplace_kron"].posthoc(net, x, y)
+    post, fitted = images.METHODS[name].posthoc(net, x, y)
     layers = list(bl.bayesian_modules(post))
     assert len(layers) == 4
     assert {type(m.weight_initializer).__name__ for m in layers} == {"KroneckerNormal"}
-    tau = fitted["prior_precision"]
-    assert tau > 0 and tau != 1.0  # moved from the starting value
-    assert all(m.weight_initializer.prior_precision.item() == pytest.approx(tau) for m in layers)
-    probs = images.METHODS["laplace_kron"].probs(post.eval(), x[:5], 10)
+    written = [m.weight_initializer.prior_precision.item() for m in layers]
+    if name == "laplace_kron":
+        tau = fitted["prior_precision"]
+        assert tau > 0 and tau != 1.0  # moved from the starting value
+        assert written == pytest.approx([tau] * 4)
+    else:  # one per parameter tensor, weight and bias of each layer, in order
+        taus = fitted["prior_precision"]
+        assert len(taus) == 8 and min(taus) > 0 and len(set(taus)) > 1
+        assert written == pytest.approx(taus[::2])
+    probs = images.METHODS[name].probs(post.eval(), x[:5], 10)
     assert probs.shape == (1, 5, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(1, 5))
     with torch.no_grad(), bl.posterior_mean(post):
@@ -148,7 +155,7 @@ def test_every_method_builds_lenet5(name):
                            norm_bound=3.0, ivon_lr=0.3, hess_init=0.5)  # fmt: skip
     model, config = images.build_model(name, args)
     x = torch.rand(4, 1, 28, 28)
-    if name == "laplace_kron":  # its 5880-input layer's eigendecomposition alone takes
+    if name.startswith("laplace_kron"):  # its 5880-input layer's eigendecomposition takes
         return  # minutes on 2 busy cores: fitted on a smaller network below
     if images.METHODS[name].posthoc is not None:  # Laplace, SWAG: a posterior from (x, y)
         model, fitted = images.METHODS[name].posthoc(model, x, torch.arange(4))
@@ -160,7 +167,7 @@ def test_every_method_builds_lenet5(name):
     probs = images.METHODS[name].probs(model.eval(), x, k)
     assert probs.shape[1:] == (4, 10)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]))
-    one_function = ("sngp", "heteroscedastic", "laplace_last_layer", "laplace_kron")
+    one_function = ("sngp", "heteroscedastic", "laplace_last_layer")
     assert probs.shape[0] == (1 if name in one_function else k)  # K functions
     no_bayesian_layer = ("deterministic", "heteroscedastic")  # (the SNGP head is one)
     no_bayesian_layer += ("deterministic_10_epochs", "deep_ensemble")

@@ -217,12 +217,17 @@ class _Accumulator:
         """A batch's layer input ``a``. ``"diag"``: kept as ``(B, T, I)`` rows for the
         columns to come; ``"kron"``: ``A`` grows by ``[[XᵀX, Xᵀ1], [1ᵀX, BT]]`` (the
         appended 1 of the bias from column sums, no copy), ``_A_CHUNK`` examples at a
-        time (a convolution's patches are ``T·I`` numbers per example)."""
+        time for a convolution (its patches are ``T·I`` numbers per example), the whole
+        batch for a linear layer."""
         if self.hessian != "kron":
             self.x = self.inputs(a)  # (B, T, I)
             return
         has_bias = point_value(self.lc.module, "bias") is not None
-        for chunk in a.split(_A_CHUNK):
+        # a convolution's patches are a copy: a few examples at a time; a linear layer's
+        # inputs are a view: one product for the batch (small chunks of a wide layer's
+        # (I, I) update would be memory-bound)
+        chunks = a.split(_A_CHUNK) if self.kind == "conv2d" else (a,)
+        for chunk in chunks:
             x = self.inputs(chunk)
             xs = x.reshape(-1, x.shape[-1])  # (b·T, I)
             aa = xs.T @ xs
