@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from laplace_models import LeNet5BN
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -279,32 +280,6 @@ def test_fit_in_place_on_a_bayesian_model() -> None:
     assert model[0].weight_initializer.eigvals_a.shape == (3,)
 
 
-class _LeNetBN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2),
-            nn.BatchNorm2d(6),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 class _LSTMClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -319,8 +294,8 @@ class _LSTMClassifier(nn.Module):
 @pytest.mark.parametrize(
     ("make", "shape", "subset", "hessian", "fitted"),
     [
-        (_LeNetBN, (1, 28, 28), "all", "kron", 5),
-        (_LeNetBN, (1, 28, 28), "last_layer", "diag", 1),
+        (LeNet5BN, (1, 28, 28), "all", "kron", 5),
+        (LeNet5BN, (1, 28, 28), "last_layer", "diag", 1),
         (_LSTMClassifier, (7, 4), "last_layer", "kron", 1),
         (_LSTMClassifier, (7, 4), "all", "diag", 2),
     ],
@@ -332,7 +307,7 @@ def test_batchnorm_and_lstm_models_fit(make, shape, subset, hessian, fitted) -> 
     torch.manual_seed(6)
     net = make().to(DT)
     x = torch.randn(4, *shape, dtype=DT)
-    y = torch.randint(0, 10 if make is _LeNetBN else 3, (4,))
+    y = torch.randint(0, 10 if make is LeNet5BN else 3, (4,))
     post = bll.fit(net, [(x[:2], y[:2]), (x[2:], y[2:])], hessian=hessian, subset=subset)
     assert len(post.laplace_curvature.layers) == fitted
     assert sum(isinstance(m, bl.layers.base.BayesianLayer) for m in post.modules()) == fitted

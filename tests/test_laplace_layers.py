@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from laplace_models import LeNet5BN
 from torch import nn
 from torch.func import functional_call, jacrev
 
@@ -92,32 +93,6 @@ class _DeepLSTMNet(nn.Module):
         return self.out(h[-1])
 
 
-class _LeNet5BN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2),
-            nn.BatchNorm2d(6),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT)
 
@@ -137,7 +112,7 @@ def _inputs(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
 def _problem(kind: str, n: int = 8, seed: int = 0, likelihood: str = "classification"):
     torch.manual_seed(seed)
     make = {"lstm": _LSTMNet, "attention": _AttentionNet, "gru_cell": _GRUCellNet,
-            "lstm_cell": _LSTMCellNet, "deep_lstm": _DeepLSTMNet, "lenet": _LeNet5BN,
+            "lstm_cell": _LSTMCellNet, "deep_lstm": _DeepLSTMNet, "lenet": LeNet5BN,
             "mlp": _mlp}[kind]  # fmt: skip
     net = make().to(DT).eval()
     g = torch.Generator().manual_seed(seed)

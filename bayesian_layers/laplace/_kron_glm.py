@@ -28,7 +28,7 @@ from ..initializers.kron_normal import KroneckerNormal
 from ..layers.base import BayesianLayer
 from ..sampling import posterior_mean
 from ._layers import layer_kind as _kind
-from .curvature import _patches
+from .curvature import _frozen, _patches, recording_probes
 
 __all__ = ["probe_moments"]
 
@@ -108,34 +108,22 @@ def probe_moments(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
     layers = _supported(model)
     if layers is None:
         return None
-    seen: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def record(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
-        probe = torch.zeros_like(out, requires_grad=True)  # d f / d probe = d f / d z
-        seen[id(module)] = (inputs[0].detach(), probe)
-        return out + probe
-
-    handles = [layer.register_forward_hook(record) for layer, _ in layers]
-    was_training = model.training
-    model.eval()  # batch norm on its running statistics, as the curvature was
-    try:
-        with posterior_mean(model), torch.enable_grad():
-            f = model(x)
-            if f.dim() != 2:
-                return None  # the caller raises its error on the output's shape
-            probes = [seen[id(layer)][1] for layer, _ in layers]
-            cols = [
-                torch.autograd.grad(f[:, c].sum(), probes, retain_graph=True)
-                for c in range(f.shape[1])
-            ]
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    modules = [layer for layer, _ in layers]
+    with recording_probes(model, modules) as rec, posterior_mean(model):
+        with torch.enable_grad(), _frozen(model, True):
+            f = model(x)  # the probes alone carry the graph
+        if f.dim() != 2:
+            return None  # the caller raises its error on the output's shape
+        probes = rec.probes(modules)
+        last = f.shape[1] - 1
+        cols = [
+            torch.autograd.grad(f[:, c].sum(), probes, retain_graph=c < last)
+            for c in range(f.shape[1])
+        ]
     b, c = f.shape
     f_var = f.new_zeros(b, c, c)
     for i, (layer, names) in enumerate(layers):
-        a = seen[id(layer)][0]
+        a = rec.seen[id(layer)][0]
         if _kind(layer) == "conv2d":
             xs = _patches(layer, a).transpose(1, 2)  # (B, T, I)
             g = torch.stack([col[i].flatten(2).transpose(1, 2) for col in cols], 1)

@@ -38,7 +38,7 @@ carrying the graph), ``B·C`` vector–Jacobian products (vectorised) for the ot
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..sampling import posterior_mean
 from ._checks import HESSIANS, LIKELIHOODS, check_choice, check_positive_float
-from ._layers import layer_kind, point_value, random_params, targets
+from ._layers import point_value, random_params, targets
 from ._per_example import JacobianAccumulator
 
 __all__ = [
@@ -129,13 +129,6 @@ class Curvature:
         """``(layer, parameter name)`` of every parameter tensor in the posterior, in
         order: the groups of a per-layer prior precision."""
         return [(lc, p) for lc in self.layers for p in lc.params]
-
-
-def _kind(module: nn.Module) -> str | None:
-    """``"linear"`` or ``"conv2d"`` for a layer the hooks handle, else ``None``
-    (recurrent, attention and embedding layers go through per-example Jacobians)."""
-    kind = layer_kind(module)
-    return kind if kind in ("linear", "conv2d") else None
 
 
 def supported_layers(model: nn.Module, subset: str = "all") -> list[tuple[str, nn.Module]]:
@@ -276,6 +269,48 @@ class _Accumulator:
         return self.lc
 
 
+class ProbeRecord:
+    """What :func:`recording_probes` saw: per hooked module (by ``id``), its input
+    (detached) and the zero probe added to its output (``∂F/∂probe = ∂F/∂z``).
+
+    Attributes:
+        seen: ``id(module) -> (input, probe)`` of the last forward.
+        active: the hooks record (and add probes) only while ``True``.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[Tensor, Tensor]] = {}
+        self.active = True
+
+    def record(self, module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Any:
+        if not self.active:
+            return None
+        probe = torch.zeros_like(out, requires_grad=True)
+        self.seen[id(module)] = (inputs[0].detach(), probe)
+        return out + probe
+
+    def probes(self, modules: Sequence[nn.Module]) -> list[Tensor]:
+        """The probes of ``modules``, in order."""
+        return [self.seen[id(m)][1] for m in modules]
+
+
+@contextmanager
+def recording_probes(model: nn.Module, modules: Sequence[nn.Module]) -> Iterator[ProbeRecord]:
+    """Context: ``model`` in eval mode (batch norm on its running statistics) with a
+    forward hook on each of ``modules`` that records its input and adds a zero probe to
+    its output; hooks removed and the mode restored at exit."""
+    rec = ProbeRecord()
+    handles = [m.register_forward_hook(rec.record) for m in modules]
+    was_training = model.training
+    model.eval()
+    try:
+        yield rec
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 @contextmanager
 def _frozen(model: nn.Module, on: bool) -> Iterator[None]:
     """Context: ``model``'s parameters without ``requires_grad`` (when ``on``), each
@@ -351,57 +386,37 @@ def compute_curvature(
         full=hessian == "full",
         fn=_FN,
     )
-    seen: dict[str, tuple[Tensor, Tensor]] = {}
-    active = [True]  # hooks off while the per-example Jacobians re-run the model
-
-    def hook(name: str):  # noqa: ANN202 - a forward hook
-        def record(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Any:
-            if not active[0]:
-                return None
-            probe = torch.zeros_like(out, requires_grad=True)  # dF/dprobe = dF/dz
-            seen[name] = (inputs[0].detach(), probe)
-            return out + probe
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in hooked]
-    was_training = model.training
-    model.eval()
+    modules = [m for _, m in hooked]
     loss = torch.zeros(())
     n_data, n_out = 0, 0
-    try:
-        with posterior_mean(model), torch.enable_grad():
-            for x, y in loader:
-                seen.clear()
-                active[0] = True
-                with torch.set_grad_enabled(bool(hooked)), _frozen(model, bool(hooked)):
-                    f = model(x)  # the probes alone carry the graph
-                if f.dim() != 2:
-                    raise ValueError(
-                        f"{_FN} expected model outputs of shape (B, C), got {tuple(f.shape)}"
-                    )
-                loss = loss.to(f) + _loss(f.detach(), y, likelihood)
-                s = hessian_sqrt(f, likelihood, sigma)
-                if hooked:
-                    probes = [seen[n][1] for n, _ in hooked]
-                    for name, _ in hooked:
-                        accs[name].begin(seen[name][0])
-                    last = f.shape[1] - 1
-                    for c in range(f.shape[1]):  # one column at a time: O(B·T·O) memory
-                        col = torch.autograd.grad(f, probes, s[:, :, c], retain_graph=c < last)
-                        for i, (name, _) in enumerate(hooked):
-                            accs[name].add_column(col[i])
-                        del col
-                    for name, _ in hooked:
-                        accs[name].end()
-                active[0] = False
-                jacobians.add(x, s, f.detach())
-                n_data += f.shape[0]
-                n_out = f.shape[1]
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with recording_probes(model, modules) as rec, posterior_mean(model), torch.enable_grad():
+        for x, y in loader:
+            rec.seen.clear()
+            rec.active = True
+            with torch.set_grad_enabled(bool(hooked)), _frozen(model, bool(hooked)):
+                f = model(x)  # the probes alone carry the graph
+            if f.dim() != 2:
+                raise ValueError(
+                    f"{_FN} expected model outputs of shape (B, C), got {tuple(f.shape)}"
+                )
+            loss = loss.to(f) + _loss(f.detach(), y, likelihood)
+            s = hessian_sqrt(f, likelihood, sigma)
+            if hooked:
+                probes = rec.probes(modules)
+                for name, m in hooked:
+                    accs[name].begin(rec.seen[id(m)][0])
+                last = f.shape[1] - 1
+                for c in range(f.shape[1]):  # one column at a time: O(B·T·O) memory
+                    col = torch.autograd.grad(f, probes, s[:, :, c], retain_graph=c < last)
+                    for i, (name, _) in enumerate(hooked):
+                        accs[name].add_column(col[i])
+                    del col
+                for name, _ in hooked:
+                    accs[name].end()
+            rec.active = False  # hooks off while the per-example Jacobians re-run the model
+            jacobians.add(x, s, f.detach())
+            n_data += f.shape[0]
+            n_out = f.shape[1]
     if n_data == 0:
         raise ValueError(f"{_FN} expected a `loader` with at least one batch, got an empty one")
     return Curvature(
