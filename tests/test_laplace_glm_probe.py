@@ -72,3 +72,16 @@ def test_unknown_method_is_named() -> None:
     post = fit(_mlp(), [(torch.randn(8, 5), torch.randint(0, 3, (8,)))])
     with pytest.raises(ValueError, match=r"glm_predictive expected `method` in"):
         glm_predictive(post, torch.randn(2, 5), method="exact")
+
+
+def test_probe_path_under_no_grad_equals_the_jacobian_path() -> None:
+    """Callers predict under ``torch.no_grad()``: the probes still give the covariance."""
+    torch.manual_seed(0)
+    net = _mlp().double()
+    post = fit(net, _data((5,), 3), hessian="kron")
+    x = torch.randn(6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        mean, cov = glm_predictive(post, x, likelihood="regression")
+    ref_mean, ref_cov = glm_predictive(post, x, likelihood="regression", method="jacobian")
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cov, ref_cov, rtol=1e-10, atol=1e-12)

@@ -109,14 +109,14 @@ def probe_moments(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
     if layers is None:
         return None
     modules = [layer for layer, _ in layers]
-    with recording_probes(model, modules) as rec, posterior_mean(model):
-        with torch.enable_grad(), _frozen(model, True):
+    with recording_probes(model, modules) as rec, posterior_mean(model), torch.enable_grad():
+        with _frozen(model, True):
             f = model(x)  # the probes alone carry the graph
         if f.dim() != 2:
             return None  # the caller raises its error on the output's shape
         probes = rec.probes(modules)
         last = f.shape[1] - 1
-        cols = [
+        cols = [  # (the column sums are graph ops too: under enable_grad)
             torch.autograd.grad(f[:, c].sum(), probes, retain_graph=c < last)
             for c in range(f.shape[1])
         ]
