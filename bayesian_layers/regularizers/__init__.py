@@ -19,6 +19,7 @@ from __future__ import annotations
 from ._fused import softplus_normal_kl_scalar_prior as softplus_normal_kl_scalar_prior
 from .base import Regularizer
 from .base import monte_carlo_kl as monte_carlo_kl
+from .empirical_bayes import EmpiricalBayesNormalKLDivergence
 from .hierarchical import HierarchicalNormalKLDivergence, LearnedScaleNormalKLDivergence
 from .kl import (
     HalfCauchyKLDivergence,
@@ -35,6 +36,7 @@ __all__ = [
     "HalfCauchyKLDivergence",
     "MonteCarloKLDivergence",
     "LearnedScaleNormalKLDivergence",
+    "EmpiricalBayesNormalKLDivergence",
     "HierarchicalNormalKLDivergence",
     "NoiseContrastivePrior",
     "get_regularizer",
@@ -47,6 +49,7 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "log_uniform_kl_divergence": LogUniformKLDivergence,
     "half_cauchy_kl_divergence": HalfCauchyKLDivergence,
     "learned_scale_normal_kl_divergence": LearnedScaleNormalKLDivergence,
+    "empirical_bayes_normal_kl_divergence": EmpiricalBayesNormalKLDivergence,
     "hierarchical_normal_kl_divergence": HierarchicalNormalKLDivergence,
 }
 

@@ -37,16 +37,45 @@ class NormalKLDivergence(LocScalePrior):
     density of the point (MAP; the KL itself is infinite); a one-sample Monte
     Carlo estimate otherwise.
 
+    The prior scale may also be chosen from the posterior instead of fixed:
+    ``scale="empirical_bayes"`` builds an
+    :class:`~bayesian_layers.regularizers.EmpiricalBayesNormalKLDivergence` (the
+    closed-form type-II maximum-likelihood scale, one per weight tensor) and
+    ``scale="learned"`` a
+    :class:`~bayesian_layers.regularizers.LearnedScaleNormalKLDivergence` (a trainable
+    scale, starting at 1).
+
     Args:
         loc: prior mean (scalar or broadcastable tensor).
-        scale: prior standard deviation, > 0.
+        scale: prior standard deviation, > 0; or ``"empirical_bayes"`` or ``"learned"``.
         scale_factor: multiplies the result.
 
     Example:
         >>> q = Normal(torch.zeros(3), torch.ones(3))
         >>> float(NormalKLDivergence()(q))
         0.0
+        >>> type(NormalKLDivergence(scale="empirical_bayes")).__name__
+        'EmpiricalBayesNormalKLDivergence'
     """
+
+    def __new__(
+        cls, loc: float | Tensor = 0.0, scale: float | Tensor | str = 1.0, scale_factor: float = 1.0
+    ) -> NormalKLDivergence:
+        if isinstance(scale, str):
+            # A prior scale chosen from the posterior: another class (its __init__ has run,
+            # and Python skips ours because the object is not a NormalKLDivergence).
+            from .empirical_bayes import EmpiricalBayesNormalKLDivergence
+            from .hierarchical import LearnedScaleNormalKLDivergence
+
+            if scale == "empirical_bayes":
+                return EmpiricalBayesNormalKLDivergence(loc, scale_factor)  # type: ignore[return-value]
+            if scale == "learned":
+                return LearnedScaleNormalKLDivergence(loc, 1.0, scale_factor)  # type: ignore[return-value]
+            raise ValueError(
+                f"NormalKLDivergence expected `scale` to be a positive number, a tensor, "
+                f"'empirical_bayes' or 'learned', got {scale!r}"
+            )
+        return super().__new__(cls)
 
     def prior(self) -> Normal:
         return Normal(self.prior_loc, self.prior_scale, validate_args=False)
