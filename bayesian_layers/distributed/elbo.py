@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
+from ..objectives import NumExamples, _batch_size, _check_scaling, _resolve_num_examples
 from . import _comm
 from .data_parallel import kl_divergence
 from .tensor_parallel import TP_ATTR
@@ -75,8 +76,9 @@ def _data_parallel_size(
 
 def _parse_order(
     first: Any, second: Any, keywords: dict[str, Any], global_batch_size: int | None
-) -> tuple[bool, nn.Module | None, int]:
-    """``(sum form?, model, num_examples)`` from elbo_loss's positional and keyword forms.
+) -> tuple[bool, nn.Module | None, Any]:
+    """``(sum form?, model, num_examples)`` from elbo_loss's positional and keyword forms
+    (``num_examples`` as given: an int, a loader or a data set).
 
     The arguments are :func:`bayesian_layers.elbo_loss`'s, ``(nll, model,
     num_examples)``; ``global_batch_size`` selects the sum form. The older sum-form
@@ -115,7 +117,7 @@ def _parse_order(
         raise TypeError(
             f"elbo_loss expected `model` to be an nn.Module, got {type(model).__name__}"
         )
-    return global_batch_size is not None, model, _count("num_examples", n, 1)
+    return global_batch_size is not None, model, n
 
 
 def _kl_weight(value: object) -> float:
@@ -129,7 +131,7 @@ def _kl_weight(value: object) -> float:
 def elbo_loss(
     nll: Tensor,
     model: nn.Module | None = None,
-    num_examples: int | None = None,
+    num_examples: NumExamples | None = None,
     /,
     *,
     kl: Tensor | None = None,
@@ -138,6 +140,8 @@ def elbo_loss(
     global_batch_size: int | None = None,
     accumulation_steps: int = 1,
     kl_weight: float = 1.0,
+    per_rank: bool | None = None,
+    batch_size: int | None = None,
     **keywords: Any,
 ) -> Tensor:
     """This rank's loss whose data-parallel-averaged gradient is the global negative ELBO's.
@@ -164,10 +168,26 @@ def elbo_loss(
     size. A ``dp_mesh`` that shares ranks with the tensor-parallel mesh, or a
     ``data_parallel_size`` that does not fit beside it, raises ``ValueError``.
 
+    **The training-set size** ``N`` is read as :func:`bayesian_layers.elbo_loss` reads
+    it: an int, or the training ``DataLoader`` (``len(loader.dataset)``: with a
+    ``DistributedSampler`` that is already the global ``N``, never multiplied), or the
+    training data set. Data this rank reads without a ``DistributedSampler`` is
+    ambiguous across ranks, and ``per_rank`` settles it: ``True``, each rank holds an
+    equal shard and ``N = D * len(...)`` (``D`` as in the sum form; also for an int
+    ``num_examples``, then the size of this rank's shard); ``False``, every rank reads the
+    whole training set and ``N = len(...)``; ``None`` (default), ``N = len(...)`` and,
+    with ``D > 1``, one :class:`~bayesian_layers.objectives.KLScalingWarning` asking to
+    choose. ``per_rank=True`` with a ``DistributedSampler`` raises ``ValueError``. The
+    plausibility checks of :func:`bayesian_layers.elbo_loss` run here too (``N``
+    against ``batch_size``, else ``global_batch_size``, else the loader's batch size;
+    the KL against the data term), once per model and ``N``, never while
+    ``torch.compile`` traces.
+
     Args:
         nll: ``nll_mean`` (mean form) or ``nll_sum`` (sum form).
         model: the model whose KL to add (may be given by keyword); or
-        num_examples: the size of the whole training set, ``N`` (may be given by keyword).
+        num_examples: the size of the whole training set, ``N`` (may be given by
+            keyword): an int > 0, the training ``DataLoader``, or the training data set.
         kl: the KL already computed (e.g. returned by :class:`WithKL`), instead of ``model``.
         dp_mesh: the data-parallel device mesh (checked against ``model``'s
             tensor-parallel mesh; the sum form's ``D``).
@@ -176,6 +196,8 @@ def elbo_loss(
         accumulation_steps: micro-batches accumulated per optimiser step (``backward``
             on each micro-batch's loss): the KL is counted once per step.
         kl_weight: tempers the KL (1 is the ELBO); finite and >= 0.
+        per_rank: whether ``num_examples`` counts this rank's shard only (see above).
+        batch_size: a batch size for the ``N >= batch size`` check.
 
     Example:
         >>> import torch, bayesian_layers as bl
@@ -184,8 +206,14 @@ def elbo_loss(
         >>> loss = bl.distributed.elbo_loss(nll_mean, layer, 1000)
         >>> torch.allclose(loss, bl.elbo_loss(nll_mean, layer, 1000))
         True
+        >>> from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+        >>> data = TensorDataset(torch.randn(1000, 3))
+        >>> sampler = DistributedSampler(data, num_replicas=4, rank=0)  # 250 per rank
+        >>> loader = DataLoader(data, batch_size=50, sampler=sampler)
+        >>> torch.equal(bl.distributed.elbo_loss(nll_mean, layer, loader), loss)  # N = 1000
+        True
     """
-    sum_form, model, n = _parse_order(model, num_examples, keywords, global_batch_size)
+    sum_form, model, given = _parse_order(model, num_examples, keywords, global_batch_size)
     if (model is None) == (kl is None):
         raise ValueError("elbo_loss expected exactly one of `model` and `kl`")
     weight = _kl_weight(kl_weight)
@@ -197,12 +225,36 @@ def elbo_loss(
             "elbo_loss expected a plain tensor `kl`, got a DTensor (a KL of sharded "
             "parameters); compute it with bl.distributed.kl_divergence(model) or WithKL"
         )
+    found = _resolve_num_examples(given)
+    if per_rank is not None and not isinstance(per_rank, bool):
+        raise TypeError(f"elbo_loss expected `per_rank` to be a bool, got {per_rank!r}")
+    if per_rank and found.origin == "global":
+        raise ValueError(
+            "elbo_loss got per_rank=True and a DataLoader with a DistributedSampler, whose "
+            "dataset is already the whole training set; drop per_rank"
+        )
+    check_batch = _batch_size(batch_size)
+    size = None
+    if sum_form or per_rank or dp_mesh is not None or data_parallel_size is not None:
+        size = _data_parallel_size(model, dp_mesh, data_parallel_size)  # (also a check)
+    elif per_rank is None and found.origin == "local":
+        size = _data_parallel_size(model, None, None)
+    n = found.n * size if per_rank and size is not None else found.n
     if sum_form:
         batch = _count("global_batch_size", global_batch_size, 1)
-        size = _data_parallel_size(model, dp_mesh, data_parallel_size)
-        data = size * nll / batch
+        data = (size or 1) * nll / batch  # size is set: the sum form always asks for D
+        check_batch = check_batch if check_batch is not None else batch
     else:
-        if dp_mesh is not None or data_parallel_size is not None:
-            _data_parallel_size(model, dp_mesh, data_parallel_size)  # consistency only
         data = nll / steps if steps > 1 else nll
+    _check_scaling(
+        model,
+        found._replace(n=n),
+        data if sum_form else nll,
+        kl,
+        batch_size=check_batch,
+        data_parallel=size,
+        ambiguous=per_rank is None,
+        fix="pass per_rank=True (shards) or per_rank=False (every rank reads all the "
+        "data), or the global N as an int",
+    )
     return data + (weight / (n * steps)) * kl
