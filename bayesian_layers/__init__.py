@@ -15,6 +15,7 @@ from . import (
     swag,
     tracing,
 )
+from .calibration import TemperatureScaled, calibrate
 from .convert import to_bayesian
 from .distributions import Deterministic as DeterministicDistribution
 from .ensemble import Ensemble
@@ -66,6 +67,8 @@ __all__ = [
     "elbo_loss",
     "predict",
     "Predictive",
+    "calibrate",
+    "TemperatureScaled",
     "bayesian_modules",
     "set_sampling",
     "posterior_mean",
