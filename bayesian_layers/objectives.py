@@ -182,7 +182,8 @@ def _check_scaling(
     batch_size: int | None = None,
     data_parallel: int | None = None,
     ambiguous: bool = False,
-    fix: str = "pass the training-set size N as an int",
+    fix: str = "pass the global N as an int, or use bl.distributed.elbo_loss with "
+    "per_rank=True (shards) or per_rank=False (every rank reads all the data)",
 ) -> None:
     """Warn :class:`KLScalingWarning` for an implausible ``N`` (see :func:`elbo_loss`).
 
