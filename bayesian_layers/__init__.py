@@ -20,7 +20,8 @@ from .convert import to_bayesian
 from .distributions import Deterministic as DeterministicDistribution
 from .ensemble import Ensemble
 from .inference import make_log_joint_fn, program_elbo
-from .objectives import elbo_loss, losses
+from .kl_schedule import kl_warmup
+from .objectives import KLScalingWarning, elbo_loss, losses
 from .predictive import Predictive, predict
 from .random_variables import *  # noqa: F403 - the constructors, listed in its __all__
 from .random_variables.variable import RandomVariable
@@ -65,6 +66,8 @@ __all__ = [
     "laplace",
     "Ensemble",
     "elbo_loss",
+    "kl_warmup",
+    "KLScalingWarning",
     "predict",
     "Predictive",
     "calibrate",

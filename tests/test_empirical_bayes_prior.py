@@ -112,7 +112,7 @@ def test_selection_by_name_and_by_scale_string():
 
 
 def test_bad_inputs_name_the_class_and_the_argument():
-    with pytest.raises(ValueError, match="NormalKLDivergence expected `scale`.*'empirical'"):
+    with pytest.raises(TypeError, match="NormalKLDivergence expected `scale`.*'empirical'"):
         NormalKLDivergence(scale="empirical")
     with pytest.raises(TypeError, match="EmpiricalBayesNormalKLDivergence expected a Normal"):
         EmpiricalBayesNormalKLDivergence()(torch.distributions.Laplace(torch.zeros(2), 1.0))

@@ -71,8 +71,8 @@ class NormalKLDivergence(LocScalePrior):
                 return EmpiricalBayesNormalKLDivergence(loc, scale_factor)  # type: ignore[return-value]
             if scale == "learned":
                 return LearnedScaleNormalKLDivergence(loc, 1.0, scale_factor)  # type: ignore[return-value]
-            raise ValueError(
-                f"NormalKLDivergence expected `scale` to be a positive number, a tensor, "
+            raise TypeError(
+                f"NormalKLDivergence expected `scale` to be a positive number or tensor, or "
                 f"'empirical_bayes' or 'learned', got {scale!r}"
             )
         return super().__new__(cls)
