@@ -261,6 +261,10 @@ def test_other_priors_report_their_scale():
     assert d.prior_scale == pytest.approx(
         float((loc**2 + scale**2).mean().sqrt().detach()), rel=1e-5
     )
+    log_uniform = bl.regularizers.LogUniformKLDivergence()  # no prior_scale, not a normal
+    d = diagnose(bl.layers.LinearFlipout(16, 4, weight_regularizer=log_uniform)).layers[0]
+    assert d.prior_scale is None and d.frac_at_prior is None
+    assert math.isfinite(d.kl_per_param) and "collapsed_to_prior" not in d.codes
     layer = bl.layers.LinearFlipout(16, 4, weight_regularizer=None)
     d = diagnose(layer).layers[0]
     assert d.prior_scale is None and d.kl is None and d.frac_at_prior is None
