@@ -17,6 +17,7 @@ from . import (
 )
 from .calibration import TemperatureScaled, calibrate
 from .convert import to_bayesian
+from .diagnostics import Diagnosis, diagnose
 from .distributions import Deterministic as DeterministicDistribution
 from .ensemble import Ensemble
 from .inference import make_log_joint_fn, program_elbo
@@ -71,6 +72,8 @@ __all__ = [
     "predict",
     "Predictive",
     "calibrate",
+    "diagnose",
+    "Diagnosis",
     "TemperatureScaled",
     "bayesian_modules",
     "set_sampling",

@@ -65,6 +65,8 @@ def format_report(result: DemoResult) -> str:
 
     rule = "-" * len(line(header))
     out = [rule, line(header), rule, *map(line, body), rule]
+    if result.diagnosis:
+        out += [f"bl.diagnose, Bayesian digits model on the validation split: {result.diagnosis}"]
     out += [f"figure: {p}" for p in result.figures]
     out += [f"note: {n}" for n in result.notes]
     out.append(f"wall time: {result.seconds:.1f} s")

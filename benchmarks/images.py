@@ -40,6 +40,7 @@ from images_report import write_figures, write_table
 from torch import Tensor, nn
 
 import bayesian_layers as bl
+from bayesian_layers.calibration import fit_temperature
 from bayesian_layers.layers.registry import counterparts
 from bayesian_layers.metrics import (
     accuracy,
@@ -605,6 +606,9 @@ def rescore(out_dir: Path, data: dict[str, Tensor]) -> list[Path]:
         samples = {k: v.float() for k, v in torch.load(f, weights_only=True).items()}
         r = json.loads(path.read_text())
         r.update(evaluate(samples, data))
+        if "val" in samples:
+            cal = calibrated_metrics(samples["val"], data["y_val"], samples["test"], data)
+            r["calibrated"] = cal
         path.write_text(json.dumps(r, indent=1))
         done.append(path)
     return done
@@ -625,8 +629,8 @@ def run_one(name: str, seed: int, data: dict[str, Tensor], args: argparse.Namesp
         config = {**config, **fitted, "posthoc_s": time.perf_counter() - start}
     if method.tune is not None:
         config = {**config, **method.tune(model, data["x_val"], data["y_val"])}
-    val_probs = prob_samples(model, method, data["x_val"], k).mean(0)
-    val = classification_metrics(val_probs, data["y_val"])
+    val_samples = prob_samples(model, method, data["x_val"], k)
+    val = classification_metrics(val_samples.mean(0), data["y_val"])
     common = {
         "method": name, "seed": seed, "epochs": epochs, "num_samples": k, **config,
         "batch_size": args.batch_size, "lr": args.lr, "num_train": len(data["x_train"]),
@@ -637,13 +641,30 @@ def run_one(name: str, seed: int, data: dict[str, Tensor], args: argparse.Namesp
     samples, ms = predict_all(model, method, data, k)
     if name == "deterministic":
         torch.save(
-            samples,
+            {**samples, "val": val_samples},
             args.out_dir / f"deterministic_seed{seed}_probs.pt",
         )
     return {
         **common, **evaluate(samples, data),
+        "calibrated": calibrated_metrics(val_samples, data["y_val"], samples["test"], data),
         "timing": {"train_s_per_epoch": sec, "predict_ms_per_image": ms},
     }  # fmt: skip
+
+
+def calibrated_metrics(
+    val_samples: Tensor, y_val: Tensor, test_samples: Tensor, data: dict[str, Tensor]
+) -> dict:
+    """Test metrics after temperature scaling (``bl.calibrate``'s fit): one temperature
+    ``T`` for the method's predictive, fitted on the validation split's probability
+    samples ``(K, N, C)`` (their logs are logits up to a per-row constant, so
+    ``softmax(log p / T)`` is each sample's tempered softmax) and applied to the test
+    samples before averaging them."""
+    fit = fit_temperature(val_samples.double().clamp_min(1e-30).log(), y_val)
+    tempered = (test_samples.double().clamp_min(1e-30).log() / fit.temperature).softmax(-1)
+    return {
+        "temperature": fit.temperature,
+        "test": classification_metrics(tempered.mean(0).float(), data["y_test"]),
+    }
 
 
 class MissingMembers(FileNotFoundError):
@@ -672,6 +693,11 @@ def evaluate_ensemble(name: str, seed: int, data: dict[str, Tensor], out_dir: Pa
         "seed": seed,
         "members": list(members),
         **evaluate(samples, data),
+        **(
+            {"calibrated": calibrated_metrics(samples["val"], data["y_val"], samples["test"], data)}
+            if "val" in samples  # members run before calibration existed kept no validation
+            else {}
+        ),
         "timing": timing,
     }
 

@@ -46,7 +46,7 @@ def test_quick_demo_prints_table_and_writes_figures(tmp_path: Path, capsys) -> N
     assert cli.main(["demo", "--quick", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = _parse_table(out)
-    assert len(rows) == 8, out
+    assert len(rows) == 10, out
     for (dataset, metric), (det, bayes, _) in rows.items():
         for value in (det, bayes):
             assert value is None or math.isfinite(value), (dataset, metric, value)
@@ -57,6 +57,8 @@ def test_quick_demo_prints_table_and_writes_figures(tmp_path: Path, capsys) -> N
         assert rows["digits", "test accuracy"][model] > 0.8  # chance: 0.1
         assert rows["digits", "test NLL (nats)"][model] < math.log(10)  # uniform prediction
         assert 0 <= rows["digits", "ECE (15 bins)"][model] < 0.2
+        assert 0 <= rows["digits", "ECE, temperature-scaled"][model] < 0.2
+        assert rows["digits", "test NLL, temperature-scaled"][model] < math.log(10)
         assert rows["digits", "OOD AUROC, entropy"][model] > 0.6  # chance: 0.5
         assert rows["diabetes", "test RMSE (original units)"][model] < 0.95 * baseline
         assert 0.5 < rows["diabetes", "90% interval coverage"][model] <= 1.0
@@ -68,6 +70,8 @@ def test_quick_demo_prints_table_and_writes_figures(tmp_path: Path, capsys) -> N
         assert Path(path).parent == tmp_path
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "note: Bayesian model: layers.LinearFlipout" in out
+    assert "bl.diagnose, Bayesian digits model on the validation split: Diagnosis:" in out
+    assert "LinearFlipout" in out.split("bl.diagnose")[1] and "calibration (252 examples" in out
     assert re.search(r"^wall time: \d+\.\d s$", out, flags=re.M)
     # Global torch settings are restored.
     assert torch.get_num_threads() == threads

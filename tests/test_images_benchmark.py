@@ -309,12 +309,17 @@ def test_quick_run_writes_one_json_per_method_and_seed(quick_run):
         assert r["test"]["accuracy"] > 0.3, (f, r["test"])  # chance is 0.1
         assert 0.0 <= r["ood"]["auroc_entropy"] <= 1.0
         assert sum(r["reliability"]["counts"]) == 500  # every test image in one bin
+        cal = r["calibrated"]  # temperature scaling fitted on the validation split
+        assert 1e-3 < cal["temperature"] < 1e3
+        assert cal["test"]["accuracy"] == pytest.approx(r["test"]["accuracy"], abs=0.05)
+        assert all(math.isfinite(v) for v in cal["test"].values()), f
         roc = r["ood"]["roc_entropy"]
         assert roc[0] >= 0.0 and roc[-1] == 1.0 and roc == sorted(roc)  # a ROC curve
     table = (out / "images.md").read_text()  # --quick: the table goes beside the runs
     assert "| vi_flipout | 2 | 1 |" in table  # 2 seeds of 1 epoch
     assert "deep ensemble, 10 (published) | — | — | 0.200" in table
     assert "separate processes" in table  # no cost.json yet
+    assert "## After temperature scaling" in table and "| vi_flipout | 2 |" in table
 
 
 @pytest.mark.slow
@@ -328,6 +333,8 @@ def test_rescore_reproduces_the_metrics_from_saved_probabilities(quick_run, tmp_
     assert after["timing"] == before["timing"] and after["validation"] == before["validation"]
     for key in ("accuracy", "nll", "ece", "brier"):  # the probabilities are saved in float32
         assert after["test"][key] == pytest.approx(before["test"][key], abs=1e-12), key
+        cal = after["calibrated"]["test"][key]
+        assert cal == pytest.approx(before["calibrated"]["test"][key], abs=1e-6), key
         rotated = after["rotation"]["90"][key]
         assert rotated == pytest.approx(before["rotation"]["90"][key], abs=1e-12), key
 

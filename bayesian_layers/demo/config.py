@@ -118,3 +118,4 @@ class DemoResult:
     figures: list[Path]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    diagnosis: str = ""  # bl.diagnose's report of the Bayesian digits model
