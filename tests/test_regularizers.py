@@ -467,6 +467,7 @@ def test_get_regularizer_resolves_and_rejects() -> None:
         "half_cauchy_kl_divergence",
         "learned_scale_normal_kl_divergence",
         "hierarchical_normal_kl_divergence",
+        "empirical_bayes_normal_kl_divergence",
     }
     for name, cls in REGULARIZERS.items():
         assert type(get_regularizer(name)) is cls
