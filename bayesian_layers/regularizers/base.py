@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ..initializers import check_non_negative
+from ..initializers import check_non_negative, log_softplus
 from ..random_variables.variable import RandomVariable
 
 __all__ = ["Regularizer", "monte_carlo_kl"]
@@ -84,6 +84,25 @@ class Regularizer(nn.Module):
 
     def forward(self, rv: RandomVariable | Distribution) -> Tensor:
         out = self.penalty(_as_rv(type(self).__name__, rv))
+        return out if self.scale_factor == 1.0 else out * self.scale_factor
+
+
+class NormalClosedForm(Regularizer):
+    """A regularizer whose penalty of ``N(loc, scale)`` is ``_kl(loc, scale, log scale)``.
+
+    Subclasses implement ``_kl``; this gives them the two fast paths, the one from
+    ``(loc, scale)`` and the one from ``(loc, rho)`` with a stable ``log softplus(rho)``.
+    """
+
+    def _kl(self, loc: Tensor, scale: Tensor, log_scale: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def normal_penalty(self, loc: Tensor, scale: Tensor) -> Tensor | None:
+        out = self._kl(loc, scale, scale.log())
+        return out if self.scale_factor == 1.0 else out * self.scale_factor
+
+    def softplus_normal_penalty(self, loc: Tensor, rho: Tensor) -> Tensor | None:
+        out = self._kl(loc, F.softplus(rho), log_softplus(rho))
         return out if self.scale_factor == 1.0 else out * self.scale_factor
 
 

@@ -26,19 +26,17 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Normal
 
 from ..distributions import Deterministic
-from ..initializers import log_softplus
 from ..random_variables.variable import RandomVariable
-from .base import Regularizer, _float_buffer
+from .base import NormalClosedForm, _float_buffer
 
 __all__ = ["EmpiricalBayesNormalKLDivergence"]
 
 
-class EmpiricalBayesNormalKLDivergence(Regularizer):
+class EmpiricalBayesNormalKLDivergence(NormalClosedForm):
     """``KL(q || N(loc, s²))`` with ``s² = mean((μ - loc)² + σ²)``, one ``s`` per weight tensor.
 
     The closed-form type-II maximum-likelihood prior variance (module docstring):
@@ -91,14 +89,6 @@ class EmpiricalBayesNormalKLDivergence(Regularizer):
             f"{type(self).__name__} expected a Normal (or Deterministic) weight distribution, "
             f"got {type(q).__name__}"
         )
-
-    def normal_penalty(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        out = self._kl(loc, scale, scale.log())
-        return out if self.scale_factor == 1.0 else out * self.scale_factor
-
-    def softplus_normal_penalty(self, loc: Tensor, rho: Tensor) -> Tensor | None:
-        out = self._kl(loc, F.softplus(rho), log_softplus(rho))
-        return out if self.scale_factor == 1.0 else out * self.scale_factor
 
     def _kl(self, loc: Tensor, scale: Tensor, log_scale: Tensor) -> Tensor:
         loc, scale = torch.broadcast_tensors(loc, scale)

@@ -31,7 +31,7 @@ from .._checks import inverse_softplus
 from ..distributions import Deterministic
 from ..initializers import check_positive, log_softplus
 from ..random_variables.variable import RandomVariable
-from .base import Regularizer, _float_buffer, _positive_buffer
+from .base import NormalClosedForm, Regularizer, _float_buffer, _positive_buffer
 
 __all__ = ["LearnedScaleNormalKLDivergence", "HierarchicalNormalKLDivergence"]
 
@@ -61,7 +61,7 @@ def _posterior_family(owner: str, rv: RandomVariable) -> Normal | Deterministic:
     )
 
 
-class LearnedScaleNormalKLDivergence(Regularizer):
+class LearnedScaleNormalKLDivergence(NormalClosedForm):
     """``KL(q || N(loc, s²))`` summed over elements, with a learned prior scale ``s``.
 
     ``s = softplus(prior_scale_rho)`` is an ``nn.Parameter``: one for the whole weight
@@ -123,14 +123,6 @@ class LearnedScaleNormalKLDivergence(Regularizer):
             _check_broadcast(type(self).__name__, self.prior_scale_rho.shape, q.loc.shape)
             return -self.prior().log_prob(q.loc).sum()
         return self._kl(q.loc, q.scale, q.scale.log())
-
-    def normal_penalty(self, loc: Tensor, scale: Tensor) -> Tensor | None:
-        out = self._kl(loc, scale, scale.log())
-        return out if self.scale_factor == 1.0 else out * self.scale_factor
-
-    def softplus_normal_penalty(self, loc: Tensor, rho: Tensor) -> Tensor | None:
-        out = self._kl(loc, F.softplus(rho), log_softplus(rho))
-        return out if self.scale_factor == 1.0 else out * self.scale_factor
 
     def _kl(self, loc: Tensor, scale: Tensor, log_scale: Tensor) -> Tensor:
         _check_broadcast(type(self).__name__, self.prior_scale_rho.shape, loc.shape)
