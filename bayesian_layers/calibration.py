@@ -147,8 +147,7 @@ def _collect(
             parts.append(z.reshape(z.shape[0], -1, z.shape[-1]))  # (K, n, C)
             labels.append(y.reshape(-1).to(z.device))
     finally:
-        model.train(modes[model])
-        for m, mode in modes.items():
+        for m, mode in modes.items():  # every module's own mode, the model's included
             m.training = mode
     if not parts:
         raise ValueError(f"{owner} expected `val_loader` to yield at least one batch")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import weakref
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from numbers import Integral
 from typing import Any, NamedTuple
 
@@ -180,7 +180,7 @@ def _check_scaling(
     kl: Tensor | None,
     *,
     batch_size: int | None = None,
-    data_parallel: int | None = None,
+    data_parallel: int | Callable[[], int] | None = None,
     ambiguous: bool = False,
     fix: str = "pass the global N as an int, or use bl.distributed.elbo_loss with "
     "per_rank=True (shards) or per_rank=False (every rank reads all the data)",
@@ -189,7 +189,8 @@ def _check_scaling(
 
     Runs at the first call per ``(model, N, batch size)`` (at most ``_MAX_CHECKS`` per
     model): the KL check reads two scalars, one device sync per check. Skipped while
-    ``torch.compile`` traces.
+    ``torch.compile`` traces. ``data_parallel`` (the ranks, for an ambiguous ``N``) may be
+    a function, called only when a check runs; ``None`` is the world size.
     """
     if torch.compiler.is_compiling():
         return
@@ -200,15 +201,15 @@ def _check_scaling(
         return
     seen.add(key)
     n = size.n
-    if ambiguous and size.origin == "local" and data_parallel is None:
-        data_parallel = _world_size()
-    if ambiguous and size.origin == "local" and data_parallel is not None and data_parallel > 1:
-        _warn(
-            f"elbo_loss took N = len(dataset) = {n} from a data set this process reads "
-            f"without a DistributedSampler, over {data_parallel} data-parallel ranks: if "
-            f"each rank reads its own shard the training set is about {data_parallel * n}; "
-            f"{fix}"
-        )
+    if ambiguous and size.origin == "local":
+        ranks = data_parallel() if callable(data_parallel) else data_parallel
+        ranks = _world_size() if ranks is None else ranks
+        if ranks > 1:
+            _warn(
+                f"elbo_loss took N = len(dataset) = {n} from a data set this process reads "
+                f"without a DistributedSampler, over {ranks} data-parallel ranks: if each "
+                f"rank reads its own shard the training set is about {ranks * n}; {fix}"
+            )
     if batch is not None and n < batch:
         _warn(
             f"elbo_loss got N = {n} training examples, fewer than a batch ({batch}): N is "
@@ -249,12 +250,14 @@ def _kl_weight(value: object) -> float:
     return float(value)
 
 
-def _batch_size(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"elbo_loss expected `batch_size` to be an int >= 1, got {value!r}")
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"elbo_loss expected `{name}` to be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _batch_size(value: object) -> int | None:
+    return None if value is None else _count("batch_size", value, 1)
 
 
 def elbo_loss(

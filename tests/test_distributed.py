@@ -9,7 +9,6 @@ with the same seeds, so "same noise" means the very same draws.
 from __future__ import annotations
 
 import copy
-import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_util import batch, mlp, spawn_results
+from dist_util import batch, join_gloo, mlp, spawn_results
 from stats_util import z_bonferroni
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -294,9 +293,7 @@ def _check_head_parallel_flipout_draws(rank: int, mesh: Any, res: dict[str, Any]
 
 
 def _worker(rank: int, port: int, outdir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    join_gloo(rank, port, WORLD)
     res: dict[str, Any] = {}
     try:
         for check in (_check_ddp, _check_fsdp, _check_tensor_parallel):

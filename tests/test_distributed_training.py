@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_util import batch, mlp, spawn_results
+from dist_util import batch, join_gloo, mlp, spawn_results
 from torch import nn
 from torch.distributed.tensor import DTensor
 
@@ -315,9 +314,7 @@ CHECKS = [
 
 
 def _worker(rank: int, port: int, outdir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    join_gloo(rank, port, WORLD)
     res: dict[str, Any] = {}
     try:
         for check in CHECKS:

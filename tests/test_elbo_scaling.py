@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import os
 import traceback
 import warnings
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_util import spawn_results
+from dist_util import join_gloo, spawn_results
 from torch import nn
 from torch.utils.data import (
     BatchSampler,
@@ -213,9 +212,7 @@ WORLD = 2
 
 
 def _worker(rank: int, port: int, outdir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    join_gloo(rank, port, WORLD)
     res: dict[str, Any] = {}
     try:
         shard = Subset(_data(), range(rank * 100, rank * 100 + 100))  # this rank's half

@@ -3,8 +3,8 @@ and the sum forms. Public names: :mod:`bayesian_layers.distributed`."""
 
 from __future__ import annotations
 
-import math
 import warnings
+from functools import partial
 from numbers import Integral
 from typing import Any
 
@@ -12,7 +12,14 @@ from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from ..objectives import NumExamples, _batch_size, _check_scaling, _resolve_num_examples
+from ..objectives import (
+    NumExamples,
+    _batch_size,
+    _check_scaling,
+    _count,
+    _kl_weight,
+    _resolve_num_examples,
+)
 from . import _comm
 from .data_parallel import kl_divergence
 from .tensor_parallel import TP_ATTR
@@ -29,12 +36,6 @@ def _tp_meshes(model: nn.Module | None) -> list[DeviceMesh]:
         return []
     meshes = {id(m): getattr(m, TP_ATTR)[1] for m in model.modules() if hasattr(m, TP_ATTR)}
     return list({id(mesh): mesh for mesh in meshes.values()}.values())
-
-
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"elbo_loss expected `{name}` to be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _data_parallel_size(
@@ -118,14 +119,6 @@ def _parse_order(
             f"elbo_loss expected `model` to be an nn.Module, got {type(model).__name__}"
         )
     return global_batch_size is not None, model, n
-
-
-def _kl_weight(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"elbo_loss expected a real `kl_weight`, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"elbo_loss expected `kl_weight` to be finite and >= 0, got {value!r}")
-    return float(value)
 
 
 def elbo_loss(
@@ -237,8 +230,6 @@ def elbo_loss(
     size = None
     if sum_form or per_rank or dp_mesh is not None or data_parallel_size is not None:
         size = _data_parallel_size(model, dp_mesh, data_parallel_size)  # (also a check)
-    elif per_rank is None and found.origin == "local":
-        size = _data_parallel_size(model, None, None)
     n = found.n * size if per_rank and size is not None else found.n
     if sum_form:
         batch = _count("global_batch_size", global_batch_size, 1)
@@ -252,7 +243,8 @@ def elbo_loss(
         data if sum_form else nll,
         kl,
         batch_size=check_batch,
-        data_parallel=size,
+        # the ranks for an ambiguous N: walked from the model only when a check runs
+        data_parallel=size if size is not None else partial(_data_parallel_size, model, None, None),
         ambiguous=per_rank is None,
         fix="pass per_rank=True (shards) or per_rank=False (every rank reads all the "
         "data), or the global N as an int",
