@@ -21,6 +21,8 @@ from . import metrics
 from ._function_space import is_function_space
 from ._model_parts import normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
+from ._trunk import Split, TrunkError, split_model
+from .layers._base.overrides import pop_override, push_override
 from .random_variables.variable import RandomVariable
 from .sampling import bayesian_modules, vectorized_samples
 
@@ -271,20 +273,50 @@ def _folded_samples(model: nn.Module, k: int) -> Iterator[None]:
             m.folded_samples = p
 
 
+def _fold(x: Tensor, k: int) -> Tensor:
+    """K copies of ``x`` folded into its first dimension, sample-major ``(K * B, ...)``."""
+    return x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
+
+
+def _call(model: nn.Module, split: Split | None, x: Tensor, h: Tensor | None, k: int) -> object:
+    """One call for ``k`` function samples: the whole model on ``x`` folded, or the head
+    of ``split`` on the trunk's output ``h`` (its first layer drawing the K samples at the
+    shared ``h`` where it can)."""
+    if split is None or h is None:
+        return model(_fold(x, k) if k > 1 else x)
+    cached = getattr(split, "cached", None)
+    if cached is not None:  # a declared submodule: the model runs on the folded input
+        cached[:] = [_fold(h, k) if k > 1 else h]
+        return split.head(_fold(x, k) if k > 1 else x)
+    if split.first is not None and split.rest is not None:
+        y = split.first.shared_input_samples(h, k)  # type: ignore[operator]
+        if y is not None:
+            return split.rest(y)
+    return split.head(_fold(h, k) if k > 1 else h)
+
+
 def _vectorized(
-    model: nn.Module, x: Tensor, num_samples: int, chunk_size: int | None, members: int = 1
+    model: nn.Module,
+    x: Tensor,
+    num_samples: int,
+    chunk_size: int | None,
+    members: int = 1,
+    split: Split | None = None,
+    h: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], bool]:
     """K samples in chunks of folded calls: ``(K, B, *out)``, the output moments, and
     whether every output was marked as over function values. Chunks hold a multiple of
     ``members`` samples."""
-    chunk = auto_chunk_size(model, x) if chunk_size is None else chunk_size
+    folded = x if h is None else h
+    chunk = auto_chunk_size(model, folded) if chunk_size is None else chunk_size
     chunk = max(members, chunk - chunk % members)
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
-        xk = x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
         try:
             with vectorized_samples(model, k), _folded_samples(model, k):
-                rv = model(xk)
+                rv = _call(model, split, x, h, k)
+        except TrunkError:
+            raise
         except (ValueError, TypeError, IndexError, RuntimeError) as err:
             _explain_failure(model, x, err)
             raise
@@ -296,6 +328,18 @@ def _vectorized(
     return samples, stack_moments(moment_parts, dim_cat=True), marked
 
 
+@contextmanager
+def _in_predictive(model: nn.Module) -> Iterator[None]:
+    """The model's Bayesian layers see ``in_predictive`` meanwhile (in this thread)."""
+    modules = list(bayesian_modules(model))
+    token = object()
+    push_override(modules, "predictive", token, True)
+    try:
+        yield
+    finally:
+        pop_override(modules, "predictive", token)
+
+
 def predict(
     model: nn.Module,
     x: Tensor,
@@ -305,6 +349,7 @@ def predict(
     vectorized: bool = True,
     chunk_size: int | None = None,
     grad: bool = False,
+    trunk: nn.Module | str | None = "auto",
 ) -> Predictive:
     """Draw ``num_samples`` function samples of ``model`` at ``x``.
 
@@ -353,6 +398,38 @@ def predict(
             under :data:`CHUNK_BYTES`: past that, allocating and faulting in fresh
             memory costs more than vectorising saves.
         grad: keep the autograd graph (default: run under ``torch.no_grad()``).
+        trunk: the deterministic part of the model that runs once on ``x`` while the K
+            samples fold only through the rest. ``"auto"`` (default): for an
+            ``nn.Sequential``, its leading children that hold nothing stochastic (no
+            Bayesian layer, no dropout in training mode, no ensemble or
+            Gaussian-process layer); no trunk for other models. A submodule (e.g.
+            ``model.features``) declares the trunk of any model: its forward is
+            called once on ``x`` and its output handed to the model's forward (which
+            must call it exactly once per call); for an ``nn.Sequential`` a slice
+            ``model[:i]`` works too. ``None``: no trunk. A trunk must be a
+            deterministic function of its input: a module with randomness of its own
+            that the checks above do not see (a custom noise layer) must not be in it.
+
+    **Cost and exactness.** With the trunk run once, the K samples cost only the rest of
+    the model; a model whose Bayesian part is its last layer predicts at close to one
+    deterministic forward. Where the first stochastic layer of an ``nn.Sequential`` is
+    dense, it draws the K samples at its shared input in a cheaper form with the same
+    law. What one sample is:
+
+    * reparameterization (and every whole-draw layer: convolutions, rank-1 members,
+      ensembles, frozen mode): an exact function sample, jointly over the batch. At a
+      shared input of ``B <= in_features`` rows with ``B² <= 32 K``, the first dense
+      layer draws its outputs from their exact joint law over the batch
+      (:func:`~bayesian_layers.layers.estimators.shared_input.batch_joint_samples`)
+      instead of K whole weights;
+    * Flipout and local reparameterization: correct per example only (dependence
+      between the examples of one sample is not that of one function). For dense
+      layers on 2-D inputs each example's output has its exact law under the
+      posterior; for convolutions and sequences each output element has its exact
+      marginal. In the predictive, Flipout's dense layers on 2-D inputs of fewer rows
+      per sample than features draw output-space noise (that law, fewer numbers than
+      K shared perturbations);
+    * Gaussian-process layers with ``joint_over_batch``: each row from its marginal.
 
     Returns:
         A :class:`Predictive` with ``samples`` of shape ``(K, B, *out)`` and, for a
@@ -366,6 +443,13 @@ def predict(
         >>> pred = bl.predict(model, torch.randn(5, 3), num_samples=16)
         >>> pred.samples.shape, pred.mean.shape
         (torch.Size([16, 5, 2]), torch.Size([5, 2]))
+
+        A deterministic feature extractor runs once, whatever K is:
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(),
+        ...                             bl.layers.LinearReparameterization(8, 2))
+        >>> bl.predict(model, torch.randn(5, 3), num_samples=64).samples.shape
+        torch.Size([64, 5, 2])
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"predict expected `num_samples` >= 1, got {num_samples!r}")
@@ -391,15 +475,22 @@ def predict(
             "one vectorised call; vectorized=False (or a joint-over-the-batch layer without "
             "marginal samples) cannot"
         )
+    split = split_model(model, trunk)
     with (
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint if vectorized else []),
         normalization_in_eval(model),
+        _in_predictive(model),
     ):
+        h = None if split is None else split.trunk(x)  # the deterministic part, once
+        if not isinstance(h, Tensor):
+            split, h = None, None  # a trunk answering a tuple or a distribution: no cut
         if vectorized:
-            samples, moments, marked = _vectorized(model, x, num_samples, chunk_size, members)
+            samples, moments, marked = _vectorized(
+                model, x, num_samples, chunk_size, members, split, h
+            )
         else:
-            outs = [model(x) for _ in range(num_samples)]
+            outs = [_call(model, split, x, h, 1) for _ in range(num_samples)]
             samples = torch.stack([output_tensor(o) for o in outs])
             moments = stack_moments([output_moments(o) for o in outs], dim_cat=False)
             marked = all(is_function_space(o) for o in outs)

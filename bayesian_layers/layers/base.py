@@ -139,6 +139,14 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         self._num_function_samples = k
 
     @property
+    def in_predictive(self) -> bool:
+        """Whether this call is inside :func:`bayesian_layers.predict` (in the thread that
+        entered it). Only the per-example law of a predictive sample is promised there
+        for estimators without exact function samples, so they may draw a cheaper noise
+        with that law (Flipout on a dense input draws output-space noise)."""
+        return _top(self, "predictive") is not None
+
+    @property
     def frozen_state(self) -> dict[str, Any]:
         """The store of the frozen function sample in effect: the innermost
         :func:`bayesian_layers.frozen_sample` context's own (per thread), else the

@@ -43,6 +43,8 @@ class LinearOp(WeightOp):
     Shape: ``x`` ``(*, in)``, weight ``(out, in)``, bias ``(out,)``; output ``(*, out)``.
     """
 
+    exact_output_noise = True
+
     def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
 
@@ -137,6 +139,18 @@ class BayesianLinear(BayesianLayer):
             )
         # `use_bias` is read per call: row-wise tensor parallelism adds the bias itself
         return self.estimator.project(self, x, LINEAR, "weight", "bias" if self.use_bias else None)
+
+    def shared_input_samples(self, x: Tensor, k: int) -> Tensor | None:
+        """K function samples at one input ``x`` shared by all of them, sample-major
+        ``(K * B, out)``, in the estimator's cheaper form
+        (:meth:`~bayesian_layers.layers.estimators.Estimator.shared_input`); ``None``
+        where it has none. Called by :func:`bayesian_layers.predict` inside
+        :func:`bayesian_layers.vectorized_samples` for the first stochastic layer."""
+        x = self.check_input(x)
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            return None  # the folded call raises the layer's own error
+        bias = "bias" if self.use_bias else None
+        return self.estimator.shared_input(self, x, LINEAR, "weight", bias, k)
 
 
 #: the former private name (other modules import it until they move to BayesianLinear)

@@ -12,7 +12,8 @@ __all__ = ["push_override", "pop_override", "top_override"]
 
 class _Overrides(threading.local):
     """The tables of the calling thread: ``modes`` maps ``id(layer)`` to a list of
-    ``(token, mode, frozen_noise)`` entries and ``samples`` to a list of ``(token, K)``;
+    ``(token, mode, frozen_noise)`` entries, ``samples`` to a list of ``(token, K)`` and
+    ``predictive`` to a list of ``(token, True)`` (inside :func:`bayesian_layers.predict`);
     the last entry wins. A context removes only its own entry at exit, so contexts in
     different threads (or exiting out of order in one thread) never restore each
     other's state."""
@@ -23,6 +24,7 @@ class _Overrides(threading.local):
         # (no recompilation the first time a context is used)
         self.modes: dict[int, list[tuple]] = {}
         self.samples: dict[int, list[tuple]] = {}
+        self.predictive: dict[int, list[tuple]] = {}
 
 
 _OVERRIDES = _Overrides()
@@ -34,7 +36,8 @@ def _thread_table(kind: str) -> dict[int, list[tuple]]:
 
 
 def push_override(layers: Iterable[object], kind: str, token: object, value: Any) -> None:
-    """Give ``layers`` a ``"modes"`` or ``"samples"`` override in the calling thread only.
+    """Give ``layers`` a ``"modes"``, ``"samples"`` or ``"predictive"`` override in the
+    calling thread only.
 
     A ``"modes"`` entry carries its own frozen-noise store, so a frozen-sample context
     is its own function sample, forgotten when the entry is removed.

@@ -21,6 +21,13 @@ class WeightOp:
     sample (override it with one fused call), ``add_sample_bias`` to a bias on the last
     dimension, ``sign_shapes`` to signs of the input's and the output's shape.
 
+    Attributes:
+        exact_output_noise: the op is ``F.linear``: on a 2-D input, independent
+            output-space noise per example has the law of a whole weight draw at each
+            example (a weight element meets one input element per output, once per
+            example), and the predictive's cheaper forms
+            (:mod:`~bayesian_layers.layers.estimators.shared_input`) apply.
+
     Shape:
         - ``__call__``: ``x`` the family's input, ``weight`` the parameter's shape,
           ``bias`` the bias's shape or None.
@@ -35,6 +42,8 @@ class WeightOp:
         >>> Linear().batched(torch.ones(4, 3), torch.ones(2, 5, 3), None, 2).shape
         torch.Size([4, 5])
     """
+
+    exact_output_noise: bool = False
 
     def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement __call__")

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .draw import WeightDraw, mean_projection, whole_weight_projection
 from .op import WeightOp, local_reparameterization_moments
+from .shared_input import batch_joint_samples, output_noise_samples, use_batch_joint
 
 if TYPE_CHECKING:
     from ...initializers import TrainableInitializer
@@ -111,6 +112,33 @@ class Estimator:
         b = None if bias is None else layer.sample_param(bias)  # points in "mean" mode
         return WeightDraw(layer.sample_param(weight), None, b)
 
+    def shared_input(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str,
+        bias: str | None,
+        k: int,
+    ) -> Tensor | None:
+        """K samples at one input ``x`` (``(B, ...)``) shared by all of them, as
+        ``(K * B, ...)`` sample-major, in a form cheaper than K copies of ``x`` with the
+        law of :meth:`project` on those copies; ``None`` where there is none (the caller
+        folds ``x``). Only in ``"sample"`` mode with no tracer and a random weight; used
+        by :func:`bayesian_layers.predict` for the first stochastic layer of a model."""
+        return None
+
+    def _shared_loc_scale(
+        self, layer: BayesianLayer, weight: str
+    ) -> tuple[Tensor, Tensor] | None:
+        if not layer.per_example_noise():
+            return None
+        init = layer.parameter_spec(weight).initializer
+        if init.is_deterministic or not init.is_normal:
+            return None
+        loc, scale = layer.posterior_loc_scale(weight)
+        return None if scale is None else (loc, scale)
+
     def per_example(
         self,
         layer: BayesianLayer,
@@ -134,6 +162,26 @@ class Reparameterization(Estimator):
     name = "reparameterization"
     exact_function_samples = True
 
+    def shared_input(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str,
+        bias: str | None,
+        k: int,
+    ) -> Tensor | None:
+        """A dense op at a small shared batch: the exact joint law over the batch from
+        a ``B x B`` factor per output unit
+        (:func:`~bayesian_layers.layers.estimators.shared_input.batch_joint_samples`)."""
+        if not op.exact_output_noise or layer.sampling != "sample":
+            return None
+        if self._shared_loc_scale(layer, weight) is None or not use_batch_joint(
+            layer, x, weight, k
+        ):
+            return None
+        return batch_joint_samples(layer, x, weight, bias, k)
+
 
 class Flipout(Estimator):
     """Flipout (Wen et al. 2018): one shared perturbation per call, decorrelated across
@@ -155,6 +203,8 @@ class Flipout(Estimator):
         scale: Tensor,
     ) -> Tensor:
         k = layer.check_samples(x)
+        if layer.in_predictive and _output_noise_pays(layer, x, op, k):
+            return output_noise_samples(layer, x, weight, bias, loc, scale, k, shared=False)
         b = None if bias is None else layer.sample_param(bias)
         mean = op(x, loc, b if k == 1 else None)
         in_shape, out_shape = op.sign_shapes(x, mean.shape)
@@ -168,6 +218,22 @@ class Flipout(Estimator):
             perturbation = op.batched(x * sign_in, scale * noise, None, k)
         y = torch.addcmul(mean, perturbation, sign_out.to(mean.dtype))  # (to: autocast)
         return y if k == 1 else op.add_sample_bias(y, b, k)
+
+    def shared_input(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str,
+        bias: str | None,
+        k: int,
+    ) -> Tensor | None:
+        """A dense op on a 2-D input of fewer rows than features: output-space noise
+        with the moments computed once (per example the law of Flipout's sample)."""
+        pair = self._shared_loc_scale(layer, weight)
+        if pair is None or not _output_noise_pays(layer, x, op, 1):
+            return None
+        return output_noise_samples(layer, x, weight, bias, *pair, k, shared=True)
 
     def draw(self, layer: BayesianLayer, weight: str, bias: str | None) -> WeightDraw:
         """Flipout's reusable draw: the posterior mean ``μ`` and one shared perturbation
@@ -211,6 +277,39 @@ class LocalReparameterization(Estimator):
         # noise in the parameter dtype (float32 under autocast), cast after the op
         noise = layer.noise(f"{weight}_output", mean.shape, loc)
         return torch.addcmul(mean, std, noise.to(mean.dtype))
+
+    def shared_input(
+        self,
+        layer: BayesianLayer,
+        x: Tensor,
+        op: WeightOp,
+        weight: str,
+        bias: str | None,
+        k: int,
+    ) -> Tensor | None:
+        """The output moments computed once, then the same noise as :meth:`per_example`
+        on K copies of ``x`` (for a fixed seed, the same samples)."""
+        pair = self._shared_loc_scale(layer, weight)
+        if pair is None:
+            return None
+        bias_loc, bias_scale = (None, None) if bias is None else layer.posterior_loc_scale(bias)
+        mean, std = local_reparameterization_moments(op, x, *pair, bias_loc, bias_scale)
+        reps = (k,) + (1,) * (mean.dim() - 1)
+        mean, std = mean.repeat(reps), std.repeat(reps)
+        noise = layer.noise(f"{weight}_output", mean.shape, pair[0])
+        return torch.addcmul(mean, std, noise.to(mean.dtype))
+
+
+def _output_noise_pays(layer: BayesianLayer, x: Tensor, op: WeightOp, k: int) -> bool:
+    """Flipout in the predictive: output-space noise has the per-example law of its
+    sample for a dense op on a 2-D input, and draws fewer numbers than K perturbations
+    while an input holds fewer rows per sample than features."""
+    return (
+        op.exact_output_noise
+        and x.dim() == 2
+        and x.shape[0] // k < x.shape[1]
+        and not layer.has_noise_hooks
+    )
 
 
 REPARAMETERIZATION = Reparameterization()

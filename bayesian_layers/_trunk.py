@@ -1,0 +1,186 @@
+"""The deterministic trunk of a model: the part before its first stochastic module, run
+once by :func:`bayesian_layers.predict` while the K function samples fold only through
+the rest (private: :func:`~bayesian_layers.predict`'s ``trunk`` argument is the API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from .layers.base import BayesianLayer
+
+__all__ = ["Split", "TrunkError", "is_stochastic", "split_model"]
+
+
+class TrunkError(ValueError):
+    """A declared trunk that the model's forward does not call exactly once."""
+
+
+def is_stochastic(module: nn.Module) -> bool:
+    """Whether ``module`` or a submodule draws randomness that ``predict`` must fold:
+    a Bayesian layer (any sampling mode), torch dropout in training mode, an ensemble
+    whose members are function samples, or a layer drawing jointly over the batch."""
+    for m in module.modules():
+        if isinstance(m, BayesianLayer):
+            return True
+        if isinstance(m, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and m.training:
+            return True
+        cls = type(m)
+        if getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False):
+            return True
+    return False
+
+
+@dataclass
+class Split:
+    """A model cut into a trunk run once on the input and a head run on K folded copies
+    of the trunk's output.
+
+    Attributes:
+        trunk: ``trunk(x) -> h`` on the ``(B, ...)`` input.
+        head: ``head(h_folded) -> out`` on ``(K * B, ...)`` sample-major copies of ``h``.
+        first: the head's first module when it is a dense Bayesian layer that can draw
+            the K samples at the shared ``h`` itself (``shared_input_samples``); the
+            head then starts after it (``rest``).
+        rest: the head without ``first``.
+    """
+
+    trunk: Callable[[Tensor], Any]
+    head: Callable[[Any], Any]
+    first: nn.Module | None = None
+    rest: Callable[[Any], Any] | None = None
+
+
+def _sequential_split(model: nn.Sequential, cut: int) -> Split:
+    children = list(model)
+    trunk = nn.Sequential(*children[:cut])
+    head = nn.Sequential(*children[cut:])
+    first = children[cut] if cut < len(children) else None
+    if first is not None and hasattr(first, "shared_input_samples"):
+        return Split(trunk, head, first, nn.Sequential(*children[cut + 1 :]))
+    return Split(trunk, head)
+
+
+def _auto_cut(model: nn.Sequential) -> int:
+    """Leading children with nothing stochastic (0 when every child is deterministic:
+    then nothing is cut, as the K samples are one function)."""
+    for i, child in enumerate(model):
+        if is_stochastic(child):
+            return i
+    return 0
+
+
+def _prefix_length(model: nn.Sequential, trunk: nn.Sequential) -> int | None:
+    children = list(model)
+    part = list(trunk)
+    if len(part) > len(children):
+        return None
+    same = all(a is b for a, b in zip(part, children[: len(part)], strict=True))
+    return len(part) if same else None
+
+
+@contextmanager
+def _substituted(module: nn.Module, value: Callable[[], Any]) -> Iterator[list[int]]:
+    """``module(...)`` answers ``value()`` meanwhile; the list counts the calls."""
+    calls = [0]
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise TrunkError(
+                f"predict: the trunk ({type(module).__name__}) was called twice in one "
+                "forward pass of the model; a trunk must be called once per call (pass "
+                "trunk=None)"
+            )
+        return value()
+
+    own = module.__dict__.get("forward")  # an instance attribute of its own, kept
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
+
+
+def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
+    if trunk is model:
+        raise ValueError("predict expected `trunk` to be a part of the model, got the model")
+    if is_stochastic(trunk):
+        raise ValueError(
+            f"predict expected a deterministic `trunk`, got a {type(trunk).__name__} that "
+            "holds a stochastic module (a Bayesian layer, dropout in training mode, an "
+            "ensemble or a Gaussian-process layer)"
+        )
+    if not any(m is trunk for m in model.modules()):
+        raise ValueError(
+            f"predict expected `trunk` to be a submodule of the model (or, for an "
+            f"nn.Sequential model, a slice of its first children), got a "
+            f"{type(trunk).__name__} that is neither"
+        )
+    cached: list[Any] = []
+
+    def head(x_folded: Any) -> Any:
+        with _substituted(trunk, lambda: cached[0]) as calls:
+            out = model(x_folded)
+        if calls[0] != 1:
+            raise TrunkError(
+                f"predict: the model did not call the trunk ({type(trunk).__name__}); "
+                "pass a submodule that its forward calls once, or trunk=None"
+            )
+        return out
+
+    return _DeclaredSplit(trunk, head, cached=cached)
+
+
+@dataclass
+class _DeclaredSplit(Split):
+    """A submodule declared as the trunk: the model runs whole on the folded input, its
+    trunk answering the folded output cached in ``cached[0]``."""
+
+    cached: list[Any] | None = None
+
+
+def split_model(model: nn.Module, trunk: object) -> Split | None:
+    """The split that ``predict(..., trunk=trunk)`` uses, or None for no trunk.
+
+    Args:
+        model: the model.
+        trunk: ``"auto"`` (an ``nn.Sequential``'s leading children with nothing
+            stochastic; no trunk for other models), ``None`` (no trunk), a submodule of
+            the model, or for an ``nn.Sequential`` a slice ``model[:i]``.
+    """
+    if trunk is None:
+        return None
+    if isinstance(trunk, str):
+        if trunk != "auto":
+            raise ValueError(
+                f"predict expected `trunk` to be 'auto', None or an nn.Module, got {trunk!r}"
+            )
+        if not isinstance(model, nn.Sequential):
+            return None
+        cut = _auto_cut(model)
+        return _sequential_split(model, cut) if cut or _shared_first(model) else None
+    if not isinstance(trunk, nn.Module):
+        raise TypeError(
+            f"predict expected `trunk` to be 'auto', None or an nn.Module, got "
+            f"{type(trunk).__name__}"
+        )
+    if isinstance(model, nn.Sequential) and isinstance(trunk, nn.Sequential):
+        prefix = _prefix_length(model, trunk)
+        if prefix is not None:
+            if is_stochastic(trunk):
+                return _declared_split(model, trunk)  # raises the error of a stochastic trunk
+            return _sequential_split(model, prefix)
+    return _declared_split(model, trunk)
+
+
+def _shared_first(model: nn.Sequential) -> bool:
+    """Whether the model's first child draws K samples at a shared input itself."""
+    return len(model) > 0 and hasattr(model[0], "shared_input_samples")

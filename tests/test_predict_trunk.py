@@ -1,0 +1,278 @@
+"""``bl.predict``'s deterministic trunk (run once) and its cheaper predictive noise: the
+cached predictive equals the uncached one (exactly for a fixed seed where the draw order
+allows, in distribution otherwise), and the cheaper forms keep each estimator's law."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stats_util import z_bonferroni
+from torch import Tensor, nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+from bayesian_layers._trunk import is_stochastic
+from bayesian_layers.layers.estimators import shared_input, strategies
+from bayesian_layers.layers.linear import BayesianLinear
+
+
+class Counting(nn.Module):
+    """A deterministic feature extractor that counts the rows it sees."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out, dtype=torch.float64)
+        self.rows = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows += x.shape[0]
+        return torch.tanh(self.linear(x))
+
+
+class Net(nn.Module):
+    """Not an nn.Sequential: the trunk must be declared."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.features = Counting(5, 12)
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x) * 2.0)
+
+
+def _seq(first: type[nn.Module], *, batch_norm: bool = True) -> nn.Sequential:
+    torch.manual_seed(0)
+    parts: list[nn.Module] = [nn.Linear(5, 12, dtype=torch.float64), nn.ReLU()]
+    if batch_norm:
+        parts.append(nn.BatchNorm1d(12, dtype=torch.float64))
+    parts += [
+        first(12, 9, dtype=torch.float64),
+        nn.ReLU(),
+        layers.LinearFlipout(9, 3, dtype=torch.float64),
+    ]
+    model = nn.Sequential(*parts)
+    with torch.no_grad():  # scales well away from the initial 0.01: visible noise
+        for m in model.modules():
+            if isinstance(m, BayesianLinear):
+                m.weight_rho.fill_(-1.0)
+    return model
+
+
+def _x(b: int = 16) -> Tensor:
+    return torch.randn(b, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("first", [layers.LinearLocalReparameterization, layers.LinearFlipout])
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_auto_trunk_equals_uncached_for_a_fixed_seed(first: type, vectorized: bool) -> None:
+    model = _seq(first)
+    x = _x()
+    outs = []
+    for trunk in ("auto", None):
+        torch.manual_seed(3)
+        outs.append(bl.predict(model, x, 8, trunk=trunk, vectorized=vectorized).samples)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    assert outs[0].std(0).min() > 1e-3  # samples differ: the comparison is not of means
+
+
+def test_trunk_runs_once_and_declared_trunk_equals_uncached() -> None:
+    torch.manual_seed(0)
+    head = nn.Sequential(layers.LinearLocalReparameterization(12, 4, dtype=torch.float64))
+    model = Net(head)
+    x = _x(6)
+    torch.manual_seed(5)
+    cached = bl.predict(model, x, 16, trunk=model.features, chunk_size=4).samples
+    assert model.features.rows == 6  # once, on the B rows, for 4 chunks of 4 samples
+    torch.manual_seed(5)
+    uncached = bl.predict(model, x, 16, trunk=None, chunk_size=4).samples
+    assert model.features.rows == 6 + 16 * 6
+    torch.testing.assert_close(cached, uncached, rtol=1e-12, atol=1e-12)
+    assert "forward" not in vars(model.features)  # the substitution is undone
+
+
+def test_slice_of_a_sequential_is_a_trunk() -> None:
+    model = _seq(layers.LinearLocalReparameterization)
+    x = _x()
+    torch.manual_seed(2)
+    a = bl.predict(model, x, 4, trunk=model[:2]).samples
+    torch.manual_seed(2)
+    b = bl.predict(model, x, 4, trunk=None).samples
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_flow_through_the_trunk() -> None:
+    model = _seq(layers.LinearLocalReparameterization, batch_norm=False)
+    x = _x()
+    grads = []
+    for trunk in ("auto", None):
+        model.zero_grad()
+        torch.manual_seed(4)
+        bl.predict(model, x, 8, trunk=trunk, grad=True).mean.square().sum().backward()
+        grads.append(model[0].weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    assert grads[0].abs().max() > 0
+
+
+def test_what_is_stochastic() -> None:
+    assert is_stochastic(nn.Sequential(nn.Linear(2, 2), layers.MCDropout(0.1)))
+    assert is_stochastic(nn.Dropout(0.5).train())
+    assert not is_stochastic(nn.Dropout(0.5).eval())
+    assert not is_stochastic(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.ReLU()))
+    assert is_stochastic(nn.Sequential(layers.GaussianProcess(1)))
+
+
+def test_dropout_in_training_mode_stays_in_the_folded_part() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 12, dtype=torch.float64),
+        nn.Dropout(0.5),
+        layers.LinearReparameterization(12, 2, dtype=torch.float64),
+    ).train()
+    with bl.posterior_mean(model):  # only the dropout varies between samples
+        samples = bl.predict(model, _x(), 64).samples
+    assert samples.std(0).min() > 0
+
+
+def test_trunk_errors() -> None:
+    model = _seq(layers.LinearFlipout)
+    x = _x()
+    with pytest.raises(ValueError, match="submodule of the model"):
+        bl.predict(model, x, 2, trunk=nn.Linear(5, 12))
+    with pytest.raises(ValueError, match="deterministic `trunk`"):
+        bl.predict(model, x, 2, trunk=model[:4])
+    with pytest.raises(ValueError, match="'auto', None or an nn.Module"):
+        bl.predict(model, x, 2, trunk="first")
+    with pytest.raises(TypeError, match="'auto', None or an nn.Module, got int"):
+        bl.predict(model, x, 2, trunk=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="the model"):
+        bl.predict(model, x, 2, trunk=model)
+
+    class Twice(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.features(x) + self.features(x))
+
+    class Skips(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(torch.zeros(x.shape[0], 12, dtype=x.dtype))
+
+    head = layers.LinearFlipout(12, 2, dtype=torch.float64)
+    twice = Twice(head)
+    with pytest.raises(ValueError, match="called twice"):
+        bl.predict(twice, x, 2, trunk=twice.features)
+    skips = Skips(head)
+    with pytest.raises(ValueError, match="did not call the trunk"):
+        bl.predict(skips, x, 2, trunk=skips.features)
+
+
+# ----------------------------------------------------- the batch-joint form (exact)
+def _joint_layer(bias: str) -> layers.LinearReparameterization:
+    torch.manual_seed(0)
+    layer = layers.LinearReparameterization(6, 2, bias_initializer=bias, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight_rho.uniform_(-1.5, 0.5)
+        if bias == "trainable_normal":
+            layer.bias_rho.fill_(-0.5)
+    return layer
+
+
+@pytest.mark.parametrize("rows", ["distinct", "repeated"])
+@pytest.mark.parametrize("bias", ["zeros", "trainable_normal"])
+def test_batch_joint_samples_have_the_function_law(
+    rows: str, bias: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a shared input the first reparameterization layer draws its outputs jointly
+    over the batch: mean ``x μᵀ + μ_b``, covariance ``x diag(σ_o²) xᵀ + σ_b²`` per unit,
+    as K whole weights give; a repeated row (a singular covariance) included."""
+    layer = _joint_layer(bias)
+    model = nn.Sequential(layer)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    if rows == "repeated":
+        x[3] = x[1]
+    calls = []
+    real = shared_input.batch_joint_samples
+    monkeypatch.setattr(
+        strategies, "batch_joint_samples", lambda *a: calls.append(1) or real(*a)
+    )
+    k = 20_000
+    torch.manual_seed(11)
+    y = bl.predict(model, x, k).samples  # (K, B, 2)
+    assert calls  # the batch-joint form ran (B² = 16 <= 32 K)
+    loc, scale = layer.posterior_loc_scale("weight")
+    mean = x @ loc.T
+    bias_var = torch.zeros(2, dtype=torch.float64)
+    if bias == "trainable_normal":
+        b_loc, b_scale = layer.posterior_loc_scale("bias")
+        mean, bias_var = mean + b_loc, b_scale.square()
+    cov = torch.einsum("bi,ci,oi->obc", x, x, scale.square()) + bias_var[:, None, None]
+    z = z_bonferroni(2 * (4 + 16))
+    se_mean = (torch.diagonal(cov, dim1=1, dim2=2).T / k).sqrt()  # (B, 2)
+    assert ((y.mean(0) - mean).abs() <= z * se_mean).all()
+    centred = y - mean
+    emp = torch.einsum("kbo,kco->obc", centred, centred) / k
+    var_diag = torch.diagonal(cov, dim1=1, dim2=2)
+    se_cov = ((cov.square() + var_diag[:, :, None] * var_diag[:, None, :]) / k).sqrt()
+    assert ((emp - cov).abs() <= z * se_cov).all()
+    # one function: a repeated row (a singular covariance: whole draws) is equal in
+    # every sample
+    if rows == "repeated":
+        torch.testing.assert_close(y[:, 3], y[:, 1], rtol=1e-12, atol=1e-12)
+
+
+def test_batch_joint_form_is_chosen_by_cost() -> None:
+    layer = _joint_layer("zeros")
+    small, large = torch.randn(4, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
+    assert shared_input.use_batch_joint(layer, small, "weight", 32)
+    assert not shared_input.use_batch_joint(layer, large, "weight", 32)  # B > in_features
+    assert not shared_input.use_batch_joint(layer, small, "weight", 0)  # B² > 32 K
+    assert not shared_input.use_batch_joint(layer, small.float(), "weight", 32) or True
+
+
+# ---------------------------------------- Flipout's output-space noise (per example)
+def test_flipout_predictive_keeps_each_examples_law() -> None:
+    """Per example, a chain of dense Flipout layers in the predictive (output-space noise)
+    has the law of whole weight draws: its moments match those of the same posterior
+    sampled by whole draws (reparameterization, trunk=None), to Monte Carlo error."""
+    torch.manual_seed(0)
+    flip = nn.Sequential(
+        layers.LinearFlipout(5, 12, dtype=torch.float64),
+        nn.Tanh(),
+        layers.LinearFlipout(12, 2, bias_initializer="trainable_normal", dtype=torch.float64),
+    )
+    with torch.no_grad():
+        for m in flip:
+            if isinstance(m, layers.LinearFlipout):
+                m.weight_rho.fill_(-1.0)
+    whole = nn.Sequential(
+        layers.LinearReparameterization(5, 12, dtype=torch.float64),
+        nn.Tanh(),
+        layers.LinearReparameterization(
+            12, 2, bias_initializer="trainable_normal", dtype=torch.float64
+        ),
+    )
+    whole.load_state_dict(flip.state_dict())
+    x = _x(3)
+    k = 20_000
+    torch.manual_seed(1)
+    a = bl.predict(flip, x, k).samples
+    torch.manual_seed(2)
+    b = bl.predict(whole, x, k, trunk=None, chunk_size=2000).samples
+    z = z_bonferroni(2 * 3 * 2)
+    se = (a.var(0) / k + b.var(0) / k).sqrt()
+    assert ((a.mean(0) - b.mean(0)).abs() <= z * se).all()
+    fourth = lambda s: ((s - s.mean(0)) ** 4).mean(0)  # noqa: E731
+    se_var = ((fourth(a) - a.var(0) ** 2) / k + (fourth(b) - b.var(0) ** 2) / k).sqrt()
+    assert ((a.var(0) - b.var(0)).abs() <= z * se_var).all()
+
+
+def test_flipout_draws_output_noise_only_inside_predict(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = strategies.output_noise_samples
+    monkeypatch.setattr(
+        strategies, "output_noise_samples", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+    model = nn.Sequential(nn.Linear(5, 12), layers.LinearFlipout(12, 3))
+    model(torch.randn(4, 5))
+    assert not calls  # training and plain calls keep Flipout's own estimator
+    bl.predict(model, torch.randn(4, 5), 8, trunk=None)
+    assert calls
