@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_count
+from ._base import compiled_rng
 
 __all__ = ["check_features", "rademacher", "deprecated_from_torch"]
 
@@ -23,29 +24,22 @@ def check_features(owner: str, name: str, value: object) -> int:
     return check_count(owner, name, value)
 
 
-_SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-
-
 def rademacher(shape: torch.Size, like: Tensor) -> Tensor:
     """Random signs ±1 of ``shape`` with ``like``'s dtype and device.
 
-    Eight signs come from each random byte through a (256, 8) lookup table: about
-    40x faster on CPU than ``bernoulli_`` (one generator call per sign). Under
-    ``torch.compile`` the signs come from ``randint`` instead: a cache filled while
-    tracing would be guarded on and force a recompilation at the next call.
+    Eager: eight signs from each random byte through a (256, 8) lookup table
+    (:func:`~._base.compiled_rng.table_signs`), about 40x faster on CPU than
+    ``bernoulli_``. Under ``torch.compile`` on CPU the same table fills the signs inside
+    an opaque op (:func:`~._base.compiled_rng.signs`; a cache filled while tracing would
+    be guarded on and force a recompilation); on other devices they come from
+    ``randint``, which inductor generates well there.
     """
     if torch.compiler.is_compiling():
+        if like.device.type == "cpu":
+            return compiled_rng.signs(shape, like)
         bits = torch.randint(0, 2, shape, dtype=like.dtype, device=like.device)
         return bits * 2 - 1
-    key = (like.dtype, like.device)
-    table = _SIGN_TABLES.get(key)
-    if table is None:
-        bits = (torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1  # (256, 8)
-        table = (bits * 2 - 1).to(dtype=like.dtype, device=like.device)
-        _SIGN_TABLES[key] = table
-    n = shape.numel()
-    index = torch.randint(0, 256, ((n + 7) // 8,), device=like.device)
-    return table.index_select(0, index).view(-1)[:n].view(shape)
+    return compiled_rng.table_signs(shape, like)
 
 
 def deprecated_from_torch(old: str) -> Any:

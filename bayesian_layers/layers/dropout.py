@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._base import compiled_rng
 from .base import BayesianLayer
 
 __all__ = ["MCDropout"]
@@ -59,6 +60,8 @@ class MCDropout(BayesianLayer):
             return x
         if self.sampling != "frozen":
             if not self.has_noise_hooks:  # the fused kernel; same law as the mask below
+                if compiled_rng.routes(x):  # inductor's CPU bernoulli is ~5x slower
+                    return x * compiled_rng.dropout_mask(x, self.p)
                 return F.dropout(x, self.p, training=True)
             # a hook sees (or sets) the mask's uniforms: kept where u >= p
             # uniforms in float32 at least: a bf16 uniform is too coarse to compare with p
