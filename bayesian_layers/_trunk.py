@@ -60,9 +60,22 @@ def _sequential_split(model: nn.Sequential, cut: int) -> Split:
     trunk = nn.Sequential(*children[:cut])
     head = nn.Sequential(*children[cut:])
     first = children[cut] if cut < len(children) else None
-    if first is not None and hasattr(first, "shared_input_samples"):
+    if first is not None and hasattr(first, "shared_input_samples") and not _hooked(first):
         return Split(trunk, head, first, nn.Sequential(*children[cut + 1 :]))
     return Split(trunk, head)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook would see ``module``'s call (the shared-input draw skips
+    ``__call__``, so such a layer is called on the folded input instead)."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or torch_module._global_forward_hooks
+        or torch_module._global_forward_pre_hooks
+    )
 
 
 def _auto_cut(model: nn.Sequential) -> int:
@@ -183,4 +196,4 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
 
 def _shared_first(model: nn.Sequential) -> bool:
     """Whether the model's first child draws K samples at a shared input itself."""
-    return len(model) > 0 and hasattr(model[0], "shared_input_samples")
+    return len(model) > 0 and hasattr(model[0], "shared_input_samples") and not _hooked(model[0])

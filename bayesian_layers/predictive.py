@@ -308,6 +308,10 @@ def _vectorized(
     whether every output was marked as over function values. Chunks hold a multiple of
     ``members`` samples."""
     folded = x if h is None else h
+    if h is not None and split is not None and split.first is not None:
+        # the first layer draws at the shared h: per sample, only its output is folded
+        width = getattr(split.first, "out_features", h.shape[-1])
+        folded = h.new_empty(h.shape[0], width)
     chunk = auto_chunk_size(model, folded) if chunk_size is None else chunk_size
     chunk = max(members, chunk - chunk % members)
     parts, moment_parts, marked = [], [], True

@@ -20,7 +20,12 @@ from .op import WeightOp, local_reparameterization_moments
 if TYPE_CHECKING:
     from ..base import BayesianLayer
 
-__all__ = ["output_noise_samples", "batch_joint_samples", "use_batch_joint"]
+__all__ = [
+    "output_noise_samples",
+    "batch_joint_samples",
+    "use_batch_joint",
+    "whole_draw_samples",
+]
 
 #: the batch joint form pays while ``B² <= BATCH_JOINT_RATIO · K``: it costs a
 #: ``(B², in) x (in, out)`` matmul and ``out`` Cholesky factors of ``B x B`` once, against
@@ -67,9 +72,7 @@ def output_noise_samples(
             sampled_bias = layer.sample_param(bias)  # (K, out): one draw per sample
         else:
             bias_loc, bias_scale = layer.posterior_loc_scale(bias)
-    mean, std = local_reparameterization_moments(
-        _LINEAR, x, loc, scale, bias_loc, bias_scale
-    )
+    mean, std = local_reparameterization_moments(_LINEAR, x, loc, scale, bias_loc, bias_scale)
     if shared:
         mean = mean.repeat(k, 1)
         std = std.repeat(k, 1)
@@ -126,6 +129,26 @@ def batch_joint_samples(
     if b is not None:
         y = y + (b if b.dim() == 1 else b.unsqueeze(1))
     return y.reshape(k * rows, -1)
+
+
+def whole_draw_samples(
+    layer: BayesianLayer, x: Tensor, weight: str, bias: str | None, k: int
+) -> Tensor:
+    """K whole weight draws (any posterior family) applied to one input ``x`` shared by
+    all of them as one ``(B, in) x (in, K * out)`` matmul: the draws, and so the samples
+    for a fixed seed, of the folded call, without K copies of ``x``.
+
+    Shape: ``x`` ``(B, in)``; returns ``(K * B, out)``, sample-major.
+    """
+    w = layer.sample_param(weight)  # (K, out, in), or (out, in) for K = 1
+    b = None if bias is None else layer.sample_param(bias)
+    if k == 1:
+        return F.linear(x, w, b)
+    out = w.shape[-2]
+    y = (x @ w.reshape(k * out, -1).T).view(x.shape[0], k, out).transpose(0, 1)  # (K, B, out)
+    if b is not None:
+        y = y + (b if b.dim() == 1 else b.unsqueeze(1))
+    return y.reshape(k * x.shape[0], out)
 
 
 class _Linear(WeightOp):

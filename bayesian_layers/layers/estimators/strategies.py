@@ -10,7 +10,12 @@ from torch import Tensor
 
 from .draw import WeightDraw, mean_projection, whole_weight_projection
 from .op import WeightOp, local_reparameterization_moments
-from .shared_input import batch_joint_samples, output_noise_samples, use_batch_joint
+from .shared_input import (
+    batch_joint_samples,
+    output_noise_samples,
+    use_batch_joint,
+    whole_draw_samples,
+)
 
 if TYPE_CHECKING:
     from ...initializers import TrainableInitializer
@@ -128,9 +133,7 @@ class Estimator:
         by :func:`bayesian_layers.predict` for the first stochastic layer of a model."""
         return None
 
-    def _shared_loc_scale(
-        self, layer: BayesianLayer, weight: str
-    ) -> tuple[Tensor, Tensor] | None:
+    def _shared_loc_scale(self, layer: BayesianLayer, weight: str) -> tuple[Tensor, Tensor] | None:
         if not layer.per_example_noise():
             return None
         init = layer.parameter_spec(weight).initializer
@@ -171,16 +174,23 @@ class Reparameterization(Estimator):
         bias: str | None,
         k: int,
     ) -> Tensor | None:
-        """A dense op at a small shared batch: the exact joint law over the batch from
-        a ``B x B`` factor per output unit
-        (:func:`~bayesian_layers.layers.estimators.shared_input.batch_joint_samples`)."""
-        if not op.exact_output_noise or layer.sampling != "sample":
+        """A dense op on a 2-D input: at a small batch, the exact joint law over the
+        batch from a ``B x B`` factor per output unit
+        (:func:`~bayesian_layers.layers.estimators.shared_input.batch_joint_samples`);
+        otherwise the K whole draws applied to ``x`` in one matmul
+        (:func:`~bayesian_layers.layers.estimators.shared_input.whole_draw_samples`: the
+        draws of the folded call, without folding ``x``)."""
+        if not op.exact_output_noise or layer.sampling != "sample" or x.dim() != 2:
             return None
-        if self._shared_loc_scale(layer, weight) is None or not use_batch_joint(
+        if _tracing_active():
+            return None
+        if self._shared_loc_scale(layer, weight) is not None and use_batch_joint(
             layer, x, weight, k
         ):
-            return None
-        return batch_joint_samples(layer, x, weight, bias, k)
+            y = batch_joint_samples(layer, x, weight, bias, k)
+            if y is not None:
+                return y
+        return whole_draw_samples(layer, x, weight, bias, k)
 
 
 class Flipout(Estimator):
@@ -298,6 +308,12 @@ class LocalReparameterization(Estimator):
         mean, std = mean.repeat(reps), std.repeat(reps)
         noise = layer.noise(f"{weight}_output", mean.shape, pair[0])
         return torch.addcmul(mean, std, noise.to(mean.dtype))
+
+
+def _tracing_active() -> bool:
+    from ... import tracing  # a tracer must see each weight drawn by the layer's forward
+
+    return tracing.is_tracing()
 
 
 def _output_noise_pays(layer: BayesianLayer, x: Tensor, op: WeightOp, k: int) -> bool:
