@@ -279,3 +279,39 @@ def test_flipout_draws_output_noise_only_inside_predict(monkeypatch: pytest.Monk
     assert not calls  # training and plain calls keep Flipout's own estimator
     bl.predict(model, torch.randn(4, 5), 8, trunk=None)
     assert calls
+
+
+def test_cached_reparameterization_keeps_the_joint_law_over_the_batch() -> None:
+    """Trunk cached and the first layer in its batch-joint form against the uncached
+    predictive (whole draws on K folded copies): the same means, variances and
+    covariances between examples (function samples), to Monte Carlo error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(5, 12, dtype=torch.float64),
+        nn.Tanh(),
+        layers.LinearReparameterization(12, 8, dtype=torch.float64),
+        nn.ReLU(),
+        layers.LinearReparameterization(8, 2, dtype=torch.float64),
+    )
+    with torch.no_grad():
+        model[2].weight_rho.fill_(0.0)
+        model[4].weight_rho.fill_(0.0)
+    x = _x(3)
+    k = 20_000
+    torch.manual_seed(1)
+    a = bl.predict(model, x, k).samples.flatten(1)  # (K, B * 2)
+    torch.manual_seed(2)
+    b = bl.predict(model, x, k, trunk=None, chunk_size=2000).samples.flatten(1)
+
+    def moments(s: Tensor) -> tuple[Tensor, Tensor]:
+        c = s - s.mean(0)
+        prod = c.unsqueeze(2) * c.unsqueeze(1)  # (K, 6, 6)
+        return prod.mean(0), prod.var(0) / k  # covariance and its squared standard error
+
+    (ca, va), (cb, vb) = moments(a), moments(b)
+    z = z_bonferroni(6 + 21)
+    assert ((a.mean(0) - b.mean(0)).abs() <= z * (a.var(0) / k + b.var(0) / k).sqrt()).all()
+    assert ((ca - cb).abs() <= z * (va + vb).sqrt()).all()
+    example = torch.arange(6) // 2
+    across = example.unsqueeze(0) != example.unsqueeze(1)
+    assert (ca.abs() / va.sqrt())[across].max() > 10  # examples are correlated: functions
