@@ -17,6 +17,15 @@ attention, embedding, stochastic outputs, flows, Discretize):
    deterministic layer gives, the losses are float32 and equal to the plain ones, the
    posterior-mean output is the float32 one to bf16 precision.
 
+Predictive: ``bl.predict`` with K = 32 of the 784-512-512-10 Bayesian MLP (each dense
+estimator, and ``nn.Linear`` with ``MCDropout``), batch 16, eager against the same call
+captured once as a CUDA graph (``torch.cuda.CUDAGraph``, replayed: each replay draws new
+noise from the graph-safe generator) and against ``torch.compile(mode="reduce-overhead")``
+(CUDA graphs through inductor); per contender the median ms per predictive, the ratio to
+eager, and a check: a new sample on every call, and the samples' means and variances equal
+eager's (two-sample z-tests as above). Without CUDA (``--device cpu``) the graph contender
+is skipped and the compiled one uses the default mode.
+
 Throughput: a decoder-only character transformer (pre-norm blocks of causal multi-head
 attention and a GELU feed-forward, as ``examples/bayesian_transformer.py``), built once
 with ``MultiheadAttentionFlipout``/``LinearFlipout`` and once with ``nn.MultiheadAttention``
@@ -349,6 +358,117 @@ def throughput(device: torch.device, quick: bool, backend: str) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------------------
+# Predictive: K = 32 function samples of a Bayesian MLP, eager vs CUDA graph vs compiled
+# --------------------------------------------------------------------------------------
+
+PREDICTIVE_MODELS = ("LinearReparameterization", "LinearFlipout",
+                     "LinearLocalReparameterization", "MCDropout")  # fmt: skip
+
+
+def _mlp(name: str, sizes: tuple[int, ...]) -> nn.Module:
+    mods: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        mods.append(nn.Linear(fan_in, fan_out) if name == "MCDropout"
+                    else getattr(layers, name)(fan_in, fan_out))  # fmt: skip
+        if i < len(sizes) - 2:
+            mods += [nn.ReLU(), layers.MCDropout(0.2)] if name == "MCDropout" else [nn.ReLU()]
+    return _widen(nn.Sequential(*mods))
+
+
+def _cuda_graph(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``fn`` captured once as a CUDA graph; the returned callable replays it and returns
+    a copy of its static output (random draws inside a graph are graph-safe: every replay
+    advances the generator's offset, so it draws new numbers)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream (caches, workspaces)
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = fn()
+
+    def replay() -> Tensor:
+        graph.replay()
+        return static.clone()
+
+    return replay
+
+
+def _time_ms(fn: Callable[[], Tensor], device: torch.device, calls: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times) * 1e3
+
+
+def _predictive_check(fn: Callable[[], Tensor], eager: Tensor, reps: int) -> str:
+    first = fn()
+    if torch.equal(first, fn()):
+        return "FAIL the same sample on two calls"
+    draws = torch.cat([fn().float().cpu() for _ in range(reps)])  # (reps·K, B, C)
+    return "ok" if _moments_agree(draws, eager) else "FAIL sampled moments differ"
+
+
+def predictive(device: torch.device, quick: bool, backend: str) -> list[dict]:
+    """Rows ``{model, contender, ms, vs_eager, check}`` of the K = 32 predictive."""
+    sizes, batch, k = ((16, 8, 8, 3), 4, 32) if quick else ((784, 512, 512, 10), 16, 32)
+    calls, repeats, reps = (2, 1, 2) if quick else (20, 5, 30)
+    rows = []
+    for name in PREDICTIVE_MODELS[:2] if quick else PREDICTIVE_MODELS:
+        torch.manual_seed(0)
+        model = _mlp(name, sizes).to(device).eval()
+        x = torch.randn(batch, sizes[0], device=device)
+
+        def eager(model: nn.Module = model, x: Tensor = x) -> Tensor:
+            with torch.no_grad():
+                return bl.predict(model, x, k).samples  # (K, B, C)
+
+        reference = torch.cat([eager().float().cpu() for _ in range(reps)])
+        if device.type == "cuda" and backend == "inductor":
+            compiled = torch.compile(eager, mode="reduce-overhead")
+        else:
+            compiled = torch.compile(eager, backend=backend)
+        contenders: dict[str, Callable[[], Callable[[], Tensor]]] = {
+            "eager": lambda eager=eager: eager,
+            "cuda graph": lambda eager=eager: _cuda_graph(eager),
+            "compiled": lambda compiled=compiled: compiled,
+        }
+        eager_ms = None
+        for contender, make in contenders.items():
+            row: dict[str, object] = {"model": name, "contender": contender, "K": k,
+                                      "batch": batch}  # fmt: skip
+            if contender == "cuda graph" and device.type != "cuda":
+                rows.append({**row, "check": "skipped (no CUDA)"})
+                continue
+            try:
+                fn = make()
+                for _ in range(2):  # warm-up (compilation, autotuning, graph recording)
+                    fn()
+                row["check"] = _predictive_check(fn, reference, reps)
+                row["ms"] = _time_ms(fn, device, calls, repeats)
+            except Exception as exc:  # report and go on: one prepared run on a rare machine
+                row["check"] = f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                if not quick:
+                    traceback.print_exc()
+            if contender == "eager":
+                eager_ms = row.get("ms")
+            if "ms" in row and eager_ms:
+                row["vs_eager"] = row["ms"] / eager_ms
+            rows.append(row)
+        torch._dynamo.reset()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -387,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.reset()
         checks[fname] = row
         print(f"  {fname:38s} " + "  ".join(f"{k}: {v}" for k, v in row.items()))
+    pred_rows = predictive(device, args.quick, backend)
+    print(f"  {'predictive K=32':38s} {'contender':>10s} {'ms':>9s} {'vs eager':>9s}  check")
+    for r in pred_rows:
+        ms = f"{r['ms']:9.2f}" if "ms" in r else f"{'':9s}"
+        vs = f"{r['vs_eager']:8.2f}x" if "vs_eager" in r else f"{'':9s}"
+        print(f"  {r['model']:38s} {r['contender']:>10s} {ms} {vs}  {r['check']}")
     rows = throughput(device, args.quick, backend)
     base = {(r["compiled"], r["bf16"]): r for r in rows if r["model"] == "deterministic"}
     print(f"  {'transformer':14s} {'compiled':>8s} {'bf16':>5s} {'step ms':>9s} "
@@ -398,10 +524,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['step_ms']:9.2f} {r['tokens_per_s']:10.0f} {ratio:16.2f}x")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = ".quick" if args.quick else ""
-    out = {"device": name, "torch": torch.__version__, "checks": checks, "throughput": rows}
+    out = {"device": name, "torch": torch.__version__, "checks": checks,
+           "predictive": pred_rows, "throughput": rows}  # fmt: skip
     (args.out / f"gpu_check.{device.type}{suffix}.json").write_text(json.dumps(out, indent=1))
     failed = [f"{f}: {c}" for f, row in checks.items() for c, v in row.items()
               if v.startswith(("FAIL", "ERROR"))]  # fmt: skip
+    failed += [f"predictive {r['model']} {r['contender']}: {r['check']}" for r in pred_rows
+               if str(r["check"]).startswith(("FAIL", "ERROR"))]  # fmt: skip
     if failed:
         print("FAILED:", *failed, sep="\n  ")
     return 1 if failed else 0

@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
 ]
 
-OPS = ("fill_normal_", "fill_uniform_", "fill_signs_", "fill_dropout_mask_")
+OPS = ("fill_normal_", "fill_uniform_", "fill_signs_")
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +69,7 @@ def test_same_shape_draws_in_one_graph_are_independent_extern_calls() -> None:
     values (a pure op would be merged into one by AOTAutograd's CSE), each an extern call
     to our op, and no random kernel of inductor's own in the code."""
     layer = layers.LinearFlipout(5, 5)  # its noise() with every kind, same shape twice
+    drop = layers.MCDropout(0.5)
     like = torch.zeros(())
 
     def draws(x: Tensor) -> Tensor:
@@ -76,7 +77,7 @@ def test_same_shape_draws_in_one_graph_are_independent_extern_calls() -> None:
         for kind in ("normal", "uniform", "sign", "parameter"):
             for _ in range(2):
                 out.append(layer.noise("weight", (64, 5), like, kind=kind))
-        out += [compiled_rng.dropout_mask(x, 0.5), compiled_rng.dropout_mask(x, 0.5)]
+        out += [drop(x), drop(x)]
         return torch.stack(out)
 
     samples, code = _code(draws, torch.ones(64, 5))

@@ -41,7 +41,6 @@ __all__ = [
     "normal",
     "uniform",
     "signs",
-    "dropout_mask",
     "table_signs",
     "EagerGenerator",
     "eager_generator",
@@ -72,15 +71,9 @@ def _signs_(out: Tensor) -> None:
     out.copy_(table_signs(out.shape, out))
 
 
-def _keep_(out: Tensor, p: float) -> None:
-    # eager F.dropout's CPU path: a Bernoulli(1 - p) mask scaled by 1 / (1 - p)
-    out.bernoulli_(1 - p).div_(1 - p)
-
-
 _normal_op = _fill_op("fill_normal_", _normal_)
 _uniform_op = _fill_op("fill_uniform_", _uniform_)
 _signs_op = _fill_op("fill_signs_", _signs_)
-_keep_op = _fill_op("fill_dropout_mask_", _keep_)
 
 
 def routes(like: Tensor) -> bool:
@@ -125,12 +118,6 @@ def signs(shape: Sequence[int], like: Tensor) -> Tensor:
     """Random signs ±1 of ``shape``, ``like``'s dtype and device (the byte table of
     :func:`table_signs` inside the op)."""
     return _filled(_signs_op, shape, like.dtype, like.device)
-
-
-def dropout_mask(like: Tensor, p: float) -> Tensor:
-    """A dropout mask of ``like``'s shape: ``1 / (1 - p)`` with probability ``1 - p``,
-    else 0, so ``x * mask`` is ``F.dropout(x, p, training=True)`` in law."""
-    return _filled(_keep_op, like.shape, like.dtype, like.device, float(p))
 
 
 _SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
