@@ -22,17 +22,22 @@ class TrunkError(ValueError):
 
 def is_stochastic(module: nn.Module) -> bool:
     """Whether ``module`` or a submodule draws randomness that ``predict`` must fold:
-    a Bayesian layer (any sampling mode), torch dropout in training mode, an ensemble
-    whose members are function samples, or a layer drawing jointly over the batch."""
-    for m in module.modules():
-        if isinstance(m, BayesianLayer):
-            return True
-        if isinstance(m, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and m.training:
-            return True
-        cls = type(m)
-        if getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False):
-            return True
-    return False
+    a Bayesian layer not in ``"mean"`` mode, torch dropout in training mode, an ensemble
+    whose members are function samples, or a layer drawing jointly over the batch. A
+    module's class may say it with ``stochastic_forward``: ``True`` for a forward that
+    samples (a stochastic output layer), ``False`` for one that draws nothing whatever it
+    holds (:class:`~bayesian_layers.layers.SNGPHead`)."""
+    cls = type(module)
+    declared = getattr(cls, "stochastic_forward", None)
+    if declared is not None:
+        return bool(declared)
+    if isinstance(module, BayesianLayer) and module.sampling != "mean":
+        return True
+    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.training:
+        return True
+    if getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False):
+        return True
+    return any(is_stochastic(child) for child in module.children())
 
 
 @dataclass
@@ -47,12 +52,15 @@ class Split:
             the K samples at the shared ``h`` itself (``shared_input_samples``); the
             head then starts after it (``rest``).
         rest: the head without ``first``.
+        whole: nothing in the model is stochastic: ``trunk`` is the whole model, run
+            once, and the K samples are its output repeated (``head`` is unused).
     """
 
     trunk: Callable[[Tensor], Any]
     head: Callable[[Any], Any]
     first: nn.Module | None = None
     rest: Callable[[Any], Any] | None = None
+    whole: bool = False
 
 
 def _sequential_split(model: nn.Sequential, cut: int) -> Split:
@@ -79,12 +87,11 @@ def _hooked(module: nn.Module) -> bool:
 
 
 def _auto_cut(model: nn.Sequential) -> int:
-    """Leading children with nothing stochastic (0 when every child is deterministic:
-    then nothing is cut, as the K samples are one function)."""
+    """The number of leading children with nothing stochastic."""
     for i, child in enumerate(model):
         if is_stochastic(child):
             return i
-    return 0
+    return len(model)
 
 
 def _prefix_length(model: nn.Sequential, trunk: nn.Sequential) -> int | None:
@@ -166,7 +173,8 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
     Args:
         model: the model.
         trunk: ``"auto"`` (an ``nn.Sequential``'s leading children with nothing
-            stochastic; no trunk for other models), ``None`` (no trunk), a submodule of
+            stochastic, the whole of it when nothing in it is; no trunk for other
+            models), ``None`` (no trunk), a submodule of
             the model, or for an ``nn.Sequential`` a slice ``model[:i]``.
     """
     if trunk is None:
@@ -179,6 +187,8 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
         if not isinstance(model, nn.Sequential):
             return None
         cut = _auto_cut(model)
+        if cut == len(model):  # nothing stochastic: one call gives every sample
+            return Split(model, model, whole=True) if cut else None
         return _sequential_split(model, cut) if cut or _shared_first(model) else None
     if not isinstance(trunk, nn.Module):
         raise TypeError(

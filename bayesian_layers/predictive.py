@@ -332,6 +332,23 @@ def _vectorized(
     return samples, stack_moments(moment_parts, dim_cat=True), marked
 
 
+def _sampled_value(out: object) -> bool:
+    """Whether a model's output is a random variable whose value is a draw of ``y`` (not a
+    distribution over function values, whose value is its mean)."""
+    return isinstance(out, RandomVariable) and not is_function_space(out)
+
+
+def _repeated(out: object, k: int) -> tuple[Tensor, dict[str, Tensor], bool]:
+    """The output of a model with nothing stochastic as K equal samples, with its
+    distribution's moments likewise."""
+
+    def repeat(t: Tensor) -> Tensor:
+        return t.unsqueeze(0).expand(k, *t.shape).contiguous()
+
+    moments = {n: repeat(t) for n, t in output_moments(out).items()}
+    return repeat(output_tensor(out)), moments, is_function_space(out)
+
+
 @contextmanager
 def _in_predictive(model: nn.Module) -> Iterator[None]:
     """The model's Bayesian layers see ``in_predictive`` meanwhile (in this thread)."""
@@ -487,9 +504,13 @@ def predict(
         _in_predictive(model),
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
-        if not isinstance(h, Tensor):
+        if split is not None and not split.whole and not isinstance(h, Tensor):
             split, h = None, None  # a trunk answering a tuple or a distribution: no cut
-        if vectorized:
+        if split is not None and split.whole and _sampled_value(h):
+            split, h = None, None  # a module of its own returned a sampled value: fold
+        if split is not None and split.whole:
+            samples, moments, marked = _repeated(h, num_samples)
+        elif vectorized:
             samples, moments, marked = _vectorized(
                 model, x, num_samples, chunk_size, members, split, h
             )

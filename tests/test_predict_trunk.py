@@ -315,3 +315,50 @@ def test_cached_reparameterization_keeps_the_joint_law_over_the_batch() -> None:
     example = torch.arange(6) // 2
     across = example.unsqueeze(0) != example.unsqueeze(1)
     assert (ca.abs() / va.sqrt())[across].max() > 10  # examples are correlated: functions
+
+
+# ------------------------------------------------- nothing stochastic: one call
+def test_sngp_predicts_with_one_call_and_the_uncached_answer() -> None:
+    """An SNGP head draws nothing (its output is a distribution over function values):
+    the whole model runs once and the K samples and moments are the folded call's."""
+    torch.manual_seed(0)
+    model = bl.sngp(
+        nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3)), num_features=32
+    ).eval()
+    rows = []
+    model[2].register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    x = _x(6).float()
+    cached = bl.predict(model, x, 8)
+    assert rows == [6]
+    uncached = bl.predict(model, x, 8, trunk=None)
+    assert rows == [6, 6 * 8]
+    for name in ("samples", "output_mean", "output_variance"):
+        torch.testing.assert_close(getattr(cached, name), getattr(uncached, name))
+    assert cached.function_space and uncached.function_space
+
+
+def test_posterior_mean_model_runs_once() -> None:
+    model = _seq(layers.LinearReparameterization).eval()  # batch norm: running statistics
+    calls = []
+    model[0].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    x = _x()
+    with bl.posterior_mean(model):
+        pred = bl.predict(model, x, 5)
+        expected = model(x)
+    assert calls == [16, 16]
+    torch.testing.assert_close(pred.samples, expected.expand(5, *expected.shape))
+    assert pred.variance.abs().max() < 1e-30  # (mean of equal values: rounding only)
+
+
+def test_stochastic_output_layer_is_folded() -> None:
+    """A deterministic network with a stochastic output layer: the network is the trunk,
+    the output layer samples ``y`` afresh for each of the K samples."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2), layers.Normal(1))
+    calls = []
+    model[0].register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    x = _x(4).float()
+    pred = bl.predict(model, x, 64)
+    assert calls == [4]
+    assert pred.variance.min() > 0  # y drawn per sample: aleatoric spread
+    assert pred.epistemic.abs().max() < 1e-10  # one function

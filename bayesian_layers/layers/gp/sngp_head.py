@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +165,10 @@ class SNGPHead(nn.Module):
         >>> out.shape, out.distribution.variance.shape, head.mean_field_logits(out).shape
         (torch.Size([5, 3]), torch.Size([5, 3]), torch.Size([5, 3]))
     """
+
+    #: its forward draws nothing (the output is a distribution over function values,
+    #: the same at every call): :func:`bayesian_layers.predict` runs it once, not K times
+    stochastic_forward: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ mixtures draw with ``sample()`` (no gradient through the value) and their
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributions as td
@@ -98,6 +98,10 @@ class StochasticOutput(LazyModuleMixin, nn.Module):
     intrinsic_event_dims = 0
     #: the value drops the parameters' last dimension (class logits)
     consumes_last_dim = False
+
+    #: its forward samples the output's value: :func:`bayesian_layers.predict` folds the
+    #: K function samples through it (never part of a deterministic trunk)
+    stochastic_forward: ClassVar[bool] = True
 
     def __init__(
         self,
