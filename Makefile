@@ -51,6 +51,8 @@ bench: $(VENV)/.bench-installed
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/linear_step.py --threads $(BENCH_THREADS) $(BENCH_ARGS)
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/predict_step.py --threads $(BENCH_THREADS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/cnn_lstm_step.py --threads $(BENCH_THREADS)
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/member_step.py --threads $(BENCH_THREADS)
