@@ -278,3 +278,12 @@ def test_compiled_draws_seed_like_eager_and_fill_any_float_dtype() -> None:
         want = torch.randn(3, 4, dtype=dtype)
         assert got.dtype == dtype
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_export_keeps_atens_random_ops() -> None:
+    """``torch.export`` is not routed: the exported program runs without this package."""
+    model = nn.Sequential(layers.LinearFlipout(4, 3), layers.MCDropout(0.2))
+    program = torch.export.export(model, (torch.randn(2, 4),))
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert not any("bayesian_layers" in t for t in targets)
+    assert any("randn" in t or "normal" in t for t in targets)

@@ -31,11 +31,11 @@ def rademacher(shape: torch.Size, like: Tensor) -> Tensor:
     (:func:`~._base.compiled_rng.table_signs`), about 40x faster on CPU than
     ``bernoulli_``. Under ``torch.compile`` on CPU the same table fills the signs inside
     an opaque op (:func:`~._base.compiled_rng.signs`; a cache filled while tracing would
-    be guarded on and force a recompilation); on other devices they come from
-    ``randint``, which inductor generates well there.
+    be guarded on and force a recompilation); on other devices (and under
+    ``torch.export``) they come from ``randint``, which inductor generates well there.
     """
     if torch.compiler.is_compiling():
-        if like.device.type == "cpu":
+        if compiled_rng.routes(like):
             return compiled_rng.signs(shape, like)
         bits = torch.randint(0, 2, shape, dtype=like.dtype, device=like.device)
         return bits * 2 - 1

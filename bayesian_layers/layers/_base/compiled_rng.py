@@ -77,14 +77,20 @@ _signs_op = _fill_op("fill_signs_", _signs_)
 
 
 def routes(like: Tensor) -> bool:
-    """Whether a draw for ``like`` goes through these ops: inside ``torch.compile`` (or
-    ``torch.export``) and on CPU.
+    """Whether a draw for ``like`` goes through these ops: inside ``torch.compile`` and
+    on CPU. Not under ``torch.export``: an exported program keeps aten's random ops, so
+    it runs where this package is not imported.
 
     Example:
         >>> routes(torch.zeros(3))  # eager: torch's own factories draw
         False
     """
-    return torch.compiler.is_compiling() and like.device.type == "cpu"
+    return torch.compiler.is_compiling() and like.device.type == "cpu" and not _exporting()
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(is_exporting and is_exporting())
 
 
 def _filled(
