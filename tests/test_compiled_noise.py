@@ -30,7 +30,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
 ]
 
-OPS = ("fill_normal_", "fill_uniform_", "fill_signs_")
+OPS = ("fill_normal_", "fill_uniform_", "fill_signs_", "fill_dropout_mask_")
 
 
 @pytest.fixture(autouse=True)

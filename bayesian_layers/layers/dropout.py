@@ -21,9 +21,8 @@ class MCDropout(BayesianLayer):
     modes apply: ``"mean"`` is the identity (the usual deterministic
     approximation), ``"frozen"`` keeps one mask over the non-batch dimensions
     (one function: the same units dropped for every example) until
-    :meth:`resample`. With a noise hook registered, or compiled on CPU, a sampled mask's
-    uniforms come from ``noise("mask", shape, like, kind="uniform")`` (kept where
-    ``u >= p``). It has no
+    :meth:`resample`. With a noise hook registered, a sampled mask's uniforms come from
+    ``noise("mask", shape, like, kind="uniform")`` (kept where ``u >= p``). It has no
     parameters and no losses (for the Gal & Ghahramani objective, use weight decay on
     the neighbouring layers).
 
@@ -60,11 +59,9 @@ class MCDropout(BayesianLayer):
         if self.sampling == "mean" or self.p == 0.0:
             return x
         if self.sampling != "frozen":
-            # eager without hooks: the fused kernel; same law as the mask below. Compiled
-            # on CPU the uniforms come from the eager generator (compiled_rng) and the
-            # compare fuses into inductor's kernel: cheaper than eager's or inductor's
-            # bernoulli there
-            if not self.has_noise_hooks and not compiled_rng.routes(x):
+            if not self.has_noise_hooks:  # the fused kernel; same law as the mask below
+                if compiled_rng.routes(x):  # one float mask by the eager generator (CPU)
+                    return x * compiled_rng.dropout_mask(x, self.p)
                 return F.dropout(x, self.p, training=True)
             # a hook sees (or sets) the mask's uniforms: kept where u >= p
             # uniforms in float32 at least: a bf16 uniform is too coarse to compare with p

@@ -41,6 +41,7 @@ __all__ = [
     "normal",
     "uniform",
     "signs",
+    "dropout_mask",
     "table_signs",
     "EagerGenerator",
     "eager_generator",
@@ -71,9 +72,19 @@ def _signs_(out: Tensor) -> None:
     out.copy_(table_signs(out.shape, out))
 
 
+def _keep_(out: Tensor, p: float) -> None:
+    # kept where u >= p (uniforms in float32 at least: a bf16 uniform is too coarse),
+    # scaled by 1 / (1 - p); a float mask, as a bool one costs inductor a slow store
+    if out.dtype in (torch.float32, torch.float64):
+        out.uniform_().ge_(p).div_(1 - p)
+    else:
+        out.copy_(torch.rand(out.shape).ge_(p)).div_(1 - p)
+
+
 _normal_op = _fill_op("fill_normal_", _normal_)
 _uniform_op = _fill_op("fill_uniform_", _uniform_)
 _signs_op = _fill_op("fill_signs_", _signs_)
+_keep_op = _fill_op("fill_dropout_mask_", _keep_)
 
 
 def routes(like: Tensor) -> bool:
@@ -124,6 +135,14 @@ def signs(shape: Sequence[int], like: Tensor) -> Tensor:
     """Random signs ±1 of ``shape``, ``like``'s dtype and device (the byte table of
     :func:`table_signs` inside the op)."""
     return _filled(_signs_op, shape, like.dtype, like.device)
+
+
+def dropout_mask(like: Tensor, p: float) -> Tensor:
+    """A dropout mask of ``like``'s shape, dtype and device: ``1 / (1 - p)`` where a
+    uniform ``u >= p`` (probability ``1 - p``), else 0, so ``x * mask`` is
+    ``F.dropout(x, p, training=True)`` in law. A float mask: inductor on CPU stores a
+    bool tensor for the backward about 5x slower than a float one."""
+    return _filled(_keep_op, like.shape, like.dtype, like.device, float(p))
 
 
 _SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
