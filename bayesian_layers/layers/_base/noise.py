@@ -89,6 +89,9 @@ class NoiseSource(nn.Module):
         Every estimator asks for its noise here, so a noise hook
         (:meth:`register_noise_hook`) sees all of it: tensor parallelism draws the
         noise of the whole weight and keeps its shard, a test substitutes fixed noise.
+        Inside ``torch.compile`` on CPU the draw is made by torch's eager generator
+        through an opaque op (inductor's own CPU random kernels are ~5x slower); the
+        law is the same, the numbers for a seed may come in another order.
 
         Args:
             name: what the noise is for: a random parameter's name (``"weight"``), or
