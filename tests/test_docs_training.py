@@ -4,21 +4,13 @@ its program prints a diagnosis, a fitted temperature and a test ECE."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from docs_util import DOCS, python_blocks
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "training.md"
+PAGE = DOCS / "training.md"
 SECTION = "Uncertainty that pays: N, priors, diagnostics, calibration"
-
-
-def _section() -> str:
-    parts = re.split(r"^## (.+)$", PAGE.read_text(), flags=re.MULTILINE)
-    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
-    return sections[SECTION]
-
-
-BLOCKS = re.findall(r"^```python\n(.*?)^```$", _section(), flags=re.MULTILINE | re.DOTALL)
+BLOCKS = python_blocks(PAGE, SECTION)
 
 
 def test_the_section_has_a_program() -> None:
