@@ -63,13 +63,23 @@ class Split:
     whole: bool = False
 
 
+def _chain(modules: list[nn.Module]) -> Callable[[Any], Any]:
+    """``modules`` applied in order, as ``nn.Sequential`` would (without building one)."""
+
+    def run(x: Any) -> Any:
+        for m in modules:
+            x = m(x)
+        return x
+
+    return run
+
+
 def _sequential_split(model: nn.Sequential, cut: int) -> Split:
     children = list(model)
-    trunk = nn.Sequential(*children[:cut])
-    head = nn.Sequential(*children[cut:])
+    trunk, head = _chain(children[:cut]), _chain(children[cut:])
     first = children[cut] if cut < len(children) else None
     if first is not None and hasattr(first, "shared_input_samples") and not _hooked(first):
-        return Split(trunk, head, first, nn.Sequential(*children[cut + 1 :]))
+        return Split(trunk, head, first, _chain(children[cut + 1 :]))
     return Split(trunk, head)
 
 

@@ -23,8 +23,9 @@ from ._model_parts import normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
 from ._trunk import Split, TrunkError, split_model
 from .layers._base.overrides import pop_override, push_override
+from .layers.base import BayesianLayer
 from .random_variables.variable import RandomVariable
-from .sampling import bayesian_modules, vectorized_samples
+from .sampling import bayesian_modules
 
 __all__ = ["Predictive", "predict", "auto_chunk_size", "CHUNK_BYTES"]
 
@@ -191,21 +192,22 @@ def _split(total: int, chunk: int) -> list[int]:
     return sizes
 
 
-def auto_chunk_size(model: nn.Module, x: Tensor) -> int:
+def _largest_random_parameter(bayesian: list[BayesianLayer]) -> int:
+    return max(
+        (spec.shape.numel() for m in bayesian for _, spec in m.named_random_parameters()),
+        default=0,
+    )
+
+
+def auto_chunk_size(model: nn.Module, x: Tensor, *, largest: int | None = None) -> int:
     """Function samples per vectorised call so one call's temporaries fit :data:`CHUNK_BYTES`.
 
     Per sample, a layer holds its weight draw and an activation about the size of
     the input batch, so the estimate is ``itemsize · (largest random parameter +
-    4 · x.numel())`` bytes.
+    4 · x.numel())`` bytes (``largest``: that size, when the caller knows it).
     """
-    largest = max(
-        (
-            spec.shape.numel()
-            for m in bayesian_modules(model)
-            for _, spec in m.named_random_parameters()
-        ),
-        default=0,
-    )
+    if largest is None:
+        largest = _largest_random_parameter(list(bayesian_modules(model)))
     per_sample = x.element_size() * (largest + 4 * x.numel())
     return max(1, CHUNK_BYTES // max(per_sample, 1))
 
@@ -225,9 +227,11 @@ def _explain_failure(model: nn.Module, x: Tensor, err: Exception) -> None:
     ) from err
 
 
-def _joint_modules(model: nn.Module) -> list[nn.Module]:
-    """Submodules whose class says ``joint_over_batch = True``."""
-    return [m for m in model.modules() if getattr(type(m), "joint_over_batch", False)]
+def _joint_modules(model: nn.Module, modules: list[nn.Module] | None = None) -> list[nn.Module]:
+    """Submodules whose class says ``joint_over_batch = True`` (``modules``: the model's
+    ``modules()``, when the caller has them)."""
+    mods = model.modules() if modules is None else modules
+    return [m for m in mods if getattr(type(m), "joint_over_batch", False)]
 
 
 @contextmanager
@@ -243,24 +247,24 @@ def _marginal_samples(modules: list[nn.Module]) -> Iterator[None]:
             m.marginal_samples = p  # type: ignore[attr-defined]
 
 
-def _members_per_call(model: nn.Module) -> int:
+def _members_per_call(model: nn.Module, modules: list[nn.Module] | None = None) -> int:
     """The least common multiple of the ``ensemble_size`` of the submodules whose class
     sets ``members_as_samples = True`` (each member is one function sample; 1 if none)."""
-    sizes = [
-        m.ensemble_size for m in model.modules() if getattr(type(m), "members_as_samples", False)
-    ]
+    mods = model.modules() if modules is None else modules
+    sizes = [m.ensemble_size for m in mods if getattr(type(m), "members_as_samples", False)]
     return lcm(*sizes) if sizes else 1  # type: ignore[arg-type]
 
 
 @contextmanager
-def _folded_samples(model: nn.Module, k: int) -> Iterator[None]:
+def _folded_samples(modules: list[nn.Module], k: int) -> Iterator[None]:
     """Ensemble modules that hold whole member models (their class sets
     ``members_as_samples = True`` and they have a ``folded_samples`` attribute, e.g.
     :class:`~bayesian_layers.ensemble.Ensemble`) get ``folded_samples = k`` meanwhile: they
-    read the folded ``(k B, ...)`` batch as one block per member and keep its shape."""
+    read the folded ``(k B, ...)`` batch as one block per member and keep its shape
+    (``modules``: the model's ``modules()``)."""
     modules = [
         m
-        for m in model.modules()
+        for m in modules
         if getattr(type(m), "members_as_samples", False) and hasattr(m, "folded_samples")
     ]
     previous = [m.folded_samples for m in modules]
@@ -303,6 +307,7 @@ def _vectorized(
     members: int = 1,
     split: Split | None = None,
     h: Tensor | None = None,
+    modules: list[nn.Module] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], bool]:
     """K samples in chunks of folded calls: ``(K, B, *out)``, the output moments, and
     whether every output was marked as over function values. Chunks hold a multiple of
@@ -312,12 +317,17 @@ def _vectorized(
         # the first layer draws at the shared h: per sample, only its output is folded
         width = getattr(split.first, "out_features", h.shape[-1])
         folded = h.new_empty(h.shape[0], width)
-    chunk = auto_chunk_size(model, folded) if chunk_size is None else chunk_size
+    mods = list(model.modules()) if modules is None else modules
+    bayesian = [m for m in mods if isinstance(m, BayesianLayer)]
+    if chunk_size is None:
+        chunk = auto_chunk_size(model, folded, largest=_largest_random_parameter(bayesian))
+    else:
+        chunk = chunk_size
     chunk = max(members, chunk - chunk % members)
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
         try:
-            with vectorized_samples(model, k), _folded_samples(model, k):
+            with _samples_override(bayesian, k), _folded_samples(mods, k):
                 rv = _call(model, split, x, h, k)
         except TrunkError:
             raise
@@ -350,15 +360,20 @@ def _repeated(out: object, k: int) -> tuple[Tensor, dict[str, Tensor], bool]:
 
 
 @contextmanager
-def _in_predictive(model: nn.Module) -> Iterator[None]:
-    """The model's Bayesian layers see ``in_predictive`` meanwhile (in this thread)."""
-    modules = list(bayesian_modules(model))
+def _override(bayesian: list[BayesianLayer], kind: str, value: object) -> Iterator[None]:
+    """The layers get a per-thread ``kind`` override (``"samples"``: K, as
+    :func:`~bayesian_layers.vectorized_samples`; ``"predictive"``: ``in_predictive``)
+    meanwhile."""
     token = object()
-    push_override(modules, "predictive", token, True)
+    push_override(bayesian, kind, token, value)
     try:
         yield
     finally:
-        pop_override(modules, "predictive", token)
+        pop_override(bayesian, kind, token)
+
+
+def _samples_override(bayesian: list[BayesianLayer], k: int):  # noqa: ANN202 - a context
+    return _override(bayesian, "samples", k)
 
 
 def predict(
@@ -480,14 +495,15 @@ def predict(
         x = x.value
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise TypeError(f"predict expected a batched Tensor input, got {type(x).__name__}")
-    members = _members_per_call(model)
+    modules = list(model.modules())
+    members = _members_per_call(model, modules)
     if num_samples % members:
         raise ValueError(
             f"predict: each function sample of this model is one member of its ensemble "
             f"layers (ensemble_size {members}); expected `num_samples` a multiple of "
             f"{members}, got {num_samples}"
         )
-    joint = _joint_modules(model)
+    joint = _joint_modules(model, modules)
     if vectorized and any(not hasattr(m, "marginal_samples") for m in joint):
         vectorized = False  # a joint draw would tie the K folded copies into one function
     if not vectorized and members > 1:
@@ -501,7 +517,7 @@ def predict(
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint if vectorized else []),
         normalization_in_eval(model),
-        _in_predictive(model),
+        _override([m for m in modules if isinstance(m, BayesianLayer)], "predictive", True),
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
         if split is not None and not split.whole and not isinstance(h, Tensor):
@@ -512,7 +528,7 @@ def predict(
             samples, moments, marked = _repeated(h, num_samples)
         elif vectorized:
             samples, moments, marked = _vectorized(
-                model, x, num_samples, chunk_size, members, split, h
+                model, x, num_samples, chunk_size, members, split, h, modules
             )
         else:
             outs = [_call(model, split, x, h, 1) for _ in range(num_samples)]
