@@ -313,9 +313,10 @@ def _vectorized(
     whether every output was marked as over function values. Chunks hold a multiple of
     ``members`` samples."""
     folded = x if h is None else h
-    if h is not None and split is not None and split.first is not None:
+    first = None if split is None else split.first
+    if h is not None and first is not None and first.draws_at_shared_input(h):  # type: ignore[operator]
         # the first layer draws at the shared h: per sample, only its output is folded
-        width = getattr(split.first, "out_features", h.shape[-1])
+        width = getattr(first, "out_features", h.shape[-1])
         folded = h.new_empty(h.shape[0], width)
     mods = list(model.modules()) if modules is None else modules
     bayesian = [m for m in mods if isinstance(m, BayesianLayer)]

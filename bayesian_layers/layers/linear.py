@@ -152,6 +152,12 @@ class BayesianLinear(BayesianLayer):
         bias = "bias" if self.use_bias else None
         return self.estimator.shared_input(self, x, LINEAR, "weight", bias, k)
 
+    def draws_at_shared_input(self, x: Tensor) -> bool:
+        """Whether :meth:`shared_input_samples` draws at ``x`` (it draws nothing here)."""
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            return False
+        return self.estimator.shared_input_applies(self, x, LINEAR, "weight")
+
 
 #: the former private name (other modules import it until they move to BayesianLinear)
 

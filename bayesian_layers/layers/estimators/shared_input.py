@@ -73,11 +73,12 @@ def output_noise_samples(
         else:
             bias_loc, bias_scale = layer.posterior_loc_scale(bias)
     mean, std = local_reparameterization_moments(_LINEAR, x, loc, scale, bias_loc, bias_scale)
-    if shared:
-        mean = mean.repeat(k, 1)
-        std = std.repeat(k, 1)
-    noise = layer.noise(f"{weight}_output", mean.shape, loc)
-    y = torch.addcmul(mean, std, noise.to(mean.dtype))
+    rows = mean.shape[0] * (k if shared else 1)
+    noise = layer.noise(f"{weight}_output", (rows, mean.shape[-1]), loc).to(mean.dtype)
+    if shared:  # the moments once, broadcast over the K samples
+        y = torch.addcmul(mean, std, noise.view(k, *mean.shape)).view(noise.shape)
+    else:
+        y = torch.addcmul(mean, std, noise)
     if sampled_bias is not None:
         per_sample = sampled_bias if sampled_bias.dim() == 1 else sampled_bias.unsqueeze(1)
         y = (y.view(k, -1, y.shape[-1]) + per_sample).view(y.shape)

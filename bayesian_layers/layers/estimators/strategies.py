@@ -133,6 +133,12 @@ class Estimator:
         by :func:`bayesian_layers.predict` for the first stochastic layer of a model."""
         return None
 
+    def shared_input_applies(
+        self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
+    ) -> bool:
+        """Whether :meth:`shared_input` draws at ``x`` (not ``None``); it draws nothing."""
+        return False
+
     def _shared_loc_scale(self, layer: BayesianLayer, weight: str) -> tuple[Tensor, Tensor] | None:
         if not layer.per_example_noise():
             return None
@@ -180,9 +186,7 @@ class Reparameterization(Estimator):
         otherwise the K whole draws applied to ``x`` in one matmul
         (:func:`~bayesian_layers.layers.estimators.shared_input.whole_draw_samples`: the
         draws of the folded call, without folding ``x``)."""
-        if not op.exact_output_noise or layer.sampling != "sample" or x.dim() != 2:
-            return None
-        if _tracing_active():
+        if not self.shared_input_applies(layer, x, op, weight):
             return None
         if self._shared_loc_scale(layer, weight) is not None and use_batch_joint(
             layer, x, weight, k
@@ -191,6 +195,17 @@ class Reparameterization(Estimator):
             if y is not None:
                 return y
         return whole_draw_samples(layer, x, weight, bias, k)
+
+    def shared_input_applies(
+        self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
+    ) -> bool:
+        """A dense op on a 2-D input in ``"sample"`` mode, no tracer active."""
+        return (
+            op.exact_output_noise
+            and layer.sampling == "sample"
+            and x.dim() == 2
+            and not _tracing_active()
+        )
 
 
 class Flipout(Estimator):
@@ -244,6 +259,14 @@ class Flipout(Estimator):
         if pair is None or not _output_noise_pays(layer, x, op, 1):
             return None
         return output_noise_samples(layer, x, weight, bias, *pair, k, shared=True)
+
+    def shared_input_applies(
+        self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
+    ) -> bool:
+        """A random normal weight, and output noise pays (:func:`_output_noise_pays`)."""
+        return self._shared_loc_scale(layer, weight) is not None and _output_noise_pays(
+            layer, x, op, 1
+        )
 
     def draw(self, layer: BayesianLayer, weight: str, bias: str | None) -> WeightDraw:
         """Flipout's reusable draw: the posterior mean ``μ`` and one shared perturbation
@@ -303,11 +326,17 @@ class LocalReparameterization(Estimator):
         if pair is None:
             return None
         bias_loc, bias_scale = (None, None) if bias is None else layer.posterior_loc_scale(bias)
+        # the moments once, broadcast over the K samples
         mean, std = local_reparameterization_moments(op, x, *pair, bias_loc, bias_scale)
-        reps = (k,) + (1,) * (mean.dim() - 1)
-        mean, std = mean.repeat(reps), std.repeat(reps)
-        noise = layer.noise(f"{weight}_output", mean.shape, pair[0])
-        return torch.addcmul(mean, std, noise.to(mean.dtype))
+        noise = layer.noise(f"{weight}_output", (k * mean.shape[0], *mean.shape[1:]), pair[0])
+        y = torch.addcmul(mean, std, noise.to(mean.dtype).view(k, *mean.shape))
+        return y.view(noise.shape)
+
+    def shared_input_applies(
+        self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
+    ) -> bool:
+        """A random normal weight in ``"sample"`` mode, no tracer active."""
+        return self._shared_loc_scale(layer, weight) is not None
 
 
 def _tracing_active() -> bool:
