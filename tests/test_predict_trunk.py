@@ -362,3 +362,28 @@ def test_stochastic_output_layer_is_folded() -> None:
     assert calls == [4]
     assert pred.variance.min() > 0  # y drawn per sample: aleatoric spread
     assert pred.epistemic.abs().max() < 1e-10  # one function
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [layers.LinearReparameterization, layers.LinearFlipout, layers.LinearLocalReparameterization],
+)
+@pytest.mark.parametrize("rows", [4, 12])
+@pytest.mark.parametrize("mode", ["sample", "mean"])
+def test_draws_at_shared_input_says_what_shared_input_samples_does(
+    cls: type, rows: int, mode: str
+) -> None:
+    """The predicate predict sizes its chunks by agrees with the draw, and draws nothing."""
+    layer = cls(8, 3)
+    layer.sampling = mode
+    x = torch.randn(rows, 8)
+    state = torch.get_rng_state()
+    applies = layer.draws_at_shared_input(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    with bl.vectorized_samples(layer, 4):
+        y = layer.shared_input_samples(x, 4)
+    assert applies == (y is not None)
+    if y is not None:
+        assert y.shape == (4 * rows, 3)
+    # Flipout draws at the shared input only while rows < in_features
+    assert applies == (mode == "sample" and (cls is not layers.LinearFlipout or rows < 8))
