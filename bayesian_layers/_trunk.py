@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from torch import Tensor, nn
 
@@ -54,6 +54,9 @@ class Split:
         rest: the head without ``first``.
         whole: nothing in the model is stochastic: ``trunk`` is the whole model, run
             once, and the K samples are its output repeated (``head`` is unused).
+        cached: for a declared submodule, the folded trunk output its substituted
+            forward answers (``cached[0]``); ``head`` then runs the whole model on the
+            folded input. ``None`` for the parts of an ``nn.Sequential``.
     """
 
     trunk: Callable[[Tensor], Any]
@@ -61,6 +64,7 @@ class Split:
     first: nn.Module | None = None
     rest: Callable[[Any], Any] | None = None
     whole: bool = False
+    cached: list[Any] | None = None
 
 
 def _chain(modules: list[nn.Module]) -> Callable[[Any], Any]:
@@ -78,9 +82,25 @@ def _sequential_split(model: nn.Sequential, cut: int) -> Split:
     children = list(model)
     trunk, head = _chain(children[:cut]), _chain(children[cut:])
     first = children[cut] if cut < len(children) else None
-    if first is not None and hasattr(first, "shared_input_samples") and not _hooked(first):
+    if first is not None and _draws_shared(first):
         return Split(trunk, head, first, _chain(children[cut + 1 :]))
     return Split(trunk, head)
+
+
+def _draws_shared(module: nn.Module) -> bool:
+    """Whether ``module`` can draw K samples at a shared input itself (and no hook needs
+    to see its call on the folded input)."""
+    return hasattr(module, "shared_input_samples") and not _hooked(module)
+
+
+def _plain_sequential(model: nn.Module) -> TypeGuard[nn.Sequential]:
+    """An ``nn.Sequential`` whose call is its children in order: its own ``forward``, no
+    hook on it (a subclass's forward, or a hook, would be skipped by running the parts)."""
+    return (
+        isinstance(model, nn.Sequential)
+        and type(model).forward is nn.Sequential.forward
+        and not _hooked(model)
+    )
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -166,15 +186,7 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
             )
         return out
 
-    return _DeclaredSplit(trunk, head, cached=cached)
-
-
-@dataclass
-class _DeclaredSplit(Split):
-    """A submodule declared as the trunk: the model runs whole on the folded input, its
-    trunk answering the folded output cached in ``cached[0]``."""
-
-    cached: list[Any] | None = None
+    return Split(trunk, head, cached=cached)
 
 
 def split_model(model: nn.Module, trunk: object) -> Split | None:
@@ -194,26 +206,23 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
             raise ValueError(
                 f"predict expected `trunk` to be 'auto', None or an nn.Module, got {trunk!r}"
             )
-        if not isinstance(model, nn.Sequential):
+        if not _plain_sequential(model):
             return None
         cut = _auto_cut(model)
-        if cut == len(model):  # nothing stochastic: one call gives every sample
+        if cut == len(model):  # nothing stochastic: one call
             return Split(model, model, whole=True) if cut else None
-        return _sequential_split(model, cut) if cut or _shared_first(model) else None
+        if cut == 0 and not _draws_shared(model[0]):
+            return None
+        return _sequential_split(model, cut)
     if not isinstance(trunk, nn.Module):
         raise TypeError(
             f"predict expected `trunk` to be 'auto', None or an nn.Module, got "
             f"{type(trunk).__name__}"
         )
-    if isinstance(model, nn.Sequential) and isinstance(trunk, nn.Sequential):
+    if _plain_sequential(model) and isinstance(trunk, nn.Sequential):
         prefix = _prefix_length(model, trunk)
         if prefix is not None:
             if is_stochastic(trunk):
                 return _declared_split(model, trunk)  # raises the error of a stochastic trunk
             return _sequential_split(model, prefix)
     return _declared_split(model, trunk)
-
-
-def _shared_first(model: nn.Sequential) -> bool:
-    """Whether the model's first child draws K samples at a shared input itself."""
-    return len(model) > 0 and hasattr(model[0], "shared_input_samples") and not _hooked(model[0])

@@ -123,7 +123,7 @@ def _collect(
     if not isinstance(model, nn.Module):
         raise TypeError(f"{owner} expected `model` to be an nn.Module, got {type(model).__name__}")
     check_count(owner, "num_samples", num_samples)
-    members = _members_per_call(model)
+    members = _members_per_call(model.modules())
     if num_samples % members:
         raise ValueError(f"{owner}: each function sample of this model is one member of its "
                          f"ensemble (size {members}); expected `num_samples` a multiple of "

@@ -9,7 +9,7 @@ layer models) and an epistemic part (disagreement between function samples).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from math import lcm
@@ -22,7 +22,7 @@ from ._function_space import is_function_space
 from ._model_parts import normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
 from ._trunk import Split, TrunkError, split_model
-from .layers._base.overrides import pop_override, push_override
+from .layers._base.overrides import overriding
 from .layers.base import BayesianLayer
 from .random_variables.variable import RandomVariable
 from .sampling import bayesian_modules
@@ -227,11 +227,10 @@ def _explain_failure(model: nn.Module, x: Tensor, err: Exception) -> None:
     ) from err
 
 
-def _joint_modules(model: nn.Module, modules: list[nn.Module] | None = None) -> list[nn.Module]:
-    """Submodules whose class says ``joint_over_batch = True`` (``modules``: the model's
-    ``modules()``, when the caller has them)."""
-    mods = model.modules() if modules is None else modules
-    return [m for m in mods if getattr(type(m), "joint_over_batch", False)]
+def _joint_modules(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """Those of ``modules`` (a model's ``modules()``) whose class says
+    ``joint_over_batch = True``."""
+    return [m for m in modules if getattr(type(m), "joint_over_batch", False)]
 
 
 @contextmanager
@@ -247,11 +246,11 @@ def _marginal_samples(modules: list[nn.Module]) -> Iterator[None]:
             m.marginal_samples = p  # type: ignore[attr-defined]
 
 
-def _members_per_call(model: nn.Module, modules: list[nn.Module] | None = None) -> int:
-    """The least common multiple of the ``ensemble_size`` of the submodules whose class
-    sets ``members_as_samples = True`` (each member is one function sample; 1 if none)."""
-    mods = model.modules() if modules is None else modules
-    sizes = [m.ensemble_size for m in mods if getattr(type(m), "members_as_samples", False)]
+def _members_per_call(modules: Iterable[nn.Module]) -> int:
+    """The least common multiple of the ``ensemble_size`` of those of ``modules`` (a
+    model's ``modules()``) whose class sets ``members_as_samples = True`` (each member is
+    one function sample; 1 if none)."""
+    sizes = [m.ensemble_size for m in modules if getattr(type(m), "members_as_samples", False)]
     return lcm(*sizes) if sizes else 1  # type: ignore[arg-type]
 
 
@@ -278,7 +277,8 @@ def _folded_samples(modules: list[nn.Module], k: int) -> Iterator[None]:
 
 
 def _fold(x: Tensor, k: int) -> Tensor:
-    """K copies of ``x`` folded into its first dimension, sample-major ``(K * B, ...)``."""
+    """K copies of ``x`` folded into its first dimension, sample-major ``(K * B, ...)``
+    (``x`` itself, a view, for K = 1)."""
     return x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
 
 
@@ -287,16 +287,15 @@ def _call(model: nn.Module, split: Split | None, x: Tensor, h: Tensor | None, k:
     of ``split`` on the trunk's output ``h`` (its first layer drawing the K samples at the
     shared ``h`` where it can)."""
     if split is None or h is None:
-        return model(_fold(x, k) if k > 1 else x)
-    cached = getattr(split, "cached", None)
-    if cached is not None:  # a declared submodule: the model runs on the folded input
-        cached[:] = [_fold(h, k) if k > 1 else h]
-        return split.head(_fold(x, k) if k > 1 else x)
+        return model(_fold(x, k))
+    if split.cached is not None:  # a declared submodule: the model runs on the folded input
+        split.cached[:] = [_fold(h, k)]
+        return split.head(_fold(x, k))
     if split.first is not None and split.rest is not None:
         y = split.first.shared_input_samples(h, k)  # type: ignore[operator]
         if y is not None:
             return split.rest(y)
-    return split.head(_fold(h, k) if k > 1 else h)
+    return split.head(_fold(h, k))
 
 
 def _vectorized(
@@ -304,10 +303,10 @@ def _vectorized(
     x: Tensor,
     num_samples: int,
     chunk_size: int | None,
-    members: int = 1,
-    split: Split | None = None,
-    h: Tensor | None = None,
-    modules: list[nn.Module] | None = None,
+    members: int,
+    split: Split | None,
+    h: Tensor | None,
+    modules: list[nn.Module],
 ) -> tuple[Tensor, dict[str, Tensor], bool]:
     """K samples in chunks of folded calls: ``(K, B, *out)``, the output moments, and
     whether every output was marked as over function values. Chunks hold a multiple of
@@ -318,8 +317,7 @@ def _vectorized(
         # the first layer draws at the shared h: per sample, only its output is folded
         width = getattr(first, "out_features", h.shape[-1])
         folded = h.new_empty(h.shape[0], width)
-    mods = list(model.modules()) if modules is None else modules
-    bayesian = [m for m in mods if isinstance(m, BayesianLayer)]
+    bayesian = [m for m in modules if isinstance(m, BayesianLayer)]
     if chunk_size is None:
         chunk = auto_chunk_size(model, folded, largest=_largest_random_parameter(bayesian))
     else:
@@ -328,7 +326,7 @@ def _vectorized(
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
         try:
-            with _samples_override(bayesian, k), _folded_samples(mods, k):
+            with overriding(bayesian, "samples", k), _folded_samples(modules, k):
                 rv = _call(model, split, x, h, k)
         except TrunkError:
             raise
@@ -358,23 +356,6 @@ def _repeated(out: object, k: int) -> tuple[Tensor, dict[str, Tensor], bool]:
 
     moments = {n: repeat(t) for n, t in output_moments(out).items()}
     return repeat(output_tensor(out)), moments, is_function_space(out)
-
-
-@contextmanager
-def _override(bayesian: list[BayesianLayer], kind: str, value: object) -> Iterator[None]:
-    """The layers get a per-thread ``kind`` override (``"samples"``: K, as
-    :func:`~bayesian_layers.vectorized_samples`; ``"predictive"``: ``in_predictive``)
-    meanwhile."""
-    token = object()
-    push_override(bayesian, kind, token, value)
-    try:
-        yield
-    finally:
-        pop_override(bayesian, kind, token)
-
-
-def _samples_override(bayesian: list[BayesianLayer], k: int):  # noqa: ANN202 - a context
-    return _override(bayesian, "samples", k)
 
 
 def predict(
@@ -497,14 +478,14 @@ def predict(
     if not isinstance(x, Tensor) or x.dim() == 0:
         raise TypeError(f"predict expected a batched Tensor input, got {type(x).__name__}")
     modules = list(model.modules())
-    members = _members_per_call(model, modules)
+    members = _members_per_call(modules)
     if num_samples % members:
         raise ValueError(
             f"predict: each function sample of this model is one member of its ensemble "
             f"layers (ensemble_size {members}); expected `num_samples` a multiple of "
             f"{members}, got {num_samples}"
         )
-    joint = _joint_modules(model, modules)
+    joint = _joint_modules(modules)
     if vectorized and any(not hasattr(m, "marginal_samples") for m in joint):
         vectorized = False  # a joint draw would tie the K folded copies into one function
     if not vectorized and members > 1:
@@ -518,13 +499,13 @@ def predict(
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint if vectorized else []),
         normalization_in_eval(model),
-        _override([m for m in modules if isinstance(m, BayesianLayer)], "predictive", True),
+        overriding([m for m in modules if isinstance(m, BayesianLayer)], "predictive", True),
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
-        if split is not None and not split.whole and not isinstance(h, Tensor):
-            split, h = None, None  # a trunk answering a tuple or a distribution: no cut
-        if split is not None and split.whole and _sampled_value(h):
-            split, h = None, None  # a module of its own returned a sampled value: fold
+        # no cut for a trunk answering a tuple or a distribution, nor for a model with
+        # nothing stochastic that we know of returning a sampled value (a module of its own)
+        if split is not None and (_sampled_value(h) if split.whole else not isinstance(h, Tensor)):
+            split, h = None, None
         if split is not None and split.whole:
             samples, moments, marked = _repeated(h, num_samples)
         elif vectorized:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .layers._base.overrides import pop_override, push_override
+from .layers._base.overrides import overriding
 from .layers.base import SAMPLING_MODES, BayesianLayer
 
 __all__ = [
@@ -58,13 +58,8 @@ def set_sampling(model: nn.Module, mode: str) -> dict[BayesianLayer, str]:
 
 @contextmanager
 def _mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    modules = list(bayesian_modules(model))
-    token = object()
-    push_override(modules, "modes", token, mode)
-    try:
+    with overriding(list(bayesian_modules(model)), "modes", mode):
         yield model
-    finally:
-        pop_override(modules, "modes", token)
 
 
 def posterior_mean(model: nn.Module):  # noqa: ANN201 - a context manager
@@ -120,10 +115,5 @@ def vectorized_samples(model: nn.Module, num_samples: int) -> Iterator[nn.Module
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"vectorized_samples expected `num_samples` >= 1, got {num_samples!r}")
-    modules = list(bayesian_modules(model))
-    token = object()
-    push_override(modules, "samples", token, num_samples)
-    try:
+    with overriding(list(bayesian_modules(model)), "samples", num_samples):
         yield model
-    finally:
-        pop_override(modules, "samples", token)

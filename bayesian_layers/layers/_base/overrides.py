@@ -4,10 +4,11 @@ of :mod:`bayesian_layers.sampling` (private: no stability promise)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["push_override", "pop_override", "top_override"]
+__all__ = ["push_override", "pop_override", "top_override", "overriding"]
 
 
 class _Overrides(threading.local):
@@ -58,6 +59,18 @@ def pop_override(layers: Iterable[object], kind: str, token: object) -> None:
         entries[:] = [e for e in entries if e[0] is not token]
         if not entries:
             del table[id(layer)]
+
+
+@contextmanager
+def overriding(layers: Sequence[object], kind: str, value: Any) -> Iterator[None]:
+    """Context: ``layers`` get a ``kind`` override of ``value`` in the calling thread,
+    removed (this context's own entry only) at exit."""
+    token = object()
+    push_override(layers, kind, token, value)
+    try:
+        yield
+    finally:
+        pop_override(layers, kind, token)
 
 
 def top_override(layer: object, kind: str) -> tuple | None:

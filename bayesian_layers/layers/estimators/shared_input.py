@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..functional.linear import add_sample_bias
 from .op import WeightOp, local_reparameterization_moments
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ BATCH_JOINT_RATIO = 32
 def output_noise_samples(
     layer: BayesianLayer,
     x: Tensor,
+    op: WeightOp,
     weight: str,
     bias: str | None,
     loc: Tensor,
@@ -45,24 +47,29 @@ def output_noise_samples(
     *,
     shared: bool,
 ) -> Tensor:
-    r"""K samples of ``x Wᵀ + b`` with every output element drawn from its marginal
-    :math:`\mathcal N(x\mu^\top, x^2 (\sigma^2)^\top)`, independently (output-space noise).
+    r"""K samples of ``op(x, W, b)`` with every output element drawn from its marginal
+    (local reparameterization's law, :func:`~.op.local_reparameterization_moments`),
+    independently: output-space noise.
 
     For a dense layer on a 2-D input this is, per example, exactly the law of a whole
     weight draw (the rows of ``W`` are independent), so a chain of such layers gives each
-    example's output its exact law; only the dependence between examples differs.
+    example's output its exact law; only the dependence between examples differs. At a
+    shared input the noise is that of the folded call, so for a fixed seed the samples
+    are the folded call's.
 
     Args:
-        layer: the dense layer (its noise comes from ``layer.noise(f"{weight}_output")``).
-        x: ``(B, in)`` when ``shared`` (one input for all K samples: the moments are
-            computed once), else ``(K * B, in)`` sample-major.
-        weight, bias: parameter names (``bias`` None: no bias).
-        loc, scale: the normal weight posterior's ``(out, in)`` mean and scale.
+        layer: the layer (its noise comes from ``layer.noise(f"{weight}_output")``).
+        x: ``(B, ...)`` when ``shared`` (one input for all K samples: the moments are
+            computed once), else ``(K * B, ...)`` sample-major.
+        op: the family's op.
+        weight, bias: parameter names (``bias`` None: no bias). A random bias of a
+            non-normal family is drawn whole, once per sample.
+        loc, scale: the normal weight posterior's mean and scale.
         k: K, the function samples.
         shared: whether ``x`` is shared by the K samples.
 
     Returns:
-        ``(K * B, out)``, sample-major.
+        ``(K * B, ...)``, sample-major.
     """
     bias_loc, bias_scale = None, None
     sampled_bias = None
@@ -72,17 +79,14 @@ def output_noise_samples(
             sampled_bias = layer.sample_param(bias)  # (K, out): one draw per sample
         else:
             bias_loc, bias_scale = layer.posterior_loc_scale(bias)
-    mean, std = local_reparameterization_moments(_LINEAR, x, loc, scale, bias_loc, bias_scale)
+    mean, std = local_reparameterization_moments(op, x, loc, scale, bias_loc, bias_scale)
     rows = mean.shape[0] * (k if shared else 1)
-    noise = layer.noise(f"{weight}_output", (rows, mean.shape[-1]), loc).to(mean.dtype)
+    noise = layer.noise(f"{weight}_output", (rows, *mean.shape[1:]), loc).to(mean.dtype)
     if shared:  # the moments once, broadcast over the K samples
         y = torch.addcmul(mean, std, noise.view(k, *mean.shape)).view(noise.shape)
     else:
         y = torch.addcmul(mean, std, noise)
-    if sampled_bias is not None:
-        per_sample = sampled_bias if sampled_bias.dim() == 1 else sampled_bias.unsqueeze(1)
-        y = (y.view(k, -1, y.shape[-1]) + per_sample).view(y.shape)
-    return y
+    return y if sampled_bias is None else op.add_sample_bias(y, sampled_bias, k)
 
 
 def use_batch_joint(layer: BayesianLayer, x: Tensor, weight: str, k: int) -> bool:
@@ -128,11 +132,8 @@ def batch_joint_samples(
     z = layer.noise(f"{weight}_batch", (loc.shape[0], rows, k), loc)  # (out, B, K)
     noise = torch.bmm(factor, z).permute(2, 1, 0)  # (K, B, out)
     b = None if bias is None else layer.sample_param(bias)  # (out,) or (K, out)
-    mean = F.linear(x, loc)
-    y = mean + noise
-    if b is not None:
-        y = y + (b if b.dim() == 1 else b.unsqueeze(1))
-    return y.reshape(k * rows, -1)
+    y = (F.linear(x, loc) + noise).reshape(k * rows, -1)
+    return add_sample_bias(y, b, k)
 
 
 def whole_draw_samples(
@@ -150,17 +151,4 @@ def whole_draw_samples(
         return F.linear(x, w, b)
     out = w.shape[-2]
     y = (x @ w.reshape(k * out, -1).T).view(x.shape[0], k, out).transpose(0, 1)  # (K, B, out)
-    if b is not None:
-        y = y + (b if b.dim() == 1 else b.unsqueeze(1))
-    return y.reshape(k * x.shape[0], out)
-
-
-class _Linear(WeightOp):
-    """``F.linear`` as the op of :func:`local_reparameterization_moments` (the dense op
-    lives in ``layers.linear``, which imports this package)."""
-
-    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.linear(x, weight, bias)
-
-
-_LINEAR = _Linear()
+    return add_sample_bias(y.reshape(k * x.shape[0], out), b, k)

@@ -139,14 +139,13 @@ class Estimator:
         """Whether :meth:`shared_input` draws at ``x`` (not ``None``); it draws nothing."""
         return False
 
-    def _shared_loc_scale(self, layer: BayesianLayer, weight: str) -> tuple[Tensor, Tensor] | None:
+    @staticmethod
+    def _normal_draw(layer: BayesianLayer, weight: str) -> bool:
+        """``"sample"`` mode, no tracer, and a random normal ``weight`` posterior."""
         if not layer.per_example_noise():
-            return None
+            return False
         init = layer.parameter_spec(weight).initializer
-        if init.is_deterministic or not init.is_normal:
-            return None
-        loc, scale = layer.posterior_loc_scale(weight)
-        return None if scale is None else (loc, scale)
+        return bool(init.is_normal) and not init.is_deterministic
 
     def per_example(
         self,
@@ -188,9 +187,7 @@ class Reparameterization(Estimator):
         draws of the folded call, without folding ``x``)."""
         if not self.shared_input_applies(layer, x, op, weight):
             return None
-        if self._shared_loc_scale(layer, weight) is not None and use_batch_joint(
-            layer, x, weight, k
-        ):
+        if use_batch_joint(layer, x, weight, k):
             y = batch_joint_samples(layer, x, weight, bias, k)
             if y is not None:
                 return y
@@ -200,12 +197,7 @@ class Reparameterization(Estimator):
         self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
     ) -> bool:
         """A dense op on a 2-D input in ``"sample"`` mode, no tracer active."""
-        return (
-            op.exact_output_noise
-            and layer.sampling == "sample"
-            and x.dim() == 2
-            and not _tracing_active()
-        )
+        return op.exact_output_noise and x.dim() == 2 and layer.per_example_noise()
 
 
 class Flipout(Estimator):
@@ -229,7 +221,7 @@ class Flipout(Estimator):
     ) -> Tensor:
         k = layer.check_samples(x)
         if layer.in_predictive and _output_noise_pays(layer, x, op, k):
-            return output_noise_samples(layer, x, weight, bias, loc, scale, k, shared=False)
+            return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=False)
         b = None if bias is None else layer.sample_param(bias)
         mean = op(x, loc, b if k == 1 else None)
         in_shape, out_shape = op.sign_shapes(x, mean.shape)
@@ -255,18 +247,17 @@ class Flipout(Estimator):
     ) -> Tensor | None:
         """A dense op on a 2-D input of fewer rows than features: output-space noise
         with the moments computed once (per example the law of Flipout's sample)."""
-        pair = self._shared_loc_scale(layer, weight)
-        if pair is None or not _output_noise_pays(layer, x, op, 1):
+        if not self.shared_input_applies(layer, x, op, weight):
             return None
-        return output_noise_samples(layer, x, weight, bias, *pair, k, shared=True)
+        loc, scale = layer.posterior_loc_scale(weight)
+        assert scale is not None  # shared_input_applies: a random normal weight
+        return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)
 
     def shared_input_applies(
         self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
     ) -> bool:
         """A random normal weight, and output noise pays (:func:`_output_noise_pays`)."""
-        return self._shared_loc_scale(layer, weight) is not None and _output_noise_pays(
-            layer, x, op, 1
-        )
+        return self._normal_draw(layer, weight) and _output_noise_pays(layer, x, op, 1)
 
     def draw(self, layer: BayesianLayer, weight: str, bias: str | None) -> WeightDraw:
         """Flipout's reusable draw: the posterior mean ``μ`` and one shared perturbation
@@ -322,27 +313,17 @@ class LocalReparameterization(Estimator):
     ) -> Tensor | None:
         """The output moments computed once, then the same noise as :meth:`per_example`
         on K copies of ``x`` (for a fixed seed, the same samples)."""
-        pair = self._shared_loc_scale(layer, weight)
-        if pair is None:
+        if not self.shared_input_applies(layer, x, op, weight):
             return None
-        bias_loc, bias_scale = (None, None) if bias is None else layer.posterior_loc_scale(bias)
-        # the moments once, broadcast over the K samples
-        mean, std = local_reparameterization_moments(op, x, *pair, bias_loc, bias_scale)
-        noise = layer.noise(f"{weight}_output", (k * mean.shape[0], *mean.shape[1:]), pair[0])
-        y = torch.addcmul(mean, std, noise.to(mean.dtype).view(k, *mean.shape))
-        return y.view(noise.shape)
+        loc, scale = layer.posterior_loc_scale(weight)
+        assert scale is not None  # shared_input_applies: a random normal weight
+        return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)
 
     def shared_input_applies(
         self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
     ) -> bool:
         """A random normal weight in ``"sample"`` mode, no tracer active."""
-        return self._shared_loc_scale(layer, weight) is not None
-
-
-def _tracing_active() -> bool:
-    from ... import tracing  # a tracer must see each weight drawn by the layer's forward
-
-    return tracing.is_tracing()
+        return self._normal_draw(layer, weight)
 
 
 def _output_noise_pays(layer: BayesianLayer, x: Tensor, op: WeightOp, k: int) -> bool:
