@@ -1,12 +1,14 @@
-"""Shared test helpers: the family-wise error rate, Bonferroni quantiles, finite differences."""
+"""Shared test helpers: the family-wise error rate, Bonferroni quantiles, finite differences,
+posterior scales widened for moment tests."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from statistics import NormalDist
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 ALPHA = 1e-3  # family-wise false-failure rate of each statistical test
 
@@ -33,3 +35,13 @@ def finite_difference(loss_fn: Callable[[], Tensor], params: list[Tensor]) -> li
                 gflat[i] = (plus - minus) / (2 * eps)
             grads.append(grad)
     return grads
+
+
+def widen(model: nn.Module, scale: float = 0.3) -> nn.Module:
+    """Posterior scales large enough that the spread of the outputs is material: every
+    parameter named ``*rho`` set to ``softplus⁻¹(scale)``."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("rho"):
+                p.fill_(math.log(math.expm1(scale)))
+    return model

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config as inductor_config
-from stats_util import z_bonferroni
+from stats_util import widen, z_bonferroni
 from torch import Tensor, nn
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
@@ -168,15 +168,6 @@ class Family:
     backward: bool = True
 
 
-def _widen(model: nn.Module, scale: float = 0.3) -> nn.Module:
-    """Posterior scales large enough that the spread of the outputs is material."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("rho"):
-                p.fill_(math.log(math.expm1(scale)))
-    return model
-
-
 def _conv() -> tuple[nn.Module, tuple[Tensor, ...]]:
     model = nn.Sequential(
         layers.Conv2dFlipout(2, 3, 3, padding=1),
@@ -184,7 +175,7 @@ def _conv() -> tuple[nn.Module, tuple[Tensor, ...]]:
         layers.ConvTranspose2dReparameterization(3, 2, 2, stride=2),
         layers.ConvTranspose1dFlipout(2, 1, 3),  # (B, 2, 8, 8) -> rows as a 1-d signal
     )
-    return _widen(model), (torch.randn(1, 2, 3, 3),)
+    return widen(model), (torch.randn(1, 2, 3, 3),)
 
 
 def _conv_fn(model: nn.Module, x: tuple[Tensor, ...]) -> Tensor:
@@ -194,7 +185,7 @@ def _conv_fn(model: nn.Module, x: tuple[Tensor, ...]) -> Tensor:
 
 def _cells() -> tuple[nn.Module, tuple[Tensor, ...]]:
     model = nn.ModuleList([layers.LSTMCellFlipout(3, 4), layers.GRUCellReparameterization(3, 4)])
-    return _widen(model), (torch.randn(3, 2, 3),)  # (T, B, input)
+    return widen(model), (torch.randn(3, 2, 3),)  # (T, B, input)
 
 
 def _cells_fn(model: nn.Module, x: tuple[Tensor, ...]) -> Tensor:
@@ -211,7 +202,7 @@ def _lstm() -> tuple[nn.Module, tuple[Tensor, ...]]:
         layers.LSTMFlipout(3, 4, batch_first=True),
         layers.LSTMReparameterization(3, 4, num_layers=2, batch_first=True),
     ])  # fmt: skip
-    return _widen(model), (torch.randn(2, 3, 3),)
+    return widen(model), (torch.randn(2, 3, 3),)
 
 
 def _lstm_fn(model: nn.Module, x: tuple[Tensor, ...]) -> Tensor:
@@ -224,7 +215,7 @@ def _attention() -> tuple[nn.Module, tuple[Tensor, ...]]:
         layers.MultiheadAttentionFlipout(4, 2, batch_first=True),
         layers.MultiheadAttentionReparameterization(4, 2, batch_first=True),
     ])  # fmt: skip
-    return _widen(model), (torch.randn(2, 3, 4),)
+    return widen(model), (torch.randn(2, 3, 4),)
 
 
 def _attention_fn(model: nn.Module, x: tuple[Tensor, ...]) -> Tensor:
@@ -237,7 +228,7 @@ def _attention_fn(model: nn.Module, x: tuple[Tensor, ...]) -> Tensor:
 
 def _embedding() -> tuple[nn.Module, tuple[Tensor, ...]]:
     model = layers.EmbeddingReparameterization(6, 3, padding_idx=0)
-    return _widen(model), (torch.tensor([[0, 2, 2, 5], [1, 0, 3, 2]]),)
+    return widen(model), (torch.tensor([[0, 2, 2, 5], [1, 0, 3, 2]]),)
 
 
 def _outputs() -> tuple[nn.Module, tuple[Tensor, ...]]:

@@ -14,7 +14,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config as inductor_config
 import torch.nn.functional as F
-from stats_util import z_bonferroni
+from stats_util import widen, z_bonferroni
 from torch import Tensor, nn
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._inductor.utils import run_and_get_code
@@ -50,15 +50,6 @@ def _inductor(fn: Callable[..., Tensor]) -> tuple[Callable[..., Tensor], Compile
 def _code(fn: Callable[..., Tensor], *args: Tensor) -> tuple[Tensor, str]:
     out, code = run_and_get_code(torch.compile(fn, fullgraph=True), *args)
     return out, "\n".join(code)
-
-
-def _widen(model: nn.Module, scale: float = 0.3) -> nn.Module:
-    """Posterior scales large enough that the spread of the outputs is material."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("rho"):
-                p.fill_(math.log(math.expm1(scale)))
-    return model
 
 
 # ------------------------------------------------------------------ independence
@@ -100,7 +91,7 @@ def test_same_shape_draws_in_one_graph_are_independent_extern_calls() -> None:
 def test_two_layers_of_one_shape_draw_different_weights() -> None:
     """Twin layers (equal parameters) in one graph: different weight draws. With x = I
     the output of a reparameterization layer is its drawn weight, transposed."""
-    first = _widen(layers.LinearReparameterization(6, 6, bias=False))
+    first = widen(layers.LinearReparameterization(6, 6, bias=False))
     second = layers.LinearReparameterization(6, 6, bias=False)
     second.load_state_dict(first.state_dict())
     compiled, _ = _inductor(lambda x: torch.stack([first(x), second(x)]))
@@ -116,7 +107,7 @@ def test_backward_reads_the_noise_of_the_forward() -> None:
     """A reparameterization layer on x = I outputs ``Wᵀ`` with ``W = μ + softplus(ρ) ε``,
     so ε can be read off the output; the gradient of ``Σ c ∘ y`` in ρ must be
     ``cᵀ ∘ sigmoid(ρ) ∘ ε`` with that ε (a recomputed draw would give another)."""
-    layer = _widen(layers.LinearReparameterization(8, 5, bias=False))
+    layer = widen(layers.LinearReparameterization(8, 5, bias=False))
     with torch.no_grad():
         layer.weight_rho.add_(torch.randn(5, 8))  # distinct scales
     c = torch.randn(8, 5)
@@ -157,7 +148,7 @@ def _dense_and_conv() -> tuple[nn.Module, Callable[[nn.Module, Tensor, Tensor], 
         ]
         return torch.cat([p.flatten() for p in parts])
 
-    return _widen(model), fn
+    return widen(model), fn
 
 
 def test_every_estimator_compiles_in_one_graph_and_its_backward_draws_nothing() -> None:
