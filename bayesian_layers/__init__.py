@@ -5,6 +5,7 @@
 
 from . import (
     _moved,
+    adapters,
     initializers,
     laplace,
     layers,
@@ -14,6 +15,13 @@ from . import (
     regularizers,
     swag,
     tracing,
+)
+from .adapters import (
+    LoRALinear,
+    load_lora_state_dict,
+    lora,
+    lora_state_dict,
+    merge_lora,
 )
 from .calibration import TemperatureScaled, calibrate
 from .convert import to_bayesian
@@ -62,6 +70,12 @@ __all__ = [
     "layers",
     "losses",
     "to_bayesian",
+    "adapters",
+    "lora",
+    "LoRALinear",
+    "lora_state_dict",
+    "load_lora_state_dict",
+    "merge_lora",
     "sngp",
     "swag",
     "laplace",
