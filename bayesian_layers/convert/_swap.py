@@ -9,6 +9,8 @@ from typing import Any, Literal, overload
 
 from torch import nn
 
+from ..adapters import POSTERIORS, adapters, lora
+from ..adapters._peft import peft_layers
 from ..layers.registry import ESTIMATORS, counterparts
 from ._pretrained import apply_pretrained_scale
 from ._report import (
@@ -121,6 +123,36 @@ def _check_arguments(
             raise TypeError(f"to_bayesian: `{key}` follows each converted layer; do not pass it")
 
 
+def _peft_to_bayesian(
+    module: nn.Module,
+    estimator: str,
+    include: str | Iterable[str] | None,
+    exclude: str | Iterable[str] | None,
+    pretrained_scale: float | None,
+    layer_kwargs: dict[str, Any],
+) -> ConversionReport:
+    """A ``peft`` LoRA model: only its adapters' ``A`` factors become Bayesian, as
+    ``lora(module, target=include, posterior=estimator, exclude=exclude)`` makes them."""
+    if estimator not in POSTERIORS:
+        raise ValueError(
+            f"to_bayesian: a peft model's adapters take an estimator in "
+            f"{sorted(map(str, POSTERIORS))}, got {estimator!r}"
+        )
+    if pretrained_scale is not None:
+        raise ValueError(
+            "to_bayesian: pretrained_scale does not apply to a peft model's adapters "
+            "(their posterior standard deviation starts at init_std=)"
+        )
+    kinds = {n: type(m).__name__ for n, m in peft_layers(module)}
+    lora(module, target=include, posterior=estimator, exclude=exclude, **layer_kwargs)
+    swapped = tuple(
+        SwappedLayer(n, kinds[n], type(a.lora_A).__name__, estimator)
+        for n, a in adapters(module)
+        if n in kinds
+    )
+    return ConversionReport(swapped, (), ())
+
+
 @overload
 def to_bayesian(
     module: nn.Module,
@@ -173,6 +205,11 @@ def to_bayesian(
     A registered torch class with no class under either is skipped, and named in the
     report's ``skipped``.
 
+    A ``peft`` LoRA model converts only its adapters: each one's ``A`` factor becomes
+    the Bayesian dense layer of ``estimator`` with its posterior mean at ``peft``'s ``A``
+    (:func:`bayesian_layers.lora` with ``posterior=estimator``; ``include`` and
+    ``exclude`` then select adapters as its ``target`` and ``exclude`` do).
+
     Args:
         module: any module; a torch layer passed directly is replaced and returned.
         estimator: one of :data:`ESTIMATORS`: ``"reparameterization"``, ``"flipout"``,
@@ -224,6 +261,11 @@ def to_bayesian(
     """
     estimator = canonical_estimator(estimator)
     _check_arguments(module, pretrained_scale, layer_kwargs)
+    if peft_layers(module):
+        report = _peft_to_bayesian(
+            module, estimator, include, exclude, pretrained_scale, layer_kwargs
+        )
+        return (module, report) if return_report else module
     inc, exc = patterns(include, "include"), patterns(exclude, "exclude")
 
     entries = scan(module)
