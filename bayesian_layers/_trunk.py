@@ -27,6 +27,15 @@ def is_stochastic(module: nn.Module) -> bool:
     module's class may say it with ``stochastic_forward``: ``True`` for a forward that
     samples (a stochastic output layer), ``False`` for one that draws nothing whatever it
     holds (:class:`~bayesian_layers.layers.SNGPHead`)."""
+    declared = getattr(type(module), "stochastic_forward", None)
+    if declared is not None:
+        return bool(declared)
+    return draws(module) or any(is_stochastic(child) for child in module.children())
+
+
+def draws(module: nn.Module) -> bool:
+    """Whether ``module`` itself (not counting its submodules) draws: the tests of
+    :func:`is_stochastic` without the recursion."""
     cls = type(module)
     declared = getattr(cls, "stochastic_forward", None)
     if declared is not None:
@@ -35,9 +44,25 @@ def is_stochastic(module: nn.Module) -> bool:
         return True
     if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.training:
         return True
-    if getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False):
-        return True
-    return any(is_stochastic(child) for child in module.children())
+    return bool(
+        getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False)
+    )
+
+
+def drawing_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that draw (:func:`draws`), skipping what a module whose
+    class declares ``stochastic_forward`` holds."""
+    out: list[nn.Module] = []
+
+    def visit(m: nn.Module) -> None:
+        if draws(m):
+            out.append(m)
+        if getattr(type(m), "stochastic_forward", None) is None:
+            for child in m.children():
+                visit(child)
+
+    visit(model)
+    return out
 
 
 @dataclass
@@ -57,6 +82,9 @@ class Split:
         cached: for a declared submodule, the folded trunk output its substituted
             forward answers (``cached[0]``); ``head`` then runs the whole model on the
             folded input. ``None`` for the parts of an ``nn.Sequential``.
+        prefix: ``trunk`` records the modules that finish before the first draw
+            (:func:`~bayesian_layers._prefix.record_prefix`, a ``Prefix``); ``head`` is
+            the model, run on the folded input with them answering their outputs.
     """
 
     trunk: Callable[[Tensor], Any]
@@ -65,6 +93,7 @@ class Split:
     rest: Callable[[Any], Any] | None = None
     whole: bool = False
     cached: list[Any] | None = None
+    prefix: bool = False
 
 
 def _chain(modules: list[nn.Module]) -> Callable[[Any], Any]:
@@ -202,10 +231,15 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
     if trunk is None:
         return None
     if isinstance(trunk, str):
-        if trunk != "auto":
+        if trunk not in ("auto", "prefix"):
             raise ValueError(
-                f"predict expected `trunk` to be 'auto', None or an nn.Module, got {trunk!r}"
+                f"predict expected `trunk` to be 'auto', 'prefix', None or an nn.Module, "
+                f"got {trunk!r}"
             )
+        if trunk == "prefix" and not draws(model):
+            from ._prefix import record_prefix
+
+            return Split(lambda x: record_prefix(model, x), model, prefix=True)
         if not _plain_sequential(model):
             return None
         cut = _auto_cut(model)
@@ -216,7 +250,7 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
         return _sequential_split(model, cut)
     if not isinstance(trunk, nn.Module):
         raise TypeError(
-            f"predict expected `trunk` to be 'auto', None or an nn.Module, got "
+            f"predict expected `trunk` to be 'auto', 'prefix', None or an nn.Module, got "
             f"{type(trunk).__name__}"
         )
     if _plain_sequential(model) and isinstance(trunk, nn.Sequential):

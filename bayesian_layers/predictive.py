@@ -21,6 +21,7 @@ from . import metrics
 from ._function_space import is_function_space
 from ._model_parts import normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
+from ._prefix import Prefix
 from ._trunk import Split, TrunkError, split_model
 from .layers._base.overrides import overriding
 from .layers.base import BayesianLayer
@@ -282,12 +283,17 @@ def _fold(x: Tensor, k: int) -> Tensor:
     return x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
 
 
-def _call(model: nn.Module, split: Split | None, x: Tensor, h: Tensor | None, k: int) -> object:
+def _call(
+    model: nn.Module, split: Split | None, x: Tensor, h: Tensor | Prefix | None, k: int
+) -> object:
     """One call for ``k`` function samples: the whole model on ``x`` folded, or the head
     of ``split`` on the trunk's output ``h`` (its first layer drawing the K samples at the
     shared ``h`` where it can)."""
     if split is None or h is None:
         return model(_fold(x, k))
+    if isinstance(h, Prefix):  # any model: its recorded prefix answers, folded
+        with h.substituted(k):
+            return model(_fold(x, k))
     if split.cached is not None:  # a declared submodule: the model runs on the folded input
         split.cached[:] = [_fold(h, k)]
         return split.head(_fold(x, k))
@@ -305,15 +311,16 @@ def _vectorized(
     chunk_size: int | None,
     members: int,
     split: Split | None,
-    h: Tensor | None,
+    h: Tensor | Prefix | None,
     modules: list[nn.Module],
 ) -> tuple[Tensor, dict[str, Tensor], bool]:
     """K samples in chunks of folded calls: ``(K, B, *out)``, the output moments, and
     whether every output was marked as over function values. Chunks hold a multiple of
     ``members`` samples."""
-    folded = x if h is None else h
+    folded = x if h is None or isinstance(h, Prefix) else h
     first = None if split is None else split.first
-    if h is not None and first is not None and first.draws_at_shared_input(h):  # type: ignore[operator]
+    shared = isinstance(h, Tensor) and first is not None and first.draws_at_shared_input(h)  # type: ignore[operator]
+    if isinstance(h, Tensor) and shared:
         # the first layer draws at the shared h: per sample, only its output is folded
         width = getattr(first, "out_features", h.shape[-1])
         folded = h.new_empty(h.shape[0], width)
@@ -424,9 +431,18 @@ def predict(
             ``model.features``) declares the trunk of any model: its forward is
             called once on ``x`` and its output handed to the model's forward (which
             must call it exactly once per call); for an ``nn.Sequential`` a slice
-            ``model[:i]`` works too. ``None``: no trunk. A trunk must be a
-            deterministic function of its input: a module with randomness of its own
-            that the checks above do not see (a custom noise layer) must not be in it.
+            ``model[:i]`` works too. ``"prefix"``: any model (a ``transformers``
+            model, one adapted by :func:`~bayesian_layers.lora`, a loop over
+            ``nn.ModuleList`` blocks): one call on ``x`` runs until the first module
+            that draws and records the outputs of the largest modules that finished
+            before it (each called once, answering a ``(B, ...)`` tensor); the folded
+            call finds them answering those outputs, so the K samples cost only the
+            modules from the first draw on, and equal ``trunk=None``'s for a fixed seed.
+            Not the default for models other than ``nn.Sequential``: a module of the
+            prefix that draws noise in its own code would give all K samples its one
+            draw. ``None``: no trunk. A trunk must be a deterministic function of its
+            input: a module with randomness of its own that the checks above do not
+            see (a custom noise layer) must not be in it.
 
     **Cost and exactness.** With the trunk run once, the K samples cost only the rest of
     the model; a model whose Bayesian part is its last layer predicts at close to one
@@ -502,9 +518,16 @@ def predict(
         overriding([m for m in modules if isinstance(m, BayesianLayer)], "predictive", True),
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
+        if isinstance(h, Prefix):  # trunk="prefix": the model ran until its first draw
+            if h.output is not None:  # ... and finished without one
+                split, h = Split(model, model, whole=True), h.output
+            elif not h.outputs:
+                split, h = None, None
         # no cut for a trunk answering a tuple or a distribution, nor for a model with
         # nothing stochastic that we know of returning a sampled value (a module of its own)
-        if split is not None and (_sampled_value(h) if split.whole else not isinstance(h, Tensor)):
+        if split is not None and (
+            _sampled_value(h) if split.whole else not isinstance(h, (Tensor, Prefix))
+        ):
             split, h = None, None
         if split is not None and split.whole:
             samples, moments, marked = _repeated(h, num_samples)

@@ -146,9 +146,9 @@ def test_trunk_errors() -> None:
         bl.predict(model, x, 2, trunk=nn.Linear(5, 12))
     with pytest.raises(ValueError, match="deterministic `trunk`"):
         bl.predict(model, x, 2, trunk=model[:4])
-    with pytest.raises(ValueError, match="'auto', None or an nn.Module"):
+    with pytest.raises(ValueError, match="'auto', 'prefix', None or an nn.Module"):
         bl.predict(model, x, 2, trunk="first")
-    with pytest.raises(TypeError, match="'auto', None or an nn.Module, got int"):
+    with pytest.raises(TypeError, match="'auto', 'prefix', None or an nn.Module, got int"):
         bl.predict(model, x, 2, trunk=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="the model"):
         bl.predict(model, x, 2, trunk=model)

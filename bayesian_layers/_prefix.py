@@ -1,0 +1,112 @@
+"""The recorded prefix of any model: the outputs of the modules that finish before its
+first stochastic module draws, computed once and handed to the K folded samples
+(private: ``bl.predict(..., trunk="prefix")`` is the API).
+
+One call of the model on the ``(B, ...)`` input runs until the first module that draws
+(a Bayesian layer not in ``"mean"`` mode, dropout in training mode, ...) is about to
+run; the largest modules that finished before it, each called once and answering a
+``(B, ...)`` tensor, are the prefix. The folded call of the model then finds each of
+them answering its recorded output, repeated K times. Exact when those modules are
+deterministic functions of their input, which ``trunk="prefix"`` asks of the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from typing import Any
+
+from torch import Tensor, nn
+
+from ._trunk import TrunkError, _substituted, drawing_modules
+
+__all__ = ["Prefix", "record_prefix"]
+
+
+class _Stop(BaseException):
+    """Raised by the first drawing module's pre-hook: the prefix is over (a
+    ``BaseException``, so that a model's ``except Exception`` does not catch it)."""
+
+
+class Prefix:
+    """The recorded prefix of one model at one input.
+
+    Attributes:
+        outputs: ``(module, output)`` of the largest modules that finished before the
+            first draw, each called once, answering a ``(B, ...)`` tensor.
+        output: the model's output when it finished without drawing (nothing
+            stochastic ran), else ``None``.
+    """
+
+    def __init__(self, outputs: list[tuple[nn.Module, Tensor]], output: Any) -> None:
+        self.outputs, self.output = outputs, output
+
+    @contextmanager
+    def substituted(self, k: int) -> Iterator[None]:
+        """Meanwhile every recorded module answers its output folded K times."""
+        from .predictive import _fold
+
+        with ExitStack() as stack:
+            counters = [
+                (m, stack.enter_context(_substituted(m, partial(_fold, out, k))))
+                for m, out in self.outputs
+            ]
+            yield
+            for m, calls in counters:
+                if calls[0] != 1:
+                    raise TrunkError(
+                        f"predict(trunk='prefix'): {type(m).__name__} ran before the first "
+                        "draw at the input but not in the folded call; pass trunk=None"
+                    )
+
+
+def record_prefix(model: nn.Module, x: Tensor) -> Prefix:
+    """Run ``model(x)`` up to its first draw and record the prefix (see the module)."""
+    batch = x.shape[0]
+    parents: dict[int, nn.Module] = {}
+    for m in model.modules():
+        for child in m.children():
+            parents.setdefault(id(child), m)
+    calls: dict[int, int] = {}
+    finished: list[tuple[nn.Module, Any]] = []
+
+    def pre(module: nn.Module, args: Any) -> None:
+        raise _Stop
+
+    def post(module: nn.Module, args: Any, out: Any) -> None:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        batched = any(isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch for a in args)
+        finished.append((module, out if batched else None))
+
+    drawing = {id(m) for m in drawing_modules(model)}
+    with ExitStack() as stack:
+        for m in model.modules():
+            if m is model:
+                continue
+            if id(m) in drawing:
+                stack.callback(m.register_forward_pre_hook(pre).remove)
+            else:
+                stack.callback(m.register_forward_hook(post).remove)
+        try:
+            output = model(x)
+        except _Stop:
+            output = None
+        else:
+            return Prefix([], output)
+    usable = {
+        id(m): (m, out)
+        for m, out in finished
+        if calls[id(m)] == 1 and isinstance(out, Tensor) and out.dim() > 0
+        and out.shape[0] == batch
+    }  # fmt: skip
+
+    def inside_another(m: nn.Module) -> bool:
+        p = parents.get(id(m))
+        while p is not None and p is not model:
+            if id(p) in usable:
+                return True
+            p = parents.get(id(p))
+        return False
+
+    return Prefix([v for v in usable.values() if not inside_another(v[0])], None)

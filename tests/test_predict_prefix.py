@@ -1,0 +1,116 @@
+"""``bl.predict(..., trunk="prefix")``: any model's modules before its first draw run once
+(issue 21, cheap sampling of adapted models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import bayesian_layers as bl
+from bayesian_layers import layers
+from bayesian_layers._trunk import TrunkError
+
+
+class Counted(nn.Module):
+    """A deterministic block that counts its forward calls."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lin, self.calls = nn.Linear(dim, dim), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.tanh(self.lin(x))
+
+
+class Tower(nn.Module):
+    """Blocks in a loop with residuals (not an nn.Sequential); Bayesian from ``first``."""
+
+    def __init__(self, first: int, depth: int = 4, dim: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, dim)
+        self.blocks = nn.ModuleList(
+            Counted(dim) if i < first else layers.LinearFlipout(dim, dim) for i in range(depth)
+        )
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)
+
+
+def _samples(model: nn.Module, x: torch.Tensor, trunk: object, k: int = 5) -> torch.Tensor:
+    torch.manual_seed(3)
+    return bl.predict(model, x, num_samples=k, trunk=trunk).samples
+
+
+@pytest.mark.parametrize("first", [0, 1, 3])
+def test_prefix_equals_uncached_for_a_fixed_seed(first: int) -> None:
+    torch.manual_seed(0)
+    model = Tower(first)
+    x = torch.randint(0, 11, (4, 7))
+    ref = _samples(model, x, None)
+    calls = [b.calls for b in model.blocks if isinstance(b, Counted)]
+    out = _samples(model, x, "prefix")
+    assert torch.equal(out, ref)
+    assert out.shape == (5, 4, 7, 3) and out.std(0).min() > 0  # K distinct function samples
+    # each deterministic block before the first draw ran once (recorded), not on K copies
+    assert [b.calls for b in model.blocks if isinstance(b, Counted)] == [c + 1 for c in calls]
+
+
+def test_lora_model_shares_the_blocks_before_the_bayesian_adapters() -> None:
+    torch.manual_seed(0)
+    model = Tower(first=4)  # all deterministic
+    bl.lora(model, target=["blocks.0.lin", "blocks.1.lin"], rank=2, posterior=None)
+    bl.lora(model, target=["blocks.2.lin", "blocks.3.lin"], rank=2, posterior="flipout")
+    for _, a in bl.adapters.adapters(model):
+        nn.init.normal_(a.lora_B.weight)
+    x = torch.randint(0, 11, (4, 7))
+    ref = _samples(model, x, None)
+    before = [b.calls for b in model.blocks]
+    assert torch.equal(_samples(model, x, "prefix"), ref)
+    # blocks 0-1 ran once (recorded); block 2 was entered by the recording call, which
+    # stopped at its Bayesian adapter, and ran in the folded call; block 3 only there
+    after = [b.calls for b in model.blocks]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 2, 1]
+
+
+def test_nothing_stochastic_runs_once() -> None:
+    torch.manual_seed(0)
+    model = Tower(first=4)
+    x = torch.randint(0, 11, (2, 5))
+    out = bl.predict(model, x, num_samples=3, trunk="prefix").samples
+    assert [b.calls for b in model.blocks] == [1, 1, 1, 1]
+    assert torch.equal(out, model(x).unsqueeze(0).expand(3, -1, -1, -1))
+
+
+def test_a_bayesian_layer_as_the_model() -> None:
+    layer = layers.LinearReparameterization(4, 2)
+    x = torch.randn(3, 4)
+    assert torch.equal(_samples(layer, x, "prefix"), _samples(layer, x, None))
+
+
+class Branching(nn.Module):
+    """Calls ``gate`` only for small batches: the folded call skips it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.out = nn.Linear(4, 4), layers.LinearFlipout(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 5:
+            x = self.gate(x)
+        return self.out(x)
+
+
+def test_a_prefix_module_the_folded_call_skips_is_an_error() -> None:
+    with pytest.raises(TrunkError, match="ran before the first draw"):
+        bl.predict(Branching(), torch.randn(3, 4), num_samples=4, trunk="prefix")
+
+
+def test_unknown_trunk_names_prefix() -> None:
+    with pytest.raises(ValueError, match="'auto', 'prefix', None or an nn.Module, got 'first'"):
+        bl.predict(Tower(1), torch.randint(0, 11, (2, 3)), trunk="first")
