@@ -13,7 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,hf]'
+	@$(PY) -c "import sys, torch; t = '$(TORCH)'.partition('=='); \
+		sys.exit(bool(t[2]) and torch.__version__.split('+')[0] != t[2])" \
+		|| { echo "torch changed: expected $(TORCH)"; exit 1; }
 	touch $@
 
 setup: $(VENV)/.installed
