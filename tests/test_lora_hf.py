@@ -321,3 +321,50 @@ def test_peft_conversion_refuses_what_it_cannot_keep() -> None:
     embedding = _peft_model("gpt2", target_modules=["wte"], fan_in_fan_out=False)
     with pytest.raises(TypeError, match="only peft's lora.Linear"):
         lora(embedding, target=None)
+
+
+class _Logits(nn.Module):
+    """``bl.predict`` takes a model returning a tensor: a transformers model's logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.model(input_ids=input_ids).logits
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_predict_draws_functions_of_hf_models(kind: str) -> None:
+    model = _adapted(kind, "flipout", init_std=0.05)
+    _randomize_b(model)
+    net, ids = _Logits(model), _batch(kind)["input_ids"]
+    with torch.no_grad():
+        with bl.posterior_mean(model):
+            mean = net(ids)
+            at_mean = bl.predict(net, ids, num_samples=3).samples
+        samples = bl.predict(net, ids, num_samples=4).samples  # one call, K folded in the batch
+    assert samples.shape == (4, *mean.shape) and torch.isfinite(samples).all()
+    assert all(not torch.equal(samples[0], s) for s in samples[1:])
+    # K samples at the posterior mean are the one mean function; the folded batch of K * B
+    # rows may take other kernels than B rows: float32 rounding only
+    torch.testing.assert_close(at_mean, mean.expand_as(at_mean), rtol=0, atol=1e-6)
+
+
+@peft_mark
+def test_from_pretrained_path_gpt2_and_peft_adapter(tmp_path: Any, monkeypatch: Any) -> None:
+    """The user's path: a base model and a peft adapter read from disk (offline)."""
+    import peft
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _build("gpt2").save_pretrained(tmp_path / "base")
+    _peft_model("gpt2").save_pretrained(tmp_path / "adapter")
+    base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base").eval()
+    loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    batch = _batch("gpt2")
+    with torch.no_grad():
+        want = _logits(loaded, batch)
+        assert torch.equal(want, _logits(_peft_model("gpt2"), batch))
+        model = lora(loaded, target=None, posterior="flipout")
+        with bl.posterior_mean(model):
+            assert torch.equal(_logits(model, batch), want)
