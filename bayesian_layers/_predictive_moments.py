@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 from torch.distributions import (
@@ -20,10 +22,17 @@ __all__ = ["output_tensor", "output_moments", "fold_moments", "stack_moments"]
 
 
 def output_tensor(out: object) -> Tensor:
+    """The tensor of a model's output: a Tensor, a random variable's value, or the
+    ``logits`` of a mapping (a ``transformers`` model's output)."""
     if isinstance(out, RandomVariable):
         return out.value
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
+        return out["logits"]
     if not isinstance(out, Tensor):
-        raise TypeError(f"predict expected the model to return a Tensor, got {type(out).__name__}")
+        raise TypeError(
+            f"predict expected the model to return a Tensor, a RandomVariable or a mapping "
+            f"with 'logits', got {type(out).__name__}"
+        )
     return out
 
 

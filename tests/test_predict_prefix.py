@@ -114,3 +114,28 @@ def test_a_prefix_module_the_folded_call_skips_is_an_error() -> None:
 def test_unknown_trunk_names_prefix() -> None:
     with pytest.raises(ValueError, match="'auto', 'prefix', None or an nn.Module, got 'first'"):
         bl.predict(Tower(1), torch.randint(0, 11, (2, 3)), trunk="first")
+
+
+def test_gpt2_with_bayesian_adapters_in_its_last_block() -> None:
+    """A transformers model's output (a mapping with ``logits``); the prefix (embeddings
+    and the first block, whose adapters are plain) runs once."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=16, n_head=2, vocab_size=32, n_positions=16, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    bl.lora(model, target="h.0.attn.c_attn", rank=2, posterior=None)
+    bl.lora(model, target="h.1.attn.c_attn", rank=2, posterior="flipout")
+    for _, a in bl.adapters.adapters(model):
+        nn.init.normal_(a.lora_B.weight)
+    x = torch.randint(0, 32, (3, 8))
+    ref = _samples(model, x, None, k=4)
+    assert ref.shape == (4, 3, 8, 32) and ref.std(0).min() > 0
+    rows: list[int] = []  # the batch rows every call of the first block's MLP saw
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(
+        lambda m, a, out: rows.append(a[0].shape[0])
+    )
+    assert torch.equal(_samples(model, x, "prefix", k=4), ref)
+    assert rows == [3]  # the first block ran once, at the unfolded input
