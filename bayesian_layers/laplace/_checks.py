@@ -4,7 +4,7 @@ from __future__ import annotations
 
 LIKELIHOODS = ("classification", "regression")
 HESSIANS = ("diag", "kron", "full")
-SUBSETS = ("all", "last_layer")
+SUBSETS = ("all", "last_layer", "lora")
 
 
 def check_choice(function: str, argument: str, value: object, choices: tuple[str, ...]) -> str:

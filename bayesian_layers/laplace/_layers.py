@@ -10,6 +10,9 @@ Three kinds of module:
   (:mod:`._per_example`).
 
 Everything else (BatchNorm, LayerNorm, ``nn.GRU``, activations, ...) is traversed as a
+point estimate. ``subset="lora"``: the ``lora_A`` and ``lora_B`` factors of every
+:class:`~bayesian_layers.adapters.LoRALinear` (both, as Laplace-LoRA), of kind
+``"linear"`` wherever the adapter sits (it calls them as modules), the frozen base a
 point estimate.
 """
 
@@ -32,7 +35,7 @@ from ..layers.recurrent import (
 )
 from ._checks import SUBSETS, check_choice
 
-__all__ = ["GENERIC", "layer_kind", "targets", "random_params", "point_value"]
+__all__ = ["GENERIC", "layer_kind", "targets", "lora_targets", "random_params", "point_value"]
 
 _FN = "laplace.fit"
 
@@ -73,9 +76,12 @@ def targets(model: nn.Module, subset: str = "all") -> list[tuple[str, nn.Module,
 
     A linear layer inside a generic module (an attention's ``out_proj``, which the
     attention applies itself, so no hook sees it) is of kind ``"generic"``.
-    ``subset="last_layer"``: the last linear layer outside generic modules.
+    ``subset="last_layer"``: the last linear layer outside generic modules;
+    ``subset="lora"``: the factors of the LoRA adapters (:func:`lora_targets`).
     """
     check_choice(_FN, "subset", subset, SUBSETS)
+    if subset == "lora":
+        return lora_targets(model)
     found: list[tuple[str, nn.Module, str]] = []
     inside: list[str] = []  # names of the generic modules met so far
     for name, module in model.named_modules():
@@ -89,6 +95,45 @@ def targets(model: nn.Module, subset: str = "all") -> list[tuple[str, nn.Module,
         found.append((name, module, kind))
     if subset == "last_layer":
         found = [t for t in found if t[2] == "linear"][-1:]
+    return found
+
+
+def lora_targets(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(name, module, "linear")`` of the ``lora_A`` and ``lora_B`` factors of every
+    :class:`~bayesian_layers.adapters.LoRALinear` in ``model``, in model order.
+
+    Raises:
+        ValueError: a model without adapters, or a factor that is not a dense layer
+            (``nn.Linear`` or a Bayesian linear layer; e.g. a rank-1 ensemble ``A``).
+
+    Example:
+        >>> from torch import nn
+        >>> from bayesian_layers.adapters import lora
+        >>> net = lora(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)),
+        ...            target="2", rank=2, posterior="laplace")
+        >>> [name for name, _, _ in lora_targets(net)]
+        ['2.lora_A', '2.lora_B']
+    """
+    from ..adapters import LoRALinear  # the adapters build on the layers, not on laplace
+
+    found: list[tuple[str, nn.Module, str]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, LoRALinear):
+            continue
+        for part in ("lora_A", "lora_B"):
+            factor = getattr(module, part)
+            path = f"{name}.{part}" if name else part
+            if layer_kind(factor) != "linear":
+                raise ValueError(
+                    f"{_FN} with subset='lora' expected the adapter factor {path!r} to be "
+                    f"nn.Linear or a Bayesian linear layer, got {type(factor).__name__}"
+                )
+            found.append((path, factor, "linear"))
+    if not found:
+        raise ValueError(
+            f"{_FN} with subset='lora' expected a model with LoRA adapters (bl.lora), got "
+            f"none in {type(model).__name__}"
+        )
     return found
 
 

@@ -63,7 +63,8 @@ def per_example_rows(
         s: ``(B, C, C)``, ``Λ_n = S_n S_nᵀ``, column ``c`` of example ``n`` is
             ``s[n, :, c]``.
         f: the batch's outputs ``(B, C)``, if known: running example 0 alone must give
-            ``f[0]`` (else the batch runs whole).
+            ``f[0]`` (else the batch runs whole). Outputs ``(B, ..., C)`` are flattened
+            to ``(B, C')`` (``s`` then ``(B, C', C')``).
         vectorize: batch the products with ``vmap`` (a loop over examples and outputs
             if ``False``).
 
@@ -95,6 +96,7 @@ def per_example_rows(
     def pullback_of(xs: Tensor, squeeze: bool) -> Callable[..., tuple[Tensor, ...]]:
         def f(*v: Tensor) -> Tensor:
             out = functional_call(model, dict(zip(keys, v, strict=True)), (xs,), strict=False)
+            out = out.flatten(1)  # (B, ..., C) outputs: one vector per example
             return out[0] if squeeze else out
 
         return vjp(f, *values)[1]
@@ -144,11 +146,14 @@ def _splits_by_example(model: nn.Module, x: Tensor, b: int, f: Tensor | None) ->
         return True
     with torch.no_grad():
         first = model(x[:1])
-    if first.dim() != 2 or first.shape[0] != 1:
+    if first.dim() < 2 or first.shape[0] != 1:
         return False
+    first = first.flatten(1)
     if f is None:
         return True
-    f0 = f[:1].detach()
+    f0 = f[:1].detach().flatten(1)
+    if first.shape != f0.shape:
+        return False
     return bool(torch.allclose(first, f0, rtol=1e-3, atol=1e-3 * (1 + float(f0.abs().max()))))
 
 

@@ -29,6 +29,20 @@ their exact GGN diagonal ``Σ_n Σ_c (S_nᵀ J_n)_c²``, for ``"diag"`` and ``"k
 fitted parameter jointly, ``Σ_n R_nᵀ R_n`` with ``R_n = S_nᵀ J_n``, all layers through
 per-example Jacobians (small models: ``O(P²)`` memory).
 
+Sequence outputs ``(B, T, C)`` (a language model's ``(B, T, V)`` logits; any
+``(B, ..., C)``) have one likelihood term per token, ``Λ_{nt}`` per token, and the GGN
+sums over them, ``H = Σ_n Σ_t J_ntᵀ Λ_nt J_nt`` (as laplace-torch and Laplace-LoRA on
+token-level classification; class-index targets ``-100`` are ignored, as in
+``F.cross_entropy``). ``"diag"``: exact, one backward pass per token and column (``T·C``
+per batch). ``"kron"``: KFAC "expand" (Eschenhagen et al. 2023; curvlinops): ``C``
+backward passes, column ``c`` from every token at once (cotangent ``S_nt[:, c]`` at each
+``t``), ``G = Σ_{n,t',c} g_{nt'c} g_{nt'c}ᵀ``, ``A`` over the ``N·T'`` input rows; it
+equals the per-token sum when token ``t``'s output depends on the layer only through its
+own position ``t`` (no mixing of positions after the layer), and adds the cross-token
+products of the columns otherwise. The per-example Jacobians (generic layers,
+``"full"``) take the ``T·C`` outputs of an example as one vector with a block-diagonal
+``Λ_n`` (``O(B (T C)²)`` memory).
+
 Other modules (BatchNorm, LayerNorm, ``nn.GRU``, activations) are traversed as point
 estimates, the model in eval mode. Cost: ``C`` backward passes per batch for the hooked
 layers, one output column at a time, each reduced at once (``O(B·T·O)`` gradient memory
@@ -59,6 +73,8 @@ __all__ = [
     "supported_layers",
     "point_value",
     "hessian_sqrt",
+    "output_sqrt",
+    "block_diagonal",
 ]
 
 _FN = "laplace.fit"
@@ -105,7 +121,7 @@ class Curvature:
         loss: the summed negative log-likelihood at the means, without constants
             (cross-entropy; ``Σ (f - y)² / 2`` for regression).
         n_data: ``N``, the number of examples.
-        n_outputs: ``C``, the outputs per example.
+        n_outputs: the outputs per example: ``C``, or ``T·C`` for ``(B, T, C)`` outputs.
         sigma_noise: ``σ`` of the Gaussian likelihood (1 for classification).
         prior_precision: the ``τ`` last written into the layers.
         full: ``"full"`` only: the ``(P, P)`` GGN over the parameter tensors of
@@ -135,7 +151,8 @@ def supported_layers(model: nn.Module, subset: str = "all") -> list[tuple[str, n
     """``(name, module)`` of the layers whose curvature :func:`compute_curvature` takes:
     every linear and 2-d convolution, recurrent (LSTM, LSTM and GRU cells), attention
     and embedding layer (torch's or Bayesian), or only the last linear layer for
-    ``subset="last_layer"``.
+    ``subset="last_layer"``, or the ``lora_A`` and ``lora_B`` factors of every LoRA
+    adapter for ``subset="lora"``.
 
     Example:
         >>> from torch import nn
@@ -167,25 +184,93 @@ def _patches(module: Any, a: Tensor) -> Tensor:
 
 
 def hessian_sqrt(f: Tensor, likelihood: str, sigma: float) -> Tensor:
-    """``S`` with ``Λ = S Sᵀ``: ``(B, C, C)``, column ``c`` is ``S[:, :, c]``."""
-    b, c = f.shape
-    if likelihood == "regression":
-        eye = torch.eye(c, dtype=f.dtype, device=f.device) / sigma
-        return eye.expand(b, c, c)
-    p = torch.softmax(f.detach(), dim=-1)  # (B, C)
+    """``S`` with ``Λ = S Sᵀ`` per output vector: ``f`` ``(..., C)`` -> ``(..., C, C)``;
+    column ``c`` is ``S[..., :, c]``.
+
+    Example:
+        >>> s = hessian_sqrt(torch.zeros(2, 3), "classification", 1.0)  # p = 1/3 each
+        >>> torch.allclose(s @ s.mT, torch.eye(3) / 3 - 1 / 9)
+        True
+    """
+    c = f.shape[-1]
     eye = torch.eye(c, dtype=f.dtype, device=f.device)
-    return (eye - p.unsqueeze(-1)) * p.sqrt().unsqueeze(1)  # (B, C, C): sqrt(p_c)(e_c - p)
+    if likelihood == "regression":
+        return (eye / sigma).expand(*f.shape, c)
+    p = torch.softmax(f.detach(), dim=-1)  # (..., C)
+    return (eye - p.unsqueeze(-1)) * p.sqrt().unsqueeze(-2)  # sqrt(p_c)(e_c - p)
+
+
+def _class_indices(f: Tensor, y: Tensor) -> bool:
+    """Whether ``y`` holds class indices for ``f`` (shape ``f.shape[:-1]``, integers)
+    rather than class probabilities (``f``'s shape, floating); else a ``ValueError``."""
+    if y.shape == f.shape[:-1] and not y.is_floating_point():
+        return True
+    if y.shape == f.shape and y.is_floating_point():
+        return False
+    raise ValueError(
+        f"{_FN} expected classification targets of shape {tuple(f.shape[:-1])} (class "
+        f"indices) or {tuple(f.shape)} (class probabilities) for outputs of shape "
+        f"{tuple(f.shape)}, got {tuple(y.shape)} ({y.dtype})"
+    )
 
 
 def _loss(f: Tensor, y: Tensor, likelihood: str) -> Tensor:
     if likelihood == "classification":
-        return F.cross_entropy(f, y, reduction="sum")
+        c = f.shape[-1]
+        target = y.reshape(-1) if _class_indices(f, y) else y.reshape(-1, c)
+        return F.cross_entropy(f.reshape(-1, c), target, reduction="sum")
     if y.shape != f.shape:
         raise ValueError(
             f"{_FN} expected regression targets of the output's shape {tuple(f.shape)}, "
             f"got {tuple(y.shape)}"
         )
     return 0.5 * (f - y).square().sum()
+
+
+def output_sqrt(f: Tensor, y: Tensor, likelihood: str, sigma: float) -> Tensor:
+    """:func:`hessian_sqrt` of ``f`` ``(B, ..., C)``, zero at the outputs whose class
+    index is ``-100`` (ignored, as by ``F.cross_entropy``): ``(B, ..., C, C)``.
+
+    Example:
+        >>> f, y = torch.zeros(2, 3, 4), torch.tensor([[0, 1, -100], [2, 3, 0]])
+        >>> s = output_sqrt(f, y, "classification", 1.0)
+        >>> s.shape, bool(s[0, 2].abs().sum() == 0)
+        (torch.Size([2, 3, 4, 4]), True)
+    """
+    s = hessian_sqrt(f, likelihood, sigma)
+    if likelihood == "classification" and _class_indices(f, y):
+        s = s * (y != -100).to(s.dtype)[..., None, None]
+    return s
+
+
+def block_diagonal(s: Tensor) -> Tensor:
+    """``(B, T, C, C)`` per-token square roots -> ``(B, T·C, T·C)``, the square root of
+    the block-diagonal ``Λ_n`` of an example's outputs flattened token by token.
+
+    Example:
+        >>> s = torch.ones(1, 2, 3, 3)
+        >>> block_diagonal(s)[0, :3, 3:].abs().sum().item(), block_diagonal(s).shape
+        (0.0, torch.Size([1, 6, 6]))
+    """
+    b, t, c = s.shape[:3]
+    eye = torch.eye(t, dtype=s.dtype, device=s.device)
+    return torch.einsum("tu,btcd->btcud", eye, s).reshape(b, t * c, t * c)
+
+
+def _cotangents(s: Tensor, per_token: bool) -> Iterator[Tensor]:
+    """The cotangents of the backward passes, ``(B, ..., C)`` each: column ``c`` of every
+    output's ``S`` at once (``C`` of them), or one token's (``T·C``, ``per_token``)."""
+    c = s.shape[-1]
+    if not per_token:
+        for k in range(c):
+            yield s[..., k]
+        return
+    flat = s.reshape(s.shape[0], -1, c, c)  # (B, T, C, C)
+    for t in range(flat.shape[1]):
+        for k in range(c):
+            cot = torch.zeros_like(flat[..., 0])  # (B, T, C)
+            cot[:, t] = flat[:, t, :, k]
+            yield cot.reshape(s.shape[:-1])
 
 
 class _Accumulator:
@@ -338,16 +423,20 @@ def compute_curvature(
 
     Args:
         model: a network mapping a batch ``x`` to ``(B, C)`` outputs (logits for
-            classification); Bayesian layers are run on their posterior means and the
-            model in eval mode (BatchNorm on its running statistics), as laplace-torch.
-        loader: an iterable of ``(x, y)`` batches; ``y`` class indices ``(B,)`` or
-            regression targets ``(B, C)``.
+            classification) or ``(B, ..., C)`` ones, one likelihood term per position
+            (a language model's ``(B, T, V)``); Bayesian layers are run on their
+            posterior means and the model in eval mode (BatchNorm on its running
+            statistics), as laplace-torch.
+        loader: an iterable of ``(x, y)`` batches; ``y`` class indices ``(B, ...)``
+            (``-100``: ignored), class probabilities or regression targets of the
+            output's shape.
         likelihood: ``"classification"`` or ``"regression"``.
         hessian: ``"diag"`` (exact GGN diagonal), ``"kron"`` (KFAC factors; the exact
             diagonal for recurrent, attention and embedding layers) or ``"full"`` (the
             ``(P, P)`` GGN of all fitted parameters jointly, :attr:`Curvature.full`).
-        subset: ``"all"`` supported layers (:func:`supported_layers`) or only the
-            ``"last_layer"`` linear one.
+        subset: ``"all"`` supported layers (:func:`supported_layers`), only the
+            ``"last_layer"`` linear one, or the factors of the LoRA adapters
+            (``"lora"``).
         sigma_noise: ``σ`` of the Gaussian likelihood (regression).
 
     Returns:
@@ -355,7 +444,8 @@ def compute_curvature(
 
     Raises:
         ValueError: an unknown choice, ``sigma_noise <= 0``, a model with no supported
-            layer, an empty loader or a non-``(B, C)`` output.
+            layer (no adapter for ``"lora"``), an empty loader, an output with fewer
+            than 2 dimensions or targets of the wrong shape.
 
     Example:
         >>> import torch
@@ -395,28 +485,35 @@ def compute_curvature(
             rec.active = True
             with torch.set_grad_enabled(bool(hooked)), _frozen(model, bool(hooked)):
                 f = model(x)  # the probes alone carry the graph
-            if f.dim() != 2:
+            if f.dim() < 2:
                 raise ValueError(
-                    f"{_FN} expected model outputs of shape (B, C), got {tuple(f.shape)}"
+                    f"{_FN} expected model outputs of shape (B, C) or (B, ..., C), got "
+                    f"{tuple(f.shape)}"
                 )
             loss = loss.to(f) + _loss(f.detach(), y, likelihood)
-            s = hessian_sqrt(f, likelihood, sigma)
+            s = output_sqrt(f, y, likelihood, sigma)  # (B, ..., C, C)
+            tokens = f[0].numel() // f.shape[-1]
             if hooked:
                 probes = rec.probes(modules)
                 for name, m in hooked:
                     accs[name].begin(rec.seen[id(m)][0])
-                last = f.shape[1] - 1
-                for c in range(f.shape[1]):  # one column at a time: O(B·T·O) memory
-                    col = torch.autograd.grad(f, probes, s[:, :, c], retain_graph=c < last)
+                # one column at a time (O(B·T·O) memory); "diag" on sequences: one token's
+                per_token = tokens > 1 and hessian == "diag"
+                n_cols = f.shape[-1] * (tokens if per_token else 1)
+                for c, cot in enumerate(_cotangents(s, per_token)):
+                    col = torch.autograd.grad(f, probes, cot, retain_graph=c < n_cols - 1)
                     for i, (name, _) in enumerate(hooked):
                         accs[name].add_column(col[i])
                     del col
                 for name, _ in hooked:
                     accs[name].end()
             rec.active = False  # hooks off while the per-example Jacobians re-run the model
-            jacobians.add(x, s, f.detach())
+            if jacobians.parts:
+                s_n = s.reshape(f.shape[0], tokens, *s.shape[-2:])  # (B, T, C, C)
+                s_n = s_n[:, 0] if tokens == 1 else block_diagonal(s_n)
+                jacobians.add(x, s_n, f.detach().flatten(1))
             n_data += f.shape[0]
-            n_out = f.shape[1]
+            n_out = f[0].numel()
     if n_data == 0:
         raise ValueError(f"{_FN} expected a `loader` with at least one batch, got an empty one")
     return Curvature(

@@ -26,7 +26,7 @@ from ..convert import to_bayesian
 from ..initializers.full_normal import FullNormal
 from ..initializers.kron_normal import KroneckerNormal
 from ..layers.base import BayesianLayer
-from ._checks import HESSIANS, LIKELIHOODS, check_choice
+from ._checks import HESSIANS, LIKELIHOODS, SUBSETS, check_choice
 from ._joint import share_joint_noise
 from ._layers import targets
 from .curvature import Curvature, LayerCurvature, compute_curvature, point_value
@@ -197,7 +197,12 @@ def _convert(model: nn.Module, names: list[str]) -> nn.Module:
 
 def _prepare(model: nn.Module, subset: str, hessian: str) -> nn.Module:
     found = targets(model, subset)
-    if not any(isinstance(m, BayesianLayer) for m in model.modules()):
+    if subset == "lora":  # in place: the adapters' plain factors made Bayesian, no copy
+        plain = [n for n, m, _ in found if not isinstance(m, BayesianLayer)]
+        if plain:
+            to_bayesian(model, "reparameterization", include=plain)
+            found = targets(model, subset)
+    elif not any(isinstance(m, BayesianLayer) for m in model.modules()):
         if not found:
             raise ValueError(
                 f"{_FN} expected a model with a Linear, Conv2d, recurrent, attention or "
@@ -303,15 +308,23 @@ def fit(
     Args:
         model: a trained network. A deterministic one is copied and its fitted layers
             converted (``to_bayesian(copy, "reparameterization", bias random)``); a model
-            with Bayesian layers is fitted in place at its posterior means.
-        loader: ``(x, y)`` batches of the training data.
+            with Bayesian layers is fitted in place at its posterior means. With
+            ``subset="lora"`` the model is always fitted in place (no copy of a large
+            frozen base): its adapters' plain ``lora_A``/``lora_B`` factors are
+            converted to reparameterization layers, Bayesian ones kept.
+        loader: ``(x, y)`` batches of the training data; outputs ``(B, C)`` or
+            ``(B, ..., C)`` (a language model's ``(B, T, V)`` logits with ``(B, T)``
+            token targets: one likelihood term per token, :mod:`.curvature`).
         likelihood: ``"classification"`` (softmax) or ``"regression"`` (Gaussian).
         hessian: ``"diag"`` (exact GGN diagonal), ``"kron"`` (KFAC for linear and conv
             layers, the exact diagonal for the others; needs reparameterization layers)
             or ``"full"`` (the joint ``P × P`` GGN of all fitted parameters, for small
             models; needs reparameterization layers).
         subset: ``"all"`` supported layers (linear, 2-d conv, LSTM, LSTM/GRU cells,
-            multi-head attention, embedding), or ``"last_layer"`` (the last linear).
+            multi-head attention, embedding), ``"last_layer"`` (the last linear), or
+            ``"lora"``: the ``lora_A`` and ``lora_B`` factors of every
+            :class:`~bayesian_layers.adapters.LoRALinear` (Laplace-LoRA, Yang et al.
+            2024), the frozen base a point estimate.
         prior_precision: ``τ``, a scalar or one value per parameter tensor.
         sigma_noise: the regression likelihood's standard deviation.
 
@@ -320,7 +333,8 @@ def fit(
 
     Raises:
         ValueError: an unknown ``likelihood``/``hessian``/``subset``, an empty loader, a
-            model without a supported layer, a bad ``prior_precision``.
+            model without a supported layer (``"lora"``: without adapters), a bad
+            ``prior_precision``.
 
     Example:
         >>> import torch, bayesian_layers as bl
@@ -330,10 +344,20 @@ def fit(
         >>> post = fit(net, data, hessian="kron", subset="last_layer")
         >>> type(post[2].weight_initializer).__name__, type(post[0]).__name__
         ('KroneckerNormal', 'Linear')
+
+        Laplace-LoRA: the adapters' factors only (in place), here of a ``(B, T, V)``
+        token model with ``(B, T)`` targets:
+
+        >>> lm = bl.lora(nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5)), target="1",
+        ...              rank=2, posterior="laplace")
+        >>> tokens = [(torch.randint(0, 5, (3, 6)), torch.randint(0, 5, (3, 6)))]
+        >>> lm = fit(lm, tokens, hessian="kron", subset="lora")
+        >>> [type(m).__name__ for m in (lm[1].base, lm[1].lora_A, lm[1].lora_B)]
+        ['Linear', 'LinearReparameterization', 'LinearReparameterization']
     """
     check_choice(_FN, "likelihood", likelihood, LIKELIHOODS)
     check_choice(_FN, "hessian", hessian, HESSIANS)
-    model = _prepare(model, check_choice(_FN, "subset", subset, ("all", "last_layer")), hessian)
+    model = _prepare(model, check_choice(_FN, "subset", subset, SUBSETS), hessian)
     curv = compute_curvature(
         model,
         loader,
@@ -342,7 +366,8 @@ def fit(
         subset=subset,
         sigma_noise=sigma_noise,
     )
-    write_posterior(curv, torch.as_tensor(prior_precision))
-    curv.prior_precision = torch.as_tensor(prior_precision)
+    tau = torch.as_tensor(prior_precision, dtype=curv.loss.dtype)  # not rounded to float32
+    write_posterior(curv, tau)
+    curv.prior_precision = tau
     model.laplace_curvature = curv  # type: ignore[assignment]
     return model

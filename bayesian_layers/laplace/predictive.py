@@ -8,7 +8,9 @@ tensors (Immer et al. 2021; Laplace Redux §4). For a Kronecker posterior of a w
 ``J̃ = Q_Gᵀ J Q_A``; for a normal one, ``Σ_p J_cp σ_p² J_dp``; for the joint posterior of
 a full Laplace fit (``Σ = U Uᵀ``, each tensor holding its rows ``U_l``),
 ``(Σ_l J_l U_l)(Σ_l J_l U_l)ᵀ``, cross-layer covariances included. Classification uses the
-probit approximation ``softmax(f / sqrt(1 + π/8 · diag(J Σ Jᵀ)))``.
+probit approximation ``softmax(f / sqrt(1 + π/8 · diag(J Σ Jᵀ)))``. Outputs
+``(B, ..., C)`` (a language model's ``(B, T, V)`` logits) get the ``C × C`` covariance
+of each position (the covariances across positions are not formed).
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ def glm_predictive(
 
     Returns:
         classification: ``(B, C)`` probabilities; regression: ``(mean (B, C),
-        covariance (B, C, C))``.
+        covariance (B, C, C))``. For ``(B, ..., C)`` outputs: ``(B, ..., C)``
+        probabilities, or the mean ``(B, ..., C)`` and each position's covariance
+        ``(B, ..., C, C)`` (through the Jacobian: ``O(B·T·C·P)`` memory).
 
     Raises:
         ValueError: an unknown ``likelihood`` or ``method``, a model without random
@@ -129,14 +133,19 @@ def glm_predictive(
     try:
         with posterior_mean(model), torch.no_grad():
             f_mu = f(means)
-        if f_mu.dim() != 2:
+        if f_mu.dim() < 2:
             raise ValueError(
-                f"{_FN} expected model outputs of shape (B, C), got {tuple(f_mu.shape)}"
+                f"{_FN} expected model outputs of shape (B, C) or (B, ..., C), got "
+                f"{tuple(f_mu.shape)}"
             )
         with posterior_mean(model):
             jacs = jacrev(f)(means)
     finally:
         model.train(was_training)
+    shape, c = f_mu.shape, f_mu.shape[-1]
+    if f_mu.dim() > 2:  # one row per position: (B·T, C) outputs, (B·T, C, *shape) Jacobians
+        f_mu = f_mu.reshape(-1, c)
+        jacs = {k: j.reshape(f_mu.shape[0], c, *j.shape[len(shape) :]) for k, j in jacs.items()}
     f_var = torch.zeros(f_mu.shape + f_mu.shape[-1:], dtype=f_mu.dtype, device=f_mu.device)
     ju: Tensor | None = None  # Σ_l J_l U_l over the joint (full) tensors: (B, C, P)
     for key, layer, name in parts:
@@ -150,7 +159,10 @@ def glm_predictive(
             f_var = f_var + _variance_term(jacs[key], layer, name)
     if ju is not None:
         f_var = f_var + ju @ ju.transpose(1, 2)
-    return _predictive(f_mu, f_var, likelihood)
+    out = _predictive(f_mu, f_var, likelihood)
+    if isinstance(out, tuple):
+        return out[0].reshape(shape), out[1].reshape(*shape, c)
+    return out.reshape(shape)
 
 
 def _predictive(f_mu: Tensor, f_var: Tensor, likelihood: str) -> Tensor | tuple[Tensor, Tensor]:
