@@ -368,3 +368,32 @@ def test_from_pretrained_path_gpt2_and_peft_adapter(tmp_path: Any, monkeypatch: 
         model = lora(loaded, target=None, posterior="flipout")
         with bl.posterior_mean(model):
             assert torch.equal(_logits(model, batch), want)
+
+
+def test_to_bayesian_on_adapted_model_converts_only_plain_adapters() -> None:
+    plain = _adapted("llama", None)
+    _randomize_b(plain)
+    batch = _batch("llama")
+    with torch.no_grad():
+        want = _logits(plain, batch)
+    model, report = bl.to_bayesian(copy.deepcopy(plain), "flipout", return_report=True)
+    assert [s.target for s in report.swapped] == ["LinearFlipout"] * 4 and not report.skipped
+    assert all(isinstance(a.lora_A, LinearFlipout) for _, a in adapters(model))
+    bayesian = {n for n, m in model.named_modules() if isinstance(m, bl.layers.BayesianLayer)}
+    assert bayesian == {f"{n}.lora_A" for n, _ in adapters(model)}  # the base stays as it was
+    with torch.no_grad(), bl.posterior_mean(model):
+        assert torch.equal(_logits(model, batch), want)
+    # converting twice changes nothing
+    again, report = bl.to_bayesian(model, "reparameterization", return_report=True)
+    assert not report.swapped and {s.reason for s in report.skipped} == {"already Bayesian"}
+    assert all(isinstance(a.lora_A, LinearFlipout) for _, a in adapters(again))
+
+
+@peft_mark
+def test_to_bayesian_twice_on_peft_model_changes_nothing() -> None:
+    model = bl.to_bayesian(_peft_model("gpt2"), "flipout")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model, report = bl.to_bayesian(model, "flipout", return_report=True)
+    assert not report.swapped and len(report.skipped) == 2
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

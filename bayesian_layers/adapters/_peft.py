@@ -23,8 +23,15 @@ from torch import Tensor, nn
 from ..layers.base import BayesianLayer
 from ._adapter import POSTERIORS, LoRALinear
 from ._targets import matches
+from .api import adapters
 
-__all__ = ["convert_peft", "is_peft_layer", "peft_layers", "from_peft_layer"]
+__all__ = [
+    "convert_peft",
+    "is_peft_layer",
+    "peft_layers",
+    "from_peft_layer",
+    "from_plain_adapter",
+]
 
 
 def is_peft_layer(module: nn.Module) -> bool:
@@ -117,17 +124,68 @@ def from_peft_layer(
         )
     peft = cast(Any, module)
     adapter = _single_adapter(name, peft)
-    down: Tensor = peft.lora_A[adapter].weight  # (rank, in)
-    up: Tensor = peft.lora_B[adapter].weight  # (out, rank)
     drop = peft.lora_dropout[adapter]
-    p = float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
-    scaling = float(peft.scaling[adapter])
-    rank = int(down.shape[0])
-    new = LoRALinear(
-        peft.base_layer, rank=rank, alpha=scaling * rank, posterior=posterior, dropout=p,
+    return _rebuilt(
+        peft.base_layer, peft.lora_A[adapter].weight, peft.lora_B[adapter].weight,
+        float(peft.scaling[adapter]), drop, module.training, posterior,
         prior_std=prior_std, init_std=init_std, **layer_kwargs,
     )  # fmt: skip
-    new.scaling = scaling  # exactly peft's (alpha / r, or alpha / sqrt(r) with rsLoRA)
+
+
+def from_plain_adapter(
+    adapter: LoRALinear,
+    posterior: str | None = "flipout",
+    *,
+    prior_std: float = 1.0,
+    init_std: float = 1e-3,
+    **layer_kwargs: Any,
+) -> LoRALinear:
+    """A :class:`LoRALinear` with ``adapter``'s base, ``B``, scaling and dropout whose
+    ``A`` has ``posterior``, its mean at ``adapter``'s point-estimate ``A``.
+
+    Args:
+        adapter: a :class:`LoRALinear` whose ``A`` is a point estimate (made with
+            ``posterior=None`` or ``"laplace"``).
+        posterior, prior_std, init_std, **layer_kwargs: as :class:`LoRALinear`.
+
+    Raises:
+        ValueError: ``adapter``'s ``A`` is already random.
+
+    Example:
+        >>> import torch
+        >>> plain = LoRALinear(torch.nn.Linear(4, 3), rank=2, posterior=None)
+        >>> bayes = from_plain_adapter(plain, "flipout")
+        >>> torch.equal(bayes.mean_down(), plain.lora_A.weight), bayes.base is plain.base
+        (True, True)
+    """
+    down = adapter.lora_A
+    if isinstance(down, BayesianLayer):
+        raise ValueError(f"from_plain_adapter: A is already a {type(down).__name__}")
+    return _rebuilt(
+        adapter.base, cast(Tensor, down.weight), adapter.lora_B.weight, adapter.scaling,
+        adapter.lora_dropout, adapter.training, posterior,
+        prior_std=prior_std, init_std=init_std, **layer_kwargs,
+    )  # fmt: skip
+
+
+def _rebuilt(
+    base: nn.Module,
+    down: Tensor,
+    up: Tensor,
+    scaling: float,
+    drop: nn.Module,
+    training: bool,
+    posterior: str | None,
+    **options: Any,
+) -> LoRALinear:
+    """A :class:`LoRALinear` over ``base`` with factors ``down`` ``(rank, in)`` (the mean
+    of ``A``) and ``up`` ``(out, rank)``, this ``scaling`` and ``drop``'s probability."""
+    rank = int(down.shape[0])
+    p = float(drop.p) if isinstance(drop, nn.Dropout) else 0.0
+    new = LoRALinear(
+        base, rank=rank, alpha=scaling * rank, posterior=posterior, dropout=p, **options
+    )
+    new.scaling = scaling  # exactly the source's (alpha / r, or alpha / sqrt(r) with rsLoRA)
     with torch.no_grad():
         a = new.lora_A
         if isinstance(a, BayesianLayer):
@@ -135,7 +193,7 @@ def from_peft_layer(
         else:
             cast(Tensor, a.weight).copy_(down)
         new.lora_B.weight.copy_(up)
-    return new.train(module.training)
+    return new.train(training)
 
 
 def convert_peft(
@@ -149,6 +207,7 @@ def convert_peft(
     rank: object = None,
     alpha: object = None,
     dropout: object = None,
+    plain: bool = False,
     **layer_kwargs: Any,
 ) -> list[tuple[str, LoRALinear]]:
     """Replace ``model``'s ``peft`` LoRA layers by :class:`LoRALinear`, in place.
@@ -166,6 +225,9 @@ def convert_peft(
             their ``peft`` adapters.
         exclude: name patterns of ``peft`` layers to leave as they are.
         posterior, prior_std, init_std, **layer_kwargs: as :class:`LoRALinear`.
+        plain: also give the :class:`LoRALinear` adapters whose ``A`` is a point
+            estimate this ``posterior`` (:func:`from_plain_adapter`; what
+            :func:`~bayesian_layers.to_bayesian` does to an adapted model).
 
     Returns:
         The ``(qualified name, adapter)`` pairs made.
@@ -186,10 +248,13 @@ def convert_peft(
             f"lora: posterior must be one of {sorted(map(str, POSTERIORS))}, got {posterior!r}"
         )
     found = peft_layers(model)
+    if plain:
+        found += [(n, a) for n, a in adapters(model) if not isinstance(a.lora_A, BayesianLayer)]
+    what = "peft LoRA layer" + (" or plain LoRALinear" if plain else "")
     for pat in target:
         if not any(matches(n, (pat,)) for n, _ in found):
             raise ValueError(
-                f"lora: target {pat!r} names no peft LoRA layer of the model (they are "
+                f"lora: target {pat!r} names no {what} of the model (they are "
                 f"{[n for n, _ in found][:4]}...); use target=None to convert all of them"
             )
     chosen = [
@@ -201,14 +266,16 @@ def convert_peft(
     for name, module in chosen:  # build every adapter first: a refusal leaves model as it was
         if not name:
             raise ValueError(
-                "lora: model is itself a peft layer; convert the model that holds it "
-                "(or use from_peft_layer)"
+                f"lora: model is itself a {type(module).__name__}; convert the model that "
+                "holds it (or use from_peft_layer / from_plain_adapter)"
             )
-        if id(module) not in made:
-            made[id(module)] = from_peft_layer(
-                module, posterior, prior_std=prior_std, init_std=init_std, name=name,
-                **layer_kwargs,
-            )  # fmt: skip
+        if id(module) in made:
+            continue
+        options = dict(prior_std=prior_std, init_std=init_std, **layer_kwargs)
+        if isinstance(module, LoRALinear):
+            made[id(module)] = from_plain_adapter(module, posterior, **options)
+        else:
+            made[id(module)] = from_peft_layer(module, posterior, name=name, **options)
     out: list[tuple[str, LoRALinear]] = []
     for name, module in chosen:
         parent_name, _, child = name.rpartition(".")

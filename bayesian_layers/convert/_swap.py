@@ -9,8 +9,10 @@ from typing import Any, Literal, overload
 
 from torch import nn
 
-from ..adapters import POSTERIORS, adapters, lora
-from ..adapters._peft import peft_layers
+from ..adapters import POSTERIORS, adapters, freeze_base
+from ..adapters._peft import convert_peft, peft_layers
+from ..adapters._targets import matches
+from ..adapters._targets import patterns as adapter_patterns
 from ..layers.registry import ESTIMATORS, counterparts
 from ._pretrained import apply_pretrained_scale
 from ._report import (
@@ -123,7 +125,7 @@ def _check_arguments(
             raise TypeError(f"to_bayesian: `{key}` follows each converted layer; do not pass it")
 
 
-def _peft_to_bayesian(
+def _adapters_to_bayesian(
     module: nn.Module,
     estimator: str,
     include: str | Iterable[str] | None,
@@ -131,26 +133,34 @@ def _peft_to_bayesian(
     pretrained_scale: float | None,
     layer_kwargs: dict[str, Any],
 ) -> ConversionReport:
-    """A ``peft`` LoRA model: only its adapters' ``A`` factors become Bayesian, as
-    ``lora(module, target=include, posterior=estimator, exclude=exclude)`` makes them."""
+    """A model with LoRA adapters (``peft``'s or :class:`~bayesian_layers.LoRALinear`):
+    only the adapters' ``A`` factors become Bayesian, as ``lora(module, target=include,
+    posterior=estimator, exclude=exclude)`` makes a ``peft`` model's; the rest stays."""
     if estimator not in POSTERIORS:
         raise ValueError(
-            f"to_bayesian: a peft model's adapters take an estimator in "
+            f"to_bayesian: LoRA adapters take an estimator in "
             f"{sorted(map(str, POSTERIORS))}, got {estimator!r}"
         )
     if pretrained_scale is not None:
         raise ValueError(
-            "to_bayesian: pretrained_scale does not apply to a peft model's adapters "
+            "to_bayesian: pretrained_scale does not apply to LoRA adapters "
             "(their posterior standard deviation starts at init_std=)"
         )
     kinds = {n: type(m).__name__ for n, m in peft_layers(module)}
-    lora(module, target=include, posterior=estimator, exclude=exclude, **layer_kwargs)
-    swapped = tuple(
-        SwappedLayer(n, kinds[n], type(a.lora_A).__name__, estimator)
-        for n, a in adapters(module)
-        if n in kinds
-    )
-    return ConversionReport(swapped, (), ())
+    kinds.update({n: "LoRALinear" for n, _ in adapters(module)})
+    before = {n: a.lora_A for n, a in adapters(module)}
+    inc, exc = adapter_patterns("include", include), adapter_patterns("exclude", exclude)
+    convert_peft(module, inc, exc, posterior=estimator, plain=True, **layer_kwargs)
+    freeze_base(module)
+    swapped, skipped = [], []
+    for n, a in adapters(module):
+        if before.get(n) is a.lora_A:
+            if not (inc and not matches(n, inc)):
+                why = "excluded" if exc and matches(n, exc) else "already Bayesian"
+                skipped.append(SkippedLayer(n, kinds[n], why))
+        else:
+            swapped.append(SwappedLayer(n, kinds[n], type(a.lora_A).__name__, estimator))
+    return ConversionReport(tuple(swapped), tuple(skipped), ())
 
 
 @overload
@@ -205,10 +215,12 @@ def to_bayesian(
     A registered torch class with no class under either is skipped, and named in the
     report's ``skipped``.
 
-    A ``peft`` LoRA model converts only its adapters: each one's ``A`` factor becomes
-    the Bayesian dense layer of ``estimator`` with its posterior mean at ``peft``'s ``A``
-    (:func:`bayesian_layers.lora` with ``posterior=estimator``; ``include`` and
-    ``exclude`` then select adapters as its ``target`` and ``exclude`` do).
+    A model with LoRA adapters (a ``peft`` LoRA model, or one :func:`bayesian_layers.lora`
+    adapted) converts only its adapters: each point-estimate ``A`` factor becomes the
+    Bayesian dense layer of ``estimator`` with its posterior mean at that ``A``, as
+    :func:`bayesian_layers.lora` does to a ``peft`` model with ``posterior=estimator``
+    (``include`` and ``exclude`` then select adapters as its ``target`` and ``exclude``
+    do); adapters already Bayesian are skipped, and the rest of the model stays frozen.
 
     Args:
         module: any module; a torch layer passed directly is replaced and returned.
@@ -261,8 +273,8 @@ def to_bayesian(
     """
     estimator = canonical_estimator(estimator)
     _check_arguments(module, pretrained_scale, layer_kwargs)
-    if peft_layers(module):
-        report = _peft_to_bayesian(
+    if peft_layers(module) or adapters(module):
+        report = _adapters_to_bayesian(
             module, estimator, include, exclude, pretrained_scale, layer_kwargs
         )
         return (module, report) if return_report else module
