@@ -386,6 +386,10 @@ def test_to_bayesian_on_adapted_model_converts_only_plain_adapters() -> None:
     # converting twice changes nothing
     again, report = bl.to_bayesian(model, "reparameterization", return_report=True)
     assert not report.swapped and {s.reason for s in report.skipped} == {"already Bayesian"}
+    again, report = bl.to_bayesian(model, "flipout", include="v_proj", return_report=True)
+    assert not report.swapped and len(report.skipped) == 2
+    with pytest.raises(ValueError, match="'k_proj' names no peft LoRA layer or LoRALinear"):
+        bl.to_bayesian(model, "flipout", include="k_proj")
     assert all(isinstance(a.lora_A, LinearFlipout) for _, a in adapters(again))
 
 

@@ -248,14 +248,17 @@ def convert_peft(
             f"lora: posterior must be one of {sorted(map(str, POSTERIORS))}, got {posterior!r}"
         )
     found = peft_layers(model)
+    known = [n for n, _ in found]  # what a pattern may name
     if plain:
-        found += [(n, a) for n, a in adapters(model) if not isinstance(a.lora_A, BayesianLayer)]
-    what = "peft LoRA layer" + (" or plain LoRALinear" if plain else "")
+        ours = adapters(model)
+        known += [n for n, _ in ours]  # a Bayesian one is named, then left as it is
+        found += [(n, a) for n, a in ours if not isinstance(a.lora_A, BayesianLayer)]
+    what = "peft LoRA layer" + (" or LoRALinear" if plain else "")
     for pat in target:
-        if not any(matches(n, (pat,)) for n, _ in found):
+        if not any(matches(n, (pat,)) for n in known):
             raise ValueError(
                 f"lora: target {pat!r} names no {what} of the model (they are "
-                f"{[n for n, _ in found][:4]}...); use target=None to convert all of them"
+                f"{known[:4]}...); use target=None to convert all of them"
             )
     chosen = [
         (n, m)
