@@ -13,6 +13,7 @@ The map: ``_adapter`` (the module), ``_targets`` (name patterns), ``_attention``
 
 from ._adapter import POSTERIORS, LoRALinear
 from ._attention import AdaptedMultiheadAttention
+from ._peft import from_peft_layer, from_plain_adapter
 from .api import adapters, freeze_base, load_lora_state_dict, lora, lora_state_dict, merge_lora
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "load_lora_state_dict",
     "merge_lora",
     "freeze_base",
+    "from_peft_layer",
+    "from_plain_adapter",
     "AdaptedMultiheadAttention",
     "POSTERIORS",
 ]
