@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -69,8 +70,8 @@ def _data(pool: bool, seed: int = 1) -> tuple[Tensor, Tensor, list[tuple[Tensor,
     return x, y, [(x[:3], y[:3]), (x[3:], y[3:])]
 
 
-def _weights(model: nn.Module) -> dict[str, Tensor]:
-    return {f"{n}.weight": model.get_submodule(n).weight.detach().clone() for n in FACTORS}
+def _weights(model: nn.Module, names: tuple[str, ...] = FACTORS) -> dict[str, Tensor]:
+    return {f"{n}.weight": model.get_submodule(n).weight.detach().clone() for n in names}
 
 
 def _sqrt_lambda(logits: Tensor) -> Tensor:
@@ -79,14 +80,19 @@ def _sqrt_lambda(logits: Tensor) -> Tensor:
     return (torch.eye(V, dtype=DT) - p[..., :, None]) * p.sqrt()[..., None, :]
 
 
-def _reference_ggn(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """The exact GGN over the adapter weights (in ``FACTORS`` order), tokens with target
+def _reference_ggn(
+    model: nn.Module, x: Tensor, y: Tensor, names: tuple[str, ...] = FACTORS
+) -> Tensor:
+    """The exact GGN over the adapter weights (in ``names`` order), tokens with target
     ``-100`` left out: ``Σ_{n,t} J_ntᵀ (diag(p) - p pᵀ) J_nt`` from ``jacrev``."""
-    params = _weights(model)
+    params = _weights(model, names)
     f = functional_call(model, params, (x,))
-    jac = jacrev(lambda p: functional_call(model, p, (x,)))(params)
-    j = torch.cat([jac[k].reshape(-1, V, params[k].numel()) for k in params], -1)  # (rows, V, P)
-    p = torch.softmax(f.reshape(-1, V), -1)
+    with warnings.catch_warnings():  # torch.func's fallback for attention (still exact)
+        warnings.filterwarnings("ignore", message=".*performance drop.*")
+        jac = jacrev(lambda p: functional_call(model, p, (x,)))(params)
+    c = f.shape[-1]
+    j = torch.cat([jac[k].reshape(-1, c, params[k].numel()) for k in params], -1)  # (rows, C, P)
+    p = torch.softmax(f.reshape(-1, c), -1)
     lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
     lam = lam * (y.reshape(-1) != -100).to(DT)[:, None, None]
     return torch.einsum("rcp,rcd,rdq->pq", j, lam, j)
@@ -347,3 +353,46 @@ def test_bad_subset_likelihood_and_targets_name_what_is_wrong():
         bll.fit(flip, loader, hessian="kron", subset="lora")
     with pytest.raises(ValueError, match=r"\(B, C\) or \(B, \.\.\., C\).*got \(15,\)"):
         bll.fit(nn.Sequential(_adapted(True), nn.Flatten(0)), [(x[:3], y[:3, 0])], subset="lora")
+
+
+class _Logits(nn.Module):
+    """A Hugging Face causal LM as ``ids (B, T) -> logits (B, T, V)``."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.lm(input_ids=ids).logits
+
+
+def test_hf_gpt2_token_level_laplace_lora_is_the_exact_ggn_and_keeps_the_map_mean():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(5)
+    cfg = transformers.GPT2Config(
+        vocab_size=7, n_positions=8, n_embd=8, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    lm = transformers.GPT2LMHeadModel(cfg).to(DT).eval()  # dropout off, as from_pretrained
+    bl.lora(lm, target="c_attn", rank=2, posterior="laplace")
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if ".lora_B" in name:
+                p.normal_(0.0, 0.3)
+    model = _Logits(lm)  # a wrapper in training mode around the eval-mode model
+    ids = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(6))
+    y = torch.cat([ids[:, 1:], torch.full((4, 1), -100)], 1)  # next token; the last ignored
+    names = ("lm.transformer.h.0.attn.c_attn.lora_A", "lm.transformer.h.0.attn.c_attn.lora_B")
+    ref = copy.deepcopy(model)
+    h = _reference_ggn(ref, ids, y, names)
+    post = bll.fit(copy.deepcopy(model), [(ids[:2], y[:2]), (ids[2:], y[2:])], subset="lora")
+    curv = post.laplace_curvature
+    assert tuple(lc.name for lc in curv.layers) == names
+    diag = torch.cat([lc.diag["weight"].reshape(-1) for lc in curv.layers])
+    torch.testing.assert_close(diag, h.diagonal(), rtol=1e-9, atol=1e-12)
+    post = bll.fit(model, [(ids, y)], hessian="kron", subset="lora")
+    assert post.training and not post.lm.training  # each module's own mode restored
+    with bl.posterior_mean(post), torch.no_grad():
+        assert torch.equal(post(ids), ref(ids))
+    assert bl.predict(post, ids, 3).samples.shape == (3, 4, 5, 7)
+    probs = bll.glm_predictive(post, ids)  # through jacrev (its fallback warnings silenced)
+    assert probs.shape == (4, 5, 7) and torch.allclose(probs.sum(-1), torch.ones(4, 5, dtype=DT))

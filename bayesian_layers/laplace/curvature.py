@@ -380,20 +380,41 @@ class ProbeRecord:
 
 
 @contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Context: ``model`` in eval mode; each submodule's own mode restored at exit (a
+    model in training mode around an eval-mode part, such as a wrapped pretrained
+    model, keeps that part in eval mode).
+
+    Example:
+        >>> net = nn.Sequential(nn.Dropout(0.5), nn.Dropout(0.5).eval())
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net[0].training, net[1].training
+        (True, False)
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
 def recording_probes(model: nn.Module, modules: Sequence[nn.Module]) -> Iterator[ProbeRecord]:
     """Context: ``model`` in eval mode (batch norm on its running statistics) with a
     forward hook on each of ``modules`` that records its input and adds a zero probe to
-    its output; hooks removed and the mode restored at exit."""
+    its output; hooks removed and the modes restored at exit (:func:`eval_mode`)."""
     rec = ProbeRecord()
     handles = [m.register_forward_hook(rec.record) for m in modules]
-    was_training = model.training
-    model.eval()
     try:
-        yield rec
+        with eval_mode(model):
+            yield rec
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from ..convert import to_bayesian
 from ..initializers.full_normal import FullNormal
 from ..initializers.kron_normal import KroneckerNormal
 from ..layers.base import BayesianLayer
+from ..layers.linear import LinearReparameterization
 from ._checks import HESSIANS, LIKELIHOODS, SUBSETS, check_choice
 from ._joint import share_joint_noise
 from ._layers import targets
@@ -197,11 +198,14 @@ def _convert(model: nn.Module, names: list[str]) -> nn.Module:
 
 def _prepare(model: nn.Module, subset: str, hessian: str) -> nn.Module:
     found = targets(model, subset)
-    if subset == "lora":  # in place: the adapters' plain factors made Bayesian, no copy
-        plain = [n for n, m, _ in found if not isinstance(m, BayesianLayer)]
-        if plain:
-            to_bayesian(model, "reparameterization", include=plain)
-            found = targets(model, subset)
+    if subset == "lora":  # in place, no copy: the adapters' plain factors made Bayesian
+        for name, factor, _ in found:
+            if not isinstance(factor, BayesianLayer):
+                assert isinstance(factor, nn.Linear)  # lora_targets: dense factors only
+                owner, _, attr = name.rpartition(".")
+                parent = model.get_submodule(owner) if owner else model
+                setattr(parent, attr, LinearReparameterization.from_torch(factor))
+        found = targets(model, subset)
     elif not any(isinstance(m, BayesianLayer) for m in model.modules()):
         if not found:
             raise ValueError(

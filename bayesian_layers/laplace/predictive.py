@@ -27,6 +27,8 @@ from ..layers.base import BayesianLayer
 from ..sampling import posterior_mean
 from ._checks import LIKELIHOODS, check_choice
 from ._kron_glm import probe_moments
+from ._per_example import _quiet
+from .curvature import eval_mode
 
 __all__ = ["glm_predictive"]
 
@@ -88,7 +90,7 @@ def glm_predictive(
 
     Args:
         model: a Bayesian model (e.g. returned by :func:`~bayesian_layers.laplace.fit`),
-            run in eval mode on its posterior means (its mode is restored after).
+            run in eval mode on its posterior means (its modes are restored after).
         x: a batch of inputs.
         likelihood: ``"classification"``: probit-approximated class probabilities;
             ``"regression"``: the Gaussian over ``f`` (observation noise not added).
@@ -128,9 +130,7 @@ def glm_predictive(
     def f(params: dict[str, Tensor]) -> Tensor:
         return functional_call(model, params, (x,), strict=False)
 
-    was_training = model.training
-    model.eval()  # batch norm on its running statistics, as the curvature was
-    try:
+    with eval_mode(model):  # batch norm on its running statistics, as the curvature was
         with posterior_mean(model), torch.no_grad():
             f_mu = f(means)
         if f_mu.dim() < 2:
@@ -139,9 +139,7 @@ def glm_predictive(
                 f"{tuple(f_mu.shape)}"
             )
         with posterior_mean(model):
-            jacs = jacrev(f)(means)
-    finally:
-        model.train(was_training)
+            jacs = _quiet(jacrev(f), means)
     shape, c = f_mu.shape, f_mu.shape[-1]
     if f_mu.dim() > 2:  # one row per position: (B·T, C) outputs, (B·T, C, *shape) Jacobians
         f_mu = f_mu.reshape(-1, c)
