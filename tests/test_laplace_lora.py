@@ -10,6 +10,7 @@ covariances for the predictive moments and the evidence (float64 throughout).
 from __future__ import annotations
 
 import copy
+import io
 import math
 import warnings
 
@@ -396,3 +397,23 @@ def test_hf_gpt2_token_level_laplace_lora_is_the_exact_ggn_and_keeps_the_map_mea
     assert bl.predict(post, ids, 3).samples.shape == (3, 4, 5, 7)
     probs = bll.glm_predictive(post, ids)  # through jacrev (its fallback warnings silenced)
     assert probs.shape == (4, 5, 7) and torch.allclose(probs.sum(-1), torch.ones(4, 5, dtype=DT))
+
+
+def test_state_dict_round_trip_restores_the_adapter_posterior_and_merging_gives_its_mean():
+    post, ref, x, _ = _fitted(False, "kron", prior_precision=0.5)
+    buf = io.BytesIO()
+    torch.save(post.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    again = bll.restore(_adapted(), state)
+    assert tuple(n for n, m in again.named_modules() if isinstance(m, BayesianLayer)) == FACTORS
+    with bl.posterior_mean(again), torch.no_grad():
+        assert torch.equal(again(x), ref(x))
+    torch.manual_seed(7)
+    draws = bl.predict(post, x, 3).samples
+    torch.manual_seed(7)
+    assert torch.equal(bl.predict(again, x, 3).samples, draws)
+    # merging (on a model that has not drawn yet) gives the posterior-mean model
+    merged = bl.merge_lora(bll.restore(_adapted(), state))
+    assert not any(isinstance(m, BayesianLayer) for m in merged.modules())
+    torch.testing.assert_close(merged(x), ref(x), rtol=1e-12, atol=1e-12)

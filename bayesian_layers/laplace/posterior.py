@@ -196,15 +196,34 @@ def _convert(model: nn.Module, names: list[str]) -> nn.Module:
     return net
 
 
+def _reparameterize(model: nn.Module, names: list[str]) -> None:
+    """Replace each ``nn.Linear`` at ``names`` (adapter factors) by a
+    ``LinearReparameterization`` with its weights as posterior means, in place."""
+    for name in names:
+        factor = model.get_submodule(name)
+        assert isinstance(factor, nn.Linear)
+        owner, _, attr = name.rpartition(".")
+        parent = model.get_submodule(owner) if owner else model
+        setattr(parent, attr, LinearReparameterization.from_torch(factor))
+
+
+def _plain_lora_factors(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
+    """The adapters' ``nn.Linear`` factors with a posterior mean in ``state_dict``."""
+    from ..adapters import adapters  # the adapters build on the layers, not on laplace
+
+    out = []
+    for path, adapter in adapters(model):
+        for part in ("lora_A", "lora_B"):
+            name = f"{path}.{part}" if path else part
+            if type(getattr(adapter, part)) is nn.Linear and _has_loc(state_dict, name):
+                out.append(name)
+    return out
+
+
 def _prepare(model: nn.Module, subset: str, hessian: str) -> nn.Module:
     found = targets(model, subset)
     if subset == "lora":  # in place, no copy: the adapters' plain factors made Bayesian
-        for name, factor, _ in found:
-            if not isinstance(factor, BayesianLayer):
-                assert isinstance(factor, nn.Linear)  # lora_targets: dense factors only
-                owner, _, attr = name.rpartition(".")
-                parent = model.get_submodule(owner) if owner else model
-                setattr(parent, attr, LinearReparameterization.from_torch(factor))
+        _reparameterize(model, [n for n, m, _ in found if isinstance(m, nn.Linear)])
         found = targets(model, subset)
     elif not any(isinstance(m, BayesianLayer) for m in model.modules()):
         if not found:
@@ -229,7 +248,8 @@ def restore(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
     """Load a Laplace posterior saved with ``state_dict()`` into a freshly built model.
 
     A deterministic ``model`` is copied and converted as :func:`fit` converts it (the
-    supported layers with a ``<path>.<parameter>_loc`` entry in ``state_dict``); every
+    supported layers with a ``<path>.<parameter>_loc`` entry in ``state_dict``; the
+    plain factors of LoRA adapters, of a ``subset="lora"`` fit, in place); every
     parameter with Kronecker buffers in ``state_dict`` gets a
     :class:`~bayesian_layers.initializers.kron_normal.KroneckerNormal` of their size, and
     every one with a joint factor (``hessian="full"``) a
@@ -254,6 +274,7 @@ def restore(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
         >>> torch.equal(again[0].weight_initializer.eigvecs_a, post[0].weight_initializer.eigvecs_a)
         True
     """
+    _reparameterize(model, _plain_lora_factors(model, state_dict))  # in place, as fit
     if not any(isinstance(m, BayesianLayer) for m in model.modules()):
         names = [n for n, _, _ in targets(model, "all") if _has_loc(state_dict, n)]
         model = _convert(model, names)
