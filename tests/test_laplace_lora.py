@@ -24,6 +24,7 @@ import bayesian_layers as bl
 from bayesian_layers import laplace as bll
 from bayesian_layers.adapters import lora
 from bayesian_layers.initializers.kron_normal import KroneckerNormal
+from bayesian_layers.laplace.curvature import compute_curvature
 from bayesian_layers.layers.base import BayesianLayer
 from bayesian_layers.layers.linear import LinearReparameterization
 
@@ -417,3 +418,41 @@ def test_state_dict_round_trip_restores_the_adapter_posterior_and_merging_gives_
     merged = bl.merge_lora(bll.restore(_adapted(), state))
     assert not any(isinstance(m, BayesianLayer) for m in merged.modules())
     torch.testing.assert_close(merged(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+def test_monte_carlo_curvature_is_unbiased_for_the_per_token_ggn():
+    # K = mc_samples sampled labels per token, one backward pass each from every token at
+    # once: E[diag] is the exact diagonal and E[G] the per-token KFAC factor (the
+    # cross-token products of the expand columns vanish in expectation); A is exact
+    model = _adapted()
+    x, y, loader = _data(False)
+    exact_diag = _reference_ggn(model, x, y).diagonal()
+    refs = {}
+    for name in FACTORS:
+        parts = [_kfac_reference(model, xb, name) for xb in (x[:3], x[3:])]
+        refs[name] = [sum(p[i] for p in parts) for i in range(4)]
+    torch.manual_seed(8)
+    r, k = 40, 8  # r independent estimates, each the mean of k sampled labels per token
+    diags, gs = [], []
+    for _ in range(r):
+        curv = compute_curvature(model, loader, hessian="diag", subset="lora", mc_samples=k)
+        diags.append(torch.cat([lc.diag["weight"].reshape(-1) for lc in curv.layers]))
+        curv = compute_curvature(model, loader, hessian="kron", subset="lora", mc_samples=k)
+        gs.append(torch.cat([lc.G.reshape(-1) for lc in curv.layers]))
+        for lc in curv.layers:
+            aa, rows, _, _ = refs[lc.name]
+            torch.testing.assert_close(lc.A, aa / rows, rtol=1e-10, atol=1e-12)
+    g_token = torch.cat([refs[n][3].reshape(-1) for n in FACTORS])
+    g_expand = torch.cat([refs[n][2].reshape(-1) for n in FACTORS])
+    # the standard error is estimated from r = 40 estimates: the Student t quantile with
+    # 39 degrees of freedom at the Bonferroni level of these 72 checks (4.97) is below
+    # 1.2 z (5.21)
+    z = 1.2 * z_bonferroni(exact_diag.numel() + g_token.numel())
+    for est, exact in ((torch.stack(diags), exact_diag), (torch.stack(gs), g_token)):
+        se = est.std(0) / math.sqrt(r)
+        assert ((est.mean(0) - exact).abs() <= z * se + 1e-12).all()
+    se = torch.stack(gs).std(0) / math.sqrt(r)  # power: the expand factor is told apart
+    assert ((torch.stack(gs).mean(0) - g_expand).abs() > 5 * se).any()
+    with pytest.raises(ValueError, match=r"`mc_samples` an int >= 0.*-1"):
+        bll.fit(model, loader, subset="lora", mc_samples=-1)
+    assert not any(isinstance(m, BayesianLayer) for m in model.modules())  # checked first

@@ -15,6 +15,15 @@ def check_choice(function: str, argument: str, value: object, choices: tuple[str
     return value
 
 
+def check_mc_samples(function: str, value: object) -> int:
+    """``value`` if it is an int >= 0 (``0``: the exact GGN), else a ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"{function} expected `mc_samples` an int >= 0 (0: the exact GGN), got {value!r}"
+        )
+    return value
+
+
 def check_positive_float(function: str, argument: str, value: object) -> float:
     """``float(value)`` if it is a finite number > 0, else a ``ValueError``."""
     try:

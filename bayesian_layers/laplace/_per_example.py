@@ -60,8 +60,8 @@ def per_example_rows(
         x: the batch ``(B, ...)`` ``model`` takes (one tensor).
         means: state name (``"lstm.weight_ih_l0_loc"``, ``"0.weight"``) -> the value the
             Jacobian is taken at.
-        s: ``(B, C, C)``, ``Λ_n = S_n S_nᵀ``, column ``c`` of example ``n`` is
-            ``s[n, :, c]``.
+        s: ``(B, C, K)``, ``Λ_n = S_n S_nᵀ`` (``K = C``; or ``K`` Monte Carlo columns
+            with ``E[S_n S_nᵀ] = Λ_n``), column ``c`` of example ``n`` is ``s[n, :, c]``.
         f: the batch's outputs ``(B, C)``, if known: running example 0 alone must give
             ``f[0]`` (else the batch runs whole). Outputs ``(B, ..., C)`` are flattened
             to ``(B, C')`` (``s`` then ``(B, C', C')``).
@@ -69,7 +69,7 @@ def per_example_rows(
             if ``False``).
 
     Returns:
-        state name -> ``(B, C, *shape)``, row ``[n, c]`` is ``Σ_d S_n[d, c] ∂f_{nd}/∂θ``.
+        state name -> ``(B, K, *shape)``, row ``[n, c]`` is ``Σ_d S_n[d, c] ∂f_{nd}/∂θ``.
 
     Raises:
         TypeError: ``x`` is not a tensor.
@@ -118,18 +118,18 @@ def per_example_rows(
     for xs, ss in zip(x.split(size), s.split(size), strict=True):
         if not split:
             xs = x
-        m, c = ss.shape[:2]
+        m, c, k = ss.shape
         eye = torch.eye(m, dtype=ss.dtype, device=ss.device)
-        cot = (eye[:, None, :, None] * ss.transpose(1, 2)[:, :, None, :]).reshape(m * c, m, c)
+        cot = (eye[:, None, :, None] * ss.transpose(1, 2)[:, :, None, :]).reshape(m * k, m, c)
         pullback = pullback_of(xs, False)
         part: tuple[Tensor, ...] | None = None
         if vectorize:
             try:
-                part = _quiet(vmap(pullback, chunk_size=_CHUNK * c), cot)
+                part = _quiet(vmap(pullback, chunk_size=_CHUNK * k), cot)
             except _VMAP_FAILS:
                 part = None
         if part is None:
-            each = [pullback(cot[i]) for i in range(m * c)]
+            each = [pullback(cot[i]) for i in range(m * k)]
             part = tuple(torch.stack([e[j] for e in each]) for j in range(len(keys)))
         parts.append(part)
     rows = tuple(torch.cat([p[j] for p in parts]) for j in range(len(keys)))
@@ -160,8 +160,10 @@ def _splits_by_example(model: nn.Module, x: Tensor, b: int, f: Tensor | None) ->
 def _shaped(
     rows: tuple[Tensor, ...], keys: list[str], means: dict[str, Tensor], s: Tensor
 ) -> dict[str, Tensor]:
-    b, c = s.shape[:2]
-    return {k: r.detach().reshape(b, c, *means[k].shape) for k, r in zip(keys, rows, strict=True)}
+    b, cols = s.shape[0], s.shape[2]
+    return {
+        k: r.detach().reshape(b, cols, *means[k].shape) for k, r in zip(keys, rows, strict=True)
+    }
 
 
 def _state_keys(model: nn.Module, layers: list[Any], fn: str) -> list[tuple[Any, str, str]]:

@@ -52,6 +52,7 @@ carrying the graph), ``B·C`` vector–Jacobian products (vectorised) for the ot
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..sampling import posterior_mean
-from ._checks import HESSIANS, LIKELIHOODS, check_choice, check_positive_float
+from ._checks import HESSIANS, LIKELIHOODS, check_choice, check_mc_samples, check_positive_float
 from ._layers import point_value, random_params, targets
 from ._per_example import JacobianAccumulator
 
@@ -75,6 +76,7 @@ __all__ = [
     "hessian_sqrt",
     "output_sqrt",
     "block_diagonal",
+    "mc_sqrt",
 ]
 
 _FN = "laplace.fit"
@@ -239,6 +241,31 @@ def output_sqrt(f: Tensor, y: Tensor, likelihood: str, sigma: float) -> Tensor:
     """
     s = hessian_sqrt(f, likelihood, sigma)
     if likelihood == "classification" and _class_indices(f, y):
+        s = s * (y != -100).to(s.dtype)[..., None, None]
+    return s
+
+
+def mc_sqrt(f: Tensor, y: Tensor, likelihood: str, sigma: float, samples: int) -> Tensor:
+    """``K = samples`` Monte Carlo columns ``(B, ..., C, K)`` with ``E[S Sᵀ] = Λ`` per
+    output: ``(e_ỹ - p) / √K`` with ``ỹ ~ Cat(p)`` (classification; zero at class index
+    ``-100``), ``ε / (σ √K)`` with ``ε ~ N(0, I)`` (regression). Drawn with torch's
+    global generator.
+
+    Example:
+        >>> s = mc_sqrt(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long),
+        ...             "classification", 1.0, 5)
+        >>> s.shape, torch.allclose(s.sum(-2), torch.zeros(2, 3, 5), atol=1e-6)
+        (torch.Size([2, 3, 4, 5]), True)
+    """
+    c = f.shape[-1]
+    if likelihood == "regression":
+        noise = torch.randn(*f.shape, samples, dtype=f.dtype, device=f.device)
+        return noise / (sigma * math.sqrt(samples))
+    p = torch.softmax(f.detach(), dim=-1).reshape(-1, c)
+    draws = torch.multinomial(p, samples, replacement=True)  # (rows, K)
+    s = F.one_hot(draws, c).to(p.dtype) - p[:, None, :]  # (rows, K, C)
+    s = s.transpose(1, 2).reshape(*f.shape, samples) / math.sqrt(samples)
+    if _class_indices(f, y):
         s = s * (y != -100).to(s.dtype)[..., None, None]
     return s
 
@@ -439,6 +466,7 @@ def compute_curvature(
     hessian: str = "diag",
     subset: str = "all",
     sigma_noise: float = 1.0,
+    mc_samples: int = 0,
 ) -> Curvature:
     """The GGN curvature of ``model`` on ``loader`` at its (posterior-mean) weights.
 
@@ -459,6 +487,13 @@ def compute_curvature(
             ``"last_layer"`` linear one, or the factors of the LoRA adapters
             (``"lora"``).
         sigma_noise: ``σ`` of the Gaussian likelihood (regression).
+        mc_samples: ``0``: the exact GGN (``C`` backward passes per batch, ``T·C`` for
+            ``"diag"`` on sequences). ``K > 0``: the Monte Carlo GGN (the Fisher with
+            sampled labels, :func:`mc_sqrt`): ``K`` backward passes per batch, each
+            from every output at once; unbiased for the per-token sums (the
+            cross-token products vanish in expectation), for the diagonal, the KFAC
+            ``G`` and the full GGN alike. For a language model (``C`` = the
+            vocabulary) this is the affordable choice.
 
     Returns:
         a :class:`Curvature`.
@@ -480,6 +515,7 @@ def compute_curvature(
     check_choice(_FN, "likelihood", likelihood, LIKELIHOODS)
     check_choice(_FN, "hessian", hessian, HESSIANS)
     sigma = check_positive_float(_FN, "sigma_noise", sigma_noise)
+    check_mc_samples(_FN, mc_samples)
     found = targets(model, subset)
     if not found:
         raise ValueError(
@@ -512,15 +548,19 @@ def compute_curvature(
                     f"{tuple(f.shape)}"
                 )
             loss = loss.to(f) + _loss(f.detach(), y, likelihood)
-            s = output_sqrt(f, y, likelihood, sigma)  # (B, ..., C, C)
             tokens = f[0].numel() // f.shape[-1]
+            if mc_samples:  # (B, ..., C, K): each column from every output at once
+                s = mc_sqrt(f, y, likelihood, sigma, mc_samples)
+                per_token = False
+            else:  # (B, ..., C, C); "diag" on sequences: one token's column at a time
+                s = output_sqrt(f, y, likelihood, sigma)
+                per_token = tokens > 1 and hessian == "diag"
             if hooked:
                 probes = rec.probes(modules)
                 for name, m in hooked:
                     accs[name].begin(rec.seen[id(m)][0])
-                # one column at a time (O(B·T·O) memory); "diag" on sequences: one token's
-                per_token = tokens > 1 and hessian == "diag"
-                n_cols = f.shape[-1] * (tokens if per_token else 1)
+                # one column at a time: O(B·T·O) memory
+                n_cols = s.shape[-1] * (tokens if per_token else 1)
                 for c, cot in enumerate(_cotangents(s, per_token)):
                     col = torch.autograd.grad(f, probes, cot, retain_graph=c < n_cols - 1)
                     for i, (name, _) in enumerate(hooked):
@@ -530,8 +570,11 @@ def compute_curvature(
                     accs[name].end()
             rec.active = False  # hooks off while the per-example Jacobians re-run the model
             if jacobians.parts:
-                s_n = s.reshape(f.shape[0], tokens, *s.shape[-2:])  # (B, T, C, C)
-                s_n = s_n[:, 0] if tokens == 1 else block_diagonal(s_n)
+                s_n = s.reshape(f.shape[0], tokens, *s.shape[-2:])  # (B, T, C, K)
+                if mc_samples or tokens == 1:  # a column spans every token: (B, T·C, K)
+                    s_n = s_n.reshape(f.shape[0], -1, s.shape[-1])
+                else:
+                    s_n = block_diagonal(s_n)
                 jacobians.add(x, s_n, f.detach().flatten(1))
             n_data += f.shape[0]
             n_out = f[0].numel()

@@ -27,7 +27,14 @@ from ..initializers.full_normal import FullNormal
 from ..initializers.kron_normal import KroneckerNormal
 from ..layers.base import BayesianLayer
 from ..layers.linear import LinearReparameterization
-from ._checks import HESSIANS, LIKELIHOODS, SUBSETS, check_choice
+from ._checks import (
+    HESSIANS,
+    LIKELIHOODS,
+    SUBSETS,
+    check_choice,
+    check_mc_samples,
+    check_positive_float,
+)
 from ._joint import share_joint_noise
 from ._layers import targets
 from .curvature import Curvature, LayerCurvature, compute_curvature, point_value
@@ -318,6 +325,7 @@ def fit(
     prior_precision: float | Sequence[float] | Tensor = 1.0,
     *,
     sigma_noise: float = 1.0,
+    mc_samples: int = 0,
 ) -> nn.Module:
     """Post-hoc Laplace: a Gaussian posterior around the trained weights, in the layers.
 
@@ -352,6 +360,10 @@ def fit(
             2024), the frozen base a point estimate.
         prior_precision: ``τ``, a scalar or one value per parameter tensor.
         sigma_noise: the regression likelihood's standard deviation.
+        mc_samples: ``0``: the exact GGN; ``K > 0``: its Monte Carlo estimate from
+            ``K`` sampled labels per output (``K`` backward passes per batch instead
+            of one per class: a language model's vocabulary;
+            :func:`~bayesian_layers.laplace.compute_curvature`).
 
     Returns:
         the Bayesian model holding the posterior.
@@ -382,6 +394,8 @@ def fit(
     """
     check_choice(_FN, "likelihood", likelihood, LIKELIHOODS)
     check_choice(_FN, "hessian", hessian, HESSIANS)
+    check_positive_float(_FN, "sigma_noise", sigma_noise)  # before subset="lora" converts
+    check_mc_samples(_FN, mc_samples)
     model = _prepare(model, check_choice(_FN, "subset", subset, SUBSETS), hessian)
     curv = compute_curvature(
         model,
@@ -390,6 +404,7 @@ def fit(
         hessian=hessian,
         subset=subset,
         sigma_noise=sigma_noise,
+        mc_samples=mc_samples,
     )
     tau = torch.as_tensor(prior_precision, dtype=curv.loss.dtype)  # not rounded to float32
     write_posterior(curv, tau)
