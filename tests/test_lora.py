@@ -213,3 +213,17 @@ def test_shared_module_gets_one_adapter() -> None:
     lin = nn.Linear(4, 4)
     model = bl.lora(nn.Sequential(lin, nn.ReLU(), lin), target=["0", "2"], rank=2)
     assert model[0] is model[2] and isinstance(model[0], LoRALinear)
+
+
+def test_merge_after_draws_uses_the_posterior_means() -> None:
+    """A Laplace fit makes B random too: merging after a draw uses E[B] E[A]."""
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(5, 3), rank=2, posterior="flipout")
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    layer.lora_B = bl.layers.LinearReparameterization.from_torch(layer.lora_B)
+    x = torch.randn(4, 5)
+    bl.predict(layer, x, num_samples=3)  # draws of A and B
+    with bl.posterior_mean(layer):
+        expected = layer(x)
+    torch.testing.assert_close(layer.merged()(x), expected, rtol=1e-5, atol=1e-6)

@@ -191,9 +191,18 @@ class LoRALinear(nn.Module):
             return a.point("weight")
         return cast(Tensor, a.weight)
 
+    def mean_up(self) -> Tensor:
+        """``E[B]`` ``(out, rank)``: ``B`` itself, or its posterior mean once a Laplace fit
+        (``subset="lora"``) made it random."""
+        b = self.lora_B
+        if isinstance(b, BayesianLayer):
+            return b.point("weight")
+        return cast(Tensor, b.weight)
+
     def delta_weight(self) -> Tensor:
-        """The update ``s · B E[A]`` in ``nn.Linear``'s layout ``(out, in)``."""
-        return self.scaling * (self.lora_B.weight @ self.mean_down())
+        """The update ``s · E[B] E[A]`` in ``nn.Linear``'s layout ``(out, in)`` (the
+        posterior-mean model's: ``A`` and ``B`` are independent under every posterior)."""
+        return self.scaling * (self.mean_up() @ self.mean_down())
 
     @torch.no_grad()
     def merged(self) -> nn.Module:
