@@ -28,3 +28,19 @@ def test_bayesian_lora_on_any_model(capsys: pytest.CaptureFixture[str]) -> None:
 def test_prefix_runs_once(capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("Cheap predictive samples: the frozen prefix runs once", capsys)
     assert "torch.Size([8, 4, 32, 50]) cached == uncached: True" in out
+
+
+def test_laplace_lora(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run("Laplace-LoRA: a posterior after fine-tuning", capsys)
+    assert "random factors: 4" in out
+    assert "torch.Size([32, 4, 16, 30]) prior precision > 0: True" in out
+
+
+# peft 0.21's get_peft_model calls a transformers 5 method that warns of its removal in v6
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_hugging_face_and_peft(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    out = _run("Hugging Face models and peft adapters", capsys)
+    assert "torch.Size([4, 2, 16, 64])" in out
+    assert "posterior mean == peft: True" in out
