@@ -65,6 +65,7 @@ def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
         "plain LoRA, out_proj not adapted: one forward", "plain LoRA: predict",
         "identity out projections of the out_proj adapters",
         "Bayesian LoRA flipout, every block: loop of 4",
+        "Bayesian LoRA flipout, every block: predict chunk_size=1",
     }  # fmt: skip
     assert meta["trunk_prefix"] == _module().prefix_supported()
     if meta["trunk_prefix"]:  # the prefix rows exactly when bl.predict takes it
