@@ -23,7 +23,7 @@ accuracy for each and for the base model, writes them to ``bayesian_lora.json`` 
 draws the reliability diagram (confidence against accuracy) into
 ``bayesian_lora_reliability.png`` under ``--output-dir``.
 
-    python examples/bayesian_lora.py            # about 5 minutes on 2 CPU cores
+    python examples/bayesian_lora.py            # about 7 minutes on one CPU core
     python examples/bayesian_lora.py --quick    # a tiny model, a few steps (tests)
 """
 
@@ -331,10 +331,16 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(args.seed + 3)  # the same predictive noise for every method
         metrics, p, y = evaluate(model, held, args.samples, bayesian=posterior is not None)
         metrics["step_seconds"] = step_time
+        rho = [p for n, p in model.named_parameters() if n.endswith("lora_A.weight_rho")]
+        if rho:  # the posterior standard deviation of A after training, averaged
+            metrics["posterior_std_A"] = (
+                torch.cat([F.softplus(r).flatten() for r in rho]).mean().item()
+            )
         results[name], curves[name] = metrics, (p, y)
         if posterior is None:
             plain = model
-        log(f"  {name}: {step_time * 1e3:.1f} ms per step")
+        sd = f", mean posterior std of A {metrics['posterior_std_A']:.3g}" if rho else ""
+        log(f"  {name}: {step_time * 1e3:.1f} ms per step{sd}")
 
     if "laplace" in chosen:
         assert plain is not None
