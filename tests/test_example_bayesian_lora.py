@@ -88,6 +88,10 @@ def test_quick_run_reports_every_method(tmp_path, capsys):
     # fine-tuning on prose helps the pretrained-on-code model on held-out prose
     assert methods["plain LoRA"]["nll"] < methods["base (no fine-tune)"]["nll"]
     assert methods["Laplace-LoRA"]["prior_precision"] > 0
+    for name in ("Bayesian LoRA (flipout)", "Bayesian LoRA (reparameterization)"):
+        assert 0 < methods[name]["posterior_std_A"] < 1  # a posterior, trained from 0.05
+    assert methods["plain LoRA"]["accuracy_minus_plain"] == 0.0
+    assert methods["plain LoRA"]["ece_over_plain"] == 1.0
     assert result["base_unchanged"] and result["base_no_grad"]
     saved = json.loads((tmp_path / "bayesian_lora.json").read_text())
     assert set(saved["methods"]) == METHODS
