@@ -227,3 +227,11 @@ def test_merge_after_draws_uses_the_posterior_means() -> None:
     with bl.posterior_mean(layer):
         expected = layer(x)
     torch.testing.assert_close(layer.merged()(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_default_posterior_scale_is_half_of_lorases_start() -> None:
+    layer = LoRALinear(nn.Linear(64, 3), rank=2, posterior="flipout")
+    sigma = layer.lora_A.posterior_loc_scale("weight")[1]
+    torch.testing.assert_close(sigma, torch.full_like(sigma, 0.5 / 8))
+    with pytest.raises(ValueError, match="init_std must be a positive number, got -1"):
+        LoRALinear(nn.Linear(4, 3), init_std=-1)

@@ -6,6 +6,7 @@ Part of :mod:`bayesian_layers.adapters`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import torch
@@ -89,7 +90,10 @@ class LoRALinear(nn.Module):
             ``subset="lora"``).
         dropout: dropout probability on the adapter's input (0: none).
         prior_std: the prior standard deviation of ``A`` (random ``A`` only).
-        init_std: the posterior standard deviation ``σ`` of ``A`` at the start.
+        init_std: the posterior standard deviation ``σ`` of ``A`` at the start;
+            ``None`` (default): ``0.5 / sqrt(in_features)``, half the scale of LoRA's
+            start of ``A`` (uniform on ``±1/sqrt(in_features)``). Much smaller values
+            (1e-3) leave a short fine-tune at plain LoRA: ``σ`` hardly moves.
         **layer_kwargs: more arguments for ``A``'s layer class (e.g.
             ``ensemble_size`` for ``"rank1"``, ``weight_regularizer``).
 
@@ -117,7 +121,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         *,
         prior_std: float = 1.0,
-        init_std: float = 1e-3,
+        init_std: float | None = None,
         **layer_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -139,6 +143,8 @@ class LoRALinear(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRALinear: dropout must be in [0, 1), got {dropout}")
         prior_std = _check_positive("prior_std", prior_std)
+        if init_std is None:
+            init_std = 0.5 / math.sqrt(features[0])
         init_std = _check_positive("init_std", init_std)
         self.in_features, self.out_features = features
         self.rank, self.alpha, self.posterior = rank, alpha, posterior

@@ -90,7 +90,7 @@ def from_peft_layer(
     posterior: str | None = "flipout",
     *,
     prior_std: float = 1.0,
-    init_std: float = 1e-3,
+    init_std: float | None = None,
     name: str = "",
     **layer_kwargs: Any,
 ) -> LoRALinear:
@@ -137,7 +137,7 @@ def from_plain_adapter(
     posterior: str | None = "flipout",
     *,
     prior_std: float = 1.0,
-    init_std: float = 1e-3,
+    init_std: float | None = None,
     **layer_kwargs: Any,
 ) -> LoRALinear:
     """A :class:`LoRALinear` with ``adapter``'s base, ``B``, scaling and dropout whose
@@ -203,7 +203,7 @@ def convert_peft(
     *,
     posterior: str | None = "flipout",
     prior_std: float = 1.0,
-    init_std: float = 1e-3,
+    init_std: float | None = None,
     rank: object = None,
     alpha: object = None,
     dropout: object = None,

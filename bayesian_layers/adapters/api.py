@@ -51,7 +51,7 @@ def lora(
     dropout: float = 0.0,
     *,
     prior_std: float = 1.0,
-    init_std: float = 1e-3,
+    init_std: float | None = None,
     exclude: str | Iterable[str] | None = None,
     **layer_kwargs: Any,
 ) -> nn.Module:
