@@ -7,7 +7,9 @@ One call of the model on the ``(B, ...)`` input runs until the first module that
 run; the largest modules that finished before it, each called once and answering a
 ``(B, ...)`` tensor, are the prefix. The folded call of the model then finds each of
 them answering its recorded output, repeated K times. Exact when those modules are
-deterministic functions of their input, which ``trunk="prefix"`` asks of the caller.
+deterministic functions of their input, which ``trunk="prefix"`` asks of the caller;
+code that draws from torch's default generator before the first draw is detected (the
+generator moved) and nothing is shared then.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ._trunk import TrunkError, _substituted, drawing_modules
@@ -61,9 +64,36 @@ class Prefix:
                     )
 
 
+def _rng_state(x: Tensor) -> list[Tensor]:
+    """The states of the default generators that code in a forward could draw from."""
+    states = [torch.random.get_rng_state()]
+    if x.is_cuda:
+        states.append(torch.cuda.get_rng_state(x.device))
+    return states
+
+
+def _drew(before: list[Tensor], x: Tensor) -> bool:
+    """Whether the default generators moved since ``before``: code outside the modules
+    that :func:`~bayesian_layers._trunk.draws` sees drew random numbers. If so they are
+    put back, so the folded call that replaces the recording draws what it would have."""
+    moved = any(not torch.equal(a, b) for a, b in zip(before, _rng_state(x), strict=True))
+    if moved:
+        torch.random.set_rng_state(before[0])
+        if x.is_cuda:
+            torch.cuda.set_rng_state(before[1], x.device)
+    return moved
+
+
 def record_prefix(model: nn.Module, x: Tensor) -> Prefix:
-    """Run ``model(x)`` up to its first draw and record the prefix (see the module)."""
+    """Run ``model(x)`` up to its first draw and record the prefix (see the module).
+
+    Nothing is shared (an empty prefix, no output) when the default random generator
+    moved before the first draw: code of the model's own, outside the modules
+    :func:`~bayesian_layers._trunk.draws` sees, drew random numbers (functional dropout
+    in training mode, noise of its own), and all K samples must see their own draws.
+    """
     batch = x.shape[0]
+    before = _rng_state(x)
     parents: dict[int, nn.Module] = {}
     for m in model.modules():
         for child in m.children():
@@ -93,7 +123,9 @@ def record_prefix(model: nn.Module, x: Tensor) -> Prefix:
         except _Stop:
             output = None
         else:
-            return Prefix([], output)
+            return Prefix([], None if _drew(before, x) else output)
+    if _drew(before, x):
+        return Prefix([], None)
     usable = {
         id(m): (m, out)
         for m, out in finished

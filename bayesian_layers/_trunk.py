@@ -236,7 +236,9 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
                 f"predict expected `trunk` to be 'auto', 'prefix', None or an nn.Module, "
                 f"got {trunk!r}"
             )
-        if trunk == "prefix" and not draws(model):
+        if (trunk == "prefix" and not draws(model)) or (
+            not _plain_sequential(model) and not is_stochastic(model)
+        ):  # a model with nothing stochastic runs once, unless its own code draws
             from ._prefix import record_prefix
 
             return Split(lambda x: record_prefix(model, x), model, prefix=True)

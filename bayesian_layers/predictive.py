@@ -427,7 +427,9 @@ def predict(
             samples fold only through the rest. ``"auto"`` (default): for an
             ``nn.Sequential``, its leading children that hold nothing stochastic (no
             Bayesian layer, no dropout in training mode, no ensemble or
-            Gaussian-process layer); no trunk for other models. A submodule (e.g.
+            Gaussian-process layer); another model with nothing stochastic runs once
+            unless its own code draws from torch's default generator (then, and for
+            other models, no trunk). A submodule (e.g.
             ``model.features``) declares the trunk of any model: its forward is
             called once on ``x`` and its output handed to the model's forward (which
             must call it exactly once per call); for an ``nn.Sequential`` a slice

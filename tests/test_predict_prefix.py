@@ -139,3 +139,52 @@ def test_gpt2_with_bayesian_adapters_in_its_last_block() -> None:
     )
     assert torch.equal(_samples(model, x, "prefix", k=4), ref)
     assert rows == [3]  # the first block ran once, at the unfolded input
+
+
+class NoisyPrefix(nn.Module):
+    """Draws noise in its own code before its first Bayesian layer."""
+
+    def __init__(self, functional_dropout: bool = False) -> None:
+        super().__init__()
+        self.first, self.out = nn.Linear(4, 4), layers.LinearReparameterization(4, 2)
+        self.functional_dropout = functional_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        if self.functional_dropout:
+            h = nn.functional.dropout(h, 0.5, training=True)
+        else:
+            h = h + torch.randn_like(h)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("functional_dropout", [False, True])
+def test_noise_in_the_models_own_code_is_not_shared(functional_dropout: bool) -> None:
+    model = NoisyPrefix(functional_dropout)
+    x = torch.randn(3, 4)
+    with bl.posterior_mean(model.out):  # only the model's own noise differs between samples
+        ref = _samples(model, x, None)
+        out = _samples(model, x, "prefix")
+    assert torch.equal(out, ref)  # the recording's draws were put back
+    assert (out[0] != out[1]).any()  # each sample its own noise
+
+
+class Deterministic(nn.Module):
+    def __init__(self, noisy: bool = False) -> None:
+        super().__init__()
+        self.lin, self.calls, self.noisy = nn.Linear(4, 2), 0, noisy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        y = self.lin(x)
+        return y + torch.randn_like(y) if self.noisy else y
+
+
+def test_a_model_with_nothing_stochastic_runs_once_by_default() -> None:
+    model = Deterministic()
+    x = torch.randn(3, 4)
+    out = bl.predict(model, x, num_samples=6).samples
+    assert model.calls == 1 and torch.equal(out, model(x).expand(6, 3, 2))
+    noisy = Deterministic(noisy=True)  # its own code draws: K folded copies, K draws
+    out = _samples(noisy, x, "auto", k=6)
+    assert torch.equal(out, _samples(noisy, x, None, k=6)) and (out[0] != out[1]).all()
