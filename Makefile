@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# pytest-xdist workers (each with one intra-op thread: tests/conftest.py)
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q bayesian_layers tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) bayesian_layers tests
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/bayesian-layers demo

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: one intra-op thread each, so the
+    # workers do not oversubscribe the cores (a test that pins threads itself still may)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
