@@ -55,15 +55,12 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_cli import parse_and_pin, step_parser, write_results
+from bench_cli import paired, parse_sampling, print_paired, sampling_parser, write_results
 from cnn_lstm_step import Step, run  # one timing loop for all benchmarks
 from report import cpu_model, git_commit, loadavg
 from torch import Tensor, nn
@@ -230,12 +227,6 @@ def predict_steps(base: nn.Module, x: Tensor, k: int, prefix: bool) -> dict[str,
     return steps
 
 
-def paired(rows: dict[str, dict], num: str, den: str) -> dict[str, float]:
-    """Median and range of the per-repeat ratios ``num / den`` (same rounds, so paired)."""
-    pairs = [a / b for a, b in zip(rows[num]["repeats_ms"], rows[den]["repeats_ms"], strict=True)]
-    return {"ratio": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
-
-
 def targets(results: dict[str, dict], full: bool) -> list[dict]:
     """``train``: each Bayesian step <= ``TRAIN_TARGET`` x plain LoRA's; ``predict``: each
     Bayesian ``bl.predict`` (every block, last block) <= ``PREDICT_TARGET`` x one
@@ -260,28 +251,9 @@ def targets(results: dict[str, dict], full: bool) -> list[dict]:
     return out
 
 
-def _print(key: str, rows: dict[str, dict]) -> None:
-    base = next(iter(rows))
-    print(f"{key}  (ratio: paired median to '{base}', min..max over repeats)")
-    for name, r in rows.items():
-        p = paired(rows, name, base)
-        print(f"  {name:72s} {r['median_ms']:9.2f} ms  {p['ratio']:6.2f}x  "
-              f"({p['min']:.2f}..{p['max']:.2f})")  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = step_parser(__doc__)
-    parser.add_argument("--num-samples", type=int, default=8, help="K function samples")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: the process's CPU time (see README, Caveats)")  # fmt: skip
-    args = parse_and_pin(parser, argv)
-    if min(args.repeats, args.threads, args.num_samples) < 1:
-        parser.error("--repeats, --threads and --num-samples must be >= 1")
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set (main() called twice in one process)
-        pass
-    clock: Callable[[], float] = time.perf_counter if args.clock == "wall" else time.process_time
+    parser = sampling_parser(__doc__, num_samples=8)
+    args, clock = parse_sampling(parser, argv)
     k = args.num_samples
     repeats = 2 if args.quick else args.repeats
     calls = {key: (1, 1) for key in CALLS} if args.quick else CALLS
@@ -307,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
           f"{'yes' if prefix else 'no'}; load average "
           f"{meta['loadavg_1min_start']} -> {meta['loadavg_1min_end']}")  # fmt: skip
     for key, rows in results.items():
-        _print(key, rows)
+        print_paired(key, rows, width=72)
     checks = targets(results, full=not args.quick)
     if not checks:
         print("targets: checked at the full size only")

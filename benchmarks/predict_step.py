@@ -34,12 +34,10 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from bench_cli import parse_and_pin, step_parser, write_results
+from bench_cli import paired, parse_sampling, print_paired, sampling_parser, write_results
 from cnn_lstm_step import Step, run  # one timing loop for all benchmarks
 from contenders import mlp
 from images import lenet5
@@ -151,12 +149,6 @@ def all_bayesian_steps(x: Tensor, k: int) -> dict[str, Step]:
     return steps
 
 
-def paired(rows: dict[str, dict], num: str, den: str) -> dict[str, float]:
-    """Median and range of the per-repeat ratios ``num / den`` (same rounds, so paired)."""
-    pairs = [a / b for a, b in zip(rows[num]["repeats_ms"], rows[den]["repeats_ms"], strict=True)]
-    return {"ratio": statistics.median(pairs), "min": min(pairs), "max": max(pairs)}
-
-
 def targets(results: dict[str, dict]) -> list[dict]:
     """``last_layer`` at batch 256: each default predictive <= ``LAST_LAYER_TARGET`` x one
     forward (the twin's; the SNGP model's own for the SNGP head); ``all_bayesian`` at batch
@@ -182,12 +174,7 @@ def targets(results: dict[str, dict]) -> list[dict]:
 
 
 def _print(key: str, rows: dict[str, dict]) -> None:
-    base = next(iter(rows))
-    print(f"{key}  (ratio: paired median to '{base}', min..max over repeats)")
-    for name, r in rows.items():
-        p = paired(rows, name, base)
-        print(f"  {name:48s} {r['median_ms']:9.2f} ms  {r['ratio']:6.2f}x  "
-              f"({p['min']:.2f}..{p['max']:.2f})")  # fmt: skip
+    print_paired(key, rows)
     if key.startswith("last_layer"):
         p = paired(rows, "SNGP head: predict", SNGP_FORWARD)
         print(f"  {'SNGP head: predict / its own one forward':48s} {'':12s} {p['ratio']:6.2f}x")
@@ -199,18 +186,8 @@ def _print(key: str, rows: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    parser = step_parser(__doc__)
-    parser.add_argument("--num-samples", type=int, default=32, help="K function samples")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: the process's CPU time (see README, Caveats)")  # fmt: skip
-    args = parse_and_pin(parser, argv)
-    if min(args.repeats, args.threads, args.num_samples) < 1:
-        parser.error("--repeats, --threads and --num-samples must be >= 1")
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set (main() called twice in one process)
-        pass
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    parser = sampling_parser(__doc__, num_samples=32)
+    args, clock = parse_sampling(parser, argv)
     k = args.num_samples
     repeats = 2 if args.quick else args.repeats
     calls = {key: (1, 1) for key in CALLS} if args.quick else CALLS  # (per repeat, warm-up)

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from bench_util import assert_paired_within_range, benchmark_module
 
 import bayesian_layers as bl
 from bayesian_layers.adapters import adapters
@@ -21,20 +22,7 @@ ESTIMATORS = ("flipout", "reparameterization", "local_reparameterization")
 
 
 def _module() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))  # the benchmarks import their siblings by name
-    try:
-        import lora_step
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return lora_step
-
-
-def _paired_within_range(rows: dict[str, dict], base: str) -> None:
-    """Every ratio is the median of the paired per-repeat ratios to ``base``."""
-    assert rows[base]["ratio"] == 1.0 and rows[base]["median_ms"] > 0
-    for name, row in rows.items():
-        pairs = [t / b for t, b in zip(row["repeats_ms"], rows[base]["repeats_ms"], strict=True)]
-        assert min(pairs) <= row["ratio"] <= max(pairs), name
+    return benchmark_module("lora_step")
 
 
 @pytest.mark.slow
@@ -55,7 +43,7 @@ def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
         *(f"Bayesian LoRA {e}: step" for e in ESTIMATORS),
         "plain LoRA, out_proj not adapted: step",
     ]
-    _paired_within_range(train, "plain LoRA: step")
+    assert_paired_within_range(train, "plain LoRA: step")
     predict = data["predict K=4 @4x8"]
     assert next(iter(predict)) == "plain LoRA: one forward"
     expected = {f"Bayesian LoRA {e}, {w}: predict" for e in ESTIMATORS
@@ -72,7 +60,7 @@ def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
         expected |= {f"Bayesian LoRA {e}, last block: predict trunk='prefix'" for e in ESTIMATORS}
         expected.add("plain LoRA: predict trunk='prefix'")
     assert set(predict) == expected
-    _paired_within_range(predict, "plain LoRA: one forward")
+    assert_paired_within_range(predict, "plain LoRA: one forward")
     assert data["targets"] == []  # checked at the full size only
     assert "targets: checked at the full size only" in proc.stdout
 

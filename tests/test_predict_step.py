@@ -12,6 +12,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
+from bench_util import assert_paired_within_range, benchmark_module
 
 import bayesian_layers as bl
 
@@ -21,20 +22,7 @@ LAST_LAYER = (*ESTIMATORS, "Laplace last layer (kron)", "SNGP head")
 
 
 def _module() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))  # the benchmarks import their siblings by name
-    try:
-        import predict_step
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return predict_step
-
-
-def _paired_within_range(rows: dict[str, dict], base: str) -> None:
-    """Every ratio is the median of the paired per-repeat ratios to ``base``."""
-    assert rows[base]["ratio"] == 1.0 and rows[base]["median_ms"] > 0
-    for name, row in rows.items():
-        pairs = [t / b for t, b in zip(row["repeats_ms"], rows[base]["repeats_ms"], strict=True)]
-        assert min(pairs) <= row["ratio"] <= max(pairs), name
+    return benchmark_module("predict_step")
 
 
 @pytest.mark.slow
@@ -56,10 +44,10 @@ def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
         expected |= {name + s for name in LAST_LAYER for s in suffixes}
         assert set(rows) == expected
         assert next(iter(rows)) == "deterministic: one forward"
-        _paired_within_range(rows, "deterministic: one forward")
+        assert_paired_within_range(rows, "deterministic: one forward")
     rows = data["all_bayesian mlp@4"]
     assert set(rows) == {f"{e}: {w}" for e in ESTIMATORS for w in ("predict", "loop")}
-    _paired_within_range(rows, "LinearReparameterization: predict")
+    assert_paired_within_range(rows, "LinearReparameterization: predict")
     assert data["targets"] == []  # checked at batch 256 / 16 only
     assert "targets: checked at batch 256 / 16 only" in proc.stdout
 
