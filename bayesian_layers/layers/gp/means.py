@@ -32,6 +32,10 @@ class ZeroMean(nn.Module):
         torch.Size([4, 1])
     """
 
+    def __init__(self) -> None:
+        # No arguments and no parameters; explicit so its signature is ``ZeroMean()``.
+        super().__init__()
+
     def forward(self, x: Tensor) -> Tensor:
         x = _check("ZeroMean", x)
         return x.new_zeros(x.shape[:-1] + (1,))

@@ -134,7 +134,13 @@ class _Heteroscedastic(StochasticOutput):
         temperature: float = 1.0,
         num_mc_samples: int = 1000,
         parameter_efficient: bool = False,
-        **kwargs: Any,
+        in_features: int | None = None,
+        event_dims: int | None = None,
+        min_scale: float = 1e-3,
+        name: str | None = None,
+        validate_args: bool | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         owner = type(self).__name__
         if units is None:
@@ -155,9 +161,18 @@ class _Heteroscedastic(StochasticOutput):
         self.parameter_efficient = parameter_efficient
         self.temperature = check_real(owner, "temperature", temperature, strict=True)
         self.num_mc_samples = check_count(owner, "num_mc_samples", num_mc_samples)
-        super().__init__(units, **kwargs)
+        super().__init__(
+            units,
+            in_features=in_features,
+            event_dims=event_dims,
+            min_scale=min_scale,
+            name=name,
+            validate_args=validate_args,
+            device=device,
+            dtype=dtype,
+        )
         if parameter_efficient:
-            factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+            factory: dict[str, Any] = {"device": device, "dtype": dtype}
             self.shared_loadings = nn.Parameter(torch.empty(units, num_factors, **factory))
             nn.init.xavier_uniform_(self.shared_loadings)  # Edward2: glorot for (R -> C)
 

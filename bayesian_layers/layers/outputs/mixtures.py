@@ -9,8 +9,8 @@ components, with ``scale = softplus(scale_raw) + min_scale``.
 from __future__ import annotations
 
 import math
-from typing import Any
 
+import torch
 import torch.distributions as td
 from torch import Tensor
 
@@ -26,9 +26,30 @@ class _Mixture(StochasticOutput):
     param_names = ("logits", "loc", "scale")
     positive = frozenset({"scale"})
 
-    def __init__(self, units: int | None, num_components: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        units: int | None,
+        num_components: int,
+        *,
+        in_features: int | None = None,
+        event_dims: int | None = None,
+        min_scale: float = 1e-3,
+        name: str | None = None,
+        validate_args: bool | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.num_components = check_count(type(self).__name__, "num_components", num_components)
-        super().__init__(units, **kwargs)
+        super().__init__(
+            units,
+            in_features=in_features,
+            event_dims=event_dims,
+            min_scale=min_scale,
+            name=name,
+            validate_args=validate_args,
+            device=device,
+            dtype=dtype,
+        )
 
     def _consumes_last_dim(self) -> bool:
         return self.units is None
@@ -60,7 +81,10 @@ class MixtureNormal(_Mixture):
         units: size of the value's last dimension, through a trainable projection;
             ``None``: the input holds the ``3K`` parameters in its last dimension.
         num_components: ``K >= 1``.
-        **kwargs: the keyword arguments of :class:`.output_base.StochasticOutput`.
+        in_features, event_dims, min_scale, name, validate_args, device, dtype: as in
+            :class:`~bayesian_layers.layers.StochasticOutput` (the input size if known,
+            the event dimensions, the floor of every scale, the random variable's name,
+            the distribution's argument checks, the parameters' factory arguments).
 
     Shape:
         - Input: ``(*, F)``.
@@ -111,7 +135,10 @@ class MixtureLogistic(_Mixture):
         num_bins: number of discrete values (``>= 2``), or ``None`` for continuous.
         low: the lowest value (centre of the first bin); discretized only.
         high: the highest value (centre of the last bin); discretized only.
-        **kwargs: the keyword arguments of :class:`.output_base.StochasticOutput`.
+        in_features, event_dims, min_scale, name, validate_args, device, dtype: as in
+            :class:`~bayesian_layers.layers.StochasticOutput` (the input size if known,
+            the event dimensions, the floor of every scale, the random variable's name,
+            the distribution's argument checks, the parameters' factory arguments).
 
     Shape:
         As :class:`MixtureNormal`.
@@ -135,7 +162,13 @@ class MixtureLogistic(_Mixture):
         num_bins: int | None = None,
         low: float = -1.0,
         high: float = 1.0,
-        **kwargs: Any,
+        in_features: int | None = None,
+        event_dims: int | None = None,
+        min_scale: float = 1e-3,
+        name: str | None = None,
+        validate_args: bool | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         owner = type(self).__name__
         self.num_bins = check_optional_count(owner, "num_bins", num_bins)
@@ -150,7 +183,17 @@ class MixtureLogistic(_Mixture):
                 f"{owner} expected finite numbers `low` < `high`, got {low!r}, {high!r}"
             )
         self.low, self.high = float(low), float(high)
-        super().__init__(units, num_components, **kwargs)
+        super().__init__(
+            units,
+            num_components,
+            in_features=in_features,
+            event_dims=event_dims,
+            min_scale=min_scale,
+            name=name,
+            validate_args=validate_args,
+            device=device,
+            dtype=dtype,
+        )
 
     def _distribution(
         self, params: dict[str, Tensor], validate_args: bool | None

@@ -126,6 +126,10 @@ class ReversibleLayer(nn.Module):
 
     event_dim: int = 1
 
+    def __init__(self) -> None:
+        # No arguments: a subclass takes its own and calls ``super().__init__()``.
+        super().__init__()
+
     @property
     def defers_value(self) -> bool:
         """Whether ``layer(rv)`` computes its value ``layer(rv.value)`` only when it is read.

@@ -53,6 +53,10 @@ class Kernel(nn.Module):
     Subclasses implement ``_matrix(x1, x2)`` and ``_diag(x)`` on validated inputs.
     """
 
+    def __init__(self) -> None:
+        # No arguments: a subclass takes its hyperparameters and calls ``super().__init__()``.
+        super().__init__()
+
     def forward(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
         """Kernel matrix ``(*, N, M)`` between the rows of ``x1`` and of ``x2``."""
         self._check(x1, "x1")
