@@ -135,8 +135,9 @@ def render_page(stem: str, rows: dict[str, ReadmeRow], run: dict) -> str:
     paper = row.paper if row and row.paper else "beyond the paper"
     script = f"examples/{stem}.py"
     plural = "" if run["threads"] == 1 else "s"
+    nav_title = f"{stem} ({row.paper})" if row and row.paper else stem
     parts = [
-        HEADER,
+        f"---\ntitle: {json.dumps(nav_title)}\n---\n{HEADER}",
         f"# {title}",
         f"**Paper:** {paper} · **Script:** `{script}` · [all examples](index.md)",
         rst_to_markdown(body),
