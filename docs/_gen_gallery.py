@@ -143,7 +143,7 @@ def render_page(stem: str, rows: dict[str, ReadmeRow], run: dict) -> str:
         rst_to_markdown(body),
         "## Run it",
         f"```bash\npython {script}            # the full run\n"
-        f"python {script} --quick    # the small run shown below (the tests run it too)\n```",
+        f"python {script} --quick    # the small run shown below\n```",
         "## Output of the `--quick` run",
         (
             f"Produced by `{run['command']}` at commit `{run['commit'][:10]}`"
