@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # activation buffers to the OS and faults them in again every step).
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
 
-.PHONY: setup test demo bench bench-setup bench-uci bench-dist bench-images lint clean
+.PHONY: setup test demo bench bench-setup bench-uci bench-dist bench-images lint clean gallery
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -115,3 +115,7 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# The gallery's figures and printed tables (docs/gallery/): every example's --quick run, committed
+gallery: $(VENV)/.installed
+	$(PY) docs/_gen_gallery.py
