@@ -236,6 +236,14 @@ def public_packages() -> list[str]:
             continue
         if getattr(importlib.import_module(name), "__all__", None) is not None:
             names.append(name)
+    # public modules that are not packages (``bl.metrics``): those an ``__all__`` lists
+    for package in list(names):
+        module = importlib.import_module(package)
+        for attr in module.__all__:
+            value = getattr(module, attr)
+            if inspect.ismodule(value) and value.__name__ not in names:
+                if getattr(value, "__all__", None) is not None:
+                    names.append(value.__name__)
     return names
 
 
@@ -253,7 +261,15 @@ def public_names() -> list[str]:
 def load_griffe():  # type: ignore[no-untyped-def]
     import griffe
 
-    return griffe.load(ROOT_PACKAGE, search_paths=[str(ROOT)], docstring_parser="google")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _griffe_comments import CommentDocstrings
+
+    return griffe.load(
+        ROOT_PACKAGE,
+        search_paths=[str(ROOT)],
+        docstring_parser="google",
+        extensions=griffe.load_extensions(CommentDocstrings()),
+    )
 
 
 def lookup(tree, path: str):  # type: ignore[no-untyped-def]

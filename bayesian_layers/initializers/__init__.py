@@ -56,6 +56,8 @@ __all__ = [
 ]
 
 
+#: The string aliases a layer's ``weight_initializer=`` / ``bias_initializer=`` accept:
+#: alias -> initializer class, or (class, keyword arguments) for ``"zeros"`` and ``"ones"``.
 INITIALIZERS: dict[str, type[TrainableInitializer] | tuple[type[TrainableInitializer], dict]] = {
     "trainable_normal": TrainableNormal,
     "trainable_he_normal": TrainableHeNormal,

@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 
+#: The string aliases a layer's ``weight_regularizer=`` / ``bias_regularizer=`` accept:
+#: alias -> regularizer class.
 REGULARIZERS: dict[str, type[Regularizer]] = {
     "normal_kl_divergence": NormalKLDivergence,
     "log_uniform_kl_divergence": LogUniformKLDivergence,

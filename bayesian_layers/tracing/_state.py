@@ -11,6 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+#: A tracer: inside :func:`~bayesian_layers.tracing.trace`, every traceable call
+#: ``f(*args, **kwargs)`` (a random-variable constructor, a layer's weight) becomes
+#: ``tracer(f, *args, **kwargs)``, which returns what the call returns.
 Tracer = Callable[..., Any]
 
 thread_state = threading.local()

@@ -338,8 +338,12 @@ def _output_noise_pays(layer: BayesianLayer, x: Tensor, op: WeightOp, k: int) ->
     )
 
 
+#: The reparameterization estimator (one weight draw per call), shared by every layer.
 REPARAMETERIZATION = Reparameterization()
+#: The Flipout estimator (pseudo-independent sign flips per example), shared by every layer.
 FLIPOUT = Flipout()
+#: The local reparameterization estimator (a draw of the pre-activations), shared by every
+#: layer.
 LOCAL_REPARAMETERIZATION = LocalReparameterization()
 
 _BY_NAME: dict[str, Estimator] = {
