@@ -1,4 +1,11 @@
-"""Griffe extension: a module attribute's ``#:`` comment block is its docstring.
+"""Griffe extension: docstrings as this package writes them, read as mkdocstrings expects.
+
+1. A module attribute's ``#:`` comment block is its docstring.
+2. A Google ``Example:`` section is read as ``Examples:``, so its ``>>>`` lines render as
+   highlighted doctest code (griffe knows only the plural as an examples section).
+3. Sphinx roles render: ``:math:`x``` as math (``$x$``, KaTeX), and ``:class:`~a.B```,
+   ``:func:``, ``:meth:``, ``:mod:``, ``:data:``, ``:attr:``, ``:exc:`` as code naming the
+   object (the last part only after ``~``, leading dots dropped).
 
 The package documents constants the Sphinx way, with ``#:`` lines just above the
 assignment (``SAMPLING_MODES``, ``ESTIMATORS``, ...); griffe reads only a string literal
@@ -10,13 +17,34 @@ load it with griffe.
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any
 
 import griffe
 
+_EXAMPLE = re.compile(r"^(\s*)Example:[ \t]*$", flags=re.MULTILINE)
+_MATH = re.compile(r":math:`([^`]+)`")
+_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj):`(~?)\.?([^`]+)`")
+
+
+def _role(match: re.Match[str]) -> str:
+    tilde, target = match.groups()
+    return f"`{target.rsplit('.', 1)[-1] if tilde else target}`"
+
+
+def _rewrite(text: str) -> str:
+    text = _EXAMPLE.sub(r"\1Examples:", text)
+    text = _MATH.sub(lambda m: f"${m.group(1).strip()}$", text)
+    return _ROLE.sub(_role, text)
+
 
 class CommentDocstrings(griffe.Extension):
-    """Set ``attr.docstring`` from the ``#:`` comment lines above an attribute."""
+    """Set ``attr.docstring`` from the ``#:`` comment lines above an attribute; rewrite
+    ``Example:`` sections and Sphinx roles in every docstring (see the module docstring)."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = _rewrite(obj.docstring.value)
 
     def on_attribute_instance(self, *, node: Any, attr: griffe.Attribute, **kwargs: Any) -> None:
         if attr.docstring is not None or not isinstance(node, ast.AST) or attr.lineno is None:
@@ -32,5 +60,8 @@ class CommentDocstrings(griffe.Extension):
             index -= 1
         if comment:
             attr.docstring = griffe.Docstring(
-                "\n".join(comment), lineno=index + 2, endlineno=attr.lineno - 1, parent=attr
+                _rewrite("\n".join(comment)),
+                lineno=index + 2,
+                endlineno=attr.lineno - 1,
+                parent=attr,
             )
