@@ -1,4 +1,8 @@
-"""MkDocs hook: serve KaTeX from a local copy so math renders with no network.
+"""MkDocs hooks: the gallery's pages in the nav, and KaTeX from a local copy.
+
+The nav entry ``Gallery: gallery/index.md`` becomes a section: the index, then every
+``docs/gallery/*.md`` in the order the index links them (the rest sorted), so a gallery
+page added or removed by ``docs/_gen_gallery.py`` needs no edit of ``mkdocs.yml``.
 
 ``pymdownx.arithmatex`` (generic mode) wraps math in ``<span class="arithmatex">``;
 ``docs/assets/katex-init.js`` renders those spans with KaTeX's auto-render. KaTeX itself is
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,21 @@ def _katex_dir() -> Path | None:
     return None
 
 
+def _gallery_section(docs_dir: Path) -> list[str]:
+    gallery = docs_dir / "gallery"
+    pages = {p.name for p in gallery.glob("*.md")} - {"index.md"}
+    linked = re.findall(r"\]\(([\w-]+\.md)\)", (gallery / "index.md").read_text())
+    order = list(dict.fromkeys(name for name in linked if name in pages))
+    order += sorted(pages - set(order))
+    return ["gallery/index.md", *(f"gallery/{name}" for name in order)]
+
+
 def on_config(config: Any) -> Any:
+    nav = config["nav"] or []
+    for i, item in enumerate(nav):
+        if isinstance(item, dict) and item.get("Gallery") == "gallery/index.md":
+            if (Path(config["docs_dir"]) / "gallery" / "index.md").is_file():
+                nav[i] = {"Gallery": _gallery_section(Path(config["docs_dir"]))}
     source = _katex_dir()
     config["_bl_katex"] = source
     if source is None:
