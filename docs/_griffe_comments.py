@@ -3,7 +3,10 @@
 1. A module attribute's ``#:`` comment block is its docstring.
 2. A Google ``Example:`` section is read as ``Examples:``, so its ``>>>`` lines render as
    highlighted doctest code (griffe knows only the plural as an examples section).
-3. Sphinx roles render: ``:math:`x``` as math (``$x$``, KaTeX), and ``:class:`~a.B```,
+3. An ``Args:`` entry whose names wrap (``in_channels, out_channels, ...,`` then
+   ``bias, padding_mode: as nn.Conv2d``) is joined onto one line, so griffe reads it as
+   one entry instead of warning.
+4. Sphinx roles render: ``:math:`x``` as math (``$x$``, KaTeX), and ``:class:`~a.B```,
    ``:func:``, ``:meth:``, ``:mod:``, ``:data:``, ``:attr:``, ``:exc:`` as code naming the
    object (the last part only after ``~``, leading dots dropped).
 
@@ -32,8 +35,18 @@ def _role(match: re.Match[str]) -> str:
     return f"`{target.rsplit('.', 1)[-1] if tilde else target}`"
 
 
+_WRAPPED_NAMES = re.compile(
+    r"^([ \t]+\w+(?:, \w+)*,)[ \t]*\n[ \t]+(?=\w+(?:, \w+)*,?[ \t]*(?::|\n))", re.M
+)
+
+
 def _rewrite(text: str) -> str:
     text = _EXAMPLE.sub(r"\1Examples:", text)
+    while True:
+        joined = _WRAPPED_NAMES.sub(r"\1 ", text)
+        if joined == text:
+            break
+        text = joined
     text = _MATH.sub(lambda m: f"${m.group(1).strip()}$", text)
     return _ROLE.sub(_role, text)
 

@@ -1,4 +1,10 @@
-"""MkDocs hooks: the gallery's pages in the nav, and KaTeX from a local copy.
+"""MkDocs hooks: files the pages link outside docs/, the gallery's pages in the nav, and
+KaTeX from a local copy.
+
+A page's relative link to a repository file outside ``docs/`` (``../benchmarks/results/
+images.md``, a figure next to it) is served from a copy under ``repo/`` in the site, and the
+link is rewritten to it; a link to a file that does not exist stays as written, so
+``--strict`` still fails on it.
 
 The nav entry ``Gallery: gallery/index.md`` becomes a section: the index, then every
 ``docs/gallery/*.md`` in the order the index links them (the rest sorted), so a gallery
@@ -23,6 +29,18 @@ from typing import Any
 from mkdocs.structure.files import File, Files
 
 log = logging.getLogger("mkdocs.hooks.katex")
+
+_LINK = re.compile(r"\]\((?!https?:|mailto:|#|/)([^)\s#]+)(#[^)\s]*)?\)")
+_REPO_DIR = "repo"
+
+
+def _outside_target(page_dir: Path, link: str, docs_dir: Path, root: Path) -> Path | None:
+    """The repository file a relative ``link`` of a page names, if it lies outside docs/."""
+    target = (page_dir / link).resolve()
+    if target.is_relative_to(docs_dir) or not target.is_relative_to(root):
+        return None
+    return target if target.is_file() else None
+
 
 _CANDIDATES = (
     "/usr/share/javascript/katex",
@@ -72,6 +90,39 @@ def on_config(config: Any) -> Any:
 
 
 def on_files(files: Files, config: Any) -> Files:
+    docs_dir = Path(config["docs_dir"]).resolve()
+    root = Path(config["config_file_path"]).resolve().parent
+    added: set[Path] = set()
+    for page in [f for f in files if f.src_uri.endswith(".md") and f.abs_src_path]:
+        page_dir = Path(page.abs_src_path).parent
+        for link, _anchor in _LINK.findall(Path(page.abs_src_path).read_text()):
+            target = _outside_target(page_dir, link, docs_dir, root)
+            if target is not None and target not in added:
+                added.add(target)
+                uri = f"{_REPO_DIR}/{target.relative_to(root).as_posix()}"
+                files.append(File.generated(config, uri, abs_src_path=str(target)))
+    return _add_katex(files, config)
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    if not page.file.abs_src_path:
+        return markdown
+    docs_dir = Path(config["docs_dir"]).resolve()
+    root = Path(config["config_file_path"]).resolve().parent
+    page_dir = Path(page.file.abs_src_path).parent
+
+    def rewrite(match: re.Match[str]) -> str:
+        link, anchor = match.group(1), match.group(2) or ""
+        target = _outside_target(page_dir, link, docs_dir, root)
+        if target is None:
+            return match.group(0)
+        copy = docs_dir / _REPO_DIR / target.relative_to(root)
+        return f"]({os.path.relpath(copy, page_dir)}{anchor})"
+
+    return _LINK.sub(rewrite, markdown)
+
+
+def _add_katex(files: Files, config: Any) -> Files:
     source = config.get("_bl_katex")
     if source is None:
         return files
