@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 # activation buffers to the OS and faults them in again every step).
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
 
-.PHONY: setup test demo bench bench-setup bench-uci bench-dist bench-images lint clean gallery
+.PHONY: setup test demo bench bench-setup bench-uci bench-dist bench-images lint clean gallery docs docs-serve
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[dev,hf]'
+	$(PY) -m pip install --quiet -e '.[dev,hf,docs]'
 	@$(PY) -c "import sys, torch; t = '$(TORCH)'.partition('=='); \
 		sys.exit(bool(t[2]) and torch.__version__.split('+')[0] != t[2])" \
 		|| { echo "torch changed: expected $(TORCH)"; exit 1; }
@@ -119,3 +119,10 @@ clean:
 # The gallery's figures and printed tables (docs/gallery/): every example's --quick run, committed
 gallery: $(VENV)/.installed
 	$(PY) docs/_gen_gallery.py
+
+# The documentation site into site/ (--strict: a broken reference or a missing page fails;
+# never -q, which hides warnings from --strict). Math offline: apt-get install libjs-katex.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+docs-serve: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve -a 127.0.0.1:8000
