@@ -6,7 +6,8 @@
 3. An ``Args:`` entry whose names wrap (``in_channels, out_channels, ...,`` then
    ``bias, padding_mode: as nn.Conv2d``) is joined onto one line, so griffe reads it as
    one entry instead of warning.
-4. Sphinx roles render: ``:math:`x``` as math (``$x$``, KaTeX), and ``:class:`~a.B```,
+4. Sphinx roles render: ``:math:`x``` as math (``$x$``, KaTeX), a ``.. math::`` directive
+   as a ``$$ ... $$`` display block, and ``:class:`~a.B```,
    ``:func:``, ``:meth:``, ``:mod:``, ``:data:``, ``:attr:``, ``:exc:`` as code naming the
    object (the last part only after ``~``, leading dots dropped).
 
@@ -40,7 +41,38 @@ _WRAPPED_NAMES = re.compile(
 )
 
 
+def _math_blocks(text: str) -> str:
+    """A ``.. math::`` directive (its expression on the same line and/or on the more
+    indented lines below) as a ``$$ ... $$`` display block (KaTeX through arithmatex)."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.lstrip()
+        if not stripped.startswith(".. math::"):
+            out.append(line)
+            i += 1
+            continue
+        indent = line[: len(line) - len(stripped)]
+        body = [stripped[len(".. math::") :].strip()]
+        i += 1
+        while i < len(lines) and (
+            not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)
+        ):
+            if not lines[i].strip() and (i + 1 >= len(lines) or not lines[i + 1].strip()):
+                break  # a blank line not followed by more of the block ends it
+            body.append(lines[i].strip())
+            i += 1
+        expr = "\n".join(b for b in body if b)
+        if "&" in expr:  # Sphinx aligns at & on its own; KaTeX needs the environment
+            expr = f"\\begin{{aligned}}\n{expr}\n\\end{{aligned}}"
+        out.extend(
+            ["", f"{indent}$$", *(f"{indent}{e}" for e in expr.split("\n")), f"{indent}$$", ""]
+        )
+    return "\n".join(out)
+
+
 def _rewrite(text: str) -> str:
+    text = _math_blocks(text)
     text = _EXAMPLE.sub(r"\1Examples:", text)
     while True:
         joined = _WRAPPED_NAMES.sub(r"\1 ", text)

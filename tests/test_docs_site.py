@@ -162,3 +162,16 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert 'id="bayesian_layers.layers.LinearFlipout"' in html
     assert "weight_initializer" in html  # the real keyword arguments in the signature
     assert (site / "index.html").is_file() and (site / "gallery" / "index.html").is_file()
+
+
+def test_math_directives_become_display_math() -> None:
+    """``.. math::`` (inline expression, indented continuation, ``&`` alignment) renders
+    as a ``$$`` block; text around it stays."""
+    pytest.importorskip("griffe")
+    from _griffe_comments import _math_blocks
+
+    out = _math_blocks("Intro.\n\n.. math:: a = b\n    + c\n\nAfter.")
+    assert "$$\na = b\n+ c\n$$" in out and out.startswith("Intro.") and out.endswith("After.")
+    aligned = _math_blocks("    .. math::\n\n        x &= 1 \\\\\n        y &= 2\n\n    Then.")
+    assert "\\begin{aligned}\n    x &= 1 \\\\\n    y &= 2\n    \\end{aligned}" in aligned
+    assert ".. math::" not in out + aligned and aligned.rstrip().endswith("Then.")
