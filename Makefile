@@ -122,7 +122,12 @@ gallery: $(VENV)/.installed
 
 # The documentation site into site/ (--strict: a broken reference or a missing page fails;
 # never -q, which hides warnings from --strict). Math offline: apt-get install libjs-katex.
+# The gallery's outputs are regenerated first from every example's --quick run (about 3
+# minutes), so the built site shows what the code prints now; the test suite's build
+# (tests/test_docs_site.py) uses the committed outputs, which tests/test_docs_gallery.py
+# holds to the current scripts.
 docs: $(VENV)/.installed
+	$(PY) docs/_gen_gallery.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
 docs-serve: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve -a 127.0.0.1:8000

@@ -105,3 +105,29 @@ def test_rst_to_markdown_fences_indented_blocks():
         "It runs:\n\n```python\nx = f(y)\n\nz = g(x)\n```\n\nThen\n\n"
         "```bash\npython examples/a.py --quick\n```"
     )
+
+
+def _git(*args: str) -> str | None:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_stored_run_is_of_the_current_script(stem):
+    """The figures and printed output come from the script as it is now: the commit of the
+    stored run holds the same example (and shared example helpers) as HEAD, so editing an
+    example without ``make gallery`` (or ``python docs/_gen_gallery.py <stem>``) fails."""
+    import json
+
+    run = json.loads((GALLERY / "assets" / stem / "run.json").read_text())
+    if _git("cat-file", "-e", f"{run['commit']}^{{commit}}") is None:
+        pytest.skip("not a git checkout with the stored run's commit")
+    assert not run["dirty"], f"{stem}: its run was made from uncommitted changes"
+    changed = _git("diff", "--name-only", run["commit"], "HEAD", "--", f"examples/{stem}.py",
+                   "examples/_*.py")  # fmt: skip
+    assert changed == "", f"{stem}: changed since its gallery run: {changed}"
