@@ -48,11 +48,9 @@ class Prefix:
     @contextmanager
     def substituted(self, k: int) -> Iterator[None]:
         """Meanwhile every recorded module answers its output folded K times."""
-        from .predictive import _fold
-
         with ExitStack() as stack:
             counters = [
-                (m, stack.enter_context(_substituted(m, partial(_fold, out, k))))
+                (m, stack.enter_context(_substituted(m, partial(_folded_copy, out, k))))
                 for m, out in self.outputs
             ]
             yield
@@ -62,6 +60,12 @@ class Prefix:
                         f"predict(trunk='prefix'): {type(m).__name__} ran before the first "
                         "draw at the input but not in the folded call; pass trunk=None"
                     )
+
+
+def _folded_copy(out: Tensor, k: int) -> Tensor:
+    """K copies of a recorded output, sample-major: new memory each call (also for K = 1),
+    so code after the prefix that changes it in place leaves the record alone."""
+    return out.repeat(k, *(1,) * (out.dim() - 1))
 
 
 def _rng_state(x: Tensor) -> list[Tensor]:
@@ -99,7 +103,7 @@ def record_prefix(model: nn.Module, x: Tensor) -> Prefix:
         for child in m.children():
             parents.setdefault(id(child), m)
     calls: dict[int, int] = {}
-    finished: list[tuple[nn.Module, Any]] = []
+    finished: list[tuple[nn.Module, Tensor, int]] = []
 
     def pre(module: nn.Module, args: Any) -> None:
         raise _Stop
@@ -107,7 +111,8 @@ def record_prefix(model: nn.Module, x: Tensor) -> Prefix:
     def post(module: nn.Module, args: Any, out: Any) -> None:
         calls[id(module)] = calls.get(id(module), 0) + 1
         batched = any(isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch for a in args)
-        finished.append((module, out if batched else None))
+        if batched and isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == batch:
+            finished.append((module, out, out._version))
 
     drawing = {id(m) for m in drawing_modules(model)}
     with ExitStack() as stack:
@@ -126,12 +131,11 @@ def record_prefix(model: nn.Module, x: Tensor) -> Prefix:
             return Prefix([], None if _drew(before, x) else output)
     if _drew(before, x):
         return Prefix([], None)
-    usable = {
+    usable = {  # called once, and not changed in place since (then it is not its output)
         id(m): (m, out)
-        for m, out in finished
-        if calls[id(m)] == 1 and isinstance(out, Tensor) and out.dim() > 0
-        and out.shape[0] == batch
-    }  # fmt: skip
+        for m, out, version in finished
+        if calls[id(m)] == 1 and out._version == version
+    }
 
     def inside_another(m: nn.Module) -> bool:
         p = parents.get(id(m))

@@ -189,9 +189,9 @@ def test_bad_arguments_name_what_is_wrong() -> None:
         bl.lora(_net(), target="norm")
     with pytest.raises(ValueError, match="posterior must be one of"):
         bl.lora(_net(), target="q_proj", posterior="mcmc")
-    with pytest.raises(ValueError, match="rank must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="LoRALinear expected `rank` >= 1, got 0"):
         bl.lora(_net(), target="q_proj", rank=0)
-    with pytest.raises(ValueError, match="dropout must be in"):
+    with pytest.raises(ValueError, match="LoRALinear expected `dropout` < 1, got 1.5"):
         LoRALinear(nn.Linear(2, 2), dropout=1.5)
     with pytest.raises(TypeError, match="base must be nn.Linear"):
         LoRALinear(nn.Conv2d(2, 2, 1))
@@ -233,5 +233,7 @@ def test_default_posterior_scale_is_half_of_lorases_start() -> None:
     layer = LoRALinear(nn.Linear(64, 3), rank=2, posterior="flipout")
     sigma = layer.lora_A.posterior_loc_scale("weight")[1]
     torch.testing.assert_close(sigma, torch.full_like(sigma, 0.5 / 8))
-    with pytest.raises(ValueError, match="init_std must be a positive number, got -1"):
+    with pytest.raises(
+        ValueError, match="LoRALinear expected `init_std` to be a finite number > 0, got -1"
+    ):
         LoRALinear(nn.Linear(4, 3), init_std=-1)

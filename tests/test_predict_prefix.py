@@ -188,3 +188,22 @@ def test_a_model_with_nothing_stochastic_runs_once_by_default() -> None:
     noisy = Deterministic(noisy=True)  # its own code draws: K folded copies, K draws
     out = _samples(noisy, x, "auto", k=6)
     assert torch.equal(out, _samples(noisy, x, None, k=6)) and (out[0] != out[1]).all()
+
+
+class InPlace(nn.Module):
+    """Changes a prefix module's output in place after it returns (``h += ...``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.out = nn.Linear(4, 4), layers.LinearFlipout(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        h += 1.0  # the recorded output is no longer what `first` returned
+        return self.out(h)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_an_output_changed_in_place_is_not_shared(k: int) -> None:
+    model, x = InPlace(), torch.randn(3, 4)
+    assert torch.equal(_samples(model, x, "prefix", k=k), _samples(model, x, None, k=k))

@@ -12,6 +12,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_count, check_real
 from ..initializers import TrainableNormal
 from ..layers.base import BayesianLayer
 from ..layers.linear import (
@@ -51,18 +52,6 @@ def base_features(module: nn.Module) -> tuple[int, int] | None:
         w = cast(Tensor, module.weight)
         return int(w.shape[0]), int(w.shape[1])
     return None
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"LoRALinear: {name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"LoRALinear: {name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 class LoRALinear(nn.Module):
@@ -136,16 +125,16 @@ class LoRALinear(nn.Module):
                 f"LoRALinear: posterior must be one of {sorted(map(str, POSTERIORS))}, "
                 f"got {posterior!r}"
             )
-        rank = _check_positive_int("rank", rank)
-        alpha = _check_positive("alpha", alpha)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise TypeError(f"LoRALinear: dropout must be a float in [0, 1), got {dropout!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoRALinear: dropout must be in [0, 1), got {dropout}")
-        prior_std = _check_positive("prior_std", prior_std)
+        owner = "LoRALinear"
+        rank = check_count(owner, "rank", rank)
+        alpha = check_real(owner, "alpha", alpha, strict=True)
+        dropout = check_real(owner, "dropout", dropout)
+        if dropout >= 1.0:
+            raise ValueError(f"{owner} expected `dropout` < 1, got {dropout}")
+        prior_std = check_real(owner, "prior_std", prior_std, strict=True)
         if init_std is None:
             init_std = 0.5 / math.sqrt(features[0])
-        init_std = _check_positive("init_std", init_std)
+        init_std = check_real(owner, "init_std", init_std, strict=True)
         self.in_features, self.out_features = features
         self.rank, self.alpha, self.posterior = rank, alpha, posterior
         self.scaling = alpha / rank

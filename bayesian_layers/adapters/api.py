@@ -25,15 +25,6 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _is_peft(model: nn.Module) -> bool:
-    def peft_layer(m: nn.Module) -> bool:
-        return type(m).__module__.startswith("peft.") and isinstance(
-            getattr(m, "lora_A", None), nn.ModuleDict
-        )
-
-    return any(peft_layer(m) for m in model.modules())
-
-
 def freeze_base(model: nn.Module) -> None:
     """``requires_grad=False`` on every parameter outside the adapters' factors."""
     keep = {id(p) for _, a in adapters(model) for f in (a.lora_A, a.lora_B) for p in f.parameters()}
@@ -97,9 +88,9 @@ def lora(
         init_std=init_std, **layer_kwargs,
     )  # fmt: skip
     excluded = patterns("exclude", exclude)
-    if _is_peft(model):
-        from ._peft import convert_peft
+    from ._peft import convert_peft, peft_layers  # nothing imported without peft loaded
 
+    if peft_layers(model):
         convert_peft(model, patterns("target", target), excluded, **options)
         freeze_base(model)
         return model
