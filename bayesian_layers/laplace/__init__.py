@@ -5,7 +5,9 @@ computes the generalised Gauss–Newton curvature around the trained weights
 (:mod:`.curvature`) and writes ``N(θ*, (H + τ I)⁻¹)`` into the Bayesian layers
 (:mod:`.posterior`); :mod:`.marglik` gives the evidence and the prior precision that
 maximises it. Sampling predictions go through :func:`bayesian_layers.predict`; the
-linearised predictive (probit for classification) is :func:`glm_predictive`.
+linearised predictive (probit for classification) is :func:`glm_predictive`, and
+:func:`linearized_samples` draws function samples of the linearised network by
+Jacobian-vector products (no Jacobian: a language model's logits at every position).
 
 What is fitted (``subset="all"``): linear and 2-d convolution layers (exact diagonal by
 hooks, or KFAC), recurrent layers (``nn.LSTM``, ``nn.LSTMCell``, ``nn.GRUCell``),
@@ -21,10 +23,12 @@ The map: ``curvature`` (GGN diagonal and Kronecker factors by hooks), ``_per_exa
 (per-example Jacobians: the generic layers and the full GGN), ``_layers`` (which modules,
 which parameters), ``posterior`` (:func:`fit`, :func:`restore`, writing the posterior),
 ``_joint`` (the shared noise of a full posterior), ``marglik`` (evidence, prior
-precision), ``predictive`` (the GLM predictive).
+precision), ``predictive`` (the GLM predictive), ``linearized`` (samples of the
+linearised network).
 """
 
 from .curvature import Curvature, LayerCurvature, compute_curvature, supported_layers
+from .linearized import linearized_samples
 from .marglik import log_marginal_likelihood, optimize_prior_precision
 from .posterior import fit, restore, write_posterior
 from .predictive import glm_predictive
@@ -37,6 +41,7 @@ __all__ = [
     "log_marginal_likelihood",
     "optimize_prior_precision",
     "glm_predictive",
+    "linearized_samples",
     "supported_layers",
     "Curvature",
     "LayerCurvature",

@@ -36,8 +36,9 @@ _FN = "laplace.glm_predictive"
 METHODS = ("auto", "jacobian")
 
 
-def _posterior_parts(model: nn.Module) -> list[tuple[str, BayesianLayer, str]]:
-    """``(state name of the mean, layer, parameter)`` of every random parameter."""
+def _posterior_parts(model: nn.Module, fn: str = _FN) -> list[tuple[str, BayesianLayer, str]]:
+    """``(state name of the mean, layer, parameter)`` of every random parameter (errors
+    name the function ``fn``)."""
     out = []
     for path, layer in model.named_modules():
         if not isinstance(layer, BayesianLayer):
@@ -46,14 +47,14 @@ def _posterior_parts(model: nn.Module) -> list[tuple[str, BayesianLayer, str]]:
             init = spec.initializer
             if not (isinstance(init, (KroneckerNormal, FullNormal)) or init.is_normal):
                 raise ValueError(
-                    f"{_FN} expected normal, Kronecker or full Laplace posteriors, got "
+                    f"{fn} expected normal, Kronecker or full Laplace posteriors, got "
                     f"{type(init).__name__} for {path}.{name}"
                 )
             if init.suffixes[0] != "loc":
-                raise ValueError(f"{_FN} expected a `loc` mean for {path}.{name}")
+                raise ValueError(f"{fn} expected a `loc` mean for {path}.{name}")
             out.append((f"{path}.{name}_loc" if path else f"{name}_loc", layer, name))
     if not out:
-        raise ValueError(f"{_FN} expected a model with random parameters, got none")
+        raise ValueError(f"{fn} expected a model with random parameters, got none")
     return out
 
 
@@ -86,7 +87,9 @@ def glm_predictive(
     (:mod:`._kron_glm`: no Jacobian of the whole network is formed, and a linear
     layer's Kronecker term costs ``O(O² + I²)`` per example); otherwise per-example
     Jacobians of the ``(B, C)`` outputs with respect to the random means,
-    ``O(B C P)`` memory.
+    ``O(B C P)`` memory. Samples of the same linearised network without any Jacobian
+    (a language model's logits at every position):
+    :func:`~bayesian_layers.laplace.linearized_samples`.
 
     Args:
         model: a Bayesian model (e.g. returned by :func:`~bayesian_layers.laplace.fit`),
