@@ -375,6 +375,7 @@ def predict(
     chunk_size: int | None = None,
     grad: bool = False,
     trunk: nn.Module | str | None = "auto",
+    joint: bool = True,
 ) -> Predictive:
     """Draw ``num_samples`` function samples of ``model`` at ``x``.
 
@@ -445,6 +446,15 @@ def predict(
             draw. ``None``: no trunk. A trunk must be a deterministic function of its
             input: a module with randomness of its own that the checks above do not
             see (a custom noise layer) must not be in it.
+        joint: keep each sample one function jointly over the batch where the
+            estimator does (default). ``False`` asks only for each example's law, which
+            is all that ``mean``, ``variance`` and the uncertainty decompositions read:
+            a reparameterization or Kronecker-Laplace dense layer that is the first
+            stochastic layer then draws output-space noise at the trunk's output (the
+            examples of one sample become independent), about half the cost of K whole
+            draws at a shared input of more rows than ``out_features``. Keep the default
+            for anything that reads ``samples`` across examples (plots of function draws,
+            joint acquisition functions such as BatchBALD, Thompson sampling).
 
     **Cost and exactness.** With the trunk run once, the K samples cost only the rest of
     the model; a model whose Bayesian part is its last layer predicts at close to one
@@ -453,11 +463,14 @@ def predict(
     law. What one sample is:
 
     * reparameterization (and every whole-draw layer: convolutions, rank-1 members,
-      ensembles, frozen mode): an exact function sample, jointly over the batch. At a
-      shared input of ``B <= in_features`` rows with ``B² <= 32 K``, the first dense
-      layer draws its outputs from their exact joint law over the batch
+      ensembles, Laplace posteriors, frozen mode): an exact function sample, jointly over
+      the batch. At a shared input of ``B <= in_features`` rows with ``B² <= 32 K``, the
+      first dense layer draws its outputs from their exact joint law over the batch
       (:func:`~bayesian_layers.layers.estimators.shared_input.batch_joint_samples`)
-      instead of K whole weights;
+      instead of K whole weights. With ``joint=False`` a first dense layer with a normal
+      or Kronecker posterior draws each example's output from its exact law instead
+      (:func:`~bayesian_layers.layers.estimators.shared_input.marginal_samples`): correct
+      per example only;
     * Flipout and local reparameterization: correct per example only (dependence
       between the examples of one sample is not that of one function). For dense
       layers on 2-D inputs each example's output has its exact law under the
@@ -491,6 +504,8 @@ def predict(
         raise ValueError(f"predict expected `num_samples` >= 1, got {num_samples!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"predict expected `chunk_size` >= 1 or None, got {chunk_size!r}")
+    if not isinstance(joint, bool):
+        raise TypeError(f"predict expected `joint` a bool, got {type(joint).__name__}")
     if isinstance(x, RandomVariable):
         x = x.value
     if not isinstance(x, Tensor) or x.dim() == 0:
@@ -503,8 +518,8 @@ def predict(
             f"layers (ensemble_size {members}); expected `num_samples` a multiple of "
             f"{members}, got {num_samples}"
         )
-    joint = _joint_modules(modules)
-    if vectorized and any(not hasattr(m, "marginal_samples") for m in joint):
+    joint_layers = _joint_modules(modules)
+    if vectorized and any(not hasattr(m, "marginal_samples") for m in joint_layers):
         vectorized = False  # a joint draw would tie the K folded copies into one function
     if not vectorized and members > 1:
         raise ValueError(
@@ -513,11 +528,13 @@ def predict(
             "marginal samples) cannot"
         )
     split = split_model(model, trunk)
+    bayesian = [m for m in modules if isinstance(m, BayesianLayer)]
     with (
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
-        _marginal_samples(joint if vectorized else []),
+        _marginal_samples(joint_layers if vectorized else []),
         normalization_in_eval(model),
-        overriding([m for m in modules if isinstance(m, BayesianLayer)], "predictive", True),
+        overriding(bayesian, "predictive", True),
+        overriding([] if joint else bayesian, "marginal", True),
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
         if isinstance(h, Prefix):  # trunk="prefix": the model ran until its first draw

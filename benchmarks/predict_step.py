@@ -16,7 +16,9 @@ Everything runs under ``torch.no_grad()`` with the models in eval mode (issue 22
   subset="last_layer")`` on the deterministic twin, random data) and by an SNGP head
   (``bl.sngp``). ``bl.predict(model, x, num_samples=K).samples`` against ONE forward of
   the deterministic twin (the same network of ``nn.Linear``/``nn.Conv2d``). Where
-  ``bl.predict`` takes ``trunk=``, the uncached ``trunk=None`` runs beside the default.
+  ``bl.predict`` takes ``trunk=``, the uncached ``trunk=None`` runs beside the default;
+  for the whole-draw heads (reparameterization, Laplace: exact function samples by
+  default), ``joint=False`` (each example's law only) too, a row and target of its own.
   The SNGP head's random features have no ``nn.Linear`` twin: its target is against one
   forward of the SNGP model itself (its ratio to the twin is recorded too).
 * ``all_bayesian``: the MLP with every layer Bayesian (each estimator), batch 16, K = 32:
@@ -87,8 +89,16 @@ def _laplace(twin: nn.Sequential, shape: tuple[int, ...], n: int) -> nn.Module:
     return post.eval()
 
 
-def _predict_steps(name: str, model: nn.Module, x: Tensor, k: int, trunk: bool) -> dict:
-    """``{name}: predict`` and, where ``bl.predict`` takes ``trunk=``, ``trunk=None``."""
+def joint_supported() -> bool:
+    """Whether ``bl.predict`` takes ``joint=`` (per-example draws for whole-draw layers)."""
+    return "joint" in inspect.signature(bl.predict).parameters
+
+
+def _predict_steps(
+    name: str, model: nn.Module, x: Tensor, k: int, trunk: bool, marginal: bool = False
+) -> dict:
+    """``{name}: predict`` and, where ``bl.predict`` takes ``trunk=``, ``trunk=None``;
+    with ``marginal`` (exact function samples by default) also ``joint=False``."""
 
     def predict(**kw: object) -> Step:
         @torch.no_grad()
@@ -100,6 +110,8 @@ def _predict_steps(name: str, model: nn.Module, x: Tensor, k: int, trunk: bool) 
     steps = {f"{name}: predict": predict()}
     if trunk:
         steps[f"{name}: predict trunk=None"] = predict(trunk=None)
+    if marginal and joint_supported():
+        steps[f"{name}: predict joint=False"] = predict(joint=False)
     return steps
 
 
@@ -115,9 +127,10 @@ def last_layer_steps(net: str, x: Tensor, k: int, trunk: bool, fit_n: int) -> di
 
     steps: dict[str, Step] = {DETERMINISTIC: forward}
     for cls in ESTIMATORS:
-        steps.update(_predict_steps(cls.__name__, _last_layer(twin, cls), x, k, trunk))
+        whole = cls is layers.LinearReparameterization  # exact function samples
+        steps.update(_predict_steps(cls.__name__, _last_layer(twin, cls), x, k, trunk, whole))
     laplace = _laplace(twin, shape, fit_n)
-    steps.update(_predict_steps("Laplace last layer (kron)", laplace, x, k, trunk))
+    steps.update(_predict_steps("Laplace last layer (kron)", laplace, x, k, trunk, True))
     sngp = bl.sngp(copy.deepcopy(twin)).eval()
 
     @torch.no_grad()
@@ -158,7 +171,7 @@ def targets(results: dict[str, dict]) -> list[dict]:
     for key, rows in results.items():
         if key.startswith("last_layer") and key.endswith(f"@{LAST_LAYER_BATCH}"):
             for name in rows:
-                if not name.endswith(": predict"):
+                if not name.endswith((": predict", ": predict joint=False")):
                     continue
                 base = SNGP_FORWARD if name.startswith("SNGP") else DETERMINISTIC
                 value = paired(rows, name, base)["ratio"]

@@ -147,6 +147,13 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         return _top(self, "predictive") is not None
 
     @property
+    def marginal_predictive(self) -> bool:
+        """Whether this call is inside :func:`bayesian_layers.predict` with ``joint=False``
+        (in the thread that entered it): only each example's law is asked for, so a
+        whole-draw layer may draw output-space noise at a shared input."""
+        return _top(self, "marginal") is not None
+
+    @property
     def frozen_state(self) -> dict[str, Any]:
         """The store of the frozen function sample in effect: the innermost
         :func:`bayesian_layers.frozen_sample` context's own (per thread), else the

@@ -1,6 +1,8 @@
 """Cheaper forms of K predictive samples of a dense layer, each with the law of the
 estimator's own samples: output-space noise (per example) and, at one input shared by
-all K samples, the exact joint law over the batch from a B x B factor per output unit.
+all K samples, the exact joint law over the batch from a B x B factor per output unit;
+and, where the caller asks only for each example's law (``bl.predict(...,
+joint=False)``), output-space noise for whole-draw posteriors (normal and Kronecker).
 
 :func:`bayesian_layers.predict` uses them; they are never used in training (the
 gradients of the cheaper forms are those of other estimators). Part of
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...initializers.kron_normal import KroneckerNormal
 from ..functional.linear import add_sample_bias
 from .op import WeightOp, local_reparameterization_moments
 
@@ -26,6 +29,8 @@ __all__ = [
     "batch_joint_samples",
     "use_batch_joint",
     "whole_draw_samples",
+    "marginal_samples",
+    "kron_marginal_samples",
 ]
 
 #: the batch joint form pays while ``B² <= BATCH_JOINT_RATIO · K``: it costs a
@@ -152,3 +157,70 @@ def whole_draw_samples(
     out = w.shape[-2]
     y = (x @ w.reshape(k * out, -1).T).view(x.shape[0], k, out).transpose(0, 1)  # (K, B, out)
     return add_sample_bias(y.reshape(k * x.shape[0], out), b, k)
+
+
+def kron_marginal_samples(
+    layer: BayesianLayer, x: Tensor, weight: str, bias: str | None, k: int
+) -> Tensor:
+    r"""K samples of a dense layer with a Kronecker (Laplace) weight posterior at one input
+    ``x`` shared by all of them, each example's output drawn from its exact law.
+
+    With precision ``G ⊗ A + τ I`` of ``W`` ``(O, I)`` in the eigenbases
+    ``Q_G``, ``Q_A`` (eigenvalues ``Λ_oi = λ_Go λ_Ai + τ``), ``W = M + Q_G E Q_Aᵀ`` with
+    independent ``E_oi ~ N(0, 1/Λ_oi)``, so for one example ``x_b``:
+    :math:`W x_b = M x_b + Q_G u_b`, :math:`u_{bo} \sim \mathcal N(0, \sum_i
+    z_{bi}^2 / \Lambda_{oi})` independently, ``z = x Q_A``. One ``(B, I) x (I, I)``
+    matmul and ``K · B · O`` normal numbers, against ``K · O · I`` numbers and the
+    rotation of K whole draws; the examples of one sample are independent (a random bias
+    is drawn per example too), not one function.
+
+    Shape: ``x`` ``(B, in)``; returns ``(K * B, out)``, sample-major.
+    """
+    init = layer.parameter_spec(weight).initializer
+    assert isinstance(init, KroneckerNormal)  # marginal_samples checked the family
+    q = init.distribution(layer, weight)
+    rows = x.shape[0]
+    z = x @ q.eigvecs_a.to(x.dtype)  # (B, I) in A's eigenbasis
+    std = (z.square() @ q._eig_precision().reciprocal().T.to(x.dtype)).sqrt()  # (B, O)
+    eps = layer.noise(f"{weight}_output", (k, rows, std.shape[-1]), q.loc).to(x.dtype)
+    y = F.linear(x, q.loc.to(x.dtype)) + (std * eps) @ q.eigvecs_g.T.to(x.dtype)  # (K, B, O)
+    y = y.reshape(k * rows, -1)
+    if bias is None:
+        return y
+    spec = layer.parameter_spec(bias)
+    init = spec.initializer
+    if not spec.is_random:
+        return y + layer.sample_param(bias).to(x.dtype)
+    if not (isinstance(init, KroneckerNormal) or init.is_normal):
+        return add_sample_bias(y, layer.sample_param(bias), k)  # one whole draw per sample
+    # a Kronecker or normal bias is drawn per example too: K·B draws in one matmul
+    noise = layer.noise(bias, (k * rows, *spec.shape), q.loc, kind="parameter").to(x.dtype)
+    if isinstance(init, KroneckerNormal):  # (O,) viewed as (O, 1): Q_G (ε / sqrt(Λ)) q_A
+        qb = init.distribution(layer, bias)
+        e = noise * qb._eig_precision().rsqrt().reshape(-1).to(x.dtype)
+        draw = (e @ qb.eigvecs_g.T.to(x.dtype)) * qb.eigvecs_a.reshape(()).to(x.dtype)
+        return y + qb.loc.reshape(-1).to(x.dtype) + draw
+    loc, scale = layer.posterior_loc_scale(bias)
+    assert scale is not None  # a random normal bias
+    return y + torch.addcmul(loc, scale, noise).to(x.dtype)
+
+
+def marginal_samples(
+    layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str, bias: str | None, k: int
+) -> Tensor | None:
+    """K samples of a whole-draw dense layer at one input ``x`` shared by all of them,
+    each example's output from its exact law but independent across the examples of one
+    sample: :func:`output_noise_samples` for a normal weight posterior,
+    :func:`kron_marginal_samples` for a Kronecker one; ``None`` for other families (the
+    caller draws whole weights).
+
+    Shape: ``x`` ``(B, in)``; returns ``(K * B, out)``, sample-major.
+    """
+    init = layer.parameter_spec(weight).initializer
+    if isinstance(init, KroneckerNormal):
+        return kron_marginal_samples(layer, x, weight, bias, k)
+    if not init.is_normal or init.is_deterministic:
+        return None
+    loc, scale = layer.posterior_loc_scale(weight)
+    assert scale is not None  # a random normal weight
+    return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)

@@ -12,6 +12,7 @@ from .draw import WeightDraw, mean_projection, whole_weight_projection
 from .op import WeightOp, local_reparameterization_moments
 from .shared_input import (
     batch_joint_samples,
+    marginal_samples,
     output_noise_samples,
     use_batch_joint,
     whole_draw_samples,
@@ -179,7 +180,10 @@ class Reparameterization(Estimator):
         bias: str | None,
         k: int,
     ) -> Tensor | None:
-        """A dense op on a 2-D input: at a small batch, the exact joint law over the
+        """A dense op on a 2-D input: where only each example's law is asked for
+        (``bl.predict(..., joint=False)``), output-space noise
+        (:func:`~bayesian_layers.layers.estimators.shared_input.marginal_samples`: normal
+        and Kronecker posteriors); otherwise, at a small batch, the exact joint law over the
         batch from a ``B x B`` factor per output unit
         (:func:`~bayesian_layers.layers.estimators.shared_input.batch_joint_samples`);
         otherwise the K whole draws applied to ``x`` in one matmul
@@ -187,6 +191,10 @@ class Reparameterization(Estimator):
         draws of the folded call, without folding ``x``)."""
         if not self.shared_input_applies(layer, x, op, weight):
             return None
+        if layer.marginal_predictive:
+            y = marginal_samples(layer, x, op, weight, bias, k)
+            if y is not None:
+                return y
         if use_batch_joint(layer, x, weight, k):
             y = batch_joint_samples(layer, x, weight, bias, k)
             if y is not None:
