@@ -118,7 +118,8 @@ def test_kronecker_marginal_samples_keep_each_examples_law() -> None:
     x = _x()
     h = post[:2](x).detach()
     o = head.out_features
-    rows = torch.stack([torch.kron(torch.eye(o, dtype=h.dtype), hb[None]) for hb in h])  # (B, O, OI)
+    eye = torch.eye(o, dtype=h.dtype)
+    rows = torch.stack([torch.kron(eye, hb[None]) for hb in h])  # (B, O, O·I)
     cov = rows @ _kron_cov(w_init) @ rows.transpose(1, 2) + _kron_cov(b_init)
     mean = h @ head.weight_loc.T + head.bias_loc.reshape(-1)
     torch.manual_seed(1)
