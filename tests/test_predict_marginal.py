@@ -106,15 +106,23 @@ def _kron_cov(init: KroneckerNormal) -> Tensor:
     return q @ torch.diag(lam.reciprocal().reshape(-1)) @ q.T
 
 
-def test_kronecker_marginal_samples_keep_each_examples_law() -> None:
+@pytest.mark.parametrize("bias_basis", ["shared", "own"])
+def test_kronecker_marginal_samples_keep_each_examples_law(bias_basis: str) -> None:
     """``joint=False`` on a Kronecker Laplace head: per example, mean ``M h + m_b`` and the
     full output covariance ``(I ⊗ hᵀ) Σ_W (I ⊗ h) + Σ_b`` of the dense posterior; the
-    default's whole draws agree, and keep the repeated example equal to its twin."""
+    default's whole draws agree, and keep the repeated example equal to its twin. The fit
+    shares ``G`` between weight and bias (one draw in its basis); a bias with a basis of
+    its own is drawn per example apart."""
     post = _kron_model()
     head = post[2]
     w_init = head.parameter_spec("weight").initializer
     b_init = head.parameter_spec("bias").initializer
     assert isinstance(w_init, KroneckerNormal) and isinstance(b_init, KroneckerNormal)
+    assert torch.equal(w_init.eigvecs_g, b_init.eigvecs_g)  # as laplace.fit writes them
+    if bias_basis == "own":
+        g = torch.Generator().manual_seed(5)
+        rotation = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=g))[0]
+        b_init.eigvecs_g.copy_(rotation)
     x = _x()
     h = post[:2](x).detach()
     o = head.out_features

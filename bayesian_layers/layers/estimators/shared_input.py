@@ -181,9 +181,14 @@ def kron_marginal_samples(
     q = init.distribution(layer, weight)
     rows = x.shape[0]
     z = x @ q.eigvecs_a.to(x.dtype)  # (B, I) in A's eigenbasis
-    std = (z.square() @ q._eig_precision().reciprocal().T.to(x.dtype)).sqrt()  # (B, O)
-    eps = layer.noise(f"{weight}_output", (k, rows, std.shape[-1]), q.loc).to(x.dtype)
-    y = F.linear(x, q.loc.to(x.dtype)) + (std * eps) @ q.eigvecs_g.T.to(x.dtype)  # (K, B, O)
+    var = z.square() @ q._eig_precision().reciprocal().T.to(x.dtype)  # (B, O)
+    mean = F.linear(x, q.loc.to(x.dtype))  # (B, O)
+    shared = _kron_bias_in_basis(layer, bias, q.eigvecs_g)
+    if shared is not None:  # a Kronecker bias of the same G: one draw in Q_G's basis
+        bias_loc, bias_var = shared
+        mean, var, bias = mean + bias_loc.to(x.dtype), var + bias_var.to(x.dtype), None
+    eps = layer.noise(f"{weight}_output", (k, rows, var.shape[-1]), q.loc).to(x.dtype)
+    y = mean + (var.sqrt() * eps) @ q.eigvecs_g.T.to(x.dtype)  # (K, B, O)
     y = y.reshape(k * rows, -1)
     if bias is None:
         return y
@@ -203,6 +208,26 @@ def kron_marginal_samples(
     loc, scale = layer.posterior_loc_scale(bias)
     assert scale is not None  # a random normal bias
     return y + torch.addcmul(loc, scale, noise).to(x.dtype)
+
+
+def _kron_bias_in_basis(
+    layer: BayesianLayer, bias: str | None, eigvecs_g: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """``(loc (O,), variance (O,))`` of a random Kronecker ``bias`` in the eigenbasis
+    ``eigvecs_g`` of the weight's ``G`` when its own ``G`` has that basis (a Laplace fit
+    shares one ``G`` between a layer's weight and bias), else ``None``."""
+    if bias is None:
+        return None
+    spec = layer.parameter_spec(bias)
+    init = spec.initializer
+    if not (spec.is_random and isinstance(init, KroneckerNormal)):
+        return None
+    qb = init.distribution(layer, bias)
+    if qb.eigvecs_g.shape != eigvecs_g.shape or not torch.equal(qb.eigvecs_g, eigvecs_g):
+        return None
+    # the bias (O,) viewed as (O, 1): Q_G (ε / sqrt(Λ_b)) q_A, q_A = ±1 — per o in Q_G's
+    # basis an independent N(0, 1 / Λ_b,o)
+    return qb.loc.reshape(-1), qb._eig_precision().reciprocal().reshape(-1)
 
 
 def marginal_samples(
