@@ -22,6 +22,7 @@ from ._function_space import is_function_space
 from ._model_parts import normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
 from ._prefix import Prefix
+from ._prefix import fold_samples as _fold
 from ._trunk import Split, TrunkError, split_model
 from .layers._base.overrides import overriding
 from .layers.base import BayesianLayer
@@ -34,7 +35,7 @@ __all__ = ["Predictive", "predict", "auto_chunk_size", "CHUNK_BYTES"]
 CHUNK_BYTES = 32 * 2**20
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, init=False, eq=False)
 class Predictive:
     r"""K predictive samples, their moments, and the uncertainty decomposition.
 
@@ -67,10 +68,11 @@ class Predictive:
         samples: ``(K, B, *out)``: the model's output under K function samples
             (after ``transform``); for a random-variable output, its value.
         mean: ``(B, *out)``: mean over the samples (integer samples, such as class
-            labels, are averaged as floats).
+            labels, are averaged as floats); computed on first use unless given.
         variance: ``(B, *out)``: variance over the samples (divisor K: the
             plug-in estimate of the predictive variance of the mean function; for
-            a random-variable output, a Monte Carlo estimate of ``total``).
+            a random-variable output, a Monte Carlo estimate of ``total``); computed
+            on first use unless given.
         output_mean: ``(K, B, *event)``: mean of the output distribution under
             each function sample, or ``None`` (a tensor output, or a distribution
             without a mean, such as ``Categorical``).
@@ -93,12 +95,41 @@ class Predictive:
     """
 
     samples: Tensor
-    mean: Tensor
-    variance: Tensor
-    output_mean: Tensor | None = None
-    output_variance: Tensor | None = None
-    output_probs: Tensor | None = None
-    function_space: bool = False
+    _mean: Tensor | None
+    _variance: Tensor | None
+    output_mean: Tensor | None
+    output_variance: Tensor | None
+    output_probs: Tensor | None
+    function_space: bool
+
+    def __init__(
+        self,
+        samples: Tensor,
+        mean: Tensor | None = None,
+        variance: Tensor | None = None,
+        output_mean: Tensor | None = None,
+        output_variance: Tensor | None = None,
+        output_probs: Tensor | None = None,
+        function_space: bool = False,
+    ) -> None:
+        self.samples, self._mean, self._variance = samples, mean, variance
+        self.output_mean, self.output_variance = output_mean, output_variance
+        self.output_probs, self.function_space = output_probs, function_space
+
+    @property
+    def mean(self) -> Tensor:
+        """``(B, *out)``: mean over the samples (computed on first use unless given)."""
+        if self._mean is None:
+            self._mean = _floats(self.samples).mean(0)
+        return self._mean
+
+    @property
+    def variance(self) -> Tensor:
+        """``(B, *out)``: variance over the samples, divisor K (computed on first use
+        unless given; no warning on an empty batch)."""
+        if self._variance is None:
+            self._variance = (_floats(self.samples) - self.mean).square().mean(0)
+        return self._variance
 
     @property
     def num_samples(self) -> int:
@@ -183,6 +214,11 @@ class Predictive:
         r"""``(B, *)``: ``predictive_entropy - expected_entropy`` (BALD), the epistemic part
         in nats (:func:`~bayesian_layers.metrics.mutual_information`)."""
         return metrics.mutual_information(self._probs("mutual_information"))
+
+
+def _floats(samples: Tensor) -> Tensor:
+    """``samples`` as floats (integer samples, such as class labels, in the default dtype)."""
+    return samples if samples.is_floating_point() else samples.to(torch.get_default_dtype())
 
 
 def _split(total: int, chunk: int) -> list[int]:
@@ -277,12 +313,6 @@ def _folded_samples(modules: list[nn.Module], k: int) -> Iterator[None]:
             m.folded_samples = p
 
 
-def _fold(x: Tensor, k: int) -> Tensor:
-    """K copies of ``x`` folded into its first dimension, sample-major ``(K * B, ...)``
-    (``x`` itself, a view, for K = 1)."""
-    return x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
-
-
 def _call(
     model: nn.Module, split: Split | None, x: Tensor, h: Tensor | Prefix | None, k: int
 ) -> object:
@@ -292,8 +322,7 @@ def _call(
     if split is None or h is None:
         return model(_fold(x, k))
     if isinstance(h, Prefix):  # any model: its recorded prefix answers, folded
-        with h.substituted(k):
-            return model(_fold(x, k))
+        return h.call(model, x, k)
     if split.cached is not None:  # a declared submodule: the model runs on the folded input
         split.cached[:] = [_fold(h, k)]
         return split.head(_fold(x, k))
@@ -325,10 +354,13 @@ def _vectorized(
         width = getattr(first, "out_features", h.shape[-1])
         folded = h.new_empty(h.shape[0], width)
     bayesian = [m for m in modules if isinstance(m, BayesianLayer)]
-    if chunk_size is None:
-        chunk = auto_chunk_size(model, folded, largest=_largest_random_parameter(bayesian))
-    else:
+    largest = _largest_random_parameter(bayesian)
+    if chunk_size is not None:
         chunk = chunk_size
+    elif isinstance(h, Prefix) and h.outputs:
+        chunk = h.chunk_size(largest, CHUNK_BYTES)
+    else:
+        chunk = auto_chunk_size(model, folded, largest=largest)
     chunk = max(members, chunk - chunk % members)
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
@@ -422,7 +454,9 @@ def predict(
         chunk_size: function samples per batched call; ``None`` picks the largest
             count whose per-call temporaries (K weight draws, K activations) stay
             under :data:`CHUNK_BYTES`: past that, allocating and faulting in fresh
-            memory costs more than vectorising saves.
+            memory costs more than vectorising saves. With ``trunk="prefix"`` the
+            activations are read from the recorded outputs (each is copied per sample
+            of a chunk; a chunk of one sample hands them over without copying).
         grad: keep the autograd graph (default: run under ``torch.no_grad()``).
         trunk: the deterministic part of the model that runs once on ``x`` while the K
             samples fold only through the rest. ``"auto"`` (default): for an
@@ -561,7 +595,6 @@ def predict(
             marked = all(is_function_space(o) for o in outs)
         if transform is not None:
             samples = transform(samples)
-        floats = samples if samples.is_floating_point() else samples.to(torch.get_default_dtype())
-        mean = floats.mean(0)
-        variance = (floats - mean).square().mean(0)  # divisor K; no warning on an empty batch
-    return Predictive(samples, mean, variance, **moments, function_space=marked and bool(moments))
+    # mean and variance on first use: a caller reading only the samples or the output
+    # moments does not pay for them
+    return Predictive(samples, **moments, function_space=marked and bool(moments))

@@ -207,3 +207,109 @@ class InPlace(nn.Module):
 def test_an_output_changed_in_place_is_not_shared(k: int) -> None:
     model, x = InPlace(), torch.randn(3, 4)
     assert torch.equal(_samples(model, x, "prefix", k=k), _samples(model, x, None, k=k))
+
+
+class Attending(nn.Module):
+    """``nn.MultiheadAttention`` (it answers a tuple) before a Bayesian feed-forward;
+    counts the attention's calls."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.ff = layers.LinearReparameterization(dim, dim)
+        self.head = nn.Linear(dim, 3)
+        self.calls = 0
+        self.attn.register_forward_pre_hook(lambda m, a, k: self._count(), with_kwargs=True)
+
+    def _count(self) -> None:
+        self.calls += 1
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(h + self.ff(h))
+
+
+def test_a_module_answering_a_tuple_is_recorded() -> None:
+    """Attention's ``(output, None)`` is recorded: it runs once for K samples (the folded
+    call's substitute is called, its own forward is not), and the samples are
+    ``trunk=None``'s for a fixed seed."""
+    torch.manual_seed(0)
+    model, x = Attending().eval(), torch.randint(0, 11, (4, 7))
+    ref = _samples(model, x, None, k=6)
+    model.calls = 0
+    calls = []
+    forward = model.attn.forward
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    model.attn.forward = counting  # type: ignore[method-assign]
+    out = _samples(model, x, "prefix", k=6)
+    assert torch.equal(out, ref) and out.std(0).min() > 0
+    assert len(calls) == 1  # the recording; the folded call got the record
+
+
+class ChangesAfterTheDraw(nn.Module):
+    """Changes the recorded output of ``first`` in place after its first draw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.out = nn.Linear(4, 4), layers.LinearReparameterization(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        y = self.out(h)
+        h.mul_(2.0)  # on the record itself when a one-sample call shares it
+        return y + h.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_a_record_changed_in_place_by_a_sample_is_recorded_afresh(chunk: int) -> None:
+    """One-sample chunks hand the recorded outputs over without copying; a model that
+    changes one in place is caught by its version counter, the prefix is recorded
+    afresh and the chunk drawn again from the same generator state: the samples stay
+    ``trunk=None``'s for a fixed seed, chunk after chunk."""
+    torch.manual_seed(0)
+    model, x = ChangesAfterTheDraw(), torch.randn(3, 4)
+
+    def run(trunk: object) -> torch.Tensor:
+        torch.manual_seed(5)
+        return bl.predict(model, x, 7, trunk=trunk, chunk_size=chunk).samples
+
+    ref = run(None)
+    assert torch.equal(run("prefix"), ref) and ref.std(0).min() > 0
+
+
+def test_one_sample_chunks_share_the_records_without_copies() -> None:
+    """A chunk of one sample answers the recorded tensor itself (no copy); chunks of
+    more samples answer fresh folded copies."""
+    from bayesian_layers._prefix import record_prefix
+
+    torch.manual_seed(0)
+    model, x = Tower(2), torch.randint(0, 11, (4, 7))
+    prefix = record_prefix(model, x)
+    (module, out), *_ = prefix.outputs
+    seen: list[torch.Tensor] = []
+    module.register_forward_hook(lambda m, a, o: seen.append(o))
+    for k in (1, 3):
+        with torch.no_grad():
+            prefix.call(model, x, k)
+    assert seen[0] is out
+    assert seen[1].shape == (3 * out.shape[0], *out.shape[1:])
+    assert seen[1].data_ptr() != out.data_ptr()
+
+
+def test_prefix_chunk_size_counts_the_recorded_outputs() -> None:
+    """Per sample: a copy of every record, four activations the size of the largest and
+    the largest random parameter's draw, against the byte budget."""
+    from bayesian_layers._prefix import Prefix
+
+    small, large = torch.zeros(2, 10), torch.zeros(2, 100)  # 80 and 800 bytes
+    prefix = Prefix([(nn.Identity(), small), (nn.Identity(), (large, None))], None)
+    per_sample = 80 + 800 + 4 * 800 + 50 * 4
+    assert prefix.chunk_size(50, 10 * per_sample) == 10
+    assert prefix.chunk_size(50, 10 * per_sample - 1) == 9
+    assert prefix.chunk_size(50, 1) == 1

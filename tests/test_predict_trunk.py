@@ -268,6 +268,50 @@ def test_flipout_predictive_keeps_each_examples_law() -> None:
     assert ((a.var(0) - b.var(0)).abs() <= z * se_var).all()
 
 
+def test_flipout_on_sequences_draws_output_noise_with_each_positions_law(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On ``(B, T, in)`` inputs Flipout's predictive draws output-space noise (fewer
+    numbers than its signs and K perturbations) and keeps each position's law: the
+    moments of whole draws (reparameterization, trunk=None), to Monte Carlo error."""
+    calls: list[int] = []
+    real = strategies.output_noise_samples
+    monkeypatch.setattr(
+        strategies,
+        "output_noise_samples",
+        lambda *a, **kw: calls.append(a[1].dim()) or real(*a, **kw),
+    )
+    torch.manual_seed(0)
+    flip = nn.Sequential(
+        layers.LinearFlipout(5, 12, dtype=torch.float64),
+        nn.Tanh(),
+        layers.LinearFlipout(12, 2, dtype=torch.float64),
+    )
+    with torch.no_grad():
+        for m in flip:
+            if isinstance(m, layers.LinearFlipout):
+                m.weight_rho.fill_(-1.0)
+    whole = nn.Sequential(
+        layers.LinearReparameterization(5, 12, dtype=torch.float64),
+        nn.Tanh(),
+        layers.LinearReparameterization(12, 2, dtype=torch.float64),
+    )
+    whole.load_state_dict(flip.state_dict())
+    x = torch.randn(2, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    k = 20_000
+    torch.manual_seed(1)
+    a = bl.predict(flip, x, k).samples  # (K, B, T, 2)
+    assert calls and set(calls) == {3}  # both layers, on sequences
+    torch.manual_seed(2)
+    b = bl.predict(whole, x, k, trunk=None, chunk_size=2000).samples
+    z = z_bonferroni(2 * 2 * 3 * 2)
+    se = (a.var(0) / k + b.var(0) / k).sqrt()
+    assert ((a.mean(0) - b.mean(0)).abs() <= z * se).all()
+    fourth = lambda s: ((s - s.mean(0)) ** 4).mean(0)  # noqa: E731
+    se_var = ((fourth(a) - a.var(0) ** 2) / k + (fourth(b) - b.var(0) ** 2) / k).sqrt()
+    assert ((a.var(0) - b.var(0)).abs() <= z * se_var).all()
+
+
 def test_flipout_draws_output_noise_only_inside_predict(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = strategies.output_noise_samples

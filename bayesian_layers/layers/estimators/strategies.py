@@ -337,13 +337,13 @@ class LocalReparameterization(Estimator):
 def _output_noise_pays(layer: BayesianLayer, x: Tensor, op: WeightOp, k: int) -> bool:
     """Flipout in the predictive: output-space noise has the per-example law of its
     sample for a dense op on a 2-D input, and draws fewer numbers than K perturbations
-    while an input holds fewer rows per sample than features."""
-    return (
-        op.exact_output_noise
-        and x.dim() == 2
-        and x.shape[0] // k < x.shape[1]
-        and not layer.has_noise_hooks
-    )
+    while an input holds fewer rows per sample than features. On a sequence ``(N, T,
+    in)`` it gives each position's output its exact law (Flipout's sample promises each
+    element's), with ``N T out`` numbers against Flipout's ``N T (in + out)`` signs and K
+    perturbations: it always pays there."""
+    if not op.exact_output_noise or layer.has_noise_hooks or x.dim() < 2:
+        return False
+    return x.dim() > 2 or x.shape[0] // k < x.shape[1]
 
 
 #: The reparameterization estimator (one weight draw per call), shared by every layer.
