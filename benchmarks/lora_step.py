@@ -23,7 +23,10 @@ projection), ``ff.0`` and ``ff.2`` of every block, made by ``bl.lora``:
   early blocks' layers with ``posterior=None``, then on the last block's with the
   estimator). Target: <= ``PREDICT_TARGET`` x. The ``last block`` rows measure whether
   ``bl.predict`` shares the computation before the first stochastic module (a trunk):
-  without that, K samples run the whole model K times.
+  without that, K samples run the whole model K times. The ``last ff.2 only`` rows put
+  the one Bayesian adapter on the last block's feed-forward output (``TAIL``; plain
+  adapters elsewhere) and predict with ``trunk="prefix"``: the smallest stochastic
+  tail, whose K samples cost about ``prefix + K * tail`` of one forward.
 
 Information rows (no target): the base model without adapters (one forward; a
 training step of its own parameters is not what LoRA runs), the adapted model with
@@ -77,10 +80,13 @@ PREDICT_TARGET = 2.5  # max bl.predict (K = 8) / one plain-LoRA forward
 SIZES = dict(dim=128, heads=4, hidden=512, depth=2, context=64, batch=32)
 QUICK_SIZES = dict(dim=16, heads=2, hidden=32, depth=2, context=8, batch=4)
 TARGETS = ("out_proj", "ff.0", "ff.2")
+#: the one Bayesian adapter of the ``tail`` rows: the last block's feed-forward output
+TAIL = "ff.2"
 RANK, ALPHA = 8, 16.0
 NUM_EXAMPLES = 40_000  # N of the ELBO: the example's fine-tuning characters
 ESTIMATORS = ("flipout", "reparameterization", "local_reparameterization")
 CALLS = {"train": (3, 2), "predict": (2, 1)}  # (calls per repeat, warm-up calls)
+TAIL_ROW = "last ff.2 only, trunk='prefix'"
 PLAIN_STEP = "plain LoRA: step"
 PLAIN_FORWARD = "plain LoRA: one forward"
 
@@ -101,19 +107,29 @@ def block_targets(depth: int, blocks: range) -> list[str]:
 
 
 def adapted(
-    base: nn.Module, posterior: str | None, *, last_only: bool = False, targets=TARGETS
+    base: nn.Module,
+    posterior: str | None,
+    *,
+    last_only: bool = False,
+    tail_only: bool = False,
+    targets=TARGETS,
 ) -> nn.Module:
     """A copy of ``base`` with rank-``RANK`` adapters on ``targets``; ``last_only``: the
-    Bayesian ``posterior`` on the last block only, plain adapters on the others."""
+    Bayesian ``posterior`` on the last block only, plain adapters on the others;
+    ``tail_only``: Bayesian on the last block's ``ff.2`` only (``TAIL``), plain elsewhere."""
     model = copy.deepcopy(base)
     torch.manual_seed(1)  # the same start of A everywhere
-    if not last_only:
+    if not (last_only or tail_only):
         return bl.lora(model, target=list(targets), rank=RANK, alpha=ALPHA, posterior=posterior)
     depth = len(model.blocks)
-    early = block_targets(depth, range(depth - 1))
-    bl.lora(model, target=early, rank=RANK, alpha=ALPHA, posterior=None)
-    last = block_targets(depth, range(depth - 1, depth))
-    return bl.lora(model, target=last, rank=RANK, alpha=ALPHA, posterior=posterior)
+    every = block_targets(depth, range(depth))
+    if tail_only:
+        bayesian = [f"blocks.{depth - 1}.{TAIL}"]
+    else:
+        bayesian = block_targets(depth, range(depth - 1, depth))
+    plain = [t for t in every if t not in bayesian]
+    bl.lora(model, target=plain, rank=RANK, alpha=ALPHA, posterior=None)
+    return bl.lora(model, target=bayesian, rank=RANK, alpha=ALPHA, posterior=posterior)
 
 
 def train_step(model: nn.Module, tokens: Tensor) -> Step:
@@ -213,6 +229,8 @@ def predict_steps(base: nn.Module, x: Tensor, k: int, prefix: bool) -> dict[str,
         if prefix:
             name = f"Bayesian LoRA {est}, last block: predict trunk='prefix'"
             steps[name] = _predict(last, x, k, trunk="prefix")
+            tail = adapted(base, est, tail_only=True)
+            steps[f"Bayesian LoRA {est}, {TAIL_ROW}: predict"] = _predict(tail, x, k, "prefix")
     steps["base model (no adapters): one forward"] = _forward(copy.deepcopy(base), x)
     ff_only = adapted(base, None, targets=("ff.0", "ff.2"))
     steps["plain LoRA, out_proj not adapted: one forward"] = _forward(ff_only, x)
@@ -241,7 +259,8 @@ def targets(results: dict[str, dict], full: bool) -> list[dict]:
             base, limit = PLAIN_STEP, TRAIN_TARGET
         elif key.startswith("predict"):
             names = [f"Bayesian LoRA {e}, {w}: predict" for e in ESTIMATORS
-                     for w in ("every block", "last block")]  # fmt: skip
+                     for w in ("every block", "last block", TAIL_ROW)]  # fmt: skip
+            names = [n for n in names if n in rows]  # the tail rows need trunk="prefix"
             base, limit = PLAIN_FORWARD, PREDICT_TARGET
         else:
             continue

@@ -12,6 +12,10 @@ same adapters, steps and batches, it fine-tunes
   normal posterior on the down projection ``A``, as in BLoB, Wang et al. 2024), trained
   on ``NLL + sum(bl.losses(model)) / N`` with ``N`` the number of training characters
   and predicting with ``bl.predict`` (K weight samples),
+* Bayesian LoRA on the last feed-forward output only (``--methods tail``: the
+  reparameterization posterior on the last block's ``ff.2``, plain adapters elsewhere),
+  predicting with ``bl.predict(..., trunk="prefix")``: every module before that adapter
+  runs once for the K samples, the cheapest exact predictive of the adapted model,
 * Laplace-LoRA (Yang et al. 2024): plain LoRA's adapters (MAP), loaded into a
   ``posterior="laplace"`` model through ``bl.lora_state_dict``, then a Kronecker-factored
   Laplace posterior over the adapters only (``bl.laplace.fit(..., hessian="kron",
@@ -40,6 +44,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +56,7 @@ from bayesian_layers.adapters import load_lora_state_dict, lora, lora_state_dict
 
 #: LoRA targets: attention output projection and both feed-forward linears of each block
 TARGETS = ("out_proj", "ff.0", "ff.2")
+TAIL_NAME = "Bayesian LoRA (last ff.2 only)"
 NUM_BINS = 15
 
 
@@ -105,6 +111,18 @@ def frozen_state(model: nn.Module) -> dict[str, Tensor]:
         for k, v in model.state_dict().items()
         if ".lora_A." not in k and ".lora_B." not in k
     }
+
+
+def adapt(base: nn.Module, posterior: str | None, tail: bool, **kwargs: Any) -> nn.Module:
+    """A copy of ``base`` with adapters on ``TARGETS`` of every block: all with
+    ``posterior``, or (``tail``) plain adapters but on the last block's ``ff.2``."""
+    model = copy.deepcopy(base)
+    if not tail:
+        return lora(model, target=list(TARGETS), posterior=posterior, **kwargs)
+    names = [n for n, _ in model.named_modules() if n.endswith(TARGETS)]
+    last = f"blocks.{len(model.blocks) - 1}.ff.2"
+    lora(model, target=[n for n in names if n != last], posterior=None, **kwargs)
+    return lora(model, target=[last], posterior=posterior, **kwargs)
 
 
 def finetune(
@@ -189,10 +207,11 @@ def evaluate(
     chunk: int = 32,
     *,
     linearized: bool = False,
+    trunk: str | None = "auto",
 ) -> tuple[dict[str, float], Tensor, Tensor]:
     """Held-out next-character metrics of ``model`` on ``data`` windows ``(W, T + 1)``:
-    the predictive ``bl.predict(model, x, samples)`` averaged over weight samples (a
-    Bayesian model), the mean softmax of ``samples`` draws of the network linearised at
+    the predictive ``bl.predict(model, x, samples, trunk=trunk)`` averaged over weight
+    samples (a Bayesian model), the mean softmax of ``samples`` draws of the network linearised at
     the posterior means (``linearized``: ``bl.laplace.linearized_samples``, antithetic
     pairs, so the mean logits are the MAP's), or the model's softmax. Returns the
     metrics and the ``(W·T, V)`` probabilities with their ``(W·T,)`` labels."""
@@ -203,7 +222,7 @@ def evaluate(
         if linearized:
             probs.append(bl.laplace.linearized_samples(model, x, samples).softmax(-1).mean(0))
         elif bayesian:
-            pred = bl.predict(model, x, samples, transform=lambda z: z.softmax(-1))
+            pred = bl.predict(model, x, samples, transform=lambda z: z.softmax(-1), trunk=trunk)
             probs.append(pred.mean)
         else:
             probs.append(model(x).softmax(-1))
@@ -260,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prior-std", type=float, default=1.0)
     parser.add_argument("--init-std", type=float, default=0.05)
     parser.add_argument("--kl-weight", type=float, default=1.0)
-    parser.add_argument("--methods", default="flipout,reparameterization,laplace",
+    parser.add_argument("--methods", default="flipout,reparameterization,tail,laplace",
                         help="comma-separated, besides the base model and plain LoRA")  # fmt: skip
     parser.add_argument("--laplace-mc-samples", type=int, default=16,
                         help="sampled labels per token, Laplace curvature (0: exact)")  # fmt: skip
@@ -317,21 +336,21 @@ def main(argv: list[str] | None = None) -> dict:
     base_unchanged, base_no_grad = True, True
     plain: nn.Module | None = None
     chosen = set(args.methods.split(",")) - {""}
-    if chosen - {"flipout", "reparameterization", "laplace"}:
-        parser.error(
-            f"--methods: unknown {sorted(chosen - {'flipout', 'reparameterization', 'laplace'})}"
-        )
+    known = {"flipout", "reparameterization", "tail", "laplace"}
+    if chosen - known:
+        parser.error(f"--methods: unknown {sorted(chosen - known)}")
     methods = [("plain LoRA", None)] + [
         (f"Bayesian LoRA ({p})", p) for p in ("flipout", "reparameterization") if p in chosen
     ]
+    if "tail" in chosen:
+        methods.append((TAIL_NAME, "reparameterization"))
     log(f"fine-tuning on {len(train)} characters of pydoc help texts ({ft_steps} steps, "
         f"rank {args.rank}, targets {', '.join(TARGETS)})")  # fmt: skip
     for name, posterior in methods:
         torch.manual_seed(args.seed + 1)  # the same start of A for every method
-        model = lora(
-            copy.deepcopy(base), target=list(TARGETS), rank=args.rank, alpha=args.alpha,
-            posterior=posterior, prior_std=args.prior_std, init_std=args.init_std,
-        )  # fmt: skip
+        tail = name == TAIL_NAME
+        model = adapt(base, posterior, tail, rank=args.rank, alpha=args.alpha,
+                      prior_std=args.prior_std, init_std=args.init_std)  # fmt: skip
         step_time = finetune(
             model, train, steps=ft_steps, batch=batch, context=context, lr=args.lr,
             seed=args.seed + 2, kl_weight=args.kl_weight,
@@ -342,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
             torch.equal(after[k], v) for k, v in base_state.items()
         )
         torch.manual_seed(args.seed + 3)  # the same predictive noise for every method
-        metrics, p, y = evaluate(model, held, args.samples, bayesian=posterior is not None)
+        metrics, p, y = evaluate(model, held, args.samples, bayesian=posterior is not None,
+                                 trunk="prefix" if tail else "auto")  # fmt: skip
         metrics["step_seconds"] = step_time
         rho = [p for n, p in model.named_parameters() if n.endswith("lora_A.weight_rho")]
         if rho:  # the posterior standard deviation of A after training, averaged

@@ -19,6 +19,7 @@ METHODS = {
     "plain LoRA",
     "Bayesian LoRA (flipout)",
     "Bayesian LoRA (reparameterization)",
+    "Bayesian LoRA (last ff.2 only)",
     "Laplace-LoRA",
 }
 
@@ -88,7 +89,11 @@ def test_quick_run_reports_every_method(tmp_path, capsys):
     # fine-tuning on prose helps the pretrained-on-code model on held-out prose
     assert methods["plain LoRA"]["nll"] < methods["base (no fine-tune)"]["nll"]
     assert methods["Laplace-LoRA"]["prior_precision"] > 0
-    for name in ("Bayesian LoRA (flipout)", "Bayesian LoRA (reparameterization)"):
+    for name in (
+        "Bayesian LoRA (flipout)",
+        "Bayesian LoRA (reparameterization)",
+        "Bayesian LoRA (last ff.2 only)",
+    ):
         assert 0 < methods[name]["posterior_std_A"] < 1  # a posterior, trained from 0.05
     assert methods["plain LoRA"]["accuracy_minus_plain"] == 0.0
     assert methods["plain LoRA"]["ece_over_plain"] == 1.0

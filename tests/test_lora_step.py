@@ -58,6 +58,7 @@ def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
     assert meta["trunk_prefix"] == _module().prefix_supported()
     if meta["trunk_prefix"]:  # the prefix rows exactly when bl.predict takes it
         expected |= {f"Bayesian LoRA {e}, last block: predict trunk='prefix'" for e in ESTIMATORS}
+        expected |= {f"Bayesian LoRA {e}, {_module().TAIL_ROW}: predict" for e in ESTIMATORS}
         expected.add("plain LoRA: predict trunk='prefix'")
     assert set(predict) == expected
     assert_paired_within_range(predict, "plain LoRA: one forward")
@@ -94,6 +95,31 @@ def test_targets_use_paired_ratios() -> None:
     flipout = checks["train @32x64 Bayesian LoRA flipout: step <= 1.3x plain LoRA: step"]
     assert flipout["value"] == pytest.approx(1.4)  # median of the pairs, not of the medians
     assert not any("out_proj not adapted" in c or "base model" in c for c in checks)
+
+
+def test_tail_only_has_one_bayesian_adapter() -> None:
+    """``tail_only``: the last block's ``ff.2`` is the one Bayesian adapter; its prefix
+    predictive equals the uncached one for a fixed seed (to float32 rounding: the
+    matmuls see other batch sizes)."""
+    ls = _module()
+    base = ls.base_model(ls.QUICK_SIZES)
+    model = ls.adapted(base, "reparameterization", tail_only=True)
+    kinds = {n: a.posterior for n, a in adapters(model)}
+    assert kinds == {
+        "blocks.0.attn.out_proj": None, "blocks.0.ff.0": None, "blocks.0.ff.2": None,
+        "blocks.1.attn.out_proj": None, "blocks.1.ff.0": None,
+        "blocks.1.ff.2": "reparameterization",
+    }  # fmt: skip
+    with torch.no_grad():
+        for _, a in adapters(model):
+            a.lora_B.weight.normal_()
+    x = torch.randint(0, 10, (3, ls.QUICK_SIZES["context"]))
+    torch.manual_seed(0)
+    prefix = ls._predict(model, x, 5, trunk="prefix")()
+    torch.manual_seed(0)
+    uncached = ls._predict(model, x, 5, trunk=None)()  # the same draws, other batch sizes
+    torch.testing.assert_close(prefix, uncached, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(prefix[0], prefix[1])
 
 
 def test_last_block_only_is_bayesian_and_predicts() -> None:
