@@ -42,6 +42,9 @@ def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
         rows = data[f"last_layer {net}@8"]
         expected = {"deterministic: one forward", "SNGP head: one forward"}
         expected |= {name + s for name in LAST_LAYER for s in suffixes}
+        if _module().joint_supported():  # the whole-draw heads' per-example rows
+            whole = ("LinearReparameterization", "Laplace last layer (kron)")
+            expected |= {f"{name}: predict joint=False" for name in whole}
         assert set(rows) == expected
         assert next(iter(rows)) == "deterministic: one forward"
         assert_paired_within_range(rows, "deterministic: one forward")
@@ -64,17 +67,20 @@ def test_targets_use_paired_ratios_at_the_target_batches() -> None:
     last["LinearFlipout: predict trunk=None"] = [900.0] * 3  # information only
     last["Laplace last layer (kron): predict"] = [15.0, 30.0, 15.0]  # exactly 1.5x: pass
     last["SNGP head: predict"] = [59.0] * 3  # 5.9x the twin, 1.475x its own forward: pass
+    last["Laplace last layer (kron): predict joint=False"] = [16.0, 32.0, 16.0]  # 1.6x: fail
     loop = {f"{e}: predict": [10.0, 10.0, 10.0] for e in ESTIMATORS}
     loop |= {f"{e}: loop": [20.0, 25.0, 30.0] for e in ESTIMATORS}  # 2.5x: pass
     loop["LinearFlipout: loop"] = [30.0, 19.0, 19.0]  # paired 3.0, 1.9, 1.9: fail
     results = {"last_layer mlp@256": _rows(last), "all_bayesian mlp@16": _rows(loop),
                "last_layer mlp@8": _rows(last), "all_bayesian mlp@4": _rows(loop)}  # fmt: skip
     checks = {c["check"]: c for c in ps.targets(results)}
-    assert len(checks) == len(LAST_LAYER) + len(ESTIMATORS)  # only @256 and @16
+    assert len(checks) == len(LAST_LAYER) + 1 + len(ESTIMATORS)  # only @256 and @16
     assert not any("trunk=None" in c or "@8" in c or "@4" in c for c in checks)
     fails = {c for c, v in checks.items() if not v["pass"]}
     assert fails == {
         "last_layer mlp@256 LinearFlipout: predict <= 1.5x deterministic: one forward",
+        "last_layer mlp@256 Laplace last layer (kron): predict joint=False <= 1.5x "
+        "deterministic: one forward",
         "all_bayesian mlp@16 LinearFlipout loop/predict >= 2.0x",
     }
     sngp = checks["last_layer mlp@256 SNGP head: predict <= 1.5x SNGP head: one forward"]
