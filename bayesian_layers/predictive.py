@@ -241,12 +241,31 @@ def auto_chunk_size(model: nn.Module, x: Tensor, *, largest: int | None = None) 
 
     Per sample, a layer holds its weight draw and an activation about the size of
     the input batch, so the estimate is ``itemsize · (largest random parameter +
-    4 · x.numel())`` bytes (``largest``: that size, when the caller knows it).
+    4 · x.numel())`` bytes (``largest``: that size, when the caller knows it). An
+    integer input (token ids) is not an activation: each id becomes a vector as wide as
+    the model's widest layer (``out_features``, ``embedding_dim``, ``embed_dim``), so
+    the activation is ``x.numel()`` times that width, in the default float dtype.
     """
     if largest is None:
         largest = _largest_random_parameter(list(bayesian_modules(model)))
-    per_sample = x.element_size() * (largest + 4 * x.numel())
+    if x.is_floating_point() or x.is_complex():
+        itemsize, activation = x.element_size(), x.numel()
+    else:
+        itemsize = torch.empty((), dtype=torch.get_default_dtype()).element_size()
+        activation = x.numel() * _widest(model)
+    per_sample = itemsize * (largest + 4 * activation)
     return max(1, CHUNK_BYTES // max(per_sample, 1))
+
+
+def _widest(model: nn.Module) -> int:
+    """The largest per-position width of ``model``'s layers (1 if none says)."""
+    widths = [
+        w
+        for m in model.modules()
+        for attr in ("out_features", "embedding_dim", "embed_dim")
+        if isinstance(w := getattr(m, attr, None), int)
+    ]
+    return max(widths, default=1)
 
 
 def _explain_failure(model: nn.Module, x: Tensor, err: Exception) -> None:

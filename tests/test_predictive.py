@@ -266,6 +266,22 @@ def test_chunks_draw_distinct_functions_and_auto_chunk_respects_budget() -> None
         bl.predict(model, x, 3, chunk_size=0)
 
 
+def test_auto_chunk_of_token_inputs_counts_the_widest_layer() -> None:
+    """Token ids are not activations: each becomes a vector as wide as the widest layer
+    (here the 300-wide hidden layer), in the default float dtype."""
+    from bayesian_layers import layers
+    from bayesian_layers.predictive import CHUNK_BYTES, auto_chunk_size
+
+    model = nn.Sequential(
+        nn.Embedding(50, 16), layers.LinearFlipout(16, 300), nn.ReLU(), nn.Linear(300, 50)
+    )
+    tokens = torch.randint(0, 50, (32, 64))
+    k = auto_chunk_size(model, tokens)
+    per_sample = 4 * (16 * 300 + 4 * 32 * 64 * 300)
+    assert k * per_sample <= CHUNK_BYTES < (k + 1) * per_sample
+    assert k < auto_chunk_size(model, tokens.float())  # as floats: 4·x.numel() only
+
+
 # ===================================================== uncertainty decomposition
 class NormalHead(nn.Module):
     """(*, 2) -> Normal(loc = h₀, scale = softplus(h₁) + 0.1), a stochastic output head."""
