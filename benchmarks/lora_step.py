@@ -37,17 +37,19 @@ LoRA through ``bl.predict`` (nothing stochastic), ``trunk="prefix"`` where ``bl.
 takes it, and for Flipout in every block ``bl.predict(..., chunk_size=1)`` and a Python
 loop of K forwards beside the default ``bl.predict``.
 
-Measured (e0f7fdf, 2 threads, wall clock, load average 0.8-1.7 on 2 cores;
-its JSON in ``results/``, not committed): training step 1.24x (Flipout), 1.06x (reparameterization),
-1.22x (local reparameterization) plain LoRA's: the target holds. ``bl.predict`` with
-K = 8: 10-13x one plain forward (every block and last block alike: the default ``trunk``
-does not cut a stochastic non-``nn.Sequential`` model), 6.0-7.0x for the last block with
-``trunk="prefix"``: the target misses. Plain LoRA (nothing stochastic) predicts at 1.10x
-one forward by default (it runs once). An exact predictive runs every module after the
+Measured (3776986 and 4f78301, 2 threads, wall clock, load average 1.4-1.7 on 2 cores;
+its JSON in ``results/``, not committed): training step 1.22-1.35x (Flipout),
+1.04-1.07x (reparameterization), 1.25-1.34x (local reparameterization) plain LoRA's: the
+target holds for reparameterization and the noise straddles it for the others.
+``bl.predict`` with K = 8: 8.6-9.4x one plain forward for every block (default trunk;
+one-sample chunks since token inputs are sized by the widest layer), 5.2-7.3x for the
+last block with ``trunk="prefix"``, and 2.09-2.16x (reparameterization), 2.35-2.48x
+(local reparameterization), 2.39-2.64x (Flipout) for the ``last ff.2 only`` rows: the
+target holds there only. Plain LoRA (nothing stochastic) predicts at 1.07-1.10x one
+forward by default (it runs once). An exact predictive runs every module after the
 first draw K times, so K = 8 costs at least ``prefix + 8 * rest`` of one forward; 2.5x
-needs the stochastic rest under (2.5 - 1) / 7 = 21 % of the forward, and the last of 2
-blocks plus the head is about 60 %. Folding K = 8 into one batch of 256 sequences also
-runs slower than 8 calls here (``chunk_size=1``, the loop: 10.4x against 13.1x).
+needs the stochastic rest under (2.5 - 1) / 7 = 21 % of the forward: the last of 2
+blocks plus the head is about 60 %, the last ``ff.2`` plus the head about 15 %.
 
 Contenders of a table run round-robin inside every repeat (the start rotates); a
 repeat's time is the median of ``CALLS`` calls; a ratio is the median of the paired

@@ -30,7 +30,7 @@ accuracy for each and for the base model, writes them to ``bayesian_lora.json`` 
 draws the reliability diagram (confidence against accuracy) into
 ``bayesian_lora_reliability.png`` under ``--output-dir``.
 
-    python examples/bayesian_lora.py            # about 7 minutes on one CPU core
+    python examples/bayesian_lora.py            # about 8 minutes on one CPU core
     python examples/bayesian_lora.py --quick    # a tiny model, a few steps (tests)
 """
 
