@@ -236,11 +236,18 @@ def test_flipout_predictive_keeps_each_examples_law() -> None:
     """Per example, a chain of dense Flipout layers in the predictive (output-space noise)
     has the law of whole weight draws: its moments match those of the same posterior
     sampled by whole draws (reparameterization, trunk=None), to Monte Carlo error."""
+    flip, whole = _flipout_and_whole("trainable_normal")
+    _same_moments_as_whole_draws(flip, whole, _x(3))
+
+
+def _flipout_and_whole(bias: str = "zeros") -> tuple[nn.Sequential, nn.Sequential]:
+    """Two dense Flipout layers (scales widened) and the same posterior drawn whole."""
     torch.manual_seed(0)
+    kw = {"bias_initializer": bias, "dtype": torch.float64}
     flip = nn.Sequential(
         layers.LinearFlipout(5, 12, dtype=torch.float64),
         nn.Tanh(),
-        layers.LinearFlipout(12, 2, bias_initializer="trainable_normal", dtype=torch.float64),
+        layers.LinearFlipout(12, 2, **kw),
     )
     with torch.no_grad():
         for m in flip:
@@ -249,18 +256,21 @@ def test_flipout_predictive_keeps_each_examples_law() -> None:
     whole = nn.Sequential(
         layers.LinearReparameterization(5, 12, dtype=torch.float64),
         nn.Tanh(),
-        layers.LinearReparameterization(
-            12, 2, bias_initializer="trainable_normal", dtype=torch.float64
-        ),
+        layers.LinearReparameterization(12, 2, **kw),
     )
     whole.load_state_dict(flip.state_dict())
-    x = _x(3)
+    return flip, whole
+
+
+def _same_moments_as_whole_draws(flip: nn.Module, whole: nn.Module, x: Tensor) -> None:
+    """Per output element, the predictive's mean and variance of ``flip`` equal those of
+    ``whole`` (trunk=None) to Monte Carlo error."""
     k = 20_000
     torch.manual_seed(1)
     a = bl.predict(flip, x, k).samples
     torch.manual_seed(2)
     b = bl.predict(whole, x, k, trunk=None, chunk_size=2000).samples
-    z = z_bonferroni(2 * 3 * 2)
+    z = z_bonferroni(2 * a[0].numel())
     se = (a.var(0) / k + b.var(0) / k).sqrt()
     assert ((a.mean(0) - b.mean(0)).abs() <= z * se).all()
     fourth = lambda s: ((s - s.mean(0)) ** 4).mean(0)  # noqa: E731
@@ -281,35 +291,10 @@ def test_flipout_on_sequences_draws_output_noise_with_each_positions_law(
         "output_noise_samples",
         lambda *a, **kw: calls.append(a[1].dim()) or real(*a, **kw),
     )
-    torch.manual_seed(0)
-    flip = nn.Sequential(
-        layers.LinearFlipout(5, 12, dtype=torch.float64),
-        nn.Tanh(),
-        layers.LinearFlipout(12, 2, dtype=torch.float64),
-    )
-    with torch.no_grad():
-        for m in flip:
-            if isinstance(m, layers.LinearFlipout):
-                m.weight_rho.fill_(-1.0)
-    whole = nn.Sequential(
-        layers.LinearReparameterization(5, 12, dtype=torch.float64),
-        nn.Tanh(),
-        layers.LinearReparameterization(12, 2, dtype=torch.float64),
-    )
-    whole.load_state_dict(flip.state_dict())
+    flip, whole = _flipout_and_whole()
     x = torch.randn(2, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    k = 20_000
-    torch.manual_seed(1)
-    a = bl.predict(flip, x, k).samples  # (K, B, T, 2)
+    _same_moments_as_whole_draws(flip, whole, x)  # (K, B, T, 2): per position
     assert calls and set(calls) == {3}  # both layers, on sequences
-    torch.manual_seed(2)
-    b = bl.predict(whole, x, k, trunk=None, chunk_size=2000).samples
-    z = z_bonferroni(2 * 2 * 3 * 2)
-    se = (a.var(0) / k + b.var(0) / k).sqrt()
-    assert ((a.mean(0) - b.mean(0)).abs() <= z * se).all()
-    fourth = lambda s: ((s - s.mean(0)) ** 4).mean(0)  # noqa: E731
-    se_var = ((fourth(a) - a.var(0) ** 2) / k + (fourth(b) - b.var(0) ** 2) / k).sqrt()
-    assert ((a.var(0) - b.var(0)).abs() <= z * se_var).all()
 
 
 def test_flipout_draws_output_noise_only_inside_predict(monkeypatch: pytest.MonkeyPatch) -> None:
