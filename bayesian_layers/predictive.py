@@ -343,13 +343,20 @@ def _call(
     if isinstance(h, Prefix):  # any model: its recorded prefix answers, folded
         return h.call(model, x, k)
     if split.cached is not None:  # a declared submodule: the model runs on the folded input
-        split.cached[:] = [_fold(h, k)]
+        split.cached[:] = [_fresh_fold(h, k)]
         return split.head(_fold(x, k))
     if split.first is not None and split.rest is not None:
         y = split.first.shared_input_samples(h, k)  # type: ignore[operator]
         if y is not None:
             return split.rest(y)
-    return split.head(_fold(h, k))
+    return split.head(_fresh_fold(h, k))
+
+
+def _fresh_fold(h: Tensor, k: int) -> Tensor:
+    """The trunk's output folded K times in new memory (a copy also for K = 1), so a head
+    that changes its input in place (``nn.Dropout(inplace=True)``, ``x.mul_``) leaves the
+    output that the next chunk of samples reads alone."""
+    return h.clone() if k == 1 else _fold(h, k)
 
 
 def _vectorized(

@@ -441,3 +441,41 @@ def test_a_sequential_with_a_forward_of_its_own_is_not_cut() -> None:
             torch.manual_seed(6)
             outs.append(bl.predict(model, x, 3, trunk=trunk).samples)
         torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+class ScalesInPlace(nn.Module):
+    """Scales its features' output in place before the Bayesian head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Linear(5, 12)
+        self.head = layers.LinearReparameterization(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x)
+        return self.head(h.mul_(2.0))
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_head_changing_the_trunk_output_in_place_leaves_the_next_chunk_alone(
+    declared: bool,
+) -> None:
+    """Chunks of one sample hand the head a copy of the trunk's output: an in-place
+    dropout (the first stochastic module) or an in-place op of a declared trunk's model
+    does not reach the next chunk, whose samples stay ``trunk=None``'s for a seed."""
+    torch.manual_seed(0)
+    if declared:
+        model: nn.Module = ScalesInPlace()
+        trunk: object = model.features
+    else:
+        model = nn.Sequential(
+            nn.Linear(5, 12), nn.Dropout(0.5, inplace=True), nn.Linear(12, 3)
+        ).train()
+        trunk = "auto"
+    x = torch.randn(4, 5)
+
+    def run(t: object) -> Tensor:
+        torch.manual_seed(1)
+        return bl.predict(model, x, 4, trunk=t, chunk_size=1).samples
+
+    torch.testing.assert_close(run(trunk), run(None), rtol=1e-6, atol=1e-6)
