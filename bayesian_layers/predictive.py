@@ -378,7 +378,7 @@ def _vectorized(
     if isinstance(h, Tensor) and shared:
         # the first layer draws at the shared h: per sample, only its output is folded
         width = getattr(first, "out_features", h.shape[-1])
-        folded = h.new_empty(h.shape[0], width)
+        folded = h.new_empty(*h.shape[:-1], width)
     bayesian = [m for m in modules if isinstance(m, BayesianLayer)]
     largest = _largest_random_parameter(bayesian)
     if chunk_size is not None:
