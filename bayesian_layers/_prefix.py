@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ._trunk import TrunkError, _substituted, drawing_modules
 
-__all__ = ["Prefix", "record_prefix", "fold_samples"]
+__all__ = ["Prefix", "record_prefix", "fold_samples", "folded_copy"]
 
 
 class _Stop(BaseException):
@@ -56,7 +56,7 @@ class Prefix:
         with :attr:`share`, the recorded output itself)."""
 
         def answer(out: Any) -> Callable[[], Any]:
-            return (lambda: out) if k == 1 and self.share else partial(_folded_copy, out, k)
+            return (lambda: out) if k == 1 and self.share else partial(folded_copy, out, k)
 
         with ExitStack() as stack:
             counters = [
@@ -74,8 +74,9 @@ class Prefix:
         """Samples per folded call whose temporaries fit ``budget`` bytes: per sample,
         a copy of every recorded output, four activations the size of the largest one
         and a draw of the ``largest`` random parameter (in the outputs' item size)."""
-        sizes = [t.numel() * t.element_size() for _, out in self.outputs for t in _tensors(out)]
-        itemsize = max((t.element_size() for _, o in self.outputs for t in _tensors(o)), default=4)
+        tensors = [t for _, out in self.outputs for t in _tensors(out)]
+        sizes = [t.numel() * t.element_size() for t in tensors]
+        itemsize = max((t.element_size() for t in tensors), default=4)
         per_sample = sum(sizes) + 4 * max(sizes, default=0) + largest * itemsize
         return max(1, budget // max(per_sample, 1))
 
@@ -101,13 +102,14 @@ class Prefix:
             return model(fold_samples(x, k))
 
 
-def _folded_copy(out: Any, k: int) -> Any:
-    """K copies of a recorded output (a tensor, or a tuple of tensors and ``None``, as
-    ``nn.MultiheadAttention`` answers), sample-major: new memory each call (also for
-    K = 1), so code after the prefix that changes it in place leaves the record alone."""
+def folded_copy(out: Any, k: int) -> Any:
+    """K copies of a recorded or trunk output (a tensor, or a tuple of tensors and
+    ``None``, as ``nn.MultiheadAttention`` answers), sample-major: new memory each call
+    (also for K = 1), so code after it that changes its input in place leaves the
+    original, which later chunks read, alone."""
     if isinstance(out, tuple):
-        return tuple(None if o is None else _folded_copy(o, k) for o in out)
-    return out.repeat(k, *(1,) * (out.dim() - 1))
+        return tuple(None if o is None else folded_copy(o, k) for o in out)
+    return out.clone() if k == 1 else fold_samples(out, k)  # K > 1: the reshape copies
 
 
 def _batched(out: Any, batch: int) -> bool:
@@ -185,8 +187,7 @@ def record_prefix(model: nn.Module, x: Tensor) -> Prefix:
 
     def post(module: nn.Module, args: Any, out: Any) -> None:
         calls[id(module)] = calls.get(id(module), 0) + 1
-        batched = any(isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch for a in args)
-        if batched and _batched(out, batch):
+        if any(isinstance(a, Tensor) and _batched(a, batch) for a in args) and _batched(out, batch):
             finished.append((module, out, _versions(out)))
 
     drawing = {id(m) for m in drawing_modules(model)}

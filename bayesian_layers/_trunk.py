@@ -82,9 +82,10 @@ class Split:
         cached: for a declared submodule, the folded trunk output its substituted
             forward answers (``cached[0]``); ``head`` then runs the whole model on the
             folded input. ``None`` for the parts of an ``nn.Sequential``.
-        prefix: ``trunk`` records the modules that finish before the first draw
-            (:func:`~bayesian_layers._prefix.record_prefix`, a ``Prefix``); ``head`` is
-            the model, run on the folded input with them answering their outputs.
+
+    A ``trunk`` answering a :class:`~bayesian_layers._prefix.Prefix` (``trunk="prefix"``)
+    recorded the modules that finish before the first draw; ``head`` is then the model,
+    run on the folded input with them answering their outputs.
     """
 
     trunk: Callable[[Tensor], Any]
@@ -93,7 +94,6 @@ class Split:
     rest: Callable[[Any], Any] | None = None
     whole: bool = False
     cached: list[Any] | None = None
-    prefix: bool = False
 
 
 def _chain(modules: list[nn.Module]) -> Callable[[Any], Any]:
@@ -241,7 +241,7 @@ def split_model(model: nn.Module, trunk: object) -> Split | None:
         ):  # a model with nothing stochastic runs once, unless its own code draws
             from ._prefix import record_prefix
 
-            return Split(lambda x: record_prefix(model, x), model, prefix=True)
+            return Split(lambda x: record_prefix(model, x), model)
         if not _plain_sequential(model):
             return None
         cut = _auto_cut(model)

@@ -21,7 +21,7 @@ from . import metrics
 from ._function_space import is_function_space
 from ._model_parts import normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
-from ._prefix import Prefix
+from ._prefix import Prefix, folded_copy
 from ._prefix import fold_samples as _fold
 from ._trunk import Split, TrunkError, split_model
 from .layers._base.overrides import overriding
@@ -343,20 +343,13 @@ def _call(
     if isinstance(h, Prefix):  # any model: its recorded prefix answers, folded
         return h.call(model, x, k)
     if split.cached is not None:  # a declared submodule: the model runs on the folded input
-        split.cached[:] = [_fresh_fold(h, k)]
+        split.cached[:] = [folded_copy(h, k)]  # new memory: a head may change it in place
         return split.head(_fold(x, k))
     if split.first is not None and split.rest is not None:
         y = split.first.shared_input_samples(h, k)  # type: ignore[operator]
         if y is not None:
             return split.rest(y)
-    return split.head(_fresh_fold(h, k))
-
-
-def _fresh_fold(h: Tensor, k: int) -> Tensor:
-    """The trunk's output folded K times in new memory (a copy also for K = 1), so a head
-    that changes its input in place (``nn.Dropout(inplace=True)``, ``x.mul_``) leaves the
-    output that the next chunk of samples reads alone."""
-    return h.clone() if k == 1 else _fold(h, k)
+    return split.head(folded_copy(h, k))
 
 
 def _vectorized(
@@ -374,8 +367,7 @@ def _vectorized(
     ``members`` samples."""
     folded = x if h is None or isinstance(h, Prefix) else h
     first = None if split is None else split.first
-    shared = isinstance(h, Tensor) and first is not None and first.draws_at_shared_input(h)  # type: ignore[operator]
-    if isinstance(h, Tensor) and shared:
+    if isinstance(h, Tensor) and first is not None and first.draws_at_shared_input(h):  # type: ignore[operator]
         # the first layer draws at the shared h: per sample, only its output is folded
         width = getattr(first, "out_features", h.shape[-1])
         folded = h.new_empty(*h.shape[:-1], width)
@@ -593,8 +585,7 @@ def predict(
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint_layers if vectorized else []),
         normalization_in_eval(model),
-        overriding(bayesian, "predictive", True),
-        overriding([] if joint else bayesian, "marginal", True),
+        overriding(bayesian, "predictive", "joint" if joint else "marginal"),
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
         if isinstance(h, Prefix):  # trunk="prefix": the model ran until its first draw

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "member_step.py"
+from bench_util import run_quick
 
 
 @pytest.mark.slow
 def test_member_step_quick_writes_paired_ratios(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--clock", "cpu",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads((tmp_path / "member_step.quick.json").read_text())
+    data, _ = run_quick("member_step", tmp_path)
     assert data["meta"]["clock"] == "cpu" and data["meta"]["ensemble_size"] == 4
     expected = {
         "mlp": ("nn.Linear", "LinearBatchEnsemble", "LinearRank1"),

@@ -4,19 +4,15 @@ column exactly when ``bl.predict`` takes ``trunk=``."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
-from bench_util import assert_paired_within_range, benchmark_module
+from bench_util import assert_paired_within_range, benchmark_module, run_quick
 
 import bayesian_layers as bl
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "predict_step.py"
 ESTIMATORS = ("LinearReparameterization", "LinearFlipout", "LinearLocalReparameterization")
 LAST_LAYER = (*ESTIMATORS, "Laplace last layer (kron)", "SNGP head")
 
@@ -27,13 +23,7 @@ def _module() -> ModuleType:
 
 @pytest.mark.slow
 def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--clock", "cpu",
-         "--num-samples", "8", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads((tmp_path / "predict_step.quick.json").read_text())
+    data, stdout = run_quick("predict_step", tmp_path, "--num-samples", "8")
     meta = data["meta"]
     assert meta["num_samples"] == 8 and meta["clock"] == "cpu" and meta["threads"] == 1
     assert meta["trunk_keyword"] == _module().trunk_supported()
@@ -52,7 +42,7 @@ def test_quick_run_writes_paired_ratios(tmp_path: Path) -> None:
     assert set(rows) == {f"{e}: {w}" for e in ESTIMATORS for w in ("predict", "loop")}
     assert_paired_within_range(rows, "LinearReparameterization: predict")
     assert data["targets"] == []  # checked at batch 256 / 16 only
-    assert "targets: checked at batch 256 / 16 only" in proc.stdout
+    assert "targets: checked at batch 256 / 16 only" in stdout
 
 
 def _rows(times: dict[str, list[float]]) -> dict[str, dict]:

@@ -478,4 +478,4 @@ def test_a_head_changing_the_trunk_output_in_place_leaves_the_next_chunk_alone(
         torch.manual_seed(1)
         return bl.predict(model, x, 4, trunk=t, chunk_size=1).samples
 
-    torch.testing.assert_close(run(trunk), run(None), rtol=1e-6, atol=1e-6)
+    assert torch.equal(run(trunk), run(None))  # the same ops on the same shapes

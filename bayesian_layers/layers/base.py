@@ -151,7 +151,8 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         """Whether this call is inside :func:`bayesian_layers.predict` with ``joint=False``
         (in the thread that entered it): only each example's law is asked for, so a
         whole-draw layer may draw output-space noise at a shared input."""
-        return _top(self, "marginal") is not None
+        top = _top(self, "predictive")
+        return top is not None and top[1] == "marginal"
 
     @property
     def frozen_state(self) -> dict[str, Any]:

@@ -14,10 +14,10 @@ __all__ = ["push_override", "pop_override", "top_override", "overriding"]
 class _Overrides(threading.local):
     """The tables of the calling thread: ``modes`` maps ``id(layer)`` to a list of
     ``(token, mode, frozen_noise)`` entries, ``samples`` to a list of ``(token, K)`` and
-    ``predictive`` to a list of ``(token, True)`` (inside :func:`bayesian_layers.predict`)
-    and ``marginal`` likewise (inside ``predict(..., joint=False)``); the last entry
-    wins. A context removes only its own entry at exit, so contexts in different threads
-    (or exiting out of order in one thread) never restore each other's state."""
+    ``predictive`` to a list of ``(token, "joint" | "marginal")`` (inside
+    :func:`bayesian_layers.predict`, by its ``joint``); the last entry wins. A context
+    removes only its own entry at exit, so contexts in different threads (or exiting out
+    of order in one thread) never restore each other's state."""
 
     def __init__(self) -> None:
         # both tables exist in every thread from its first look: a compiled call is
@@ -26,7 +26,6 @@ class _Overrides(threading.local):
         self.modes: dict[int, list[tuple]] = {}
         self.samples: dict[int, list[tuple]] = {}
         self.predictive: dict[int, list[tuple]] = {}
-        self.marginal: dict[int, list[tuple]] = {}
 
 
 _OVERRIDES = _Overrides()
@@ -38,8 +37,8 @@ def _thread_table(kind: str) -> dict[int, list[tuple]]:
 
 
 def push_override(layers: Iterable[object], kind: str, token: object, value: Any) -> None:
-    """Give ``layers`` a ``"modes"``, ``"samples"``, ``"predictive"`` or ``"marginal"``
-    override in the calling thread only.
+    """Give ``layers`` a ``"modes"``, ``"samples"`` or ``"predictive"`` override in the
+    calling thread only.
 
     A ``"modes"`` entry carries its own frozen-noise store, so a frozen-sample context
     is its own function sample, forgotten when the entry is removed.

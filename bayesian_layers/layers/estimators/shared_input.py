@@ -179,35 +179,24 @@ def kron_marginal_samples(
     init = layer.parameter_spec(weight).initializer
     assert isinstance(init, KroneckerNormal)  # marginal_samples checked the family
     q = init.distribution(layer, weight)
+    dtype, x = x.dtype, x.to(q.loc.dtype)  # in the parameters' dtype (autocast: back at the end)
     rows = x.shape[0]
-    z = x @ q.eigvecs_a.to(x.dtype)  # (B, I) in A's eigenbasis
-    var = z.square() @ q._eig_precision().reciprocal().T.to(x.dtype)  # (B, O)
-    mean = F.linear(x, q.loc.to(x.dtype))  # (B, O)
+    z = x @ q.eigvecs_a  # (B, I) in A's eigenbasis
+    var = z.square() @ q._eig_precision().reciprocal().T  # (B, O)
+    mean = F.linear(x, q.loc)  # (B, O)
     shared = _kron_bias_in_basis(layer, bias, q.eigvecs_g)
     if shared is not None:  # a Kronecker bias of the same G: one draw in Q_G's basis
-        bias_loc, bias_var = shared
-        mean, var, bias = mean + bias_loc.to(x.dtype), var + bias_var.to(x.dtype), None
-    eps = layer.noise(f"{weight}_output", (k, rows, var.shape[-1]), q.loc).to(x.dtype)
-    y = mean + (var.sqrt() * eps) @ q.eigvecs_g.T.to(x.dtype)  # (K, B, O)
-    y = y.reshape(k * rows, -1)
-    if bias is None:
-        return y
-    spec = layer.parameter_spec(bias)
-    init = spec.initializer
-    if not spec.is_random:
-        return y + layer.sample_param(bias).to(x.dtype)
-    if not (isinstance(init, KroneckerNormal) or init.is_normal):
-        return add_sample_bias(y, layer.sample_param(bias), k)  # one whole draw per sample
-    # a Kronecker or normal bias is drawn per example too: K·B draws in one matmul
-    noise = layer.noise(bias, (k * rows, *spec.shape), q.loc, kind="parameter").to(x.dtype)
-    if isinstance(init, KroneckerNormal):  # (O,) viewed as (O, 1): Q_G (ε / sqrt(Λ)) q_A
-        qb = init.distribution(layer, bias)
-        e = noise * qb._eig_precision().rsqrt().reshape(-1).to(x.dtype)
-        draw = (e @ qb.eigvecs_g.T.to(x.dtype)) * qb.eigvecs_a.reshape(()).to(x.dtype)
-        return y + qb.loc.reshape(-1).to(x.dtype) + draw
-    loc, scale = layer.posterior_loc_scale(bias)
-    assert scale is not None  # a random normal bias
-    return y + torch.addcmul(loc, scale, noise).to(x.dtype)
+        mean, var, bias = mean + shared[0], var + shared[1], None
+    eps = layer.noise(f"{weight}_output", (k, rows, var.shape[-1]), q.loc)
+    y = (mean + (var.sqrt() * eps) @ q.eigvecs_g.T).reshape(k * rows, -1)  # sample-major
+    if bias is not None:
+        spec = layer.parameter_spec(bias)
+        if spec.is_random:  # drawn per example too: K·B draws of its own family
+            noise = layer.noise(bias, (k * rows, *spec.shape), q.loc, kind="parameter")
+            y = y + layer.draw_param(bias, noise)
+        else:
+            y = y + layer.sample_param(bias)
+    return y.to(dtype)
 
 
 def _kron_bias_in_basis(
