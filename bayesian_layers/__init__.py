@@ -28,6 +28,7 @@ from .convert import to_bayesian
 from .diagnostics import Diagnosis, diagnose
 from .distributions import Deterministic as DeterministicDistribution
 from .ensemble import Ensemble
+from .generation import Generation, generate
 from .inference import make_log_joint_fn, program_elbo
 from .kl_schedule import kl_warmup
 from .objectives import KLScalingWarning, elbo_loss, losses
@@ -85,6 +86,8 @@ __all__ = [
     "KLScalingWarning",
     "predict",
     "Predictive",
+    "generate",
+    "Generation",
     "calibrate",
     "diagnose",
     "Diagnosis",

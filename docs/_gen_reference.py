@@ -197,6 +197,7 @@ TOP_SECTIONS: dict[str, str] = {
     "objectives": "Losses and the ELBO",
     "kl_schedule": "Losses and the ELBO",
     "predictive": "Prediction",
+    "generation": "Prediction",
     "sampling": "Sampling modes",
     "calibration": "Calibration and diagnostics",
     "temperature_scaled": "Calibration and diagnostics",
