@@ -2,26 +2,25 @@
 layers (Bayesian LoRA adapters, Laplace posteriors, Bayesian attention), with each new
 token's uncertainty split into its aleatoric and epistemic parts.
 
-Two paths, one law: a ``transformers`` causal language model keeps a key-value cache per
-function sample (K samples frozen for the whole generation and folded into the batch,
-so each new token costs one forward of one position); any other model returning
-``(B, T, vocab)`` logits is called through :func:`bayesian_layers.predict` on the
-growing sequence at every step (its ``trunk=`` shares the deterministic computation
-before the first stochastic module across the K samples).
+Two paths, one law: a ``transformers`` causal language model keeps a key-value cache
+(K samples frozen for the whole generation and folded into the batch, so each new token
+costs one forward of one position; with ``trunk="prefix"`` the layers before the first
+stochastic module run and cache once for the K samples: ``_cached_generation``); any
+other model returning ``(B, T, vocab)`` logits is called through
+:func:`bayesian_layers.predict` on the growing sequence at every step (its ``trunk=``
+shares the deterministic computation before the first stochastic module likewise).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from ._predictive_moments import output_tensor
+from ._cached_generation import cache_keyword, generate_cached
 from .predictive import predict
-from .sampling import frozen_sample, vectorized_samples
 from .uncertainty import expected_entropy, mutual_information, predictive_entropy
 
 __all__ = ["Generation", "generate"]
@@ -81,7 +80,12 @@ def generate(
       .frozen_sample`) and folded into the batch; the prompt runs once through the K
       samples and every new token is one forward of one position per sample, each
       sample reading its own key-value cache (adapters in a block change its keys and
-      values, so the caches differ). Cost per token: one ``(K B, 1)`` forward.
+      values, so the caches differ). Cost per token: one ``(K B, 1)`` forward. With
+      ``trunk="prefix"`` the modules before the first stochastic one (every block before
+      the first Bayesian adapter) run once per step on the ``B`` sequences and keep one
+      key-value cache for all K samples (a ``transformers`` ``DynamicCache`` of full
+      attention layers; other caches run unshared, with a warning): cost per token, that
+      prefix once plus K of the rest, as for :func:`~bayesian_layers.predict`.
     * ``cache=False`` (any model returning ``(B, T, vocab)`` logits, a
       :class:`~bayesian_layers.RandomVariable` or a mapping with ``logits``): every step
       is :func:`~bayesian_layers.predict` on the sequence so far (its last ``context``
@@ -106,7 +110,9 @@ def generate(
             takes a cache.
         context: ``cache=False`` only: the longest window fed to the model (a model with
             a fixed number of positions); ``None``: the whole sequence.
-        trunk: ``cache=False`` only: :func:`~bayesian_layers.predict`'s ``trunk``.
+        trunk: ``cache=False``: :func:`~bayesian_layers.predict`'s ``trunk``;
+            ``cache=True``: ``"prefix"`` shares the prefix (above), ``"auto"`` or ``None``
+            does not.
         generator: draws the tokens (default: torch's global generator); the function
             samples come from the layers' own noise, as in ``predict``.
 
@@ -127,10 +133,10 @@ def generate(
     """
     n, k, temperature = _check(model, tokens, max_new_tokens, num_samples, temperature, context)
     if cache is None:
-        cache = _cache_keyword(model) is not None
+        cache = cache_keyword(model) is not None
     elif not isinstance(cache, bool):
         raise TypeError(f"generate expected `cache` True, False or None, got {cache!r}")
-    elif cache and _cache_keyword(model) is None:
+    elif cache and cache_keyword(model) is None:
         raise TypeError(
             f"generate(cache=True): {type(model).__name__}.forward takes no `use_cache` "
             "and `cache`/`past_key_values` (a transformers causal language model does); "
@@ -138,10 +144,14 @@ def generate(
         )
     if not isinstance(greedy, bool):
         raise TypeError(f"generate expected `greedy` a bool, got {greedy!r}")
+    if cache and not (trunk is None or trunk in ("auto", "prefix")):
+        raise ValueError(
+            f"generate(cache=True) expected `trunk` 'prefix', 'auto' or None, got {trunk!r}"
+        )
     pick = _Picker(k, temperature, greedy, generator)
     with torch.no_grad():
         if cache:
-            _generate_cached(model, tokens, k, n, pick)
+            generate_cached(model, tokens, k, n, pick, share=trunk == "prefix")
         else:
             sequence = tokens
             for _ in range(n):
@@ -189,51 +199,6 @@ class _Picker:
             torch.cat([prompt, token.to(prompt.device, prompt.dtype)], 1),
             chosen, total, aleatoric, epistemic,
         )  # fmt: skip
-
-
-def _generate_cached(model: nn.Module, tokens: Tensor, k: int, n: int, pick: _Picker) -> None:
-    """K frozen function samples folded into the batch: the prompt once, then each chosen
-    token, every call reading and growing the samples' key-value caches."""
-    keyword = _cache_keyword(model)
-    assert keyword is not None  # generate checked
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in _parameters(model) else {}
-    step_input, past = tokens.repeat(k, 1), None  # (K B, T), sample-major
-    with frozen_sample(model), vectorized_samples(model, k):
-        for _ in range(n):
-            kwargs: dict[str, Any] = {"use_cache": True, **extra}
-            if past is not None:
-                kwargs[keyword] = past
-            out = model(step_input, **kwargs)
-            past = _returned_cache(out)
-            step_input = pick(output_tensor(out)[:, -1]).repeat(k, 1)  # (K B, 1)
-
-
-def _returned_cache(out: object) -> object:
-    """The key-value cache a ``transformers`` output carries."""
-    for name in ("cache", "past_key_values"):
-        value = getattr(out, name, None)
-        if value is not None:
-            return value
-    raise TypeError(
-        f"generate(cache=True): the model's output ({type(out).__name__}) carries no "
-        "`cache` or `past_key_values`; pass cache=False"
-    )
-
-
-def _parameters(model: nn.Module) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):  # a builtin or C forward: no signature to read
-        return set()
-
-
-def _cache_keyword(model: nn.Module) -> str | None:
-    """The keyword that hands ``model.forward`` its key-value cache (``cache`` in
-    ``transformers`` 5, ``past_key_values`` before), or ``None`` if it takes none."""
-    params = _parameters(model)
-    if "use_cache" not in params:
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 def _check(

@@ -174,22 +174,34 @@ def test_bad_arguments_raise(kwargs: dict, error: type[Exception], match: str) -
 transformers = pytest.importorskip("transformers")
 
 
-def _hf(kind: str, posterior: str) -> nn.Module:
+def _hf_base(kind: str) -> nn.Module:
     torch.manual_seed(0)
     if kind == "gpt2":
         cfg = transformers.GPT2Config(
             n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32,
             bos_token_id=0, eos_token_id=0,
         )  # fmt: skip
-        model, target = transformers.GPT2LMHeadModel(cfg), ["c_attn", "c_proj"]
-    else:
-        cfg = transformers.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
-        )  # fmt: skip
-        model, target = transformers.LlamaForCausalLM(cfg), ["q_proj", "v_proj", "o_proj"]
-    model = bl.lora(model.eval(), target=target, rank=4, posterior=posterior, init_std=0.3)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _hf_targets(kind: str, block: int | None = None) -> list[str]:
+    """The adapted projections (of one ``block``, or name patterns for every block)."""
+    names = ["attn.c_attn", "attn.c_proj"] if kind == "gpt2" else ["q_proj", "v_proj", "o_proj"]
+    if block is None:
+        return [n.split(".")[-1] for n in names]
+    prefix = f"transformer.h.{block}" if kind == "gpt2" else f"model.layers.{block}.self_attn"
+    return [f"{prefix}.{n}" for n in names]
+
+
+def _hf(kind: str, posterior: str) -> nn.Module:
+    model = bl.lora(_hf_base(kind), target=_hf_targets(kind), rank=4, posterior=posterior,
+                    init_std=0.3)  # fmt: skip
     for _, adapter in bl.adapters.adapters(model):
         nn.init.normal_(adapter.lora_B.weight, std=0.5)  # B starts at 0: let A matter
     return model
@@ -228,3 +240,88 @@ def test_cached_generation_runs_one_position_per_step() -> None:
     finally:
         handle.remove()
     assert lengths == [(6, 3), (6, 1), (6, 1), (6, 1)]
+
+
+def _tail(kind: str, posterior: str = "flipout") -> nn.Module:
+    """Plain adapters in the first block, Bayesian ones in the last (the prefix: block 0)."""
+    plain = bl.lora(_hf_base(kind), target=_hf_targets(kind, 0), rank=4, posterior=None)
+    model = bl.lora(plain, target=_hf_targets(kind, 1), rank=4, posterior=posterior, init_std=0.3)
+    for _, adapter in bl.adapters.adapters(model):
+        nn.init.normal_(adapter.lora_B.weight, std=0.5)
+    return model
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    inner = model.transformer if hasattr(model, "transformer") else model.model
+    return inner.h if hasattr(inner, "h") else inner.layers
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_prefix_sharing_runs_the_first_block_once_and_keeps_the_samples(kind: str) -> None:
+    """With Bayesian adapters only in the last block, ``trunk="prefix"`` runs block 0
+    (and keeps its cache) once per step on the B sequences, the last block on the K B
+    folded ones, and generates what the unshared cache generates for a fixed seed."""
+    model, k, rows = _tail(kind), 4, {0: [], 1: []}
+    hooks = [
+        _blocks(model)[i].mlp.register_forward_pre_hook(  # runs only if its block runs
+            lambda m, args, i=i: rows[i].append(args[0].shape[0])
+        )
+        for i in (0, 1)
+    ]
+    outs = []
+    try:
+        for trunk in ("prefix", None):
+            torch.manual_seed(3)
+            outs.append(bl.generate(model, PROMPT, 5, k, trunk=trunk,
+                                    generator=torch.Generator().manual_seed(4)))  # fmt: skip
+            if trunk == "prefix":
+                assert rows == {0: [2] * 5, 1: [2 * k] * 5}
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    for name in ("log_probs", "total", "epistemic"):
+        torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name),
+                                   rtol=0, atol=2e-5)  # fmt: skip
+    assert (outs[0].epistemic > 1e-4).any()
+
+
+@pytest.mark.parametrize("posterior", ["flipout", None])
+def test_prefix_without_a_shared_block_generates_as_unshared(posterior: str | None) -> None:
+    """Bayesian adapters in every block leave no cache layer to share (the first draw is
+    in block 0's attention): ``trunk="prefix"`` runs as ``trunk=None``. Plain LoRA has
+    nothing that draws: the model runs once per step, all K samples equal (no epistemic
+    part) and the tokens are the plain model's greedy ones."""
+    model, outs = _hf("gpt2", posterior), []
+    for trunk in ("prefix", None):
+        torch.manual_seed(3)
+        outs.append(bl.generate(model, PROMPT, 4, 3, trunk=trunk, greedy=True))
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    torch.testing.assert_close(outs[0].total, outs[1].total, rtol=0, atol=2e-5)
+    if posterior is None:  # K equal samples: zero up to the rounding of their mean
+        assert (outs[0].epistemic.abs() <= 1e-6).all()
+        seq = PROMPT
+        with torch.no_grad():
+            for _ in range(4):
+                seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], 1)
+        assert torch.equal(outs[0].tokens, seq)
+
+
+def test_prefix_with_a_sliding_window_cache_warns_and_runs_unshared() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+        sliding_window=4, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    model = bl.lora(transformers.MistralForCausalLM(cfg).eval(), target=["q_proj"], rank=2,
+                    posterior="flipout")  # fmt: skip
+    with pytest.warns(UserWarning, match="one cache per function sample"):
+        out = bl.generate(model, PROMPT, 3, 2, trunk="prefix")
+    assert out.tokens.shape == (2, 6)
+
+
+def test_cached_path_rejects_a_module_trunk() -> None:
+    model = _hf("gpt2", "flipout")
+    with pytest.raises(ValueError, match="'prefix', 'auto' or None"):
+        bl.generate(model, PROMPT, 2, trunk=model.transformer.h[0])
