@@ -134,7 +134,7 @@ def _shareable_cache(model: nn.Module) -> object | None:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        cache = DynamicCache(config=model.config)  # type: ignore[call-arg]
+        cache = DynamicCache(config=model.config)  # type: ignore[arg-type]
     except (ImportError, AttributeError, TypeError, ValueError) as err:
         reason = f"no transformers DynamicCache for it ({err})"
     else:
