@@ -60,6 +60,8 @@ bench: $(VENV)/.bench-installed
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/lora_step.py --threads $(BENCH_THREADS)
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
+		$(PY) benchmarks/generate_step.py --threads $(BENCH_THREADS)
+	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/cnn_lstm_step.py --threads $(BENCH_THREADS)
 	$(BENCH_ENV) OMP_NUM_THREADS=$(BENCH_THREADS) MKL_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) benchmarks/member_step.py --threads $(BENCH_THREADS)

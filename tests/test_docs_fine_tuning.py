@@ -44,3 +44,11 @@ def test_hugging_face_and_peft(capsys: pytest.CaptureFixture[str]) -> None:
     out = _run("Hugging Face models and peft adapters", capsys)
     assert "torch.Size([4, 2, 16, 64])" in out
     assert "posterior mean == peft: True" in out
+
+
+def test_generating_text_with_uncertainty(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    out = _run("Generating text with uncertainty", capsys)
+    assert "torch.Size([2, 24]) torch.Size([2, 16])" in out
+    assert "total = aleatoric + epistemic: True" in out
+    assert "one shared cache == K caches: True" in out
