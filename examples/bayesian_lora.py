@@ -28,7 +28,10 @@ on the attention output projections and both feed-forward layers of every block.
 reports held-out next-character NLL, expected calibration error (ECE, 15 bins) and
 accuracy for each and for the base model, writes them to ``bayesian_lora.json`` and
 draws the reliability diagram (confidence against accuracy) into
-``bayesian_lora_reliability.png`` under ``--output-dir``.
+``bayesian_lora_reliability.png`` under ``--output-dir``. Last, Bayesian LoRA (Flipout)
+continues the start of the held-out text with ``bl.generate`` (K samples mixed per
+character), and the characters it was least sure of, by their epistemic uncertainty
+(the mutual information between the character and the adapters), are printed.
 
     python examples/bayesian_lora.py            # about 8 minutes on one CPU core
     python examples/bayesian_lora.py --quick    # a tiny model, a few steps (tests)
@@ -237,6 +240,28 @@ def evaluate(
     return metrics, p, y
 
 
+def continue_text(
+    model: nn.Module, prompt: str, n: int, samples: int, context: int, seed: int
+) -> dict[str, Any]:
+    """``n`` characters after ``prompt`` from ``model``'s posterior predictive
+    (``bl.generate``: ``samples`` function samples mixed per character, temperature 0.8,
+    the last ``context`` characters fed), with the per-character uncertainty in nats."""
+    model.eval()
+    torch.manual_seed(seed)
+    out = bl.generate(model, encode(prompt)[None], n, samples, temperature=0.8,
+                      context=context, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    text = "".join(VOCAB[i] for i in out.tokens[0, -n:].tolist())
+    epistemic = out.epistemic[0]  # (n,)
+    top = sorted(epistemic.topk(min(3, n)).indices.tolist())
+    return {
+        "prompt": prompt, "text": text,
+        "mean_total": out.total[0].mean().item(),
+        "mean_epistemic": epistemic.mean().item(),
+        "least_sure": [{"at": i, "char": text[i], "epistemic": epistemic[i].item()}
+                       for i in top],
+    }  # fmt: skip
+
+
 def correct(p: Tensor, y: Tensor) -> Tensor:
     """``1.0`` where the most probable character is the true one: ``(N,)``."""
     return (p.argmax(-1) == y).double()
@@ -335,6 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["base (no fine-tune)"], curves["base (no fine-tune)"] = metrics, (p, y)
     base_unchanged, base_no_grad = True, True
     plain: nn.Module | None = None
+    models: dict[str, nn.Module] = {}
     chosen = set(args.methods.split(",")) - {""}
     known = {"flipout", "reparameterization", "tail", "laplace"}
     if chosen - known:
@@ -370,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cat([F.softplus(r).flatten() for r in rho]).mean().item()
             )
         results[name], curves[name] = metrics, (p, y)
+        models[name] = model
         if posterior is None:
             plain = model
         sd = f", mean posterior std of A {metrics['posterior_std_A']:.3g}" if rho else ""
@@ -419,8 +446,24 @@ def main(argv: list[str] | None = None) -> dict:
                 f"accuracy {r['accuracy_minus_plain']:+.4f} vs plain's (target >= 0)")  # fmt: skip
     log(f"base parameters unchanged by every fine-tune: {base_unchanged}; "
         f"no gradient reached them: {base_no_grad}")  # fmt: skip
+    generated = None
+    if "Bayesian LoRA (flipout)" in models:
+        prompt = held_text[:context]
+        generated = continue_text(models["Bayesian LoRA (flipout)"], prompt,
+                                  20 if args.quick else 160, args.samples, context,
+                                  args.seed + 4)  # fmt: skip
+        text = generated["text"]
+        log(f"\nBayesian LoRA (flipout) continues the held-out text {prompt!r} "
+            f"(bl.generate, K = {args.samples}, temperature 0.8):\n  {text!r}")  # fmt: skip
+        log(f"  per character: mean entropy {generated['mean_total']:.3f} nats, of it "
+            f"epistemic {generated['mean_epistemic']:.4f}; least sure at")  # fmt: skip
+        for u in generated["least_sure"]:
+            i = u["at"]
+            log(f"    {text[max(0, i - 12) : i]!r} -> {u['char']!r} "
+                f"(epistemic {u['epistemic']:.4f} nats)")  # fmt: skip
     out = {
         "methods": results,
+        "generated": generated,
         "base_unchanged": base_unchanged,
         "base_no_grad": base_no_grad,
         "pretrain_seconds": pretrain_seconds,
