@@ -102,5 +102,12 @@ def test_quick_run_reports_every_method(tmp_path, capsys):
     assert set(saved["methods"]) == METHODS
     png = (tmp_path / "bayesian_lora_reliability.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    gen = result["generated"]  # bl.generate on the held-out text's start
+    assert gen["prompt"] and len(gen["text"]) == 20 and set(gen["text"]) <= set(VOCAB)
+    assert 0 <= gen["mean_epistemic"] <= gen["mean_total"] <= math.log(len(VOCAB))
+    assert [u["char"] for u in gen["least_sure"]] == [gen["text"][u["at"]]
+                                                      for u in gen["least_sure"]]  # fmt: skip
+    assert saved["generated"] == gen
     out = capsys.readouterr().out
     assert all(name in out for name in METHODS)
+    assert "continues the held-out text" in out
