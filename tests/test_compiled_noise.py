@@ -258,6 +258,24 @@ def test_eager_draws_keep_torchs_stream() -> None:
     torch.testing.assert_close(got, F.dropout(x, 0.4, training=True), rtol=0, atol=0)
 
 
+def test_table_signs_are_fair_independent_and_shaped() -> None:
+    """Every one of the 64 sign positions that one random word feeds is fair (a word
+    with a constant bit, e.g. a non-negative int64, would fix one position), and
+    neighbours are uncorrelated: each of 64 means and 63 neighbour correlations over
+    n = 20000 words within 5 standard errors (1/sqrt(n); Bonferroni over 127 checks at a
+    family-wise rate below 1e-3). Odd sizes keep their shape and dtype."""
+    torch.manual_seed(0)
+    rows = 20_000
+    s = compiled_rng.table_signs(torch.Size((rows, 64)), torch.zeros((), dtype=torch.float64))
+    assert s.dtype == torch.float64 and set(s.unique().tolist()) == {-1.0, 1.0}
+    bound = 5 / rows**0.5
+    assert s.mean(0).abs().max() < bound
+    assert (s[:, 1:] * s[:, :-1]).mean(0).abs().max() < bound
+    odd = compiled_rng.table_signs(torch.Size((3, 5, 7)), torch.zeros((), dtype=torch.bfloat16))
+    assert odd.shape == (3, 5, 7) and odd.dtype == torch.bfloat16
+    assert compiled_rng.table_signs(torch.Size((0, 4)), torch.zeros(())).shape == (0, 4)
+
+
 def test_compiled_draws_seed_like_eager_and_fill_any_float_dtype() -> None:
     """The ops draw from torch's default generator (``manual_seed`` seeds them) in the
     requested dtype; the same seed gives the eager ``randn``'s values."""
