@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ._cached_generation import cache_keyword, generate_cached
 from .predictive import predict
-from .uncertainty import expected_entropy, mutual_information, predictive_entropy
+from .uncertainty import expected_entropy, predictive_entropy
 
 __all__ = ["Generation", "generate"]
 
@@ -157,7 +157,8 @@ def generate(
             for _ in range(n):
                 window = sequence if context is None else sequence[:, -context:]
                 samples = predict(model, window, num_samples=k, trunk=trunk).samples
-                sequence = torch.cat([sequence, pick(samples[:, :, -1])], 1)  # (B, T + i)
+                token = pick(samples[:, :, -1]).to(sequence.dtype)  # (B, 1)
+                sequence = torch.cat([sequence, token], 1)  # (B, T + i)
     return pick.result(tokens)
 
 
@@ -181,24 +182,16 @@ class _Picker:
         else:
             token = torch.multinomial(mixture, 1, generator=self.generator)  # (B, 1)
         chosen = mixture.gather(-1, token).squeeze(-1).log()  # (B,)
-        self.steps.append(
-            (
-                token,
-                chosen,
-                predictive_entropy(mixture),
-                expected_entropy(probs),
-                mutual_information(probs),
-            )  # fmt: skip
-        )
+        total, aleatoric = predictive_entropy(mixture), expected_entropy(probs)  # (B,)
+        epistemic = (total - aleatoric).clamp_min(0.0)  # mutual information, rounding off
+        self.steps.append((token, chosen, total, aleatoric, epistemic))
         return token
 
     def result(self, prompt: Tensor) -> Generation:
-        token, chosen, total, aleatoric, epistemic = (torch.cat(c, -1) if i == 0 else
-            torch.stack(c, -1) for i, c in enumerate(zip(*self.steps, strict=True)))  # fmt: skip
-        return Generation(
-            torch.cat([prompt, token.to(prompt.device, prompt.dtype)], 1),
-            chosen, total, aleatoric, epistemic,
-        )  # fmt: skip
+        tokens, chosen, total, aleatoric, epistemic = zip(*self.steps, strict=True)
+        new = torch.cat(tokens, -1).to(prompt.device, prompt.dtype)  # (B, n)
+        per_step = (torch.stack(c, -1) for c in (chosen, total, aleatoric, epistemic))
+        return Generation(torch.cat([prompt, new], 1), *per_step)
 
 
 def _check(
@@ -211,7 +204,8 @@ def _check(
 ) -> tuple[int, int, float]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"generate expected `model` an nn.Module, got {type(model).__name__}")
-    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or tokens.is_complex():
+    if (not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or tokens.is_complex()
+            or tokens.dtype == torch.bool):  # fmt: skip
         got = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
         raise TypeError(f"generate expected `tokens` an integer tensor of token ids, got {got}")
     if tokens.dim() != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:

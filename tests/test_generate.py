@@ -104,6 +104,9 @@ def test_greedy_takes_the_mixtures_mode_and_decomposes() -> None:
     assert torch.equal(out.tokens, seq)
     torch.testing.assert_close(out.total, out.aleatoric + out.epistemic, rtol=0, atol=1e-6)
     assert (out.epistemic >= 0).all() and (out.log_probs <= 0).all()
+    torch.manual_seed(5)
+    narrow = bl.generate(model, PROMPT.int(), 3, 6, greedy=True, cache=False)
+    assert narrow.tokens.dtype == torch.int32 and torch.equal(narrow.tokens, seq.int())
 
 
 def test_draws_follow_the_predictive_law() -> None:
@@ -151,6 +154,7 @@ def test_context_window_bounds_the_model_input() -> None:
     "kwargs, error, match",
     [
         (dict(tokens=PROMPT.float()), TypeError, "integer tensor"),
+        (dict(tokens=PROMPT.bool()), TypeError, "integer tensor"),
         (dict(tokens=PROMPT[0]), ValueError, r"shape \(B, T\)"),
         (dict(tokens=PROMPT[:, :0]), ValueError, r"shape \(B, T\)"),
         (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
