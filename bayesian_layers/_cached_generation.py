@@ -103,10 +103,11 @@ def _shared_step(
         for i in grown:  # nothing to share: undo, run unshared from now on
             _set_state(layers[i], before[i])
         return step(ids.repeat(k, 1)), []
-    if shared is not None and grown != shared:
+    if shared is not None and (grown != shared or (prefix.output is None and not prefix.outputs)):
         raise RuntimeError(
             "generate(trunk='prefix'): the modules before the first draw grew other cache "
-            f"layers at this step ({grown}) than at the first ({shared}); pass trunk=None"
+            f"layers at this step ({grown}) than at the first ({shared}), or left nothing to "
+            "share (code drew from torch's generator before the first draw); pass trunk=None"
         )
     if prefix.output is not None:  # nothing drew: the whole model ran once on B rows
         return prefix.output.repeat(k, 1), grown

@@ -329,3 +329,22 @@ def test_cached_path_rejects_a_module_trunk() -> None:
     model = _hf("gpt2", "flipout")
     with pytest.raises(ValueError, match="'prefix', 'auto' or None"):
         bl.generate(model, PROMPT, 2, trunk=model.transformer.h[0])
+
+
+def test_prefix_that_stops_sharing_midway_raises() -> None:
+    """A model whose code draws from torch's generator before the first Bayesian layer
+    from the second step on (nothing left to share then) gets a clear error, not a cache
+    of the wrong batch."""
+    model, calls = _tail("gpt2"), [0]
+
+    def draw_after_first(m: nn.Module, args: tuple) -> None:
+        calls[0] += 1
+        if calls[0] > 2:  # the first step's two calls (record, folded) draw nothing
+            torch.rand(1)
+
+    handle = model.transformer.wte.register_forward_pre_hook(draw_after_first)
+    try:
+        with pytest.raises(RuntimeError, match="left nothing to share"):
+            bl.generate(model, PROMPT, 3, 2, trunk="prefix")
+    finally:
+        handle.remove()
