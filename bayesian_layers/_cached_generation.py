@@ -16,6 +16,7 @@ no prefix to share, nothing is shared. ``transformers``' ``DynamicCache`` of
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -34,8 +35,6 @@ State = tuple[Any, Any, bool]
 
 def parameters(model: nn.Module) -> set[str]:
     """The names ``model.forward`` takes (empty where it has no signature to read)."""
-    import inspect
-
     try:
         return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):  # a builtin or C forward
@@ -139,9 +138,9 @@ def _shareable_cache(model: nn.Module) -> object | None:
     except (ImportError, AttributeError, TypeError, ValueError) as err:
         reason = f"no transformers DynamicCache for it ({err})"
     else:
-        if all(type(layer) is DynamicLayer for layer in cache.layers):
+        if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
             return cache
-        reason = "its cache has layers other than full-attention DynamicLayers"
+        reason = "its cache has no layers yet, or layers other than full-attention DynamicLayers"
     warnings.warn(
         f"generate(trunk='prefix'): {type(model).__name__} keeps one cache per function "
         f"sample: {reason}",
