@@ -76,8 +76,9 @@ def generate(
 
     * ``cache=True`` (default for models whose ``forward`` takes ``use_cache`` and a
       ``cache`` or ``past_key_values`` argument: ``transformers`` causal language
-      models): the K function samples are drawn once (:func:`~bayesian_layers
-      .frozen_sample`) and folded into the batch; the prompt runs once through the K
+      models): the K function samples are drawn once
+      (:func:`~bayesian_layers.frozen_sample`) and folded into the batch; the prompt runs
+      once through the K
       samples and every new token is one forward of one position per sample, each
       sample reading its own key-value cache (adapters in a block change its keys and
       values, so the caches differ). Cost per token: one ``(K B, 1)`` forward. With
@@ -144,6 +145,11 @@ def generate(
         )
     if not isinstance(greedy, bool):
         raise TypeError(f"generate expected `greedy` a bool, got {greedy!r}")
+    if cache and context is not None:
+        raise ValueError(
+            "generate(cache=True) takes no `context` (the cache holds the whole sequence); "
+            f"got context={context!r}"
+        )
     if cache and not (trunk is None or trunk in ("auto", "prefix")):
         raise ValueError(
             f"generate(cache=True) expected `trunk` 'prefix', 'auto' or None, got {trunk!r}"

@@ -325,10 +325,12 @@ def test_prefix_with_a_sliding_window_cache_warns_and_runs_unshared() -> None:
     assert out.tokens.shape == (2, 6)
 
 
-def test_cached_path_rejects_a_module_trunk() -> None:
+def test_cached_path_rejects_a_module_trunk_and_a_context() -> None:
     model = _hf("gpt2", "flipout")
     with pytest.raises(ValueError, match="'prefix', 'auto' or None"):
         bl.generate(model, PROMPT, 2, trunk=model.transformer.h[0])
+    with pytest.raises(ValueError, match="takes no `context`"):
+        bl.generate(model, PROMPT, 2, context=4)
 
 
 def test_prefix_that_stops_sharing_midway_raises() -> None:
