@@ -586,6 +586,7 @@ def predict(
         _marginal_samples(joint_layers if vectorized else []),
         normalization_in_eval(model),
         overriding(bayesian, "predictive", "joint" if joint else "marginal"),
+        overriding(bayesian, "predictive_store", {}),  # reuse within this call only
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
         if isinstance(h, Prefix):  # trunk="prefix": the model ran until its first draw

@@ -147,6 +147,15 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         return _top(self, "predictive") is not None
 
     @property
+    def predictive_store(self) -> dict[Any, Any] | None:
+        """Inside :func:`bayesian_layers.predict` (in the thread that entered it), a store
+        that lives for that one call, shared by the model's Bayesian layers; ``None``
+        elsewhere. Layers keep there what the call's chunks may reuse (the output moments
+        at an input tensor that every one-sample chunk hands over again)."""
+        top = _top(self, "predictive_store")
+        return None if top is None else top[1]
+
+    @property
     def marginal_predictive(self) -> bool:
         """Whether this call is inside :func:`bayesian_layers.predict` with ``joint=False``
         (in the thread that entered it): only each example's law is asked for, so a

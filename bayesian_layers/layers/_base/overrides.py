@@ -15,7 +15,8 @@ class _Overrides(threading.local):
     """The tables of the calling thread: ``modes`` maps ``id(layer)`` to a list of
     ``(token, mode, frozen_noise)`` entries, ``samples`` to a list of ``(token, K)`` and
     ``predictive`` to a list of ``(token, "joint" | "marginal")`` (inside
-    :func:`bayesian_layers.predict`, by its ``joint``); the last entry wins. A context
+    :func:`bayesian_layers.predict`, by its ``joint``) and ``predictive_store`` to a list
+    of ``(token, dict)`` (a store for one ``predict`` call); the last entry wins. A context
     removes only its own entry at exit, so contexts in different threads (or exiting out
     of order in one thread) never restore each other's state."""
 
@@ -26,6 +27,7 @@ class _Overrides(threading.local):
         self.modes: dict[int, list[tuple]] = {}
         self.samples: dict[int, list[tuple]] = {}
         self.predictive: dict[int, list[tuple]] = {}
+        self.predictive_store: dict[int, list[tuple]] = {}
 
 
 _OVERRIDES = _Overrides()

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..base import BayesianLayer
 
 __all__ = [
     "WeightOp",
     "flipout_output",
     "local_reparameterization_moments",
+    "predictive_moments",
     "local_reparameterization_output",
 ]
 
@@ -112,6 +118,39 @@ def local_reparameterization_moments(
     b_var = None if bias_scale is None else bias_scale.square()
     var = op(x.square(), weight_scale.square(), b_var)
     return mean, var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+
+
+def predictive_moments(
+    layer: BayesianLayer,
+    weight: str,
+    op: WeightOp,
+    x: Tensor,
+    weight_loc: Tensor,
+    weight_scale: Tensor,
+    bias_loc: Tensor | None,
+    bias_scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`local_reparameterization_moments`, computed once per input tensor within
+    one :func:`bayesian_layers.predict` call (:attr:`~BayesianLayer.predictive_store`):
+    the one-sample chunks of a recorded prefix (``trunk="prefix"``) hand the first
+    stochastic layer the same tensor each time. A hit needs the very tensor (held by the
+    store, so its memory is not reused meanwhile) at the same in-place version; the
+    parameters do not change within the call. Outside ``predict``, or while compiling,
+    the moments are computed each time."""
+    store = layer.predictive_store
+    if store is None or torch.compiler.is_compiling():
+        return local_reparameterization_moments(
+            op, x, weight_loc, weight_scale, bias_loc, bias_scale
+        )
+    key = (id(layer), weight)
+    hit = store.get(key)
+    if hit is not None and hit[0] is x and hit[1] == x._version:
+        return hit[2]
+    moments = local_reparameterization_moments(
+        op, x, weight_loc, weight_scale, bias_loc, bias_scale
+    )
+    store[key] = (x, x._version, moments)
+    return moments
 
 
 def local_reparameterization_output(

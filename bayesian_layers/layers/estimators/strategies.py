@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .draw import WeightDraw, mean_projection, whole_weight_projection
-from .op import WeightOp, local_reparameterization_moments
+from .op import WeightOp, predictive_moments
 from .shared_input import (
     batch_joint_samples,
     marginal_samples,
@@ -305,7 +305,7 @@ class LocalReparameterization(Estimator):
     ) -> Tensor:
         layer.check_samples(x)  # K samples need no care: every element has its own noise
         bias_loc, bias_scale = (None, None) if bias is None else layer.posterior_loc_scale(bias)
-        mean, std = local_reparameterization_moments(op, x, loc, scale, bias_loc, bias_scale)
+        mean, std = predictive_moments(layer, weight, op, x, loc, scale, bias_loc, bias_scale)
         # noise in the parameter dtype (float32 under autocast), cast after the op
         noise = layer.noise(f"{weight}_output", mean.shape, loc)
         return torch.addcmul(mean, std, noise.to(mean.dtype))
