@@ -37,18 +37,18 @@ LoRA through ``bl.predict`` (nothing stochastic), ``trunk="prefix"`` where ``bl.
 takes it, and for Flipout in every block ``bl.predict(..., chunk_size=1)`` and a Python
 loop of K forwards beside the default ``bl.predict``.
 
-Measured (36e2a92 under load 2.1 and 642d88a idle, 2 threads, wall clock, ``make
-bench``'s allocator setting; its JSON in ``results/``, not committed): training step
-1.17-1.21x (Flipout), 1.01-1.07x (reparameterization), 1.21-1.23x (local
-reparameterization) plain LoRA's: the target holds for each. Earlier runs (3776986,
-4f78301) gave 1.22-1.35x for both; Flipout's signs are cheaper since 36e2a92 (eight bytes
-to a random word), local reparameterization did not change: part of the gap is the
-machine.
-``bl.predict`` with K = 8: 8.2-10.1x one plain forward for every block, 4.8-5.9x for the
-last block with ``trunk="prefix"``, and 2.02-2.23x (reparameterization), 2.29-2.44x
-(local reparameterization), 2.29-2.58x (Flipout; 2.58 under load) for the ``last ff.2
-only`` rows: the target holds there only. Plain LoRA (nothing stochastic) predicts at 1.06-1.09x one
-forward with ``trunk="prefix"`` (it runs once). An exact predictive runs every module after the
+Measured (36e2a92 under load 2.1, 642d88a idle, fb233df under load 1.9; 2 threads,
+wall clock, ``make bench``'s allocator setting; its JSON in ``results/``, not
+committed): training step 1.17-1.21x (Flipout), 1.01-1.07x (reparameterization),
+1.21-1.23x (local reparameterization) plain LoRA's: the target holds for each. Earlier
+runs (3776986, 4f78301) gave 1.22-1.35x for both; Flipout's signs are cheaper since
+36e2a92 (eight bytes to a random word), local reparameterization did not change: part of
+the gap is the machine. ``bl.predict`` with K = 8: 8.2-10.1x one plain forward for every
+block, 4.8-5.9x for the last block with ``trunk="prefix"``, and for the ``last ff.2
+only`` rows 2.02-2.23x (reparameterization), 2.08x (local reparameterization; 2.29-2.44x
+before fb233df computed its output moments once for the one-sample chunks), 2.27x
+(Flipout; 2.29-2.58x before): the target holds there only. Plain LoRA (nothing
+stochastic) predicts at 1.06-1.09x one forward with ``trunk="prefix"`` (it runs once). An exact predictive runs every module after the
 first draw K times, so K = 8 costs at least ``prefix + 8 * rest`` of one forward; 2.5x
 needs the stochastic rest under (2.5 - 1) / 7 = 21 % of the forward: the last of 2
 blocks plus the head is about 60 %, the last ``ff.2`` plus the head about 15 %.
