@@ -48,8 +48,9 @@ block, 4.8-5.9x for the last block with ``trunk="prefix"``, and for the ``last f
 only`` rows 2.02-2.23x (reparameterization), 2.08x (local reparameterization; 2.29-2.44x
 before fb233df computed its output moments once for the one-sample chunks), 2.27x
 (Flipout; 2.29-2.58x before): the target holds there only. Plain LoRA (nothing
-stochastic) predicts at 1.06-1.09x one forward with ``trunk="prefix"`` (it runs once). An exact predictive runs every module after the
-first draw K times, so K = 8 costs at least ``prefix + 8 * rest`` of one forward; 2.5x
+stochastic) predicts at 1.06-1.09x one forward with ``trunk="prefix"`` (it runs once).
+An exact predictive runs every module after the first draw K times, so K = 8 costs at
+least ``prefix + 8 * rest`` of one forward; 2.5x
 needs the stochastic rest under (2.5 - 1) / 7 = 21 % of the forward: the last of 2
 blocks plus the head is about 60 %, the last ``ff.2`` plus the head about 15 %.
 
