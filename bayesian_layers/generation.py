@@ -102,7 +102,8 @@ def generate(
     Args:
         model: a language model in eval mode: ``model(tokens)`` gives logits
             ``(B, T, vocab)`` (or an output with them), sample-folded batches allowed.
-        tokens: the prompts, integer token ids ``(B, T)``, ``T >= 1``.
+        tokens: the prompts, integer token ids ``(B, T)``, ``T >= 1``, all of one length
+            (no padding: no attention mask is passed).
         max_new_tokens: ``n >= 1``, the tokens to add.
         num_samples: K, function samples per step.
         temperature: each sample's logits are divided by it before the softmax (> 0).

@@ -350,3 +350,17 @@ def test_prefix_that_stops_sharing_midway_raises() -> None:
             bl.generate(model, PROMPT, 3, 2, trunk="prefix")
     finally:
         handle.remove()
+
+
+def test_a_transformers_model_without_its_cache_generates_through_predict() -> None:
+    """``cache=False`` on a ``transformers`` model: ``bl.predict`` reads the output's
+    logits at every step; the steps equal a hand-written ``bl.predict`` loop."""
+    model, n, k = _hf("gpt2", "flipout"), 3, 4
+    torch.manual_seed(2)
+    out = bl.generate(model, PROMPT, n, k, cache=False, greedy=True)
+    torch.manual_seed(2)
+    seq = PROMPT
+    for _ in range(n):
+        last = bl.predict(model, seq, num_samples=k).samples[:, :, -1]  # (K, B, V)
+        seq = torch.cat([seq, last.softmax(-1).mean(0).argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out.tokens, seq) and (out.epistemic > 1e-4).any()
