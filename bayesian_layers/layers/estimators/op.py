@@ -137,18 +137,15 @@ def predictive_moments(
     store, so its memory is not reused meanwhile) at the same in-place version; the
     parameters do not change within the call. Outside ``predict``, or while compiling,
     the moments are computed each time."""
+    args = (op, x, weight_loc, weight_scale, bias_loc, bias_scale)
     store = layer.predictive_store
     if store is None or torch.compiler.is_compiling():
-        return local_reparameterization_moments(
-            op, x, weight_loc, weight_scale, bias_loc, bias_scale
-        )
+        return local_reparameterization_moments(*args)
     key = (id(layer), weight)
     hit = store.get(key)
     if hit is not None and hit[0] is x and hit[1] == x._version:
         return hit[2]
-    moments = local_reparameterization_moments(
-        op, x, weight_loc, weight_scale, bias_loc, bias_scale
-    )
+    moments = local_reparameterization_moments(*args)
     store[key] = (x, x._version, moments)
     return moments
 
