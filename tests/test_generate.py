@@ -364,3 +364,23 @@ def test_a_transformers_model_without_its_cache_generates_through_predict() -> N
         last = bl.predict(model, seq, num_samples=k).samples[:, :, -1]  # (K, B, V)
         seq = torch.cat([seq, last.softmax(-1).mean(0).argmax(-1, keepdim=True)], 1)
     assert torch.equal(out.tokens, seq) and (out.epistemic > 1e-4).any()
+
+
+def test_whole_continuations_recipe_with_the_models_own_generate() -> None:
+    """The documented recipe for K whole continuations: ``transformers``' own
+    ``generate`` on the prompt repeated K times inside ``frozen_sample`` and
+    ``vectorized_samples``. Each row continues greedily under its own function sample:
+    one forward of the finished rows, under the same frozen samples, takes every new
+    token as its argmax, and the samples' continuations differ."""
+    model, k, n = _hf("gpt2", "flipout"), 4, 5
+    with torch.no_grad(), bl.frozen_sample(model), bl.vectorized_samples(model, k):
+        rows = model.generate(PROMPT.repeat(k, 1), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, pad_token_id=0,
+                              attention_mask=torch.ones(k * 2, 3))  # fmt: skip
+        logits = model(rows[:, :-1]).logits  # (K B, T + n - 1, V), the same K samples
+    t = PROMPT.shape[1]
+    assert rows.shape == (k * 2, t + n)
+    logits[..., 0] = -torch.inf  # min_new_tokens: the end token (0) is barred until n
+    assert torch.equal(logits[:, t - 1 :].argmax(-1), rows[:, t:])
+    per_sample = rows.view(k, 2, -1)
+    assert any(not torch.equal(per_sample[0], per_sample[j]) for j in range(1, k))
