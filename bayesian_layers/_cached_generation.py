@@ -24,7 +24,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ._predictive_moments import output_tensor
-from ._prefix import record_prefix
+from ._prefix import fold_samples, record_prefix
 from .sampling import frozen_sample, vectorized_samples
 
 __all__ = ["generate_cached", "cache_keyword", "parameters"]
@@ -81,7 +81,7 @@ def generate_cached(
     with frozen_sample(model), vectorized_samples(model, k):
         for _ in range(n):
             if cache is None:
-                logits = step(ids.repeat(k, 1))  # (K B, V), sample-major
+                logits = step(fold_samples(ids, k))  # (K B, V), sample-major
             else:
                 logits, shared = _shared_step(step, cache, ids, k, shared)
                 if not shared:  # the first step found nothing to share
@@ -101,7 +101,7 @@ def _shared_step(
     if shared is None and prefix.output is None and not prefix.outputs:
         for i in grown:  # nothing to share: undo, run unshared from now on
             _set_state(layers[i], before[i])
-        return step(ids.repeat(k, 1)), []
+        return step(fold_samples(ids, k)), []
     if shared is not None and (grown != shared or (prefix.output is None and not prefix.outputs)):
         raise RuntimeError(
             "generate(trunk='prefix'): the modules before the first draw grew other cache "
@@ -109,7 +109,7 @@ def _shared_step(
             "share (code drew from torch's generator before the first draw); pass trunk=None"
         )
     if prefix.output is not None:  # nothing drew: the whole model ran once on B rows
-        return prefix.output.repeat(k, 1), grown
+        return fold_samples(prefix.output, k), grown
     after = {i: _state(layers[i]) for i in grown}
     for i in grown:  # the model's bookkeeping reads the step's start off these
         _set_state(layers[i], before[i])

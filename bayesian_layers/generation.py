@@ -13,13 +13,13 @@ shares the deterministic computation before the first stochastic module likewise
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ._cached_generation import cache_keyword, generate_cached
+from ._checks import check_real
 from .predictive import predict
 from .uncertainty import expected_entropy, predictive_entropy
 
@@ -134,11 +134,12 @@ def generate(
         True
     """
     n, k, temperature = _check(model, tokens, max_new_tokens, num_samples, temperature, context)
+    takes_cache = cache_keyword(model) is not None
     if cache is None:
-        cache = cache_keyword(model) is not None
+        cache = takes_cache
     elif not isinstance(cache, bool):
         raise TypeError(f"generate expected `cache` True, False or None, got {cache!r}")
-    elif cache and cache_keyword(model) is None:
+    elif cache and not takes_cache:
         raise TypeError(
             f"generate(cache=True): {type(model).__name__}.forward takes no `use_cache` "
             "and `cache`/`past_key_values` (a transformers causal language model does); "
@@ -225,8 +226,8 @@ def _check(
     if context is not None and (isinstance(context, bool) or not isinstance(context, int)
                                 or context < 1):  # fmt: skip
         raise ValueError(f"generate expected `context` an int >= 1 or None, got {context!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"generate expected `temperature` a number, got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"generate expected `temperature` finite and > 0, got {temperature!r}")
-    return max_new_tokens, num_samples, float(temperature)
+    return (
+        max_new_tokens,
+        num_samples,
+        check_real("generate", "temperature", temperature, strict=True),
+    )

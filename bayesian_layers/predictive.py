@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from math import lcm
 
 import torch
@@ -24,7 +23,7 @@ from ._predictive_moments import fold_moments, output_moments, output_tensor, st
 from ._prefix import Prefix, folded_copy
 from ._prefix import fold_samples as _fold
 from ._trunk import Split, TrunkError, split_model
-from .layers._base.overrides import overriding
+from .layers._base.overrides import PredictiveCall, overriding
 from .layers.base import BayesianLayer
 from .random_variables.variable import RandomVariable
 from .sampling import bayesian_modules
@@ -35,7 +34,6 @@ __all__ = ["Predictive", "predict", "auto_chunk_size", "CHUNK_BYTES"]
 CHUNK_BYTES = 32 * 2**20
 
 
-@dataclass(repr=False, init=False, eq=False)
 class Predictive:
     r"""K predictive samples, their moments, and the uncertainty decomposition.
 
@@ -585,8 +583,7 @@ def predict(
         torch.set_grad_enabled(grad and torch.is_grad_enabled()),
         _marginal_samples(joint_layers if vectorized else []),
         normalization_in_eval(model),
-        overriding(bayesian, "predictive", "joint" if joint else "marginal"),
-        overriding(bayesian, "predictive_store", {}),  # reuse within this call only
+        overriding(bayesian, "predictive", PredictiveCall(marginal=not joint, store={})),
     ):
         h = None if split is None else split.trunk(x)  # the deterministic part, once
         if isinstance(h, Prefix):  # trunk="prefix": the model ran until its first draw

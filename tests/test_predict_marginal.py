@@ -37,8 +37,8 @@ def _check_moments(y: Tensor, mean: Tensor, cov: Tensor, checks: int) -> None:
 
 
 def _independent_across_examples(y: Tensor, a: int, b: int) -> None:
-    """The correlation of examples ``a`` and ``b`` in each output is 0 to 5 standard
-    errors (``1/sqrt(K)``), and the two are not equal."""
+    """The correlation of examples ``a`` and ``b`` in each output is 0 to
+    ``z_bonferroni(outputs)`` standard errors (``1/sqrt(K)``)."""
     ya, yb = y[:, a] - y[:, a].mean(0), y[:, b] - y[:, b].mean(0)
     corr = (ya * yb).mean(0) / (ya.std(0) * yb.std(0))
     assert (corr.abs() <= z_bonferroni(corr.numel()) / K**0.5).all()

@@ -10,7 +10,7 @@ from torch import nn
 
 import bayesian_layers as bl
 from bayesian_layers import layers
-from bayesian_layers.layers._base.overrides import overriding
+from bayesian_layers.layers._base.overrides import PredictiveCall, overriding
 from bayesian_layers.layers.estimators import op as op_module
 from bayesian_layers.layers.linear import LINEAR
 
@@ -68,7 +68,8 @@ def test_the_store_lives_for_one_call_and_checks_the_tensor() -> None:
         return op_module.predictive_moments(layer, "weight", LINEAR, x, loc, scale, None)
 
     x = torch.randn(4, 3)
-    with torch.no_grad(), overriding([layer], "predictive_store", {}):
+    call = PredictiveCall(marginal=False, store={})
+    with torch.no_grad(), overriding([layer], "predictive", call):
         first = moments(x)
         assert moments(x)[0] is first[0]  # the same tensor: reused
         assert moments(x.clone())[0] is not first[0]  # an equal other tensor: computed

@@ -152,8 +152,8 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         that lives for that one call, shared by the model's Bayesian layers; ``None``
         elsewhere. Layers keep there what the call's chunks may reuse (the output moments
         at an input tensor that every one-sample chunk hands over again)."""
-        top = _top(self, "predictive_store")
-        return None if top is None else top[1]
+        top = _top(self, "predictive")
+        return None if top is None else top[1].store
 
     @property
     def marginal_predictive(self) -> bool:
@@ -161,7 +161,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         (in the thread that entered it): only each example's law is asked for, so a
         whole-draw layer may draw output-space noise at a shared input."""
         top = _top(self, "predictive")
-        return top is not None and top[1] == "marginal"
+        return top is not None and top[1].marginal
 
     @property
     def frozen_state(self) -> dict[str, Any]:

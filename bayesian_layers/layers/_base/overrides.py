@@ -6,17 +6,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["push_override", "pop_override", "top_override", "overriding"]
+__all__ = ["push_override", "pop_override", "top_override", "overriding", "PredictiveCall"]
 
 
 class _Overrides(threading.local):
     """The tables of the calling thread: ``modes`` maps ``id(layer)`` to a list of
     ``(token, mode, frozen_noise)`` entries, ``samples`` to a list of ``(token, K)`` and
-    ``predictive`` to a list of ``(token, "joint" | "marginal")`` (inside
-    :func:`bayesian_layers.predict`, by its ``joint``) and ``predictive_store`` to a list
-    of ``(token, dict)`` (a store for one ``predict`` call); the last entry wins. A context
+    ``predictive`` to a list of ``(token, PredictiveCall)`` (inside
+    :func:`bayesian_layers.predict`); the last entry wins. A context
     removes only its own entry at exit, so contexts in different threads (or exiting out
     of order in one thread) never restore each other's state."""
 
@@ -27,10 +26,22 @@ class _Overrides(threading.local):
         self.modes: dict[int, list[tuple]] = {}
         self.samples: dict[int, list[tuple]] = {}
         self.predictive: dict[int, list[tuple]] = {}
-        self.predictive_store: dict[int, list[tuple]] = {}
 
 
 _OVERRIDES = _Overrides()
+
+
+class PredictiveCall(NamedTuple):
+    """The ``predictive`` override's value: what a layer learns of the
+    :func:`bayesian_layers.predict` call it runs in.
+
+    Attributes:
+        marginal: only each example's law is asked for (``joint=False``).
+        store: a dict that lives for the one call, shared by its Bayesian layers.
+    """
+
+    marginal: bool
+    store: dict[Any, Any]
 
 
 def _thread_table(kind: str) -> dict[int, list[tuple]]:

@@ -138,8 +138,8 @@ def predictive_moments(
     parameters do not change within the call. Outside ``predict``, or while compiling,
     the moments are computed each time."""
     args = (op, x, weight_loc, weight_scale, bias_loc, bias_scale)
-    store = layer.predictive_store
-    if store is None or torch.compiler.is_compiling():
+    store = None if torch.compiler.is_compiling() else layer.predictive_store
+    if store is None:
         return local_reparameterization_moments(*args)
     key = (id(layer), weight)
     hit = store.get(key)
