@@ -328,6 +328,26 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         self._last_sample[name] = value
         return value
 
+    def forget_draw(self, *names: str | None) -> None:
+        """Record that this call draws no whole value of the random parameters ``names``
+        (``None`` entries are skipped): ``layer.<name>`` reads the posterior mean again,
+        and a Monte Carlo regularizer draws afresh instead of reusing an older draw
+        (whose autograd graph a backward pass may have freed). Estimators that skip
+        whole draws (Flipout, local reparameterization) call it.
+
+        Example:
+            >>> import torch, bayesian_layers as bl
+            >>> layer = bl.layers.LinearLocalReparameterization(3, 2)
+            >>> with bl.frozen_sample(layer):
+            ...     _ = layer(torch.zeros(1, 3))  # one whole draw
+            >>> _ = layer(torch.zeros(1, 3))  # per-example noise: no whole draw
+            >>> torch.equal(layer.weight.value, layer.weight_loc)
+            True
+        """
+        for name in names:
+            if name is not None and name in self._random:
+                self._last_sample[name] = None
+
     def per_example_noise(self) -> bool:
         """Whether an estimator may skip whole weight draws (Flipout, local
         reparameterization): only in ``"sample"`` mode with no tracer active, since a
