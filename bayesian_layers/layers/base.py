@@ -48,6 +48,25 @@ __all__ = [
 SAMPLING_MODES = ("sample", "mean", "frozen")
 
 
+def _check_prior_shapes(owner: str, reg: Regularizer, shape: torch.Size) -> None:
+    """The prior tensors of ``reg`` (its ``prior_*`` buffers and parameters) must
+    broadcast to the parameter's ``shape`` without growing it: a larger one would sum
+    the penalty over copies of the parameter, a mismatched one fail at ``losses``."""
+    for key, t in (*reg.named_buffers(), *reg.named_parameters()):
+        if not key.rpartition(".")[2].startswith("prior_"):
+            continue
+        try:  # leading 1s are harmless: the penalty still sums each element once
+            ok = torch.broadcast_shapes(t.shape, shape).numel() == shape.numel()
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{owner} expected {type(reg).__name__}'s `{key}` (shape {tuple(t.shape)}) "
+                f"to broadcast to the parameter's shape {tuple(shape)} without growing it "
+                "(e.g. (out_features, 1) for one value per output unit)"
+            )
+
+
 class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
     """Base class of layers whose parameters are random variables.
 
@@ -207,6 +226,8 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         owner = type(self).__name__
         init = get_initializer(initializer, owner=f"{owner}({name}_initializer)")
         reg = get_regularizer(regularizer, owner=f"{owner}({name}_regularizer)")
+        if reg is not None:
+            _check_prior_shapes(f"{owner}({name}_regularizer)", reg, torch.Size(shape))
         init.build(self, name, shape, fan_in=fan_in, fan_out=fan_out, device=device, dtype=dtype)
         setattr(self, f"{name}_initializer", init)
         if reg is not None:
