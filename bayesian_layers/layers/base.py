@@ -224,6 +224,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
     ) -> TrainableInitializer:
         """Create the parameters of ``name`` on this layer and remember its penalty."""
         owner = type(self).__name__
+        shape = torch.Size(int(d) for d in shape)  # sizes given as numpy integers too
         init = get_initializer(initializer, owner=f"{owner}({name}_initializer)")
         reg = get_regularizer(regularizer, owner=f"{owner}({name}_regularizer)")
         if reg is not None:
