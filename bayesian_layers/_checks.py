@@ -7,6 +7,7 @@ module needs lives here (layers' own shared helpers: :mod:`bayesian_layers.layer
 from __future__ import annotations
 
 import math
+import numbers
 from typing import overload
 
 import torch
@@ -37,11 +38,12 @@ def check_count(owner: str, name: str, value: object) -> int:
         ...
         ValueError: Linear expected `in_features` >= 1, got 0
     """
-    if isinstance(value, bool) or not isinstance(value, int):
+    # any integer type, as torch's layers take (a size from numpy: np.prod(shape))
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{owner} expected `{name}` to be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{owner} expected `{name}` >= 1, got {value}")
-    return value
+    return int(value)
 
 
 def check_optional_count(owner: str, name: str, value: object) -> int | None:

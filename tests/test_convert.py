@@ -148,6 +148,30 @@ def test_bad_arguments_raise_and_leave_the_model(kwargs: dict, match: str) -> No
     assert not any(isinstance(m, layers.BayesianLayer) for m in net.modules())
 
 
+@pytest.mark.parametrize(
+    ("module", "error", "match"),
+    [
+        (nn.LSTM(3, 4, proj_size=2), ValueError, "proj_size"),
+        (nn.MultiheadAttention(4, 2, kdim=3, vdim=3), NotImplementedError, "kdim"),
+        (nn.Embedding(5, 3, sparse=True), NotImplementedError, "sparse"),
+    ],
+    ids=["lstm_proj_size", "attention_kdim", "sparse_embedding"],
+)
+def test_a_configuration_the_bayesian_class_refuses_names_the_module(
+    module: nn.Module, error: type, match: str
+) -> None:
+    """A supported type in a configuration its Bayesian class does not take: the error
+    names the module's path and type and how to keep it, and the model is left as it
+    was."""
+    net = nn.Sequential(nn.Linear(3, 3), module)
+    name = type(module).__name__
+    with pytest.raises(error, match=rf"to_bayesian: '1' \({name}\) cannot become .*{match}.*"
+                       r"exclude='1'"):  # fmt: skip
+        to_bayesian(net)
+    assert not any(isinstance(m, layers.BayesianLayer) for m in net.modules())
+    assert type(to_bayesian(net, exclude="1")[0]) is layers.LinearReparameterization
+
+
 def test_type_errors() -> None:
     with pytest.raises(TypeError, match="nn.Module"):
         to_bayesian(torch.zeros(3))  # type: ignore[arg-type]

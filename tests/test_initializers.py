@@ -284,6 +284,20 @@ def test_bad_loc_std() -> None:
             TrainableNormal(loc_std=bad)
 
 
+def test_an_initializer_with_its_own_shape_is_refused_by_a_layer() -> None:
+    """A standalone initializer (built with ``shape``) owns parameters; a layer given it
+    would carry them unused (no gradient, in the state dict) beside its own."""
+    for make in (
+        lambda: layers.LinearFlipout(3, 2, weight_initializer=TrainableNormal((2, 3))),
+        lambda: layers.Conv2dReparameterization(
+            2, 2, 3, bias_initializer=TrainableNormal((2,)), bias_regularizer=None
+        ),
+        lambda: layers.LinearFlipout(3, 2).set_initializer("weight", TrainableHeNormal((2, 3))),
+    ):
+        with pytest.raises(ValueError, match=r"_initializer\) expected .* without `shape`"):
+            make()
+
+
 def test_forward_without_shape_raises() -> None:
     with pytest.raises(RuntimeError, match="shape"):
         TrainableNormal()()

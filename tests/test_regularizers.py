@@ -402,6 +402,27 @@ def test_non_positive_prior_scale_raises(cls: type, scale: object) -> None:
         cls(0.0, scale)
 
 
+def test_a_prior_tensor_must_broadcast_to_the_parameter_without_growing_it() -> None:
+    """A prior of shape (2, 1, 3) on a (2, 3) weight would sum the KL over two copies of
+    the weight (twice torch's KL); one of shape (5,) would fail only at ``losses``. The
+    layer refuses both at construction; per-unit and per-input priors are the KL of
+    torch.distributions, a leading 1 is harmless."""
+    torch.manual_seed(0)
+    for shape in ((2, 1), (3,), (1, 2, 3)):
+        reg = NormalKLDivergence(scale=torch.full(shape, 2.0))
+        layer = bl.layers.LinearReparameterization(3, 2, weight_regularizer=reg)
+        expected = kl_divergence(layer.posterior("weight"), Normal(0.0, 2.0)).sum()
+        torch.testing.assert_close(sum(bl.losses(layer)), expected)
+    bad = [
+        NormalKLDivergence(scale=torch.full((2, 1, 3), 2.0)),
+        NormalKLDivergence(loc=torch.zeros(5)),
+        MonteCarloKLDivergence(Laplace(torch.zeros(4, 1, 1), 1.0)),
+    ]
+    for reg in bad:
+        with pytest.raises(ValueError, match=r"LinearFlipout\(weight_regularizer\).*\(2, 3\)"):
+            bl.layers.LinearFlipout(3, 2, weight_regularizer=reg)
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -97,7 +97,14 @@ def _build(module: nn.Module, cls: type[nn.Module], name: str, kwargs: dict[str,
                 f"to_bayesian: {name or '<root>'!r} ({type(module).__name__}) is a lazy module "
                 "not yet initialised; run one forward pass before converting"
             )
-    new = cls.from_torch(module, **kwargs)  # type: ignore[attr-defined]  # checked by converts
+    try:
+        new = cls.from_torch(module, **kwargs)  # type: ignore[attr-defined]  # checked by converts
+    except (ValueError, NotImplementedError) as err:
+        # a configuration the Bayesian class does not take (an LSTM's proj_size, attention
+        # with kdim != embed_dim, a sparse embedding): say which module, and the way out
+        where = f"{name or '<root>'!r} ({type(module).__name__})"
+        hint = f"; exclude={name!r} leaves it as it is" if name else ""
+        raise type(err)(f"to_bayesian: {where} cannot become {cls.__name__}: {err}{hint}") from err
     if not isinstance(new, nn.Module):
         raise TypeError(
             f"to_bayesian: {cls.__qualname__}.from_torch returned {type(new).__name__}, "

@@ -76,10 +76,19 @@ def get_initializer(
     """Resolve a string alias, an initializer class, or an instance to an instance.
 
     Raises:
-        ValueError: unknown alias (the message lists the known ones).
+        ValueError: unknown alias (the message lists the known ones), or an instance
+            built with ``shape`` (it owns parameters of its own, which a layer would
+            carry unused beside the ones it builds).
         TypeError: anything else.
     """
     if isinstance(spec, TrainableInitializer):
+        shape = getattr(spec, "shape", None)
+        if shape is not None:
+            raise ValueError(
+                f"{owner} expected an initializer built without `shape`, got "
+                f"{type(spec).__name__} with shape {tuple(shape)} (it owns parameters "
+                f"of its own); pass {type(spec).__name__}() with the other arguments only"
+            )
         return spec
     if isinstance(spec, type) and issubclass(spec, TrainableInitializer):
         return spec()

@@ -48,6 +48,25 @@ __all__ = [
 SAMPLING_MODES = ("sample", "mean", "frozen")
 
 
+def _check_prior_shapes(owner: str, reg: Regularizer, shape: torch.Size) -> None:
+    """The prior tensors of ``reg`` (its ``prior_*`` buffers and parameters) must
+    broadcast to the parameter's ``shape`` without growing it: a larger one would sum
+    the penalty over copies of the parameter, a mismatched one fail at ``losses``."""
+    for key, t in (*reg.named_buffers(), *reg.named_parameters()):
+        if not key.rpartition(".")[2].startswith("prior_"):
+            continue
+        try:  # leading 1s are harmless: the penalty still sums each element once
+            ok = torch.broadcast_shapes(t.shape, shape).numel() == shape.numel()
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{owner} expected {type(reg).__name__}'s `{key}` (shape {tuple(t.shape)}) "
+                f"to broadcast to the parameter's shape {tuple(shape)} without growing it "
+                "(e.g. (out_features, 1) for one value per output unit)"
+            )
+
+
 class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
     """Base class of layers whose parameters are random variables.
 
@@ -205,8 +224,11 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
     ) -> TrainableInitializer:
         """Create the parameters of ``name`` on this layer and remember its penalty."""
         owner = type(self).__name__
+        shape = torch.Size(int(d) for d in shape)  # sizes given as numpy integers too
         init = get_initializer(initializer, owner=f"{owner}({name}_initializer)")
         reg = get_regularizer(regularizer, owner=f"{owner}({name}_regularizer)")
+        if reg is not None:
+            _check_prior_shapes(f"{owner}({name}_regularizer)", reg, torch.Size(shape))
         init.build(self, name, shape, fan_in=fan_in, fan_out=fan_out, device=device, dtype=dtype)
         setattr(self, f"{name}_initializer", init)
         if reg is not None:
@@ -327,6 +349,26 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         value = self._inits[name].transform(self, name, noise)
         self._last_sample[name] = value
         return value
+
+    def forget_draw(self, *names: str | None) -> None:
+        """Record that this call draws no whole value of the random parameters ``names``
+        (``None`` entries are skipped): ``layer.<name>`` reads the posterior mean again,
+        and a Monte Carlo regularizer draws afresh instead of reusing an older draw
+        (whose autograd graph a backward pass may have freed). Estimators that skip
+        whole draws (Flipout, local reparameterization) call it.
+
+        Example:
+            >>> import torch, bayesian_layers as bl
+            >>> layer = bl.layers.LinearLocalReparameterization(3, 2)
+            >>> with bl.frozen_sample(layer):
+            ...     _ = layer(torch.zeros(1, 3))  # one whole draw
+            >>> _ = layer(torch.zeros(1, 3))  # per-example noise: no whole draw
+            >>> torch.equal(layer.weight.value, layer.weight_loc)
+            True
+        """
+        for name in names:
+            if name is not None and name in self._random:
+                self._last_sample[name] = None
 
     def per_example_noise(self) -> bool:
         """Whether an estimator may skip whole weight draws (Flipout, local

@@ -8,6 +8,7 @@ transposed, and the estimator.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -30,7 +31,7 @@ _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 def _ntuple(owner: str, name: str, value: object, n: int, minimum: int) -> tuple[int, ...]:
     """``value`` as ``n`` ints ≥ ``minimum`` (an int is repeated, like torch's ``_pair``)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         values: tuple[Any, ...] = (value,) * n
     elif isinstance(value, Sequence) and not isinstance(value, str):
         values = tuple(value)
@@ -38,11 +39,13 @@ def _ntuple(owner: str, name: str, value: object, n: int, minimum: int) -> tuple
         raise TypeError(
             f"{owner} expected `{name}` to be an int or {n} ints, got {type(value).__name__}"
         )
-    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if len(values) != n or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values
+    ):
         raise TypeError(f"{owner} expected `{name}` to be an int or {n} ints, got {value!r}")
     if any(v < minimum for v in values):
         raise ValueError(f"{owner} expected `{name}` >= {minimum}, got {value!r}")
-    return values
+    return tuple(int(v) for v in values)  # numpy integers as Python ints, as torch keeps
 
 
 class ConvOp(WeightOp):

@@ -229,6 +229,7 @@ class EmbeddingReparameterization(BayesianLayer):
         ):
             loc, scale = self.posterior_loc_scale("weight")
             if scale is not None:
+                self.forget_draw("weight")  # rows only: no whole draw
                 return self._renorm(self._looked_up_rows(idx, loc, scale, k))
         # mean, frozen, traced, a deterministic or non-normal table: whole draws
         out = self.estimator.project(self, idx, EmbeddingLookup(self), "weight", None)

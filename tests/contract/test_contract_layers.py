@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from contract.cases import CASES, names
@@ -45,6 +46,29 @@ def test_bad_sizes_raise_naming_the_layer(name: str) -> None:
             args = (*case.args[:i], bad, *case.args[i + 1 :])
             with pytest.raises(error, match=case.cls.__name__):
                 case.cls(*args, **case.kwargs)
+
+
+# the families whose sizes are torch's layer sizes (outputs, flows: sizes of their own)
+NUMPY_SIZED = [
+    n for n in SIZED
+    if not any(f".{p}" in CASES[n].cls.__module__ for p in ("outputs", "reversible", "point_"))
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NUMPY_SIZED)
+def test_numpy_integer_sizes_build_the_same_layer(name: str) -> None:
+    """Sizes computed with numpy (``np.prod(shape)``) are integers to torch's layers: the
+    layer builds with them, with Python ints as attributes and parameter shapes."""
+    case = CASES[name]
+    args = tuple(np.int64(a) if type(a) is int else a for a in case.args)
+    torch.manual_seed(0)
+    expected = case.cls(*case.args, **case.kwargs).state_dict()
+    torch.manual_seed(0)
+    layer = case.cls(*args, **case.kwargs)
+    got = layer.state_dict()
+    assert list(got) == list(expected)
+    assert all(got[k].shape == expected[k].shape for k in got)
+    assert all(type(d) is int for t in got.values() for d in t.shape)
 
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.bad])

@@ -157,3 +157,54 @@ def test_check_posteriors_names_the_layer_and_family() -> None:
     # reparameterization takes any family; an absent bias is skipped
     layers.LinearReparameterization(3, 2, weight_initializer="trainable_log_normal")
     E.LOCAL_REPARAMETERIZATION.check_posteriors(layers.LinearLocalReparameterization(3, 2, False))
+
+
+_MC_KL_CASES = {
+    "LinearLocalReparameterization": (
+        lambda r: layers.LinearLocalReparameterization(3, 2, weight_regularizer=r, **RANDOM_BIAS),
+        lambda layer: layer(torch.randn(4, 3)),
+    ),
+    "Conv2dFlipout": (
+        lambda r: layers.Conv2dFlipout(2, 2, 3, weight_regularizer=r),
+        lambda layer: layer(torch.randn(2, 2, 4, 4)),
+    ),
+    "EmbeddingReparameterization": (
+        lambda r: layers.EmbeddingReparameterization(6, 3, weight_regularizer=r),
+        lambda layer: layer(torch.tensor([0, 2, 2])),
+    ),
+    "GRUCellFlipout": (
+        lambda r: layers.GRUCellFlipout(3, 2, weight_regularizer=r),
+        lambda layer: layer(torch.randn(4, 3)),
+    ),
+    "MultiheadAttentionFlipout": (
+        lambda r: layers.MultiheadAttentionFlipout(4, 2, weight_regularizer=r),
+        lambda layer: layer(*[torch.randn(3, 2, 4)] * 3)[0],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_MC_KL_CASES))
+def test_a_monte_carlo_kl_after_a_frozen_call_draws_afresh_in_sample_mode(name: str) -> None:
+    """A per-example call draws no whole weight, so the Monte Carlo KL of the next
+    training step must not reuse a frozen call's draw (its graph is freed by the first
+    backward, and it would never change): training steps after a frozen evaluation run,
+    the KL varies between queries, and ``layer.weight`` reads the posterior mean again."""
+    torch.manual_seed(0)
+    make, call = _MC_KL_CASES[name]
+    mc = bl.regularizers.MonteCarloKLDivergence(torch.distributions.Laplace(0.0, 1.0))
+    layer = make(mc)
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
+    with bl.frozen_sample(layer):
+        call(layer)
+    for _ in range(2):
+        loss = call(layer).sum() + sum(bl.losses(layer))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        first, second = (float(sum(bl.losses(layer))) for _ in range(2))
+    assert first != second
+    spec = next(iter(layer.named_random_parameters()), None)
+    if spec is not None:  # attention: the projection's own parameters
+        rv = getattr(layer, spec[0])
+        assert torch.equal(rv.value, layer.point(spec[0]))

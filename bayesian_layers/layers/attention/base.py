@@ -14,6 +14,7 @@ the heads one process computes.
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -101,10 +102,11 @@ class BayesianMultiheadAttention(BayesianLayer):
         super().__init__()
         name = type(self).__name__
         for arg, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if not isinstance(val, int) or isinstance(val, bool):
+            if not isinstance(val, numbers.Integral) or isinstance(val, bool):
                 raise TypeError(f"{name} expected `{arg}` to be an int, got {type(val).__name__}")
             if val <= 0:
                 raise ValueError(f"{name} expected `{arg}` > 0, got {val}")
+        embed_dim, num_heads = int(embed_dim), int(num_heads)  # numpy integers too
         if embed_dim % num_heads:
             raise ValueError(
                 f"{name} expected `embed_dim` divisible by `num_heads`, got {embed_dim} and "

@@ -105,6 +105,7 @@ class Estimator:
         if not self.exact_function_samples and layer.per_example_noise():
             loc, scale = layer.posterior_loc_scale(weight)
             if scale is not None:  # a random weight
+                layer.forget_draw(weight, bias)  # no whole draw (a random bias draws anew)
                 return self.per_example(layer, x, op, weight, bias, loc, scale)
         return whole_weight_projection(layer, x, op, weight, bias)
 
@@ -191,6 +192,7 @@ class Reparameterization(Estimator):
         draws of the folded call, without folding ``x``)."""
         if not self.shared_input_applies(layer, x, op, weight):
             return None
+        layer.forget_draw(weight, bias)  # whole_draw_samples draws them anew
         if layer.marginal_predictive:
             y = marginal_samples(layer, x, op, weight, bias, k)
             if y is not None:
@@ -259,6 +261,7 @@ class Flipout(Estimator):
             return None
         loc, scale = layer.posterior_loc_scale(weight)
         assert scale is not None  # shared_input_applies: a random normal weight
+        layer.forget_draw(weight, bias)  # no whole draw (a random bias draws anew)
         return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)
 
     def shared_input_applies(
@@ -275,6 +278,7 @@ class Flipout(Estimator):
         if layer.sampling != "mean" and layer.per_example_noise():
             loc, scale = layer.posterior_loc_scale(weight)
             if scale is not None:
+                layer.forget_draw(weight)  # no whole draw
                 b = None if bias is None else layer.sample_param(bias)
                 k = layer.num_function_samples
                 shape = loc.shape if k == 1 else torch.Size((k, *loc.shape))
@@ -325,6 +329,7 @@ class LocalReparameterization(Estimator):
             return None
         loc, scale = layer.posterior_loc_scale(weight)
         assert scale is not None  # shared_input_applies: a random normal weight
+        layer.forget_draw(weight, bias)  # no whole draw (a random bias draws anew)
         return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)
 
     def shared_input_applies(

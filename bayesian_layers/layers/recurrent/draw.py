@@ -117,7 +117,7 @@ class SequenceDraws:
 
     A cell holds one and reads it at every step; :meth:`forget` starts a new
     sequence. It reads the cell through the layer's public seam only
-    (``noise``, ``named_random_parameters``, ``draw_param``, ``sample_param``,
+    (``noise``, ``named_random_parameters``, ``draw_param``, ``sample_param``, ``forget_draw``,
     ``posterior_loc_scale``).
 
     Args:
@@ -212,6 +212,8 @@ class SequenceDraws:
             return loc, built[-1]
 
         w_ih, w_hh, b_ih, b_hh = self.names
+        if signs:
+            layer.forget_draw(w_ih, w_hh)  # Flipout's (μ, Δ): no whole draw
         mats = (loc_delta(w_ih), loc_delta(w_hh)) if signs else (whole(w_ih), whole(w_hh))
         weights = (*mats, whole(b_ih), whole(b_hh))
         if key is not None:
