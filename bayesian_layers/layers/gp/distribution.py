@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Normal, constraints
 from torch.distributions.utils import lazy_property
 
+from ..outputs.distributions import check_target_shape
 from .linalg import cholesky_with_jitter, full_precision
 
 __all__ = ["MultivariateNormalColumns", "MarginalNormal"]
@@ -161,7 +162,9 @@ class MarginalNormal(Normal):
 
     The output distribution of a GP layer on its marginal-only path: ``variance`` is
     returned as given (no square root and square), and a zero variance (a point the
-    data pin down exactly) is allowed.
+    data pin down exactly) is allowed. ``log_prob`` refuses a target whose shape would
+    broadcast against the batch (a ``(B,)`` target for ``(B, 1)`` values), as the
+    stochastic output layers' distributions do.
 
     Example:
         >>> d = MarginalNormal(torch.zeros(2, 1), torch.tensor([[4.0], [0.0]]))
@@ -176,6 +179,10 @@ class MarginalNormal(Normal):
     @property
     def variance(self) -> Tensor:
         return self._variance
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        check_target_shape(self, value)
+        return super().log_prob(value)
 
     def expand(self, batch_shape: Sequence[int], _instance: object = None) -> MarginalNormal:
         shape = torch.Size(batch_shape)

@@ -21,6 +21,7 @@ from ...random_variables.variable import RandomVariable
 from ...regularizers import Regularizer
 from ..base import BayesianLayer, as_tensor
 from ..functional.linear import batched_linear
+from ..outputs.distributions import Normal as CheckedNormal
 from ._util import check_input_dtype, function_output
 from .kernels import StationaryKernel
 from .linalg import cholesky_with_jitter, jitter_reporter
@@ -323,9 +324,9 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         mean = F.linear(phi, loc, self.bias)
         if scale is None:  # a point estimate
             tiny = torch.zeros_like(mean).add_(torch.finfo(mean.dtype).tiny)
-            return torch.distributions.Normal(mean, tiny, validate_args=False), mean
+            return CheckedNormal(mean, tiny, validate_args=False), mean
         std = F.linear(phi.square(), scale.square()).clamp_min(torch.finfo(phi.dtype).tiny).sqrt()
-        dist = torch.distributions.Normal(mean, std, validate_args=False)
+        dist = CheckedNormal(mean, std, validate_args=False)
         if self.sampling == "mean":
             return dist, mean
         k = self.check_samples(phi)
@@ -356,4 +357,4 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         a = torch.linalg.solve_triangular(chol, flat.mT, upper=False)  # (M, N)
         var = a.square().sum(0).clamp_min(torch.finfo(a.dtype).tiny)  # (N,)
         std = var.sqrt().to(mean).reshape(*phi.shape[:-1], 1).expand_as(mean)
-        return torch.distributions.Normal(mean, std, validate_args=False), mean
+        return CheckedNormal(mean, std, validate_args=False), mean

@@ -295,3 +295,13 @@ def test_laplace_precision_that_needed_jitter_is_reported_once() -> None:
     with pytest.warns(layers.JitterWarning, match=r"RandomFourierFeatures: the Laplace precision"):
         chol = layer.posterior_covariance_tril()
     assert torch.isfinite(chol).all()
+
+
+@pytest.mark.parametrize("posterior", ["variational", "laplace"])
+def test_output_log_prob_refuses_a_target_that_broadcasts_against_the_batch(posterior):
+    """A ``(B,)`` target for ``(B, 1)`` outputs was scored as ``(B, B)`` terms, silently."""
+    layer = layers.RandomFourierFeatures(1, 16, in_features=2, posterior=posterior)
+    f = layer(torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"log_prob expected a target of shape \(5, 1\)"):
+        f.log_prob(torch.randn(5))
+    assert f.log_prob(torch.randn(5, 1)).shape == (5, 1)
