@@ -30,6 +30,11 @@ class MultivariateNormalColumns(Distribution):
         loc: ``(*, B, units)`` means.
         covariance_matrix: ``(*, B, B)`` or ``(*, units, B, B)``.
         layer: name used in numerical error messages.
+        jitter_scale: the scale a jitter the Cholesky factor needs is relative to
+            (broadcasting to the covariance's batch shape); default its mean diagonal.
+            A GP posterior covariance ``K_XX - K_Xc (K_cc + σ² I)⁻¹ K_cX`` is rounded on
+            the scale of the prior ``K_XX``, not of its own (small) diagonal: the GP
+            layers pass the prior's.
         validate_args: as in ``torch.distributions``.
 
     Shape:
@@ -56,6 +61,7 @@ class MultivariateNormalColumns(Distribution):
         covariance_matrix: Tensor,
         *,
         layer: str = "MultivariateNormalColumns",
+        jitter_scale: Tensor | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if loc.dim() < 2:
@@ -73,12 +79,16 @@ class MultivariateNormalColumns(Distribution):
         self.covariance_matrix = covariance_matrix
         self.shared = covariance_matrix.shape == shared and covariance_matrix.dim() == loc.dim()
         self.layer = layer
+        self.jitter_scale = jitter_scale
         super().__init__(batch, loc.shape[-2:], validate_args=validate_args)
 
     @lazy_property
     def scale_tril(self) -> Tensor:
         """Lower Cholesky factor of ``covariance_matrix`` (same shape), jittered if needed."""
-        return cholesky_with_jitter(self.covariance_matrix, layer=self.layer)
+        scale = self.jitter_scale
+        if scale is not None and not self.shared:  # one scale per unit's matrix too
+            scale = scale.unsqueeze(-1)
+        return cholesky_with_jitter(self.covariance_matrix, layer=self.layer, scale=scale)
 
     @property
     def mean(self) -> Tensor:
@@ -153,6 +163,7 @@ class MultivariateNormalColumns(Distribution):
             self.loc.expand(batch_shape + self.event_shape),
             self.covariance_matrix.expand(batch_shape + cov_tail),
             layer=self.layer,
+            jitter_scale=self.jitter_scale,
             validate_args=False,
         )
 
