@@ -30,11 +30,11 @@ class MultivariateNormalColumns(Distribution):
         loc: ``(*, B, units)`` means.
         covariance_matrix: ``(*, B, B)`` or ``(*, units, B, B)``.
         layer: name used in numerical error messages.
-        jitter_scale: the scale a jitter the Cholesky factor needs is relative to
-            (broadcasting to the covariance's batch shape); default its mean diagonal.
-            A GP posterior covariance ``K_XX - K_Xc (K_cc + σ² I)⁻¹ K_cX`` is rounded on
-            the scale of the prior ``K_XX``, not of its own (small) diagonal: the GP
-            layers pass the prior's.
+        jitter_scale: the scale ``(*,)`` a jitter the Cholesky factor needs is relative
+            to, or a function returning it (called only when a jitter is needed);
+            default its mean diagonal. A GP posterior covariance ``K_XX - K_Xc (K_cc +
+            σ² I)⁻¹ K_cX`` is rounded on the scale of the prior ``K_XX``, not of its own
+            (small) diagonal: the GP layers pass the prior's.
         validate_args: as in ``torch.distributions``.
 
     Shape:
@@ -61,7 +61,7 @@ class MultivariateNormalColumns(Distribution):
         covariance_matrix: Tensor,
         *,
         layer: str = "MultivariateNormalColumns",
-        jitter_scale: Tensor | None = None,
+        jitter_scale: Tensor | Callable[[], Tensor] | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if loc.dim() < 2:
@@ -85,10 +85,15 @@ class MultivariateNormalColumns(Distribution):
     @lazy_property
     def scale_tril(self) -> Tensor:
         """Lower Cholesky factor of ``covariance_matrix`` (same shape), jittered if needed."""
-        scale = self.jitter_scale
-        if scale is not None and not self.shared:  # one scale per unit's matrix too
-            scale = scale.unsqueeze(-1)
+        scale = None if self.jitter_scale is None else self._jitter_scale
         return cholesky_with_jitter(self.covariance_matrix, layer=self.layer, scale=scale)
+
+    def _jitter_scale(self) -> Tensor:
+        """The given jitter scale, ``(*,)``, or ``(*, 1)`` against per-unit matrices."""
+        given = self.jitter_scale
+        scale = given() if callable(given) else given
+        assert scale is not None
+        return scale if self.shared else scale.unsqueeze(-1)
 
     @property
     def mean(self) -> Tensor:

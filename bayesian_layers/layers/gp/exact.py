@@ -301,10 +301,13 @@ class GaussianProcess(ExactPosterior):
         needs is relative to the prior variance ``k(x_i, x_i)``: the posterior covariance
         ``K_XX - K_Xc (K_cc + σ² I)⁻¹ K_cX`` is rounded on that scale (float32: ~1e-7 of
         it), which can exceed its own diagonal where the data pin the function down."""
-        scale = self._kernel_diag(x).detach().abs().mean(-1)  # (*,)
-        return MultivariateNormalColumns(
-            loc, cov, layer=type(self).__name__, jitter_scale=scale.to(cov.dtype)
-        )
+        scale = functools.partial(self._prior_scale, x)  # read only if a jitter is needed
+        return MultivariateNormalColumns(loc, cov, layer=type(self).__name__, jitter_scale=scale)
+
+    def _prior_scale(self, x: Tensor) -> Tensor:
+        """Mean prior variance ``mean_i k(x_i, x_i)`` of each input set, ``(*,)``."""
+        with full_precision(x.device):
+            return self._kernel_diag(x).detach().abs().mean(-1)
 
     def extra_repr(self) -> str:
         n = 0 if self.conditional_inputs is None else self.conditional_inputs.shape[0]

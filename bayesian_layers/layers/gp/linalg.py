@@ -131,7 +131,7 @@ def cholesky_with_jitter(
     initial_jitter: float | None = None,
     growth: float = 10.0,
     on_jitter: Callable[[float], None] | None = None,
-    scale: Tensor | None = None,
+    scale: Tensor | Callable[[], Tensor] | None = None,
 ) -> Tensor:
     r"""Lower Cholesky factor of a symmetric positive-definite (batch of) matrix.
 
@@ -152,8 +152,9 @@ def cholesky_with_jitter(
         growth: factor between consecutive jitters (> 1).
         on_jitter: called with the largest relative jitter that was kept, when one
             was needed (the GP layers warn with it, once per layer).
-        scale: ``(*,)`` (or broadcasting) scale the jitter is relative to; default the
-            mean absolute diagonal of each matrix. A difference ``A - B`` of two large
+        scale: ``(*,)`` (or broadcasting) scale the jitter is relative to, or a function
+            returning it (called only when a jitter is needed); default the mean
+            absolute diagonal of each matrix. A difference ``A - B`` of two large
             matrices (a posterior covariance) has rounding errors on the scale of ``A``,
             not of its own, possibly much smaller, diagonal: pass ``A``'s.
 
@@ -197,6 +198,7 @@ def cholesky_with_jitter(
     if scale is None:
         scale = matrix.detach().diagonal(dim1=-2, dim2=-1).abs().mean(-1)
     else:
+        scale = scale() if callable(scale) else scale
         scale = scale.detach().to(matrix).abs().expand(matrix.shape[:-2])
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     jitter = initial_jitter
