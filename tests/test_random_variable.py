@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import Tensor, nn
 
+import bayesian_layers as bl
 from bayesian_layers.random_variables.variable import RandomVariable
 
 
@@ -271,6 +272,27 @@ def test_value_is_respected() -> None:
     assert from_rv.value is value
     with_sample = normal_rv(2, value=torch.zeros(3, 2), sample_shape=(3,))
     assert with_sample.shape == (3, 2)
+
+
+def test_number_values_take_the_parameters_dtype_without_rounding() -> None:
+    """A number or list value became a default-dtype (float32) tensor first: a float64
+    program conditioned with ``condition(z=0.1)`` (or a log joint given numbers) silently
+    scored float32-rounded values."""
+    f64 = torch.float64
+    rv = RandomVariable(td.Normal(torch.zeros(2, dtype=f64), 1.0), value=[0.1, 0.2])
+    assert rv.value.dtype == f64
+    assert rv.value.tolist() == [0.1, 0.2]
+
+    def program() -> RandomVariable:
+        z = bl.Normal(torch.tensor(0.0, dtype=f64), torch.tensor(1.0, dtype=f64), name="z")
+        return bl.Normal(z, torch.tensor(1e-4, dtype=f64), name="x")
+
+    log_joint = bl.make_log_joint_fn(program)
+    got = log_joint(z=0.1, x=0.1 + 1e-5)
+    want = log_joint(z=torch.tensor(0.1, dtype=f64), x=torch.tensor(0.1 + 1e-5, dtype=f64))
+    assert got.item() == want.item()
+    categorical = RandomVariable(td.Categorical(logits=torch.zeros(3, dtype=f64)), value=2)
+    assert categorical.value.dtype == torch.int64  # integer classes stay integers
 
 
 def test_wrong_value_shape_raises_value_error_with_both_shapes() -> None:

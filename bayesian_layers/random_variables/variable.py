@@ -29,6 +29,16 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
+def _floating_parameter(distribution: Distribution) -> Tensor | None:
+    """One floating parameter the distribution holds (no lazy parameter is computed), for
+    its dtype and device; ``None`` when it holds none."""
+    for name in distribution.arg_constraints:
+        param = distribution.__dict__.get(name)
+        if isinstance(param, Tensor) and param.is_floating_point():
+            return param
+    return None
+
+
 def _draw(distribution: Distribution, sample_shape: torch.Size) -> Tensor:
     if distribution.has_rsample:
         return distribution.rsample(sample_shape)
@@ -47,7 +57,9 @@ class RandomVariable:
         distribution: the distribution of the variable.
         value: an observed or fixed value of shape
             ``sample_shape + batch_shape + event_shape``; drawn from the
-            distribution when omitted.
+            distribution when omitted. Numbers and lists become tensors in the
+            dtype and on the device of the distribution's parameters (integers
+            of a discrete family stay integers).
         sample_shape: leading shape of the value when it is drawn.
         name: an optional name, used by tracing and in the ``repr``.
 
@@ -92,11 +104,16 @@ class RandomVariable:
             self._value = _draw(distribution, self._sample_shape)
         else:
             value = _unwrap(value)
-            if not isinstance(value, Tensor):
-                value = torch.as_tensor(value)
+            if not isinstance(value, Tensor):  # numbers: the parameters' dtype and device
+                as_given = torch.as_tensor(value)
                 support = distribution.support
-                if not value.is_floating_point() and not getattr(support, "is_discrete", False):
-                    value = value.to(torch.get_default_dtype())
+                if as_given.is_floating_point() or not getattr(support, "is_discrete", False):
+                    param = _floating_parameter(distribution)
+                    like: dict[str, Any] = {"dtype": torch.get_default_dtype()}
+                    if param is not None:
+                        like = {"dtype": param.dtype, "device": param.device}
+                    as_given = torch.as_tensor(value, **like)  # no rounding on the way
+                value = as_given
             expected = self._expected_shape()
             if value.shape != expected:
                 raise ValueError(

@@ -202,6 +202,8 @@ class ExactPosterior(BayesianLayer):
             return None  # a cached factor would carry a stale (or freed) autograd graph
         if any(t is not None and _is_transformed(t) for t in tensors):
             return None  # torch.func's wrapped tensors have no storage (and change per call)
+        if any(t is not None and t.is_inference() for t in tensors):
+            return None  # inference tensors (made in torch.inference_mode) have no version
         return tuple(
             (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
             for t in tensors

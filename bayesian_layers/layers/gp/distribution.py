@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Normal, constraints
 from torch.distributions.utils import lazy_property
 
+from ..outputs.distributions import check_target_shape
 from .linalg import cholesky_with_jitter, full_precision
 
 __all__ = ["MultivariateNormalColumns", "MarginalNormal"]
@@ -29,6 +30,11 @@ class MultivariateNormalColumns(Distribution):
         loc: ``(*, B, units)`` means.
         covariance_matrix: ``(*, B, B)`` or ``(*, units, B, B)``.
         layer: name used in numerical error messages.
+        jitter_scale: the scale ``(*,)`` a jitter the Cholesky factor needs is relative
+            to, or a function returning it (called only when a jitter is needed);
+            default its mean diagonal. A GP posterior covariance ``K_XX - K_Xc (K_cc +
+            σ² I)⁻¹ K_cX`` is rounded on the scale of the prior ``K_XX``, not of its own
+            (small) diagonal: the GP layers pass the prior's.
         validate_args: as in ``torch.distributions``.
 
     Shape:
@@ -55,6 +61,7 @@ class MultivariateNormalColumns(Distribution):
         covariance_matrix: Tensor,
         *,
         layer: str = "MultivariateNormalColumns",
+        jitter_scale: Tensor | Callable[[], Tensor] | None = None,
         validate_args: bool | None = None,
     ) -> None:
         if loc.dim() < 2:
@@ -72,12 +79,21 @@ class MultivariateNormalColumns(Distribution):
         self.covariance_matrix = covariance_matrix
         self.shared = covariance_matrix.shape == shared and covariance_matrix.dim() == loc.dim()
         self.layer = layer
+        self.jitter_scale = jitter_scale
         super().__init__(batch, loc.shape[-2:], validate_args=validate_args)
 
     @lazy_property
     def scale_tril(self) -> Tensor:
         """Lower Cholesky factor of ``covariance_matrix`` (same shape), jittered if needed."""
-        return cholesky_with_jitter(self.covariance_matrix, layer=self.layer)
+        scale = None if self.jitter_scale is None else self._jitter_scale
+        return cholesky_with_jitter(self.covariance_matrix, layer=self.layer, scale=scale)
+
+    def _jitter_scale(self) -> Tensor:
+        """The given jitter scale, ``(*,)``, or ``(*, 1)`` against per-unit matrices."""
+        given = self.jitter_scale
+        scale = given() if callable(given) else given
+        assert scale is not None
+        return scale if self.shared else scale.unsqueeze(-1)
 
     @property
     def mean(self) -> Tensor:
@@ -152,6 +168,7 @@ class MultivariateNormalColumns(Distribution):
             self.loc.expand(batch_shape + self.event_shape),
             self.covariance_matrix.expand(batch_shape + cov_tail),
             layer=self.layer,
+            jitter_scale=self.jitter_scale,
             validate_args=False,
         )
 
@@ -161,7 +178,9 @@ class MarginalNormal(Normal):
 
     The output distribution of a GP layer on its marginal-only path: ``variance`` is
     returned as given (no square root and square), and a zero variance (a point the
-    data pin down exactly) is allowed.
+    data pin down exactly) is allowed. ``log_prob`` refuses a target whose shape would
+    broadcast against the batch (a ``(B,)`` target for ``(B, 1)`` values), as the
+    stochastic output layers' distributions do.
 
     Example:
         >>> d = MarginalNormal(torch.zeros(2, 1), torch.tensor([[4.0], [0.0]]))
@@ -176,6 +195,10 @@ class MarginalNormal(Normal):
     @property
     def variance(self) -> Tensor:
         return self._variance
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        check_target_shape(self, value)
+        return super().log_prob(value)
 
     def expand(self, batch_shape: Sequence[int], _instance: object = None) -> MarginalNormal:
         shape = torch.Size(batch_shape)

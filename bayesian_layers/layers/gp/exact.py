@@ -253,7 +253,7 @@ class GaussianProcess(ExactPosterior):
             dist, draw = self._frozen_output(xg)
         else:
             loc, cov = self._joint(xg)
-            dist = MultivariateNormalColumns(loc, cov, layer=type(self).__name__)
+            dist = self._columns(loc, cov, xg)
             if self.sampling == "mean":
                 draw = loc
             else:  # the noise now (the seed in force at the call fixes the draw)
@@ -291,12 +291,23 @@ class GaussianProcess(ExactPosterior):
             x, self.units, functools.partial(self.noise, "function", like=x)
         )
         loc, cov = self._joint(xs)  # (*, R, units), (*, R, R)
-        draw = MultivariateNormalColumns(loc, cov, layer=type(self).__name__).transform(eps)
+        draw = self._columns(loc, cov, xs).transform(eps)
         cov = cov.index_select(-2, index).index_select(-1, index)  # (*, B, B)
-        dist = MultivariateNormalColumns(
-            loc.index_select(-2, index), cov, layer=type(self).__name__
-        )
+        dist = self._columns(loc.index_select(-2, index), cov, x)
         return dist, draw.index_select(-2, index)
+
+    def _columns(self, loc: Tensor, cov: Tensor, x: Tensor) -> MultivariateNormalColumns:
+        """The joint output distribution at ``x`` ``(*, B, D)``. A jitter its Cholesky factor
+        needs is relative to the prior variance ``k(x_i, x_i)``: the posterior covariance
+        ``K_XX - K_Xc (K_cc + σ² I)⁻¹ K_cX`` is rounded on that scale (float32: ~1e-7 of
+        it), which can exceed its own diagonal where the data pin the function down."""
+        scale = functools.partial(self._prior_scale, x)  # read only if a jitter is needed
+        return MultivariateNormalColumns(loc, cov, layer=type(self).__name__, jitter_scale=scale)
+
+    def _prior_scale(self, x: Tensor) -> Tensor:
+        """Mean prior variance ``mean_i k(x_i, x_i)`` of each input set, ``(*,)``."""
+        with full_precision(x.device):
+            return self._kernel_diag(x).detach().abs().mean(-1)
 
     def extra_repr(self) -> str:
         n = 0 if self.conditional_inputs is None else self.conditional_inputs.shape[0]

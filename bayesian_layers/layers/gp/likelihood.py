@@ -14,11 +14,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Distribution, Normal
+from torch.distributions import Distribution
 
 from ... import tracing as _tracing
 from ..._checks import check_count, check_name, check_real, inverse_softplus
 from ...random_variables.variable import RandomVariable
+from ..outputs.distributions import Normal
 from .sparse_variational import gaussian_expected_log_likelihood
 
 __all__ = ["GaussianLikelihood"]
@@ -140,7 +141,8 @@ class GaussianLikelihood(nn.Module):
 
     def forward(self, f: RandomVariable | Distribution | Tensor) -> RandomVariable:
         """The predictive ``y``: ``Normal(μ, √(v + σ²))``; its value is ``f``'s value (sample)
-        plus noise.
+        plus noise. Its ``log_prob`` refuses a target that would broadcast against the batch
+        (a ``(B,)`` target for ``(B, 1)`` values), as the stochastic output layers do.
 
         Shape:
             f: ``(*, units)``; returns a random variable of shape ``(*, units)``.

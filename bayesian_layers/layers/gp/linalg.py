@@ -131,13 +131,15 @@ def cholesky_with_jitter(
     initial_jitter: float | None = None,
     growth: float = 10.0,
     on_jitter: Callable[[float], None] | None = None,
+    scale: Tensor | Callable[[], Tensor] | None = None,
 ) -> Tensor:
     r"""Lower Cholesky factor of a symmetric positive-definite (batch of) matrix.
 
     The factorisation is tried first as given. Every batch element that fails is
-    retried with ``jitter_k · mean(|diag|) · I`` added, where ``jitter_k =
-    initial_jitter · growth^k`` for ``k = 0, ..., max_tries - 1`` (so the jitter is
-    relative to the scale of the matrix). Elements that succeed are never
+    retried with ``jitter_k · scale · I`` added, where ``jitter_k = initial_jitter ·
+    growth^k`` for ``k = 0, ..., max_tries - 1`` and ``scale`` is ``mean(|diag|)``
+    unless given (so the jitter is relative to the scale of the matrix, or of the
+    computation that rounded it). Elements that succeed are never
     jittered. When the last try still fails, a :class:`NotPositiveDefiniteError`
     names ``layer`` and the smallest eigenvalue. Differentiable (through
     :func:`torch.linalg.cholesky_ex`); works in any floating dtype.
@@ -150,6 +152,11 @@ def cholesky_with_jitter(
         growth: factor between consecutive jitters (> 1).
         on_jitter: called with the largest relative jitter that was kept, when one
             was needed (the GP layers warn with it, once per layer).
+        scale: ``(*,)`` (or broadcasting) scale the jitter is relative to, or a function
+            returning it (called only when a jitter is needed); default the mean
+            absolute diagonal of each matrix. A difference ``A - B`` of two large
+            matrices (a posterior covariance) has rounding errors on the scale of ``A``,
+            not of its own, possibly much smaller, diagonal: pass ``A``'s.
 
     Returns:
         ``(*, N, N)`` lower-triangular factors ``L`` with ``L Lᵀ ≈ matrix``.
@@ -187,7 +194,12 @@ def cholesky_with_jitter(
     n = matrix.shape[-1]
     eye = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
     # (*,) scale of each matrix: mean absolute diagonal (1 where the diagonal is all zero)
-    scale = matrix.detach().diagonal(dim1=-2, dim2=-1).abs().mean(-1)
+    relative_to = "mean diagonal" if scale is None else "the given scale"
+    if scale is None:
+        scale = matrix.detach().diagonal(dim1=-2, dim2=-1).abs().mean(-1)
+    else:
+        scale = scale() if callable(scale) else scale
+        scale = scale.detach().to(matrix).abs().expand(matrix.shape[:-2])
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     jitter = initial_jitter
     level = torch.zeros_like(scale)  # (*,) jitter kept by each matrix, 0 where none needed
@@ -206,7 +218,7 @@ def cholesky_with_jitter(
     )
     raise NotPositiveDefiniteError(
         f"{layer}: the kernel matrix of size {n} is not positive definite (smallest "
-        f"eigenvalue {min_eig:.3e}) even with jitter {largest:.1e} x mean diagonal added "
+        f"eigenvalue {min_eig:.3e}) even with jitter {largest:.1e} x {relative_to} added "
         f"after {max_tries} tries; check the kernel hyperparameters and duplicate inputs, "
         f"or {hint}",
         layer=layer,

@@ -21,6 +21,7 @@ from ...random_variables.variable import RandomVariable
 from ...regularizers import Regularizer
 from ..base import BayesianLayer, as_tensor
 from ..functional.linear import batched_linear
+from ..outputs.distributions import Normal as CheckedNormal
 from ._util import check_input_dtype, function_output
 from .kernels import StationaryKernel
 from .linalg import cholesky_with_jitter, jitter_reporter
@@ -199,7 +200,7 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             self.precision: Tensor
             eye = torch.eye(num_features, **factory) / self.prior_scale**2
             self.register_buffer("precision", eye)
-        self._chol_cache: tuple[int, Tensor] | None = None
+        self._chol_cache: tuple[tuple[Any, ...], Tensor] | None = None
         self._precision_version = 0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -286,17 +287,27 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             raise ValueError(f"{where} expected finite non-negative `weights`, got {weights!r}")
         return w
 
+    def _precision_key(self) -> tuple[Any, ...] | None:
+        """What identifies the current ``P``: its updates here, and the tensor's own storage
+        and in-place version (``load_state_dict`` copies into it, ``.to()`` replaces it);
+        ``None`` (never cache) for an inference tensor, which has no version counter."""
+        p = self.precision
+        if p.is_inference():
+            return None
+        return (self._precision_version, p._version, p.data_ptr(), p.dtype, p.device)
+
     def posterior_covariance_tril(self) -> Tensor:
         """Cholesky factor ``(M, M)`` of ``P`` (cached until the precision changes)."""
         self._require_laplace("posterior_covariance_tril")
-        cache = self._chol_cache
-        if cache is None or cache[0] != self._precision_version:
-            report = jitter_reporter(
-                self, "the Laplace precision", "a smaller prior_scale adds a larger ridge"
-            )
-            chol = cholesky_with_jitter(self.precision, layer=type(self).__name__, on_jitter=report)
-            self._chol_cache = cache = (self._precision_version, chol)
-        return cache[1]
+        cache, key = self._chol_cache, self._precision_key()
+        if key is not None and cache is not None and cache[0] == key:
+            return cache[1]
+        report = jitter_reporter(
+            self, "the Laplace precision", "a smaller prior_scale adds a larger ridge"
+        )
+        chol = cholesky_with_jitter(self.precision, layer=type(self).__name__, on_jitter=report)
+        self._chol_cache = None if key is None else (key, chol)
+        return chol
 
     def _require_laplace(self, what: str) -> None:
         if self.posterior_kind != "laplace":
@@ -323,9 +334,9 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         mean = F.linear(phi, loc, self.bias)
         if scale is None:  # a point estimate
             tiny = torch.zeros_like(mean).add_(torch.finfo(mean.dtype).tiny)
-            return torch.distributions.Normal(mean, tiny, validate_args=False), mean
+            return CheckedNormal(mean, tiny, validate_args=False), mean
         std = F.linear(phi.square(), scale.square()).clamp_min(torch.finfo(phi.dtype).tiny).sqrt()
-        dist = torch.distributions.Normal(mean, std, validate_args=False)
+        dist = CheckedNormal(mean, std, validate_args=False)
         if self.sampling == "mean":
             return dist, mean
         k = self.check_samples(phi)
@@ -356,4 +367,4 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
         a = torch.linalg.solve_triangular(chol, flat.mT, upper=False)  # (M, N)
         var = a.square().sum(0).clamp_min(torch.finfo(a.dtype).tiny)  # (N,)
         std = var.sqrt().to(mean).reshape(*phi.shape[:-1], 1).expand_as(mean)
-        return torch.distributions.Normal(mean, std, validate_args=False), mean
+        return CheckedNormal(mean, std, validate_args=False), mean

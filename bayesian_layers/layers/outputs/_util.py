@@ -39,6 +39,13 @@ def strip_independent(d: td.Distribution) -> tuple[td.Distribution, int]:
 
 
 def log1mexp(d: Tensor) -> Tensor:
-    """``log(1 - exp(d))`` for ``d < 0``, accurate near 0 and in the far tail."""
+    """``log(1 - exp(d))`` for ``d < 0``, accurate near 0 and in the far tail.
+
+    The far-tail branch is evaluated at ``min(d, -log 2)``, so that near 0, where it is
+    not used, it never reaches ``log1p(-1)`` (whose infinite derivative would make the
+    gradient NaN through the ``where``).
+    """
     d = d.clamp(max=-torch.finfo(d.dtype).tiny)
-    return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+    near = d > -math.log(2)
+    far = torch.log1p(-torch.exp(torch.clamp(d, max=-math.log(2))))
+    return torch.where(near, torch.log(-torch.expm1(d)), far)

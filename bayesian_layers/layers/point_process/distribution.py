@@ -221,19 +221,26 @@ class PoissonProcessDistribution(Distribution):
             low = self.low.to(x)
             x = torch.where(mask.unsqueeze(-1), x, low)  # padding: any point inside
         lead = x.shape[:-1]
-        log_rates, integral = self._evaluate(x.reshape(-1, self.dim))
+        keep = None if mask is None else mask.reshape(-1)
+        log_rates, integral = self._evaluate(x.reshape(-1, self.dim), keep)
         log_rates = log_rates.reshape(lead)
-        if mask is not None:
-            log_rates = torch.where(mask, log_rates, torch.zeros_like(log_rates))
         return log_rates.sum(-1) - integral
 
-    def _evaluate(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log λ(points), ∫_A λ)`` from one call of the rate."""
+    def _evaluate(self, points: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(log λ(points), ∫_A λ)`` from one call of the rate; with ``keep`` (bool,
+        one per point) the other points (padding) get log-rate 0 and no gradient, even
+        where the rate is 0 there (``log 0`` would make the gradient NaN)."""
         like = points if points.numel() else self.low
         nodes, weights = self._nodes(like)
         rates = self.intensity(torch.cat([points.to(nodes), nodes], 0))
         n = points.shape[0]
-        return torch.log(rates[:n]), (rates[n:] * weights.to(rates)).sum()
+        at_points = rates[:n]
+        if keep is None:
+            return torch.log(at_points), (rates[n:] * weights.to(rates)).sum()
+        keep = keep.to(at_points.device)
+        log_rates = torch.log(torch.where(keep, at_points, torch.ones_like(at_points)))
+        log_rates = torch.where(keep, log_rates, torch.zeros_like(log_rates))
+        return log_rates, (rates[n:] * weights.to(rates)).sum()
 
     def integral(self) -> Tensor:
         """``∫_A λ``, the expected number of points (by the chosen rule)."""

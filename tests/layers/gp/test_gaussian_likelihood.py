@@ -122,3 +122,15 @@ def test_bad_input_raises_clear_errors():
             layers.GaussianLikelihood(1, **kwargs)
     with pytest.raises(ValueError, match="GaussianLikelihood expected `units` >= 1, got 0"):
         layers.GaussianLikelihood(0)
+
+
+def test_predictive_log_prob_refuses_a_target_that_broadcasts_against_the_batch():
+    """A ``(B,)`` target for ``(B, 1)`` predictions gave ``(B, B)`` log densities (every
+    example scored against every target), silently averaged by ``.mean()``."""
+    lik = layers.GaussianLikelihood(1, noise_variance=0.3, dtype=F64)
+    y_rv = lik(_f(n=4, units=1))
+    y = torch.randn(4, dtype=F64)
+    with pytest.raises(ValueError, match=r"log_prob expected a target of shape \(4, 1\)"):
+        y_rv.log_prob(y)
+    expected = torch.distributions.Normal(y_rv.distribution.loc, y_rv.distribution.scale)
+    torch.testing.assert_close(y_rv.log_prob(y[:, None]), expected.log_prob(y[:, None]))

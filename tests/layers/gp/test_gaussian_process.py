@@ -452,3 +452,23 @@ def test_non_finite_inputs_are_rejected_with_the_layers_name(bad: float):
     inputs[1, 0] = bad
     with pytest.raises(ValueError, match=r"GaussianProcess expected finite inputs, got"):
         _gp(L.Matern32(**D64), x, y)(inputs)
+
+
+def test_inference_mode_conditioning_and_prediction() -> None:
+    """The factor's cache key read ``_version`` of the conditioning data and parameters,
+    which inference tensors (made under ``torch.inference_mode``) lack: conditioning or
+    building the layer there and predicting raised an internal ``RuntimeError``."""
+    torch.manual_seed(0)
+    x, y, xs = torch.randn(5, 2), torch.randn(5), torch.randn(3, 2)
+    reference = L.GaussianProcess(1, conditional_inputs=x, conditional_outputs=y)
+    want = reference.predictive_moments(xs)
+    with torch.inference_mode():
+        gp = L.GaussianProcess(1, conditional_inputs=x, conditional_outputs=y)
+        assert gp(xs).value.shape == (3, 1)
+        torch.testing.assert_close(
+            gp.log_marginal_likelihood(), reference.log_marginal_likelihood().detach()
+        )
+        later = L.GaussianProcess(1)
+        later.condition_on(x, y)
+        for got, expected in zip(later.predictive_moments(xs), want, strict=True):
+            torch.testing.assert_close(got, expected.detach())

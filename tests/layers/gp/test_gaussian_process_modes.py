@@ -216,3 +216,24 @@ def test_torch_func_on_the_fused_kernels(kernel: str) -> None:
     torch.testing.assert_close((jac * weights[..., None, None]).sum((0, 1)), want)
     batched = torch.func.vmap(lambda a: k(a, x2))(torch.stack([x1, 2 * x1]))
     torch.testing.assert_close(batched, torch.stack([k(x1, x2), k(2 * x1, x2)]))
+
+
+def test_float32_joint_draw_where_the_data_pin_the_function_down() -> None:
+    """float32 rounds ``K_XX - K_Xc (K_cc + σ² I)⁻¹ K_cX`` on the scale of the prior
+    (~1e-7 of it); where the posterior variance is ~1e-4 that made the ``B × B``
+    covariance indefinite beyond any jitter relative to its own diagonal, and a draw (the
+    value of ``gp(x)``, sample or frozen mode) raised ``NotPositiveDefiniteError``."""
+    torch.manual_seed(0)
+    x = torch.linspace(0, 1, 20)[:, None]
+    gp = L.GaussianProcess(
+        1, conditional_inputs=x, conditional_outputs=torch.sin(6 * x), observation_noise=1e-3
+    )
+    xs = torch.rand(20, 1)
+    f = gp(xs)
+    assert bool(torch.isfinite(f.value).all())
+    dist = f.distribution
+    # the jitter kept is ~1e-6 of the prior variance: the factor still reproduces the matrix
+    tril = dist.scale_tril
+    torch.testing.assert_close(tril @ tril.mT, dist.covariance_matrix, atol=1e-5, rtol=0)
+    with bl.frozen_sample(gp):
+        assert bool(torch.isfinite(gp(xs).value).all())

@@ -295,3 +295,37 @@ def test_laplace_precision_that_needed_jitter_is_reported_once() -> None:
     with pytest.warns(layers.JitterWarning, match=r"RandomFourierFeatures: the Laplace precision"):
         chol = layer.posterior_covariance_tril()
     assert torch.isfinite(chol).all()
+
+
+@pytest.mark.parametrize("posterior", ["variational", "laplace"])
+def test_output_log_prob_refuses_a_target_that_broadcasts_against_the_batch(posterior):
+    """A ``(B,)`` target for ``(B, 1)`` outputs was scored as ``(B, B)`` terms, silently."""
+    layer = layers.RandomFourierFeatures(1, 16, in_features=2, posterior=posterior)
+    f = layer(torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"log_prob expected a target of shape \(5, 1\)"):
+        f.log_prob(torch.randn(5))
+    assert f.log_prob(torch.randn(5, 1)).shape == (5, 1)
+
+
+def test_laplace_variance_follows_a_loaded_or_converted_precision() -> None:
+    """The Cholesky factor of ``P`` was cached by a counter of this layer's own updates, so
+    after ``load_state_dict`` (restoring a checkpoint into a layer that had predicted) the
+    variance came from the old ``P``, and after ``.double()`` from a float32 factor."""
+    torch.manual_seed(0)
+    trained = layers.RandomFourierFeatures(1, 16, in_features=2, posterior="laplace")
+    fresh = layers.RandomFourierFeatures(1, 16, in_features=2, posterior="laplace")
+    fresh.load_state_dict(trained.state_dict())
+    trained(torch.randn(50, 2))  # a training step: P gains 50 rows
+    trained.eval()
+    fresh.eval()
+    x = torch.randn(4, 2)
+    prior = fresh(x).distribution.variance  # factor of the prior P, cached
+    fresh.load_state_dict(trained.state_dict())
+    want = trained(x).distribution.variance
+    assert not torch.allclose(prior, want)
+    torch.testing.assert_close(fresh(x).distribution.variance, want)
+    fresh.double()
+    assert fresh.posterior_covariance_tril().dtype == torch.float64
+    with torch.inference_mode():  # inference tensors have no version: no cache, no error
+        layer = layers.RandomFourierFeatures(1, 8, in_features=2, posterior="laplace")
+        assert torch.isfinite(layer(x).distribution.variance).all()

@@ -427,3 +427,15 @@ def test_needed_jitter_is_reported_once_per_layer() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(x)  # reported once per layer
+
+
+def test_output_log_prob_refuses_a_target_that_broadcasts_against_the_batch():
+    """The marginal ``q(f)`` of ``(B, 1)`` outputs scored a ``(B,)`` target as ``(B, B)``
+    terms, silently (its distribution does not validate arguments)."""
+    layer = layers.SparseGaussianProcess(1, 4, in_features=2, dtype=torch.float64)
+    f = layer(torch.randn(5, 2, dtype=torch.float64))
+    y = torch.randn(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"MarginalNormal.log_prob .*\(5, 1\).*got \(5,\)"):
+        f.log_prob(y)
+    assert f.log_prob(y[:, None]).shape == (5, 1)
+    assert f.log_prob(torch.zeros(3, 5, 1, dtype=torch.float64)).shape == (3, 5, 1)

@@ -282,3 +282,19 @@ def test_points_in_another_dtype_than_the_rate_module_are_a_type_error(dtype):
 def test_bad_options_are_value_errors_naming_layer_and_option(option, value):
     with pytest.raises(ValueError, match=rf"PoissonProcess.*`{option}`"):
         layers.PoissonProcess(constant(1.0), [(0.0, 1.0)], **{option: value})
+
+
+def test_padding_where_the_rate_is_zero_leaves_the_gradient_finite():
+    """Padding rows sit at the box's lower corner (``sample_padded``'s too); a rate that is
+    0 there (``λ(t) = a t`` on ``[0, 1]``) gave ``log 0`` at the padding, and although the
+    mask dropped its value, the gradient was ``0 · inf = NaN``."""
+    a = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    dist = layers.PoissonProcess(lambda x: a * x[..., 0], [(0.0, 1.0)]).process(dtype=F64)
+    padded = torch.tensor([[[0.5], [0.7]], [[0.3], [0.0]]], dtype=F64)
+    mask = torch.tensor([[True, True], [True, False]])
+    log_prob = dist.log_prob(padded, mask=mask)
+    (grad,) = torch.autograd.grad(log_prob.sum(), a)
+    sets = [padded[0], padded[1, :1]]
+    (want,) = torch.autograd.grad(dist.log_prob(sets).sum(), a)
+    torch.testing.assert_close(log_prob, dist.log_prob(sets))
+    torch.testing.assert_close(grad, want)  # 3 events / a - 2 ∫ t dt = 1.5 - 1
