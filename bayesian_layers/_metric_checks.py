@@ -59,11 +59,13 @@ def check_nonempty(fn: str, arg: str, t: Tensor) -> None:
 def check_scale(fn: str, scale: Tensor | float, like: Tensor) -> Tensor:
     scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
     try:
-        torch.broadcast_shapes(scale.shape, like.shape)
+        fits = torch.broadcast_shapes(scale.shape, like.shape) == like.shape
     except RuntimeError:
+        fits = False
+    if not fits:  # a scale that would enlarge the result (e.g. (N, 1) for (N,)) is refused
         raise fail(
             fn, "scale", f"broadcastable to {tuple(like.shape)}", f"shape {tuple(scale.shape)}"
-        ) from None
+        )
     if (scale <= 0).any():
         raise fail(fn, "scale", "positive values (a standard deviation)", "a value <= 0")
     return scale

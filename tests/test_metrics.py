@@ -316,6 +316,15 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
             lambda: M.gaussian_nll(torch.zeros(3), torch.ones(2), torch.zeros(3)),
             r"gaussian_nll expected scale broadcastable to \(3,\), got shape \(2,\)",
         ),
+        (  # (3, 1) would broadcast with (3,) to (3, 3): every scale against every target
+            lambda: M.gaussian_nll(torch.zeros(3), torch.ones(3, 1), torch.zeros(3)),
+            r"gaussian_nll expected scale broadcastable to \(3,\), got shape \(3, 1\)",
+        ),
+        (
+            lambda: M.mixture_gaussian_nll(torch.zeros(2, 3), torch.ones(1, 2, 3), torch.zeros(3)),
+            r"mixture_gaussian_nll expected scale broadcastable to \(2, 3\), got shape "
+            r"\(1, 2, 3\)",
+        ),
         (
             lambda: M.gaussian_nll(torch.zeros(3), 0.0, torch.zeros(3)),
             r"gaussian_nll expected scale positive",
