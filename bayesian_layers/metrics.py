@@ -113,7 +113,7 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float | None = N
     _check_labels("negative_log_likelihood", probs, labels)
     _check_nonempty("negative_log_likelihood", "labels", labels)
     eps = torch.finfo(probs.dtype).eps if eps is None else eps
-    p_label = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    p_label = probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)  # any integer dtype
     return -p_label.clamp_min(eps).log().mean()
 
 
@@ -136,7 +136,7 @@ def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
     """
     _check_labels("brier_score", probs, labels)
     _check_nonempty("brier_score", "labels", labels)
-    one_hot = torch.nn.functional.one_hot(labels, probs.shape[-1]).to(probs.dtype)
+    one_hot = torch.nn.functional.one_hot(labels.long(), probs.shape[-1]).to(probs.dtype)
     return (probs - one_hot).square().sum(-1).mean()
 
 

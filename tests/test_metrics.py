@@ -75,6 +75,16 @@ def test_classification_metrics_accept_batch_dims() -> None:
 
 
 # ------------------------------------------------------------------- calibration
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_classification_metrics_accept_every_integer_label_dtype(dtype: torch.dtype) -> None:
+    """Labels of any integer dtype give the int64 labels' values (one_hot and gather
+    take int64 only)."""
+    probs = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), -1)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    for fn in (M.accuracy, M.negative_log_likelihood, M.brier_score, M.expected_calibration_error):
+        assert torch.equal(fn(probs, labels.to(dtype)), fn(probs, labels)), fn.__name__
+
+
 def test_ece_hand_enumerated_two_bins() -> None:
     # Confidences 0.9, 0.8 (bin (0.5, 1]) and 0.6, 0.55 (same bin), plus 0.5 in (0, 0.5].
     probs = torch.tensor(
