@@ -207,6 +207,10 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             state["posterior_kind"] = state.pop("posterior")
         super().__setstate__(state)
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._precision_version += 1  # a loaded precision: the cached factor is stale
+
     def extra_repr(self) -> str:
         text = (f"units={self.units}, num_features={self.num_features}, "
                 f"in_features={self.in_features}, posterior={self.posterior_kind!r}")  # fmt: skip
@@ -289,8 +293,12 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
     def posterior_covariance_tril(self) -> Tensor:
         """Cholesky factor ``(M, M)`` of ``P`` (cached until the precision changes)."""
         self._require_laplace("posterior_covariance_tril")
-        cache = self._chol_cache
-        if cache is None or cache[0] != self._precision_version:
+        cache, precision = self._chol_cache, self.precision
+        if (
+            cache is None
+            or cache[0] != self._precision_version
+            or (cache[1].dtype, cache[1].device) != (precision.dtype, precision.device)
+        ):  # a new precision, or the module moved (`.to(...)`) since the factor was cached
             report = jitter_reporter(
                 self, "the Laplace precision", "a smaller prior_scale adds a larger ridge"
             )
