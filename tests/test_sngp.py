@@ -71,6 +71,9 @@ def test_mean_field_logits_bad_input() -> None:
         mean_field_logits(logits, torch.full((2, 3), math.nan))
     with pytest.raises(ValueError, match=r"broadcasts to the logits' \(2, 3\), got \(4,\)"):
         mean_field_logits(logits, torch.ones(4))
+    # (2, 1, 1) broadcasts with (2, 3) to (2, 2, 3): refused, not a silently larger result
+    with pytest.raises(ValueError, match=r"broadcasts to the logits' \(2, 3\), got \(2, 1, 1\)"):
+        mean_field_logits(logits, torch.ones(2, 1, 1))
     with pytest.raises(ValueError, match="needs a `variance`"):
         mean_field_logits(logits)
     with pytest.raises(TypeError, match="mean_field_logits expected floating `logits`"):
