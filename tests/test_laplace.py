@@ -350,6 +350,20 @@ def test_bad_arguments_raise(kwargs: dict, argument: str) -> None:
         bll.fit(_mlp(), loader, **kwargs)
 
 
+def test_class_indices_of_any_integer_dtype_and_out_of_range() -> None:
+    """int32 labels give the int64 labels' fit (cross_entropy takes int64 only); a label
+    outside [0, C) raises a ValueError naming laplace.fit, not torch's IndexError."""
+    torch.manual_seed(0)
+    net = _mlp()
+    _, y, loader = _data("classification", (3,))
+    want = bll.log_marginal_likelihood(bll.fit(net, loader))
+    narrow = [(x, y.to(torch.int32)) for x, y in loader]
+    torch.testing.assert_close(bll.log_marginal_likelihood(bll.fit(net, narrow)), want)
+    bad = [(x, torch.full_like(y, 3)) for x, y in loader]
+    with pytest.raises(ValueError, match=r"laplace\.fit expected class indices in \[0, 2\]"):
+        bll.fit(net, bad)
+
+
 def test_flipout_model_takes_diag_and_refuses_kron() -> None:
     model = bl.to_bayesian(_mlp(), "flipout")
     _, _, loader = _data("classification", (3,))

@@ -219,7 +219,16 @@ def _class_indices(f: Tensor, y: Tensor) -> bool:
 def _loss(f: Tensor, y: Tensor, likelihood: str) -> Tensor:
     if likelihood == "classification":
         c = f.shape[-1]
-        target = y.reshape(-1) if _class_indices(f, y) else y.reshape(-1, c)
+        if not _class_indices(f, y):
+            return F.cross_entropy(f.reshape(-1, c), y.reshape(-1, c), reduction="sum")
+        target = y.reshape(-1).long()  # any integer dtype (cross_entropy takes int64)
+        kept = target[target != -100]
+        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= c):
+            raise ValueError(
+                f"{_FN} expected class indices in [0, {c - 1}] (or -100, ignored) for "
+                f"outputs of shape {tuple(f.shape)}, got values in "
+                f"[{int(kept.min())}, {int(kept.max())}]"
+            )
         return F.cross_entropy(f.reshape(-1, c), target, reduction="sum")
     if y.shape != f.shape:
         raise ValueError(
