@@ -219,7 +219,7 @@ def _objective(logits: Tensor, labels: Tensor, u: float, order: int) -> tuple[fl
     f = g = h = 0.0
     for start in range(0, n, rows):
         z = logits[:, start : start + rows].to(torch.float64)  # (K, n, C)
-        y = labels[start : start + rows].to(z.device)
+        y = labels[start : start + rows].to(z.device, torch.long)  # gather: int64 indices
         logp = torch.log_softmax(beta * z, -1)  # (K, n, C)
         idx = y.view(1, -1, 1).expand(k, -1, 1)
         logp_y = logp.gather(-1, idx).squeeze(-1)  # (K, n)

@@ -195,6 +195,16 @@ def test_nll_equals_sklearn_log_loss():
     assert temperature_nll(logits, labels, fit.temperature) == pytest.approx(reference, abs=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.int16, torch.uint8])
+def test_labels_of_any_integer_dtype_fit_as_int64(dtype):
+    """Narrow integer labels give the int64 labels' fit (gather takes int32/int64 only)."""
+    gen = torch.Generator().manual_seed(0)
+    z = 3 * torch.randn(2, 40, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    assert fit_temperature(z, y.to(dtype)) == fit_temperature(z, y)
+    assert temperature_nll(z, y.to(dtype), 2.0) == temperature_nll(z, y, 2.0)
+
+
 def test_objective_derivatives_match_autograd():
     gen = torch.Generator().manual_seed(0)
     z = 3 * torch.randn(4, 50, 5, generator=gen, dtype=torch.float64)
