@@ -57,7 +57,9 @@ def check_nonempty(fn: str, arg: str, t: Tensor) -> None:
 
 
 def check_scale(fn: str, scale: Tensor | float, like: Tensor) -> Tensor:
-    scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
+    # integer means and targets (counts) must not truncate the scale (1.5 -> 1, 0.5 -> 0)
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    scale = torch.as_tensor(scale, dtype=dtype, device=like.device)
     try:
         fits = torch.broadcast_shapes(scale.shape, like.shape) == like.shape
     except RuntimeError:

@@ -256,6 +256,17 @@ def test_mixture_gaussian_nll_stable_far_in_the_tail() -> None:
     assert got.item() == pytest.approx(ref, rel=1e-12)
 
 
+def test_gaussian_nlls_of_integer_means_and_targets_keep_the_scale() -> None:
+    """Integer means and targets (counts) give the float ones' NLL: the scale 1.5 is not
+    truncated to the integer dtype (which made it 1, and 0.5 a refused 0)."""
+    loc, target = torch.tensor([1, 2]), torch.tensor([1, 4])
+    for scale in (1.5, 0.5, torch.tensor([0.5, 2.5])):
+        want = M.gaussian_nll(loc.float(), scale, target.float())
+        torch.testing.assert_close(M.gaussian_nll(loc, scale, target), want)
+        want = M.mixture_gaussian_nll(loc[None].float(), scale, target.float())
+        torch.testing.assert_close(M.mixture_gaussian_nll(loc[None], scale, target), want)
+
+
 def test_mixture_with_one_component_is_gaussian_nll() -> None:
     loc, y = torch.randn(20, generator=torch.Generator().manual_seed(2)), torch.zeros(20)
     torch.testing.assert_close(
