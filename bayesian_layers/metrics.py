@@ -240,7 +240,10 @@ def rmse(prediction: Tensor, target: Tensor) -> Tensor:
     """
     _check_same("rmse", ("prediction", "target"), prediction, target)
     _check_nonempty("rmse", "target", target)
-    return (prediction - target).square().mean().sqrt()
+    error = prediction - target
+    if not error.is_floating_point():  # integer predictions and targets (counts)
+        error = error.to(torch.get_default_dtype())
+    return error.square().mean().sqrt()
 
 
 def gaussian_nll(loc: Tensor, scale: Tensor | float, target: Tensor) -> Tensor:

@@ -256,6 +256,11 @@ def test_mixture_gaussian_nll_stable_far_in_the_tail() -> None:
     assert got.item() == pytest.approx(ref, rel=1e-12)
 
 
+def test_rmse_of_integer_predictions_and_targets() -> None:
+    got = M.rmse(torch.tensor([1, 2]), torch.tensor([1, 4]))
+    torch.testing.assert_close(got, torch.tensor(2.0).sqrt())
+
+
 def test_gaussian_nlls_of_integer_means_and_targets_keep_the_scale() -> None:
     """Integer means and targets (counts) give the float ones' NLL: the scale 1.5 is not
     truncated to the integer dtype (which made it 1, and 0.5 a refused 0)."""
