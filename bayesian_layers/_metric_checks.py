@@ -41,6 +41,27 @@ def check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
         )
 
 
+def check_simplex(fn: str, probs: Tensor) -> None:
+    """Rows of probabilities: entries in ``[0, 1]`` summing to one, up to ``max(1e-3, 8 eps)``
+    (``eps`` of the dtype: a low-precision softmax passes). Logits, or scores that were
+    never normalised, raise instead of giving a meaningless number."""
+    if probs.numel() == 0:
+        return
+    p = probs.detach()
+    tol = max(1e-3, 8 * torch.finfo(p.dtype).eps)
+    sums = p.sum(-1, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
+    lo, hi = float(p.min()), float(p.max())
+    if lo < -tol or hi > 1 + tol or float((sums - 1).abs().max()) > tol:
+        raise fail(
+            fn,
+            "probs",
+            "probabilities: entries in [0, 1] and rows (the last dim) summing to 1 (logits? "
+            "apply softmax first)",
+            f"entries in [{lo:.4g}, {hi:.4g}] and row sums in "
+            f"[{float(sums.min()):.4g}, {float(sums.max()):.4g}]",
+        )
+
+
 def check_same(fn: str, names: tuple[str, ...], *tensors: Tensor) -> None:
     shape = tuple(tensors[0].shape)
     for name, t in zip(names[1:], tensors[1:], strict=True):

@@ -15,7 +15,10 @@ classification (:func:`predictive_entropy` = :func:`expected_entropy` +
 Classification metrics take probabilities of shape ``(*, C)`` (rows sum to one) and
 integer labels of shape ``(*)``; the sample-based uncertainty scores take
 ``(K, *, C)``. Wrong shapes raise ``ValueError`` naming the function, the argument,
-what was expected and what came.
+what was expected and what came; so do rows that are not probabilities (entries outside
+``[0, 1]`` or sums away from one, beyond ``max(1e-3, 8 eps)``: logits, say) given to
+:func:`negative_log_likelihood`, :func:`brier_score`, :func:`reliability_bins` and
+:func:`expected_calibration_error`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from ._metric_checks import (
 )
 from ._metric_checks import (
     check_scale as _check_scale,
+)
+from ._metric_checks import (
+    check_simplex as _check_simplex,
 )
 from ._metric_checks import (
     fail as _fail,
@@ -112,6 +118,7 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float | None = N
     """
     _check_labels("negative_log_likelihood", probs, labels)
     _check_nonempty("negative_log_likelihood", "labels", labels)
+    _check_simplex("negative_log_likelihood", probs)
     eps = torch.finfo(probs.dtype).eps if eps is None else eps
     p_label = probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)  # any integer dtype
     return -p_label.clamp_min(eps).log().mean()
@@ -136,6 +143,7 @@ def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
     """
     _check_labels("brier_score", probs, labels)
     _check_nonempty("brier_score", "labels", labels)
+    _check_simplex("brier_score", probs)
     one_hot = torch.nn.functional.one_hot(labels.long(), probs.shape[-1]).to(probs.dtype)
     return (probs - one_hot).square().sum(-1).mean()
 
@@ -179,6 +187,7 @@ def reliability_bins(probs: Tensor, labels: Tensor, num_bins: int = 15) -> Relia
     _check_labels("reliability_bins", probs, labels)
     if not isinstance(num_bins, int) or num_bins < 1:
         raise _fail("reliability_bins", "num_bins", "a positive int", repr(num_bins))
+    _check_simplex("reliability_bins", probs)
     confidence, prediction = probs.detach().reshape(-1, probs.shape[-1]).max(-1)
     correct = (prediction == labels.reshape(-1)).to(probs.dtype)
     edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype, device=probs.device)

@@ -85,6 +85,22 @@ def test_classification_metrics_accept_every_integer_label_dtype(dtype: torch.dt
         assert torch.equal(fn(probs, labels.to(dtype)), fn(probs, labels)), fn.__name__
 
 
+@pytest.mark.parametrize(
+    "fn", [M.negative_log_likelihood, M.brier_score, M.expected_calibration_error]
+)
+def test_rows_that_are_not_probabilities_raise(fn) -> None:
+    """Logits (or unnormalised scores) are refused, not turned into a number; a float16
+    softmax, whose rows sum to one only to its precision, passes."""
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    name = "reliability_bins" if fn is M.expected_calibration_error else fn.__name__
+    with pytest.raises(ValueError, match=rf"{name} expected probs probabilities: entries in"):
+        fn(logits, labels)
+    with pytest.raises(ValueError, match=r"row sums in \[2"):
+        fn(2 * logits.softmax(-1), labels)
+    assert torch.isfinite(fn((4 * logits).softmax(-1).half(), labels))
+
+
 def test_ece_hand_enumerated_two_bins() -> None:
     # Confidences 0.9, 0.8 (bin (0.5, 1]) and 0.6, 0.55 (same bin), plus 0.5 in (0, 0.5].
     probs = torch.tensor(
