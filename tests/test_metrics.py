@@ -346,6 +346,14 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
             lambda: M.auroc(torch.rand(5), torch.ones(4)),
             r"auroc expected is_positive of shape \(5,\).*got \(4,\)",
         ),
+        (  # class indices: 2 is not "positive", it is not a detection label at all
+            lambda: M.auroc(torch.rand(3), torch.tensor([0, 1, 2])),
+            r"auroc expected is_positive booleans or 0/1 values, got the value 2",
+        ),
+        (
+            lambda: M.aupr(torch.rand(3), torch.tensor([0.0, 0.5, 1.0])),
+            r"aupr expected is_positive booleans or 0/1 values, got the value 0.5",
+        ),
         (
             lambda: M.auroc(torch.rand(3), torch.ones(3)),
             r"auroc expected is_positive at least one positive and one negative",
