@@ -364,6 +364,20 @@ def test_class_indices_of_any_integer_dtype_and_out_of_range() -> None:
         bll.fit(net, bad)
 
 
+def test_diag_fit_over_a_swag_posterior_is_the_laplace_one() -> None:
+    """A diagonal Laplace fit in place over a SWAG (low-rank) posterior has scale
+    (h + τ)^(-1/2) and no SWAG deviations, and its GLM predictive runs."""
+    torch.manual_seed(0)
+    model = bl.to_bayesian(_mlp(), "reparameterization")
+    x, y, loader = _data("regression", (3,))
+    bl.swag.collect(model, loader, nn.functional.mse_loss, lr=0.05, epochs=3, max_rank=2)
+    post = bll.fit(model, loader, "regression", hessian="diag", prior_precision=2.0)
+    for lc in post.laplace_curvature.layers:
+        want = (lc.diag["weight"] + 2.0).rsqrt()
+        torch.testing.assert_close(lc.module.posterior("weight").stddev, want)
+    assert bll.glm_predictive(post, x, "regression")[1].shape == (10, 3, 3)
+
+
 def test_flipout_model_takes_diag_and_refuses_kron() -> None:
     model = bl.to_bayesian(_mlp(), "flipout")
     _, _, loader = _data("classification", (3,))
