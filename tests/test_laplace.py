@@ -364,6 +364,17 @@ def test_class_indices_of_any_integer_dtype_and_out_of_range() -> None:
         bll.fit(net, bad)
 
 
+def test_loader_batches_that_are_not_pairs_raise_naming_laplace_fit() -> None:
+    x, y, _ = _data("classification", (3,))
+    for loader, got in [
+        ((x, y), r"a Tensor of shape \(10, 3\) \(one \(x, y\) pair\? pass \[\(x, y\)\]\)"),
+        ([(x, y, x)], "a tuple of 3 items"),
+        ([{"x": x, "y": y}], "a dict"),
+    ]:
+        with pytest.raises(TypeError, match=rf"laplace\.fit expected `loader` to yield .*{got}"):
+            bll.fit(_mlp(), loader)
+
+
 def test_diag_fit_over_a_swag_posterior_is_the_laplace_one() -> None:
     """A diagonal Laplace fit in place over a SWAG (low-rank) posterior has scale
     (h + τ)^(-1/2) and no SWAG deviations, and its GLM predictive runs."""

@@ -216,6 +216,19 @@ def _class_indices(f: Tensor, y: Tensor) -> bool:
     )
 
 
+def _pair(batch: Any) -> tuple[Any, Tensor]:
+    """``(x, y)`` of one batch, or a ``TypeError`` saying what came instead."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor):
+        return batch[0], batch[1]
+    if isinstance(batch, Tensor):
+        got = f"a Tensor of shape {tuple(batch.shape)} (one (x, y) pair? pass [(x, y)])"
+    elif isinstance(batch, (tuple, list)):
+        got = f"a {type(batch).__name__} of {len(batch)} items"
+    else:
+        got = f"a {type(batch).__name__}"
+    raise TypeError(f"{_FN} expected `loader` to yield (x, y) pairs with a Tensor y, got {got}")
+
+
 def _loss(f: Tensor, y: Tensor, likelihood: str) -> Tensor:
     if likelihood == "classification":
         c = f.shape[-1]
@@ -546,7 +559,8 @@ def compute_curvature(
     loss = torch.zeros(())
     n_data, n_out = 0, 0
     with recording_probes(model, modules) as rec, posterior_mean(model), torch.enable_grad():
-        for x, y in loader:
+        for batch in loader:
+            x, y = _pair(batch)
             rec.seen.clear()
             rec.active = True
             with torch.set_grad_enabled(bool(hooked)), _frozen(model, bool(hooked)):

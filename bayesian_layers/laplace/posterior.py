@@ -372,7 +372,8 @@ def fit(
     Raises:
         ValueError: an unknown ``likelihood``/``hessian``/``subset``, an empty loader, a
             model without a supported layer (``"lora"``: without adapters), a bad
-            ``prior_precision``.
+            ``prior_precision``, class indices outside ``[0, C)``.
+        TypeError: a ``loader`` batch that is not an ``(x, y)`` pair with a tensor ``y``.
 
     Example:
         >>> import torch, bayesian_layers as bl
