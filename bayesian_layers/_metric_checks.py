@@ -102,3 +102,5 @@ def check_sample_probs(fn: str, prob_samples: Tensor) -> None:
             "a floating tensor of shape (K, *, C)",
             f"{prob_samples.dtype} of shape {tuple(prob_samples.shape)}",
         )
+    if prob_samples.shape[0] == 0:  # the mean over no samples is NaN
+        raise fail(fn, "prob_samples", "at least one sample (K >= 1)", "K = 0")

@@ -401,6 +401,14 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
             r"mutual_information expected prob_samples a floating tensor of shape \(K, \*, C\)",
         ),
         (
+            lambda: M.mutual_information(torch.empty(0, 2, 3)),
+            r"mutual_information expected prob_samples at least one sample \(K >= 1\), got K = 0",
+        ),
+        (
+            lambda: M.expected_entropy(torch.empty(0, 2, 3)),
+            r"expected_entropy expected prob_samples at least one sample",
+        ),
+        (
             lambda: M.predictive_entropy(torch.ones(3, dtype=torch.long)),
             r"predictive_entropy expected probs_mean a floating tensor",
         ),
