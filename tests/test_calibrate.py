@@ -415,6 +415,11 @@ def test_bad_inputs_raise_clear_errors():
          lambda: TemperatureScaled("net")),
         (ValueError, r"fit_temperature expected floating-point `logits` of shape \(K, N, C\)",
          lambda: fit_temperature(torch.zeros(4, 3), y[:4])),
+        (ValueError, r"fit_temperature expected at least one sample and one example \(K, N "
+                     r">= 1\), got logits of shape \(0, 2, 3\)",
+         lambda: fit_temperature(torch.zeros(0, 2, 3), y[:2])),
+        (ValueError, "temperature_nll expected at least one sample and one example",
+         lambda: temperature_nll(torch.zeros(0, 2, 3), y[:2], 1.0)),
         (ValueError, "fit_temperature expected finite `logits`",
          lambda: fit_temperature(torch.full((1, 2, 3), math.inf), y[:2])),
         (ValueError, "temperature_nll expected `temperature` to be a finite number > 0",
