@@ -184,21 +184,31 @@ def reliability_bins(probs: Tensor, labels: Tensor, num_bins: int = 15) -> Relia
         >>> bins.counts.tolist(), bins.accuracy.tolist()
         ([0, 2], [nan, 0.5])
     """
+    bins = _bins(probs, labels, num_bins)
+    return ReliabilityBins(
+        bins.edges, bins.confidence.to(probs.dtype), bins.accuracy.to(probs.dtype), bins.counts
+    )
+
+
+def _bins(probs: Tensor, labels: Tensor, num_bins: int) -> ReliabilityBins:
+    """:func:`reliability_bins` with the per-bin means in float64 (float32 where the device
+    has no float64): float16 sums of thousands of confidences would saturate."""
     _check_labels("reliability_bins", probs, labels)
     if not isinstance(num_bins, int) or num_bins < 1:
         raise _fail("reliability_bins", "num_bins", "a positive int", repr(num_bins))
     _check_simplex("reliability_bins", probs)
+    acc = torch.float32 if probs.device.type == "mps" else torch.float64  # accumulation
     confidence, prediction = probs.detach().reshape(-1, probs.shape[-1]).max(-1)
-    correct = (prediction == labels.reshape(-1)).to(probs.dtype)
+    correct = (prediction == labels.reshape(-1)).to(acc)
     edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype, device=probs.device)
     # boundaries[i-1] < conf <= boundaries[i]  ->  bin i, i.e. right-closed bins.
     index = torch.bucketize(confidence, edges[1:-1].contiguous(), right=False)  # (N,)
     counts = torch.bincount(index, minlength=num_bins)
-    conf_sum = torch.zeros(num_bins, dtype=probs.dtype, device=probs.device)
+    conf_sum = torch.zeros(num_bins, dtype=acc, device=probs.device)
     acc_sum = torch.zeros_like(conf_sum)
-    conf_sum.index_add_(0, index, confidence)
+    conf_sum.index_add_(0, index, confidence.to(acc))
     acc_sum.index_add_(0, index, correct)
-    denom = counts.to(probs.dtype)
+    denom = counts.to(acc)
     empty = counts == 0
     nan = torch.full_like(conf_sum, math.nan)
     conf_mean = torch.where(empty, nan, conf_sum / denom.clamp_min(1))
@@ -227,10 +237,10 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, num_bins: int = 15
         tensor(0.2500)
     """
     _check_nonempty("expected_calibration_error", "labels", labels)
-    bins = reliability_bins(probs, labels, num_bins)
-    weight = bins.counts.to(probs.dtype) / bins.counts.sum()
+    bins = _bins(probs, labels, num_bins)  # float64 means: no float16 overflow or saturation
+    weight = bins.counts.to(bins.confidence.dtype) / bins.counts.sum()
     gap = (bins.accuracy - bins.confidence).abs().nan_to_num(0.0)
-    return (weight * gap).sum()
+    return (weight * gap).sum().to(probs.dtype)
 
 
 # ----------------------------------------------------------------------- regression
