@@ -186,7 +186,8 @@ class ReversibleLayer(nn.Module):
 
 
 def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
-    """Invert a ``nn.Sequential`` of reversible layers: ``reverse`` of each, last to first.
+    """Invert a ``nn.Sequential`` of reversible layers: ``reverse`` of each, last to first
+    (a nested ``nn.Sequential``, a block of layers, is inverted as a whole).
 
     Example:
         >>> import torch
@@ -198,6 +199,9 @@ def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
         True
     """
     for layer in reversed(list(seq)):
+        if isinstance(layer, nn.Sequential):  # a block of layers: inverted as a whole
+            y = reverse_sequential(layer, y)
+            continue
         fn = getattr(layer, "reverse", None)
         if not callable(fn):
             raise NotImplementedError(
@@ -205,6 +209,13 @@ def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
             )
         y = fn(y)
     return y
+
+
+def _reversible(layer: nn.Module) -> bool:
+    """Whether ``layer`` has a ``reverse`` (an ``nn.Sequential``: every layer inside)."""
+    if isinstance(layer, nn.Sequential):
+        return all(_reversible(m) for m in layer)
+    return callable(getattr(layer, "reverse", None))
 
 
 def sequential_log_det_jacobian(seq: nn.Sequential, x: Tensor) -> Tensor:
@@ -334,9 +345,7 @@ class Reverse(ReversibleLayer):
     @property
     def defers_value(self) -> bool:
         # A wrapped layer without `reverse` must raise when called, not when read.
-        if isinstance(self.layer, nn.Sequential):
-            return all(callable(getattr(m, "reverse", None)) for m in self.layer)
-        return callable(getattr(self.layer, "reverse", None))
+        return _reversible(self.layer)
 
     def forward(self, y: Tensor) -> Tensor:
         return call_naming(self._owner(), self._inner_reverse, y)
