@@ -211,6 +211,15 @@ def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
     return y
 
 
+def _event_dim(layer: nn.Module, x: Tensor) -> int:
+    """The event dims of ``layer`` at ``x``: an ``nn.Sequential`` takes the largest of its
+    layers' (nested blocks included), at least 1."""
+    if isinstance(layer, nn.Sequential):
+        return max([1, *(_event_dim(m, x) for m in layer)])
+    fn = getattr(layer, "event_dim_for", None)
+    return int(fn(x)) if callable(fn) else int(getattr(layer, "event_dim", 1))
+
+
 def _reversible(layer: nn.Module) -> bool:
     """Whether ``layer`` has a ``reverse`` (an ``nn.Sequential``: every layer inside)."""
     if isinstance(layer, nn.Sequential):
@@ -334,13 +343,7 @@ class Reverse(ReversibleLayer):
         if callable(fn):
             out: int = fn(x)
             return out
-        if isinstance(self.layer, nn.Sequential) and len(self.layer) > 0:
-            dims = [1]
-            for m in self.layer:
-                sub = getattr(m, "event_dim_for", None)
-                dims.append(int(sub(x)) if callable(sub) else int(getattr(m, "event_dim", 1)))
-            return max(dims)
-        return int(getattr(self.layer, "event_dim", 1))
+        return _event_dim(self.layer, x)
 
     @property
     def defers_value(self) -> bool:
