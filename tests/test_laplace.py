@@ -407,6 +407,9 @@ def test_empty_loader_and_unfitted_model_raise() -> None:
         bll.optimize_prior_precision(
             bll.fit(_mlp(), _data("classification", (3,))[2]), structure="diag"
         )
+    for lr in (0.0, -0.1, float("nan")):  # 0: no step at all, silently the initial τ
+        with pytest.raises(ValueError, match=r"optimize_prior_precision expected `lr` a finite"):
+            bll.optimize_prior_precision(bll.fit(_mlp(), _data("classification", (3,))[2]), lr=lr)
     with pytest.raises(ValueError, match="out_dim"):
         KroneckerNormal(0, 3)
     with pytest.raises(ValueError, match=r"laplace\.glm_predictive expected a model with random"):
