@@ -194,7 +194,7 @@ def _bins(probs: Tensor, labels: Tensor, num_bins: int) -> ReliabilityBins:
     """:func:`reliability_bins` with the per-bin means in float64 (float32 where the device
     has no float64): float16 sums of thousands of confidences would saturate."""
     _check_labels("reliability_bins", probs, labels)
-    if not isinstance(num_bins, int) or num_bins < 1:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise _fail("reliability_bins", "num_bins", "a positive int", repr(num_bins))
     _check_simplex("reliability_bins", probs)
     acc = torch.float32 if probs.device.type == "mps" else torch.float64  # accumulation

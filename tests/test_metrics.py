@@ -358,6 +358,10 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
             lambda: M.reliability_bins(torch.rand(5, 3), torch.zeros(5).long(), num_bins=0),
             r"reliability_bins expected num_bins a positive int, got 0",
         ),
+        (  # a bool is not a bin count (True was one bin)
+            lambda: M.expected_calibration_error(torch.ones(2, 1), torch.zeros(2).long(), True),
+            r"reliability_bins expected num_bins a positive int, got True",
+        ),
         (
             lambda: M.auroc(torch.rand(5), torch.ones(4)),
             r"auroc expected is_positive of shape \(5,\).*got \(4,\)",
