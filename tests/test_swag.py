@@ -341,6 +341,8 @@ def test_state_dict_loads_weights_only_into_a_prepared_fresh_model() -> None:
         ({"max_rank": 1}, r"covariance='low_rank'\) expected `max_rank` >= 2.*got 1"),
         ({"epochs": 0}, r"`epochs` an int >= 1, got 0"),
         ({"lr": -1.0}, r"`lr` a finite number > 0, got -1.0"),
+        ({"momentum": math.nan}, r"`momentum` a finite number >= 0, got nan"),
+        ({"weight_decay": -1.0}, r"`weight_decay` a finite number >= 0, got -1.0"),
         ({"covariance": "full"}, r"`covariance` in \('low_rank', 'diagonal'\), got 'full'"),
         ({"collect_every": 9}, r"at least 2 snapshots, got 0"),
     ],
