@@ -43,15 +43,15 @@ def check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
 
 def check_simplex(fn: str, probs: Tensor) -> None:
     """Rows of probabilities: entries in ``[0, 1]`` summing to one, up to ``max(1e-3, 8 eps)``
-    (``eps`` of the dtype: a low-precision softmax passes). Logits, or scores that were
-    never normalised, raise instead of giving a meaningless number."""
+    (``eps`` of the dtype: a low-precision softmax passes). Logits, scores that were
+    never normalised, or NaN raise instead of giving a meaningless number."""
     if probs.numel() == 0:
         return
     p = probs.detach()
     tol = max(1e-3, 8 * torch.finfo(p.dtype).eps)
     sums = p.sum(-1, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
     lo, hi = float(p.min()), float(p.max())
-    if lo < -tol or hi > 1 + tol or float((sums - 1).abs().max()) > tol:
+    if not (lo >= -tol and hi <= 1 + tol and float((sums - 1).abs().max()) <= tol):  # NaN too
         raise fail(
             fn,
             "probs",

@@ -99,6 +99,8 @@ def test_rows_that_are_not_probabilities_raise(fn) -> None:
     with pytest.raises(ValueError, match=r"row sums in \[2"):
         fn(2 * logits.softmax(-1), labels)
     assert torch.isfinite(fn((4 * logits).softmax(-1).half(), labels))
+    with pytest.raises(ValueError, match=r"entries in \[nan, nan\]"):
+        fn(torch.full((6, 3), math.nan), labels)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
