@@ -41,6 +41,27 @@ def check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
         )
 
 
+def check_simplex(fn: str, probs: Tensor) -> None:
+    """Rows of probabilities: entries in ``[0, 1]`` summing to one, up to ``max(1e-3, 8 eps)``
+    (``eps`` of the dtype: a low-precision softmax passes). Logits, scores that were
+    never normalised, or NaN raise instead of giving a meaningless number."""
+    if probs.numel() == 0:
+        return
+    p = probs.detach()
+    tol = max(1e-3, 8 * torch.finfo(p.dtype).eps)
+    sums = p.sum(-1, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
+    lo, hi = float(p.min()), float(p.max())
+    if not (lo >= -tol and hi <= 1 + tol and float((sums - 1).abs().max()) <= tol):  # NaN too
+        raise fail(
+            fn,
+            "probs",
+            "probabilities: entries in [0, 1] and rows (the last dim) summing to 1 (logits? "
+            "apply softmax first)",
+            f"entries in [{lo:.4g}, {hi:.4g}] and row sums in "
+            f"[{float(sums.min()):.4g}, {float(sums.max()):.4g}]",
+        )
+
+
 def check_same(fn: str, names: tuple[str, ...], *tensors: Tensor) -> None:
     shape = tuple(tensors[0].shape)
     for name, t in zip(names[1:], tensors[1:], strict=True):
@@ -57,13 +78,17 @@ def check_nonempty(fn: str, arg: str, t: Tensor) -> None:
 
 
 def check_scale(fn: str, scale: Tensor | float, like: Tensor) -> Tensor:
-    scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
+    # integer means and targets (counts) must not truncate the scale (1.5 -> 1, 0.5 -> 0)
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    scale = torch.as_tensor(scale, dtype=dtype, device=like.device)
     try:
-        torch.broadcast_shapes(scale.shape, like.shape)
+        fits = torch.broadcast_shapes(scale.shape, like.shape) == like.shape
     except RuntimeError:
+        fits = False
+    if not fits:  # a scale that would enlarge the result (e.g. (N, 1) for (N,)) is refused
         raise fail(
             fn, "scale", f"broadcastable to {tuple(like.shape)}", f"shape {tuple(scale.shape)}"
-        ) from None
+        )
     if (scale <= 0).any():
         raise fail(fn, "scale", "positive values (a standard deviation)", "a value <= 0")
     return scale
@@ -77,3 +102,5 @@ def check_sample_probs(fn: str, prob_samples: Tensor) -> None:
             "a floating tensor of shape (K, *, C)",
             f"{prob_samples.dtype} of shape {tuple(prob_samples.shape)}",
         )
+    if prob_samples.shape[0] == 0:  # the mean over no samples is NaN
+        raise fail(fn, "prob_samples", "at least one sample (K >= 1)", "K = 0")

@@ -28,6 +28,10 @@ def _check_scores(fn: str, scores: Tensor, is_positive: Tensor) -> tuple[Tensor,
     _check_same(fn, ("scores", "is_positive"), scores, is_positive)
     if torch.isnan(scores.double()).any():
         raise _fail(fn, "scores", "no NaN values", "NaN")
+    if is_positive.dtype != torch.bool and bool(((is_positive != 0) & (is_positive != 1)).any()):
+        # class indices 0, 1, 2 (or probabilities) would be read as "nonzero = positive"
+        bad = is_positive[(is_positive != 0) & (is_positive != 1)].flatten()[0].item()
+        raise _fail(fn, "is_positive", "booleans or 0/1 values", f"the value {bad!r}")
     positive = is_positive.to(torch.bool)
     n_pos = int(positive.sum())
     n_neg = positive.numel() - n_pos

@@ -196,9 +196,9 @@ def _check_fit_inputs(owner: str, logits: Tensor, labels: Tensor) -> None:
                          f"{got}")  # fmt: skip
     if not isinstance(labels, Tensor):
         raise TypeError(f"{owner} expected `labels` to be a Tensor, got {type(labels).__name__}")
-    if logits.shape[1] == 0:
-        raise ValueError(f"{owner} expected at least one example, got logits of shape "
-                         f"{tuple(logits.shape)}")  # fmt: skip
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"{owner} expected at least one sample and one example (K, N >= 1), "
+                         f"got logits of shape {tuple(logits.shape)}")  # fmt: skip
     _check_labels(owner, labels, logits.shape[-1], (logits.shape[1],))
     if not torch.isfinite(logits).all():
         raise ValueError(f"{owner} expected finite `logits`, got non-finite values")
@@ -219,7 +219,7 @@ def _objective(logits: Tensor, labels: Tensor, u: float, order: int) -> tuple[fl
     f = g = h = 0.0
     for start in range(0, n, rows):
         z = logits[:, start : start + rows].to(torch.float64)  # (K, n, C)
-        y = labels[start : start + rows].to(z.device)
+        y = labels[start : start + rows].to(z.device, torch.long)  # gather: int64 indices
         logp = torch.log_softmax(beta * z, -1)  # (K, n, C)
         idx = y.view(1, -1, 1).expand(k, -1, 1)
         logp_y = logp.gather(-1, idx).squeeze(-1)  # (K, n)

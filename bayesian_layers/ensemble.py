@@ -154,6 +154,13 @@ class Ensemble(nn.Module):
                     f"Ensemble expected `make_model` to return an nn.Module, got "
                     f"{type(model).__name__} (call {i})"
                 )
+            shared = [m for m in models if _shares_tensors(model, m)]
+            if shared:
+                raise ValueError(
+                    f"Ensemble expected `make_model` to build a fresh module at every call; "
+                    f"call {i} returned the module (or parameters) of call "
+                    f"{models.index(shared[0])}, so the members would be identical copies"
+                )
             if i and _structure(model) != _structure(models[0]):
                 raise ValueError(
                     f"Ensemble expected `make_model` to return members of one structure; "
@@ -334,6 +341,12 @@ class Ensemble(nn.Module):
             prefixed = {f"model.{k}": v for k, v in (params | buffers).items()}
             out.extend(functional_call(wrapper, prefixed, ()))
         return out
+
+
+def _shares_tensors(a: nn.Module, b: nn.Module) -> bool:
+    """Whether ``a`` and ``b`` hold one and the same parameter (the same module twice)."""
+    ids = {id(p) for p in b.parameters()}
+    return a is b or any(id(p) in ids for p in a.parameters())
 
 
 def _structure(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:

@@ -15,7 +15,10 @@ classification (:func:`predictive_entropy` = :func:`expected_entropy` +
 Classification metrics take probabilities of shape ``(*, C)`` (rows sum to one) and
 integer labels of shape ``(*)``; the sample-based uncertainty scores take
 ``(K, *, C)``. Wrong shapes raise ``ValueError`` naming the function, the argument,
-what was expected and what came.
+what was expected and what came; so do rows that are not probabilities (entries outside
+``[0, 1]`` or sums away from one, beyond ``max(1e-3, 8 eps)``: logits, say) given to
+:func:`negative_log_likelihood`, :func:`brier_score`, :func:`reliability_bins` and
+:func:`expected_calibration_error`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from ._metric_checks import (
 )
 from ._metric_checks import (
     check_scale as _check_scale,
+)
+from ._metric_checks import (
+    check_simplex as _check_simplex,
 )
 from ._metric_checks import (
     fail as _fail,
@@ -112,8 +118,9 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor, eps: float | None = N
     """
     _check_labels("negative_log_likelihood", probs, labels)
     _check_nonempty("negative_log_likelihood", "labels", labels)
+    _check_simplex("negative_log_likelihood", probs)
     eps = torch.finfo(probs.dtype).eps if eps is None else eps
-    p_label = probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    p_label = probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)  # any integer dtype
     return -p_label.clamp_min(eps).log().mean()
 
 
@@ -136,7 +143,8 @@ def brier_score(probs: Tensor, labels: Tensor) -> Tensor:
     """
     _check_labels("brier_score", probs, labels)
     _check_nonempty("brier_score", "labels", labels)
-    one_hot = torch.nn.functional.one_hot(labels, probs.shape[-1]).to(probs.dtype)
+    _check_simplex("brier_score", probs)
+    one_hot = torch.nn.functional.one_hot(labels.long(), probs.shape[-1]).to(probs.dtype)
     return (probs - one_hot).square().sum(-1).mean()
 
 
@@ -176,20 +184,31 @@ def reliability_bins(probs: Tensor, labels: Tensor, num_bins: int = 15) -> Relia
         >>> bins.counts.tolist(), bins.accuracy.tolist()
         ([0, 2], [nan, 0.5])
     """
+    bins = _bins(probs, labels, num_bins)
+    return ReliabilityBins(
+        bins.edges, bins.confidence.to(probs.dtype), bins.accuracy.to(probs.dtype), bins.counts
+    )
+
+
+def _bins(probs: Tensor, labels: Tensor, num_bins: int) -> ReliabilityBins:
+    """:func:`reliability_bins` with the per-bin means in float64 (float32 where the device
+    has no float64): float16 sums of thousands of confidences would saturate."""
     _check_labels("reliability_bins", probs, labels)
-    if not isinstance(num_bins, int) or num_bins < 1:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise _fail("reliability_bins", "num_bins", "a positive int", repr(num_bins))
+    _check_simplex("reliability_bins", probs)
+    acc = torch.float32 if probs.device.type == "mps" else torch.float64  # accumulation
     confidence, prediction = probs.detach().reshape(-1, probs.shape[-1]).max(-1)
-    correct = (prediction == labels.reshape(-1)).to(probs.dtype)
+    correct = (prediction == labels.reshape(-1)).to(acc)
     edges = torch.linspace(0.0, 1.0, num_bins + 1, dtype=probs.dtype, device=probs.device)
     # boundaries[i-1] < conf <= boundaries[i]  ->  bin i, i.e. right-closed bins.
     index = torch.bucketize(confidence, edges[1:-1].contiguous(), right=False)  # (N,)
     counts = torch.bincount(index, minlength=num_bins)
-    conf_sum = torch.zeros(num_bins, dtype=probs.dtype, device=probs.device)
+    conf_sum = torch.zeros(num_bins, dtype=acc, device=probs.device)
     acc_sum = torch.zeros_like(conf_sum)
-    conf_sum.index_add_(0, index, confidence)
+    conf_sum.index_add_(0, index, confidence.to(acc))
     acc_sum.index_add_(0, index, correct)
-    denom = counts.to(probs.dtype)
+    denom = counts.to(acc)
     empty = counts == 0
     nan = torch.full_like(conf_sum, math.nan)
     conf_mean = torch.where(empty, nan, conf_sum / denom.clamp_min(1))
@@ -218,10 +237,10 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, num_bins: int = 15
         tensor(0.2500)
     """
     _check_nonempty("expected_calibration_error", "labels", labels)
-    bins = reliability_bins(probs, labels, num_bins)
-    weight = bins.counts.to(probs.dtype) / bins.counts.sum()
+    bins = _bins(probs, labels, num_bins)  # float64 means: no float16 overflow or saturation
+    weight = bins.counts.to(bins.confidence.dtype) / bins.counts.sum()
     gap = (bins.accuracy - bins.confidence).abs().nan_to_num(0.0)
-    return (weight * gap).sum()
+    return (weight * gap).sum().to(probs.dtype)
 
 
 # ----------------------------------------------------------------------- regression
@@ -240,7 +259,10 @@ def rmse(prediction: Tensor, target: Tensor) -> Tensor:
     """
     _check_same("rmse", ("prediction", "target"), prediction, target)
     _check_nonempty("rmse", "target", target)
-    return (prediction - target).square().mean().sqrt()
+    error = prediction - target
+    if not error.is_floating_point():  # integer predictions and targets (counts)
+        error = error.to(torch.get_default_dtype())
+    return error.square().mean().sqrt()
 
 
 def gaussian_nll(loc: Tensor, scale: Tensor | float, target: Tensor) -> Tensor:

@@ -195,6 +195,16 @@ def test_nll_equals_sklearn_log_loss():
     assert temperature_nll(logits, labels, fit.temperature) == pytest.approx(reference, abs=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.int16, torch.uint8])
+def test_labels_of_any_integer_dtype_fit_as_int64(dtype):
+    """Narrow integer labels give the int64 labels' fit (gather takes int32/int64 only)."""
+    gen = torch.Generator().manual_seed(0)
+    z = 3 * torch.randn(2, 40, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    assert fit_temperature(z, y.to(dtype)) == fit_temperature(z, y)
+    assert temperature_nll(z, y.to(dtype), 2.0) == temperature_nll(z, y, 2.0)
+
+
 def test_objective_derivatives_match_autograd():
     gen = torch.Generator().manual_seed(0)
     z = 3 * torch.randn(4, 50, 5, generator=gen, dtype=torch.float64)
@@ -405,6 +415,11 @@ def test_bad_inputs_raise_clear_errors():
          lambda: TemperatureScaled("net")),
         (ValueError, r"fit_temperature expected floating-point `logits` of shape \(K, N, C\)",
          lambda: fit_temperature(torch.zeros(4, 3), y[:4])),
+        (ValueError, r"fit_temperature expected at least one sample and one example \(K, N "
+                     r">= 1\), got logits of shape \(0, 2, 3\)",
+         lambda: fit_temperature(torch.zeros(0, 2, 3), y[:2])),
+        (ValueError, "temperature_nll expected at least one sample and one example",
+         lambda: temperature_nll(torch.zeros(0, 2, 3), y[:2], 1.0)),
         (ValueError, "fit_temperature expected finite `logits`",
          lambda: fit_temperature(torch.full((1, 2, 3), math.inf), y[:2])),
         (ValueError, "temperature_nll expected `temperature` to be a finite number > 0",

@@ -272,6 +272,12 @@ def test_bad_inputs_name_the_ensemble_and_the_argument():
         Ensemble(lambda: nn.Linear(next(sizes), 2), 2)
     with pytest.raises(TypeError, match="`vectorize` a bool"):
         Ensemble(mlp, 2, vectorize="yes")  # type: ignore[arg-type]
+    one = mlp()  # the same module at every call: n identical members
+    with pytest.raises(ValueError, match=r"a fresh module at every call; call 1 returned .* 0"):
+        Ensemble(lambda: one, 2)
+    head = nn.Linear(4, 2)  # fresh modules sharing one parameter
+    with pytest.raises(ValueError, match=r"a fresh module at every call; call 1"):
+        Ensemble(lambda: nn.Sequential(nn.Tanh(), head), 2)
     ens = Ensemble(mlp, 2)
     with pytest.raises(IndexError, match=r"Ensemble.member expected `i`.*got 2"):
         ens.member(2)

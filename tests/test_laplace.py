@@ -350,6 +350,45 @@ def test_bad_arguments_raise(kwargs: dict, argument: str) -> None:
         bll.fit(_mlp(), loader, **kwargs)
 
 
+def test_class_indices_of_any_integer_dtype_and_out_of_range() -> None:
+    """int32 labels give the int64 labels' fit (cross_entropy takes int64 only); a label
+    outside [0, C) raises a ValueError naming laplace.fit, not torch's IndexError."""
+    torch.manual_seed(0)
+    net = _mlp()
+    _, y, loader = _data("classification", (3,))
+    want = bll.log_marginal_likelihood(bll.fit(net, loader))
+    narrow = [(x, y.to(torch.int32)) for x, y in loader]
+    torch.testing.assert_close(bll.log_marginal_likelihood(bll.fit(net, narrow)), want)
+    bad = [(x, torch.full_like(y, 3)) for x, y in loader]
+    with pytest.raises(ValueError, match=r"laplace\.fit expected class indices in \[0, 2\]"):
+        bll.fit(net, bad)
+
+
+def test_loader_batches_that_are_not_pairs_raise_naming_laplace_fit() -> None:
+    x, y, _ = _data("classification", (3,))
+    for loader, got in [
+        ((x, y), r"a Tensor of shape \(10, 3\) \(one \(x, y\) pair\? pass \[\(x, y\)\]\)"),
+        ([(x, y, x)], "a tuple of 3 items"),
+        ([{"x": x, "y": y}], "a dict"),
+    ]:
+        with pytest.raises(TypeError, match=rf"laplace\.fit expected `loader` to yield .*{got}"):
+            bll.fit(_mlp(), loader)
+
+
+def test_diag_fit_over_a_swag_posterior_is_the_laplace_one() -> None:
+    """A diagonal Laplace fit in place over a SWAG (low-rank) posterior has scale
+    (h + τ)^(-1/2) and no SWAG deviations, and its GLM predictive runs."""
+    torch.manual_seed(0)
+    model = bl.to_bayesian(_mlp(), "reparameterization")
+    x, y, loader = _data("regression", (3,))
+    bl.swag.collect(model, loader, nn.functional.mse_loss, lr=0.05, epochs=3, max_rank=2)
+    post = bll.fit(model, loader, "regression", hessian="diag", prior_precision=2.0)
+    for lc in post.laplace_curvature.layers:
+        want = (lc.diag["weight"] + 2.0).rsqrt()
+        torch.testing.assert_close(lc.module.posterior("weight").stddev, want)
+    assert bll.glm_predictive(post, x, "regression")[1].shape == (10, 3, 3)
+
+
 def test_flipout_model_takes_diag_and_refuses_kron() -> None:
     model = bl.to_bayesian(_mlp(), "flipout")
     _, _, loader = _data("classification", (3,))
@@ -368,6 +407,9 @@ def test_empty_loader_and_unfitted_model_raise() -> None:
         bll.optimize_prior_precision(
             bll.fit(_mlp(), _data("classification", (3,))[2]), structure="diag"
         )
+    for lr in (0.0, -0.1, float("nan")):  # 0: no step at all, silently the initial τ
+        with pytest.raises(ValueError, match=r"optimize_prior_precision expected `lr` a finite"):
+            bll.optimize_prior_precision(bll.fit(_mlp(), _data("classification", (3,))[2]), lr=lr)
     with pytest.raises(ValueError, match="out_dim"):
         KroneckerNormal(0, 3)
     with pytest.raises(ValueError, match=r"laplace\.glm_predictive expected a model with random"):

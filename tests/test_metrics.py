@@ -75,6 +75,50 @@ def test_classification_metrics_accept_batch_dims() -> None:
 
 
 # ------------------------------------------------------------------- calibration
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_classification_metrics_accept_every_integer_label_dtype(dtype: torch.dtype) -> None:
+    """Labels of any integer dtype give the int64 labels' values (one_hot and gather
+    take int64 only)."""
+    probs = torch.softmax(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), -1)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    for fn in (M.accuracy, M.negative_log_likelihood, M.brier_score, M.expected_calibration_error):
+        assert torch.equal(fn(probs, labels.to(dtype)), fn(probs, labels)), fn.__name__
+
+
+@pytest.mark.parametrize(
+    "fn", [M.negative_log_likelihood, M.brier_score, M.expected_calibration_error]
+)
+def test_rows_that_are_not_probabilities_raise(fn) -> None:
+    """Logits (or unnormalised scores) are refused, not turned into a number; a float16
+    softmax, whose rows sum to one only to its precision, passes."""
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    name = "reliability_bins" if fn is M.expected_calibration_error else fn.__name__
+    with pytest.raises(ValueError, match=rf"{name} expected probs probabilities: entries in"):
+        fn(logits, labels)
+    with pytest.raises(ValueError, match=r"row sums in \[2"):
+        fn(2 * logits.softmax(-1), labels)
+    assert torch.isfinite(fn((4 * logits).softmax(-1).half(), labels))
+    with pytest.raises(ValueError, match=r"entries in \[nan, nan\]"):
+        fn(torch.full((6, 3), math.nan), labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_ece_of_many_low_precision_probabilities_is_accumulated_exactly(dtype) -> None:
+    """70 000 examples at confidence 0.875 (exact in every dtype), 60% right: ECE 0.275.
+    float16 sums of the bin saturated at 2048 (ECE 0, bin means 0.03) and its counts
+    overflowed past 65 504 (an infinite weight)."""
+    n = 70_000
+    probs = torch.tensor([[0.875, 0.125]], dtype=dtype).expand(n, 2)
+    labels = (torch.arange(n) % 5 >= 3).long()  # 3 of every 5 right
+    ece = M.expected_calibration_error(probs, labels)
+    assert ece.dtype == dtype
+    assert ece.item() == pytest.approx(0.275, abs=1e-3)
+    bins = M.reliability_bins(probs, labels)
+    assert bins.confidence[-2].item() == 0.875  # exact; 0.6 to the dtype's resolution:
+    assert bins.accuracy[-2].item() == pytest.approx(0.6, abs=4e-3)
+
+
 def test_ece_hand_enumerated_two_bins() -> None:
     # Confidences 0.9, 0.8 (bin (0.5, 1]) and 0.6, 0.55 (same bin), plus 0.5 in (0, 0.5].
     probs = torch.tensor(
@@ -246,6 +290,22 @@ def test_mixture_gaussian_nll_stable_far_in_the_tail() -> None:
     assert got.item() == pytest.approx(ref, rel=1e-12)
 
 
+def test_rmse_of_integer_predictions_and_targets() -> None:
+    got = M.rmse(torch.tensor([1, 2]), torch.tensor([1, 4]))
+    torch.testing.assert_close(got, torch.tensor(2.0).sqrt())
+
+
+def test_gaussian_nlls_of_integer_means_and_targets_keep_the_scale() -> None:
+    """Integer means and targets (counts) give the float ones' NLL: the scale 1.5 is not
+    truncated to the integer dtype (which made it 1, and 0.5 a refused 0)."""
+    loc, target = torch.tensor([1, 2]), torch.tensor([1, 4])
+    for scale in (1.5, 0.5, torch.tensor([0.5, 2.5])):
+        want = M.gaussian_nll(loc.float(), scale, target.float())
+        torch.testing.assert_close(M.gaussian_nll(loc, scale, target), want)
+        want = M.mixture_gaussian_nll(loc[None].float(), scale, target.float())
+        torch.testing.assert_close(M.mixture_gaussian_nll(loc[None], scale, target), want)
+
+
 def test_mixture_with_one_component_is_gaussian_nll() -> None:
     loc, y = torch.randn(20, generator=torch.Generator().manual_seed(2)), torch.zeros(20)
     torch.testing.assert_close(
@@ -300,9 +360,21 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
             lambda: M.reliability_bins(torch.rand(5, 3), torch.zeros(5).long(), num_bins=0),
             r"reliability_bins expected num_bins a positive int, got 0",
         ),
+        (  # a bool is not a bin count (True was one bin)
+            lambda: M.expected_calibration_error(torch.ones(2, 1), torch.zeros(2).long(), True),
+            r"reliability_bins expected num_bins a positive int, got True",
+        ),
         (
             lambda: M.auroc(torch.rand(5), torch.ones(4)),
             r"auroc expected is_positive of shape \(5,\).*got \(4,\)",
+        ),
+        (  # class indices: 2 is not "positive", it is not a detection label at all
+            lambda: M.auroc(torch.rand(3), torch.tensor([0, 1, 2])),
+            r"auroc expected is_positive booleans or 0/1 values, got the value 2",
+        ),
+        (
+            lambda: M.aupr(torch.rand(3), torch.tensor([0.0, 0.5, 1.0])),
+            r"aupr expected is_positive booleans or 0/1 values, got the value 0.5",
         ),
         (
             lambda: M.auroc(torch.rand(3), torch.ones(3)),
@@ -315,6 +387,15 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
         (
             lambda: M.gaussian_nll(torch.zeros(3), torch.ones(2), torch.zeros(3)),
             r"gaussian_nll expected scale broadcastable to \(3,\), got shape \(2,\)",
+        ),
+        (  # (3, 1) would broadcast with (3,) to (3, 3): every scale against every target
+            lambda: M.gaussian_nll(torch.zeros(3), torch.ones(3, 1), torch.zeros(3)),
+            r"gaussian_nll expected scale broadcastable to \(3,\), got shape \(3, 1\)",
+        ),
+        (
+            lambda: M.mixture_gaussian_nll(torch.zeros(2, 3), torch.ones(1, 2, 3), torch.zeros(3)),
+            r"mixture_gaussian_nll expected scale broadcastable to \(2, 3\), got shape "
+            r"\(1, 2, 3\)",
         ),
         (
             lambda: M.gaussian_nll(torch.zeros(3), 0.0, torch.zeros(3)),
@@ -340,6 +421,14 @@ def test_gaussian_interval_coverage_is_nominal() -> None:
         (
             lambda: M.mutual_information(torch.rand(3)),
             r"mutual_information expected prob_samples a floating tensor of shape \(K, \*, C\)",
+        ),
+        (
+            lambda: M.mutual_information(torch.empty(0, 2, 3)),
+            r"mutual_information expected prob_samples at least one sample \(K >= 1\), got K = 0",
+        ),
+        (
+            lambda: M.expected_entropy(torch.empty(0, 2, 3)),
+            r"expected_entropy expected prob_samples at least one sample",
         ),
         (
             lambda: M.predictive_entropy(torch.ones(3, dtype=torch.long)),

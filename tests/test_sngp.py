@@ -71,6 +71,9 @@ def test_mean_field_logits_bad_input() -> None:
         mean_field_logits(logits, torch.full((2, 3), math.nan))
     with pytest.raises(ValueError, match=r"broadcasts to the logits' \(2, 3\), got \(4,\)"):
         mean_field_logits(logits, torch.ones(4))
+    # (2, 1, 1) broadcasts with (2, 3) to (2, 2, 3): refused, not a silently larger result
+    with pytest.raises(ValueError, match=r"broadcasts to the logits' \(2, 3\), got \(2, 1, 1\)"):
+        mean_field_logits(logits, torch.ones(2, 1, 1))
     with pytest.raises(ValueError, match="needs a `variance`"):
         mean_field_logits(logits)
     with pytest.raises(TypeError, match="mean_field_logits expected floating `logits`"):
@@ -188,6 +191,23 @@ def test_head_state_dict_round_trip_with_weights_only() -> None:
     a, b = head(x), fresh(x)
     assert torch.equal(a.value, b.value)
     assert torch.equal(a.distribution.variance, b.distribution.variance)
+
+
+def test_head_loading_a_precision_after_predicting_uses_the_loaded_one() -> None:
+    """A head that predicted (and cached the factor of its prior precision) and then
+    loads a trained state gives the trained head's variance, also after ``.double()``."""
+    torch.manual_seed(0)
+    head = SNGPHead(3, 2, num_features=16)
+    _train_precision(head, torch.randn(20, 3))
+    head.eval()
+    x = torch.randn(4, 3)
+    fresh = SNGPHead(3, 2, num_features=16).eval()
+    fresh(x)  # caches the Cholesky factor of the prior precision I
+    fresh.load_state_dict(head.state_dict())
+    assert torch.equal(fresh(x).distribution.variance, head(x).distribution.variance)
+    fresh.double()  # the cached factor was float32
+    want = head.double()(x.double()).distribution.variance
+    torch.testing.assert_close(fresh(x.double()).distribution.variance, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,19 @@ def _draws(model: nn.Sequential, n: int) -> torch.Tensor:
     return torch.cat(parts, 1).detach()  # (n, P)
 
 
+def test_diagonal_posterior_after_a_low_rank_one_drops_the_old_deviations() -> None:
+    """SWAG-Diag written over a SWAG (low-rank) posterior is N(θ_SWA, Σ_diag): the earlier
+    fit's deviations D no longer widen the marginals."""
+    torch.manual_seed(0)
+    model = _mlp()
+    swag.collect(model, _data(), F.mse_loss, lr=0.05, epochs=4, max_rank=3)
+    assert isinstance(model[0].weight_initializer, SWAGNormal)
+    moments = swag.collect(model, _data(), F.mse_loss, lr=0.05, epochs=4, covariance="diagonal")
+    assert type(model[0].weight_initializer).__name__ == "TrainableNormal"
+    want = moments.variance["0.weight_loc"].sqrt().float()
+    torch.testing.assert_close(model[0].weight.stddev, want)
+
+
 def test_joint_draws_match_the_closed_form_gaussian() -> None:
     """Inside joint_low_rank, vectorised draws of all 9 parameters have mean θ_SWA and
     covariance diag(scale²) + D Dᵀ / (2 (K - 1)), cross-layer entries included.
@@ -328,6 +341,8 @@ def test_state_dict_loads_weights_only_into_a_prepared_fresh_model() -> None:
         ({"max_rank": 1}, r"covariance='low_rank'\) expected `max_rank` >= 2.*got 1"),
         ({"epochs": 0}, r"`epochs` an int >= 1, got 0"),
         ({"lr": -1.0}, r"`lr` a finite number > 0, got -1.0"),
+        ({"momentum": math.nan}, r"`momentum` a finite number >= 0, got nan"),
+        ({"weight_decay": -1.0}, r"`weight_decay` a finite number >= 0, got -1.0"),
         ({"covariance": "full"}, r"`covariance` in \('low_rank', 'diagonal'\), got 'full'"),
         ({"collect_every": 9}, r"at least 2 snapshots, got 0"),
     ],

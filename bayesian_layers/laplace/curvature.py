@@ -216,10 +216,32 @@ def _class_indices(f: Tensor, y: Tensor) -> bool:
     )
 
 
+def _pair(batch: Any) -> tuple[Any, Tensor]:
+    """``(x, y)`` of one batch, or a ``TypeError`` saying what came instead."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor):
+        return batch[0], batch[1]
+    if isinstance(batch, Tensor):
+        got = f"a Tensor of shape {tuple(batch.shape)} (one (x, y) pair? pass [(x, y)])"
+    elif isinstance(batch, (tuple, list)):
+        got = f"a {type(batch).__name__} of {len(batch)} items"
+    else:
+        got = f"a {type(batch).__name__}"
+    raise TypeError(f"{_FN} expected `loader` to yield (x, y) pairs with a Tensor y, got {got}")
+
+
 def _loss(f: Tensor, y: Tensor, likelihood: str) -> Tensor:
     if likelihood == "classification":
         c = f.shape[-1]
-        target = y.reshape(-1) if _class_indices(f, y) else y.reshape(-1, c)
+        if not _class_indices(f, y):
+            return F.cross_entropy(f.reshape(-1, c), y.reshape(-1, c), reduction="sum")
+        target = y.reshape(-1).long()  # any integer dtype (cross_entropy takes int64)
+        kept = target[target != -100]
+        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= c):
+            raise ValueError(
+                f"{_FN} expected class indices in [0, {c - 1}] (or -100, ignored) for "
+                f"outputs of shape {tuple(f.shape)}, got values in "
+                f"[{int(kept.min())}, {int(kept.max())}]"
+            )
         return F.cross_entropy(f.reshape(-1, c), target, reduction="sum")
     if y.shape != f.shape:
         raise ValueError(
@@ -537,7 +559,8 @@ def compute_curvature(
     loss = torch.zeros(())
     n_data, n_out = 0, 0
     with recording_probes(model, modules) as rec, posterior_mean(model), torch.enable_grad():
-        for x, y in loader:
+        for batch in loader:
+            x, y = _pair(batch)
             rec.seen.clear()
             rec.active = True
             with torch.set_grad_enabled(bool(hooked)), _frozen(model, bool(hooked)):

@@ -134,7 +134,7 @@ def optimize_prior_precision(
         ``τ``: shape ``()`` or ``(number of parameter tensors,)``.
 
     Raises:
-        ValueError: an unknown ``structure``, ``init <= 0`` or ``n_steps < 1``.
+        ValueError: an unknown ``structure``, ``init <= 0``, ``n_steps < 1`` or ``lr <= 0``.
 
     Example:
         >>> import torch
@@ -153,6 +153,8 @@ def optimize_prior_precision(
         raise ValueError(f"{fn} expected `init` > 0, got {init!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"{fn} expected `n_steps` a positive int, got {n_steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"{fn} expected `lr` a finite number > 0, got {lr!r}")
     n = 1 if structure == "scalar" else len(curv.groups())
     log_tau = torch.full((n,), math.log(init), dtype=curv.loss.dtype, requires_grad=True)
     terms = _eigen_terms(curv)

@@ -25,6 +25,7 @@ from .._checks import inverse_softplus
 from ..convert import to_bayesian
 from ..initializers.full_normal import FullNormal
 from ..initializers.kron_normal import KroneckerNormal
+from ..initializers.swag_normal import SWAGNormal
 from ..layers.base import BayesianLayer
 from ..layers.linear import LinearReparameterization
 from ._checks import (
@@ -164,7 +165,7 @@ def write_posterior(curv: Curvature, prior_precision: float | Tensor = 1.0) -> N
     for (lc, name), tau in zip(curv.groups(), taus, strict=True):
         layer = _layer(lc)
         init = layer.parameter_spec(name).initializer
-        if lc.structure == "diag" and isinstance(init, (KroneckerNormal, FullNormal)):
+        if lc.structure == "diag" and isinstance(init, (KroneckerNormal, FullNormal, SWAGNormal)):
             layer.set_initializer(name, "trainable_normal")  # an earlier fit's family
             init = layer.parameter_spec(name).initializer
         if init.suffixes != ("loc", "rho"):
@@ -371,7 +372,8 @@ def fit(
     Raises:
         ValueError: an unknown ``likelihood``/``hessian``/``subset``, an empty loader, a
             model without a supported layer (``"lora"``: without adapters), a bad
-            ``prior_precision``.
+            ``prior_precision``, class indices outside ``[0, C)``.
+        TypeError: a ``loader`` batch that is not an ``(x, y)`` pair with a tensor ``y``.
 
     Example:
         >>> import torch, bayesian_layers as bl

@@ -146,6 +146,8 @@ def collect(
     lr = _check_lr("lr", lr, positive=True)
     if lr_min is not None:
         lr_min = _check_lr("lr_min", lr_min, positive=False)
+    momentum = _check_lr("momentum", momentum, positive=False)  # the default SGD's
+    weight_decay = _check_lr("weight_decay", weight_decay, positive=False)
     if collect_unit not in ("epoch", "step"):
         raise ValueError(
             f"{_FN} expected `collect_unit` in ('epoch', 'step'), got {collect_unit!r}"

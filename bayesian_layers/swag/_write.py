@@ -44,7 +44,8 @@ def write_posterior(model: nn.Module, moments: SWAGMoments, covariance: str = "l
     - ``covariance="low_rank"``: ``scale = sqrt(½ Σ_diag)`` and the family
       :class:`~bayesian_layers.initializers.swag_normal.SWAGNormal` holding ``D``, so
       its law is ``N(θ̄, ½ (Σ_diag + D Dᵀ / (K - 1)))``;
-    - ``covariance="diagonal"``: ``scale = sqrt(Σ_diag)`` in its normal family (SWAG-Diag).
+    - ``covariance="diagonal"``: ``scale = sqrt(Σ_diag)`` in its normal family (SWAG-Diag;
+      a :class:`SWAGNormal` left by an earlier low-rank fit becomes a ``TrainableNormal``).
 
     ``rho = softplus⁻¹(scale)``, with ``scale`` floored at the dtype's smallest normal
     number (a tensor that never moved) so ``rho`` stays finite.
@@ -80,6 +81,9 @@ def write_posterior(model: nn.Module, moments: SWAGMoments, covariance: str = "l
         if covariance == "low_rank":
             d = deviations[t.loc_key].to(dtype=t.loc.dtype, device=t.loc.device)
             t.layer.set_initializer(t.name, SWAGNormal(d))
+        elif isinstance(t.layer.parameter_spec(t.name).initializer, SWAGNormal):
+            # an earlier low-rank posterior's deviations would stay in the law
+            t.layer.set_initializer(t.name, "trainable_normal")
 
 
 def prepare(model: nn.Module, rank: int) -> nn.Module:

@@ -74,13 +74,13 @@ def mean_field_logits(
         raise ValueError(f"{owner} needs a `variance` for tensor logits (or the random "
                          "variable an SNGPHead returns)")  # fmt: skip
     variance = as_tensor(variance, owner)
-    try:
-        torch.broadcast_shapes(variance.shape, logits.shape)
+    try:  # to the logits' shape: a (B, 1, 1) variance must not make (B, B, C) logits
+        fits = torch.broadcast_shapes(variance.shape, logits.shape) == logits.shape
     except RuntimeError:
+        fits = False
+    if not fits:
         shapes = f"{tuple(logits.shape)}, got {tuple(variance.shape)}"
-        raise ValueError(
-            f"{owner} expected a `variance` that broadcasts to the logits' {shapes}"
-        ) from None
+        raise ValueError(f"{owner} expected a `variance` that broadcasts to the logits' {shapes}")
     if not bool((variance >= 0).all()):  # NaN fails too
         raise ValueError(f"{owner} expected a finite `variance` >= 0, got values outside")
     return logits / torch.sqrt(1.0 + factor * variance)

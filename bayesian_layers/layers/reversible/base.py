@@ -186,7 +186,8 @@ class ReversibleLayer(nn.Module):
 
 
 def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
-    """Invert a ``nn.Sequential`` of reversible layers: ``reverse`` of each, last to first.
+    """Invert a ``nn.Sequential`` of reversible layers: ``reverse`` of each, last to first
+    (a nested ``nn.Sequential``, a block of layers, is inverted as a whole).
 
     Example:
         >>> import torch
@@ -198,6 +199,9 @@ def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
         True
     """
     for layer in reversed(list(seq)):
+        if isinstance(layer, nn.Sequential):  # a block of layers: inverted as a whole
+            y = reverse_sequential(layer, y)
+            continue
         fn = getattr(layer, "reverse", None)
         if not callable(fn):
             raise NotImplementedError(
@@ -205,6 +209,22 @@ def reverse_sequential(seq: nn.Sequential, y: Tensor) -> Tensor:
             )
         y = fn(y)
     return y
+
+
+def _event_dim(layer: nn.Module, x: Tensor) -> int:
+    """The event dims of ``layer`` at ``x``: an ``nn.Sequential`` takes the largest of its
+    layers' (nested blocks included), at least 1."""
+    if isinstance(layer, nn.Sequential):
+        return max([1, *(_event_dim(m, x) for m in layer)])
+    fn = getattr(layer, "event_dim_for", None)
+    return int(fn(x)) if callable(fn) else int(getattr(layer, "event_dim", 1))
+
+
+def _reversible(layer: nn.Module) -> bool:
+    """Whether ``layer`` has a ``reverse`` (an ``nn.Sequential``: every layer inside)."""
+    if isinstance(layer, nn.Sequential):
+        return all(_reversible(m) for m in layer)
+    return callable(getattr(layer, "reverse", None))
 
 
 def sequential_log_det_jacobian(seq: nn.Sequential, x: Tensor) -> Tensor:
@@ -323,20 +343,12 @@ class Reverse(ReversibleLayer):
         if callable(fn):
             out: int = fn(x)
             return out
-        if isinstance(self.layer, nn.Sequential) and len(self.layer) > 0:
-            dims = [1]
-            for m in self.layer:
-                sub = getattr(m, "event_dim_for", None)
-                dims.append(int(sub(x)) if callable(sub) else int(getattr(m, "event_dim", 1)))
-            return max(dims)
-        return int(getattr(self.layer, "event_dim", 1))
+        return _event_dim(self.layer, x)
 
     @property
     def defers_value(self) -> bool:
         # A wrapped layer without `reverse` must raise when called, not when read.
-        if isinstance(self.layer, nn.Sequential):
-            return all(callable(getattr(m, "reverse", None)) for m in self.layer)
-        return callable(getattr(self.layer, "reverse", None))
+        return _reversible(self.layer)
 
     def forward(self, y: Tensor) -> Tensor:
         return call_naming(self._owner(), self._inner_reverse, y)

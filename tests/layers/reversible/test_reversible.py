@@ -380,6 +380,36 @@ def test_reverse_swaps_directions_and_negates_log_det() -> None:
     torch.testing.assert_close(out.log_prob(y), expected)
 
 
+def test_nested_sequential_blocks_are_inverted_as_a_whole() -> None:
+    """A flow of blocks (each an nn.Sequential) inverts like the flat flow: its forward,
+    log-det and log_prob already recurse into the blocks, and so do reverse_sequential,
+    Reverse and Reverse's random variable."""
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(_maf(3, s), Permute([2, 0, 1])).double() for s in (1, 2)]
+    nested, flat = nn.Sequential(*blocks), nn.Sequential(*blocks[0], *blocks[1])
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = nested(x)
+    torch.testing.assert_close(reverse_sequential(nested, y), reverse_sequential(flat, y))
+    torch.testing.assert_close(Reverse(nested)(y), x)
+    base = bl.RandomVariable(Normal(torch.zeros(4, 3, dtype=torch.float64), 1.0))
+    want = Reverse(flat)(base).distribution.log_prob(x)
+    torch.testing.assert_close(Reverse(nested)(base).distribution.log_prob(x), want)
+
+
+def test_reverse_of_nested_image_blocks_has_their_three_event_dims() -> None:
+    """Reverse of a Sequential of image blocks reads the blocks' event dims (3), so its
+    random variable's log_prob is the flat flow's ((B,), not a mis-broadcast error)."""
+    torch.manual_seed(0)
+    flat = nn.Sequential(ActNorm(3), InvertibleConv1x1(3), ActNorm(3), InvertibleConv1x1(3, seed=1))
+    x = torch.randn(2, 3, 4, 4)
+    flat(x)  # ActNorm's data-dependent initialisation
+    nested = nn.Sequential(nn.Sequential(*flat[:2]), nn.Sequential(*flat[2:]))
+    assert Reverse(nested).event_dim_for(x) == 3
+    base = bl.RandomVariable(Normal(torch.zeros(2, 3, 4, 4), 1.0))
+    want = Reverse(flat)(base).distribution.log_prob(x)
+    torch.testing.assert_close(Reverse(nested)(base).distribution.log_prob(x), want)
+
+
 def test_reverse_of_layer_without_reverse_raises_only_when_called() -> None:
     layer = Reverse(nn.Linear(3, 3))  # constructs fine (duck typing)
     assert isinstance(layer, ReversibleLayer)
