@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+import torch
 from torch import Tensor, nn
 
 from .layers.base import BayesianLayer
@@ -163,8 +164,13 @@ def _prefix_length(model: nn.Sequential, trunk: nn.Sequential) -> int | None:
 
 
 @contextmanager
-def _substituted(module: nn.Module, value: Callable[[], Any]) -> Iterator[list[int]]:
-    """``module(...)`` answers ``value()`` meanwhile; the list counts the calls."""
+def _substituted(
+    module: nn.Module,
+    value: Callable[[], Any],
+    check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+) -> Iterator[list[int]]:
+    """``module(...)`` answers ``value()`` meanwhile; the list counts the calls.
+    ``check``, if given, sees the arguments of each call first (and may raise)."""
     calls = [0]
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -175,6 +181,8 @@ def _substituted(module: nn.Module, value: Callable[[], Any]) -> Iterator[list[i
                 "forward pass of the model; a trunk must be called once per call (pass "
                 "trunk=None)"
             )
+        if check is not None:
+            check(args, kwargs)
         return value()
 
     own = module.__dict__.get("forward")  # an instance attribute of its own, kept
@@ -206,7 +214,24 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
     cached: list[Any] = []
 
     def head(x_folded: Any) -> Any:
-        with _substituted(trunk, lambda: cached[0]) as calls:
+        def on_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            # the trunk ran once on x: its output stands for a call on x alone (folded)
+            got = args[0] if len(args) == 1 and not kwargs else None
+            if got is x_folded or (
+                isinstance(got, Tensor)
+                and got.shape == x_folded.shape
+                and got.dtype == x_folded.dtype
+                and torch.equal(got, x_folded)
+            ):
+                return
+            raise TrunkError(
+                f"predict: the model calls the trunk ({type(trunk).__name__}) on something "
+                "other than its input x (the output of an earlier module, or further "
+                "arguments); a declared trunk must be the first module the model applies "
+                "to x, called on x alone (pass trunk='prefix' or None)"
+            )
+
+        with _substituted(trunk, lambda: cached[0], on_input) as calls:
             out = model(x_folded)
         if calls[0] != 1:
             raise TrunkError(

@@ -170,6 +170,34 @@ def test_trunk_errors() -> None:
         bl.predict(skips, x, 2, trunk=skips.features)
 
 
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_a_trunk_not_applied_to_x_is_an_error(vectorized: bool) -> None:
+    """A declared trunk stands for its call on ``x``: one the model applies to something
+    else (an earlier layer's output, or with further arguments) would hand all K samples
+    the output of ``trunk(x)``, a wrong and sample-free answer, so it raises."""
+    torch.manual_seed(0)
+
+    class Late(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bayes = layers.LinearReparameterization(5, 5, dtype=torch.float64)
+            self.features = nn.Linear(5, 5, dtype=torch.float64)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.features(self.bayes(x))
+
+    class Scaled(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.features(2 * x))
+
+    late = Late()
+    seq = nn.Sequential(late.bayes, late.features, layers.LinearFlipout(5, 2, dtype=torch.float64))
+    scaled = Scaled(layers.LinearFlipout(12, 2, dtype=torch.float64))
+    for model, trunk in ((late, late.features), (seq, seq[1]), (scaled, scaled.features)):
+        with pytest.raises(ValueError, match="on something other than its input x"):
+            bl.predict(model, _x(), 4, trunk=trunk, vectorized=vectorized)
+
+
 # ----------------------------------------------------- the batch-joint form (exact)
 def _joint_layer(bias: str) -> layers.LinearReparameterization:
     torch.manual_seed(0)
