@@ -631,6 +631,17 @@ def test_predict_error_names_the_users_shapes() -> None:
         bl.predict(model, torch.randn(5, 3), 4)
 
 
+@pytest.mark.parametrize("vectorized", [True, False])
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda c: c.__name__)
+def test_predict_on_an_empty_batch(estimator: type, vectorized: bool) -> None:
+    """``B = 0``: K empty samples, whatever draws at the trunk's shared output (the
+    batch-joint form of a reparameterization layer has no ``0 x 0`` factor to take)."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), estimator(6, 2))
+    for trunk in ("auto", None):
+        pred = bl.predict(model, torch.randn(0, 4), 3, trunk=trunk, vectorized=vectorized)
+        assert pred.samples.shape == (3, 0, 2) and pred.variance.shape == (0, 2)
+
+
 def test_predictive_repr_is_short() -> None:
     model = nn.Sequential(layers.LinearFlipout(3, 2), layers.Normal(event_dims=1))
     pred = bl.predict(model, torch.randn(5, 3), 16)
