@@ -23,8 +23,9 @@ class TrunkError(ValueError):
 
 def is_stochastic(module: nn.Module) -> bool:
     """Whether ``module`` or a submodule draws randomness that ``predict`` must fold:
-    a Bayesian layer not in ``"mean"`` mode, torch dropout in training mode, an ensemble
-    whose members are function samples, or a layer drawing jointly over the batch. A
+    a Bayesian layer not in ``"mean"`` mode, torch dropout or ``RReLU`` in training mode,
+    an ensemble whose members are function samples, or a layer drawing jointly over the
+    batch. A
     module's class may say it with ``stochastic_forward``: ``True`` for a forward that
     samples (a stochastic output layer), ``False`` for one that draws nothing whatever it
     holds (:class:`~bayesian_layers.layers.SNGPHead`)."""
@@ -43,8 +44,8 @@ def draws(module: nn.Module) -> bool:
         return bool(declared)
     if isinstance(module, BayesianLayer) and module.sampling != "mean":
         return True
-    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.training:
-        return True
+    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.RReLU)):
+        return module.training  # dropout and RReLU draw in training mode
     return bool(
         getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False)
     )
@@ -202,7 +203,7 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
     if is_stochastic(trunk):
         raise ValueError(
             f"predict expected a deterministic `trunk`, got a {type(trunk).__name__} that "
-            "holds a stochastic module (a Bayesian layer, dropout in training mode, an "
+            "holds a stochastic module (a Bayesian layer, dropout or RReLU in training mode, an "
             "ensemble or a Gaussian-process layer)"
         )
     if not any(m is trunk for m in model.modules()):

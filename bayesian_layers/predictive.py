@@ -477,7 +477,7 @@ def predict(
         trunk: the deterministic part of the model that runs once on ``x`` while the K
             samples fold only through the rest. ``"auto"`` (default): for an
             ``nn.Sequential``, its leading children that hold nothing stochastic (no
-            Bayesian layer, no dropout in training mode, no ensemble or
+            Bayesian layer, no dropout or ``RReLU`` in training mode, no ensemble or
             Gaussian-process layer); another model with nothing stochastic runs once
             unless its own code draws from torch's default generator (then, and for
             other models, no trunk). A submodule (e.g.

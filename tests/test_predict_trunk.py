@@ -139,6 +139,22 @@ def test_dropout_in_training_mode_stays_in_the_folded_part() -> None:
     assert samples.std(0).min() > 0
 
 
+@pytest.mark.parametrize("bayesian", [True, False])
+def test_rrelu_in_training_mode_draws_per_sample(bayesian: bool) -> None:
+    """``nn.RReLU`` draws its slopes in training mode: it is not in the trunk, and a
+    model with nothing else stochastic is not run once for all K samples."""
+    torch.manual_seed(0)
+    last = layers.LinearReparameterization if bayesian else nn.Linear
+    model = nn.Sequential(
+        nn.Linear(5, 12, dtype=torch.float64), nn.RReLU(0.1, 0.9), last(12, 2, dtype=torch.float64)
+    ).train()
+    assert is_stochastic(model[1]) and not is_stochastic(nn.RReLU().eval())
+    with bl.posterior_mean(model):  # only the RReLU varies between samples
+        for vectorized in (True, False):
+            samples = bl.predict(model, _x(), 16, vectorized=vectorized).samples
+            assert samples.std(0).min() > 0
+
+
 def test_trunk_errors() -> None:
     model = _seq(layers.LinearFlipout)
     x = _x()
