@@ -378,6 +378,10 @@ def _vectorized(
     else:
         chunk = auto_chunk_size(model, folded, largest=largest)
     chunk = max(members, chunk - chunk % members)
+    if any(m.sampling == "frozen" for m in bayesian):
+        # frozen draws are kept per call shape: a second chunk of the same size would
+        # repeat the first one's functions, so the K frozen functions come in one call
+        chunk = num_samples
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
         try:
@@ -472,7 +476,8 @@ def predict(
             under :data:`CHUNK_BYTES`: past that, allocating and faulting in fresh
             memory costs more than vectorising saves. With ``trunk="prefix"`` the
             activations are read from the recorded outputs (each is copied per sample
-            of a chunk; a chunk of one sample hands them over without copying).
+            of a chunk; a chunk of one sample hands them over without copying). A model
+            in ``"frozen"`` mode draws its K frozen functions in one call.
         grad: keep the autograd graph (default: run under ``torch.no_grad()``).
         trunk: the deterministic part of the model that runs once on ``x`` while the K
             samples fold only through the rest. ``"auto"`` (default): for an

@@ -106,6 +106,21 @@ def test_vectorized_call_in_sequential_with_relu_flatten_dropout(estimator: type
         torch.testing.assert_close(single[0], single[1])
 
 
+@pytest.mark.parametrize("chunk_size", [None, 2, 3])
+def test_frozen_mode_chunks_do_not_repeat_functions(chunk_size: int | None) -> None:
+    """Under a frozen sample the K functions are distinct whatever the chunking: a chunk
+    would otherwise reuse the frozen draws an earlier chunk of its size made (the
+    Bayesian layers' and MCDropout's masks), giving K samples of fewer functions."""
+    model = make_mlp(layers.LinearReparameterization)
+    x = torch.randn(4, 2, 3)
+    with bl.frozen_sample(model):
+        samples = bl.predict(model, x, 8, chunk_size=chunk_size, trunk=None).samples
+        again = bl.predict(model, x, 8, chunk_size=chunk_size, trunk=None).samples
+    torch.testing.assert_close(again, samples, rtol=0, atol=0)  # the K frozen functions
+    distinct = {tuple(s.flatten().tolist()) for s in samples}
+    assert len(distinct) == 8
+
+
 def test_vectorized_samples_of_a_reparameterized_layer_use_their_own_weights() -> None:
     layer = layers.LinearReparameterization(3, 2)
     x = torch.randn(5, 3)
