@@ -84,6 +84,7 @@ class Split:
         cached: for a declared submodule, the folded trunk output its substituted
             forward answers (``cached[0]``); ``head`` then runs the whole model on the
             folded input. ``None`` for the parts of an ``nn.Sequential``.
+        parts: the modules that ``trunk`` runs (only on the ``(B, ...)`` input).
 
     A ``trunk`` answering a :class:`~bayesian_layers._prefix.Prefix` (``trunk="prefix"``)
     recorded the modules that finish before the first draw; ``head`` is then the model,
@@ -96,6 +97,7 @@ class Split:
     rest: Callable[[Any], Any] | None = None
     whole: bool = False
     cached: list[Any] | None = None
+    parts: tuple[nn.Module, ...] = ()
 
 
 def _chain(modules: list[nn.Module]) -> Callable[[Any], Any]:
@@ -113,9 +115,10 @@ def _sequential_split(model: nn.Sequential, cut: int) -> Split:
     children = list(model)
     trunk, head = _chain(children[:cut]), _chain(children[cut:])
     first = children[cut] if cut < len(children) else None
+    parts = tuple(children[:cut])
     if first is not None and _draws_shared(first):
-        return Split(trunk, head, first, _chain(children[cut + 1 :]))
-    return Split(trunk, head)
+        return Split(trunk, head, first, _chain(children[cut + 1 :]), parts=parts)
+    return Split(trunk, head, parts=parts)
 
 
 def _draws_shared(module: nn.Module) -> bool:
@@ -241,7 +244,7 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
             )
         return out
 
-    return Split(trunk, head, cached=cached)
+    return Split(trunk, head, cached=cached, parts=(trunk,))
 
 
 def split_model(model: nn.Module, trunk: object) -> Split | None:

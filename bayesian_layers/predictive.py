@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import metrics
 from ._function_space import is_function_space
-from ._model_parts import normalization_in_eval
+from ._model_parts import batch_statistics_layers, normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
 from ._prefix import Prefix, folded_copy
 from ._prefix import fold_samples as _fold
@@ -417,6 +417,28 @@ def _repeated(out: object, k: int) -> tuple[Tensor, dict[str, Tensor], bool]:
     return repeat(output_tensor(out)), moments, is_function_space(out)
 
 
+def _normalizes_folded_batch(
+    model: nn.Module, split: Split | None, h: object, members: int
+) -> bool:
+    """Whether a batch norm without running statistics (it normalises with the statistics
+    of the batch it sees) runs outside the trunk, where the folded call would normalise
+    the K samples as one batch; a ``ValueError`` if the model's ensemble layers need
+    the folded call."""
+    inside: set[int] = set()
+    parts = tuple(m for m, _ in h.outputs) if isinstance(h, Prefix) else ()
+    for part in parts + (() if split is None else split.parts):
+        inside.update(id(m) for m in part.modules())
+    outside = [m for m in batch_statistics_layers(model) if id(m) not in inside]
+    if outside and members > 1:
+        raise ValueError(
+            f"predict: a {type(outside[0]).__name__} without running statistics "
+            "(track_running_stats=False) after the first stochastic layer would normalise "
+            "the K function samples as one batch, and this model's ensemble layers draw "
+            "their members in that one vectorised call; give it running statistics"
+        )
+    return bool(outside)
+
+
 def predict(
     model: nn.Module,
     x: Tensor,
@@ -440,7 +462,9 @@ def predict(
 
     Layers with running statistics (batch norm; any ``torch.nn`` ``_NormBase``) run in
     eval mode for the duration of the call and get their mode back afterwards, so
-    ``predict`` in training mode leaves their statistics untouched. Layers whose
+    ``predict`` in training mode leaves their statistics untouched; one without running
+    statistics (``track_running_stats=False``) normalises with the batch's own, so where
+    one runs after the trunk ``predict`` loops K calls (as ``vectorized=False``). Layers whose
     class sets ``joint_over_batch = True`` (one draw over the whole batch, e.g.
     :class:`~bayesian_layers.layers.GaussianProcess`) get ``marginal_samples = True``
     meanwhile, so each row is drawn from its own marginal, which is all the
@@ -602,6 +626,8 @@ def predict(
             _sampled_value(h) if split.whole else not isinstance(h, (Tensor, Prefix))
         ):
             split, h = None, None
+        if vectorized and not (split is not None and split.whole):
+            vectorized = not _normalizes_folded_batch(model, split, h, members)
         if split is not None and split.whole:
             samples, moments, marked = _repeated(h, num_samples)
         elif vectorized:

@@ -691,6 +691,31 @@ class _MarkedNormal(nn.Module):
         return mark_function_space(bl.RandomVariable(Normal(x, 2.0 * torch.ones_like(x))))
 
 
+def test_batch_norm_without_running_statistics_normalises_each_sample_alone() -> None:
+    """A batch norm with ``track_running_stats=False`` normalises with the statistics of
+    the batch it sees, in eval mode too: after a Bayesian layer each function sample's
+    batch ``x`` is normalised alone, as in a loop of K calls (the folded ``K × B`` batch
+    would mix the samples), so its output averages to the bias over the batch."""
+    model = nn.Sequential(
+        layers.LinearReparameterization(3, 4, dtype=torch.float64),
+        nn.BatchNorm1d(4, track_running_stats=False, affine=False, dtype=torch.float64),
+        nn.Linear(4, 1, dtype=torch.float64),
+    ).eval()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    for vectorized in (True, False):
+        samples = bl.predict(model, x, 8, vectorized=vectorized).samples  # (K, B, 1)
+        bias = model[2].bias.detach().expand(8, 1)
+        torch.testing.assert_close(samples.mean(1), bias, rtol=0, atol=1e-12)
+    # in the trunk it sees only x: the folded call stays, ensemble members included
+    norm = nn.BatchNorm1d(3, track_running_stats=False, dtype=torch.float64)
+    members = layers.LinearBatchEnsemble(3, 2, ensemble_size=2, dtype=torch.float64)
+    model = nn.Sequential(norm, members).eval()
+    for trunk in ("auto", "prefix", norm):
+        bl.predict(model, x, 4, trunk=trunk)
+    with pytest.raises(ValueError, match="BatchNorm1d without running statistics"):
+        bl.predict(nn.Sequential(members, nn.BatchNorm1d(2, track_running_stats=False)), x, 4)
+
+
 @pytest.mark.parametrize("vectorized", [True, False])
 def test_a_marked_output_has_all_its_variance_epistemic(vectorized: bool) -> None:
     pred = bl.predict(_MarkedNormal(), torch.zeros(3, 1), 8, vectorized=vectorized)
