@@ -225,7 +225,7 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
                 isinstance(got, Tensor)
                 and got.shape == x_folded.shape
                 and got.dtype == x_folded.dtype
-                and torch.equal(got, x_folded)
+                and torch.allclose(got, x_folded, rtol=0, atol=0, equal_nan=True)
             ):
                 return
             raise TrunkError(

@@ -213,6 +213,16 @@ def test_a_trunk_not_applied_to_x_is_an_error(vectorized: bool) -> None:
         with pytest.raises(ValueError, match="on something other than its input x"):
             bl.predict(model, _x(), 4, trunk=trunk, vectorized=vectorized)
 
+    class Copied(Net):  # the trunk gets an equal copy of x, missing values (NaN) included
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.features(x.clone()).nan_to_num())
+
+    copied = Copied(layers.LinearFlipout(12, 2, dtype=torch.float64))
+    x = _x()
+    x[0, 0] = torch.nan
+    samples = bl.predict(copied, x, 4, trunk=copied.features, vectorized=vectorized).samples
+    assert samples.isfinite().all()
+
 
 # ----------------------------------------------------- the batch-joint form (exact)
 def _joint_layer(bias: str) -> layers.LinearReparameterization:
