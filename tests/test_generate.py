@@ -313,6 +313,18 @@ def test_prefix_sharing_runs_the_first_block_once_and_keeps_the_samples(kind: st
     assert (outs[0].epistemic > 1e-4).any()
 
 
+def test_prefix_sharing_with_one_prompt() -> None:
+    """``B = 1``: the recorded block outputs folded K times are new contiguous memory (a
+    reshape of the expanded ``(K, 1, ...)`` copies would be a zero-stride view, which
+    GPT-2's ``Conv1D`` cannot ``view``); the tokens are the unshared cache's."""
+    model, outs = _tail("gpt2"), []
+    for trunk in ("prefix", None):
+        torch.manual_seed(3)
+        outs.append(bl.generate(model, PROMPT[:1], 3, 3, trunk=trunk, greedy=True))
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    torch.testing.assert_close(outs[0].total, outs[1].total, rtol=0, atol=2e-5)
+
+
 @pytest.mark.parametrize("posterior", ["flipout", None])
 def test_prefix_without_a_shared_block_generates_as_unshared(posterior: str | None) -> None:
     """Bayesian adapters in every block leave no cache layer to share (the first draw is

@@ -657,6 +657,24 @@ def test_predict_on_an_empty_batch(estimator: type, vectorized: bool) -> None:
         assert pred.samples.shape == (3, 0, 2) and pred.variance.shape == (0, 2)
 
 
+@pytest.mark.parametrize("trunk", ["auto", "prefix", None])
+def test_predict_on_one_example_folds_into_contiguous_memory(trunk: str | None) -> None:
+    """``B = 1``: the folded input is K contiguous copies (not a zero-stride view of
+    ``x``), so a model that calls ``.view(-1, d)`` on it runs."""
+
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = layers.LinearReparameterization(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            b, t, d = x.shape
+            return self.linear(x.view(-1, d)).view(b, t, -1)
+
+    x = torch.randn(1, 3, 4)
+    assert bl.predict(Flat(), x, 4, trunk=trunk).samples.shape == (4, 1, 3, 2)
+
+
 def test_predictive_repr_is_short() -> None:
     model = nn.Sequential(layers.LinearFlipout(3, 2), layers.Normal(event_dims=1))
     pred = bl.predict(model, torch.randn(5, 3), 16)
