@@ -215,6 +215,22 @@ def test_shared_module_gets_one_adapter() -> None:
     assert model[0] is model[2] and isinstance(model[0], LoRALinear)
 
 
+def test_merge_of_a_shared_adapter_replaces_it_everywhere_once() -> None:
+    """A layer used twice gets one adapter; merging adds its update to the shared base
+    weight once and puts the base back at both places (the second place kept the adapter
+    over the merged weight: the update counted twice there)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    model = bl.lora(nn.Sequential(lin, nn.ReLU(), lin), target=["0", "2"], rank=2)
+    nn.init.normal_(model[0].lora_B.weight)
+    x = torch.randn(3, 4)
+    with bl.posterior_mean(model):
+        expected = model(x)
+    bl.merge_lora(model)
+    assert model[0] is lin and model[2] is lin
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_merge_after_draws_uses_the_posterior_means() -> None:
     """A Laplace fit makes B random too: merging after a draw uses E[B] E[A]."""
     torch.manual_seed(0)

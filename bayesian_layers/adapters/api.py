@@ -158,10 +158,16 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: a ``"rank1"`` adapter (a mixture of members has no one mean weight).
     """
-    for name, adapter in adapters(model):
+    every = [  # an adapter shared by several names (a tied layer) is replaced at each
+        (n, m) for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)
+    ]
+    merged: dict[int, nn.Module] = {}
+    for name, adapter in every:
         if name == "":
             raise ValueError("merge_lora: model is itself an adapter; use model.merged()")
-        base = adapter.merged()
+        if id(adapter) not in merged:  # its base weight gets the update once
+            merged[id(adapter)] = adapter.merged()
+        base = merged[id(adapter)]
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, base)
