@@ -579,6 +579,11 @@ def predict(
         >>> bl.predict(model, torch.randn(5, 3), num_samples=64).samples.shape
         torch.Size([64, 5, 2])
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"predict expected `model` an nn.Module, got {type(model).__name__} (post-process "
+            "the output with transform=)"
+        )
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"predict expected `num_samples` >= 1, got {num_samples!r}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):

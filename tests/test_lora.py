@@ -215,6 +215,20 @@ def test_shared_module_gets_one_adapter() -> None:
     assert model[0] is model[2] and isinstance(model[0], LoRALinear)
 
 
+def test_a_model_that_is_not_a_module_is_a_type_error() -> None:
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    for call in (
+        lambda: bl.lora(model, target="0"),  # type: ignore[arg-type]
+        lambda: bl.merge_lora(model),  # type: ignore[arg-type]
+        lambda: bl.lora_state_dict(model),  # type: ignore[arg-type]
+        lambda: bl.predict(model, torch.randn(2, 3)),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match="expected `model` an nn.Module, got function"):
+            call()
+
+
 def test_merge_of_a_shared_adapter_replaces_it_everywhere_once() -> None:
     """A layer used twice gets one adapter; merging adds its update to the shared base
     weight once and puts the base back at both places (the second place kept the adapter

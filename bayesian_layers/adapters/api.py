@@ -25,6 +25,11 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _check_model(owner: str, model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{owner} expected `model` an nn.Module, got {type(model).__name__}")
+
+
 def freeze_base(model: nn.Module) -> None:
     """``requires_grad=False`` on every parameter outside the adapters' factors."""
     keep = {id(p) for _, a in adapters(model) for f in (a.lora_A, a.lora_B) for p in f.parameters()}
@@ -83,6 +88,7 @@ def lora(
         >>> bl.predict(net, torch.randn(3, 4), num_samples=5).samples.shape
         torch.Size([5, 3, 2])
     """
+    _check_model("lora", model)
     options = dict(
         rank=rank, alpha=alpha, posterior=posterior, dropout=dropout, prior_std=prior_std,
         init_std=init_std, **layer_kwargs,
@@ -110,6 +116,7 @@ def lora(
 
 def adapters(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     """The ``(qualified name, adapter)`` pairs of ``model``'s :class:`LoRALinear` layers."""
+    _check_model("adapters", model)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
@@ -158,6 +165,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Raises:
         ValueError: a ``"rank1"`` adapter (a mixture of members has no one mean weight).
     """
+    _check_model("merge_lora", model)
     every = [  # an adapter shared by several names (a tied layer) is replaced at each
         (n, m) for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)
     ]
