@@ -215,6 +215,35 @@ def test_shared_module_gets_one_adapter() -> None:
     assert model[0] is model[2] and isinstance(model[0], LoRALinear)
 
 
+def test_adapters_in_a_torch_transformer_encoder_run_in_eval_mode() -> None:
+    """torch's ``nn.TransformerEncoderLayer`` (and ``nn.TransformerEncoder`` with a padding
+    mask) runs one fused op on its layers' ``weight``s in eval mode: adapters there must
+    switch it off, or they are skipped (the base model's output, no epistemic variance).
+    Eval mode then equals the module path (train mode without dropout); merging gives
+    the fused op back with the merged weights."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    bl.lora(model, target=["self_attn.out_proj", "linear1"], rank=2, init_std=0.5)
+    for _, adapter in adapters(model):
+        nn.init.normal_(adapter.lora_B.weight)
+    x = torch.randn(3, 5, 16)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, -2:] = True
+    kept = ~mask[..., None]
+    with bl.posterior_mean(model):
+        expected = [model.train()(x, src_key_padding_mask=m) for m in (mask, None)]
+        with torch.no_grad():
+            got = [model.eval()(x, src_key_padding_mask=m) for m in (mask, None)]
+    torch.testing.assert_close(got[0] * kept, expected[0] * kept, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
+    assert bl.predict(model, x, 8).variance.mean() > 1e-3
+    bl.merge_lora(model)
+    assert model.layers[0].activation_relu_or_gelu == 1  # the fused op is back
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected[1], rtol=1e-4, atol=1e-4)
+
+
 def test_a_model_that_is_not_a_module_is_a_type_error() -> None:
     def model(x: torch.Tensor) -> torch.Tensor:
         return x

@@ -11,7 +11,7 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from ._adapter import LoRALinear
-from ._attention import AdaptedMultiheadAttention, adapt_attention
+from ._attention import AdaptedMultiheadAttention, adapt_attention, sync_encoder_fast_path
 from ._targets import find_targets, patterns
 
 __all__ = ["lora", "adapters", "lora_state_dict", "load_lora_state_dict", "merge_lora"]
@@ -99,6 +99,7 @@ def lora(
     if peft_layers(model):
         convert_peft(model, patterns("target", target), excluded, **options)
         freeze_base(model)
+        sync_encoder_fast_path(model)
         return model
     pats = patterns("target", target)
     if not pats:
@@ -111,6 +112,7 @@ def lora(
             made[id(module)] = LoRALinear(module, **options)
         _set(model, name, made[id(module)])
     freeze_base(model)
+    sync_encoder_fast_path(model)
     return model
 
 
@@ -181,4 +183,5 @@ def merge_lora(model: nn.Module) -> nn.Module:
         setattr(parent, child, base)
         if isinstance(parent, AdaptedMultiheadAttention):
             cast(nn.Module, parent).__class__ = nn.MultiheadAttention
+    sync_encoder_fast_path(model)
     return model
