@@ -244,6 +244,24 @@ def test_adapters_in_a_torch_transformer_encoder_run_in_eval_mode() -> None:
         torch.testing.assert_close(model(x), expected[1], rtol=1e-4, atol=1e-4)
 
 
+def test_merge_of_an_output_layer_tied_to_the_embedding_leaves_the_embedding() -> None:
+    """An output layer whose weight is the embedding's (a tied language-model head): the
+    merged update goes to the output layer alone, so the merged model is the posterior
+    mean's (adding it in place to the tied tensor changed the embedding too)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 6), nn.Tanh(), nn.Linear(6, 10, bias=False))
+    model[2].weight = model[0].weight
+    embedding = model[0].weight.detach().clone()
+    bl.lora(model, target="2", rank=2)
+    nn.init.normal_(model[2].lora_B.weight)
+    tokens = torch.randint(0, 10, (3, 4))
+    with bl.posterior_mean(model):
+        expected = model(tokens)
+    bl.merge_lora(model)
+    assert torch.equal(model[0].weight, embedding)
+    torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_that_is_not_a_module_is_a_type_error() -> None:
     def model(x: torch.Tensor) -> torch.Tensor:
         return x

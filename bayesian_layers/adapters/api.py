@@ -159,10 +159,25 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> Non
     assert not result.unexpected_keys
 
 
+def _untie(model: nn.Module, adapter: LoRALinear, names: list[str]) -> None:
+    """Give ``adapter``'s base a weight of its own if ``model`` uses that tensor elsewhere
+    too (a language model's output layer tied to its embedding): the update is then added
+    to the adapted layer only, not to the other users of the tied weight."""
+    weight = adapter.weight
+    inside = tuple(f"{n}." for n in names)
+    if any(
+        p is weight and not n.startswith(inside)
+        for n, p in model.named_parameters(remove_duplicate=False)
+    ):
+        adapter.base.weight = nn.Parameter(weight.detach().clone(), weight.requires_grad)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every adapter by its base layer with the posterior-mean update
     ``s · B E[A]`` added to the weight (in place; returns ``model``): the
-    posterior-mean model at the cost of the base model.
+    posterior-mean model at the cost of the base model. A base weight tied to another
+    part of the model (an output layer tied to the embedding) is untied first, so only
+    the adapted layer changes.
 
     Raises:
         ValueError: a ``"rank1"`` adapter (a mixture of members has no one mean weight).
@@ -176,6 +191,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
         if name == "":
             raise ValueError("merge_lora: model is itself an adapter; use model.merged()")
         if id(adapter) not in merged:  # its base weight gets the update once
+            _untie(model, adapter, [n for n, a in every if a is adapter])
             merged[id(adapter)] = adapter.merged()
         base = merged[id(adapter)]
         parent_name, _, child = name.rpartition(".")
