@@ -121,6 +121,21 @@ def test_frozen_mode_chunks_do_not_repeat_functions(chunk_size: int | None) -> N
     assert len(distinct) == 8
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda c: c.__name__)
+def test_predict_keeps_the_frozen_function_of_plain_calls(estimator: type) -> None:
+    """Inside ``frozen_sample`` a plain call is one function until the context exits:
+    ``predict``'s K frozen draws are kept apart from it (they replaced it, so the calls
+    after ``predict`` computed another function), and they too are kept across calls."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), estimator(4, 2))
+    x = torch.randn(5, 3)
+    with bl.frozen_sample(model):
+        before = model(x)
+        first = bl.predict(model, x, 4, trunk=None).samples
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        again = bl.predict(model, x, 4, trunk=None).samples
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
 def test_vectorized_samples_of_a_reparameterized_layer_use_their_own_weights() -> None:
     layer = layers.LinearReparameterization(3, 2)
     x = torch.randn(5, 3)
