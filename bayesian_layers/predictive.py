@@ -585,9 +585,11 @@ def predict(
             "the output with transform=)"
         )
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"predict expected `num_samples` >= 1, got {num_samples!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"predict expected `chunk_size` >= 1 or None, got {chunk_size!r}")
+        raise ValueError(f"predict expected `num_samples` an int >= 1, got {num_samples!r}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"predict expected `chunk_size` an int >= 1 or None, got {chunk_size!r}")
     if not isinstance(joint, bool):
         raise TypeError(f"predict expected `joint` a bool, got {type(joint).__name__}")
     if isinstance(x, RandomVariable):

@@ -178,6 +178,10 @@ def test_predict_errors_restore_state() -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="num_samples"):
             bl.predict(model, x, bad)
+    with pytest.raises(ValueError, match=r"`num_samples` an int >= 1, got 2\.5"):
+        bl.predict(model, x, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`chunk_size` an int >= 1 or None, got True"):
+        bl.predict(model, x, 2, chunk_size=True)
     for bad in (torch.tensor(1.0), [[1.0, 2.0]]):
         with pytest.raises(TypeError, match="predict"):
             bl.predict(model, bad)
