@@ -218,21 +218,23 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
     cached: list[Any] = []
 
     def head(x_folded: Any) -> Any:
+        def is_x(value: Any) -> bool:
+            return value is x_folded or (
+                isinstance(value, Tensor)
+                and value.shape == x_folded.shape
+                and value.dtype == x_folded.dtype
+                and torch.allclose(value, x_folded, rtol=0, atol=0, equal_nan=True)
+            )
+
         def on_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            # the trunk ran once on x: its output stands for a call on x alone (folded)
-            got = args[0] if len(args) == 1 and not kwargs else None
-            if got is x_folded or (
-                isinstance(got, Tensor)
-                and got.shape == x_folded.shape
-                and got.dtype == x_folded.dtype
-                and torch.allclose(got, x_folded, rtol=0, atol=0, equal_nan=True)
-            ):
+            # the trunk ran once on x: its output stands for a call on x (folded)
+            if any(is_x(a) for a in (*args, *kwargs.values())):
                 return
             raise TrunkError(
                 f"predict: the model calls the trunk ({type(trunk).__name__}) on something "
-                "other than its input x (the output of an earlier module, or further "
-                "arguments); a declared trunk must be the first module the model applies "
-                "to x, called on x alone (pass trunk='prefix' or None)"
+                "other than its input x (the output of an earlier module, say); a declared "
+                "trunk must be the first module the model applies to x (pass "
+                "trunk='prefix' or None)"
             )
 
         with _substituted(trunk, lambda: cached[0], on_input) as calls:

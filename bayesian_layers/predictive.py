@@ -512,7 +512,7 @@ def predict(
             other models, no trunk). A submodule (e.g.
             ``model.features``) declares the trunk of any model: its forward is
             called once on ``x`` and its output handed to the model's forward (which
-            must call it exactly once per call, on ``x`` alone); for an ``nn.Sequential`` a slice
+            must call it exactly once per call, on ``x``); for an ``nn.Sequential`` a slice
             ``model[:i]`` works too. ``"prefix"``: any model (a ``transformers``
             model, one adapted by :func:`~bayesian_layers.lora`, a loop over
             ``nn.ModuleList`` blocks): one call on ``x`` runs until the first module

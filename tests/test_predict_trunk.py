@@ -189,8 +189,9 @@ def test_trunk_errors() -> None:
 @pytest.mark.parametrize("vectorized", [True, False])
 def test_a_trunk_not_applied_to_x_is_an_error(vectorized: bool) -> None:
     """A declared trunk stands for its call on ``x``: one the model applies to something
-    else (an earlier layer's output, or with further arguments) would hand all K samples
-    the output of ``trunk(x)``, a wrong and sample-free answer, so it raises."""
+    else (an earlier layer's output) would hand all K samples the output of
+    ``trunk(x)``, a wrong and sample-free answer, so it raises. ``x`` as a keyword
+    argument, or an equal copy of it, is ``x``."""
     torch.manual_seed(0)
 
     class Late(nn.Module):
@@ -215,7 +216,7 @@ def test_a_trunk_not_applied_to_x_is_an_error(vectorized: bool) -> None:
 
     class Copied(Net):  # the trunk gets an equal copy of x, missing values (NaN) included
         def forward(self, x: Tensor) -> Tensor:
-            return self.head(self.features(x.clone()).nan_to_num())
+            return self.head(self.features(x=x.clone()).nan_to_num())
 
     copied = Copied(layers.LinearFlipout(12, 2, dtype=torch.float64))
     x = _x()
