@@ -207,6 +207,14 @@ def test_rank1_adapter_predicts_and_refuses_merge() -> None:
     assert out.shape == (2, 3, 3) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="rank-1 adapter"):
         bl.merge_lora(model)
+    # a refusal leaves the model as it was: no adapter merged before the rank-1 one
+    mixed = bl.lora(_net(), target=["q_proj"], rank=2, posterior="flipout")
+    bl.lora(mixed, target=["v_proj"], rank=2, posterior="rank1", ensemble_size=2)
+    before = {k: v.clone() for k, v in mixed.state_dict().items()}
+    with pytest.raises(ValueError, match="rank-1 adapter"):
+        bl.merge_lora(mixed)
+    assert len(adapters(mixed)) == 2
+    assert all(torch.equal(v, before[k]) for k, v in mixed.state_dict().items())
 
 
 def test_shared_module_gets_one_adapter() -> None:

@@ -186,10 +186,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
     every = [  # an adapter shared by several names (a tied layer) is replaced at each
         (n, m) for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)
     ]
-    merged: dict[int, nn.Module] = {}
-    for name, adapter in every:
+    for name, adapter in every:  # refuse before changing anything
         if name == "":
             raise ValueError("merge_lora: model is itself an adapter; use model.merged()")
+        adapter.mean_down()  # a rank-1 adapter (a mixture) raises here
+    merged: dict[int, nn.Module] = {}
+    for name, adapter in every:
         if id(adapter) not in merged:  # its base weight gets the update once
             _untie(model, adapter, [n for n, a in every if a is adapter])
             merged[id(adapter)] = adapter.merged()
