@@ -8,10 +8,11 @@ from contextlib import contextmanager
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .layers.base import BayesianLayer
 
-__all__ = ["normalization_in_eval", "prior_parameter_ids"]
+__all__ = ["normalization_in_eval", "batch_statistics_layers", "prior_parameter_ids"]
 
 
 @contextmanager
@@ -37,6 +38,28 @@ def normalization_in_eval(model: nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.train(True)
+
+
+def batch_statistics_layers(model: nn.Module) -> list[nn.Module]:
+    """The batch-norm-type layers of ``model`` that normalise with the statistics of the
+    batch they see even in eval mode (no running statistics: ``track_running_stats=False``),
+    so a folded ``K × B`` batch would mix the K function samples. Instance norm, which
+    normalises each example alone, is not one of them.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.BatchNorm1d(2, track_running_stats=False), nn.BatchNorm1d(2))
+        >>> batch_statistics_layers(net) == [net[0]]
+        True
+    """
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, _NormBase)
+        and not isinstance(m, _InstanceNorm)
+        and m.running_mean is None
+        and m.running_var is None
+    ]
 
 
 def prior_parameter_ids(model: nn.Module) -> set[int]:

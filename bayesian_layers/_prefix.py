@@ -109,7 +109,7 @@ def folded_copy(out: Any, k: int) -> Any:
     original, which later chunks read, alone."""
     if isinstance(out, tuple):
         return tuple(None if o is None else folded_copy(o, k) for o in out)
-    return out.clone() if k == 1 else fold_samples(out, k)  # K > 1: the reshape copies
+    return out.clone() if k == 1 else fold_samples(out, k)  # K > 1: new memory
 
 
 def _batched(out: Any, batch: int) -> bool:
@@ -161,8 +161,12 @@ def _drew(before: list[Tensor], x: Tensor) -> bool:
 
 def fold_samples(x: Tensor, k: int) -> Tensor:
     """K copies of ``x`` folded into its first dimension, sample-major ``(K * B, ...)``
-    (``x`` itself, a view, for K = 1)."""
-    return x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:])
+    (``x`` itself, a view, for K = 1). For K > 1 always new, contiguous memory: for
+    ``B = 1`` (or an expanded ``x``) the reshape alone would be a view with a zero stride,
+    which ``.view(-1, d)`` and in-place code of the model reject."""
+    if k == 1:
+        return x
+    return x.unsqueeze(0).expand(k, *x.shape).reshape(-1, *x.shape[1:]).contiguous()
 
 
 def record_prefix(model: nn.Module, x: Tensor) -> Prefix:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+import torch
 from torch import Tensor, nn
 
 from .layers.base import BayesianLayer
@@ -22,8 +23,9 @@ class TrunkError(ValueError):
 
 def is_stochastic(module: nn.Module) -> bool:
     """Whether ``module`` or a submodule draws randomness that ``predict`` must fold:
-    a Bayesian layer not in ``"mean"`` mode, torch dropout in training mode, an ensemble
-    whose members are function samples, or a layer drawing jointly over the batch. A
+    a Bayesian layer not in ``"mean"`` mode, torch dropout or ``RReLU`` in training mode,
+    an ensemble whose members are function samples, or a layer drawing jointly over the
+    batch. A
     module's class may say it with ``stochastic_forward``: ``True`` for a forward that
     samples (a stochastic output layer), ``False`` for one that draws nothing whatever it
     holds (:class:`~bayesian_layers.layers.SNGPHead`)."""
@@ -42,8 +44,8 @@ def draws(module: nn.Module) -> bool:
         return bool(declared)
     if isinstance(module, BayesianLayer) and module.sampling != "mean":
         return True
-    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout)) and module.training:
-        return True
+    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.RReLU)):
+        return module.training  # dropout and RReLU draw in training mode
     return bool(
         getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False)
     )
@@ -82,6 +84,7 @@ class Split:
         cached: for a declared submodule, the folded trunk output its substituted
             forward answers (``cached[0]``); ``head`` then runs the whole model on the
             folded input. ``None`` for the parts of an ``nn.Sequential``.
+        parts: the modules that ``trunk`` runs (only on the ``(B, ...)`` input).
 
     A ``trunk`` answering a :class:`~bayesian_layers._prefix.Prefix` (``trunk="prefix"``)
     recorded the modules that finish before the first draw; ``head`` is then the model,
@@ -94,6 +97,7 @@ class Split:
     rest: Callable[[Any], Any] | None = None
     whole: bool = False
     cached: list[Any] | None = None
+    parts: tuple[nn.Module, ...] = ()
 
 
 def _chain(modules: list[nn.Module]) -> Callable[[Any], Any]:
@@ -111,9 +115,10 @@ def _sequential_split(model: nn.Sequential, cut: int) -> Split:
     children = list(model)
     trunk, head = _chain(children[:cut]), _chain(children[cut:])
     first = children[cut] if cut < len(children) else None
+    parts = tuple(children[:cut])
     if first is not None and _draws_shared(first):
-        return Split(trunk, head, first, _chain(children[cut + 1 :]))
-    return Split(trunk, head)
+        return Split(trunk, head, first, _chain(children[cut + 1 :]), parts=parts)
+    return Split(trunk, head, parts=parts)
 
 
 def _draws_shared(module: nn.Module) -> bool:
@@ -163,8 +168,13 @@ def _prefix_length(model: nn.Sequential, trunk: nn.Sequential) -> int | None:
 
 
 @contextmanager
-def _substituted(module: nn.Module, value: Callable[[], Any]) -> Iterator[list[int]]:
-    """``module(...)`` answers ``value()`` meanwhile; the list counts the calls."""
+def _substituted(
+    module: nn.Module,
+    value: Callable[[], Any],
+    check: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+) -> Iterator[list[int]]:
+    """``module(...)`` answers ``value()`` meanwhile; the list counts the calls.
+    ``check``, if given, sees the arguments of each call first (and may raise)."""
     calls = [0]
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -175,6 +185,8 @@ def _substituted(module: nn.Module, value: Callable[[], Any]) -> Iterator[list[i
                 "forward pass of the model; a trunk must be called once per call (pass "
                 "trunk=None)"
             )
+        if check is not None:
+            check(args, kwargs)
         return value()
 
     own = module.__dict__.get("forward")  # an instance attribute of its own, kept
@@ -194,7 +206,7 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
     if is_stochastic(trunk):
         raise ValueError(
             f"predict expected a deterministic `trunk`, got a {type(trunk).__name__} that "
-            "holds a stochastic module (a Bayesian layer, dropout in training mode, an "
+            "holds a stochastic module (a Bayesian layer, dropout or RReLU in training mode, an "
             "ensemble or a Gaussian-process layer)"
         )
     if not any(m is trunk for m in model.modules()):
@@ -206,7 +218,26 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
     cached: list[Any] = []
 
     def head(x_folded: Any) -> Any:
-        with _substituted(trunk, lambda: cached[0]) as calls:
+        def is_x(value: Any) -> bool:
+            return value is x_folded or (
+                isinstance(value, Tensor)
+                and value.shape == x_folded.shape
+                and value.dtype == x_folded.dtype
+                and torch.allclose(value, x_folded, rtol=0, atol=0, equal_nan=True)
+            )
+
+        def on_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            # the trunk ran once on x: its output stands for a call on x (folded)
+            if any(is_x(a) for a in (*args, *kwargs.values())):
+                return
+            raise TrunkError(
+                f"predict: the model calls the trunk ({type(trunk).__name__}) on something "
+                "other than its input x (the output of an earlier module, say); a declared "
+                "trunk must be the first module the model applies to x (pass "
+                "trunk='prefix' or None)"
+            )
+
+        with _substituted(trunk, lambda: cached[0], on_input) as calls:
             out = model(x_folded)
         if calls[0] != 1:
             raise TrunkError(
@@ -215,7 +246,7 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
             )
         return out
 
-    return Split(trunk, head, cached=cached)
+    return Split(trunk, head, cached=cached, parts=(trunk,))
 
 
 def split_model(model: nn.Module, trunk: object) -> Split | None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ._cached_generation import cache_keyword, generate_cached
 from ._checks import check_real
-from .predictive import predict
+from .predictive import Predictive, predict
 from .uncertainty import expected_entropy, predictive_entropy
 
 __all__ = ["Generation", "generate"]
@@ -88,7 +88,9 @@ def generate(
       attention layers; other caches run unshared, with a warning): cost per token, that
       prefix once plus K of the rest, as for :func:`~bayesian_layers.predict`.
     * ``cache=False`` (any model returning ``(B, T, vocab)`` logits, a
-      :class:`~bayesian_layers.RandomVariable` or a mapping with ``logits``): every step
+      :class:`~bayesian_layers.RandomVariable` over them or over the tokens (a
+      ``layers.Categorical`` output: its class probabilities are read) or a mapping with
+      ``logits``): every step
       is :func:`~bayesian_layers.predict` on the sequence so far (its last ``context``
       tokens), with fresh function samples, so ``trunk=`` applies: ``trunk="prefix"``
       runs the modules before the first stochastic one once for the K samples (all of a
@@ -164,10 +166,28 @@ def generate(
             sequence = tokens
             for _ in range(n):
                 window = sequence if context is None else sequence[:, -context:]
-                samples = predict(model, window, num_samples=k, trunk=trunk).samples
-                token = pick(samples[:, :, -1]).to(sequence.dtype)  # (B, 1)
+                pred = predict(model, window, num_samples=k, trunk=trunk)
+                token = pick(_last_logits(pred)).to(sequence.dtype)  # (B, 1)
                 sequence = torch.cat([sequence, token], 1)  # (B, T + i)
     return pick.result(tokens)
+
+
+def _last_logits(pred: Predictive) -> Tensor:
+    """The K samples' logits at the last position, ``(K, B, vocab)``, from ``predict`` on
+    ``(B, T)`` tokens: for a categorical random-variable output (its value is a drawn
+    token), the log of its class probabilities; else the output ``(K, B, T, vocab)``."""
+    probs = pred.output_probs
+    if probs is not None and probs.dim() == 4:  # (K, B, T, vocab)
+        return probs[:, :, -1].log()
+    out = pred.samples
+    if out.dim() != 4 or not out.is_floating_point():
+        raise ValueError(
+            "generate expected the model to give logits of shape (B, T, vocab) (a tensor, a "
+            "mapping with them, or a random variable over them or over the tokens), got "
+            f"per function sample an output of shape {tuple(out.shape[1:])} and dtype "
+            f"{out.dtype}"
+        )
+    return out[:, :, -1]
 
 
 class _Picker:

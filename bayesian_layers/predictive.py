@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import metrics
 from ._function_space import is_function_space
-from ._model_parts import normalization_in_eval
+from ._model_parts import batch_statistics_layers, normalization_in_eval
 from ._predictive_moments import fold_moments, output_moments, output_tensor, stack_moments
 from ._prefix import Prefix, folded_copy
 from ._prefix import fold_samples as _fold
@@ -378,6 +378,10 @@ def _vectorized(
     else:
         chunk = auto_chunk_size(model, folded, largest=largest)
     chunk = max(members, chunk - chunk % members)
+    if any(m.sampling == "frozen" for m in bayesian):
+        # frozen draws are kept per call shape: a second chunk of the same size would
+        # repeat the first one's functions, so the K frozen functions come in one call
+        chunk = num_samples
     parts, moment_parts, marked = [], [], True
     for k in _split(num_samples, chunk):
         try:
@@ -413,6 +417,28 @@ def _repeated(out: object, k: int) -> tuple[Tensor, dict[str, Tensor], bool]:
     return repeat(output_tensor(out)), moments, is_function_space(out)
 
 
+def _normalizes_folded_batch(
+    model: nn.Module, split: Split | None, h: object, members: int
+) -> bool:
+    """Whether a batch norm without running statistics (it normalises with the statistics
+    of the batch it sees) runs outside the trunk, where the folded call would normalise
+    the K samples as one batch; a ``ValueError`` if the model's ensemble layers need
+    the folded call."""
+    inside: set[int] = set()
+    parts = tuple(m for m, _ in h.outputs) if isinstance(h, Prefix) else ()
+    for part in parts + (() if split is None else split.parts):
+        inside.update(id(m) for m in part.modules())
+    outside = [m for m in batch_statistics_layers(model) if id(m) not in inside]
+    if outside and members > 1:
+        raise ValueError(
+            f"predict: a {type(outside[0]).__name__} without running statistics "
+            "(track_running_stats=False) after the first stochastic layer would normalise "
+            "the K function samples as one batch, and this model's ensemble layers draw "
+            "their members in that one vectorised call; give it running statistics"
+        )
+    return bool(outside)
+
+
 def predict(
     model: nn.Module,
     x: Tensor,
@@ -436,7 +462,9 @@ def predict(
 
     Layers with running statistics (batch norm; any ``torch.nn`` ``_NormBase``) run in
     eval mode for the duration of the call and get their mode back afterwards, so
-    ``predict`` in training mode leaves their statistics untouched. Layers whose
+    ``predict`` in training mode leaves their statistics untouched; one without running
+    statistics (``track_running_stats=False``) normalises with the batch's own, so where
+    one runs after the trunk ``predict`` loops K calls (as ``vectorized=False``). Layers whose
     class sets ``joint_over_batch = True`` (one draw over the whole batch, e.g.
     :class:`~bayesian_layers.layers.GaussianProcess`) get ``marginal_samples = True``
     meanwhile, so each row is drawn from its own marginal, which is all the
@@ -472,18 +500,19 @@ def predict(
             under :data:`CHUNK_BYTES`: past that, allocating and faulting in fresh
             memory costs more than vectorising saves. With ``trunk="prefix"`` the
             activations are read from the recorded outputs (each is copied per sample
-            of a chunk; a chunk of one sample hands them over without copying).
+            of a chunk; a chunk of one sample hands them over without copying). A model
+            in ``"frozen"`` mode draws its K frozen functions in one call.
         grad: keep the autograd graph (default: run under ``torch.no_grad()``).
         trunk: the deterministic part of the model that runs once on ``x`` while the K
             samples fold only through the rest. ``"auto"`` (default): for an
             ``nn.Sequential``, its leading children that hold nothing stochastic (no
-            Bayesian layer, no dropout in training mode, no ensemble or
+            Bayesian layer, no dropout or ``RReLU`` in training mode, no ensemble or
             Gaussian-process layer); another model with nothing stochastic runs once
             unless its own code draws from torch's default generator (then, and for
             other models, no trunk). A submodule (e.g.
             ``model.features``) declares the trunk of any model: its forward is
             called once on ``x`` and its output handed to the model's forward (which
-            must call it exactly once per call); for an ``nn.Sequential`` a slice
+            must call it exactly once per call, on ``x``); for an ``nn.Sequential`` a slice
             ``model[:i]`` works too. ``"prefix"``: any model (a ``transformers``
             model, one adapted by :func:`~bayesian_layers.lora`, a loop over
             ``nn.ModuleList`` blocks): one call on ``x`` runs until the first module
@@ -550,10 +579,17 @@ def predict(
         >>> bl.predict(model, torch.randn(5, 3), num_samples=64).samples.shape
         torch.Size([64, 5, 2])
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"predict expected `model` an nn.Module, got {type(model).__name__} (post-process "
+            "the output with transform=)"
+        )
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"predict expected `num_samples` >= 1, got {num_samples!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"predict expected `chunk_size` >= 1 or None, got {chunk_size!r}")
+        raise ValueError(f"predict expected `num_samples` an int >= 1, got {num_samples!r}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"predict expected `chunk_size` an int >= 1 or None, got {chunk_size!r}")
     if not isinstance(joint, bool):
         raise TypeError(f"predict expected `joint` a bool, got {type(joint).__name__}")
     if isinstance(x, RandomVariable):
@@ -597,6 +633,8 @@ def predict(
             _sampled_value(h) if split.whole else not isinstance(h, (Tensor, Prefix))
         ):
             split, h = None, None
+        if vectorized and not (split is not None and split.whole):
+            vectorized = not _normalizes_folded_batch(model, split, h, members)
         if split is not None and split.whole:
             samples, moments, marked = _repeated(h, num_samples)
         elif vectorized:

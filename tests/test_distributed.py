@@ -464,6 +464,18 @@ def test_manual_seed_streams_are_independent():
     assert corr.abs() < 5 / 4000**0.5
 
 
+def test_clip_grad_norm_of_one_tensor_clips_it():
+    """A single tensor is one parameter, as for torch's (iterating it gave its rows, which
+    have no gradient: norm 0, nothing clipped)."""
+    weights = [nn.Parameter(torch.randn(3, 4)) for _ in range(2)]
+    for w in weights:
+        (10 * w.sum()).backward()
+    norm = bld.clip_grad_norm_(weights[0], 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(weights[1], 1.0)
+    torch.testing.assert_close(norm, expected)
+    torch.testing.assert_close(weights[0].grad, weights[1].grad)
+
+
 def test_kl_divergence_without_parallelism_is_the_sum_of_losses():
     block = _Block(layers.LinearFlipout)
     torch.testing.assert_close(bld.kl_divergence(block), torch.stack(bl.losses(block)).sum())

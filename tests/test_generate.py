@@ -150,6 +150,29 @@ def test_context_window_bounds_the_model_input() -> None:
         bl.generate(model, PROMPT, 5, 2, cache=False)
 
 
+def test_a_categorical_output_is_read_by_its_class_probabilities() -> None:
+    """A model ending in ``layers.Categorical`` returns a drawn token per position (its
+    value): a step mixes the K samples' class probabilities, as for the logits that give
+    them, not the drawn labels (one step: the labels' draws move the global generator)."""
+    torch.manual_seed(0)
+    logits_lm = TinyLM().eval()
+    model = nn.Sequential(logits_lm, bl.layers.Categorical()).eval()
+    n, k = 1, 4
+    for temperature in (1.0, 0.5):
+        torch.manual_seed(7)
+        out = bl.generate(model, PROMPT, n, k, temperature=temperature, cache=False,
+                          generator=torch.Generator().manual_seed(1))  # fmt: skip
+        torch.manual_seed(7)
+        ref = bl.generate(logits_lm, PROMPT, n, k, temperature=temperature, cache=False,
+                          generator=torch.Generator().manual_seed(1))  # fmt: skip
+        assert torch.equal(out.tokens, ref.tokens)
+        for name in ("log_probs", "total", "aleatoric", "epistemic"):
+            torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"logits of shape \(B, T, vocab\).*\(2, 7\)"):
+        bl.generate(nn.Sequential(nn.Embedding(VOCAB, 4), nn.Flatten(), nn.Linear(12, VOCAB)),
+                    PROMPT, 1, 2, cache=False)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -288,6 +311,18 @@ def test_prefix_sharing_runs_the_first_block_once_and_keeps_the_samples(kind: st
         torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name),
                                    rtol=0, atol=2e-5)  # fmt: skip
     assert (outs[0].epistemic > 1e-4).any()
+
+
+def test_prefix_sharing_with_one_prompt() -> None:
+    """``B = 1``: the recorded block outputs folded K times are new contiguous memory (a
+    reshape of the expanded ``(K, 1, ...)`` copies would be a zero-stride view, which
+    GPT-2's ``Conv1D`` cannot ``view``); the tokens are the unshared cache's."""
+    model, outs = _tail("gpt2"), []
+    for trunk in ("prefix", None):
+        torch.manual_seed(3)
+        outs.append(bl.generate(model, PROMPT[:1], 3, 3, trunk=trunk, greedy=True))
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    torch.testing.assert_close(outs[0].total, outs[1].total, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("posterior", ["flipout", None])

@@ -198,6 +198,30 @@ def test_write_posterior_function_and_random_bias() -> None:
     torch.testing.assert_close(scale, (N * (h + 1e-4)).rsqrt())
 
 
+def test_frozen_parameters_keep_their_values() -> None:
+    """A frozen parameter (``requires_grad=False``: a LoRA model's base, a frozen first
+    layer) in ``ivon_parameters`` is neither perturbed inside ``sampled_params`` nor
+    moved by the weight decay at ``step``; ``write_posterior`` leaves a frozen mean's
+    scale alone. The trained parameters take the steps of a model without them."""
+    frozen, free = bayesian_mlp(), bayesian_mlp()
+    for p in frozen[0].parameters():
+        p.requires_grad_(False)
+    kept = {n: p.detach().clone() for n, p in frozen[0].named_parameters()}
+    opt = IVON(ivon_parameters(frozen), lr=0.1, ess=N, weight_decay=1.0)
+    with opt.sampled_params():
+        for n, p in frozen[0].named_parameters():
+            assert torch.equal(p, kept[n])
+    train(frozen, opt, 3, 1, seed=0)
+    for n, p in frozen[0].named_parameters():
+        assert torch.equal(p, kept[n])
+    reference = IVON(ivon_parameters(free[2]), lr=0.1, ess=N, weight_decay=1.0)
+    train(free, reference, 3, 1, seed=0)
+    for a, b in zip(frozen[2].parameters(), free[2].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert write_posterior(frozen, opt) == ["2.weight", "2.bias"]
+    assert torch.equal(frozen[0].weight_rho, kept["weight_rho"])
+
+
 def test_sampled_params_perturb_restore_and_moments() -> None:
     """Inside the context a parameter holds m + σ ε (mean m, std σ over draws, checked to
     5 standard errors); after it, exactly m, even after an exception."""

@@ -207,12 +207,97 @@ def test_rank1_adapter_predicts_and_refuses_merge() -> None:
     assert out.shape == (2, 3, 3) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="rank-1 adapter"):
         bl.merge_lora(model)
+    # a refusal leaves the model as it was: no adapter merged before the rank-1 one
+    mixed = bl.lora(_net(), target=["q_proj"], rank=2, posterior="flipout")
+    bl.lora(mixed, target=["v_proj"], rank=2, posterior="rank1", ensemble_size=2)
+    before = {k: v.clone() for k, v in mixed.state_dict().items()}
+    with pytest.raises(ValueError, match="rank-1 adapter"):
+        bl.merge_lora(mixed)
+    assert len(adapters(mixed)) == 2
+    assert all(torch.equal(v, before[k]) for k, v in mixed.state_dict().items())
 
 
 def test_shared_module_gets_one_adapter() -> None:
     lin = nn.Linear(4, 4)
     model = bl.lora(nn.Sequential(lin, nn.ReLU(), lin), target=["0", "2"], rank=2)
     assert model[0] is model[2] and isinstance(model[0], LoRALinear)
+
+
+def test_adapters_in_a_torch_transformer_encoder_run_in_eval_mode() -> None:
+    """torch's ``nn.TransformerEncoderLayer`` (and ``nn.TransformerEncoder`` with a padding
+    mask) runs one fused op on its layers' ``weight``s in eval mode: adapters there must
+    switch it off, or they are skipped (the base model's output, no epistemic variance).
+    Eval mode then equals the module path (train mode without dropout); merging gives
+    the fused op back with the merged weights."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    bl.lora(model, target=["self_attn.out_proj", "linear1"], rank=2, init_std=0.5)
+    for _, adapter in adapters(model):
+        nn.init.normal_(adapter.lora_B.weight)
+    x = torch.randn(3, 5, 16)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, -2:] = True
+    kept = ~mask[..., None]
+    with bl.posterior_mean(model):
+        expected = [model.train()(x, src_key_padding_mask=m) for m in (mask, None)]
+        with torch.no_grad():
+            got = [model.eval()(x, src_key_padding_mask=m) for m in (mask, None)]
+    torch.testing.assert_close(got[0] * kept, expected[0] * kept, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
+    assert bl.predict(model, x, 8).variance.mean() > 1e-3
+    bl.merge_lora(model)
+    assert model.layers[0].activation_relu_or_gelu == 1  # the fused op is back
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected[1], rtol=1e-4, atol=1e-4)
+
+
+def test_merge_of_an_output_layer_tied_to_the_embedding_leaves_the_embedding() -> None:
+    """An output layer whose weight is the embedding's (a tied language-model head): the
+    merged update goes to the output layer alone, so the merged model is the posterior
+    mean's (adding it in place to the tied tensor changed the embedding too)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 6), nn.Tanh(), nn.Linear(6, 10, bias=False))
+    model[2].weight = model[0].weight
+    embedding = model[0].weight.detach().clone()
+    bl.lora(model, target="2", rank=2)
+    nn.init.normal_(model[2].lora_B.weight)
+    tokens = torch.randint(0, 10, (3, 4))
+    with bl.posterior_mean(model):
+        expected = model(tokens)
+    bl.merge_lora(model)
+    assert torch.equal(model[0].weight, embedding)
+    torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_that_is_not_a_module_is_a_type_error() -> None:
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    for call in (
+        lambda: bl.lora(model, target="0"),  # type: ignore[arg-type]
+        lambda: bl.merge_lora(model),  # type: ignore[arg-type]
+        lambda: bl.lora_state_dict(model),  # type: ignore[arg-type]
+        lambda: bl.predict(model, torch.randn(2, 3)),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match="expected `model` an nn.Module, got function"):
+            call()
+
+
+def test_merge_of_a_shared_adapter_replaces_it_everywhere_once() -> None:
+    """A layer used twice gets one adapter; merging adds its update to the shared base
+    weight once and puts the base back at both places (the second place kept the adapter
+    over the merged weight: the update counted twice there)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    model = bl.lora(nn.Sequential(lin, nn.ReLU(), lin), target=["0", "2"], rank=2)
+    nn.init.normal_(model[0].lora_B.weight)
+    x = torch.randn(3, 4)
+    with bl.posterior_mean(model):
+        expected = model(x)
+    bl.merge_lora(model)
+    assert model[0] is lin and model[2] is lin
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_merge_after_draws_uses_the_posterior_means() -> None:

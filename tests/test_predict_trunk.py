@@ -139,6 +139,22 @@ def test_dropout_in_training_mode_stays_in_the_folded_part() -> None:
     assert samples.std(0).min() > 0
 
 
+@pytest.mark.parametrize("bayesian", [True, False])
+def test_rrelu_in_training_mode_draws_per_sample(bayesian: bool) -> None:
+    """``nn.RReLU`` draws its slopes in training mode: it is not in the trunk, and a
+    model with nothing else stochastic is not run once for all K samples."""
+    torch.manual_seed(0)
+    last = layers.LinearReparameterization if bayesian else nn.Linear
+    model = nn.Sequential(
+        nn.Linear(5, 12, dtype=torch.float64), nn.RReLU(0.1, 0.9), last(12, 2, dtype=torch.float64)
+    ).train()
+    assert is_stochastic(model[1]) and not is_stochastic(nn.RReLU().eval())
+    with bl.posterior_mean(model):  # only the RReLU varies between samples
+        for vectorized in (True, False):
+            samples = bl.predict(model, _x(), 16, vectorized=vectorized).samples
+            assert samples.std(0).min() > 0
+
+
 def test_trunk_errors() -> None:
     model = _seq(layers.LinearFlipout)
     x = _x()
@@ -168,6 +184,45 @@ def test_trunk_errors() -> None:
     skips = Skips(head)
     with pytest.raises(ValueError, match="did not call the trunk"):
         bl.predict(skips, x, 2, trunk=skips.features)
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_a_trunk_not_applied_to_x_is_an_error(vectorized: bool) -> None:
+    """A declared trunk stands for its call on ``x``: one the model applies to something
+    else (an earlier layer's output) would hand all K samples the output of
+    ``trunk(x)``, a wrong and sample-free answer, so it raises. ``x`` as a keyword
+    argument, or an equal copy of it, is ``x``."""
+    torch.manual_seed(0)
+
+    class Late(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bayes = layers.LinearReparameterization(5, 5, dtype=torch.float64)
+            self.features = nn.Linear(5, 5, dtype=torch.float64)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.features(self.bayes(x))
+
+    class Scaled(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.features(2 * x))
+
+    late = Late()
+    seq = nn.Sequential(late.bayes, late.features, layers.LinearFlipout(5, 2, dtype=torch.float64))
+    scaled = Scaled(layers.LinearFlipout(12, 2, dtype=torch.float64))
+    for model, trunk in ((late, late.features), (seq, seq[1]), (scaled, scaled.features)):
+        with pytest.raises(ValueError, match="on something other than its input x"):
+            bl.predict(model, _x(), 4, trunk=trunk, vectorized=vectorized)
+
+    class Copied(Net):  # the trunk gets an equal copy of x, missing values (NaN) included
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.features(x=x.clone()).nan_to_num())
+
+    copied = Copied(layers.LinearFlipout(12, 2, dtype=torch.float64))
+    x = _x()
+    x[0, 0] = torch.nan
+    samples = bl.predict(copied, x, 4, trunk=copied.features, vectorized=vectorized).samples
+    assert samples.isfinite().all()
 
 
 # ----------------------------------------------------- the batch-joint form (exact)

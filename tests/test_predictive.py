@@ -106,6 +106,36 @@ def test_vectorized_call_in_sequential_with_relu_flatten_dropout(estimator: type
         torch.testing.assert_close(single[0], single[1])
 
 
+@pytest.mark.parametrize("chunk_size", [None, 2, 3])
+def test_frozen_mode_chunks_do_not_repeat_functions(chunk_size: int | None) -> None:
+    """Under a frozen sample the K functions are distinct whatever the chunking: a chunk
+    would otherwise reuse the frozen draws an earlier chunk of its size made (the
+    Bayesian layers' and MCDropout's masks), giving K samples of fewer functions."""
+    model = make_mlp(layers.LinearReparameterization)
+    x = torch.randn(4, 2, 3)
+    with bl.frozen_sample(model):
+        samples = bl.predict(model, x, 8, chunk_size=chunk_size, trunk=None).samples
+        again = bl.predict(model, x, 8, chunk_size=chunk_size, trunk=None).samples
+    torch.testing.assert_close(again, samples, rtol=0, atol=0)  # the K frozen functions
+    distinct = {tuple(s.flatten().tolist()) for s in samples}
+    assert len(distinct) == 8
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda c: c.__name__)
+def test_predict_keeps_the_frozen_function_of_plain_calls(estimator: type) -> None:
+    """Inside ``frozen_sample`` a plain call is one function until the context exits:
+    ``predict``'s K frozen draws are kept apart from it (they replaced it, so the calls
+    after ``predict`` computed another function), and they too are kept across calls."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), estimator(4, 2))
+    x = torch.randn(5, 3)
+    with bl.frozen_sample(model):
+        before = model(x)
+        first = bl.predict(model, x, 4, trunk=None).samples
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        again = bl.predict(model, x, 4, trunk=None).samples
+        torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
 def test_vectorized_samples_of_a_reparameterized_layer_use_their_own_weights() -> None:
     layer = layers.LinearReparameterization(3, 2)
     x = torch.randn(5, 3)
@@ -148,6 +178,10 @@ def test_predict_errors_restore_state() -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="num_samples"):
             bl.predict(model, x, bad)
+    with pytest.raises(ValueError, match=r"`num_samples` an int >= 1, got 2\.5"):
+        bl.predict(model, x, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`chunk_size` an int >= 1 or None, got True"):
+        bl.predict(model, x, 2, chunk_size=True)
     for bad in (torch.tensor(1.0), [[1.0, 2.0]]):
         with pytest.raises(TypeError, match="predict"):
             bl.predict(model, bad)
@@ -631,6 +665,35 @@ def test_predict_error_names_the_users_shapes() -> None:
         bl.predict(model, torch.randn(5, 3), 4)
 
 
+@pytest.mark.parametrize("vectorized", [True, False])
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda c: c.__name__)
+def test_predict_on_an_empty_batch(estimator: type, vectorized: bool) -> None:
+    """``B = 0``: K empty samples, whatever draws at the trunk's shared output (the
+    batch-joint form of a reparameterization layer has no ``0 x 0`` factor to take)."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), estimator(6, 2))
+    for trunk in ("auto", None):
+        pred = bl.predict(model, torch.randn(0, 4), 3, trunk=trunk, vectorized=vectorized)
+        assert pred.samples.shape == (3, 0, 2) and pred.variance.shape == (0, 2)
+
+
+@pytest.mark.parametrize("trunk", ["auto", "prefix", None])
+def test_predict_on_one_example_folds_into_contiguous_memory(trunk: str | None) -> None:
+    """``B = 1``: the folded input is K contiguous copies (not a zero-stride view of
+    ``x``), so a model that calls ``.view(-1, d)`` on it runs."""
+
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = layers.LinearReparameterization(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            b, t, d = x.shape
+            return self.linear(x.view(-1, d)).view(b, t, -1)
+
+    x = torch.randn(1, 3, 4)
+    assert bl.predict(Flat(), x, 4, trunk=trunk).samples.shape == (4, 1, 3, 2)
+
+
 def test_predictive_repr_is_short() -> None:
     model = nn.Sequential(layers.LinearFlipout(3, 2), layers.Normal(event_dims=1))
     pred = bl.predict(model, torch.randn(5, 3), 16)
@@ -663,6 +726,31 @@ class _MarkedNormal(nn.Module):
         from bayesian_layers._function_space import mark_function_space
 
         return mark_function_space(bl.RandomVariable(Normal(x, 2.0 * torch.ones_like(x))))
+
+
+def test_batch_norm_without_running_statistics_normalises_each_sample_alone() -> None:
+    """A batch norm with ``track_running_stats=False`` normalises with the statistics of
+    the batch it sees, in eval mode too: after a Bayesian layer each function sample's
+    batch ``x`` is normalised alone, as in a loop of K calls (the folded ``K × B`` batch
+    would mix the samples), so its output averages to the bias over the batch."""
+    model = nn.Sequential(
+        layers.LinearReparameterization(3, 4, dtype=torch.float64),
+        nn.BatchNorm1d(4, track_running_stats=False, affine=False, dtype=torch.float64),
+        nn.Linear(4, 1, dtype=torch.float64),
+    ).eval()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    for vectorized in (True, False):
+        samples = bl.predict(model, x, 8, vectorized=vectorized).samples  # (K, B, 1)
+        bias = model[2].bias.detach().expand(8, 1)
+        torch.testing.assert_close(samples.mean(1), bias, rtol=0, atol=1e-12)
+    # in the trunk it sees only x: the folded call stays, ensemble members included
+    norm = nn.BatchNorm1d(3, track_running_stats=False, dtype=torch.float64)
+    members = layers.LinearBatchEnsemble(3, 2, ensemble_size=2, dtype=torch.float64)
+    model = nn.Sequential(norm, members).eval()
+    for trunk in ("auto", "prefix", norm):
+        bl.predict(model, x, 4, trunk=trunk)
+    with pytest.raises(ValueError, match="BatchNorm1d without running statistics"):
+        bl.predict(nn.Sequential(members, nn.BatchNorm1d(2, track_running_stats=False)), x, 4)
 
 
 @pytest.mark.parametrize("vectorized", [True, False])

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AdaptedMultiheadAttention", "adapt_attention"]
+from ._adapter import LoRALinear
+
+__all__ = ["AdaptedMultiheadAttention", "adapt_attention", "sync_encoder_fast_path"]
+
+#: torch's flags that choose the fused encoder paths, with the value that turns each off
+_FAST_PATH_FLAGS = (
+    (nn.TransformerEncoderLayer, "activation_relu_or_gelu", 0),
+    (nn.TransformerEncoder, "use_nested_tensor", False),
+)
 
 
 class _IdentityProjection(nn.Module):
@@ -63,3 +71,28 @@ def adapt_attention(mha: nn.MultiheadAttention) -> AdaptedMultiheadAttention:
     if not isinstance(mha, AdaptedMultiheadAttention):
         mha.__class__ = AdaptedMultiheadAttention
     return mha  # type: ignore[return-value]
+
+
+def sync_encoder_fast_path(model: nn.Module) -> None:
+    """Keep torch's fused encoder paths off every ``nn.TransformerEncoderLayer`` and
+    ``nn.TransformerEncoder`` of ``model`` that holds a :class:`LoRALinear` (and give
+    them back to one that no longer does).
+
+    In eval mode torch runs such a layer as one fused op on ``linear1.weight``,
+    ``self_attn.out_proj.weight``, ... (and an encoder given a padding mask on nested
+    tensors into it): an adapter's ``weight`` is its base layer's, so the adapters would
+    be skipped without a word. The flags read only to choose those paths (the layer's
+    ``activation_relu_or_gelu``, the encoder's ``use_nested_tensor``) are turned off
+    meanwhile, their values kept on the module; the module path computes the same.
+    """
+    for module in model.modules():
+        for cls, flag, off in _FAST_PATH_FLAGS:
+            if not isinstance(module, cls):
+                continue
+            adapted = any(isinstance(m, LoRALinear) for m in module.modules())
+            saved = f"_lora_saved_{flag}"
+            if adapted and saved not in module.__dict__:
+                module.__dict__[saved] = getattr(module, flag)
+                setattr(module, flag, off)
+            elif not adapted and saved in module.__dict__:
+                setattr(module, flag, module.__dict__.pop(saved))

@@ -11,7 +11,7 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from ._adapter import LoRALinear
-from ._attention import AdaptedMultiheadAttention, adapt_attention
+from ._attention import AdaptedMultiheadAttention, adapt_attention, sync_encoder_fast_path
 from ._targets import find_targets, patterns
 
 __all__ = ["lora", "adapters", "lora_state_dict", "load_lora_state_dict", "merge_lora"]
@@ -23,6 +23,11 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     if isinstance(parent, nn.MultiheadAttention) and child == "out_proj":
         adapt_attention(parent)  # torch's attention would read out_proj.weight directly
     setattr(parent, child, module)
+
+
+def _check_model(owner: str, model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{owner} expected `model` an nn.Module, got {type(model).__name__}")
 
 
 def freeze_base(model: nn.Module) -> None:
@@ -83,6 +88,7 @@ def lora(
         >>> bl.predict(net, torch.randn(3, 4), num_samples=5).samples.shape
         torch.Size([5, 3, 2])
     """
+    _check_model("lora", model)
     options = dict(
         rank=rank, alpha=alpha, posterior=posterior, dropout=dropout, prior_std=prior_std,
         init_std=init_std, **layer_kwargs,
@@ -93,6 +99,7 @@ def lora(
     if peft_layers(model):
         convert_peft(model, patterns("target", target), excluded, **options)
         freeze_base(model)
+        sync_encoder_fast_path(model)
         return model
     pats = patterns("target", target)
     if not pats:
@@ -105,11 +112,13 @@ def lora(
             made[id(module)] = LoRALinear(module, **options)
         _set(model, name, made[id(module)])
     freeze_base(model)
+    sync_encoder_fast_path(model)
     return model
 
 
 def adapters(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     """The ``(qualified name, adapter)`` pairs of ``model``'s :class:`LoRALinear` layers."""
+    _check_model("adapters", model)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
@@ -150,21 +159,47 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> Non
     assert not result.unexpected_keys
 
 
+def _untie(model: nn.Module, adapter: LoRALinear, names: list[str]) -> None:
+    """Give ``adapter``'s base a weight of its own if ``model`` uses that tensor elsewhere
+    too (a language model's output layer tied to its embedding): the update is then added
+    to the adapted layer only, not to the other users of the tied weight."""
+    weight = adapter.weight
+    inside = tuple(f"{n}." for n in names)
+    if any(
+        p is weight and not n.startswith(inside)
+        for n, p in model.named_parameters(remove_duplicate=False)
+    ):
+        adapter.base.weight = nn.Parameter(weight.detach().clone(), weight.requires_grad)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every adapter by its base layer with the posterior-mean update
     ``s · B E[A]`` added to the weight (in place; returns ``model``): the
-    posterior-mean model at the cost of the base model.
+    posterior-mean model at the cost of the base model. A base weight tied to another
+    part of the model (an output layer tied to the embedding) is untied first, so only
+    the adapted layer changes.
 
     Raises:
         ValueError: a ``"rank1"`` adapter (a mixture of members has no one mean weight).
     """
-    for name, adapter in adapters(model):
+    _check_model("merge_lora", model)
+    every = [  # an adapter shared by several names (a tied layer) is replaced at each
+        (n, m) for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, LoRALinear)
+    ]
+    for name, adapter in every:  # refuse before changing anything
         if name == "":
             raise ValueError("merge_lora: model is itself an adapter; use model.merged()")
-        base = adapter.merged()
+        adapter.mean_down()  # a rank-1 adapter (a mixture) raises here
+    merged: dict[int, nn.Module] = {}
+    for name, adapter in every:
+        if id(adapter) not in merged:  # its base weight gets the update once
+            _untie(model, adapter, [n for n, a in every if a is adapter])
+            merged[id(adapter)] = adapter.merged()
+        base = merged[id(adapter)]
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, base)
         if isinstance(parent, AdaptedMultiheadAttention):
             cast(nn.Module, parent).__class__ = nn.MultiheadAttention
+    sync_encoder_fast_path(model)
     return model

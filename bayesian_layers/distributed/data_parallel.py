@@ -238,8 +238,9 @@ class WithKL(nn.Module):
 
 # ---------------------------------------------------------------- utilities
 @torch.no_grad()
-def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
-    """``torch.nn.utils.clip_grad_norm_`` for a tensor-parallel model (2-norm).
+def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float) -> Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for a tensor-parallel model (2-norm); like it,
+    ``parameters`` is an iterable of tensors or a single tensor.
 
     torch's version refuses a mix of DTensor and plain parameters, which a
     model with some parallelised layers has. Here the squares of the local
@@ -249,6 +250,8 @@ def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
     Returns:
         The total gradient norm before clipping (a scalar, the same on every rank).
     """
+    if isinstance(parameters, Tensor):  # one tensor, not its rows
+        parameters = [parameters]
     grads = [p.grad for p in parameters if p.grad is not None]
     locals_ = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
     device = locals_[0].device if locals_ else torch.device("cpu")

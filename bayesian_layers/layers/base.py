@@ -186,7 +186,8 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
     def frozen_state(self) -> dict[str, Any]:
         """The store of the frozen function sample in effect: the innermost
         :func:`bayesian_layers.frozen_sample` context's own (per thread), else the
-        layer's. Random parameters keep their noise here under their names; a subclass
+        layer's. Random parameters keep their noise here under their names (the K
+        draws of a vectorised call under ``"name@K"``, apart from it); a subclass
         with draws of its own (a dropout mask's seed, a GP's function draw) keeps them
         under keys of its own. :meth:`resample` empties it.
 
@@ -315,12 +316,15 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         lead = torch.Size((k,) if k > 1 else ())
         if self.sampling != "frozen":
             return self.noise(name, lead + self._random[name], like, kind="parameter")
-        cached = self.frozen_state.get(name)
+        # K frozen functions (``bl.predict`` in frozen mode) are kept apart from the one
+        # frozen function of plain calls, so that neither replaces the other
+        key = name if k == 1 else f"{name}@{k}"
+        cached = self.frozen_state.get(key)
         # ``like``'s shape, not the declared one: a noise hook may answer with another
         # (a tensor-parallel shard's), which is then the frozen sample of that shard
         if cached is None or cached.shape != lead + like.shape:
             cached = self.noise(name, lead + self._random[name], like, kind="parameter")
-            self.frozen_state[name] = cached
+            self.frozen_state[key] = cached
         return cached
 
     def sample_param(self, name: str) -> Tensor:

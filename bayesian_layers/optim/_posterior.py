@@ -75,8 +75,9 @@ def ivon_parameters(model: nn.Module) -> list[nn.Parameter]:
 def write_posterior(model: nn.Module, optimizer: IVON) -> list[str]:
     """Write IVON's posterior ``N(m, σ²)``, ``σ = 1/sqrt(ess·(h + δ))``, into ``model``.
 
-    For each random parameter of the Bayesian layers: its ``loc`` is the mean ``m``
-    that ``optimizer`` trains (left as it is) and its ``rho`` becomes ``softplus⁻¹(σ)``
+    For each random parameter of the Bayesian layers whose ``loc`` is not frozen
+    (``requires_grad``): its ``loc`` is the mean ``m`` that ``optimizer`` trains (left
+    as it is) and its ``rho`` becomes ``softplus⁻¹(σ)``
     (shape of the parameter), so ``layer.posterior_loc_scale(name) == (m, σ)``. Point
     estimates and non-Bayesian modules keep their values. The model then predicts with
     the IVON posterior (``bl.predict``), reports its KL to the layers' priors
@@ -100,7 +101,8 @@ def write_posterior(model: nn.Module, optimizer: IVON) -> list[str]:
             "IVON.write_posterior: called inside sampled_params (the "
             "parameters hold a draw there, not the means)"
         )
-    targets = list(_random_normals(model))
+    # a frozen mean (requires_grad=False) is not trained: its layer keeps its scale
+    targets = [t for t in _random_normals(model) if t[3].requires_grad]
     scales = {}
     for path, _, _, loc, _ in targets:  # check all before writing any
         try:

@@ -31,6 +31,12 @@ def _check_float(name: str, value: object, low: float, high: float, *, open_low:
     return v
 
 
+def _trained(group: dict[str, Any]) -> list[Tensor]:
+    """The parameters of ``group`` that IVON perturbs and updates: those with
+    ``requires_grad`` (a frozen one, such as a LoRA model's base weight, keeps its value)."""
+    return [p for p in group["params"] if p.requires_grad]
+
+
 class IVON(torch.optim.Optimizer):
     r"""Improved Variational Online Newton (IVON; Shen et al., ICML 2024, Algorithm 1).
 
@@ -69,7 +75,9 @@ class IVON(torch.optim.Optimizer):
 
     Args:
         params: parameters (or param-group dicts) to train; their values are the means.
-            All parameters of one group share a dtype and device.
+            All parameters of one group share a dtype and device. Frozen ones
+            (``requires_grad=False``, e.g. a LoRA model's base) are neither perturbed nor
+            updated, as torch's optimizers leave them.
         lr: learning rate ``≥ 0`` (the reference uses ~0.1-0.2 with ``rescale_lr``).
         ess: effective sample size ``λ > 0``, usually the training-set size N.
         hess_init: initial Hessian ``h₀ > 0``.
@@ -224,7 +232,7 @@ class IVON(torch.optim.Optimizer):
         try:
             with torch.no_grad():
                 for group in self.param_groups:
-                    if group["params"]:
+                    if _trained(group):
                         saved.append(self._perturb(group))
             yield
             ok = True
@@ -239,7 +247,7 @@ class IVON(torch.optim.Optimizer):
     def _perturb(self, group: dict[str, Any]) -> _Draw:
         # one randn of the group's size (the reference's draw), split per parameter;
         # perturbation = ε / sqrt(ess (h + δ)). Multi-tensor (foreach) ops throughout.
-        params: list[Tensor] = group["params"]
+        params = _trained(group)
         eps = torch.randn(
             sum(p.numel() for p in params),
             dtype=params[0].dtype,
@@ -313,7 +321,7 @@ class IVON(torch.optim.Optimizer):
         return loss
 
     def _update(self, group: dict[str, Any]) -> None:
-        params: list[Tensor] = group["params"]
+        params = _trained(group)
         if not params:
             return
         ess, wd, b1, b2 = group["ess"], group["weight_decay"], group["beta1"], group["beta2"]

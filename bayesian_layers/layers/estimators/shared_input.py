@@ -96,7 +96,7 @@ def output_noise_samples(
 
 def use_batch_joint(layer: BayesianLayer, x: Tensor, weight: str, k: int) -> bool:
     """Whether :func:`batch_joint_samples` is cheaper than K whole draws and applies: a
-    2-D float32/float64 input of ``B <= in_features`` rows with ``B² <=``
+    2-D float32/float64 input of ``1 <= B <= in_features`` rows with ``B² <=``
     :data:`BATCH_JOINT_RATIO` ``· K``, a normal weight posterior, no noise hook, and not
     inside ``torch.compile`` or a CUDA graph capture (it checks its factors on the host)."""
     if x.dim() != 2 or x.dtype not in (torch.float32, torch.float64) or layer.has_noise_hooks:
@@ -104,7 +104,7 @@ def use_batch_joint(layer: BayesianLayer, x: Tensor, weight: str, k: int) -> boo
     if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
         return False  # its singularity check reads a flag on the host
     rows, features = x.shape
-    if rows > features or rows * rows > BATCH_JOINT_RATIO * k:
+    if not 0 < rows <= features or rows * rows > BATCH_JOINT_RATIO * k:
         return False
     init = layer.parameter_spec(weight).initializer
     return bool(init.is_normal) and not init.is_deterministic
