@@ -198,6 +198,29 @@ def test_write_posterior_function_and_random_bias() -> None:
     torch.testing.assert_close(scale, (N * (h + 1e-4)).rsqrt())
 
 
+def test_write_posterior_over_a_swag_posterior_is_ivons() -> None:
+    """IVON's posterior written over an earlier SWAG (low-rank) fit is N(m, σ²): the SWAG
+    deviations no longer widen the marginals (the family goes back to TrainableNormal)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        layers.LinearReparameterization(3, 8, dtype=torch.float64),
+        nn.Tanh(),
+        layers.LinearReparameterization(8, 1, dtype=torch.float64),
+    )
+    data = [
+        (torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64))
+        for _ in range(4)
+    ]
+    bl.swag.collect(model, data, F.mse_loss, lr=0.05, epochs=3, max_rank=2)
+    assert type(model[0].weight_initializer).__name__ == "SWAGNormal"
+    opt = IVON(ivon_parameters(model), lr=0.1, ess=N)
+    train(model, opt, 3, 1, seed=0)
+    write_posterior(model, opt)
+    for layer in (model[0], model[2]):
+        assert type(layer.weight_initializer).__name__ == "TrainableNormal"
+        torch.testing.assert_close(layer.weight.stddev, opt.posterior_scale(layer.weight_loc))
+
+
 def test_frozen_parameters_keep_their_values() -> None:
     """A frozen parameter (``requires_grad=False``: a LoRA model's base, a frozen first
     layer) in ``ivon_parameters`` is neither perturbed inside ``sampled_params`` nor

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .._checks import inverse_softplus
 from .._model_parts import prior_parameter_ids
 from ..initializers import TrainableNormal
+from ..initializers.swag_normal import SWAGNormal
 from ..layers.base import BayesianLayer
 
 if TYPE_CHECKING:
@@ -78,7 +79,9 @@ def write_posterior(model: nn.Module, optimizer: IVON) -> list[str]:
     For each random parameter of the Bayesian layers whose ``loc`` is not frozen
     (``requires_grad``): its ``loc`` is the mean ``m`` that ``optimizer`` trains (left
     as it is) and its ``rho`` becomes ``softplus⁻¹(σ)``
-    (shape of the parameter), so ``layer.posterior_loc_scale(name) == (m, σ)``. Point
+    (shape of the parameter), so ``layer.posterior_loc_scale(name) == (m, σ)``; a
+    :class:`~bayesian_layers.initializers.swag_normal.SWAGNormal` family left by an earlier
+    SWAG fit becomes a ``TrainableNormal`` (its low-rank part is not IVON's). Point
     estimates and non-Bayesian modules keep their values. The model then predicts with
     the IVON posterior (``bl.predict``), reports its KL to the layers' priors
     (``bl.losses``) and saves it in ``state_dict``.
@@ -113,6 +116,9 @@ def write_posterior(model: nn.Module, optimizer: IVON) -> list[str]:
                 f"{path!r}, got a model whose {path}_loc it does not train (build it with "
                 f"bl.optim.ivon_parameters(model))"
             ) from None
-    for path, _, _, _, rho in targets:
+    for path, layer, name, _, rho in targets:
         rho.copy_(inverse_softplus(scales[path].to(rho.dtype)))
+        if isinstance(layer.parameter_spec(name).initializer, SWAGNormal):
+            # an earlier SWAG fit's deviations would stay in the law: back to N(m, σ²)
+            layer.set_initializer(name, "trainable_normal")
     return [path for path, *_ in targets]
