@@ -159,7 +159,11 @@ def generate(
             f"generate(cache=True) expected `trunk` 'prefix', 'auto' or None, got {trunk!r}"
         )
     pick = _Picker(k, temperature, greedy, generator)
-    with torch.no_grad():
+    # under torch.inference_mode it runs in no-grad mode: the shared prefix checks its
+    # recorded outputs' in-place versions, which inference tensors do not keep
+    with torch.inference_mode(False), torch.no_grad():
+        if tokens.is_inference():
+            tokens = tokens.clone()
         if cache:
             generate_cached(model, tokens, k, n, pick, share=trunk == "prefix")
         else:

@@ -10,7 +10,7 @@ layer models) and an epistemic part (disagreement between function samples).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from math import lcm
 
 import torch
@@ -615,12 +615,20 @@ def predict(
         )
     split = split_model(model, trunk)
     bayesian = [m for m in modules if isinstance(m, BayesianLayer)]
+    # under torch.inference_mode the call runs in no-grad mode instead: the trunk's
+    # recorded outputs and the per-call moments store check tensors' in-place versions,
+    # which inference tensors do not keep; an inference input is copied out of it once
+    inference = torch.is_inference_mode_enabled()
+    grad = grad and torch.is_grad_enabled()
     with (
-        torch.set_grad_enabled(grad and torch.is_grad_enabled()),
+        torch.inference_mode(False) if inference else nullcontext(),
+        torch.set_grad_enabled(grad),
         _marginal_samples(joint_layers if vectorized else []),
         normalization_in_eval(model),
         overriding(bayesian, "predictive", PredictiveCall(marginal=not joint, store={})),
     ):
+        if x.is_inference():
+            x = x.clone()
         h = None if split is None else split.trunk(x)  # the deterministic part, once
         if isinstance(h, Prefix):  # trunk="prefix": the model ran until its first draw
             if h.output is not None:  # ... and finished without one

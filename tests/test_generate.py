@@ -325,6 +325,22 @@ def test_prefix_sharing_with_one_prompt() -> None:
     torch.testing.assert_close(outs[0].total, outs[1].total, rtol=0, atol=2e-5)
 
 
+def test_generation_under_inference_mode_equals_no_grad() -> None:
+    """Inside ``torch.inference_mode`` (inference tensors keep no in-place version, which
+    the shared prefix checks) both the shared cache and the uncached path generate what
+    they generate under ``torch.no_grad``, for a fixed seed."""
+    model, lm = _tail("gpt2"), _lm()
+    for net, kw in ((model, {"trunk": "prefix"}), (lm, {"trunk": "prefix", "cache": False})):
+        outs = []
+        for mode in (torch.no_grad, torch.inference_mode):
+            torch.manual_seed(3)
+            with mode():
+                outs.append(bl.generate(net, PROMPT.clone(), 3, 3, **kw,
+                                        generator=torch.Generator().manual_seed(4)))  # fmt: skip
+        assert torch.equal(outs[0].tokens, outs[1].tokens)
+        torch.testing.assert_close(outs[1].total, outs[0].total, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("posterior", ["flipout", None])
 def test_prefix_without_a_shared_block_generates_as_unshared(posterior: str | None) -> None:
     """Bayesian adapters in every block leave no cache layer to share (the first draw is

@@ -676,6 +676,25 @@ def test_predict_on_an_empty_batch(estimator: type, vectorized: bool) -> None:
         assert pred.samples.shape == (3, 0, 2) and pred.variance.shape == (0, 2)
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda c: c.__name__)
+def test_predict_under_inference_mode_equals_no_grad(estimator: type) -> None:
+    """Inside ``torch.inference_mode`` (a usual evaluation loop) ``predict`` gives the
+    samples of ``torch.no_grad`` for a fixed seed, for every trunk: the recorded prefix
+    and the per-call moments store read in-place versions, which inference tensors
+    lack; the identity at the front hands the inference input itself to the recorder."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Identity(), nn.Linear(4, 6), nn.ReLU(), estimator(6, 3))
+    x = torch.randn(5, 4)
+    for trunk in ("auto", "prefix", None):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            want = bl.predict(model, x, 4, trunk=trunk).samples
+        torch.manual_seed(1)
+        with torch.inference_mode():
+            got = bl.predict(model, x.clone(), 4, trunk=trunk).samples
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("trunk", ["auto", "prefix", None])
 def test_predict_on_one_example_folds_into_contiguous_memory(trunk: str | None) -> None:
     """``B = 1``: the folded input is K contiguous copies (not a zero-stride view of

@@ -64,9 +64,12 @@ def graph_alive(t: Tensor) -> bool:
 def parameter_version(p: Tensor | None) -> tuple | None:
     """The cache key part of parameter ``p`` (identity, in-place version, storage,
     dtype, device); ``()`` for None; ``None`` for a tensor without storage (a
-    ``torch.func`` wrapper), whose weights are then never cached."""
+    ``torch.func`` wrapper) or without a version counter (an inference tensor), whose
+    weights are then never cached."""
     if p is None:
         return ()
+    if p.is_inference():
+        return None  # made in torch.inference_mode: no in-place version to key on
     try:
         ptr = p.data_ptr()
     except RuntimeError:
