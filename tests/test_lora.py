@@ -270,6 +270,22 @@ def test_merge_of_an_output_layer_tied_to_the_embedding_leaves_the_embedding() -
     torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_adapters_take_the_mode_of_the_layer_they_wrap() -> None:
+    """A model put in eval mode before ``lora`` gets adapters in eval mode (their dropout
+    off: posterior-mean calls repeat, and equal the merged model); ``model.train()`` turns
+    the dropout on."""
+    model = _net().eval()
+    bl.lora(model, target=["q_proj", "v_proj"], rank=2, posterior=None, dropout=0.5)
+    _randomize_b(model)
+    x = torch.randn(16, 5, 8)
+    assert all(not a.training for _, a in adapters(model))
+    with bl.posterior_mean(model):
+        first, second = model(x), model(x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    model.train()
+    assert not torch.equal(model(x), model(x))  # dropout on 16 x 5 x 8 inputs: never equal
+
+
 def test_a_model_that_is_not_a_module_is_a_type_error() -> None:
     def model(x: torch.Tensor) -> torch.Tensor:
         return x

@@ -73,7 +73,9 @@ def lora(
         exclude: pattern(s) of layers to leave alone.
 
     Returns:
-        ``model``, changed in place.
+        ``model``, changed in place; each adapter in the training or eval mode of the
+        layer it wraps (a model put in eval mode before ``lora`` keeps its adapters'
+        dropout off until ``model.train()``).
 
     Raises:
         ValueError: a pattern matching no adaptable layer, or a bad hyperparameter.
@@ -108,8 +110,8 @@ def lora(
         )
     made: dict[int, LoRALinear] = {}
     for name, module in find_targets(model, pats, excluded):
-        if id(module) not in made:
-            made[id(module)] = LoRALinear(module, **options)
+        if id(module) not in made:  # in the mode of the layer it wraps (dropout off in eval)
+            made[id(module)] = LoRALinear(module, **options).train(module.training)
         _set(model, name, made[id(module)])
     freeze_base(model)
     sync_encoder_fast_path(model)
