@@ -41,7 +41,7 @@ def check_labels(fn: str, probs: Tensor, labels: Tensor) -> None:
         )
 
 
-def check_simplex(fn: str, probs: Tensor) -> None:
+def check_simplex(fn: str, probs: Tensor, arg: str = "probs") -> None:
     """Rows of probabilities: entries in ``[0, 1]`` summing to one, up to ``max(1e-3, 8 eps)``
     (``eps`` of the dtype: a low-precision softmax passes). Logits, scores that were
     never normalised, or NaN raise instead of giving a meaningless number."""
@@ -54,7 +54,7 @@ def check_simplex(fn: str, probs: Tensor) -> None:
     if not (lo >= -tol and hi <= 1 + tol and float((sums - 1).abs().max()) <= tol):  # NaN too
         raise fail(
             fn,
-            "probs",
+            arg,
             "probabilities: entries in [0, 1] and rows (the last dim) summing to 1 (logits? "
             "apply softmax first)",
             f"entries in [{lo:.4g}, {hi:.4g}] and row sums in "

@@ -27,6 +27,9 @@ from ._metric_checks import (
     check_sample_probs as _check_sample_probs,
 )
 from ._metric_checks import (
+    check_simplex as _check_simplex,
+)
+from ._metric_checks import (
     fail as _fail,
 )
 
@@ -59,8 +62,15 @@ def predictive_entropy(probs_mean: Tensor) -> Tensor:
         tensor([0.6931, 0.0000])
     """
     _check_probs("predictive_entropy", probs_mean, "probs_mean")
+    _check_simplex("predictive_entropy", probs_mean, "probs_mean")
+    return entropy(probs_mean)
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """``-Σ_c p_c log p_c`` over the last dim, unchecked: for callers whose ``probs`` are
+    a softmax they computed (the public functions check their argument)."""
     # `+ 0.0` turns the -0.0 of a one-hot row into 0.0.
-    return torch.special.entr(probs_mean).sum(-1) + 0.0
+    return torch.special.entr(probs).sum(-1) + 0.0
 
 
 def expected_entropy(prob_samples: Tensor) -> Tensor:
@@ -80,7 +90,8 @@ def expected_entropy(prob_samples: Tensor) -> Tensor:
         tensor([0.])
     """
     _check_sample_probs("expected_entropy", prob_samples)
-    return predictive_entropy(prob_samples).mean(0)
+    _check_simplex("expected_entropy", prob_samples, "prob_samples")
+    return entropy(prob_samples).mean(0)
 
 
 def mutual_information(prob_samples: Tensor) -> Tensor:
@@ -103,8 +114,9 @@ def mutual_information(prob_samples: Tensor) -> Tensor:
         tensor([0.6931])
     """
     _check_sample_probs("mutual_information", prob_samples)
-    total = predictive_entropy(prob_samples.mean(0))
-    return (total - expected_entropy(prob_samples)).clamp_min(0.0)
+    _check_simplex("mutual_information", prob_samples, "prob_samples")
+    total = entropy(prob_samples.mean(0))
+    return (total - entropy(prob_samples).mean(0)).clamp_min(0.0)
 
 
 class VarianceDecomposition(NamedTuple):

@@ -103,6 +103,26 @@ def test_rows_that_are_not_probabilities_raise(fn) -> None:
         fn(torch.full((6, 3), math.nan), labels)
 
 
+@pytest.mark.parametrize(
+    ("fn", "arg", "lead"),
+    [
+        (M.predictive_entropy, "probs_mean", ()),
+        (M.expected_entropy, "prob_samples", (4,)),
+        (M.mutual_information, "prob_samples", (4,)),
+    ],
+)
+def test_entropies_of_rows_that_are_not_probabilities_raise(fn, arg: str, lead: tuple) -> None:
+    """The uncertainty scores refuse logits (an entropy of -inf, or a negative one,
+    before) and NaN, naming the function and the argument; a float16 softmax passes."""
+    logits = torch.randn(*lead, 6, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"{fn.__name__} expected {arg} probabilities"):
+        fn(logits)
+    with pytest.raises(ValueError, match=r"entries in \[nan, nan\]"):
+        fn(torch.full_like(logits, math.nan))
+    value = fn((4 * logits).softmax(-1).half())
+    assert value.shape == (6,) and torch.isfinite(value).all() and (value >= 0).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_ece_of_many_low_precision_probabilities_is_accumulated_exactly(dtype) -> None:
     """70 000 examples at confidence 0.875 (exact in every dtype), 60% right: ECE 0.275.
