@@ -96,3 +96,18 @@ def test_poisson_process_log_prob_compiled_matches_eager() -> None:
         torch.testing.assert_close(g, w)
     with pytest.raises(ValueError, match="domain"):
         compiled(events + 2.0)
+
+
+def test_laplace_random_fourier_features_compile_in_one_graph() -> None:
+    """The Laplace posterior's cached Cholesky factor is keyed on Python values (update
+    count, dtype, device), so a compiled graph reads it instead of refactorising (whose
+    jitter retry cannot be traced)."""
+    torch.manual_seed(0)
+    layer = layers.RandomFourierFeatures(2, num_features=16, in_features=3, posterior="laplace")
+    layer.eval()
+    x = torch.randn(4, 3)
+    with bl.posterior_mean(layer):
+        eager = _moments(layer, x)
+        compiled = torch.compile(lambda t: _moments(layer, t), backend="eager", fullgraph=True)
+        for got, want in zip(compiled(x), eager, strict=True):
+            torch.testing.assert_close(got, want)

@@ -136,10 +136,10 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        check_count(owner, "units", units)
-        check_count(owner, "num_features", num_features)
+        units = check_count(owner, "units", units)  # python ints (numpy sizes come in)
+        num_features = check_count(owner, "num_features", num_features)
         if in_features is not None:
-            check_count(owner, "in_features", in_features)
+            in_features = check_count(owner, "in_features", in_features)
         if posterior not in ("variational", "laplace"):
             raise ValueError(f"{owner} expected `posterior` 'variational' or 'laplace', "
                              f"got {posterior!r}")  # fmt: skip
@@ -287,26 +287,28 @@ class RandomFourierFeatures(LazyModuleMixin, BayesianLayer):
             raise ValueError(f"{where} expected finite non-negative `weights`, got {weights!r}")
         return w
 
-    def _precision_key(self) -> tuple[Any, ...] | None:
-        """What identifies the current ``P``: its updates here, and the tensor's own storage
-        and in-place version (``load_state_dict`` copies into it, ``.to()`` replaces it);
-        ``None`` (never cache) for an inference tensor, which has no version counter."""
+    def _precision_key(self) -> tuple[Any, ...]:
+        """What identifies the current ``P``: its updates here and loads into it (both bump
+        ``_precision_version``), and its dtype and device (``.to()`` replaces the
+        buffer). Python values only, so a compiled graph reads the cached factor."""
         p = self.precision
-        if p.is_inference():
-            return None
-        return (self._precision_version, p._version, p.data_ptr(), p.dtype, p.device)
+        return (self._precision_version, p.dtype, p.device)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._precision_version += 1  # a loaded precision: the cached factor is stale
 
     def posterior_covariance_tril(self) -> Tensor:
         """Cholesky factor ``(M, M)`` of ``P`` (cached until the precision changes)."""
         self._require_laplace("posterior_covariance_tril")
         cache, key = self._chol_cache, self._precision_key()
-        if key is not None and cache is not None and cache[0] == key:
+        if cache is not None and cache[0] == key:
             return cache[1]
         report = jitter_reporter(
             self, "the Laplace precision", "a smaller prior_scale adds a larger ridge"
         )
         chol = cholesky_with_jitter(self.precision, layer=type(self).__name__, on_jitter=report)
-        self._chol_cache = None if key is None else (key, chol)
+        self._chol_cache = (key, chol)
         return chol
 
     def _require_laplace(self, what: str) -> None:

@@ -189,7 +189,7 @@ class SNGPHead(nn.Module):
         owner = type(self).__name__
         self.in_features = check_count(owner, "in_features", in_features)
         self.num_classes = check_count(owner, "num_classes", num_classes)
-        check_count(owner, "num_features", num_features)
+        num_features = check_count(owner, "num_features", num_features)
         length_scale = check_real(owner, "length_scale", length_scale, strict=True)
         prior_scale = check_real(owner, "prior_scale", prior_scale, strict=True)
         self.mean_field_factor = check_real(owner, "mean_field_factor", mean_field_factor)

@@ -4,8 +4,10 @@ the variational marginal, the Laplace posterior as Bayesian linear regression, e
 from __future__ import annotations
 
 import io
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from stats_util import z_bonferroni
@@ -329,3 +331,14 @@ def test_laplace_variance_follows_a_loaded_or_converted_precision() -> None:
     with torch.inference_mode():  # inference tensors have no version: no cache, no error
         layer = layers.RandomFourierFeatures(1, 8, in_features=2, posterior="laplace")
         assert torch.isfinite(layer(x).distribution.variance).all()
+
+
+def test_numpy_integer_sizes_are_stored_as_python_ints() -> None:
+    """Sizes given as numpy integers (``np.prod(shape)``) are kept as Python ints, so
+    the layer's attributes serialise (``json``) like those of a layer built from ints."""
+    layer = layers.RandomFourierFeatures(
+        np.int64(2), num_features=np.int64(8), in_features=np.int32(3)
+    )
+    sizes = {"units": layer.units, "num_features": layer.num_features, "in": layer.in_features}
+    assert json.loads(json.dumps(sizes)) == {"units": 2, "num_features": 8, "in": 3}
+    assert all(type(v) is int for v in sizes.values())
