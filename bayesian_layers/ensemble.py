@@ -344,9 +344,12 @@ class Ensemble(nn.Module):
 
 
 def _shares_tensors(a: nn.Module, b: nn.Module) -> bool:
-    """Whether ``a`` and ``b`` hold one and the same parameter (the same module twice)."""
-    ids = {id(p) for p in b.parameters()}
-    return a is b or any(id(p) in ids for p in a.parameters())
+    """Whether ``a`` and ``b`` are the same module, or hold the very same parameters, all
+    of them (the members would then be identical copies). Sharing a part (one pretrained
+    backbone with a fresh head per member) is a member recipe of its own: each member
+    gets its own copy of the backbone's values."""
+    ids_a, ids_b = ({id(p) for p in m.parameters()} for m in (a, b))
+    return a is b or (bool(ids_a) and ids_a == ids_b)
 
 
 def _structure(model: nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:

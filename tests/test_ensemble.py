@@ -256,6 +256,18 @@ def test_bayesian_members_draw_their_own_function_samples_in_predict():
     assert out.shape == (N, 4, 2) and not torch.equal(out, ens(x))
 
 
+def test_members_may_share_a_pretrained_backbone() -> None:
+    """``make_model`` may reuse one (pretrained) backbone with a fresh head per call: each
+    member starts from the backbone's values, and the members differ by their heads."""
+    torch.manual_seed(0)
+    backbone = nn.Linear(4, 8)
+    ens = Ensemble(lambda: nn.Sequential(backbone, nn.ReLU(), nn.Linear(8, 2)), 3)
+    for i in range(3):
+        assert torch.equal(ens.member(i)[0].weight, backbone.weight)
+    out = ens(torch.randn(5, 4))
+    assert out.shape == (3, 5, 2) and not torch.equal(out[0], out[1])
+
+
 def test_bad_inputs_name_the_ensemble_and_the_argument():
     with pytest.raises(ValueError, match=r"Ensemble expected `n` an int >= 1, got 0"):
         Ensemble(mlp, 0)
