@@ -245,6 +245,25 @@ def test_frozen_parameters_keep_their_values() -> None:
     assert torch.equal(frozen[0].weight_rho, kept["weight_rho"])
 
 
+def test_a_model_frozen_after_training_keeps_its_posterior() -> None:
+    """``model.requires_grad_(False)`` after training (for evaluation) keeps IVON's
+    posterior: ``sampled_params`` still draws from it (K different functions) and
+    ``write_posterior`` writes it; only parameters frozen from the start are constants."""
+    model = bayesian_mlp()
+    opt = IVON(ivon_parameters(model), lr=0.1, ess=N)
+    train(model, opt, 3, 1, seed=0)
+    model.requires_grad_(False)
+    x, _ = data()
+    outs = []
+    with bl.posterior_mean(model):  # the layers' means: only IVON's draws vary
+        for _ in range(4):
+            with opt.sampled_params():
+                outs.append(model(x))
+    assert torch.stack(outs).std(0).min() > 0
+    assert write_posterior(model, opt) == ["0.weight", "2.weight", "2.bias"]
+    torch.testing.assert_close(model[0].weight.stddev, opt.posterior_scale(model[0].weight_loc))
+
+
 def test_sampled_params_perturb_restore_and_moments() -> None:
     """Inside the context a parameter holds m + σ ε (mean m, std σ over draws, checked to
     5 standard errors); after it, exactly m, even after an exception."""

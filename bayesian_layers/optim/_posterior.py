@@ -104,8 +104,9 @@ def write_posterior(model: nn.Module, optimizer: IVON) -> list[str]:
             "IVON.write_posterior: called inside sampled_params (the "
             "parameters hold a draw there, not the means)"
         )
-    # a frozen mean (requires_grad=False) is not trained: its layer keeps its scale
-    targets = [t for t in _random_normals(model) if t[3].requires_grad]
+    # a mean frozen from the start (requires_grad=False, no step) is not trained: its
+    # layer keeps its scale; one frozen after training keeps its posterior
+    targets = [t for t in _random_normals(model) if optimizer.trained(t[3])]
     scales = {}
     for path, _, _, loc, _ in targets:  # check all before writing any
         try:

@@ -32,8 +32,8 @@ def _check_float(name: str, value: object, low: float, high: float, *, open_low:
 
 
 def _trained(group: dict[str, Any]) -> list[Tensor]:
-    """The parameters of ``group`` that IVON perturbs and updates: those with
-    ``requires_grad`` (a frozen one, such as a LoRA model's base weight, keeps its value)."""
+    """The parameters of ``group`` that IVON updates: those with ``requires_grad`` (a
+    frozen one, such as a LoRA model's base weight, keeps its value)."""
     return [p for p in group["params"] if p.requires_grad]
 
 
@@ -232,7 +232,7 @@ class IVON(torch.optim.Optimizer):
         try:
             with torch.no_grad():
                 for group in self.param_groups:
-                    if _trained(group):
+                    if self._sampled(group):
                         saved.append(self._perturb(group))
             yield
             ok = True
@@ -244,10 +244,22 @@ class IVON(torch.optim.Optimizer):
         if ok and train:
             self._collect(saved)
 
+    def trained(self, param: Tensor) -> bool:
+        """Whether IVON holds a posterior for ``param``: it has ``requires_grad`` or took at
+        least one step (a model frozen after training, ``model.requires_grad_(False)``,
+        keeps its posterior for sampling and :func:`write_posterior`); a parameter frozen
+        from the start, such as a LoRA model's base weight, is a constant."""
+        state = self.state.get(param, {})
+        return param.requires_grad or state.get("step", 0) > 0
+
+    def _sampled(self, group: dict[str, Any]) -> list[Tensor]:
+        """The parameters of ``group`` that :meth:`sampled_params` perturbs."""
+        return [p for p in group["params"] if self.trained(p)]
+
     def _perturb(self, group: dict[str, Any]) -> _Draw:
         # one randn of the group's size (the reference's draw), split per parameter;
         # perturbation = ε / sqrt(ess (h + δ)). Multi-tensor (foreach) ops throughout.
-        params = _trained(group)
+        params = self._sampled(group)
         eps = torch.randn(
             sum(p.numel() for p in params),
             dtype=params[0].dtype,
@@ -272,7 +284,12 @@ class IVON(torch.optim.Optimizer):
     def _collect(self, saved: list[_Draw]) -> None:
         self._count += 1
         n = self._count
-        for params, _, noise in saved:
+        for drawn, _, drawn_noise in saved:
+            # a parameter frozen after training is sampled but not updated: no statistics
+            kept = [(p, e) for p, e in zip(drawn, drawn_noise, strict=True) if p.requires_grad]
+            if not kept:
+                continue
+            params, noise = [p for p, _ in kept], [e for _, e in kept]
             grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
             if self.hess_approx == "price":
                 stats = torch._foreach_mul(noise, grads)
