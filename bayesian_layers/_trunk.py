@@ -219,12 +219,16 @@ def _declared_split(model: nn.Module, trunk: nn.Module) -> Split:
 
     def head(x_folded: Any) -> Any:
         def is_x(value: Any) -> bool:
-            return value is x_folded or (
-                isinstance(value, Tensor)
-                and value.shape == x_folded.shape
-                and value.dtype == x_folded.dtype
-                and torch.allclose(value, x_folded, rtol=0, atol=0, equal_nan=True)
-            )
+            if value is x_folded:
+                return True
+            if not isinstance(value, Tensor) or value.shape != x_folded.shape:
+                return False
+            if value.dtype == x_folded.dtype:
+                return torch.allclose(value, x_folded, rtol=0, atol=0, equal_nan=True)
+            # integer ids cast to another integer type (``emb(x.long())``) are still x; a
+            # cast to or from a float changes what the trunk computes
+            integers = not any(t.is_floating_point() or t.is_complex() for t in (value, x_folded))
+            return integers and torch.equal(value.long(), x_folded.long())
 
         def on_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             # the trunk ran once on x: its output stands for a call on x (folded)

@@ -225,6 +225,28 @@ def test_a_trunk_not_applied_to_x_is_an_error(vectorized: bool) -> None:
     assert samples.isfinite().all()
 
 
+def test_a_trunk_applied_to_integer_ids_cast_to_long_is_x() -> None:
+    """Token ids given as int32 and cast by the model (``emb(x.long())``) are still ``x``
+    for a declared trunk; the samples are those of ``trunk=None`` for a fixed seed."""
+
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 6)
+            self.head = layers.LinearFlipout(6, 3)
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.head(self.emb(ids.long()))
+
+    torch.manual_seed(0)
+    model, ids = Tagger(), torch.randint(0, 10, (4, 5), dtype=torch.int32)
+    outs = []
+    for trunk in (model.emb, None):
+        torch.manual_seed(1)
+        outs.append(bl.predict(model, ids, 3, trunk=trunk).samples)
+    torch.testing.assert_close(outs[0], outs[1])
+
+
 # ----------------------------------------------------- the batch-joint form (exact)
 def _joint_layer(bias: str) -> layers.LinearReparameterization:
     torch.manual_seed(0)
