@@ -134,6 +134,9 @@ def test_predict_keeps_the_frozen_function_of_plain_calls(estimator: type) -> No
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
         again = bl.predict(model, x, 4, trunk=None).samples
         torch.testing.assert_close(again, first, rtol=0, atol=0)
+        for k in (3, 5, 7):  # one entry for the vectorised draws, whatever K: bounded
+            bl.predict(model, x, k, trunk=None)
+        assert sorted(model[2].frozen_state) == ["weight", "weight@K"]
 
 
 def test_vectorized_samples_of_a_reparameterized_layer_use_their_own_weights() -> None:

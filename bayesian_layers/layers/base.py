@@ -187,7 +187,7 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         """The store of the frozen function sample in effect: the innermost
         :func:`bayesian_layers.frozen_sample` context's own (per thread), else the
         layer's. Random parameters keep their noise here under their names (the K
-        draws of a vectorised call under ``"name@K"``, apart from it); a subclass
+        draws of the last vectorised call under ``"name@K"``, apart from it); a subclass
         with draws of its own (a dropout mask's seed, a GP's function draw) keeps them
         under keys of its own. :meth:`resample` empties it.
 
@@ -317,8 +317,9 @@ class BayesianLayer(ParameterSeam, NoiseSource, AllOrNothingLoading):
         if self.sampling != "frozen":
             return self.noise(name, lead + self._random[name], like, kind="parameter")
         # K frozen functions (``bl.predict`` in frozen mode) are kept apart from the one
-        # frozen function of plain calls, so that neither replaces the other
-        key = name if k == 1 else f"{name}@{k}"
+        # frozen function of plain calls, so that neither replaces the other; one entry
+        # for the vectorised draws (another K redraws them), so the store stays bounded
+        key = name if k == 1 else f"{name}@K"
         cached = self.frozen_state.get(key)
         # ``like``'s shape, not the declared one: a noise hook may answer with another
         # (a tensor-parallel shard's), which is then the frozen sample of that shard
