@@ -139,6 +139,29 @@ def test_predict_keeps_the_frozen_function_of_plain_calls(estimator: type) -> No
         assert sorted(model[2].frozen_state) == ["weight", "weight@K"]
 
 
+def test_predict_keeps_the_frozen_function_of_a_sparse_gp_and_a_swag_layer() -> None:
+    """The frozen draws of their own (a sparse GP's function draws, SWAG's low-rank
+    noise) are kept apart for predict's K functions too: a plain call inside
+    ``frozen_sample`` computes the same function before and after ``predict``."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+    gp_model = nn.Sequential(nn.Linear(3, 3), layers.SparseGaussianProcess(2, 4, in_features=3))
+    swag_model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), layers.LinearReparameterization(8, 2))
+    data = [(torch.randn(16, 3), torch.randn(16, 2)) for _ in range(4)]
+    bl.swag.collect(swag_model, data, F.mse_loss, lr=0.05, epochs=3, max_rank=3)
+    for model in (gp_model, swag_model):
+
+        def value(m: nn.Module = model) -> Tensor:
+            out = m(x)
+            return out.value if isinstance(out, bl.RandomVariable) else out
+
+        with bl.frozen_sample(model):
+            before = value()
+            samples = bl.predict(model, x, 4, trunk=None).samples
+            torch.testing.assert_close(value(), before, rtol=0, atol=0)
+        assert samples.std(0).min() > 0  # K different functions
+
+
 def test_vectorized_samples_of_a_reparameterized_layer_use_their_own_weights() -> None:
     layer = layers.LinearReparameterization(3, 2)
     x = torch.randn(5, 3)

@@ -125,6 +125,9 @@ class SWAGNormal(TrainableNormal):
         if getattr(owner, "sampling", None) != "frozen":
             return cast(Tensor, noise_fn(key, shape, like, kind="normal"))
         store: dict[str, Any] = getattr(owner, "frozen_state")  # noqa: B009 - a layer's
+        # the K draws of a vectorised call apart from the one of plain calls (as the
+        # layer keeps its parameters' noise), so that neither replaces the other
+        key = key if not lead else key + "@K"
         cached = store.get(key)
         if cached is None or cached.shape != shape:
             cached = cast(Tensor, noise_fn(key, shape, like, kind="normal"))

@@ -380,8 +380,11 @@ class SparseGaussianProcess(LazyModuleMixin, BayesianLayer):
         z = self.inducing_inputs
         with full_precision(z.device):
             x = x.to(z.dtype)
+            # kept until resample; the K functions of a vectorised call (bl.predict) apart
+            # from the one function of plain calls, so that neither replaces the other
+            store = self.frozen_state.setdefault("functions" if k == 1 else "functions@K", {})
             draws = frozen_draws(
-                self.frozen_state,  # kept until resample
+                store,
                 self.covariance_fn,
                 k,
                 self.units,
