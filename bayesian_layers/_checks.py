@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from numbers import Real
 from typing import overload
 
 import torch
@@ -67,7 +68,7 @@ def check_real(
         ValueError: ActNorm expected `eps` to be a finite number > 0, got 0.0
     """
     bound = f"{'>' if strict else '>='} {lower:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{owner} expected `{name}` to be a finite number {bound}, got {value!r}")
     number = float(value)
     if not math.isfinite(number) or number < lower or (strict and number == lower):

@@ -7,7 +7,7 @@ import math
 import sys
 import weakref
 from collections.abc import Callable, Sized
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -239,15 +239,16 @@ def _warn(message: str) -> None:
 
 
 def _kl_weight(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(
             f"elbo_loss expected `kl_weight` to be a number, got {type(value).__name__}"
         )
-    if not (math.isfinite(value) and value >= 0):
+    weight = float(value)
+    if not (math.isfinite(weight) and weight >= 0):
         raise ValueError(
             f"elbo_loss expected `kl_weight` to be a finite non-negative number, got {value!r}"
         )
-    return float(value)
+    return weight
 
 
 def _count(name: str, value: object, minimum: int) -> int:

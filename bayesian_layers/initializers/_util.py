@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ def pname(prefix: str, suffix: str) -> str:
 
 
 def _check_number(owner: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(
             f"{owner} expected `{name}` to be a number, got {type(value).__name__} {value!r}"
         )

@@ -12,6 +12,7 @@ posterior precision ``P = H + τ I`` and the prior ``P₀ = τ I`` per parameter
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -153,7 +154,7 @@ def optimize_prior_precision(
         raise ValueError(f"{fn} expected `init` > 0, got {init!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"{fn} expected `n_steps` a positive int, got {n_steps!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+    if isinstance(lr, bool) or not isinstance(lr, Real) or not 0 < lr < math.inf:
         raise ValueError(f"{fn} expected `lr` a finite number > 0, got {lr!r}")
     n = 1 if structure == "scalar" else len(curv.groups())
     log_tau = torch.full((n,), math.log(init), dtype=curv.loss.dtype, requires_grad=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,12 @@ class MCDropout(BayesianLayer):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)):
+        if isinstance(p, bool) or not isinstance(p, Real):
             raise TypeError(f"MCDropout expected `p` to be a float, got {type(p).__name__}")
-        if not 0.0 <= p < 1.0:
+        rate = float(p)
+        if not 0.0 <= rate < 1.0:
             raise ValueError(f"MCDropout expected `p` in [0, 1), got {p}")
-        self.p = float(p)
+        self.p: float = rate
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

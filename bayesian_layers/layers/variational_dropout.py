@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any, cast
 
 import torch
@@ -46,7 +47,7 @@ __all__ = [
 
 
 def _check_threshold(owner: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(
             f"{owner} expected `threshold` (on log α) to be a number, got "
             f"{type(value).__name__} {value!r}"

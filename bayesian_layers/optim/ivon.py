@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from numbers import Real
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ _Draw = tuple[list[Tensor], list[Tensor], list[Tensor]]  # params, means, pertur
 
 
 def _check_float(name: str, value: object, low: float, high: float, *, open_low: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, Real) and not isinstance(value, bool)
     v = float(value) if ok else math.nan  # type: ignore[arg-type]
     finite = math.isfinite(v) or (name == "clip_radius" and v == math.inf)
     ok = ok and finite and (v > low if open_low else v >= low) and v <= high

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,12 +25,13 @@ def _as_rv(owner: str, x: RandomVariable | Distribution) -> RandomVariable:
 
 def _float_buffer(owner: str, name: str, value: float | Tensor) -> Tensor:
     """A finite floating-point copy of ``value`` (never an alias of the caller's tensor)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+    if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
         raise TypeError(
             f"{owner} expected `{name}` to be a number or tensor, got {type(value).__name__} "
             f"{value!r}"
         )
-    t = torch.as_tensor(value).detach().clone()
+    # a number (numpy's too) in the default dtype, as a Python float is
+    t = value.detach().clone() if isinstance(value, Tensor) else torch.tensor(float(value))
     t = t if t.is_floating_point() else t.to(torch.get_default_dtype())
     if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{owner} expected `{name}` to be finite, got {value!r}")

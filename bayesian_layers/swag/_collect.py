@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from numbers import Real
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ def _check_int(name: str, value: object, low: int) -> int:
 
 
 def _check_lr(name: str, value: object, *, positive: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, Real) and not isinstance(value, bool)
     v = float(value) if ok else math.nan  # type: ignore[arg-type]
     if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
         bound = "> 0" if positive else ">= 0"

@@ -71,6 +71,22 @@ def test_numpy_integer_sizes_build_the_same_layer(name: str) -> None:
     assert all(type(d) is int for t in got.values() for d in t.shape)
 
 
+def test_numpy_float_hyperparameters_are_numbers() -> None:
+    """Real numbers from numpy (``np.float32``, which is not a Python float) are numbers
+    to the layers, priors and objectives, as to torch's ``nn.Dropout(p=np.float32(.3))``:
+    the same values as the Python floats; a bool or a string is still refused."""
+    f32 = np.float32
+    assert bl.layers.MCDropout(f32(0.25)).p == 0.25
+    prior = bl.regularizers.NormalKLDivergence(scale=f32(0.5))
+    layer = bl.layers.LinearReparameterization(3, 2, weight_regularizer=prior)
+    assert float(layer.weight_regularizer.prior_scale.flatten()[0]) == 0.5
+    loss = bl.elbo_loss(torch.tensor(1.0), layer, 10, kl_weight=f32(0.5))
+    torch.testing.assert_close(loss, bl.elbo_loss(torch.tensor(1.0), layer, 10, kl_weight=0.5))
+    for bad in (True, "0.3"):
+        with pytest.raises(TypeError, match="MCDropout"):
+            bl.layers.MCDropout(bad)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.bad])
 def test_bad_arguments_raise_naming_the_layer(name: str) -> None:
     case = CASES[name]

@@ -36,6 +36,7 @@ mixture's KL by convexity, which matches a likelihood averaged over the members'
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -216,7 +217,7 @@ class MemberEnsemble(BayesianLayer):
     def reset_factors(self, std: float = 0.0) -> None:
         """Set the means (or values) of ``r`` and ``s`` to ``1 + std · ε``, ``ε ~ N(0, 1)``
         (``std = 0``: every member is the shared weight); their scales are kept."""
-        if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
+        if isinstance(std, bool) or not isinstance(std, Real) or not std >= 0:
             raise ValueError(
                 f"{type(self).__name__} expected `factor_init_std` >= 0 or None, got {std!r}"
             )

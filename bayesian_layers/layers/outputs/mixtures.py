@@ -9,6 +9,7 @@ components, with ``scale = softplus(scale_raw) + min_scale``.
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 import torch.distributions as td
@@ -175,7 +176,7 @@ class MixtureLogistic(_Mixture):
         if self.num_bins == 1:
             raise ValueError(f"{owner} expected `num_bins` >= 2 or None, got 1")
         finite = all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
             for v in (low, high)
         )
         if not finite or not low < high:

@@ -30,6 +30,7 @@ Anything else (no ``cdf``, discrete or bounded support, a non-scalar event) rais
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -342,7 +343,7 @@ class Discretize(nn.Module):
         check_name("Discretize", name)
         self.name = name
         for name, v in (("low", low), ("high", high)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
                 raise TypeError(f"Discretize expected a finite number `{name}`, got {v!r}")
         if not low < high:
             raise ValueError(f"Discretize expected `low` < `high`, got {low!r} and {high!r}")
