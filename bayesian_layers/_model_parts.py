@@ -3,7 +3,7 @@ running statistics, and the prior hyperparameters of the Bayesian layers' regula
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
@@ -40,8 +40,9 @@ def normalization_in_eval(model: nn.Module) -> Iterator[None]:
             m.train(True)
 
 
-def batch_statistics_layers(model: nn.Module) -> list[nn.Module]:
-    """The batch-norm-type layers of ``model`` that normalise with the statistics of the
+def batch_statistics_layers(model: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
+    """The batch-norm-type layers of ``model`` (or among the modules ``model``, a list of a
+    model's modules already walked) that normalise with the statistics of the
     batch they see even in eval mode (no running statistics: ``track_running_stats=False``),
     so a folded ``K × B`` batch would mix the K function samples. Instance norm, which
     normalises each example alone, is not one of them.
@@ -54,7 +55,7 @@ def batch_statistics_layers(model: nn.Module) -> list[nn.Module]:
     """
     return [
         m
-        for m in model.modules()
+        for m in (model.modules() if isinstance(model, nn.Module) else model)
         if isinstance(m, _NormBase)
         and not isinstance(m, _InstanceNorm)
         and m.running_mean is None

@@ -418,17 +418,19 @@ def _repeated(out: object, k: int) -> tuple[Tensor, dict[str, Tensor], bool]:
 
 
 def _normalizes_folded_batch(
-    model: nn.Module, split: Split | None, h: object, members: int
+    batch_norms: list[nn.Module], split: Split | None, h: object, members: int
 ) -> bool:
-    """Whether a batch norm without running statistics (it normalises with the statistics
-    of the batch it sees) runs outside the trunk, where the folded call would normalise
-    the K samples as one batch; a ``ValueError`` if the model's ensemble layers need
-    the folded call."""
+    """Whether one of ``batch_norms`` (the model's batch norms without running statistics:
+    they normalise with the statistics of the batch they see) runs outside the trunk,
+    where the folded call would normalise the K samples as one batch; a ``ValueError`` if
+    the model's ensemble layers need the folded call."""
+    if not batch_norms:
+        return False
     inside: set[int] = set()
     parts = tuple(m for m, _ in h.outputs) if isinstance(h, Prefix) else ()
     for part in parts + (() if split is None else split.parts):
         inside.update(id(m) for m in part.modules())
-    outside = [m for m in batch_statistics_layers(model) if id(m) not in inside]
+    outside = [m for m in batch_norms if id(m) not in inside]
     if outside and members > 1:
         raise ValueError(
             f"predict: a {type(outside[0]).__name__} without running statistics "
@@ -642,7 +644,8 @@ def predict(
         ):
             split, h = None, None
         if vectorized and not (split is not None and split.whole):
-            vectorized = not _normalizes_folded_batch(model, split, h, members)
+            batch_norms = batch_statistics_layers(modules)
+            vectorized = not _normalizes_folded_batch(batch_norms, split, h, members)
         if split is not None and split.whole:
             samples, moments, marked = _repeated(h, num_samples)
         elif vectorized:
