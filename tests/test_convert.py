@@ -551,3 +551,20 @@ def test_repr_without_pretrained_scale_keeps_the_initializer() -> None:
     net = to_bayesian(_mlp())
     assert "TrainableNormal(loc_std=None, scale_init=0.01)" in repr(net[0])
     assert "pretrained_scale" not in repr(net)
+
+
+def test_a_parametrized_layer_is_refused_naming_its_parametrizations() -> None:
+    """A layer under a parametrization (spectral or weight norm) would lose it in its
+    Bayesian counterpart, silently (an SNGP network's distance awareness, say): the
+    conversion names the layer and the parametrization and changes nothing; ``exclude``
+    keeps the layer as it is."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.utils.parametrizations.spectral_norm(nn.Linear(4, 8)), nn.ReLU(), nn.Linear(8, 2)
+    )
+    with pytest.raises(ValueError, match=r"'0' \(ParametrizedLinear\) holds .*_SpectralNorm"):
+        bl.to_bayesian(net, "flipout")
+    assert isinstance(net[2], nn.Linear) and not isinstance(net[2], bl.layers.BayesianLayer)
+    net = bl.to_bayesian(net, "flipout", exclude="0")
+    assert nn.utils.parametrize.is_parametrized(net[0])
+    assert isinstance(net[2], bl.layers.LinearFlipout)

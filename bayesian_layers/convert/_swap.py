@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any, Literal, overload
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..adapters import POSTERIORS, adapters, freeze_base
 from ..adapters._peft import convert_peft, peft_layers
@@ -262,6 +263,11 @@ def to_bayesian(
         ``module`` (or its replacement when it is itself converted), and the report
         when ``return_report=True``.
 
+    Raises:
+        ValueError: a layer to convert holds parametrizations (spectral or weight
+            norm), which its Bayesian counterpart would drop; ``exclude`` it, or remove
+            them first. Nothing is changed then.
+
     Warns:
         UserWarning: nothing was converted (and ``module`` holds no Bayesian layer
             yet, so converting twice stays silent); the message lists what was
@@ -318,6 +324,18 @@ def to_bayesian(
                 )
             skipped.append(SkippedLayer(e.name, kind, missing))
             continue
+        if parametrize.is_parametrized(e.module):  # spectral or weight norm, say
+            lists: nn.ModuleDict = getattr(e.module, "parametrizations")  # noqa: B009
+            held = "; ".join(
+                f"{name}: {', '.join(type(f).__name__ for f in fns.children())}"
+                for name, fns in lists.items()
+            )
+            raise ValueError(
+                f"to_bayesian: {e.name or '<root>'!r} ({kind}) holds parametrizations "
+                f"({held}) that {cls.__name__} would drop silently; exclude={e.name!r} keeps "
+                "it as it is, or remove them first "
+                "(torch.nn.utils.parametrize.remove_parametrizations)"
+            )
         plan[id(e.module)] = (e, cls, used)
 
     built: dict[int, nn.Module] = {}
