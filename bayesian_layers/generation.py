@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ._cached_generation import cache_keyword, generate_cached
 from ._checks import check_real
 from .predictive import Predictive, predict
-from .uncertainty import entropy
+from .uncertainty import entropy_decomposition
 
 __all__ = ["Generation", "generate"]
 
@@ -214,8 +214,7 @@ class _Picker:
         else:
             token = torch.multinomial(mixture, 1, generator=self.generator)  # (B, 1)
         chosen = mixture.gather(-1, token).squeeze(-1).log()  # (B,)
-        total, aleatoric = entropy(mixture), entropy(probs).mean(0)  # (B,): softmaxes
-        epistemic = (total - aleatoric).clamp_min(0.0)  # mutual information, rounding off
+        total, aleatoric, epistemic = entropy_decomposition(probs)  # (B,): our softmaxes
         self.steps.append((token, chosen, total, aleatoric, epistemic))
         return token
 

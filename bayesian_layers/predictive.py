@@ -27,6 +27,7 @@ from .layers._base.overrides import PredictiveCall, overriding
 from .layers.base import BayesianLayer
 from .random_variables.variable import RandomVariable
 from .sampling import bayesian_modules
+from .uncertainty import entropy, entropy_decomposition
 
 __all__ = ["Predictive", "predict", "auto_chunk_size", "CHUNK_BYTES"]
 
@@ -199,19 +200,19 @@ class Predictive:
     def predictive_entropy(self) -> Tensor:
         r"""``(B, *)``: :math:`\mathbb H[\bar p]`, total uncertainty in nats
         (:func:`~bayesian_layers.metrics.predictive_entropy`)."""
-        return metrics.predictive_entropy(self._probs("predictive_entropy").mean(0))
+        return entropy(self._probs("predictive_entropy").mean(0))  # a distribution's: no check
 
     @property
     def expected_entropy(self) -> Tensor:
         r"""``(B, *)``: :math:`\frac1K\sum_k \mathbb H[p^{(k)}]`, the aleatoric part in nats
         (:func:`~bayesian_layers.metrics.expected_entropy`)."""
-        return metrics.expected_entropy(self._probs("expected_entropy"))
+        return entropy(self._probs("expected_entropy")).mean(0)
 
     @property
     def mutual_information(self) -> Tensor:
         r"""``(B, *)``: ``predictive_entropy - expected_entropy`` (BALD), the epistemic part
         in nats (:func:`~bayesian_layers.metrics.mutual_information`)."""
-        return metrics.mutual_information(self._probs("mutual_information"))
+        return entropy_decomposition(self._probs("mutual_information"))[2]
 
 
 def _floats(samples: Tensor) -> Tensor:

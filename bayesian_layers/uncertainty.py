@@ -73,6 +73,14 @@ def entropy(probs: Tensor) -> Tensor:
     return torch.special.entr(probs).sum(-1) + 0.0
 
 
+def entropy_decomposition(prob_samples: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(total, aleatoric, epistemic)`` entropies ``(*)`` of ``(K, *, C)`` probabilities,
+    unchecked (as :func:`entropy`): the predictive entropy, the expected entropy and their
+    difference, the mutual information, clamped at 0 against rounding."""
+    total, aleatoric = entropy(prob_samples.mean(0)), entropy(prob_samples).mean(0)
+    return total, aleatoric, (total - aleatoric).clamp_min(0.0)
+
+
 def expected_entropy(prob_samples: Tensor) -> Tensor:
     r"""Mean entropy of the per-sample predictive distributions (aleatoric part).
 
@@ -115,8 +123,7 @@ def mutual_information(prob_samples: Tensor) -> Tensor:
     """
     _check_sample_probs("mutual_information", prob_samples)
     _check_simplex("mutual_information", prob_samples, "prob_samples")
-    total = entropy(prob_samples.mean(0))
-    return (total - entropy(prob_samples).mean(0)).clamp_min(0.0)
+    return entropy_decomposition(prob_samples)[2]
 
 
 class VarianceDecomposition(NamedTuple):

@@ -244,7 +244,7 @@ def test_a_trunk_applied_to_integer_ids_cast_to_long_is_x() -> None:
     for trunk in (model.emb, None):
         torch.manual_seed(1)
         outs.append(bl.predict(model, ids, 3, trunk=trunk).samples)
-    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
 # ----------------------------------------------------- the batch-joint form (exact)

@@ -235,8 +235,8 @@ def _loss(f: Tensor, y: Tensor, likelihood: str) -> Tensor:
         if not _class_indices(f, y):
             return F.cross_entropy(f.reshape(-1, c), y.reshape(-1, c), reduction="sum")
         target = y.reshape(-1).long()  # any integer dtype (cross_entropy takes int64)
-        kept = target[target != -100]
-        if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= c):
+        if bool(((target != -100) & ((target < 0) | (target >= c))).any()):  # one sync
+            kept = target[target != -100]
             raise ValueError(
                 f"{_FN} expected class indices in [0, {c - 1}] (or -100, ignored) for "
                 f"outputs of shape {tuple(f.shape)}, got values in "

@@ -165,8 +165,8 @@ def write_posterior(curv: Curvature, prior_precision: float | Tensor = 1.0) -> N
     for (lc, name), tau in zip(curv.groups(), taus, strict=True):
         layer = _layer(lc)
         init = layer.parameter_spec(name).initializer
-        if lc.structure == "diag" and isinstance(init, (KroneckerNormal, FullNormal, SWAGNormal)):
-            layer.set_initializer(name, "trainable_normal")  # an earlier fit's family
+        if lc.structure == "diag" and isinstance(init, (KroneckerNormal, SWAGNormal)):
+            layer.set_initializer(name, "trainable_normal")  # an earlier fit's (or FullNormal)
             init = layer.parameter_spec(name).initializer
         if init.suffixes != ("loc", "rho"):
             raise ValueError(

@@ -32,10 +32,10 @@ def _check_float(name: str, value: object, low: float, high: float, *, open_low:
     return v
 
 
-def _trained(group: dict[str, Any]) -> list[Tensor]:
-    """The parameters of ``group`` that IVON updates: those with ``requires_grad`` (a
-    frozen one, such as a LoRA model's base weight, keeps its value)."""
-    return [p for p in group["params"] if p.requires_grad]
+def _updated(params: list[Tensor]) -> list[Tensor]:
+    """The parameters IVON updates (and collects statistics of): those with
+    ``requires_grad`` (a frozen one, such as a LoRA model's base weight, keeps its value)."""
+    return [p for p in params if p.requires_grad]
 
 
 class IVON(torch.optim.Optimizer):
@@ -233,8 +233,9 @@ class IVON(torch.optim.Optimizer):
         try:
             with torch.no_grad():
                 for group in self.param_groups:
-                    if self._sampled(group):
-                        saved.append(self._perturb(group))
+                    params = [p for p in group["params"] if self.trained(p)]
+                    if params:
+                        saved.append(self._perturb(group, params))
             yield
             ok = True
         finally:
@@ -253,14 +254,9 @@ class IVON(torch.optim.Optimizer):
         state = self.state.get(param, {})
         return param.requires_grad or state.get("step", 0) > 0
 
-    def _sampled(self, group: dict[str, Any]) -> list[Tensor]:
-        """The parameters of ``group`` that :meth:`sampled_params` perturbs."""
-        return [p for p in group["params"] if self.trained(p)]
-
-    def _perturb(self, group: dict[str, Any]) -> _Draw:
-        # one randn of the group's size (the reference's draw), split per parameter;
-        # perturbation = ε / sqrt(ess (h + δ)). Multi-tensor (foreach) ops throughout.
-        params = self._sampled(group)
+    def _perturb(self, group: dict[str, Any], params: list[Tensor]) -> _Draw:
+        # one randn of the sampled parameters' size (the reference's draw), split per
+        # parameter; perturbation = ε / sqrt(ess (h + δ)). Multi-tensor (foreach) ops.
         eps = torch.randn(
             sum(p.numel() for p in params),
             dtype=params[0].dtype,
@@ -287,10 +283,10 @@ class IVON(torch.optim.Optimizer):
         n = self._count
         for drawn, _, drawn_noise in saved:
             # a parameter frozen after training is sampled but not updated: no statistics
-            kept = [(p, e) for p, e in zip(drawn, drawn_noise, strict=True) if p.requires_grad]
-            if not kept:
+            params = _updated(drawn)
+            if not params:
                 continue
-            params, noise = [p for p, _ in kept], [e for _, e in kept]
+            noise = [e for p, e in zip(drawn, drawn_noise, strict=True) if p.requires_grad]
             grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
             if self.hess_approx == "price":
                 stats = torch._foreach_mul(noise, grads)
@@ -339,7 +335,7 @@ class IVON(torch.optim.Optimizer):
         return loss
 
     def _update(self, group: dict[str, Any]) -> None:
-        params = _trained(group)
+        params = _updated(group["params"])
         if not params:
             return
         ess, wd, b1, b2 = group["ess"], group["weight_decay"], group["beta1"], group["beta2"]
