@@ -44,7 +44,7 @@ def draws(module: nn.Module) -> bool:
         return bool(declared)
     if isinstance(module, BayesianLayer) and module.sampling != "mean":
         return True
-    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.RReLU)):
+    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.RReLU)):  # AlphaDropout too
         return module.training  # dropout and RReLU draw in training mode
     return bool(
         getattr(cls, "members_as_samples", False) or getattr(cls, "joint_over_batch", False)

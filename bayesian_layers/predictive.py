@@ -10,7 +10,7 @@ layer models) and an epistemic part (disagreement between function samples).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from math import lcm
 
 import torch
@@ -621,10 +621,9 @@ def predict(
     # under torch.inference_mode the call runs in no-grad mode instead: the trunk's
     # recorded outputs and the per-call moments store check tensors' in-place versions,
     # which inference tensors do not keep; an inference input is copied out of it once
-    inference = torch.is_inference_mode_enabled()
     grad = grad and torch.is_grad_enabled()
     with (
-        torch.inference_mode(False) if inference else nullcontext(),
+        torch.inference_mode(False),  # a no-op outside inference mode
         torch.set_grad_enabled(grad),
         _marginal_samples(joint_layers if vectorized else []),
         normalization_in_eval(model),

@@ -14,7 +14,6 @@ the heads one process computes.
 from __future__ import annotations
 
 import copy
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..._checks import check_count
 from ...initializers import TrainableInitializer
 from ...regularizers import Regularizer
 from ..base import BayesianLayer
@@ -101,12 +101,8 @@ class BayesianMultiheadAttention(BayesianLayer):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        for arg, val in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if not isinstance(val, numbers.Integral) or isinstance(val, bool):
-                raise TypeError(f"{name} expected `{arg}` to be an int, got {type(val).__name__}")
-            if val <= 0:
-                raise ValueError(f"{name} expected `{arg}` > 0, got {val}")
-        embed_dim, num_heads = int(embed_dim), int(num_heads)  # numpy integers too
+        embed_dim = check_count(name, "embed_dim", embed_dim)  # numpy integers too
+        num_heads = check_count(name, "num_heads", num_heads)
         if embed_dim % num_heads:
             raise ValueError(
                 f"{name} expected `embed_dim` divisible by `num_heads`, got {embed_dim} and "

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ...initializers.kron_normal import KroneckerNormal
 from ..functional.linear import add_sample_bias
-from .op import WeightOp, predictive_moments
+from .op import WeightOp, local_reparameterization_moments, predictive_moments
 
 if TYPE_CHECKING:
     from ..base import BayesianLayer
@@ -84,7 +84,10 @@ def output_noise_samples(
             sampled_bias = layer.sample_param(bias)  # (K, out): one draw per sample
         else:
             bias_loc, bias_scale = layer.posterior_loc_scale(bias)
-    mean, std = predictive_moments(layer, weight, op, x, loc, scale, bias_loc, bias_scale)
+    if shared or k == 1:  # the per-call store can hit only here (K folded copies are new)
+        mean, std = predictive_moments(layer, weight, op, x, loc, scale, bias_loc, bias_scale)
+    else:
+        mean, std = local_reparameterization_moments(op, x, loc, scale, bias_loc, bias_scale)
     rows = mean.shape[0] * (k if shared else 1)
     noise = layer.noise(f"{weight}_output", (rows, *mean.shape[1:]), loc).to(mean.dtype)
     if shared:  # the moments once, broadcast over the K samples

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .draw import WeightDraw, mean_projection, whole_weight_projection
-from .op import WeightOp, predictive_moments
+from .op import WeightOp, local_reparameterization_moments, predictive_moments
 from .shared_input import (
     batch_joint_samples,
     marginal_samples,
@@ -259,10 +259,7 @@ class Flipout(Estimator):
         with the moments computed once (per example the law of Flipout's sample)."""
         if not self.shared_input_applies(layer, x, op, weight):
             return None
-        loc, scale = layer.posterior_loc_scale(weight)
-        assert scale is not None  # shared_input_applies: a random normal weight
-        layer.forget_draw(weight, bias)  # no whole draw (a random bias draws anew)
-        return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)
+        return _shared_output_noise(layer, x, op, weight, bias, k)
 
     def shared_input_applies(
         self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
@@ -307,9 +304,12 @@ class LocalReparameterization(Estimator):
         loc: Tensor,
         scale: Tensor,
     ) -> Tensor:
-        layer.check_samples(x)  # K samples need no care: every element has its own noise
+        k = layer.check_samples(x)  # K samples need no care: each element has its own noise
         bias_loc, bias_scale = (None, None) if bias is None else layer.posterior_loc_scale(bias)
-        mean, std = predictive_moments(layer, weight, op, x, loc, scale, bias_loc, bias_scale)
+        if k == 1:  # the per-call store can hit only here (a folded input is new each call)
+            mean, std = predictive_moments(layer, weight, op, x, loc, scale, bias_loc, bias_scale)
+        else:
+            mean, std = local_reparameterization_moments(op, x, loc, scale, bias_loc, bias_scale)
         # noise in the parameter dtype (float32 under autocast), cast after the op
         noise = layer.noise(f"{weight}_output", mean.shape, loc)
         return torch.addcmul(mean, std, noise.to(mean.dtype))
@@ -327,10 +327,7 @@ class LocalReparameterization(Estimator):
         on K copies of ``x`` (for a fixed seed, the same samples)."""
         if not self.shared_input_applies(layer, x, op, weight):
             return None
-        loc, scale = layer.posterior_loc_scale(weight)
-        assert scale is not None  # shared_input_applies: a random normal weight
-        layer.forget_draw(weight, bias)  # no whole draw (a random bias draws anew)
-        return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)
+        return _shared_output_noise(layer, x, op, weight, bias, k)
 
     def shared_input_applies(
         self, layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str
@@ -383,3 +380,15 @@ def get_estimator(name: str | Estimator) -> Estimator:
     if estimator is None:
         raise ValueError(f"get_estimator expected a name in {ESTIMATORS}, got {name!r}")
     return estimator
+
+
+def _shared_output_noise(
+    layer: BayesianLayer, x: Tensor, op: WeightOp, weight: str, bias: str | None, k: int
+) -> Tensor:
+    """K samples of output-space noise at one input ``x`` shared by all of them, for an
+    estimator whose :meth:`~Estimator.shared_input_applies` held (a random normal weight):
+    the moments once (Flipout's and local reparameterization's shared-input form)."""
+    loc, scale = layer.posterior_loc_scale(weight)
+    assert scale is not None  # shared_input_applies: a random normal weight
+    layer.forget_draw(weight, bias)  # no whole draw (a random bias draws anew)
+    return output_noise_samples(layer, x, op, weight, bias, loc, scale, k, shared=True)

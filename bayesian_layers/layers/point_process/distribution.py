@@ -238,8 +238,8 @@ class PoissonProcessDistribution(Distribution):
         if keep is None:
             return torch.log(at_points), (rates[n:] * weights.to(rates)).sum()
         keep = keep.to(at_points.device)
+        # padding reads log 1 = 0, never log 0 (whose where-backward would be NaN)
         log_rates = torch.log(torch.where(keep, at_points, torch.ones_like(at_points)))
-        log_rates = torch.where(keep, log_rates, torch.zeros_like(log_rates))
         return log_rates, (rates[n:] * weights.to(rates)).sum()
 
     def integral(self) -> Tensor:
